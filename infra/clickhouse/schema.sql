@@ -1,0 +1,91 @@
+-- LineSight analytics schema. Applied by `linesight db init` (and by the sink at start-up).
+-- {db} is replaced by the configured database name.
+-- Redelivered messages are absorbed twice over: inserts carry an insert_deduplication_token
+-- (topic:partition:first-last offset) within the dedup window, and ReplacingMergeTree tables are
+-- keyed by unit, so `FINAL` queries see one row per unit even if a duplicate slipped through.
+
+CREATE DATABASE IF NOT EXISTS {db};
+
+-- One row per inspected (or fail-safe rejected) unit.
+CREATE TABLE IF NOT EXISTS {db}.inspections
+(
+    unit_id        String,
+    line           LowCardinality(String),
+    camera         LowCardinality(String),
+    product        LowCardinality(String),
+    lot            String,
+    verdict        LowCardinality(String),
+    cause          LowCardinality(String),
+    inspected      Bool,
+    defect         LowCardinality(String),
+    score          Nullable(Float32),
+    threshold      Nullable(Float32),
+    model_name     LowCardinality(String),
+    model_version  LowCardinality(String),
+    capture_time   DateTime64(6, 'UTC'),
+    received_time  DateTime64(6, 'UTC'),
+    inferred_time  DateTime64(6, 'UTC'),
+    latency_ms     Float64 MATERIALIZED dateDiff('microsecond', capture_time, inferred_time) / 1000.0,
+    worker         LowCardinality(String),
+    error          String,
+    class_scores   Map(String, Float32),
+    kafka_partition UInt32,
+    kafka_offset   UInt64,
+    stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(capture_time)
+ORDER BY (line, unit_id)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Every reject the gate fired.
+CREATE TABLE IF NOT EXISTS {db}.actuations
+(
+    unit_id        String,
+    line           LowCardinality(String),
+    cause          LowCardinality(String),
+    defect         LowCardinality(String),
+    capture_time   DateTime64(6, 'UTC'),
+    command_time   DateTime64(6, 'UTC'),
+    fired_time     DateTime64(6, 'UTC'),
+    actuator       LowCardinality(String),
+    stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(fired_time)
+ORDER BY (line, unit_id)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- What simulators and labelled replays know about each unit (never shown to the model).
+CREATE TABLE IF NOT EXISTS {db}.ground_truth
+(
+    unit_id        String,
+    line           LowCardinality(String),
+    product        LowCardinality(String),
+    label          LowCardinality(String),
+    defect         LowCardinality(String),
+    capture_time   DateTime64(6, 'UTC'),
+    source         LowCardinality(String),
+    stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(capture_time)
+ORDER BY (line, unit_id)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Frames that could not be inspected, with the reason (their units were fail-safe rejected).
+CREATE TABLE IF NOT EXISTS {db}.dead_letters
+(
+    unit_id        String,
+    line           LowCardinality(String),
+    reason         String,
+    stage          LowCardinality(String),
+    source         String,
+    size_bytes     UInt32,
+    dead_time      DateTime64(6, 'UTC'),
+    stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(dead_time)
+ORDER BY (source)
+SETTINGS non_replicated_deduplication_window = 1000;

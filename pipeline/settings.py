@@ -1,0 +1,126 @@
+"""The one typed settings object of LineSight.
+
+Every service receives a `Settings` instance; nothing reads the environment elsewhere. Each field
+can be overridden by an environment variable named ``LINESIGHT_<SECTION>__<FIELD>`` (for example
+``LINESIGHT_KAFKA__BOOTSTRAP_SERVERS=kafka:9092``). An unset external address (Kafka bootstrap
+servers, Triton URL, ClickHouse URL) means "use the embedded service the project starts itself".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class KafkaSettings(BaseModel):
+    """Broker address, topic names and client tuning."""
+
+    bootstrap_servers: str | None = Field(
+        default=None, description="host:port list; unset starts the embedded Tansu broker"
+    )
+    embedded_port: int = 19092
+    topic_frames: str = "linesight.frames"
+    topic_results: str = "linesight.results"
+    topic_rejects: str = "linesight.rejects"
+    topic_deadletter: str = "linesight.deadletter"
+    topic_truth: str = "linesight.truth"
+    topic_actuations: str = "linesight.actuations"
+    partitions: int = 3
+    replication_factor: int = 1
+    # Frames above this size are refused by the gateway (Kafka's default message cap is 1 MB).
+    max_message_bytes: int = 1_000_000
+    # Tansu completes a librdkafka group join in about half the session timeout: keep it short.
+    session_timeout_ms: int = 6000
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+
+class TritonSettings(BaseModel):
+    """Inference server address and the embedded server's ports."""
+
+    url: str | None = Field(
+        default=None, description="gRPC host:port; unset starts the embedded tritonserver"
+    )
+    embedded_http_port: int = 18000
+    embedded_grpc_port: int = 18001
+    embedded_metrics_port: int = 18002
+    model_repository: Path = PROJECT_ROOT / "triton_models"
+    startup_timeout_s: float = 180.0
+    request_timeout_s: float = 30.0
+    # Frames of one batch travel in one gRPC message; Triton's default cap is 4 MB.
+    max_grpc_message_bytes: int = 64 * 1024 * 1024
+
+
+class ClickHouseSettings(BaseModel):
+    """Analytics store: a ClickHouse server, or embedded chDB when no URL is set."""
+
+    url: str | None = Field(
+        default=None, description="http(s)://host:port of ClickHouse; unset uses embedded chDB"
+    )
+    database: str = "linesight"
+    username: str = "default"
+    password: SecretStr | None = None
+    # Sink batching: ClickHouse wants few, large inserts.
+    insert_batch_rows: int = 5000
+    insert_interval_s: float = 1.0
+
+
+class StreamSettings(BaseModel):
+    """Inspection worker (Faust) batching and identity."""
+
+    app_id: str = "linesight-inspector"
+    batch_size: int = 16
+    batch_window_s: float = 0.05
+    web_port: int = 16066
+    # product id -> Triton model (ensemble) that inspects it
+    product_models: dict[str, str] = {"tablet-round-white-10mm": "tablet_inspector"}
+
+
+class SimulatorSettings(BaseModel):
+    """Simulated line (camera gateway)."""
+
+    line: str = "line-1"
+    camera: str = "cam-1"
+    product: str = "tablet-round-white-10mm"
+    rate_per_s: float = 20.0
+    defect_rate: float = 0.15
+    image_size: int = 160
+    seed: int = 7
+
+
+class ServiceSettings(BaseModel):
+    """Consumer groups and health ports of the sink and actuator services."""
+
+    sink_group: str = "linesight-clickhouse-sink"
+    actuator_group: str = "linesight-actuator"
+    actuator_line: str | None = Field(default=None, description="fire only for this line")
+
+
+class Settings(BaseSettings):
+    """All settings of one LineSight deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LINESIGHT_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    state_dir: Path = PROJECT_ROOT / ".linesight"
+    kafka: KafkaSettings = KafkaSettings()
+    triton: TritonSettings = TritonSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    stream: StreamSettings = StreamSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+    services: ServiceSettings = ServiceSettings()
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def chdb_dir(self) -> Path:
+        return self.state_dir / "chdb"
