@@ -176,6 +176,7 @@ class RejectCommand(JsonMessage):
     unit_id: str
     line: str
     camera: str
+    lot: str
     cause: Cause
     defect: str
     capture_ns: int
@@ -188,6 +189,7 @@ class Actuation(JsonMessage):
 
     unit_id: str
     line: str
+    lot: str
     cause: Cause
     defect: str
     capture_ns: int
@@ -202,6 +204,7 @@ class GroundTruth(JsonMessage):
 
     unit_id: str
     line: str
+    lot: str
     product: str
     label: Literal["good", "defect"]
     defect: str

@@ -16,6 +16,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def read_secret(value: SecretStr | None, path: Path | None) -> str:
+    """A secret given inline (environment) or as a file (Docker/Kubernetes secrets)."""
+    if path is not None:
+        return path.read_text(encoding="utf-8").strip()
+    return value.get_secret_value() if value is not None else ""
+
+
 class KafkaSettings(BaseModel):
     """Broker address, topic names and client tuning."""
 
@@ -39,6 +46,10 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(default=None, description="file holding the SASL password")
+
+    def resolved_sasl_password(self) -> str:
+        return read_secret(self.sasl_password, self.sasl_password_file)
 
 
 class TritonSettings(BaseModel):
@@ -66,9 +77,13 @@ class ClickHouseSettings(BaseModel):
     database: str = "linesight"
     username: str = "default"
     password: SecretStr | None = None
+    password_file: Path | None = Field(default=None, description="file holding the password")
     # Sink batching: ClickHouse wants few, large inserts.
     insert_batch_rows: int = 5000
     insert_interval_s: float = 1.0
+
+    def resolved_password(self) -> str:
+        return read_secret(self.password, self.password_file)
 
 
 class StreamSettings(BaseModel):
@@ -100,6 +115,8 @@ class ServiceSettings(BaseModel):
     sink_group: str = "linesight-clickhouse-sink"
     actuator_group: str = "linesight-actuator"
     actuator_line: str | None = Field(default=None, description="fire only for this line")
+    sink_health_port: int = 16070
+    actuator_health_port: int = 16071
 
 
 class Settings(BaseSettings):

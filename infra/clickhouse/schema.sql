@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS {db}.actuations
 (
     unit_id        String,
     line           LowCardinality(String),
+    lot            String,
     cause          LowCardinality(String),
     defect         LowCardinality(String),
     capture_time   DateTime64(6, 'UTC'),
@@ -61,6 +62,7 @@ CREATE TABLE IF NOT EXISTS {db}.ground_truth
 (
     unit_id        String,
     line           LowCardinality(String),
+    lot            String,
     product        LowCardinality(String),
     label          LowCardinality(String),
     defect         LowCardinality(String),
@@ -78,6 +80,7 @@ CREATE TABLE IF NOT EXISTS {db}.dead_letters
 (
     unit_id        String,
     line           LowCardinality(String),
+    lot            String,
     reason         String,
     stage          LowCardinality(String),
     source         String,

@@ -1,0 +1,41 @@
+# LineSight: `make demo` sets everything up and runs the pipeline; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LINESIGHT := $(VENV)/bin/linesight
+DURATION ?= 60
+RATE ?= 20
+MODEL := triton_models/tablet_classifier/1/model.onnx
+
+.PHONY: install model demo up test clean-state help
+
+help:
+	@echo "make demo   set up .venv, train the model if absent, run a simulated line (DURATION=$(DURATION) s)"
+	@echo "make test   run the test suite (unit + end-to-end on the embedded stack)"
+	@echo "make model  train the tablet model into triton_models/ if absent"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch==2.13.0 (CPU) is taken from the machine's wheel cache; see README.
+	$(PY) -m pip install -q -e '.[train,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(MODEL): | $(VENV)/.installed
+	$(LINESIGHT) train --product tablet-round-white-10mm
+
+model: $(MODEL)
+
+demo: install model
+	$(LINESIGHT) demo --duration $(DURATION) --rate $(RATE)
+
+up: install model
+	$(LINESIGHT) up --rate $(RATE)
+
+test: install model
+	$(PY) -m pytest -q
+
+clean-state:
+	rm -rf .linesight

@@ -1,0 +1,266 @@
+"""`linesight`: every LineSight command. Run `linesight --help`.
+
+Each command builds the one `Settings` object (environment-overridable) and passes it on.
+Heavy imports happen inside the commands so `--help` and small commands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from pipeline.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings()
+    sim = {}
+    if getattr(args, "rate", None):
+        sim["rate_per_s"] = args.rate
+    if getattr(args, "defect_rate", None) is not None:
+        sim["defect_rate"] = args.defect_rate
+    if getattr(args, "product", None) and isinstance(args.product, str):
+        sim["product"] = args.product
+    if sim:
+        settings = settings.model_copy(update={"simulator": settings.simulator.model_copy(update=sim)})
+    return settings
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    report = run_demo(_settings(args), args.duration, workers=args.workers)
+    print(report.to_json() if args.json else report.to_text())
+    return 0 if report.every_unit_has_one_verdict and report.every_reject_fired else 1
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_up
+
+    run_up(_settings(args), workers=args.workers)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.app import run_worker
+
+    run_worker(_settings(args), loglevel=args.loglevel)
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from pipeline.clickhouse import connect
+    from pipeline.health import HealthState, serve_health
+    from pipeline.sink import run_sink
+
+    settings = _settings(args)
+    client = connect(settings)
+    client.apply_schema(settings.clickhouse.database)
+    health = HealthState("sink")
+    server = serve_health(health, settings.services.sink_health_port)
+    try:
+        run_sink(settings, client, _stop_on_signals(), health)
+    finally:
+        server.shutdown()
+        client.close()
+    return 0
+
+
+def cmd_actuator(args: argparse.Namespace) -> int:
+    from pipeline.actuator import SimulatedGate, run_actuator
+    from pipeline.health import HealthState, serve_health
+
+    settings = _settings(args)
+    health = HealthState("actuator")
+    server = serve_health(health, settings.services.actuator_health_port)
+    try:
+        run_actuator(settings, SimulatedGate(), _stop_on_signals(), health)
+    finally:
+        server.shutdown()
+    return 0
+
+
+def cmd_camera(args: argparse.Namespace) -> int:
+    from pipeline.gateway import FramePublisher, run_simulated_line
+
+    settings = _settings(args)
+    publisher = FramePublisher(settings)
+    lot = run_simulated_line(settings, publisher, _stop_on_signals(), args.duration, args.count, args.lot)
+    publisher.close()
+    print(f"lot {lot}: published {publisher.stats.published} units ({publisher.stats.defects} defective)")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline.gateway import FramePublisher, replay_dataset
+
+    settings = _settings(args)
+    publisher = FramePublisher(settings)
+    lot = replay_dataset(settings, publisher, args.data, _stop_on_signals(), args.rate or 0.0, args.product, args.lot)
+    publisher.close()
+    print(f"lot {lot}: replayed {publisher.stats.published} images, refused {publisher.stats.refused}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from pipeline.dataset import generate_dataset
+
+    products = args.product or [Settings().simulator.product]
+    out = generate_dataset(args.out, args.count, products, args.defect_rate, args.seed, args.size)
+    print(f"wrote {args.count} images and {out / 'labels.csv'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.model.train import train_model
+
+    settings = _settings(args)
+    result = train_model(
+        settings.triton.model_repository, args.product, train_count=args.count, seed=args.seed, data=args.data
+    )
+    print(result)
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from pipeline.clickhouse import connect
+
+    settings = _settings(args)
+    client = connect(settings)
+    try:
+        result = client.query(args.query)
+    finally:
+        client.close()
+    print(result.to_table())
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from pipeline.topics import ensure_topics
+
+    settings = _settings(args)
+    ensure_topics(settings)
+    print("topics ready")
+    return 0
+
+
+def cmd_db_init(args: argparse.Namespace) -> int:
+    from pipeline.clickhouse import connect
+
+    settings = _settings(args)
+    client = connect(settings)
+    try:
+        client.apply_schema(settings.clickhouse.database)
+    finally:
+        client.close()
+    print(f"schema applied to database {settings.clickhouse.database}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="linesight",
+        description="AI visual inspection for pharmaceutical lines. Settings come from LINESIGHT_* "
+        "environment variables (see pipeline/settings.py).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="start the stack, run a simulated line, print the report, stop")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of line time (default 60)")
+    p.add_argument("--rate", type=float, help="units per second")
+    p.add_argument("--defect-rate", type=float, help="fraction of defective units")
+    p.add_argument("--workers", type=int, default=1, help="inspection worker processes")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("up", help="run the stack and a simulated line until Ctrl-C")
+    p.add_argument("--rate", type=float, help="units per second")
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("worker", help="run one Faust inspection worker (consumer group member)")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    sub.add_parser("sink", help="run the ClickHouse sink").set_defaults(func=cmd_sink)
+    sub.add_parser("actuator", help="run the reject actuator").set_defaults(func=cmd_actuator)
+
+    p = sub.add_parser("camera", help="publish a simulated line's frames to Kafka")
+    p.add_argument("--rate", type=float, help="units per second")
+    p.add_argument("--duration", type=float, default=0.0, help="seconds (0 = until Ctrl-C)")
+    p.add_argument("--count", type=int, default=0, help="stop after N units (0 = no limit)")
+    p.add_argument("--defect-rate", type=float)
+    p.add_argument("--product")
+    p.add_argument("--lot", help="lot id (default: line and UTC time)")
+    p.set_defaults(func=cmd_camera)
+
+    p = sub.add_parser("replay", help="publish a dataset folder's images as frames")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--rate", type=float, help="images per second (default: as fast as possible)")
+    p.add_argument("--product", help="only this product's rows")
+    p.add_argument("--lot")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("simulate", help="write a simulated dataset folder (labels.csv + images)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--product", action="append", help="product id (repeatable)")
+    p.add_argument("--defect-rate", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=160, help="image side in pixels")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train a model and write it into the Triton model repository")
+    p.add_argument("--product", default="tablet-round-white-10mm")
+    p.add_argument("--data", type=Path, help="dataset folder (default: render simulator images)")
+    p.add_argument("--count", type=int, default=1200, help="simulated training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sql", help="run a SQL query against the analytics store and print a table")
+    p.add_argument("query")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("topics", help="Kafka topics")
+    p.add_argument("action", choices=["create"])
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("db", help="ClickHouse schema")
+    p.add_argument("action", choices=["init"])
+    p.set_defaults(func=cmd_db_init)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("aiokafka", "faust", "mode", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line for operators; details with -v
+        if args.verbose:
+            raise
+        print(f"linesight {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

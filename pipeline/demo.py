@@ -1,0 +1,97 @@
+"""`linesight demo` and `linesight up`: the whole pipeline on one machine.
+
+The demo starts the stack (embedded services unless external addresses are configured), runs a
+simulated line for a bounded time, waits until every published unit is decided, stored and its
+reject fired (probing ClickHouse with a deadline), and returns the run report.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pipeline.clickhouse import ClickHouseClient, connect
+from pipeline.embedded.stack import EmbeddedStack
+from pipeline.gateway import FramePublisher, run_simulated_line
+from pipeline.report import RunReport, _quote, build_report
+from pipeline.runtime import Services, running_services
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 180.0
+
+
+class DrainTimeout(RuntimeError):
+    """Units were published but not all decided, stored and fired in time."""
+
+
+@contextmanager
+def pipeline_stack(settings: Settings, workers: int = 1) -> Iterator[tuple[Settings, ClickHouseClient, Services]]:
+    """Stack, ClickHouse schema and services, all ready; everything stopped on exit."""
+    with EmbeddedStack(settings) as resolved:
+        client = connect(resolved)
+        try:
+            client.apply_schema(resolved.clickhouse.database)
+            with running_services(resolved, client, workers) as services:
+                yield resolved, client, services
+        finally:
+            client.close()
+
+
+def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int, int, int]:
+    q = _quote(lot)
+    row = client.query(
+        f"""SELECT
+              (SELECT count() FROM {db}.ground_truth FINAL WHERE lot = {q}) AS truth,
+              (SELECT count() FROM {db}.inspections FINAL WHERE lot = {q}) AS decided,
+              (SELECT countIf(verdict != 'pass') FROM {db}.inspections FINAL WHERE lot = {q}) AS rejected,
+              (SELECT count() FROM {db}.actuations FINAL WHERE lot = {q}) AS fired"""
+    ).rows[0]
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+def wait_drained(
+    client: ClickHouseClient, db: str, lot: str, published: int, stop: threading.Event, timeout_s: float = DRAIN_TIMEOUT_S
+) -> None:
+    """Probe until every published unit is decided and stored, and every reject recorded."""
+    deadline = time.monotonic() + timeout_s
+    counts = (0, 0, 0, 0)
+    while time.monotonic() < deadline and not stop.is_set():
+        counts = _drain_counts(client, db, lot)
+        truth, decided, rejected, fired = counts
+        if truth >= published and decided >= published and fired >= rejected:
+            return
+        stop.wait(0.25)
+    raise DrainTimeout(
+        f"after {timeout_s:.0f} s: published {published}, truth stored {counts[0]}, "
+        f"verdicts stored {counts[1]}, rejects {counts[2]}, fired {counts[3]}"
+    )
+
+
+def run_demo(settings: Settings, duration_s: float, workers: int = 1) -> RunReport:
+    with pipeline_stack(settings, workers) as (resolved, client, services):
+        publisher = FramePublisher(resolved)
+        log.info("simulated line running for %.0f s at %.1f units/s", duration_s, resolved.simulator.rate_per_s)
+        lot = run_simulated_line(resolved, publisher, services.stop_event, duration_s=duration_s)
+        publisher.close()
+        db = resolved.clickhouse.database
+        wait_drained(client, db, lot, publisher.stats.published, services.stop_event)
+        return build_report(client, db, lot)
+
+
+def run_up(settings: Settings, workers: int = 1) -> None:
+    """Run the stack and a simulated line until Ctrl-C / SIGTERM."""
+    with pipeline_stack(settings, workers) as (resolved, client, services):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: services.stop_event.set())
+        print(f"LineSight is up. Kafka {resolved.kafka.bootstrap_servers}, Triton {resolved.triton.url}, "
+              f"ClickHouse {resolved.clickhouse.url or resolved.chdb_dir}. Ctrl-C stops.", flush=True)
+        publisher = FramePublisher(resolved)
+        lot = run_simulated_line(resolved, publisher, services.stop_event)
+        publisher.close()
+        print(f"stopped; lot {lot}: {publisher.stats.published} units published", flush=True)

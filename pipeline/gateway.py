@@ -1,0 +1,143 @@
+"""Camera gateways: publish frames to Kafka as encoded image bytes with metadata in headers.
+
+Two sources: a simulated line that renders tablets at a set rate and defect mix, and a replay of
+a dataset folder (../shared/specs/dataset.md). Ground truth, when known, goes to its own topic so
+that reports can score verdicts while the model never sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Producer
+
+from pipeline.dataset import load_dataset
+from pipeline.imaging.tablets import encode_png, sample_unit
+from pipeline.kafka import flush_or_raise, make_producer
+from pipeline.messages import FrameMeta, GroundTruth, now_ns
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def new_lot(line: str) -> str:
+    return f"{line}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+
+
+@dataclass
+class PublishStats:
+    published: int = 0
+    defects: int = 0
+    refused: int = 0
+
+
+class FramePublisher:
+    """Publishes frames and their ground truth; refuses frames over the size limit."""
+
+    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+        self._kafka = settings.kafka
+        self._producer = producer or make_producer(settings.kafka, "linesight-camera")
+        self.stats = PublishStats()
+        self._errors: list[str] = []
+
+    def _delivered(self, err: object, msg: object) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def publish(self, meta: FrameMeta, image: bytes, truth: GroundTruth | None = None) -> bool:
+        if len(image) > self._kafka.max_message_bytes:
+            log.error("frame %s is %d bytes, over the %d limit: refused", meta.unit_id, len(image), self._kafka.max_message_bytes)
+            self.stats.refused += 1
+            return False
+        key = meta.unit_id.encode()
+        self._producer.produce(
+            self._kafka.topic_frames, key=key, value=image, headers=meta.to_headers(), on_delivery=self._delivered
+        )
+        if truth is not None:
+            self._producer.produce(self._kafka.topic_truth, key=key, value=truth.to_json(), on_delivery=self._delivered)
+            self.stats.defects += truth.label == "defect"
+        self._producer.poll(0)
+        self.stats.published += 1
+        return True
+
+    def close(self) -> None:
+        flush_or_raise(self._producer, 30.0)
+        if self._errors:
+            raise RuntimeError(f"{len(self._errors)} frames were not delivered: {self._errors[0]}")
+
+
+def _pace(stop: threading.Event, next_at: float) -> None:
+    """Hold the line's rate: a unit passes the camera every 1/rate seconds."""
+    delay = next_at - time.monotonic()
+    if delay > 0:
+        stop.wait(delay)
+
+
+def run_simulated_line(
+    settings: Settings,
+    publisher: FramePublisher,
+    stop: threading.Event,
+    duration_s: float = 0.0,
+    count: int = 0,
+    lot: str | None = None,
+) -> str:
+    """Render and publish units until `stop`, `duration_s` (0 = no limit) or `count` units."""
+    sim = settings.simulator
+    lot = lot or new_lot(sim.line)
+    rng = np.random.default_rng(sim.seed)
+    interval = 1.0 / sim.rate_per_s
+    start = next_at = time.monotonic()
+    seq = 0
+    while not stop.is_set():
+        if count and seq >= count:
+            break
+        if duration_s and time.monotonic() - start >= duration_s:
+            break
+        _pace(stop, next_at)
+        next_at += interval
+        image, defect = sample_unit(rng, sim.product, sim.defect_rate)
+        capture = now_ns()
+        unit = f"{lot}-{seq:07d}"
+        meta = FrameMeta(unit, sim.line, sim.camera, sim.product, capture, "image/png", lot)
+        truth = GroundTruth(
+            unit, sim.line, lot, sim.product, "defect" if defect else "good", defect or "none", capture
+        )
+        publisher.publish(meta, encode_png(image), truth)
+        seq += 1
+    return lot
+
+
+def replay_dataset(
+    settings: Settings,
+    publisher: FramePublisher,
+    data: Path,
+    stop: threading.Event,
+    rate_per_s: float = 0.0,
+    product: str | None = None,
+    lot: str | None = None,
+) -> str:
+    """Publish every image of a dataset folder as a frame (its label as ground truth)."""
+    sim = settings.simulator
+    lot = lot or new_lot(sim.line)
+    dataset = load_dataset(data, product)
+    next_at = time.monotonic()
+    for seq, row in enumerate(dataset.rows):
+        if stop.is_set():
+            break
+        if rate_per_s:
+            _pace(stop, next_at)
+            next_at += 1.0 / rate_per_s
+        image = row.path.read_bytes()
+        content_type = "image/jpeg" if image.startswith(b"\xff\xd8") else "image/png"
+        capture = now_ns()
+        unit = f"{lot}-{seq:07d}"
+        meta = FrameMeta(unit, sim.line, sim.camera, row.product, capture, content_type, lot)
+        truth = GroundTruth(unit, sim.line, lot, row.product, row.label, row.defect, capture, source=f"dataset:{row.image}")
+        publisher.publish(meta, image, truth)
+    return lot

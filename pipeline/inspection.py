@@ -1,0 +1,201 @@
+"""Turns a batch of frames into verdicts, reject commands and dead letters.
+
+Kept free of Faust so the decision logic is tested without a broker. The rule that matters: every
+frame yields exactly one result. A frame that cannot be inspected (bad metadata, unknown product,
+corrupt image, Triton failure) is dead-lettered with its reason and its unit is rejected
+(`cause="failsafe"`): in pharma a unit that was not inspected is never shipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pipeline.inference import Failed, ModelInfo, Outcome, Scored
+from pipeline.messages import (
+    H_LINE,
+    H_UNIT,
+    FrameMeta,
+    Headers,
+    InspectionResult,
+    MessageError,
+    RejectCommand,
+    check_image_bytes,
+    dead_letter_headers,
+    header_value,
+    now_ns,
+)
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One consumed frame message and where it came from."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    topic: str
+    partition: int
+    offset: int
+    received_ns: int
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class Scorer(Protocol):
+    async def model_info(self, model: str, refresh: bool = False) -> ModelInfo: ...
+
+    async def score(self, model: str, images: list[bytes]) -> list[Outcome]: ...
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class InspectionProcessor:
+    """Decides every frame of a batch; returns the messages to publish."""
+
+    def __init__(self, settings: Settings, scorer: Scorer, worker: str | None = None) -> None:
+        self._kafka = settings.kafka
+        self._models = settings.stream.product_models
+        self._scorer = scorer
+        self._worker = worker or worker_id()
+
+    async def process(self, frames: list[Frame]) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        by_model: dict[str, list[tuple[Frame, FrameMeta]]] = defaultdict(list)
+        for frame in frames:
+            try:
+                meta = FrameMeta.from_headers(frame.headers)
+                check_image_bytes(frame.value)
+                model = self._models.get(meta.product)
+                if model is None:
+                    raise MessageError(f"unknown product {meta.product!r}")
+            except MessageError as exc:
+                out += self._failsafe(frame, None, str(exc), stage="validate")
+                continue
+            by_model[model].append((frame, meta))
+
+        groups = list(by_model.items())
+        scored = await asyncio.gather(*(self._score_group(m, g) for m, g in groups))
+        for (model, group), (info, outcomes) in zip(groups, scored):
+            for (frame, meta), outcome in zip(group, outcomes):
+                if isinstance(outcome, Scored) and info is not None:
+                    out += self._verdict(frame, meta, info, outcome)
+                else:
+                    reason = outcome.reason if isinstance(outcome, Failed) else "no model info"
+                    out += self._failsafe(frame, meta, reason, stage="inference", model=model)
+        return out
+
+    async def _score_group(
+        self, model: str, group: list[tuple[Frame, FrameMeta]]
+    ) -> tuple[ModelInfo | None, list[Outcome]]:
+        try:
+            info = await self._scorer.model_info(model)
+            outcomes = await self._scorer.score(model, [f.value or b"" for f, _ in group])
+        except Exception as exc:  # noqa: BLE001 - any serving failure must fail safe, not crash
+            reason = f"inference unavailable: {type(exc).__name__}: {exc}"
+            return None, [Failed(reason) for _ in group]
+        return info, outcomes
+
+    def _verdict(self, frame: Frame, meta: FrameMeta, info: ModelInfo, scored: Scored) -> list[Outgoing]:
+        reject = scored.score >= info.threshold
+        defect = scored.defect_class(info.classes) if reject else "none"
+        result = InspectionResult(
+            unit_id=meta.unit_id,
+            line=meta.line,
+            camera=meta.camera,
+            product=meta.product,
+            lot=meta.lot,
+            verdict="reject" if reject else "pass",
+            cause="model",
+            inspected=True,
+            defect=defect,
+            score=scored.score,
+            threshold=info.threshold,
+            model_name=info.classifier,
+            model_version=info.version,
+            capture_ns=meta.capture_ns,
+            received_ns=frame.received_ns,
+            inferred_ns=now_ns(),
+            worker=self._worker,
+            class_scores=scored.class_probs,
+        )
+        out = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), result.to_json())]
+        if reject:
+            out.append(self._reject(result))
+        return out
+
+    def _failsafe(
+        self, frame: Frame, meta: FrameMeta | None, reason: str, stage: str, model: str = ""
+    ) -> list[Outgoing]:
+        unit = meta.unit_id if meta else (header_value(frame.headers, H_UNIT) or _key(frame) or frame.source)
+        line = meta.line if meta else header_value(frame.headers, H_LINE)
+        now = now_ns()
+        result = InspectionResult(
+            unit_id=unit,
+            line=line,
+            camera=meta.camera if meta else "",
+            product=meta.product if meta else "",
+            lot=meta.lot if meta else "",
+            verdict="reject",
+            cause="failsafe",
+            inspected=False,
+            defect="uninspected",
+            score=None,
+            threshold=None,
+            model_name=model,
+            model_version="",
+            capture_ns=meta.capture_ns if meta else frame.received_ns,
+            received_ns=frame.received_ns,
+            inferred_ns=now,
+            worker=self._worker,
+            error=reason,
+        )
+        dead = Outgoing(
+            self._kafka.topic_deadletter,
+            frame.key,
+            frame.value,
+            dead_letter_headers(frame.headers, reason, stage, frame.source),
+        )
+        return [
+            dead,
+            Outgoing(self._kafka.topic_results, unit.encode(), result.to_json()),
+            self._reject(result),
+        ]
+
+    def _reject(self, result: InspectionResult) -> Outgoing:
+        command = RejectCommand(
+            unit_id=result.unit_id,
+            line=result.line,
+            camera=result.camera,
+            lot=result.lot,
+            cause=result.cause,
+            defect=result.defect,
+            capture_ns=result.capture_ns,
+            issued_ns=now_ns(),
+        )
+        # Keyed by line: one line's rejects stay in order for its gate.
+        return Outgoing(self._kafka.topic_rejects, result.line.encode(), command.to_json())
+
+
+def _key(frame: Frame) -> str:
+    try:
+        return frame.key.decode() if frame.key else ""
+    except UnicodeDecodeError:
+        return ""

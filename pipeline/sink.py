@@ -1,0 +1,188 @@
+"""ClickHouse sink: results, ground truth, actuations and dead letters into analytics tables.
+
+Inserts are bulk (one insert per table per batch) and idempotent under redelivery: each insert
+carries a deduplication token built from its Kafka offsets, and the tables are ReplacingMergeTree
+keyed by unit. A message the sink cannot decode is stored as a dead letter with its reason, never
+dropped and never allowed to stop the sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+from confluent_kafka import Message
+
+from pipeline.clickhouse import ClickHouseClient
+from pipeline.consumer_loop import run_batches
+from pipeline.health import HealthState
+from pipeline.kafka import make_consumer
+from pipeline.messages import (
+    H_DLQ_REASON,
+    H_DLQ_SOURCE,
+    H_DLQ_STAGE,
+    H_LINE,
+    H_LOT,
+    H_UNIT,
+    Actuation,
+    GroundTruth,
+    InspectionResult,
+    MessageError,
+    header_value,
+    now_ns,
+)
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+
+def ns_to_datetime(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+
+
+def _source(m: Message) -> str:
+    return f"{m.topic()}:{m.partition()}:{m.offset()}"
+
+
+def inspection_row(m: Message) -> Row:
+    r = InspectionResult.from_json(m.value())
+    return {
+        "unit_id": r.unit_id,
+        "line": r.line,
+        "camera": r.camera,
+        "product": r.product,
+        "lot": r.lot,
+        "verdict": r.verdict,
+        "cause": r.cause,
+        "inspected": r.inspected,
+        "defect": r.defect,
+        "score": r.score,
+        "threshold": r.threshold,
+        "model_name": r.model_name,
+        "model_version": r.model_version,
+        "capture_time": ns_to_datetime(r.capture_ns),
+        "received_time": ns_to_datetime(r.received_ns),
+        "inferred_time": ns_to_datetime(r.inferred_ns),
+        "worker": r.worker,
+        "error": r.error,
+        "class_scores": {k: float(v) for k, v in r.class_scores.items()},
+        "kafka_partition": m.partition(),
+        "kafka_offset": m.offset(),
+    }
+
+
+def truth_row(m: Message) -> Row:
+    t = GroundTruth.from_json(m.value())
+    return {
+        "unit_id": t.unit_id,
+        "line": t.line,
+        "lot": t.lot,
+        "product": t.product,
+        "label": t.label,
+        "defect": t.defect,
+        "capture_time": ns_to_datetime(t.capture_ns),
+        "source": t.source,
+    }
+
+
+def actuation_row(m: Message) -> Row:
+    a = Actuation.from_json(m.value())
+    return {
+        "unit_id": a.unit_id,
+        "line": a.line,
+        "lot": a.lot,
+        "cause": a.cause,
+        "defect": a.defect,
+        "capture_time": ns_to_datetime(a.capture_ns),
+        "command_time": ns_to_datetime(a.command_issued_ns),
+        "fired_time": ns_to_datetime(a.fired_ns),
+        "actuator": a.actuator,
+    }
+
+
+def dead_letter_row(m: Message) -> Row:
+    headers = m.headers() or []
+    return {
+        "unit_id": header_value(headers, H_UNIT),
+        "line": header_value(headers, H_LINE),
+        "lot": header_value(headers, H_LOT),
+        "reason": header_value(headers, H_DLQ_REASON) or "no reason given",
+        "stage": header_value(headers, H_DLQ_STAGE),
+        "source": header_value(headers, H_DLQ_SOURCE) or _source(m),
+        "size_bytes": len(m.value() or b""),
+        "dead_time": ns_to_datetime(m.timestamp()[1] * 1_000_000 if m.timestamp()[1] > 0 else now_ns()),
+    }
+
+
+def undecodable_row(m: Message, reason: str) -> Row:
+    """A message the sink itself cannot store: kept as a dead letter with its reason."""
+    return {
+        "unit_id": "",
+        "line": "",
+        "lot": "",
+        "reason": reason,
+        "stage": "sink",
+        "source": _source(m),
+        "size_bytes": len(m.value() or b""),
+        "dead_time": ns_to_datetime(now_ns()),
+    }
+
+
+class ClickHouseSink:
+    """Maps each consumed topic to its table and writes a batch with one insert per table."""
+
+    def __init__(self, settings: Settings, client: ClickHouseClient) -> None:
+        k = settings.kafka
+        self._settings = settings
+        self._client = client
+        self._db = settings.clickhouse.database
+        self.routes: dict[str, tuple[str, Callable[[Message], Row]]] = {
+            k.topic_results: ("inspections", inspection_row),
+            k.topic_truth: ("ground_truth", truth_row),
+            k.topic_actuations: ("actuations", actuation_row),
+            k.topic_deadletter: ("dead_letters", dead_letter_row),
+        }
+        self.rows_written = 0
+
+    def write(self, messages: Sequence[Message]) -> None:
+        tables: dict[str, list[Row]] = defaultdict(list)
+        spans: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(dict)
+        for m in messages:
+            table, to_row = self.routes[m.topic()]
+            try:
+                row = to_row(m)
+            except (MessageError, ValueError, TypeError, KeyError) as exc:
+                log.warning("undecodable message at %s: %s", _source(m), exc)
+                table, row = "dead_letters", undecodable_row(m, f"sink could not decode: {exc}")
+            tables[table].append(row)
+            span = spans[table].setdefault((m.topic(), m.partition()), [m.offset(), m.offset()])
+            span[1] = m.offset()
+        for table, rows in tables.items():
+            token = table + ":" + ",".join(
+                f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(spans[table].items())
+            )
+            self._client.insert_json_rows(
+                f"{self._db}.{table}", rows, settings={"insert_deduplication_token": token}
+            )
+            self.rows_written += len(rows)
+
+
+def run_sink(settings: Settings, client: ClickHouseClient, stop: threading.Event, health: HealthState) -> None:
+    """Consume until `stop`; commits only after ClickHouse accepted each batch."""
+    sink = ClickHouseSink(settings, client)
+    consumer = make_consumer(settings.kafka, settings.services.sink_group, "linesight-sink")
+    ch = settings.clickhouse
+    run_batches(
+        consumer,
+        list(sink.routes),
+        sink.write,
+        health,
+        stop,
+        max_batch=ch.insert_batch_rows,
+        max_wait_s=ch.insert_interval_s,
+    )
