@@ -1,0 +1,191 @@
+"""ClickHouse interface: chDB engine with the project schema, serialisation rules, backend choice."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from pipeline.clickhouse import (
+    SCHEMA_PATH,
+    ChdbClient,
+    ChdbInUseError,
+    ClickHouseError,
+    ServerClient,
+    connect,
+    datetime_from_ns,
+    json_each_row,
+    schema_statements,
+    split_statements,
+)
+from pipeline.embedded.process import free_port
+from pipeline.settings import Settings
+
+NS = 1_714_564_800_123_456_789  # 2024-05-01 12:00:00.123456789 UTC
+
+
+def _fresh_db(client: ChdbClient) -> str:
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    client.apply_schema(db)
+    return db
+
+
+def _inspection(unit: str, **over: object) -> dict[str, object]:
+    row: dict[str, object] = dict(
+        unit_id=unit, line="line-1", camera="cam-1", product="tablet", lot="L1", verdict="pass",
+        cause="model", inspected=True, defect="none", score=0.12, threshold=0.5,
+        model_name="tablet_inspector", model_version="3",
+        capture_time=datetime_from_ns(NS), received_time=datetime_from_ns(NS + 2_000_000),
+        inferred_time=datetime_from_ns(NS + 12_500_000), worker="w1", error="",
+        class_scores={"none": 0.88, "chip": 0.12}, kafka_partition=1, kafka_offset=7,
+    )
+    row.update(over)
+    return row
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_split_statements_respects_quotes_and_comments() -> None:
+    sql = "-- a; comment\nCREATE TABLE a (s String DEFAULT ';') ENGINE=Memory;\n/* x; */ SELECT 'it''s';  ;\n"
+    assert split_statements(sql) == ["CREATE TABLE a (s String DEFAULT ';') ENGINE=Memory", "SELECT 'it''s'"]
+    statements = schema_statements("linesight_x", SCHEMA_PATH)
+    assert statements[0] == "CREATE DATABASE IF NOT EXISTS linesight_x"
+    assert all("{db}" not in s for s in statements) and len(statements) == 5
+    with pytest.raises(ValueError):
+        schema_statements("bad name; DROP")
+
+
+def test_row_serialisation_rules() -> None:
+    body = json_each_row([{
+        "t": datetime(2024, 5, 1, 14, 0, 0, 5, tzinfo=timezone(timedelta(hours=2))),
+        "f": math.nan, "g": -math.inf, "m": {"a": math.inf}, "d": Decimal("1.25"), "n": None,
+    }])
+    assert body == ('{"t":"2024-05-01 12:00:00.000005","f":"nan","g":"-inf","m":{"a":"inf"},'
+                    '"d":"1.25","n":null}')
+    with pytest.raises(ValueError, match="naive datetime"):
+        json_each_row([{"t": datetime(2024, 5, 1)}])
+    with pytest.raises(TypeError):
+        json_each_row([{"x": object()}])
+    assert datetime_from_ns(NS) == datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+
+
+# --------------------------------------------------------------------------- chDB engine
+
+
+def test_schema_applied(chdb_client: ChdbClient, embedded_settings: Settings) -> None:
+    db = embedded_settings.clickhouse.database
+    tables = chdb_client.query(
+        "SELECT name FROM system.tables WHERE database = {db:String} ORDER BY name", {"db": db}
+    )
+    assert [r[0] for r in tables.rows] == ["actuations", "dead_letters", "ground_truth", "inspections"]
+    assert chdb_client.apply_schema(db) == 5  # idempotent
+
+
+def test_insert_and_read_back_typed_values(chdb_client: ChdbClient) -> None:
+    db = _fresh_db(chdb_client)
+    rows = [
+        _inspection("u1"),
+        _inspection("u2", verdict="reject", cause="failsafe", inspected=False, defect="uninspected",
+                     score=None, threshold=None, class_scores={}, error="triton timeout"),
+    ]
+    assert chdb_client.insert_json_rows(f"{db}.inspections", rows) == 2
+    assert chdb_client.insert_json_rows(f"{db}.inspections", []) == 0
+    got = chdb_client.query(
+        f"SELECT unit_id, verdict, inspected, score, threshold, class_scores, capture_time, "
+        f"latency_ms, stored_time FROM {db}.inspections ORDER BY unit_id"
+    ).named()
+    first, second = got
+    assert first["capture_time"] == datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    assert first["inspected"] is True and math.isclose(first["score"], 0.12, rel_tol=1e-6)
+    assert first["class_scores"].keys() == {"none", "chip"}
+    assert math.isclose(first["class_scores"]["none"], 0.88, rel_tol=1e-6)
+    assert first["latency_ms"] == pytest.approx(12.5)  # MATERIALIZED from the DateTime64 columns
+    assert first["stored_time"].tzinfo is not None
+    assert second["score"] is None and second["threshold"] is None and second["class_scores"] == {}
+    assert second["inspected"] is False and second["verdict"] == "reject"
+
+
+def test_deduplication_token_drops_a_retried_insert(chdb_client: ChdbClient) -> None:
+    db = _fresh_db(chdb_client)
+    table = f"{db}.inspections"
+    chdb_client.command(f"SYSTEM STOP MERGES {table}")  # so ReplacingMergeTree cannot hide duplicates
+    batch = [_inspection(f"u{i}", kafka_offset=100 + i) for i in range(3)]
+    token = {"insert_deduplication_token": "linesight.results:1:100-102"}
+    chdb_client.insert_json_rows(table, batch, token)
+    # A retry of the same offsets, even with different content (say a re-scored row), is dropped.
+    retried = [_inspection(f"u{i}", kafka_offset=100 + i, worker="w2") for i in range(3)]
+    chdb_client.insert_json_rows(table, retried, token)
+    assert chdb_client.query(f"SELECT count(), groupUniqArray(worker) FROM {table}").rows == [(3, ["w1"])]
+    # The same rows under another token are another block: stored (FINAL then collapses them).
+    chdb_client.insert_json_rows(table, batch, {"insert_deduplication_token": "linesight.results:1:100-102#2"})
+    assert chdb_client.query(f"SELECT count() FROM {table}").scalar() == 6
+    assert chdb_client.query(f"SELECT count() FROM {table} FINAL").scalar() == 3
+
+
+def test_command_settings_and_parameters(chdb_client: ChdbClient) -> None:
+    db = _fresh_db(chdb_client)
+    chdb_client.insert_json_rows(f"{db}.ground_truth", [
+        {"unit_id": "u1", "line": "l", "product": "p", "label": "defect", "defect": "chip",
+         "capture_time": datetime_from_ns(NS), "source": "simulator"},
+    ])
+    chdb_client.command(f"ALTER TABLE {db}.ground_truth DELETE WHERE unit_id = 'u1'", {"mutations_sync": 2})
+    assert chdb_client.query(f"SELECT count() FROM {db}.ground_truth").scalar() == 0
+    result = chdb_client.query("SELECT {n:UInt32} + 1 AS x, {s:String} AS s", {"n": 41, "s": "ok"})
+    assert result.column_names == ("x", "s") and result.rows == [(42, "ok")]
+    with pytest.raises(ClickHouseError, match="UNKNOWN_TABLE|does not exist"):
+        chdb_client.query(f"SELECT * FROM {db}.no_such_table")
+
+
+def test_another_process_gets_a_clear_lock_error(chdb_client: ChdbClient, embedded_settings: Settings) -> None:
+    code = textwrap.dedent(f"""
+        from pipeline.clickhouse import ChdbClient, ChdbInUseError
+        try:
+            ChdbClient({str(embedded_settings.chdb_dir)!r})
+        except ChdbInUseError as exc:
+            print("LOCKED:", exc)
+            raise SystemExit(7)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 7, proc.stderr[-2000:]
+    assert "in use by another LineSight process" in proc.stdout
+    assert str(embedded_settings.chdb_dir.resolve()) in proc.stdout
+
+
+def test_second_directory_in_one_process_is_refused(chdb_client: ChdbClient, tmp_path: Path) -> None:
+    with pytest.raises(ChdbInUseError, match="one data directory per process"):
+        ChdbClient(tmp_path / "other")
+    assert chdb_client.query("SELECT 1").scalar() == 1  # the open engine is unaffected
+
+
+# --------------------------------------------------------------------------- backend choice
+
+
+def test_connect_picks_chdb_without_url(chdb_client: ChdbClient, embedded_settings: Settings) -> None:
+    client = connect(embedded_settings)
+    try:
+        assert isinstance(client, ChdbClient) and client.path == embedded_settings.chdb_dir.resolve()
+        # Same engine and data as the fixture; the configured database is the default one.
+        assert client.query("SELECT count() FROM inspections").column_names == ("count()",)
+    finally:
+        client.close()
+    assert chdb_client.query("SELECT 1").scalar() == 1
+
+
+def test_connect_picks_server_with_url(embedded_settings: Settings) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    settings = embedded_settings.model_copy(
+        update={"clickhouse": embedded_settings.clickhouse.model_copy(update={"url": url})}
+    )
+    # Nothing listens there: the HTTP client is the one that tried, and the error names the URL.
+    with pytest.raises(ClickHouseError, match=f"cannot connect to ClickHouse at {url}"):
+        connect(settings)
+    with pytest.raises(ClickHouseError, match="must be http"):
+        ServerClient("ftp://x:1")
