@@ -1,0 +1,112 @@
+"""End to end on the real embedded stack: Tansu broker, tritonserver, chDB, Faust worker,
+actuator and sink processes. Frames go in at the camera; verdicts, fired rejects, dead letters
+and stored rows come out, and every unit is accounted for.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.demo import pipeline_stack, wait_drained
+from pipeline.embedded.process import free_port
+from pipeline.embedded.triton import TritonServer
+from pipeline.gateway import FramePublisher, run_simulated_line
+from pipeline.kafka import make_producer
+from pipeline.messages import FrameMeta, GroundTruth, now_ns
+from pipeline.report import build_report
+from pipeline.settings import PROJECT_ROOT, Settings
+
+pytestmark = pytest.mark.e2e
+
+MODEL = PROJECT_ROOT / "triton_models" / "tablet_classifier" / "1" / "model.onnx"
+GOOD_UNITS = 60
+
+
+@pytest.fixture
+def e2e_settings(embedded_settings: Settings, broker: str, request: pytest.FixtureRequest) -> Settings:
+    """The session's broker, Triton and chDB directory; fresh ports for the services."""
+    # Fail (not skip) without a model: `make test` trains it first.
+    assert MODEL.exists(), "the tablet model is not trained: run `make model`"
+    triton_server: TritonServer = request.getfixturevalue("triton_server")
+    base = embedded_settings
+    return base.model_copy(
+        update={
+            "kafka": base.kafka.model_copy(update={"bootstrap_servers": broker}),
+            "triton": base.triton.model_copy(update={"url": triton_server.grpc_url}),
+            "stream": base.stream.model_copy(update={"web_port": free_port()}),
+            "services": base.services.model_copy(
+                update={"sink_health_port": free_port(), "actuator_health_port": free_port()}
+            ),
+            "simulator": base.simulator.model_copy(update={"rate_per_s": 30.0, "defect_rate": 0.3, "seed": 11}),
+        }
+    )
+
+
+def publish_bad_frames(settings: Settings, publisher: FramePublisher, lot: str) -> None:
+    """Frames a real line produces now and then: each must be dead-lettered and fail-safe rejected."""
+    line, product = settings.simulator.line, settings.simulator.product
+    bad = {
+        f"{lot}-corrupt": (product, b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 50),
+        f"{lot}-alien": ("unknown-sku", (PROJECT_ROOT / "tests" / "data" / "one.png").read_bytes()),
+        f"{lot}-text": (product, b"this is not an image"),
+    }
+    for unit, (prod, image) in bad.items():
+        capture = now_ns()
+        meta = FrameMeta(unit, line, "cam-1", prod, capture, "image/png", lot)
+        publisher.publish(meta, image, GroundTruth(unit, line, lot, prod, "good", "none", capture))
+    # A frame whose camera sent no metadata but its unit id as the key.
+    producer = make_producer(settings.kafka, "e2e-bad")
+    producer.produce(settings.kafka.topic_frames, key=f"{lot}-nometa".encode(), value=b"\x89PNG\r\n\x1a\n")
+    producer.flush(10)
+
+
+@pytest.mark.timeout(420)
+def test_pipeline_end_to_end(e2e_settings: Settings) -> None:
+    with pipeline_stack(e2e_settings, workers=1) as (resolved, client, services):
+        db = resolved.clickhouse.database
+        publisher = FramePublisher(resolved)
+        lot = run_simulated_line(resolved, publisher, services.stop_event, count=GOOD_UNITS, lot="E2E-LOT-1")
+        publish_bad_frames(resolved, publisher, lot)
+        publisher.close()
+        published = GOOD_UNITS + 3
+        assert publisher.stats.published == published
+        wait_drained(client, db, lot, published, services.stop_event, timeout_s=180)
+        report = build_report(client, db, lot)
+
+        assert report.published == published
+        assert report.every_unit_has_one_verdict, report.to_text()
+        assert report.every_reject_fired, report.to_text()
+        assert report.failsafe_rejected == 3
+        assert report.dead_lettered == 3
+        assert report.inspected == GOOD_UNITS
+        assert report.passed + report.rejected == published
+        # A real model on simulator tablets: most defects caught, few good units rejected.
+        defects = report.defects_published
+        assert defects > 5
+        assert report.escaped_defects <= 0.2 * defects, report.to_text()
+        assert report.false_rejects - 3 <= 0.1 * (GOOD_UNITS - defects), report.to_text()
+        assert report.latency_p50_ms > 0 and report.throughput_units_per_s > 0
+        assert report.model_versions == ["tablet_classifier:1"]
+
+        reasons = dict(
+            client.query(f"SELECT unit_id, reason FROM {db}.dead_letters FINAL WHERE lot = 'E2E-LOT-1'").rows
+        )
+        assert reasons[f"{lot}-alien"] == "unknown product 'unknown-sku'"
+        assert reasons[f"{lot}-text"] == "frame is neither PNG nor JPEG"
+        assert reasons[f"{lot}-corrupt"].startswith("triton:")
+
+        # The frame without metadata: dead-lettered, its unit (from the key) fail-safe rejected and fired.
+        nometa = f"{lot}-nometa"
+        rows = client.query(
+            f"SELECT verdict, cause, error FROM {db}.inspections FINAL WHERE unit_id = '{nometa}'"
+        ).rows
+        assert len(rows) == 1 and rows[0][0] == "reject" and rows[0][1] == "failsafe"
+        assert "missing metadata" in rows[0][2]
+        fired = client.query(f"SELECT count() FROM {db}.actuations FINAL WHERE unit_id = '{nometa}'").rows
+        assert fired[0][0] == 1
+
+        stored = client.query(
+            f"""SELECT count(), countIf(model_version = '1'), min(latency_ms) > 0
+                FROM {db}.inspections FINAL WHERE lot = '{lot}' AND inspected"""
+        ).rows[0]
+        assert stored[0] == GOOD_UNITS and stored[1] == GOOD_UNITS and stored[2]

@@ -1,0 +1,84 @@
+"""ClickHouse sink against the real broker and chDB: idempotent under redelivery, and a message
+it cannot decode is kept as a dead letter with its reason."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from pipeline.clickhouse import ChdbClient
+from pipeline.kafka import client_config, make_producer
+from pipeline.messages import GroundTruth, InspectionResult, now_ns
+from pipeline.settings import Settings
+from pipeline.sink import ClickHouseSink
+from pipeline.topics import ensure_topics
+
+
+def _settings(embedded_settings: Settings, broker: str) -> Settings:
+    suffix = uuid.uuid4().hex[:8]
+    k = embedded_settings.kafka.model_copy(
+        update={
+            "bootstrap_servers": broker,
+            "partitions": 1,
+            "topic_results": f"sink-results-{suffix}",
+            "topic_truth": f"sink-truth-{suffix}",
+            "topic_actuations": f"sink-actuations-{suffix}",
+            "topic_deadletter": f"sink-dlq-{suffix}",
+        }
+    )
+    return embedded_settings.model_copy(update={"kafka": k})
+
+
+def _result(unit: str, lot: str) -> InspectionResult:
+    t = now_ns()
+    return InspectionResult(
+        unit, "line-1", "cam-1", "tablet", lot, "reject", "model", True, "crack", 0.93, 0.5,
+        "tablet_classifier", "1", t - 5_000_000, t - 4_000_000, t, "w1", class_scores={"good": 0.07, "crack": 0.93},
+    )
+
+
+def _read_all(settings: Settings, topics: list[str], expected: int) -> list[Message]:
+    consumer = Consumer(client_config(settings.kafka) | {"group.id": "unused", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(t, 0, 0) for t in topics])
+    messages: list[Message] = []
+    deadline = time.monotonic() + 30
+    while len(messages) < expected and time.monotonic() < deadline:
+        messages += [m for m in consumer.consume(100, timeout=0.5) if m.error() is None]
+    consumer.close()
+    assert len(messages) == expected
+    return messages
+
+
+def test_redelivered_batch_is_stored_once(embedded_settings: Settings, broker: str, chdb_client: ChdbClient) -> None:
+    settings = _settings(embedded_settings, broker)
+    ensure_topics(settings)
+    lot = f"SINK-{uuid.uuid4().hex[:6]}"
+    producer = make_producer(settings.kafka, "test-sink")
+    for i in range(5):
+        unit = f"{lot}-{i}"
+        producer.produce(settings.kafka.topic_results, key=unit.encode(), value=_result(unit, lot).to_json())
+        truth = GroundTruth(unit, "line-1", lot, "tablet", "defect", "crack", now_ns())
+        producer.produce(settings.kafka.topic_truth, key=unit.encode(), value=truth.to_json())
+    producer.produce(settings.kafka.topic_results, key=b"junk", value=b"{not json")
+    producer.flush(10)
+    messages = _read_all(settings, [settings.kafka.topic_results, settings.kafka.topic_truth], 11)
+
+    sink = ClickHouseSink(settings, chdb_client)
+    sink.write(messages)
+    sink.write(messages)  # a crash before the commit: the same batch again
+    sink.write(messages[:3])  # and a redelivery cut differently (other dedup token)
+
+    db = settings.clickhouse.database
+    q = f"'{lot}'"
+    assert chdb_client.query(f"SELECT count() FROM {db}.inspections FINAL WHERE lot = {q}").scalar() == 5
+    assert chdb_client.query(f"SELECT count() FROM {db}.ground_truth FINAL WHERE lot = {q}").scalar() == 5
+    row = chdb_client.query(
+        f"SELECT score, class_scores['crack'], latency_ms FROM {db}.inspections FINAL WHERE unit_id = '{lot}-0'"
+    ).rows[0]
+    assert abs(row[0] - 0.93) < 1e-6 and abs(row[1] - 0.93) < 1e-6 and 4.9 < row[2] < 5.1
+    junk = chdb_client.query(
+        f"SELECT stage, reason FROM {db}.dead_letters FINAL WHERE source LIKE '{settings.kafka.topic_results}:%'"
+    ).rows
+    assert len(junk) == 1 and junk[0][0] == "sink" and "not JSON" in junk[0][1]
