@@ -65,8 +65,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
     from pipeline.sink import run_sink
 
     settings = _settings(args)
+    # The schema is applied by `linesight db init` (an admin); the sink's user may only insert.
     client = connect(settings)
-    client.apply_schema(settings.clickhouse.database)
     health = HealthState("sink")
     server = serve_health(health, settings.services.sink_health_port)
     try:

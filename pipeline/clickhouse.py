@@ -533,6 +533,5 @@ def connect(settings: Settings) -> ClickHouseClient:
     """A ClickHouse server when ``clickhouse.url`` is set, else chDB in ``settings.chdb_dir``."""
     ch = settings.clickhouse
     if ch.url:
-        password = ch.password.get_secret_value() if ch.password else ""
-        return ServerClient(ch.url, ch.database, ch.username, password)
+        return ServerClient(ch.url, ch.database, ch.username, ch.resolved_password())
     return ChdbClient(settings.chdb_dir, ch.database)

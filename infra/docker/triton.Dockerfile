@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# LineSight Triton image: NVIDIA's tritonserver plus what the `tablet_preprocess` python-backend
+# model imports (pipeline.model.preprocess: numpy<2 and pillow). The model repository is not
+# baked in: docker-compose mounts ./triton_models read-only at /models.
+#
+#   docker build -f infra/docker/triton.Dockerfile -t linesight/triton:0.1.0-24.10 .
+#
+# 24.10 is Triton 2.51.0, the same server the embedded stack runs (nvidia-pytriton 0.7.0), so
+# one model repository behaves the same in both. Its python backend stub runs the image's
+# Python 3.10 with ONNX Runtime 1.19 for the onnxruntime backend (see docs/deployment.md).
+ARG TRITON_VERSION=24.10
+FROM nvcr.io/nvidia/tritonserver:${TRITON_VERSION}-py3
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# numpy<2: the python backend of this Triton breaks response tensors with numpy 2.
+RUN python3 -m pip install "numpy>=1.26,<2" "pillow>=10"
+
+# Only the `pipeline` code, without its service dependencies (Kafka, ClickHouse, ...): the stub
+# imports nothing else. The package declares Python 3.11; this image's stub runs 3.10, hence
+# --ignore-requires-python and the import check below, which fails the build (not the model
+# load on the line) if the preprocessing code stops importing here.
+WORKDIR /tmp/linesight-src
+COPY pyproject.toml README.md* ./
+COPY pipeline ./pipeline
+COPY streams ./streams
+RUN python3 -m pip install --no-deps --ignore-requires-python . \
+    && cd / && rm -rf /tmp/linesight-src \
+    && python3 -c "import numpy, PIL; from pipeline.model import preprocess; \
+assert int(numpy.__version__.split('.')[0]) < 2, numpy.__version__; \
+print('pipeline.model.preprocess OK: numpy', numpy.__version__, 'pillow', PIL.__version__)"
+WORKDIR /opt/tritonserver

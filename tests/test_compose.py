@@ -1,0 +1,711 @@
+"""The production deployment (docker-compose.yml, infra/) checked offline: no Docker engine, no GPU.
+
+* `docker-compose config -q` (Debian's docker-compose 1.29) validates the file against the
+  compose schema when the binary is on PATH; skipped, with the reason, otherwise.
+* The structural tests parse the YAML themselves and check what a schema cannot: service names
+  the settings point at, health conditions, the GPU reservation, that every ``LINESIGHT_*``
+  variable is a real `Settings` field, that commands parse with the real CLI, that healthchecks
+  work against the real health endpoint, ClickHouse accounts and that no password is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from pydantic import BaseModel
+
+try:
+    import yaml
+except ImportError as exc:  # pragma: no cover - a dev dependency
+    raise ImportError("tests/test_compose.py needs PyYAML: pip install -e '.[dev]' (pyyaml>=6)") from exc
+
+from pipeline.cli import build_parser
+from pipeline.embedded.process import free_port
+from pipeline.health import HealthState, serve_health
+from pipeline.settings import Settings
+from pipeline.topics import FRAME_OVERHEAD_BYTES
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+APP_DOCKERFILE = ROOT / "infra" / "docker" / "app.Dockerfile"
+TRITON_DOCKERFILE = ROOT / "infra" / "docker" / "triton.Dockerfile"
+CH_DIR = ROOT / "infra" / "clickhouse"
+CH_USERS_XML = CH_DIR / "users.d" / "linesight.xml"
+CH_ENTRYPOINT = CH_DIR / "entrypoint.sh"
+
+ONE_SHOT = {"topics-init", "db-init"}
+APP_SERVICES = {"topics-init", "db-init", "worker", "sink", "actuator", "camera"}
+REQUIRED_SERVICES = APP_SERVICES | {"kafka", "triton", "clickhouse"}
+LONG_RUNNING = REQUIRED_SERVICES - ONE_SHOT
+# service -> (health-port environment variable, the Settings section and field it sets)
+HEALTH_PORTS = {
+    "worker": ("LINESIGHT_STREAM__WEB_PORT", ("stream", "web_port")),
+    "sink": ("LINESIGHT_SERVICES__SINK_HEALTH_PORT", ("services", "sink_health_port")),
+    "actuator": ("LINESIGHT_SERVICES__ACTUATOR_HEALTH_PORT", ("services", "actuator_health_port")),
+}
+CLI_HANDLERS = {
+    "topics-init": "cmd_topics",
+    "db-init": "cmd_db_init",
+    "worker": "cmd_worker",
+    "sink": "cmd_sink",
+    "actuator": "cmd_actuator",
+    "camera": "cmd_camera",
+}
+# The variables compose refuses to run without (${VAR:?...}): dummy secret paths in the tests.
+SECRET_PATH_VARS = (
+    "CLICKHOUSE_ADMIN_PASSWORD_FILE",
+    "CLICKHOUSE_WRITER_PASSWORD_FILE",
+    "CLICKHOUSE_READER_PASSWORD_FILE",
+)
+DUMMY_ENV = {name: f"/tmp/linesight-test-secrets/{name.lower()}" for name in SECRET_PATH_VARS}
+
+
+# --------------------------------------------------------------------------- helpers
+
+_VAR = re.compile(
+    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<plain>[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Compose variable substitution (``${V}``, ``${V:-d}``, ``${V-d}``, ``${V:?e}``, ``$$``)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group("name") or m.group("plain")
+        op, arg = m.group("op"), m.group("arg") or ""
+        current = env.get(name)
+        unset = current is None or (op is not None and op.startswith(":") and current == "")
+        if op in ("?", ":?") and unset:
+            raise KeyError(f"required variable {name} is not set: {arg}")
+        if op in ("-", ":-") and unset:
+            return arg
+        return current or ""
+
+    return _VAR.sub(sub, value)
+
+
+def variables_in(text: str) -> dict[str, str | None]:
+    """Variables referenced by compose interpolation -> their operator (None for plain)."""
+    found: dict[str, str | None] = {}
+    for m in _VAR.finditer(text):
+        name = m.group("name") or m.group("plain")
+        if name:
+            found[name] = m.group("op")
+    return found
+
+
+def env_of(service: Mapping[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def settings_env_names() -> set[str]:
+    """Every environment variable `Settings` reads: LINESIGHT_<FIELD> / LINESIGHT_<SECTION>__<FIELD>."""
+    names = set()
+    for section, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.update(f"LINESIGHT_{section}__{name}".upper() for name in annotation.model_fields)
+        else:
+            names.add(f"LINESIGHT_{section}".upper())
+    return names
+
+
+def settings_from(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The `Settings` a container with exactly this LINESIGHT_* environment builds."""
+    for key in list(os.environ):
+        if key.upper().startswith("LINESIGHT_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("LINESIGHT_"):
+            monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def healthcheck_command(service: Mapping[str, Any]) -> list[str]:
+    test = service["healthcheck"]["test"]
+    return [test] if isinstance(test, str) else list(test)
+
+
+def python_healthcheck(service: Mapping[str, Any]) -> str:
+    cmd = healthcheck_command(service)
+    assert cmd[0] == "CMD" and cmd[1] in ("python", "python3") and cmd[2] == "-c", cmd
+    return cmd[3]
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    lines, buf = [], ""
+    for raw in path.read_text().splitlines():
+        stripped = raw.strip()
+        if not buf and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.endswith("\\"):
+            buf += stripped[:-1] + " "
+            continue
+        lines.append(buf + stripped)
+        buf = ""
+    result = []
+    for line in lines:
+        instruction, _, args = line.partition(" ")
+        result.append((instruction.upper(), args.strip()))
+    return result
+
+
+def walk(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any, Any]]:
+    """(path, key, value) of every mapping entry and "KEY=VALUE" list item in a YAML tree."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield path, key, value
+            yield from walk(value, (*path, key))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            if isinstance(item, str) and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", item):
+                key, _, value = item.partition("=")
+                yield path, key, value
+            yield from walk(item, (*path, i))
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose(raw: dict[str, Any]) -> dict[str, Any]:
+    """The compose file as `docker compose` sees it with only the required variables set."""
+    return interpolate(raw, DUMMY_ENV)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+def users_xml() -> ET.Element:
+    return ET.parse(CH_USERS_XML).getroot()
+
+
+def grants_of(user: ET.Element) -> list[str]:
+    return [" ".join((q.text or "").split()) for q in user.findall("grants/query")]
+
+
+# --------------------------------------------------------------------------- docker-compose itself
+
+DOCKER_COMPOSE = shutil.which("docker-compose")
+needs_docker_compose = pytest.mark.skipif(
+    DOCKER_COMPOSE is None,
+    reason="docker-compose is not on PATH (Debian: apt-get install -y docker-compose); "
+    "the compose schema check needs it, the structural tests below run without it",
+)
+
+
+def run_docker_compose(args: list[str], env_extra: Mapping[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    empty_env_file = tmp_path / "empty.env"  # hermetic: ignore a developer's own .env
+    empty_env_file.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    for name in variables_in(COMPOSE_FILE.read_text()):
+        env.pop(name, None)
+    env.update(env_extra)
+    assert DOCKER_COMPOSE is not None
+    return subprocess.run(
+        [DOCKER_COMPOSE, "--env-file", str(empty_env_file), "-f", str(COMPOSE_FILE), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+@needs_docker_compose
+@pytest.mark.parametrize("profile_args", [[], ["--profile", "simulator"]], ids=["default", "simulator"])
+def test_docker_compose_validates_the_file(profile_args: list[str], tmp_path: Path) -> None:
+    secrets = {}
+    for name in SECRET_PATH_VARS:
+        path = tmp_path / name.lower()
+        path.write_text("dummy-password-for-validation\n")
+        secrets[name] = str(path)
+    result = run_docker_compose([*profile_args, "config", "-q"], secrets, tmp_path)
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+
+
+@needs_docker_compose
+def test_docker_compose_refuses_to_run_without_the_secret_paths(tmp_path: Path) -> None:
+    result = run_docker_compose(["config", "-q"], {}, tmp_path)
+    assert result.returncode != 0
+    assert any(name in result.stderr for name in SECRET_PATH_VARS), result.stderr
+
+
+# --------------------------------------------------------------------------- services and order
+
+
+def test_every_service_of_the_deployment_is_defined(services: dict[str, Any]) -> None:
+    missing = REQUIRED_SERVICES - set(services)
+    assert not missing, f"docker-compose.yml lacks services {sorted(missing)}"
+
+
+def test_long_running_services_have_healthchecks(services: dict[str, Any]) -> None:
+    for name in LONG_RUNNING:
+        check = services[name].get("healthcheck")
+        assert check and not check.get("disable"), f"{name} has no healthcheck"
+        cmd = healthcheck_command(services[name])
+        assert cmd[0] in ("CMD", "CMD-SHELL") and len(cmd) > 1, f"{name}: healthcheck test {cmd}"
+        for key in ("interval", "timeout", "retries"):
+            assert key in check, f"{name}: healthcheck without {key}"
+
+
+def test_python_healthchecks_compile(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        cmd = healthcheck_command(service) if "healthcheck" in service else []
+        if len(cmd) >= 4 and cmd[1] in ("python", "python3") and cmd[2] == "-c":
+            compile(cmd[3], f"{name} healthcheck", "exec")
+
+
+def test_depends_on_waits_for_health_or_completion(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        depends = service.get("depends_on")
+        if depends is None:
+            continue
+        assert isinstance(depends, dict), f"{name}: depends_on must name a condition per service"
+        for target, spec in depends.items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            condition = (spec or {}).get("condition")
+            if target in ONE_SHOT:
+                assert condition == "service_completed_successfully", f"{name} -> {target}: {condition}"
+            else:
+                assert condition == "service_healthy", f"{name} -> {target}: {condition}"
+                assert "healthcheck" in services[target], f"{name} waits for {target}, which has no healthcheck"
+    # The order the pipeline needs.
+    assert set(services["topics-init"]["depends_on"]) == {"kafka"}
+    assert set(services["db-init"]["depends_on"]) == {"clickhouse"}
+    assert {"topics-init", "triton"} <= set(services["worker"]["depends_on"])
+    assert {"topics-init", "db-init", "clickhouse"} <= set(services["sink"]["depends_on"])
+    assert "topics-init" in services["actuator"]["depends_on"]
+
+
+def test_restart_policies(services: dict[str, Any]) -> None:
+    for name in ONE_SHOT:
+        assert services[name].get("restart") == "no", f"one-shot {name} must not restart"
+        assert "healthcheck" not in services[name]
+    for name in LONG_RUNNING:
+        assert services[name].get("restart") in ("unless-stopped", "always", "on-failure"), name
+
+
+def test_only_the_camera_is_behind_the_simulator_profile(services: dict[str, Any]) -> None:
+    assert services["camera"].get("profiles") == ["simulator"]
+    others = [n for n, s in services.items() if n != "camera" and s.get("profiles")]
+    assert not others, f"production services must start by default: {others}"
+
+
+# --------------------------------------------------------------------------- the application services
+
+
+def test_app_services_run_the_app_image_as_linesight_commands(services: dict[str, Any]) -> None:
+    parser = build_parser()
+    images = set()
+    for name in APP_SERVICES:
+        service = services[name]
+        assert service["build"]["dockerfile"] == "infra/docker/app.Dockerfile", name
+        assert service.get("init") is True, f"{name}: needs an init process to forward SIGTERM"
+        images.add(service["image"])
+        args = parser.parse_args([str(a) for a in service["command"]])
+        assert args.func.__name__ == CLI_HANDLERS[name], f"{name}: {service['command']}"
+    assert len(images) == 1, f"one app image for every service, got {images}"
+    camera = parser.parse_args([str(a) for a in services["camera"]["command"]])
+    assert camera.duration == 0 and camera.rate > 0
+
+
+def test_every_linesight_variable_is_a_settings_field(raw: dict[str, Any]) -> None:
+    known = settings_env_names()
+    used: dict[str, str] = {}
+    for path, key, _ in walk(raw):
+        if isinstance(key, str) and key.upper().startswith("LINESIGHT_"):
+            used[key] = "/".join(map(str, path))
+    for instruction, args in dockerfile_instructions(APP_DOCKERFILE):
+        if instruction == "ENV":
+            for key in re.findall(r"(?:^|\s)(LINESIGHT_[A-Za-z0-9_]+)=", args):
+                used[key] = "app.Dockerfile ENV"
+    assert used, "no LINESIGHT_ settings configured at all"
+    unknown = {k: where for k, where in used.items() if k.upper() not in known}
+    assert not unknown, f"not fields of pipeline.settings.Settings (silently ignored): {unknown}"
+
+
+@pytest.mark.parametrize("name", sorted(APP_SERVICES))
+def test_service_environment_builds_valid_settings(
+    name: str, services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_from(env_of(services[name]), monkeypatch)
+    # Every external address is set: no container ever starts an embedded service.
+    assert settings.kafka.bootstrap_servers and settings.triton.url and settings.clickhouse.url
+
+
+def test_services_reach_kafka_triton_and_clickhouse_by_service_name(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka_env = env_of(services["kafka"])
+    advertised = dict(
+        entry.split("://", 1) for entry in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    )
+    internal = advertised[kafka_env["KAFKA_INTER_BROKER_LISTENER_NAME"]]
+    assert internal.split(":")[0] == "kafka"
+    triton_flags = " ".join(services["triton"]["command"])
+    grpc_port = re.search(r"--grpc-port[= ](\d+)", triton_flags)
+    grpc_port = grpc_port.group(1) if grpc_port else "8001"
+
+    for name in ("worker", "sink", "actuator", "topics-init", "camera"):
+        settings = settings_from(env_of(services[name]), monkeypatch)
+        assert settings.kafka.bootstrap_servers == internal, f"{name}: {settings.kafka.bootstrap_servers}"
+
+    worker = settings_from(env_of(services["worker"]), monkeypatch)
+    assert worker.triton.url == f"triton:{grpc_port}"
+
+    for name in ("sink", "db-init"):
+        ch = settings_from(env_of(services[name]), monkeypatch).clickhouse
+        url = urlsplit(ch.url or "")
+        assert (url.scheme, url.hostname, url.port) == ("http", "clickhouse", 8123), f"{name}: {ch.url}"
+        assert ch.password_file is not None and str(ch.password_file).startswith("/run/secrets/")
+        assert ch.password is None
+
+
+def test_healthchecks_use_the_ports_the_services_listen_on(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, (variable, (section, field)) in HEALTH_PORTS.items():
+        env = env_of(services[name])
+        assert variable in env, f"{name}: sets no {variable}"
+        assert variable in python_healthcheck(services[name]), f"{name}: healthcheck ignores {variable}"
+        settings = settings_from(env, monkeypatch)
+        assert getattr(getattr(settings, section), field) == int(env[variable])
+        assert "ports" not in services[name], f"{name}: health ports stay on the compose network"
+
+
+@pytest.mark.parametrize("name", sorted(HEALTH_PORTS))
+def test_healthcheck_passes_and_fails_against_the_real_health_endpoint(name: str, services: dict[str, Any]) -> None:
+    variable, _ = HEALTH_PORTS[name]
+    code = python_healthcheck(services[name])
+
+    def probe(port: int) -> int:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LINESIGHT_")} | {variable: str(port)}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30).returncode
+
+    alive = HealthState(name)
+    port = free_port()
+    server = serve_health(alive, port, host="127.0.0.1")
+    try:
+        assert probe(port) == 0, "healthy service reported unhealthy"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    stale = HealthState(name, stale_after_s=0.0)  # its loop stopped ticking: /healthz answers 503
+    port = free_port()
+    server = serve_health(stale, port, host="127.0.0.1")
+    try:
+        assert probe(port) != 0, "a stalled service must fail its healthcheck"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert probe(free_port()) != 0, "nothing listening must fail the healthcheck"
+
+
+def test_camera_healthcheck_answers_with_the_broker(services: dict[str, Any], broker: str) -> None:
+    code = python_healthcheck(services["camera"])
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LINESIGHT_")}
+
+    def probe(bootstrap: str) -> int:
+        env = base | {"LINESIGHT_KAFKA__BOOTSTRAP_SERVERS": bootstrap}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60).returncode
+
+    assert probe(broker) == 0
+    assert probe(f"127.0.0.1:{free_port()}") != 0
+
+
+def test_workers_scale_as_one_consumer_group(services: dict[str, Any], raw: dict[str, Any]) -> None:
+    worker = services["worker"]
+    assert "container_name" not in worker and "ports" not in worker, "fixed names/ports prevent --scale"
+    replicas = worker.get("deploy", {}).get("replicas", 1)
+    assert int(replicas) >= 1
+    for name in APP_SERVICES:
+        assert "container_name" not in services[name], name
+    # All workers share one group id: nothing may set it per replica.
+    assert "LINESIGHT_STREAM__APP_ID" not in env_of(worker)
+
+
+# --------------------------------------------------------------------------- kafka
+
+
+def test_kafka_is_a_pinned_single_kraft_node_with_a_volume(services: dict[str, Any], compose: dict[str, Any]) -> None:
+    kafka = services["kafka"]
+    assert re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", kafka["image"]), kafka["image"]
+    env = env_of(kafka)
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env.get("CLUSTER_ID"), "the apache/kafka image needs CLUSTER_ID in KRaft mode"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
+    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"):
+        assert env[key] == "1", f"{key}: a single node cannot hold more replicas"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in kafka["volumes"]}
+    assert env["KAFKA_LOG_DIRS"] in mounts, "the Kafka log must be on the volume"
+    assert mounts[env["KAFKA_LOG_DIRS"]] in compose["volumes"], "named volume"
+    assert "kafka-topics.sh" in " ".join(healthcheck_command(kafka))
+
+
+def test_kafka_accepts_the_largest_frame_the_producers_send(services: dict[str, Any]) -> None:
+    env = env_of(services["kafka"])
+    largest = Settings().kafka.max_message_bytes + FRAME_OVERHEAD_BYTES
+    broker_cap = int(env["KAFKA_MESSAGE_MAX_BYTES"])
+    assert broker_cap > 1_048_576, "message.max.bytes must be above Kafka's 1 MB default"
+    assert broker_cap >= largest, f"broker cap {broker_cap} < producer cap {largest}"
+    assert int(env["KAFKA_REPLICA_FETCH_MAX_BYTES"]) >= broker_cap
+
+
+# --------------------------------------------------------------------------- triton
+
+
+def test_triton_reserves_a_gpu_and_loads_the_mounted_models(services: dict[str, Any]) -> None:
+    triton = services["triton"]
+    assert triton["build"]["dockerfile"] == "infra/docker/triton.Dockerfile"
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    gpu = [d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])]
+    assert gpu, f"no nvidia GPU reservation: {devices}"
+    assert gpu[0].get("count") in (1, "all") or gpu[0].get("device_ids")
+    command = [str(c) for c in triton["command"]]
+    assert command[0] == "tritonserver"
+    assert "--model-control-mode=explicit" in command and "--load-model=*" in command
+    repo = next(c.split("=", 1)[1] for c in command if c.startswith("--model-repository="))
+    mounts = [v.split(":") for v in triton["volumes"]]
+    assert [m for m in mounts if m[1] == repo and m[0] in ("./triton_models", "triton_models") and m[2:] == ["ro"]], (
+        f"./triton_models must be mounted read-only at {repo}: {triton['volumes']}"
+    )
+    assert triton.get("shm_size"), "the python backend needs a larger /dev/shm"
+    assert "/v2/health/ready" in " ".join(healthcheck_command(triton))
+
+
+def test_triton_image_adds_the_preprocessing_dependencies(services: dict[str, Any]) -> None:
+    instructions = dockerfile_instructions(TRITON_DOCKERFILE)
+    args = dict(a.split("=", 1) for i, a in instructions if i == "ARG" and "=" in a)
+    froms = [a for i, a in instructions if i == "FROM"]
+    assert froms == ["nvcr.io/nvidia/tritonserver:${TRITON_VERSION}-py3"], froms
+    assert re.fullmatch(r"\d\d\.\d\d", args["TRITON_VERSION"]), "pin the NGC release"
+    compose_default = services["triton"]["build"]["args"]["TRITON_VERSION"]
+    assert compose_default == args["TRITON_VERSION"], "compose and Dockerfile pin different Triton releases"
+    runs = " ".join(a for i, a in instructions if i == "RUN")
+    assert re.search(r"numpy[^\"']*<2", runs) and "pillow" in runs
+    assert "from pipeline.model import preprocess" in runs, "the build must prove the stub can import it"
+    assert any(i == "COPY" and a.startswith("pipeline") for i, a in instructions)
+
+
+def test_preprocessing_imports_only_what_the_triton_image_has() -> None:
+    """The stub runs the image's Python 3.10 with numpy and pillow only (installed --no-deps)."""
+    import ast
+
+    allowed_third_party = {"numpy", "PIL"}
+    # Importing a module runs its packages' __init__ too.
+    pending, seen = ["pipeline", "pipeline.model", "pipeline.model.preprocess"], set()
+    while pending:
+        module = pending.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = ROOT / Path(*module.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        if not path.exists() and path.name == "__init__.py":
+            continue  # namespace package: no code runs
+        tree = ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top == "pipeline":
+                    parts = name.split(".")
+                    pending.extend(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+                else:
+                    assert top in sys.stdlib_module_names or top in allowed_third_party or top == "__future__", (
+                        f"{module} imports {name}, which the Triton image does not install"
+                    )
+
+
+# --------------------------------------------------------------------------- app image
+
+
+def test_app_image_is_python_311_slim_non_root_with_the_cli_entrypoint() -> None:
+    instructions = dockerfile_instructions(APP_DOCKERFILE)
+    args = dict(a.split("=", 1) for i, a in instructions if i == "ARG" and "=" in a)
+    assert args["PYTHON_IMAGE"].startswith("python:3.11-slim"), args["PYTHON_IMAGE"]
+    users = [a for i, a in instructions if i == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the services must not run as root"
+    assert [a for i, a in instructions if i == "ENTRYPOINT"][-1] == '["linesight"]'
+    runs = " ".join(a for i, a in instructions if i == "RUN")
+    assert "pip install" in runs
+    copied = " ".join(a for i, a in instructions if i == "COPY")
+    # `linesight db init` reads the schema relative to the package (pipeline.clickhouse.SCHEMA_PATH).
+    assert "infra/clickhouse/schema.sql" in copied
+
+
+# --------------------------------------------------------------------------- clickhouse
+
+
+def test_clickhouse_is_pinned_with_a_data_volume_and_the_linesight_config(
+    services: dict[str, Any], compose: dict[str, Any]
+) -> None:
+    ch = services["clickhouse"]
+    assert re.fullmatch(r"clickhouse/clickhouse-server:\d+\.\d+(\.\d+\.\d+)?", ch["image"]), ch["image"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in ch["volumes"]}
+    assert mounts["/var/lib/clickhouse"] in compose["volumes"]
+    for target in (
+        "/linesight/entrypoint.sh",
+        "/etc/clickhouse-server/users.d/50-linesight.xml",
+        "/etc/clickhouse-server/config.d/50-linesight.xml",
+    ):
+        assert (ROOT / mounts[target]).is_file(), f"{mounts[target]} mounted at {target} does not exist"
+        assert f"{mounts[target]}:{target}:ro" in ch["volumes"], f"{target} must be mounted read-only"
+    for source in mounts.values():
+        if source.startswith("./"):
+            assert (ROOT / source).exists(), source
+    assert ch["entrypoint"][-1] == "/linesight/entrypoint.sh"
+    assert env_of(ch).get("CLICKHOUSE_SKIP_USER_SETUP") == "1", "users come from users.d only"
+    assert "/ping" in " ".join(healthcheck_command(ch))
+
+
+def test_clickhouse_users_have_least_privilege(services: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    root = users_xml()
+    users = root.find("users")
+    assert users is not None
+    removed = users.find("default")
+    assert removed is not None and removed.get("remove") == "remove", "the password-less default user must go"
+    database = settings_from(env_of(services["sink"]), monkeypatch).clickhouse.database
+
+    admin, writer, reader = (users.find(u) for u in ("linesight_admin", "linesight_writer", "linesight_reader"))
+    assert admin is not None and writer is not None and reader is not None
+    assert admin.findtext("access_management") == "1"
+    assert grants_of(writer) == [f"GRANT SELECT, INSERT ON {database}.*"]
+    assert grants_of(reader) == [f"GRANT SELECT ON {database}.*"]
+    assert writer.find("access_management") is None and reader.find("access_management") is None
+    profile = root.find(f"profiles/{reader.findtext('profile')}")
+    assert profile is not None and int(profile.findtext("readonly") or 0) >= 1, "reader needs a read-only profile"
+
+    for user in (admin, writer, reader):
+        assert user.find("password") is None, f"{user.tag}: plaintext password in the repository"
+        assert user.findtext("password_sha256_hex") == "0" * 64, f"{user.tag}: only the locked placeholder belongs here"
+
+    # Who gets which account.
+    assert env_of(services["sink"])["LINESIGHT_CLICKHOUSE__USERNAME"] == "linesight_writer"
+    assert env_of(services["db-init"])["LINESIGHT_CLICKHOUSE__USERNAME"] == "linesight_admin"
+    for name in APP_SERVICES - {"db-init"}:
+        assert "clickhouse_admin_password" not in services[name].get("secrets", []), name
+    for name in ("worker", "actuator", "camera", "topics-init"):
+        assert not services[name].get("secrets"), f"{name} uses no ClickHouse account"
+
+
+def test_clickhouse_entrypoint_turns_the_secrets_into_password_hashes(
+    services: dict[str, Any], tmp_path: Path
+) -> None:
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not available")
+    secrets_dir, users_d = tmp_path / "secrets", tmp_path / "users.d"
+    secrets_dir.mkdir()
+    users_d.mkdir()
+    secret_names = services["clickhouse"]["secrets"]
+    passwords = {}
+    for name in secret_names:
+        passwords[name] = f"{name}-Pw-0123456789"
+        (secrets_dir / name).write_text(f"  {passwords[name]}\n")  # whitespace is not part of it
+    marker = tmp_path / "next"
+    next_entrypoint = tmp_path / "next.sh"
+    next_entrypoint.write_text(f'#!/bin/sh\necho "$@" > {marker}\n')
+    next_entrypoint.chmod(0o755)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CH_INIT_SECRETS_DIR": str(secrets_dir),
+           "CH_INIT_USERS_D": str(users_d), "CH_INIT_NEXT": str(next_entrypoint)}
+
+    result = subprocess.run([bash, str(CH_ENTRYPOINT), "--arg"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert marker.read_text().strip() == "--arg", "must hand over to the image's entrypoint with its arguments"
+    overlay = ET.parse(users_d / "zz-linesight-passwords.xml").getroot().find("users")
+    assert overlay is not None
+    hashes = {u.tag: u.findtext("password_sha256_hex") for u in overlay}
+    xml_users = {u.tag for u in users_xml().find("users") if u.get("remove") is None}
+    assert set(hashes) == xml_users, "every account of users.d/linesight.xml gets a password"
+    expected = {hashlib.sha256(p.encode()).hexdigest() for p in passwords.values()}
+    assert set(hashes.values()) == expected
+    assert not any(p in (users_d / "zz-linesight-passwords.xml").read_text() for p in passwords.values())
+
+    # Fails closed: a short or missing secret stops the container before the server starts.
+    marker.unlink()
+    (secrets_dir / secret_names[0]).write_text("short\n")
+    result = subprocess.run([bash, str(CH_ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and not marker.exists()
+    (secrets_dir / secret_names[0]).unlink()
+    result = subprocess.run([bash, str(CH_ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and not marker.exists() and "missing" in result.stderr
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_no_password_is_written_in_the_compose_file(raw: dict[str, Any]) -> None:
+    services = raw["services"]
+    top_secrets = raw.get("secrets", {})
+    for path, key, value in walk(raw):
+        if not (isinstance(key, str) and "PASSWORD" in key.upper()) or isinstance(value, (dict, list)):
+            continue  # containers (e.g. a secret's definition) are walked into
+        where = "/".join(map(str, (*path, key)))
+        text = "" if value is None else str(value)
+        if re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?][^}]*)?\}", text):
+            operators = set(variables_in(text).values())
+            assert not operators & {"-", ":-"}, f"{where}: a default value would be a committed password"
+            continue
+        assert key.upper().endswith("_FILE"), f"{where}: literal password {text!r}"
+        secret = text.removeprefix("/run/secrets/")
+        assert text.startswith("/run/secrets/") and secret in top_secrets, f"{where}: {text} is no Docker secret"
+        service = path[1] if len(path) > 1 and path[0] == "services" else None
+        if service is not None:
+            assert secret in services[service].get("secrets", []), f"{where}: {service} does not mount {secret}"
+    for name, spec in top_secrets.items():
+        assert set(spec) == {"file"}, f"secret {name}: only file-based secrets"
+        assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", spec["file"]), (
+            f"secret {name}: the file path comes from the environment (${{VAR:?...}}), not the repository"
+        )
+
+
+def test_env_example_documents_every_variable_and_holds_no_secret() -> None:
+    text = ENV_EXAMPLE.read_text()
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", text, flags=re.M))
+    assigned = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", text, flags=re.M))
+    referenced = variables_in(COMPOSE_FILE.read_text())
+    undocumented = set(referenced) - documented
+    assert not undocumented, f".env.example does not mention {sorted(undocumented)}"
+    for name, op in referenced.items():
+        if op in ("?", ":?"):
+            assert name in assigned, f"required variable {name} needs a placeholder in .env.example"
+    for name, value in assigned.items():
+        if "PASSWORD" in name:
+            assert name.endswith("_FILE") and value.startswith(("./", "/")), f"{name} must be a secret file path"
+
+
+def test_required_variables_are_enforced_by_interpolation(raw: dict[str, Any]) -> None:
+    with pytest.raises(KeyError, match="CLICKHOUSE_"):
+        interpolate(raw, {})
