@@ -22,7 +22,8 @@ import numpy as np
 
 from pipeline.demo import pipeline_stack, wait_drained
 from pipeline.gateway import FramePublisher
-from pipeline.imaging.tablets import encode_png, sample_unit
+from pipeline.imaging.codec import encode_png
+from pipeline.imaging.tablets import sample_unit
 from pipeline.inference import TritonInspector
 from pipeline.messages import FrameMeta, GroundTruth, now_ns
 from pipeline.report import build_report

@@ -18,7 +18,8 @@ import numpy as np
 from confluent_kafka import Producer
 
 from pipeline.dataset import load_dataset
-from pipeline.imaging.tablets import encode_png, sample_unit
+from pipeline.imaging.codec import encode_png
+from pipeline.imaging.tablets import sample_unit
 from pipeline.kafka import flush_or_raise, make_producer
 from pipeline.messages import FrameMeta, GroundTruth, now_ns
 from pipeline.settings import Settings
@@ -45,6 +46,11 @@ class FramePublisher:
         self._producer = producer or make_producer(settings.kafka, "linesight-camera")
         self.stats = PublishStats()
         self._errors: list[str] = []
+        self.connect()
+
+    def connect(self, timeout_s: float = 30.0) -> None:
+        """Open the broker connection before the first unit, so its capture time is honest."""
+        self._producer.list_topics(self._kafka.topic_frames, timeout=timeout_s)
 
     def _delivered(self, err: object, msg: object) -> None:
         if err is not None:
@@ -133,11 +139,13 @@ def replay_dataset(
         if rate_per_s:
             _pace(stop, next_at)
             next_at += 1.0 / rate_per_s
-        image = row.path.read_bytes()
+        image = row.image.read_bytes()
         content_type = "image/jpeg" if image.startswith(b"\xff\xd8") else "image/png"
         capture = now_ns()
         unit = f"{lot}-{seq:07d}"
         meta = FrameMeta(unit, sim.line, sim.camera, row.product, capture, content_type, lot)
-        truth = GroundTruth(unit, sim.line, lot, row.product, row.label, row.defect, capture, source=f"dataset:{row.image}")
+        truth = GroundTruth(
+            unit, sim.line, lot, row.product, row.label, row.defect, capture, source=f"dataset:{dataset.relative(row)}"
+        )
         publisher.publish(meta, image, truth)
     return lot

@@ -113,6 +113,14 @@ class TritonInspector:
         self._models[model] = info
         return info
 
+    async def warm_up(self, models: list[str], image: bytes) -> None:
+        """Resolve each model and run one frame through it before the first real unit."""
+        for model in models:
+            await self.model_info(model)
+            outcome = (await self.score(model, [image]))[0]
+            if isinstance(outcome, Failed):
+                raise RuntimeError(f"warm-up of {model!r} failed: {outcome.reason}")
+
     async def score(self, model: str, images: list[bytes]) -> list[Outcome]:
         """Score a batch; per-image failures come back as `Failed` with Triton's reason."""
         if not images:

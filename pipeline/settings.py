@@ -92,6 +92,8 @@ class StreamSettings(BaseModel):
     app_id: str = "linesight-inspector"
     batch_size: int = 16
     batch_window_s: float = 0.05
+    # Longest a consumer fetch may wait at the broker (Faust's fixed 1500 ms adds latency on Tansu).
+    fetch_max_wait_ms: int = 100
     web_port: int = 16066
     # product id -> Triton model (ensemble) that inspects it
     product_models: dict[str, str] = {"tablet-round-white-10mm": "tablet_inspector"}

@@ -13,13 +13,16 @@ import logging
 from typing import Any
 
 import faust
+from PIL import Image
 from faust.web import Request, Response, View
 
+from pipeline.imaging.codec import encode_png
 from pipeline.inference import TritonInspector
 from pipeline.inspection import Frame, InspectionProcessor, Outgoing, worker_id
 from pipeline.kafka import bootstrap
 from pipeline.messages import now_ns
 from pipeline.settings import Settings
+from streams.transport import use_fetch_wait
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +46,12 @@ def _frame(event: Any) -> Frame:
 def create_app(settings: Settings) -> faust.App:
     """Build the worker app for these settings (no module-level configuration)."""
     stream = settings.stream
+    use_fetch_wait(stream.fetch_max_wait_ms)
+    datadir = settings.state_dir / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         stream.app_id,
-        broker=f"kafka://{bootstrap(settings.kafka)}",
+        broker=f"linesight://{bootstrap(settings.kafka)}",
         value_serializer="raw",
         key_serializer="raw",
         topic_partitions=settings.kafka.partitions,
@@ -56,15 +62,20 @@ def create_app(settings: Settings) -> faust.App:
         consumer_max_fetch_size=8 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # Tansu completes a group join after about half the session timeout (see
+        # docs/embedded-stack notes): keep it short so workers join and rebalance in seconds.
+        broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
+        broker_heartbeat_interval=max(0.5, settings.kafka.session_timeout_ms / 6000),
+        broker_rebalance_timeout=settings.kafka.session_timeout_ms / 1000,
         web_enabled=True,
         web_port=stream.web_port,
         web_bind="0.0.0.0",
-        datadir=str(settings.state_dir / "faust"),
+        datadir=str(datadir),
     )
     frames = app.topic(settings.kafka.topic_frames, key_type=bytes, value_type=bytes)
     worker = worker_id()
     inspector: TritonInspector | None = None
-    health: dict[str, Any] = {"batches": 0, "frames": 0, "last_batch_ns": 0}
+    health: dict[str, Any] = {"batches": 0, "frames": 0, "last_batch_ns": 0, "warm": False}
 
     async def publish(outgoing: list[Outgoing]) -> None:
         producer = app.producer
@@ -73,11 +84,22 @@ def create_app(settings: Settings) -> faust.App:
         ]
         await asyncio.gather(*pending)
 
+    async def warm_up(scorer: TritonInspector) -> None:
+        """First inferences load lazily (gRPC channel, backend stubs): take that cost before
+        frames wait on it. Triton being down is not fatal here: frames then fail safe."""
+        image = encode_png(Image.new("RGB", (64, 64), (90, 90, 90)))
+        try:
+            await scorer.warm_up(sorted(set(stream.product_models.values())), image)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("inference warm-up failed (%s); frames will fail safe until it recovers", exc)
+        health["warm"] = True
+
     @app.agent(frames)
     async def inspect(events: faust.StreamT) -> None:
         nonlocal inspector
         if inspector is None:
             inspector = TritonInspector(settings.triton)
+            await warm_up(inspector)
         processor = InspectionProcessor(settings, inspector, worker)
         async for batch in events.noack_take(stream.batch_size, within=stream.batch_window_s):
             outgoing = await processor.process([_frame(e) for e in batch])
@@ -92,7 +114,7 @@ def create_app(settings: Settings) -> faust.App:
     def status() -> dict[str, Any]:
         consumer = app.consumer
         assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment())
-        ready = not app.rebalancing and bool(assigned)
+        ready = not app.rebalancing and bool(assigned) and bool(health.get("warm"))
         return {"service": "worker", "worker": worker, "ready": ready, "assigned": assigned} | health
 
     @app.page("/healthz")
