@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from confluent_kafka import Message, Producer
 

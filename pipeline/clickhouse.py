@@ -30,7 +30,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from pipeline.settings import PROJECT_ROOT, Settings
 SCHEMA_PATH = PROJECT_ROOT / "infra" / "clickhouse" / "schema.sql"
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ClickHouseError(RuntimeError):
@@ -61,7 +61,7 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
     def named(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.column_names, row)) for row in self.rows]
+        return [dict(zip(self.column_names, row, strict=False)) for row in self.rows]
 
     def scalar(self) -> Any:
         """The first column of the first row (None when there is no row)."""
@@ -76,7 +76,7 @@ class QueryResult:
             [_cell(v, max_width) for v in row] for row in self.rows
         ]
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.column_names))]
-        line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+        line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)).rstrip()  # noqa: E731
         rule = "  ".join("-" * w for w in widths)
         footer = f"({len(self.rows)} row{'s' if len(self.rows) != 1 else ''})"
         return "\n".join([line(cells[0]), rule, *map(line, cells[1:]), footer])
@@ -133,7 +133,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"naive datetime {value.isoformat()} is ambiguous: give it a timezone (UTC)")
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Mapping):
@@ -344,7 +344,7 @@ class ChdbClient(ClickHouseClient):
         meta = doc.get("meta", [])
         names = tuple(m["name"] for m in meta)
         converters = [_converter(m["type"], self._timezone) for m in meta]
-        rows = [tuple(conv(v) for conv, v in zip(converters, row)) for row in doc.get("data", [])]
+        rows = [tuple(conv(v) for conv, v in zip(converters, row, strict=False)) for row in doc.get("data", [])]
         return QueryResult(names, rows)
 
     def insert_json_rows(
@@ -400,7 +400,7 @@ def _parse_datetime(text: str, tz: Any) -> datetime:
 
 
 def _zone(name: str) -> Any:
-    return timezone.utc if name in ("UTC", "Etc/UTC", "Etc/Universal", "Universal", "Zulu") else ZoneInfo(name)
+    return UTC if name in ("UTC", "Etc/UTC", "Etc/Universal", "Universal", "Zulu") else ZoneInfo(name)
 
 
 def _float(v: Any) -> Any:
@@ -441,7 +441,7 @@ def _converter(type_name: str, session_tz: Any) -> _Conv:
         return lambda v: {kconv(k): vconv(x) for k, x in v.items()}
     if head == "Tuple":
         convs = [_converter(_tuple_element_type(a), session_tz) for a in args]
-        return lambda v: tuple(c(x) for c, x in zip(convs, v.values() if isinstance(v, dict) else v))
+        return lambda v: tuple(c(x) for c, x in zip(convs, v.values() if isinstance(v, dict) else v, strict=False))
     return lambda v: v
 
 

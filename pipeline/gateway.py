@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def new_lot(line: str) -> str:
-    return f"{line}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+    return f"{line}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
 
 
 @dataclass

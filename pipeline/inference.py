@@ -156,6 +156,6 @@ class TritonInspector:
         scores = response.as_numpy(SCORE_OUTPUT).reshape(len(images))
         probs = response.as_numpy(PROBS_OUTPUT).reshape(len(images), -1)
         return [
-            Scored(float(s), {c: float(p) for c, p in zip(info.classes, row)})
-            for s, row in zip(scores, probs)
+            Scored(float(s), {c: float(p) for c, p in zip(info.classes, row, strict=True)})
+            for s, row in zip(scores, probs, strict=True)
         ]

@@ -93,8 +93,8 @@ class InspectionProcessor:
 
         groups = list(by_model.items())
         scored = await asyncio.gather(*(self._score_group(m, g) for m, g in groups))
-        for (model, group), (info, outcomes) in zip(groups, scored):
-            for (frame, meta), outcome in zip(group, outcomes):
+        for (model, group), (info, outcomes) in zip(groups, scored, strict=True):
+            for (frame, meta), outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, Scored) and info is not None:
                     out += self._verdict(frame, meta, info, outcome)
                 else:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Literal, Mapping, Sequence, TypeVar
+from typing import Literal, TypeVar
 
 Verdict = Literal["pass", "reject", "review"]
 Cause = Literal["model", "failsafe"]

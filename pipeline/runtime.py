@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import sys
-import time
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator

@@ -13,8 +13,8 @@ import logging
 from typing import Any
 
 import faust
-from PIL import Image
 from faust.web import Request, Response, View
+from PIL import Image
 
 from pipeline.imaging.codec import encode_png
 from pipeline.inference import TritonInspector

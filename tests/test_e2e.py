@@ -5,15 +5,21 @@ and stored rows come out, and every unit is accounted for.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from pipeline.clickhouse import ClickHouseClient
+from pipeline.dataset import generate_dataset
 from pipeline.demo import pipeline_stack, wait_drained
 from pipeline.embedded.process import free_port
 from pipeline.embedded.triton import TritonServer
-from pipeline.gateway import FramePublisher, run_simulated_line
+from pipeline.gateway import FramePublisher, replay_dataset, run_simulated_line
 from pipeline.kafka import make_producer
 from pipeline.messages import FrameMeta, GroundTruth, now_ns
 from pipeline.report import build_report
+from pipeline.runtime import Services
 from pipeline.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +28,7 @@ MODEL = PROJECT_ROOT / "triton_models" / "tablet_classifier" / "1" / "model.onnx
 GOOD_UNITS = 60
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def e2e_settings(embedded_settings: Settings, broker: str, request: pytest.FixtureRequest) -> Settings:
     """The session's broker, Triton and chDB directory; fresh ports for the services."""
     # Fail (not skip) without a model: `make test` trains it first.
@@ -60,53 +66,79 @@ def publish_bad_frames(settings: Settings, publisher: FramePublisher, lot: str) 
     producer.flush(10)
 
 
+@pytest.fixture(scope="module")
+def running(e2e_settings: Settings) -> Iterator[tuple[Settings, ClickHouseClient, Services]]:
+    """Workers, actuator and sink on the session's broker, Triton and chDB."""
+    with pipeline_stack(e2e_settings, workers=1) as stack:
+        yield stack
+
+
 @pytest.mark.timeout(420)
-def test_pipeline_end_to_end(e2e_settings: Settings) -> None:
-    with pipeline_stack(e2e_settings, workers=1) as (resolved, client, services):
-        db = resolved.clickhouse.database
-        publisher = FramePublisher(resolved)
-        lot = run_simulated_line(resolved, publisher, services.stop_event, count=GOOD_UNITS, lot="E2E-LOT-1")
-        publish_bad_frames(resolved, publisher, lot)
-        publisher.close()
-        published = GOOD_UNITS + 3
-        assert publisher.stats.published == published
-        wait_drained(client, db, lot, published, services.stop_event, timeout_s=180)
-        report = build_report(client, db, lot)
+def test_pipeline_end_to_end(running: tuple[Settings, ClickHouseClient, Services]) -> None:
+    resolved, client, services = running
+    db = resolved.clickhouse.database
+    publisher = FramePublisher(resolved)
+    lot = run_simulated_line(resolved, publisher, services.stop_event, count=GOOD_UNITS, lot="E2E-LOT-1")
+    publish_bad_frames(resolved, publisher, lot)
+    publisher.close()
+    published = GOOD_UNITS + 3
+    assert publisher.stats.published == published
+    wait_drained(client, db, lot, published, services.stop_event, timeout_s=180)
+    report = build_report(client, db, lot)
 
-        assert report.published == published
-        assert report.every_unit_has_one_verdict, report.to_text()
-        assert report.every_reject_fired, report.to_text()
-        assert report.failsafe_rejected == 3
-        assert report.dead_lettered == 3
-        assert report.inspected == GOOD_UNITS
-        assert report.passed + report.rejected == published
-        # A real model on simulator tablets: most defects caught, few good units rejected.
-        defects = report.defects_published
-        assert defects > 5
-        assert report.escaped_defects <= 0.2 * defects, report.to_text()
-        assert report.false_rejects - 3 <= 0.1 * (GOOD_UNITS - defects), report.to_text()
-        assert report.latency_p50_ms > 0 and report.throughput_units_per_s > 0
-        assert report.model_versions == ["tablet_classifier:1"]
+    assert report.published == published
+    assert report.every_unit_has_one_verdict, report.to_text()
+    assert report.every_reject_fired, report.to_text()
+    assert report.failsafe_rejected == 3
+    assert report.dead_lettered == 3
+    assert report.inspected == GOOD_UNITS
+    assert report.passed + report.rejected == published
+    # A real model on simulator tablets: most defects caught, few good units rejected.
+    defects = report.defects_published
+    assert defects > 5
+    assert report.escaped_defects <= 0.2 * defects, report.to_text()
+    assert report.false_rejects - 3 <= 0.1 * (GOOD_UNITS - defects), report.to_text()
+    assert report.latency_p50_ms > 0 and report.throughput_units_per_s > 0
+    assert report.model_versions == ["tablet_classifier:1"]
 
-        reasons = dict(
-            client.query(f"SELECT unit_id, reason FROM {db}.dead_letters FINAL WHERE lot = 'E2E-LOT-1'").rows
-        )
-        assert reasons[f"{lot}-alien"] == "unknown product 'unknown-sku'"
-        assert reasons[f"{lot}-text"] == "frame is neither PNG nor JPEG"
-        assert reasons[f"{lot}-corrupt"].startswith("triton:")
+    reasons = dict(
+        client.query(f"SELECT unit_id, reason FROM {db}.dead_letters FINAL WHERE lot = 'E2E-LOT-1'").rows
+    )
+    assert reasons[f"{lot}-alien"] == "unknown product 'unknown-sku'"
+    assert reasons[f"{lot}-text"] == "frame is neither PNG nor JPEG"
+    assert reasons[f"{lot}-corrupt"].startswith("triton:")
 
-        # The frame without metadata: dead-lettered, its unit (from the key) fail-safe rejected and fired.
-        nometa = f"{lot}-nometa"
-        rows = client.query(
-            f"SELECT verdict, cause, error FROM {db}.inspections FINAL WHERE unit_id = '{nometa}'"
-        ).rows
-        assert len(rows) == 1 and rows[0][0] == "reject" and rows[0][1] == "failsafe"
-        assert "missing metadata" in rows[0][2]
-        fired = client.query(f"SELECT count() FROM {db}.actuations FINAL WHERE unit_id = '{nometa}'").rows
-        assert fired[0][0] == 1
+    # The frame without metadata: dead-lettered, its unit (from the key) fail-safe rejected and fired.
+    nometa = f"{lot}-nometa"
+    rows = client.query(
+        f"SELECT verdict, cause, error FROM {db}.inspections FINAL WHERE unit_id = '{nometa}'"
+    ).rows
+    assert len(rows) == 1 and rows[0][0] == "reject" and rows[0][1] == "failsafe"
+    assert "missing metadata" in rows[0][2]
+    fired = client.query(f"SELECT count() FROM {db}.actuations FINAL WHERE unit_id = '{nometa}'").rows
+    assert fired[0][0] == 1
 
-        stored = client.query(
-            f"""SELECT count(), countIf(model_version = '1'), min(latency_ms) > 0
-                FROM {db}.inspections FINAL WHERE lot = '{lot}' AND inspected"""
-        ).rows[0]
-        assert stored[0] == GOOD_UNITS and stored[1] == GOOD_UNITS and stored[2]
+    stored = client.query(
+        f"""SELECT count(), countIf(model_version = '1'), min(latency_ms) > 0
+            FROM {db}.inspections FINAL WHERE lot = '{lot}' AND inspected"""
+    ).rows[0]
+    assert stored[0] == GOOD_UNITS and stored[1] == GOOD_UNITS and stored[2]
+
+
+@pytest.mark.timeout(300)
+def test_dataset_replay_through_the_pipeline(
+    running: tuple[Settings, ClickHouseClient, Services], tmp_path: Path
+) -> None:
+    resolved, client, services = running
+    data = generate_dataset(tmp_path / "ds", 12, [resolved.simulator.product], 0.5, seed=5)
+    publisher = FramePublisher(resolved)
+    lot = replay_dataset(resolved, publisher, data, services.stop_event, lot="E2E-REPLAY")
+    publisher.close()
+    wait_drained(client, resolved.clickhouse.database, lot, 12, services.stop_event, timeout_s=120)
+    report = build_report(client, resolved.clickhouse.database, lot)
+    assert report.published == report.inspected == 12
+    assert report.every_unit_has_one_verdict and report.every_reject_fired
+    sources = client.query(
+        f"SELECT source FROM {resolved.clickhouse.database}.ground_truth FINAL WHERE lot = '{lot}' ORDER BY source"
+    ).rows
+    assert len(sources) == 12 and all(s[0].startswith("dataset:") and s[0].endswith(".png") for s in sources)

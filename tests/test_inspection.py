@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.inference import Failed, ModelInfo, Outcome, Scored
 from pipeline.inspection import Frame, InspectionProcessor
-from pipeline.messages import FrameMeta, H_DLQ_REASON, header_value
+from pipeline.messages import H_DLQ_REASON, FrameMeta, header_value
 from pipeline.settings import Settings
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 32
