@@ -85,13 +85,17 @@ def run_demo(settings: Settings, duration_s: float, workers: int = 1) -> RunRepo
 
 
 def run_up(settings: Settings, workers: int = 1) -> None:
-    """Run the stack and a simulated line until Ctrl-C / SIGTERM."""
+    """Run the stack and a simulated line until Ctrl-C / SIGTERM, then drain and stop."""
     with pipeline_stack(settings, workers) as (resolved, client, services):
+        line_stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: services.stop_event.set())
+            signal.signal(sig, lambda *_: line_stop.set())
+        store = resolved.clickhouse.url or resolved.chdb_dir
         print(f"LineSight is up. Kafka {resolved.kafka.bootstrap_servers}, Triton {resolved.triton.url}, "
-              f"ClickHouse {resolved.clickhouse.url or resolved.chdb_dir}. Ctrl-C stops.", flush=True)
+              f"ClickHouse {store}. Ctrl-C stops.", flush=True)
         publisher = FramePublisher(resolved)
-        lot = run_simulated_line(resolved, publisher, services.stop_event)
+        lot = run_simulated_line(resolved, publisher, line_stop)
         publisher.close()
-        print(f"stopped; lot {lot}: {publisher.stats.published} units published", flush=True)
+        print(f"line stopped; lot {lot}: {publisher.stats.published} units published; draining ...", flush=True)
+        wait_drained(client, resolved.clickhouse.database, lot, publisher.stats.published, services.stop_event, 60.0)
+        print("every published unit is decided and stored; stopping services", flush=True)

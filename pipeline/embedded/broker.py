@@ -100,7 +100,7 @@ class TansuBroker:
         memory only, so there is nothing to flush and a short timeout loses nothing.
         """
         if self._process is not None:
-            self._process.stop(timeout_s)
+            self._process.stop(timeout_s, kill_expected=True)
 
     def __enter__(self) -> TansuBroker:
         self.start()

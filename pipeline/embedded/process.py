@@ -216,8 +216,11 @@ class ManagedProcess:
             reason = f"{reason}; last log lines:\n{tail}"
         return ServiceStartError(self.name, reason, self.log_path)
 
-    def stop(self, timeout_s: float = 10.0) -> int | None:
-        """SIGTERM the process group, wait up to ``timeout_s``, then SIGKILL; return the exit code."""
+    def stop(self, timeout_s: float = 10.0, kill_expected: bool = False) -> int | None:
+        """SIGTERM the process group, wait up to ``timeout_s``, then SIGKILL; return the exit code.
+
+        ``kill_expected``: the service has nothing to flush, so a kill is routine, not a warning.
+        """
         proc = self._proc
         if proc is None:
             return None
@@ -227,7 +230,8 @@ class ManagedProcess:
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                log.warning("%s did not exit %.0f s after SIGTERM; killing it", self.name, timeout_s)
+                level = logging.INFO if kill_expected else logging.WARNING
+                log.log(level, "%s did not exit %.0f s after SIGTERM; killing it", self.name, timeout_s)
                 _signal_group(pgid, signal.SIGKILL)
                 proc.wait(timeout=10)
         # Children of the leader (e.g. backend stubs) get a short grace, then SIGKILL. The group id
