@@ -78,12 +78,14 @@ class Actuator:
         for m in messages:
             try:
                 command = RejectCommand.from_json(m.value())
-                if not command.unit_id or not command.line:
-                    raise MessageError("reject command without unit or line")
+                if not command.unit_id:
+                    raise MessageError("reject command without a unit")
             except MessageError as exc:
                 self._dead_letter(m, str(exc))
                 continue
-            if self._line and command.line != self._line:
+            # A command whose line is unknown (a frame without metadata) is fired by every gate:
+            # when in doubt, reject.
+            if self._line and command.line and command.line != self._line:
                 continue
             if not self._memory.first_time(command.line, command.unit_id):
                 self.duplicates += 1

@@ -17,7 +17,10 @@ from typing import Protocol
 
 from pipeline.inference import Failed, ModelInfo, Outcome, Scored
 from pipeline.messages import (
+    H_CAMERA,
     H_LINE,
+    H_LOT,
+    H_PRODUCT,
     H_UNIT,
     FrameMeta,
     Headers,
@@ -80,6 +83,7 @@ class InspectionProcessor:
         out: list[Outgoing] = []
         by_model: dict[str, list[tuple[Frame, FrameMeta]]] = defaultdict(list)
         for frame in frames:
+            meta: FrameMeta | None = None
             try:
                 meta = FrameMeta.from_headers(frame.headers)
                 check_image_bytes(frame.value)
@@ -87,7 +91,7 @@ class InspectionProcessor:
                 if model is None:
                     raise MessageError(f"unknown product {meta.product!r}")
             except MessageError as exc:
-                out += self._failsafe(frame, None, str(exc), stage="validate")
+                out += self._failsafe(frame, meta, str(exc), stage="validate")
                 continue
             by_model[model].append((frame, meta))
 
@@ -144,15 +148,16 @@ class InspectionProcessor:
     def _failsafe(
         self, frame: Frame, meta: FrameMeta | None, reason: str, stage: str, model: str = ""
     ) -> list[Outgoing]:
-        unit = meta.unit_id if meta else (header_value(frame.headers, H_UNIT) or _key(frame) or frame.source)
-        line = meta.line if meta else header_value(frame.headers, H_LINE)
+        # Without parsable metadata, keep whatever identity the frame does carry.
+        h = lambda name: header_value(frame.headers, name)  # noqa: E731
+        unit = meta.unit_id if meta else (h(H_UNIT) or _key(frame) or frame.source)
         now = now_ns()
         result = InspectionResult(
             unit_id=unit,
-            line=line,
-            camera=meta.camera if meta else "",
-            product=meta.product if meta else "",
-            lot=meta.lot if meta else "",
+            line=meta.line if meta else h(H_LINE),
+            camera=meta.camera if meta else h(H_CAMERA),
+            product=meta.product if meta else h(H_PRODUCT),
+            lot=meta.lot if meta else h(H_LOT),
             verdict="reject",
             cause="failsafe",
             inspected=False,

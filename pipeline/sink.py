@@ -108,8 +108,9 @@ def actuation_row(m: Message) -> Row:
 
 def dead_letter_row(m: Message) -> Row:
     headers = m.headers() or []
+    key = m.key() or b""
     return {
-        "unit_id": header_value(headers, H_UNIT),
+        "unit_id": header_value(headers, H_UNIT) or key.decode("utf-8", "replace"),
         "line": header_value(headers, H_LINE),
         "lot": header_value(headers, H_LOT),
         "reason": header_value(headers, H_DLQ_REASON) or "no reason given",

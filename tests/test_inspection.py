@@ -71,6 +71,9 @@ async def test_every_frame_gets_exactly_one_result_and_rejects_are_commanded() -
     for unit in ("corrupt", "alien", "garbage", "nometa"):
         assert results[unit]["verdict"] == "reject", unit
         assert results[unit]["cause"] == "failsafe" and results[unit]["inspected"] is False
+    # Identity the frame carries survives a failed validation (lot reports count these units).
+    assert results["alien"]["lot"] == results["garbage"]["lot"] == "LOT-7"
+    assert results["garbage"]["line"] == "line-1" and results["nometa"]["lot"] == ""
 
     rejected = sorted(json.loads(o.value)["unit_id"] for o in by_topic(out, k.topic_rejects))
     assert rejected == sorted(["bad", "corrupt", "alien", "garbage", "nometa"])
