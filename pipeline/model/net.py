@@ -1,0 +1,77 @@
+"""The tablet classifier network and its serving head.
+
+`TabletNet` is a small from-scratch CNN (no pretrained weights exist offline): strided stem,
+pooled stages, then global max + mean pooling so a defect a few pixels wide anywhere on the
+unit still reaches the classifier. A 1x1 segmentation head on the 1/8-resolution features is
+trained against the simulator's defect masks when they exist (dense supervision teaches a small
+network where to look far faster than image labels alone); it is not part of the served graph.
+
+`ServingModel` is what gets exported: SCORE = 1 - p(good), computed as
+sigmoid(logsumexp(defect logits) - good logit) (the same number, but full float32 precision for
+the tiny scores of good units), and CLASS_PROBS = softmax(logits).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.imaging.products import DEFECT_CLASSES
+
+CLASSES: tuple[str, ...] = ("good", *DEFECT_CLASSES)
+DEFAULT_WIDTHS: tuple[int, int, int, int, int] = (16, 24, 32, 48, 64)
+SEG_STRIDE = 8  # input pixels per cell of the segmentation head
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class TabletNet(nn.Module):
+    """Small CNN: image [N, 3, S, S] -> class logits [N, len(CLASSES)] (S a multiple of 16)."""
+
+    def __init__(
+        self, widths: tuple[int, int, int, int, int] = DEFAULT_WIDTHS, num_classes: int = len(CLASSES)
+    ):
+        super().__init__()
+        a, b, c, d, e = widths
+        self.local = nn.Sequential(  # -> [N, d, S/8, S/8]
+            _conv(3, a, stride=2),
+            _conv(a, b),
+            nn.MaxPool2d(2),
+            _conv(b, c),
+            _conv(c, c),
+            nn.MaxPool2d(2),
+            _conv(c, d),
+            _conv(d, d),
+        )
+        self.context = nn.Sequential(nn.MaxPool2d(2), _conv(d, e), _conv(e, e))  # -> S/16
+        self.seg = nn.Conv2d(d, 1, 1)
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Linear(e, num_classes)
+
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits and defect-mask logits [N, S/8, S/8]."""
+        local = self.local(x)
+        f = self.context(local)
+        return self.head(self.dropout(f.mean(dim=(2, 3)))), self.seg(local)[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.context(self.local(x))
+        return self.head(self.dropout(f.mean(dim=(2, 3))))
+
+
+class ServingModel(nn.Module):
+    """What gets exported: INPUT -> (SCORE [N, 1], CLASS_PROBS [N, C])."""
+
+    def __init__(self, net: TabletNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        probs = torch.softmax(logits, dim=1)
+        score = torch.sigmoid(torch.logsumexp(logits[:, 1:], dim=1, keepdim=True) - logits[:, :1])
+        return score, probs

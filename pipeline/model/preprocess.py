@@ -1,0 +1,66 @@
+"""The one image preprocessing of the tablet classifier, shared by training and serving.
+
+Training calls `prepare_pil` on rendered or loaded images; Triton's `tablet_preprocess` python
+model calls `prepare_image` on the encoded frame bytes. Both end in the same code, so the model
+never sees a different input in production than in training. Only numpy and PIL: this module
+is imported inside Triton's python backend stub.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+# The simulated camera delivers 160 x 160 frames: the model sees them at full resolution.
+MODEL_INPUT_SIZE = 160
+# Fixed normalisation (not dataset statistics): maps 0..255 to [-2, 2].
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.25
+
+
+def prepare_image(data: bytes | bytearray | memoryview, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
+    """Decode PNG/JPEG bytes into the model input: float32 [3, size, size], normalised.
+
+    Raises ValueError with the reason when the bytes are empty, not an image, truncated or
+    corrupt, so a caller can fail that one frame and keep going.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"image must be bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ValueError("image is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(bytes(data)))
+    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, DecompressionBombError
+        raise ValueError(f"not a readable image ({len(data)} bytes): {exc}") from None
+    if img.format not in ("PNG", "JPEG"):
+        raise ValueError(f"image format {img.format} is not PNG or JPEG")
+    try:
+        img.load()
+    except Exception as exc:  # truncated or corrupt pixel data
+        raise ValueError(f"corrupt {img.format} image ({len(data)} bytes): {exc}") from None
+    return prepare_pil(img, size)
+
+
+def prepare_pil(img: Image.Image, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
+    """Model input from a decoded image: RGB, resized to size x size, float32 CHW normalised.
+
+    Non-square images are scaled to a square (the whole unit stays in view).
+    """
+    if size < 8:
+        raise ValueError(f"size must be >= 8, got {size}")
+    rgb = img.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(rgb, dtype=np.float32)
+    arr = (arr * (1.0 / 255.0) - PIXEL_MEAN) * (1.0 / PIXEL_STD)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def restore_pil(tensor: np.ndarray) -> Image.Image:
+    """Inverse of `prepare_pil` (up to resizing): for looking at what the model saw."""
+    if tensor.ndim != 3 or tensor.shape[0] != 3:
+        raise ValueError(f"expected a [3, H, W] tensor, got shape {tensor.shape}")
+    arr = (tensor.transpose(1, 2, 0) * PIXEL_STD + PIXEL_MEAN) * 255.0
+    return Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), mode="RGB")

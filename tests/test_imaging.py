@@ -1,0 +1,149 @@
+"""Tablet renderer: determinism, every product x defect, defects where the mask says, errors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.imaging import (
+    DEFECT_CLASSES,
+    PRODUCTS,
+    draw_unit,
+    encode_jpeg,
+    encode_png,
+    render_tablet,
+    sample_unit,
+)
+from pipeline.imaging.tablets import render_tablet_with_mask
+
+ROUND = "tablet-round-white-10mm"
+OVAL = "tablet-oval-yellow-14mm"
+
+
+def _px(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.int16)
+
+
+def test_required_products_and_classes() -> None:
+    assert {ROUND, OVAL} <= set(PRODUCTS)
+    assert PRODUCTS[ROUND].shape == "round" and PRODUCTS[ROUND].scored
+    assert PRODUCTS[OVAL].shape == "oval"
+    assert DEFECT_CLASSES == ("crack", "chip", "discoloration", "contamination")
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels() -> None:
+    a = render_tablet(np.random.default_rng(42), ROUND, "crack")
+    b = render_tablet(np.random.default_rng(42), ROUND, "crack")
+    c = render_tablet(np.random.default_rng(43), ROUND, "crack")
+    assert encode_png(a) == encode_png(b)
+    assert np.abs(_px(a) - _px(c)).mean() > 1.0
+
+
+@pytest.mark.parametrize("product", [ROUND, OVAL])
+@pytest.mark.parametrize("defect", [None, *DEFECT_CLASSES])
+@pytest.mark.parametrize("subtle", [False, True])
+def test_every_product_and_defect_renders(product: str, defect: str | None, subtle: bool) -> None:
+    img = render_tablet(np.random.default_rng(7), product, defect, subtle=subtle)
+    assert img.mode == "RGB" and img.size == (160, 160)
+    px = _px(img)
+    # A bright tablet on a darker belt: the frame is neither blank nor saturated.
+    centre = px[60:100, 60:100].mean()
+    corners = np.concatenate([px[:12, :12].ravel(), px[-12:, -12:].ravel()]).mean()
+    assert centre > corners + 60
+    assert (px == 255).mean() < 0.01
+
+
+@pytest.mark.parametrize("product", [ROUND, OVAL])
+@pytest.mark.parametrize("defect", DEFECT_CLASSES)
+def test_defect_changes_pixels_where_its_mask_is(product: str, defect: str) -> None:
+    """Same seed with and without the defect: the difference sits on the defect's mask."""
+    for seed in range(3):
+        good, empty = render_tablet_with_mask(np.random.default_rng(seed), product, None)
+        bad, mask = render_tablet_with_mask(np.random.default_rng(seed), product, defect)
+        assert empty.max() == 0.0 and mask.max() > 0.5
+        diff = np.abs(_px(bad) - _px(good)).sum(axis=2).astype(float)
+        assert diff.sum() > 0
+        # Dilate the mask by a few pixels (blur, shading and the chip's shadow spread a little).
+        near = mask > 0.05
+        for _ in range(4):
+            near = near | np.roll(near, 1, 0) | np.roll(near, -1, 0) | np.roll(near, 1, 1) | np.roll(near, -1, 1)
+        assert diff[near].sum() / diff.sum() > 0.9, (defect, seed)
+
+
+@pytest.mark.parametrize("defect", DEFECT_CLASSES)
+def test_subtle_defects_are_weaker_but_present(defect: str) -> None:
+    full, subtle = [], []
+    for seed in range(6):
+        good = _px(render_tablet(np.random.default_rng(seed), ROUND, None))
+        full.append(np.abs(_px(render_tablet(np.random.default_rng(seed), ROUND, defect)) - good).sum())
+        subtle.append(np.abs(_px(render_tablet(np.random.default_rng(seed), ROUND, defect, subtle=True)) - good).sum())
+    assert min(subtle) > 0
+    assert np.mean(subtle) < 0.8 * np.mean(full)
+
+
+def test_good_units_vary_naturally() -> None:
+    """Position, brightness and background change from unit to unit, so no trivial cue exists."""
+    centroids, tablet_levels, belt_levels = [], [], []
+    for seed in range(10):
+        px = _px(render_tablet(np.random.default_rng(seed), ROUND, None)).mean(axis=2)
+        tablet = px > (px.max() + np.median(px[:20, :20])) / 2
+        ys, xs = np.nonzero(tablet)
+        centroids.append((xs.mean(), ys.mean()))
+        tablet_levels.append(px[tablet].mean())
+        belt_levels.append(px[~tablet].mean())
+    c = np.array(centroids)
+    assert np.ptp(c[:, 0]) > 2 or np.ptp(c[:, 1]) > 2
+    assert np.ptp(tablet_levels) > 8
+    assert np.ptp(belt_levels) > 5
+
+
+def test_size_parameter() -> None:
+    assert render_tablet(np.random.default_rng(0), OVAL, "chip", size=96).size == (96, 96)
+    with pytest.raises(ValueError, match="size"):
+        render_tablet(np.random.default_rng(0), ROUND, None, size=10)
+
+
+def test_unknown_product_or_defect_names_valid_ones() -> None:
+    with pytest.raises(ValueError) as exc:
+        render_tablet(np.random.default_rng(0), "tablet-square-blue", None)
+    assert ROUND in str(exc.value) and OVAL in str(exc.value)
+    with pytest.raises(ValueError) as exc:
+        render_tablet(np.random.default_rng(0), ROUND, "scratch")
+    for name in DEFECT_CLASSES:
+        assert name in str(exc.value)
+
+
+def test_draw_unit_rates_and_uniform_classes() -> None:
+    rng = np.random.default_rng(0)
+    draws = [draw_unit(rng, 0.5, 0.33) for _ in range(4000)]
+    defects = [d for d, _ in draws if d is not None]
+    assert 0.46 < len(defects) / len(draws) < 0.54
+    counts = np.array([defects.count(c) for c in DEFECT_CLASSES])
+    assert counts.min() > 0.85 * len(defects) / 4
+    subtle = [s for d, s in draws if d is not None]
+    assert 0.28 < np.mean(subtle) < 0.38
+    assert all(not s for d, s in draws if d is None)
+    with pytest.raises(ValueError):
+        draw_unit(rng, 1.5)
+
+
+def test_sample_unit_follows_defect_rate() -> None:
+    rng = np.random.default_rng(1)
+    assert all(sample_unit(rng, ROUND, 0.0)[1] is None for _ in range(3))
+    assert all(sample_unit(rng, OVAL, 1.0)[1] in DEFECT_CLASSES for _ in range(3))
+
+
+def test_encoders_round_trip() -> None:
+    img = render_tablet(np.random.default_rng(3), ROUND, "contamination")
+    png = encode_png(img)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), np.asarray(img))
+    jpg = encode_jpeg(img, quality=90)
+    assert jpg.startswith(b"\xff\xd8\xff")
+    decoded = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"), dtype=np.int16)
+    assert np.abs(decoded - _px(img)).mean() < 3.0
+    with pytest.raises(ValueError):
+        encode_jpeg(img, quality=0)

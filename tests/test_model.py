@@ -1,0 +1,259 @@
+"""Preprocessing, metrics, Triton repository files, the preprocess model and a tiny training run."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.dataset import DatasetError, generate_dataset
+from pipeline.imaging import encode_jpeg, encode_png, render_tablet
+from pipeline.model import triton_repo
+from pipeline.model.data import CLASSES, render_set
+from pipeline.model.evaluate_offline import (
+    auroc,
+    clopper_pearson_upper,
+    inspection_metrics,
+    threshold_for_frr,
+)
+from pipeline.model.export import ParityError, check_parity, export_onnx
+from pipeline.model.fit import FitConfig, deterministic_torch, fit, predict
+from pipeline.model.preprocess import MODEL_INPUT_SIZE, prepare_image, prepare_pil, restore_pil
+from pipeline.model.train import train_model
+
+REPO = Path(__file__).resolve().parents[1] / "triton_models"
+ROUND = "tablet-round-white-10mm"
+
+
+def _frame(seed: int = 0, defect: str | None = None) -> Image.Image:
+    return render_tablet(np.random.default_rng(seed), ROUND, defect)
+
+
+# -- preprocessing -----------------------------------------------------------------------------
+
+
+def test_prepare_image_shape_dtype_range() -> None:
+    img = _frame()
+    x = prepare_image(encode_png(img))
+    assert x.shape == (3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE) and x.dtype == np.float32
+    assert x.flags["C_CONTIGUOUS"]
+    assert -2.0 <= x.min() < 0.0 < x.max() <= 2.0
+    assert np.array_equal(x, prepare_pil(img))  # PNG is lossless: serving == training input
+    assert np.array_equal(np.asarray(restore_pil(x)), np.asarray(img))
+
+
+def test_prepare_image_jpeg_grey_and_resizing() -> None:
+    img = _frame(1)
+    assert np.abs(prepare_image(encode_jpeg(img)) - prepare_pil(img)).mean() < 0.05
+    buf = io.BytesIO()
+    img.convert("L").resize((200, 120)).save(buf, format="PNG")
+    x = prepare_image(buf.getvalue(), size=64)
+    assert x.shape == (3, 64, 64)
+    assert np.array_equal(x[0], x[1]) and np.array_equal(x[1], x[2])
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"definitely not an image", "not a readable image"),
+        (encode_png(_frame())[:900], "corrupt PNG"),
+        (b"GIF89a" + b"\x00" * 32, "not a readable image"),
+    ],
+)
+def test_prepare_image_rejects_bad_bytes(data: bytes, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        prepare_image(data)
+
+
+def test_prepare_image_rejects_other_formats() -> None:
+    buf = io.BytesIO()
+    _frame().save(buf, format="BMP")
+    with pytest.raises(ValueError, match="not PNG or JPEG"):
+        prepare_image(buf.getvalue())
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def test_auroc_matches_pairwise_definition() -> None:
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random(300), 2)  # many ties
+    labels = rng.random(300) < 0.3
+    pos, neg = scores[labels], scores[~labels]
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        pos.size * neg.size
+    )
+    assert auroc(scores, labels) == pytest.approx(pairwise, abs=1e-12)
+    assert auroc([0.1, 0.2, 0.9], [False, False, True]) == 1.0
+    assert auroc([0.9, 0.2, 0.1], [False, False, True]) == 0.0
+    with pytest.raises(ValueError):
+        auroc([0.1, 0.2], [False, False])
+
+
+def test_threshold_and_rates() -> None:
+    good = np.linspace(0.0, 0.99, 100)
+    t = threshold_for_frr(good, 0.01)
+    assert (good > t).sum() == 1 and (good >= t).sum() == 1
+    assert (good > threshold_for_frr(good, 0.0)).sum() == 0
+    scores = np.concatenate([good, [0.995, 0.5, 0.999]])
+    labels = np.array([False] * 100 + [True] * 3)
+    m = inspection_metrics(scores, labels, t, ["none"] * 100 + ["chip", "crack", "chip"])
+    assert (m.false_rejects, m.detected) == (1, 2)
+    assert m.false_reject_rate == 0.01 and m.detection_rate == pytest.approx(2 / 3)
+    assert m.detection_by_class == {"chip": 1.0, "crack": 0.0}
+    assert clopper_pearson_upper(0, 100) == pytest.approx(1 - 0.05 ** (1 / 100), abs=1e-6)
+    assert m.false_reject_rate_upper95 > 0.01
+
+
+# -- Triton repository files --------------------------------------------------------------------
+
+
+def test_classifier_config_matches_code() -> None:
+    text = triton_repo.read_config(REPO)
+    assert re.search(r'^platform: "onnxruntime_onnx"$', text, re.M)
+    assert "max_batch_size: 64" in text and "KIND_GPU" in text
+    assert "max_queue_delay_microseconds: 2000" in text
+    assert triton_repo.config_input_size(text) == MODEL_INPUT_SIZE
+    assert triton_repo.config_parameter(text, "classes").split(",") == list(CLASSES)
+    float(triton_repo.config_parameter(text, "reject_threshold"))
+    updated = triton_repo.set_config_parameter(text, "reject_threshold", "0.125")
+    assert triton_repo.config_parameter(updated, "reject_threshold") == "0.125"
+    assert updated.replace('"0.125"', "") == text.replace(
+        f'"{triton_repo.config_parameter(text, "reject_threshold")}"', ""
+    )
+    with pytest.raises(ValueError):
+        triton_repo.set_config_parameter(text, "no_such_key", "1")
+
+
+def test_preprocess_and_ensemble_configs() -> None:
+    pre = (REPO / "tablet_preprocess/config.pbtxt").read_text()
+    assert 'backend: "python"' in pre and "KIND_CPU" in pre and "TYPE_STRING" in pre
+    assert f"dims: [ 3, {MODEL_INPUT_SIZE}, {MODEL_INPUT_SIZE} ]" in pre
+    ens = (REPO / "tablet_inspector/config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in ens and "max_batch_size: 64" in ens
+    for model in ("tablet_preprocess", "tablet_classifier"):
+        assert f'model_name: "{model}"' in ens
+    assert (REPO / "tablet_inspector/1/.gitkeep").exists()
+
+
+def _load_preprocess_model() -> ModuleType:
+    path = REPO / "tablet_preprocess/1/model.py"
+    spec = importlib.util.spec_from_file_location("tablet_preprocess_model", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_triton_preprocess_request_logic() -> None:
+    model = _load_preprocess_model()
+    frames = [encode_png(_frame(i)) for i in range(3)]
+    batch = model.decode_request(np.array(frames, dtype=object).reshape(3, 1))
+    assert batch.shape == (3, 3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE) and batch.dtype == np.float32
+    for i, data in enumerate(frames):
+        assert np.array_equal(batch[i], prepare_image(data))
+    bad = np.array([frames[0], b"garbage", frames[1], b""], dtype=object).reshape(4, 1)
+    with pytest.raises(ValueError) as exc:
+        model.decode_request(bad)
+    assert "2 of 4" in str(exc.value) and "item 1" in str(exc.value) and "item 3" in str(exc.value)
+    with pytest.raises(ValueError, match="expected encoded image bytes"):
+        model.decode_request(np.array(["text"], dtype=object))
+
+
+def test_triton_preprocess_reads_size_from_config() -> None:
+    model = _load_preprocess_model()
+    ok = {"output": [{"name": "INPUT", "dims": [3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE]}]}
+    assert model.input_size(ok) == MODEL_INPUT_SIZE
+    with pytest.raises(ValueError, match="trained on"):
+        model.input_size({"output": [{"name": "INPUT", "dims": [3, 64, 64]}]})
+    with pytest.raises(ValueError, match="no output"):
+        model.input_size({"output": []})
+
+
+# -- training, export, parity -----------------------------------------------------------------
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    dst = tmp_path / "triton_models"
+    shutil.copytree(REPO, dst, ignore=shutil.ignore_patterns("model.onnx", "model_card.json", "__pycache__"))
+    return dst
+
+
+def test_tiny_training_run_exports_and_installs(repo: Path) -> None:
+    result = train_model(repo, ROUND, train_count=16, epochs=1, seed=3, progress=False)
+    assert result.onnx_path == repo / "tablet_classifier/1/model.onnx" and result.onnx_path.is_file()
+    assert result.parity.max_abs_diff_score <= 1e-4 and result.parity.max_abs_diff_class_probs <= 1e-4
+    card = json.loads(result.card_path.read_text())
+    config = result.config_path.read_text()
+    assert float(triton_repo.config_parameter(config, "reject_threshold")) == card["reject_threshold"]
+    assert triton_repo.config_parameter(config, "product") == card["product"] == ROUND
+    assert card["classes"] == list(CLASSES)
+    assert card["onnx"]["sha256"] == triton_repo.sha256_file(result.onnx_path)
+    assert card["data"]["generator_seed"] == 3 and len(card["data"]["train"]["sha256"]) == 64
+    for key in ("validation", "training", "parity", "created_utc", "code_version"):
+        assert card[key]
+    # The installed graph serves any batch size with the declared names and shapes.
+    sess = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
+    x = np.stack([prepare_image(encode_png(_frame(i))) for i in range(5)])
+    score, probs = sess.run(["SCORE", "CLASS_PROBS"], {"INPUT": x})
+    assert score.shape == (5, 1) and probs.shape == (5, len(CLASSES))
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(score[:, 0], 1.0 - probs[:, 0], atol=1e-5)
+    assert not list(result.onnx_path.parent.glob(".*tmp"))
+
+
+def test_training_is_deterministic() -> None:
+    data = render_set(ROUND, 8, defect_rate=0.5, subtle_fraction=0.5, seed=1, stream=0, paired=True, size=MODEL_INPUT_SIZE)
+    weights = []
+    with deterministic_torch():
+        for _ in range(2):
+            net = fit(data, FitConfig(epochs=1, batch_size=4, seed=11), progress=False)
+            weights.append(torch.cat([p.detach().flatten() for p in net.state_dict().values() if p.is_floating_point()]))
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_parity_check_catches_a_drifted_model(tmp_path: Path) -> None:
+    data = render_set(ROUND, 6, defect_rate=0.5, subtle_fraction=0.0, seed=2, stream=0)
+    with deterministic_torch():
+        net = fit(data, FitConfig(epochs=1, batch_size=3, seed=0), progress=False)
+        path = tmp_path / "m.onnx"
+        export_onnx(net, path, MODEL_INPUT_SIZE)
+        scores, probs = predict(net, data.x)
+        assert check_parity(path, data.x, scores, probs).max_abs_diff_score <= 1e-4
+        with torch.no_grad():
+            net.head.bias[0] += 0.5  # the torch model changes after export
+        drifted_scores, drifted_probs = predict(net, data.x)
+    with pytest.raises(ParityError, match="disagrees"):
+        check_parity(path, data.x, drifted_scores, drifted_probs)
+
+
+def test_training_from_a_dataset_folder(tmp_path: Path, repo: Path) -> None:
+    data = generate_dataset(tmp_path / "ds", 24, [ROUND], 0.5, seed=4)
+    result = train_model(repo, ROUND, epochs=1, data=data, progress=False)
+    card = json.loads(result.card_path.read_text())
+    assert card["data"]["source"] == "dataset" and len(card["data"]["dataset_sha256"]) == 64
+    assert card["data"]["train"]["count"] + card["data"]["validation"]["count"] == 24
+    (data / "tablet-round-white-10mm/good").iterdir().__next__().write_bytes(b"broken")
+    with pytest.raises(DatasetError, match="unreadable"):
+        train_model(repo, ROUND, epochs=1, data=data, progress=False)
+
+
+def test_training_refuses_a_mismatched_repository(repo: Path) -> None:
+    config = repo / "tablet_classifier/config.pbtxt"
+    config.write_text(config.read_text().replace(f"3, {MODEL_INPUT_SIZE}, {MODEL_INPUT_SIZE}", "3, 96, 96"))
+    with pytest.raises(ValueError):
+        train_model(repo, ROUND, train_count=4, epochs=1, progress=False)
+    with pytest.raises(FileNotFoundError):
+        train_model(repo.parent / "nowhere", ROUND, train_count=4, epochs=1, progress=False)
