@@ -5,8 +5,11 @@ and stored rows come out, and every unit is accounted for.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import onnxruntime
 import pytest
@@ -28,6 +31,7 @@ pytestmark = pytest.mark.e2e
 
 MODEL = PROJECT_ROOT / "triton_models" / "tablet_classifier" / "1" / "model.onnx"
 GOOD_UNITS = 60
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +52,14 @@ def e2e_settings(embedded_settings: Settings, broker: str, request: pytest.Fixtu
             "simulator": base.simulator.model_copy(update={"rate_per_s": 30.0, "defect_rate": 0.3, "seed": 11}),
         }
     )
+
+
+def eventually(probe: Callable[[], T], stop: threading.Event, timeout_s: float = 60.0) -> T:
+    """The probe's first truthy answer, polled until a deadline (its last answer after it)."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := probe()) and time.monotonic() < deadline and not stop.is_set():
+        stop.wait(0.2)
+    return value
 
 
 def publish_bad_frames(settings: Settings, publisher: FramePublisher, lot: str) -> None:
@@ -114,13 +126,18 @@ def test_pipeline_end_to_end(running: tuple[Settings, ClickHouseClient, Services
 
     # The frame without metadata: dead-lettered, its unit (from the key) fail-safe rejected and fired.
     nometa = f"{lot}-nometa"
-    rows = client.query(
-        f"SELECT verdict, cause, error FROM {db}.inspections FINAL WHERE unit_id = '{nometa}'"
-    ).rows
+    # Not part of the lot (no metadata), so the drain above did not wait for it: probe.
+    rows = eventually(
+        lambda: client.query(f"SELECT verdict, cause, error FROM {db}.inspections FINAL WHERE unit_id = '{nometa}'").rows,
+        services.stop_event,
+    )
     assert len(rows) == 1 and rows[0][0] == "reject" and rows[0][1] == "failsafe"
     assert "missing metadata" in rows[0][2]
-    fired = client.query(f"SELECT count() FROM {db}.actuations FINAL WHERE unit_id = '{nometa}'").rows
-    assert fired[0][0] == 1
+    fired = eventually(
+        lambda: client.query(f"SELECT count() FROM {db}.actuations FINAL WHERE unit_id = '{nometa}'").scalar(),
+        services.stop_event,
+    )
+    assert fired == 1
 
     stored = client.query(
         f"""SELECT count(), countIf(model_version = '1'), min(latency_ms) > 0
