@@ -103,11 +103,13 @@ def cmd_camera(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline.dataset import load_dataset
     from pipeline.gateway import FramePublisher, replay_dataset
 
     settings = _settings(args)
+    dataset = load_dataset(args.data, args.product)  # refuses a bad dataset before connecting
     publisher = FramePublisher(settings)
-    lot = replay_dataset(settings, publisher, args.data, _stop_on_signals(), args.rate or 0.0, args.product, args.lot)
+    lot = replay_dataset(settings, publisher, dataset, _stop_on_signals(), args.rate or 0.0, args.lot)
     publisher.close()
     print(f"lot {lot}: replayed {publisher.stats.published} images, refused {publisher.stats.refused}")
     return 0

@@ -12,12 +12,11 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Producer
 
-from pipeline.dataset import load_dataset
+from pipeline.dataset import Dataset
 from pipeline.imaging.codec import encode_png
 from pipeline.imaging.tablets import sample_unit
 from pipeline.kafka import flush_or_raise, make_producer
@@ -124,16 +123,14 @@ def run_simulated_line(
 def replay_dataset(
     settings: Settings,
     publisher: FramePublisher,
-    data: Path,
+    dataset: Dataset,
     stop: threading.Event,
     rate_per_s: float = 0.0,
-    product: str | None = None,
     lot: str | None = None,
 ) -> str:
-    """Publish every image of a dataset folder as a frame (its label as ground truth)."""
+    """Publish every image of a validated dataset as a frame (its label as ground truth)."""
     sim = settings.simulator
     lot = lot or new_lot(sim.line)
-    dataset = load_dataset(data, product)
     next_at = time.monotonic()
     for seq, row in enumerate(dataset.rows):
         if stop.is_set():

@@ -15,7 +15,10 @@ from pipeline.settings import KafkaSettings
 
 def bootstrap(kafka: KafkaSettings) -> str:
     if not kafka.bootstrap_servers:
-        raise RuntimeError("Kafka bootstrap servers are not resolved (start the embedded stack first)")
+        raise RuntimeError(
+            "no Kafka broker configured: set LINESIGHT_KAFKA__BOOTSTRAP_SERVERS "
+            "(127.0.0.1:19092 while `linesight up` runs the embedded broker)"
+        )
     return kafka.bootstrap_servers
 
 

@@ -15,7 +15,7 @@ import onnxruntime
 import pytest
 
 from pipeline.clickhouse import ClickHouseClient
-from pipeline.dataset import generate_dataset
+from pipeline.dataset import generate_dataset, load_dataset
 from pipeline.demo import pipeline_stack, wait_drained
 from pipeline.embedded.process import free_port
 from pipeline.embedded.triton import TritonServer
@@ -153,7 +153,7 @@ def test_dataset_replay_through_the_pipeline(
     resolved, client, services = running
     data = generate_dataset(tmp_path / "ds", 12, [resolved.simulator.product], 0.5, seed=5)
     publisher = FramePublisher(resolved)
-    lot = replay_dataset(resolved, publisher, data, services.stop_event, lot="E2E-REPLAY")
+    lot = replay_dataset(resolved, publisher, load_dataset(data), services.stop_event, lot="E2E-REPLAY")
     publisher.close()
     wait_drained(client, resolved.clickhouse.database, lot, 12, services.stop_event, timeout_s=120)
     report = build_report(client, resolved.clickhouse.database, lot)
