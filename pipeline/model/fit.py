@@ -6,6 +6,8 @@ and augmentation, deterministic torch algorithms, single-process data feeding.
 
 from __future__ import annotations
 
+import sys
+
 import contextlib
 from dataclasses import dataclass
 from typing import Iterator
@@ -74,7 +76,14 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True) -> TabletN
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
     )
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="train", unit="batch", disable=not progress)
+    # On a terminal the bar redraws; in CI logs, a line every 30 s instead of thousands.
+    bar = tqdm(
+        total=cfg.epochs * steps_per_epoch,
+        desc="train",
+        unit="batch",
+        disable=not progress,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,
+    )
     net.train()
     for epoch in range(cfg.epochs):
         order = _epoch_order(n, train.paired, g)
