@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pipeline.clickhouse import ClickHouseClient, connect
 from pipeline.embedded.stack import EmbeddedStack
 from pipeline.gateway import FramePublisher, run_simulated_line
-from pipeline.report import RunReport, _quote, build_report
+from pipeline.report import RunReport, build_report
 from pipeline.runtime import Services, running_services
 from pipeline.settings import Settings
 
@@ -44,13 +44,14 @@ def pipeline_stack(settings: Settings, workers: int = 1) -> Iterator[tuple[Setti
 
 
 def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int, int, int]:
-    q = _quote(lot)
+    q = "{lot:String}"
     row = client.query(
         f"""SELECT
               (SELECT count() FROM {db}.ground_truth FINAL WHERE lot = {q}) AS truth,
               (SELECT count() FROM {db}.inspections FINAL WHERE lot = {q}) AS decided,
               (SELECT countIf(verdict != 'pass') FROM {db}.inspections FINAL WHERE lot = {q}) AS rejected,
-              (SELECT count() FROM {db}.actuations FINAL WHERE lot = {q}) AS fired"""
+              (SELECT count() FROM {db}.actuations FINAL WHERE lot = {q}) AS fired""",
+        {"lot": lot},
     ).rows[0]
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 

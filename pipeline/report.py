@@ -10,10 +10,6 @@ from dataclasses import asdict, dataclass
 from pipeline.clickhouse import ClickHouseClient
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 @dataclass(frozen=True)
 class RunReport:
     lot: str
@@ -85,13 +81,13 @@ class RunReport:
 
 
 def build_report(client: ClickHouseClient, database: str, lot: str) -> RunReport:
-    db, q = database, _quote(lot)
+    db, q = database, "{lot:String}"  # bound server-side, never spliced into the SQL
     truth = f"(SELECT unit_id, label, defect FROM {db}.ground_truth FINAL WHERE lot = {q})"
     verdicts = f"(SELECT unit_id, verdict, cause, inspected FROM {db}.inspections FINAL WHERE lot = {q})"
     fired = f"(SELECT unit_id FROM {db}.actuations FINAL WHERE lot = {q})"
 
     def one(sql: str) -> dict:
-        return client.query(sql).named()[0]
+        return client.query(sql, {"lot": lot}).named()[0]
 
     t = one(
         f"SELECT count() AS published, countIf(label = 'defect') AS defects FROM {truth}"
