@@ -14,7 +14,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from google.protobuf import text_format
 from PIL import Image
+from tritonclient.grpc import model_config_pb2
 
 from pipeline.dataset import DatasetError, generate_dataset
 from pipeline.imaging import encode_jpeg, encode_png, render_tablet
@@ -119,31 +121,59 @@ def test_threshold_and_rates() -> None:
 # -- Triton repository files --------------------------------------------------------------------
 
 
+def _config(model: str) -> model_config_pb2.ModelConfig:
+    """Parse a committed config.pbtxt the way Triton does (protobuf text format)."""
+    return text_format.Parse((REPO / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
 def test_classifier_config_matches_code() -> None:
+    cfg = _config("tablet_classifier")
+    assert cfg.name == "tablet_classifier" and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 64
+    fp32 = model_config_pb2.TYPE_FP32
+    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
+        ("INPUT", fp32, [3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE])
+    ]
+    assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
+        ("SCORE", fp32, [1]),
+        ("CLASS_PROBS", fp32, [len(CLASSES)]),
+    ]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert [(g.kind, g.count) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_GPU, 1)]
+    assert cfg.parameters["classes"].string_value.split(",") == list(CLASSES)
+    assert 0.0 <= float(cfg.parameters["reject_threshold"].string_value) <= 1.0
+    assert cfg.parameters["product"].string_value
+    # The platform line stands alone, so the embedded stack can swap it for the python backend.
     text = triton_repo.read_config(REPO)
     assert re.search(r'^platform: "onnxruntime_onnx"$', text, re.M)
-    assert "max_batch_size: 64" in text and "KIND_GPU" in text
-    assert "max_queue_delay_microseconds: 2000" in text
     assert triton_repo.config_input_size(text) == MODEL_INPUT_SIZE
-    assert triton_repo.config_parameter(text, "classes").split(",") == list(CLASSES)
-    float(triton_repo.config_parameter(text, "reject_threshold"))
+
+
+def test_config_parameter_rewrite_touches_only_its_value() -> None:
+    text = triton_repo.read_config(REPO)
+    old = triton_repo.config_parameter(text, "reject_threshold")
     updated = triton_repo.set_config_parameter(text, "reject_threshold", "0.125")
     assert triton_repo.config_parameter(updated, "reject_threshold") == "0.125"
-    assert updated.replace('"0.125"', "") == text.replace(
-        f'"{triton_repo.config_parameter(text, "reject_threshold")}"', ""
-    )
+    assert updated.replace('"0.125"', f'"{old}"') == text
     with pytest.raises(ValueError):
         triton_repo.set_config_parameter(text, "no_such_key", "1")
 
 
 def test_preprocess_and_ensemble_configs() -> None:
-    pre = (REPO / "tablet_preprocess/config.pbtxt").read_text()
-    assert 'backend: "python"' in pre and "KIND_CPU" in pre and "TYPE_STRING" in pre
-    assert f"dims: [ 3, {MODEL_INPUT_SIZE}, {MODEL_INPUT_SIZE} ]" in pre
-    ens = (REPO / "tablet_inspector/config.pbtxt").read_text()
-    assert 'platform: "ensemble"' in ens and "max_batch_size: 64" in ens
-    for model in ("tablet_preprocess", "tablet_classifier"):
-        assert f'model_name: "{model}"' in ens
+    pre = _config("tablet_preprocess")
+    assert pre.backend == "python" and pre.max_batch_size == 64
+    assert [(i.name, i.data_type, list(i.dims)) for i in pre.input] == [("IMAGE", model_config_pb2.TYPE_STRING, [1])]
+    assert [(o.name, list(o.dims)) for o in pre.output] == [("INPUT", [3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE])]
+    assert pre.HasField("dynamic_batching")
+    assert [g.kind for g in pre.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+    ens = _config("tablet_inspector")
+    assert ens.platform == "ensemble" and ens.max_batch_size == 64
+    assert [(i.name, list(i.dims)) for i in ens.input] == [("IMAGE", [1])]
+    assert [(o.name, list(o.dims)) for o in ens.output] == [("SCORE", [1]), ("CLASS_PROBS", [len(CLASSES)])]
+    steps = ens.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["tablet_preprocess", "tablet_classifier"]
+    assert dict(steps[0].input_map) == {"IMAGE": "IMAGE"}
+    assert dict(steps[1].input_map) == {"INPUT": steps[0].output_map["INPUT"]}
+    assert dict(steps[1].output_map) == {"SCORE": "SCORE", "CLASS_PROBS": "CLASS_PROBS"}
     assert (REPO / "tablet_inspector/1/.gitkeep").exists()
 
 

@@ -1,14 +1,13 @@
 """Batched training augmentation on preprocessed tensors (torch, seeded).
 
 Each transform mimics a nuisance the line really has, so the classifier learns the defect and
-not the frame: flips and rotation (units land in any orientation), small shifts (timing of the
-trigger), brightness/contrast and colour gain (lamp ageing, lot tint), blur (focus, motion) and
-noise (sensor gain). All randomness comes from the given `torch.Generator`.
+not the frame: flips and quarter turns (units land in any orientation), small shifts (timing of
+the trigger), brightness/contrast and colour gain (lamp ageing, lot tint), blur (focus, motion)
+and noise (sensor gain). Geometric transforms are lossless (no resampling). All randomness comes
+from the given `torch.Generator`.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -26,50 +25,64 @@ def _blur3(x: torch.Tensor) -> torch.Tensor:
 
 
 def augment(
-    x: torch.Tensor, g: torch.Generator, mask: torch.Tensor | None = None, max_shift_px: float = 4.0
+    x: torch.Tensor,
+    g: torch.Generator,
+    mask: torch.Tensor | None = None,
+    group: int = 1,
+    max_shift_px: float = 4.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Randomly transformed copy of a batch x [N, 3, S, S] (normalised model inputs).
 
     `mask` [N, M, M] (defect masks at any resolution) gets the same geometric transforms.
+    Consecutive runs of `group` images get identical transforms and noise, so counterfactual
+    pairs (group=2) still differ only by their defect after augmentation.
     """
     n, _, s, _ = x.shape
-    flip_h = torch.rand(n, generator=g) < 0.5
-    flip_v = torch.rand(n, generator=g) < 0.5
+    if n % group:
+        raise ValueError(f"batch of {n} is not made of whole groups of {group}")
+    k = n // group
+
+    def draw(lo: float, hi: float, per: int = 1) -> torch.Tensor:
+        v = _uniform(g, k * per, lo, hi).view(k, per)
+        return v.repeat_interleave(group, dim=0)
+
+    def chance(p: float) -> torch.Tensor:
+        return (torch.rand(k, generator=g) < p).repeat_interleave(group)
+
+    flip_h, flip_v = chance(0.5), chance(0.5)
     x = torch.where(flip_h[:, None, None, None], x.flip(3), x)
     x = torch.where(flip_v[:, None, None, None], x.flip(2), x)
     if mask is not None:
         mask = torch.where(flip_h[:, None, None], mask.flip(2), mask)
         mask = torch.where(flip_v[:, None, None], mask.flip(1), mask)
 
-    # Rotation + shift for half of the batch (interpolation softens edges; keep some crisp).
-    warp = torch.rand(n, generator=g) < 0.5
-    if bool(warp.any()):
-        angle = _uniform(g, n, -math.pi, math.pi)
-        shift = _uniform(g, 2 * n, -1.0, 1.0).view(n, 2) * (2.0 * max_shift_px / s)
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        theta = torch.stack(
-            [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-        )
-        grid = F.affine_grid(theta[warp], list(x[warp].shape), align_corners=False)
-        warped = F.grid_sample(x[warp], grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-        x = x.clone()
-        x[warp] = warped
+    # Quarter turns and whole-pixel shifts: lossless, so 1 px cracks stay as crisp as the camera
+    # made them (the renderer already turns units to any angle).
+    turns = (torch.rand(k, generator=g) * 4).long().clamp(max=3).repeat_interleave(group)
+    shifts = (torch.rand((k, 2), generator=g) * (2 * max_shift_px + 1)).long() - int(max_shift_px)
+    shifts = shifts.repeat_interleave(group, dim=0)
+    x = x.clone()
+    mask = None if mask is None else mask.clone()
+    cell = 1 if mask is None else max(1, s // mask.shape[-1])
+    for i in range(n):
+        xi = torch.rot90(x[i], int(turns[i]), dims=(1, 2))
+        dy, dx = int(shifts[i, 0]), int(shifts[i, 1])
+        x[i] = torch.roll(xi, shifts=(dy, dx), dims=(1, 2))
         if mask is not None:
-            m = mask[warp][:, None]
-            grid_m = F.affine_grid(theta[warp], list(m.shape), align_corners=False)
-            mask = mask.clone()
-            mask[warp] = F.grid_sample(m, grid_m, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+            mi = torch.rot90(mask[i], int(turns[i]), dims=(0, 1))
+            mask[i] = torch.roll(mi, shifts=(round(dy / cell), round(dx / cell)), dims=(0, 1))
 
     # Photometric: contrast, brightness, per-channel gain (white balance) in normalised units.
-    contrast = _uniform(g, n, 0.85, 1.15)[:, None, None, None]
-    brightness = _uniform(g, n, -0.15, 0.15)[:, None, None, None]
-    gain = _uniform(g, 3 * n, 0.96, 1.04).view(n, 3, 1, 1)
+    contrast = draw(0.85, 1.15)[:, :, None, None]
+    brightness = draw(-0.15, 0.15)[:, :, None, None]
+    gain = draw(0.96, 1.04, 3)[:, :, None, None]
     x = x * contrast * gain + brightness
 
-    # Blur: blend towards a blurred copy by a random amount, for 30 % of the batch.
-    amount = _uniform(g, n, 0.0, 0.7) * (torch.rand(n, generator=g) < 0.3)
+    # Blur: blend towards a blurred copy by a random amount, for 20 % of the batch.
+    amount = draw(0.0, 0.5)[:, 0] * chance(0.2)
     x = x + amount[:, None, None, None] * (_blur3(x) - x)
 
     # Sensor noise for 30 % of the batch.
-    sigma = _uniform(g, n, 0.0, 0.05) * (torch.rand(n, generator=g) < 0.3)
-    return x + sigma[:, None, None, None] * torch.randn(x.shape, generator=g), mask
+    sigma = draw(0.0, 0.05)[:, 0] * chance(0.3)
+    noise = torch.randn((k, *x.shape[1:]), generator=g).repeat_interleave(group, dim=0)
+    return x + sigma[:, None, None, None] * noise, mask

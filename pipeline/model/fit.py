@@ -6,9 +6,8 @@ and augmentation, deterministic torch algorithms, single-process data feeding.
 
 from __future__ import annotations
 
-import sys
-
 import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -92,7 +91,8 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True) -> TabletN
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             xb, mb = x_all[idx], None if m_all is None else m_all[idx]
             if cfg.augment:
-                xb, mb = augment(xb, g, mb)
+                group = 2 if train.paired and len(idx) % 2 == 0 else 1
+                xb, mb = augment(xb, g, mb, group=group)
             logits, seg = net.forward_train(xb)
             loss = F.cross_entropy(logits, y_all[idx])
             if mb is not None:
@@ -132,9 +132,11 @@ def _epoch_order(n: int, paired: bool, g: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(net: TabletNet, x: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    net: TabletNet, x: np.ndarray, views: int = 8, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """SCORE [N] and CLASS_PROBS [N, C] of the serving model for inputs x [N, 3, S, S]."""
-    model = ServingModel(net).eval()
+    model = ServingModel(net, views).eval()
     scores, probs = [], []
     for i in range(0, len(x), batch_size):
         s, p = model(torch.from_numpy(x[i : i + batch_size]))
