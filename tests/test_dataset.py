@@ -112,7 +112,7 @@ def test_every_bad_row_is_reported_together(tmp_path: Path) -> None:
         f"../outside.png,{ROUND},good,none",             # 11 escapes the folder
         f"ok\\good.png,{ROUND},good,none",               # 12 backslash
         f"ok/good.png,{ROUND}",                          # 13 short row
-        f"ok/x.png,,good,none",                          # 14 empty product, missing file
+        "ok/x.png,,good,none",                          # 14 empty product, missing file
     ])
     with pytest.raises(DatasetError) as exc:
         load_dataset(root)

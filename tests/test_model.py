@@ -21,6 +21,7 @@ from tritonclient.grpc import model_config_pb2
 from pipeline.dataset import DatasetError, generate_dataset
 from pipeline.imaging import encode_jpeg, encode_png, render_tablet
 from pipeline.model import triton_repo
+from pipeline.model.augment import augment
 from pipeline.model.data import CLASSES, render_set
 from pipeline.model.evaluate_offline import (
     auroc,
@@ -30,6 +31,7 @@ from pipeline.model.evaluate_offline import (
 )
 from pipeline.model.export import ParityError, check_parity, export_onnx
 from pipeline.model.fit import FitConfig, deterministic_torch, fit, predict
+from pipeline.model.net import ServingModel, TabletNet
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, prepare_image, prepare_pil, restore_pil
 from pipeline.model.train import train_model
 
@@ -252,6 +254,35 @@ def test_training_is_deterministic() -> None:
             net = fit(data, FitConfig(epochs=1, batch_size=4, seed=11), progress=False)
             weights.append(torch.cat([p.detach().flatten() for p in net.state_dict().values() if p.is_floating_point()]))
     assert torch.equal(weights[0], weights[1])
+
+
+def test_augmentation_keeps_pairs_and_masks_aligned() -> None:
+    x = torch.zeros(8, 3, 160, 160)
+    mask = torch.zeros(8, 20, 20)
+    x[:, :, 40:48, 96:104] = 1.0  # a bright 8x8 block exactly on mask cell (5, 12)
+    mask[:, 5, 12] = 1.0
+    out, out_mask = augment(x, torch.Generator().manual_seed(0), mask, group=2)
+    assert torch.equal(out[0::2], out[1::2]) and torch.equal(out_mask[0::2], out_mask[1::2])
+    for img, m in zip(out, out_mask, strict=True):
+        spot = (img[0] == img[0].max()).nonzero().float().mean(dim=0) / 8.0
+        cell = (m == 1.0).nonzero()[0].float()
+        assert torch.all((spot - cell).abs() <= 1.0)
+    with pytest.raises(ValueError):
+        augment(x[:3], torch.Generator(), group=2)
+
+
+def test_served_score_is_invariant_to_flips_and_turns() -> None:
+    """Eight averaged views make the served model blind to how the unit lies on the belt."""
+    torch.manual_seed(0)
+    model = ServingModel(TabletNet(), views=8).eval()
+    x = torch.from_numpy(prepare_image(encode_png(_frame(4, "chip"))))[None]
+    with torch.no_grad():
+        reference = model(x)
+        for turned in (x.flip(3), x.flip(2), x.transpose(2, 3), torch.rot90(x, 1, dims=(2, 3))):
+            for a, b in zip(model(turned), reference, strict=True):
+                assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError):
+        ServingModel(TabletNet(), views=3)
 
 
 def test_parity_check_catches_a_drifted_model(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ inspector looking at the image, but near the limit of what the camera resolves.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -100,7 +100,7 @@ def paint_chip(scene: Scene, rng: np.random.Generator, subtle: bool) -> np.ndarr
 
 def paint_discoloration(scene: Scene, rng: np.random.Generator, subtle: bool) -> np.ndarray:
     """An irregular blotch tinted towards the product's stain colour."""
-    s, geom = scene.scale, scene.geom
+    geom = scene.geom
     cu, cv = geom.face_point(rng, 0.3 * geom.r_w)
     if subtle:
         a = rng.uniform(0.12, 0.20) * geom.r_w

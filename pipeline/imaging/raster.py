@@ -81,7 +81,7 @@ def polyline_distance(u: np.ndarray, v: np.ndarray, points: np.ndarray) -> np.nd
     if len(points) < 2:
         raise ValueError("a polyline needs at least two points")
     best = np.full(u.shape, np.inf, dtype=np.float32)
-    for (ax, ay), (bx, by) in zip(points[:-1], points[1:]):
+    for (ax, ay), (bx, by) in zip(points[:-1], points[1:], strict=True):
         dx, dy = bx - ax, by - ay
         seg2 = dx * dx + dy * dy
         if seg2 < 1e-9:

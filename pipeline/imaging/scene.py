@@ -57,7 +57,7 @@ class TabletGeometry:
 
 @dataclass
 class Scene:
-    """Editable layers of one tablet on a size x size frame.
+    """Editable layers of one tablet, over the box of the frame that holds it.
 
     `u`, `v` are every pixel's coordinates in the tablet frame; `inside` is the distance into
     the tablet from its rim (negative outside). Painters edit `alpha` (material present),
@@ -77,6 +77,7 @@ class Scene:
     occlusion: np.ndarray
     overlay_color: np.ndarray
     overlay_alpha: np.ndarray
+    box: tuple[int, int, int, int]  # (y0, y1, x0, x1): where these layers sit in the frame
 
     @property
     def face(self) -> np.ndarray:

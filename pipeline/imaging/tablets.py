@@ -78,17 +78,21 @@ def render_tablet_with_mask(
     # the same seed then gives the same unit, frame and noise with or without the defect.
     defect_rng = np.random.default_rng(rng.integers(0, 2**63))
     mask = np.zeros((size, size), dtype=np.float32)
+    y0, y1, x0, x1 = scene.box
     if defect is not None:
-        mask = PAINTERS[defect](scene, defect_rng, subtle).astype(np.float32)
-    tablet = scene_radiance(scene, light, ambient)
+        mask[y0:y1, x0:x1] = PAINTERS[defect](scene, defect_rng, subtle)
+    tablet = np.zeros((size, size, 3), dtype=np.float32)
+    tablet[y0:y1, x0:x1] = scene_radiance(scene, light, ambient)
+    alpha = np.zeros((size, size), dtype=np.float32)
+    alpha[y0:y1, x0:x1] = scene.alpha
 
     belt = _belt(rng, size, scale)
     shadow_offset = rng.uniform(1.5, 3.5) * scale
-    shadow = _shift(scene.alpha, -light[0] * shadow_offset * 1.4, -light[1] * shadow_offset * 1.4)
+    shadow = _shift(alpha, -light[0] * shadow_offset * 1.4, -light[1] * shadow_offset * 1.4)
     shadow = gaussian_blur(shadow, rng.uniform(2.0, 3.5) * scale)
     belt *= (1.0 - rng.uniform(0.35, 0.6) * shadow)[..., None]
 
-    a = scene.alpha[..., None]
+    a = alpha[..., None]
     img = belt * (1.0 - a) + tablet * a
     img *= _illumination(rng, size)[..., None] * rng.uniform(0.78, 0.92)
     img = gaussian_blur(img, rng.uniform(0.35, 0.75) * scale)
@@ -131,8 +135,12 @@ def _build_scene(rng: np.random.Generator, spec: TabletSpec, size: int, scale: f
     cx = (size - 1) / 2.0 + rng.uniform(-jitter, jitter)
     cy = (size - 1) / 2.0 + rng.uniform(-jitter, jitter)
     theta = rng.uniform(0.0, 2.0 * np.pi)
+    # Model only the box around the tablet (the rest of the frame is belt): half the work.
+    reach = geom.r_len + 4.0 * scale
+    y0, y1 = max(int(cy - reach), 0), min(int(np.ceil(cy + reach)) + 1, size)
+    x0, x1 = max(int(cx - reach), 0), min(int(np.ceil(cx + reach)) + 1, size)
     ys, xs = _grid(size)
-    dx, dy = xs - cx, ys - cy
+    dx, dy = xs[y0:y1, x0:x1] - cx, ys[y0:y1, x0:x1] - cy
     u = np.cos(theta) * dx + np.sin(theta) * dy
     v = -np.sin(theta) * dx + np.cos(theta) * dy
 
@@ -155,18 +163,19 @@ def _build_scene(rng: np.random.Generator, spec: TabletSpec, size: int, scale: f
         groove = np.exp(-((v / groove_w) ** 2)) * np.clip(inside / (2.0 * scale), 0.0, 1.0)
         height -= rng.uniform(1.6, 2.2) * scale * groove
         occlusion *= 1.0 - rng.uniform(0.15, 0.28) * groove
-    height += 0.05 * scale * smooth_noise(rng, (size, size), 4.0 * scale)
+    box = inside.shape
+    height += 0.05 * scale * smooth_noise(rng, box, 4.0 * scale)
 
     # Albedo: lot tint, powder mottling and a few shallow pores (normal, not defects).
     base = np.asarray(spec.color, dtype=np.float32)
     base = base * rng.uniform(1.0 - spec.color_jitter, 1.0 + spec.color_jitter)
     base = base + rng.normal(0.0, spec.color_jitter / 3.0, 3).astype(np.float32)
-    mottling = 1.0 + 0.014 * smooth_noise(rng, (size, size), 7.0 * scale)
-    mottling += 0.008 * smooth_noise(rng, (size, size), 1.3 * scale)
+    mottling = 1.0 + 0.014 * smooth_noise(rng, box, 7.0 * scale)
+    mottling += 0.008 * smooth_noise(rng, box, 1.3 * scale)
     albedo = np.clip(base, 0.0, 1.0) * mottling[..., None]
     face_pixels = np.flatnonzero(inside.ravel() > 2.0 * scale)
     for _ in range(int(rng.poisson(6))):
-        y, x = divmod(int(face_pixels[rng.integers(len(face_pixels))]), size)
+        y, x = divmod(int(face_pixels[rng.integers(len(face_pixels))]), box[1])
         add_spot(occlusion, x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5), 0.5 * scale,
                  0.0, rng.uniform(0.03, 0.07))
 
@@ -181,8 +190,9 @@ def _build_scene(rng: np.random.Generator, spec: TabletSpec, size: int, scale: f
         height=height.astype(np.float32),
         albedo=albedo.astype(np.float32),
         occlusion=occlusion.astype(np.float32),
-        overlay_color=np.zeros((size, size, 3), dtype=np.float32),
-        overlay_alpha=np.zeros((size, size), dtype=np.float32),
+        overlay_color=np.zeros((*box, 3), dtype=np.float32),
+        overlay_alpha=np.zeros(box, dtype=np.float32),
+        box=(y0, y1, x0, x1),
     )
 
 

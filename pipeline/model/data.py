@@ -9,8 +9,8 @@ sets drawn from different streams or seeds never share a unit.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image

@@ -8,8 +8,8 @@ between two observed good scores, so `>=` and `>` give the same decisions on the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -43,9 +43,9 @@ class ParityReport:
         return asdict(self)
 
 
-def export_onnx(net: TabletNet, path: Path, size: int) -> None:
+def export_onnx(net: TabletNet, path: Path, size: int, views: int = 8) -> None:
     """Write INPUT [N, 3, S, S] -> SCORE [N, 1], CLASS_PROBS [N, C] (opset 17, dynamic N)."""
-    model = ServingModel(net).eval()
+    model = ServingModel(net, views).eval()
     dummy = torch.zeros(2, 3, size, size)
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of the dynamo one, which needs

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True) -> TabletN
             sched.step()
             running += loss.item()
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{running / (step + 1):.3f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{running / (step + 1):.3f}", refresh=False)
     bar.close()
     return net.eval()
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.model.data import render_set
 from pipeline.model.evaluate_offline import InspectionMetrics, detection_at_frr, inspection_metrics
 from pipeline.model.export import onnx_predict
