@@ -135,6 +135,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from pipeline.evaluate import evaluate, summary_text
+
+    settings = _settings(args)
+    with tqdm(desc="evaluate", unit="img", disable=args.json or not sys.stderr.isatty()) as bar:
+        result = evaluate(settings, args.data, args.product, args.predictions, args.model, progress=bar.update)
+    for warning in result.warnings:
+        print(f"linesight evaluate: warning: {warning}", file=sys.stderr)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else summary_text(result))
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     from pipeline.clickhouse import connect
 
@@ -230,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1200, help="simulated training images")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a dataset through the served model; metrics and predictions CSV")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (shared/specs/dataset.md)")
+    p.add_argument("--product", required=True)
+    p.add_argument("--model", help="NAME[:VERSION] (default: the product's inspection model, live version)")
+    p.add_argument("--predictions", type=Path, required=True, help="CSV to write: image,score,verdict,defect")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sql", help="run a SQL query against the analytics store and print a table")
     p.add_argument("query")
