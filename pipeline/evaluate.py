@@ -48,6 +48,7 @@ class Prediction:
     verdict: str
     defect: str  # predicted defect class; 'none' for pass
     model_version: int | None
+    thresholds: tuple[float, float] | None  # (review, reject) of the version that judged it
     error: str | None = None  # Triton refused the image: fail-safe reject
 
 
@@ -166,10 +167,15 @@ async def _score_all(
             for row, outcome in zip(rows, outcomes, strict=True):
                 name = dataset.relative(row)
                 if isinstance(outcome, Failed):
-                    predictions.append(Prediction(name, 1.0, "reject", FAILED_DEFECT, None, outcome.reason))
+                    predictions.append(Prediction(name, 1.0, "reject", FAILED_DEFECT, None, None, outcome.reason))
                     continue
                 defect = NO_DEFECT if outcome.verdict == "pass" else outcome.defect
-                predictions.append(Prediction(name, outcome.score, outcome.verdict, defect, outcome.model_version))
+                predictions.append(
+                    Prediction(
+                        name, outcome.score, outcome.verdict, defect, outcome.model_version,
+                        (outcome.review_threshold, outcome.reject_threshold),
+                    )
+                )
             if progress:
                 progress(len(rows))
     finally:
@@ -277,10 +283,8 @@ def evaluate(
     write_predictions(Path(predictions_path), predictions)
 
     repo = Path(settings.triton.model_repository)
-    thresholds: dict[str, float] = {}
-    if judged is not None and judged in repository.versions(repo, models.classifier):
-        card = repository.read_card(repo, models.classifier, judged)
-        thresholds = {k: float(v) for k, v in card.get("thresholds", {}).items() if isinstance(v, int | float)}
+    served_thresholds = next((p.thresholds for p in predictions if p.thresholds is not None), None)
+    thresholds = dict(zip(("review", "reject"), served_thresholds, strict=True)) if served_thresholds else {}
     overlap = training_overlap(repo, models.classifier, judged, dataset)
     warnings = []
     if overlap:

@@ -3,19 +3,29 @@
 A batch of frames travels as one request (Triton's dynamic batcher merges concurrent requests
 further). When a batch fails, each frame is retried alone so that one corrupt image costs only
 its own unit, which is then dead-lettered and fail-safe rejected by the caller.
+
+Every classifier version outputs, per row, its score, class probabilities, its own thresholds
+``[review, reject]`` and its version number (docs/models.md). The verdict is taken from the
+row's own thresholds, so a deploy or rollback in the middle of a batch can never pair one
+version's scores with another's thresholds, and every result names the version that judged it.
+Class names per version come from the classifier config's ``classes`` parameter; the config is
+fetched again when a version not seen before answers (a deploy happened).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from pipeline.messages import Verdict
 from pipeline.settings import TritonSettings
 
 log = logging.getLogger(__name__)
@@ -23,28 +33,60 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "IMAGE"
 SCORE_OUTPUT = "SCORE"
 PROBS_OUTPUT = "CLASS_PROBS"
+THRESHOLDS_OUTPUT = "THRESHOLDS"
+VERSION_OUTPUT = "MODEL_VERSION"
+OUTPUTS = (SCORE_OUTPUT, PROBS_OUTPUT, THRESHOLDS_OUTPUT, VERSION_OUTPUT)
+CLASSES_PARAM = "classes"
+# How long "this model does not exist" is believed before Triton is asked again.
+UNKNOWN_MODEL_TTL_S = 5.0
+
+
+class UnknownModelError(LookupError):
+    """Triton has no such model (a product with no trained models)."""
+
+
+def verdict_for(score: float, review: float, reject: float) -> Verdict:
+    """docs/models.md: SCORE > reject -> reject; review < SCORE <= reject -> review; else pass."""
+    if score > reject:
+        return "reject"
+    if score > review:
+        return "review"
+    return "pass"
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a verdict needs to know about the model that produced a score."""
+    """What a verdict needs to know about the models behind an ensemble."""
 
     name: str  # the ensemble the worker calls
     classifier: str  # the model inside it that carries the trained weights
-    version: str  # classifier version that is serving
-    classes: tuple[str, ...]
-    threshold: float
+    classes: dict[int, tuple[str, ...]] = field(default_factory=dict)  # version -> class names
 
 
 @dataclass(frozen=True)
 class Scored:
+    """One unit judged by one classifier version, with that version's own thresholds."""
+
     score: float
     class_probs: dict[str, float]
+    review_threshold: float
+    reject_threshold: float
+    model_version: int
+    classifier: str = ""
 
-    def defect_class(self, classes: tuple[str, ...]) -> str:
-        """Most likely defect class (the 'good' class excluded)."""
-        defects = {c: p for c, p in self.class_probs.items() if c != classes[0]}
+    @property
+    def verdict(self) -> Verdict:
+        return verdict_for(self.score, self.review_threshold, self.reject_threshold)
+
+    @property
+    def defect(self) -> str:
+        """Most likely defect class (the first class, 'good', excluded)."""
+        names = list(self.class_probs)
+        defects = {c: self.class_probs[c] for c in names[1:]}
         return max(defects, key=defects.__getitem__) if defects else "defect"
+
+    def defect_class(self, classes: tuple[str, ...] | None = None) -> str:
+        return self.defect
 
 
 @dataclass(frozen=True)
@@ -58,6 +100,28 @@ Outcome = Scored | Failed
 def _param(config: dict, key: str) -> str | None:
     value = config.get("parameters", {}).get(key)
     return value.get("string_value") if value else None
+
+
+def parse_classes(raw: str | None) -> dict[int, tuple[str, ...]]:
+    """The ``classes`` parameter: JSON ``{"<version>": ["good", ...]}``."""
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out: dict[int, tuple[str, ...]] = {}
+    for key, names in data.items():
+        if str(key).isdigit() and isinstance(names, list):
+            out[int(key)] = tuple(str(n) for n in names)
+    return out
+
+
+def _is_not_found(exc: InferenceServerException) -> bool:
+    text = f"{exc.status() or ''} {exc.message() or ''}".lower()
+    return "not_found" in text or "unknown model" in text or "not found" in text
 
 
 class TritonInspector:
@@ -76,6 +140,7 @@ class TritonInspector:
             ],
         )
         self._models: dict[str, ModelInfo] = {}
+        self._unknown: dict[str, float] = {}  # model -> monotonic time it was found missing
 
     async def close(self) -> None:
         await self._client.close()
@@ -86,30 +151,32 @@ class TritonInspector:
         except InferenceServerException:
             return False
 
+    async def _config(self, model: str) -> dict:
+        return (await self._client.get_model_config(model, as_json=True))["config"]
+
     async def model_info(self, model: str, refresh: bool = False) -> ModelInfo:
-        """Resolve the classifier behind an ensemble, its live version, classes and threshold."""
+        """Resolve the classifier behind an ensemble and the class names of its versions."""
         if model in self._models and not refresh:
             return self._models[model]
-        config = (await self._client.get_model_config(model, as_json=True))["config"]
-        steps = config.get("ensemble_scheduling", {}).get("step", [])
-        classifier, classifier_config = model, config
-        for step in steps:
-            step_config = (await self._client.get_model_config(step["model_name"], as_json=True))["config"]
-            if _param(step_config, "reject_threshold") is not None:
-                classifier, classifier_config = step["model_name"], step_config
-        threshold = _param(classifier_config, "reject_threshold")
-        classes = _param(classifier_config, "classes")
-        if threshold is None or classes is None:
-            raise RuntimeError(f"model {model!r} declares no reject_threshold/classes parameters")
-        metadata = await self._client.get_model_metadata(classifier, as_json=True)
-        versions = sorted(metadata.get("versions", []), key=int)
-        info = ModelInfo(
-            name=model,
-            classifier=classifier,
-            version=versions[-1] if versions else "",
-            classes=tuple(c.strip() for c in classes.split(",")),
-            threshold=float(threshold),
-        )
+        missing_since = self._unknown.get(model)
+        if missing_since is not None and time.monotonic() - missing_since < UNKNOWN_MODEL_TTL_S:
+            raise UnknownModelError(f"Triton serves no model {model!r}")
+        try:
+            config = await self._config(model)
+        except InferenceServerException as exc:
+            if _is_not_found(exc):
+                self._unknown[model] = time.monotonic()
+                raise UnknownModelError(f"Triton serves no model {model!r}") from exc
+            raise
+        self._unknown.pop(model, None)
+        classifier, classes = model, _param(config, CLASSES_PARAM)
+        for step in config.get("ensemble_scheduling", {}).get("step", []):
+            step_config = await self._config(step["model_name"])
+            if _param(step_config, CLASSES_PARAM) is not None:
+                classifier, classes = step["model_name"], _param(step_config, CLASSES_PARAM)
+        if classes is None:
+            raise RuntimeError(f"model {model!r} has no classifier declaring a 'classes' parameter")
+        info = ModelInfo(name=model, classifier=classifier, classes=parse_classes(classes))
         self._models[model] = info
         return info
 
@@ -127,35 +194,86 @@ class TritonInspector:
             return []
         info = await self.model_info(model)
         try:
-            return await self._infer(info, images)
+            rows = await self._infer(info, images)
         except InferenceServerException as exc:
             if len(images) == 1:
                 return [Failed(f"triton: {exc.message() or exc}")]
             log.warning("batch of %d failed (%s); isolating frames", len(images), exc.message())
-        singles = await asyncio.gather(
-            *(self._infer_one(info, image) for image in images)
-        )
-        return list(singles)
+            singles = await asyncio.gather(*(self._infer_one(info, image) for image in images))
+            rows = list(singles)
+        return await self._judge(model, info, rows)
 
-    async def _infer_one(self, info: ModelInfo, image: bytes) -> Outcome:
+    async def _infer_one(self, info: ModelInfo, image: bytes) -> _Raw | Failed:
         try:
             return (await self._infer(info, [image]))[0]
         except InferenceServerException as exc:
             return Failed(f"triton: {exc.message() or exc}")
 
-    async def _infer(self, info: ModelInfo, images: list[bytes]) -> list[Outcome]:
+    async def _infer(self, info: ModelInfo, images: list[bytes]) -> list[_Raw | Failed]:
         batch = np.array(images, dtype=np.object_).reshape(len(images), 1)
         tensor = InferInput(INPUT_NAME, list(batch.shape), "BYTES")
         tensor.set_data_from_numpy(batch)
         response = await self._client.infer(
             info.name,
             [tensor],
-            outputs=[InferRequestedOutput(SCORE_OUTPUT), InferRequestedOutput(PROBS_OUTPUT)],
+            outputs=[InferRequestedOutput(name) for name in OUTPUTS],
             client_timeout=self._settings.request_timeout_s,
         )
-        scores = response.as_numpy(SCORE_OUTPUT).reshape(len(images))
-        probs = response.as_numpy(PROBS_OUTPUT).reshape(len(images), -1)
-        return [
-            Scored(float(s), {c: float(p) for c, p in zip(info.classes, row, strict=True)})
-            for s, row in zip(scores, probs, strict=True)
-        ]
+        n = len(images)
+        scores = response.as_numpy(SCORE_OUTPUT)
+        probs = response.as_numpy(PROBS_OUTPUT)
+        thresholds = response.as_numpy(THRESHOLDS_OUTPUT)
+        versions = response.as_numpy(VERSION_OUTPUT)
+        missing = [name for name, arr in zip(OUTPUTS, (scores, probs, thresholds, versions), strict=True) if arr is None]
+        if missing:
+            raise InferenceServerException(f"model {info.name!r} returned no {', '.join(missing)}")
+        scores, probs = scores.reshape(n), probs.reshape(n, -1)
+        thresholds, versions = thresholds.reshape(n, 2), versions.reshape(n)
+        out: list[_Raw | Failed] = []
+        for s, p, (review, reject), v in zip(scores, probs, thresholds, versions, strict=True):
+            if not (np.isfinite(s) and np.isfinite(review) and np.isfinite(reject)) or review > reject:
+                out.append(Failed(f"model output out of contract: score {s}, thresholds [{review}, {reject}]"))
+                continue
+            out.append(_Raw(float(s), tuple(float(x) for x in p), float(review), float(reject), int(v)))
+        return out
+
+    async def _judge(self, model: str, info: ModelInfo, rows: list[_Raw | Failed]) -> list[Outcome]:
+        unseen = {r.version for r in rows if isinstance(r, _Raw) and r.version not in info.classes}
+        if unseen:  # a version deployed since the config was read: read it again
+            try:
+                info = await self.model_info(model, refresh=True)
+            except (InferenceServerException, RuntimeError, UnknownModelError) as exc:
+                log.warning("re-reading the config of %r failed: %s", model, exc)
+            still = unseen - set(info.classes)
+            if still:
+                log.warning("%s: no class names for version(s) %s in its config", info.classifier, sorted(still))
+        out: list[Outcome] = []
+        for r in rows:
+            if isinstance(r, Failed):
+                out.append(r)
+                continue
+            names = info.classes.get(r.version, ())
+            if len(names) != len(r.probs):
+                names = ("good", *(f"class_{i}" for i in range(1, len(r.probs))))
+            out.append(
+                Scored(
+                    score=r.score,
+                    class_probs=dict(zip(names, r.probs, strict=True)),
+                    review_threshold=r.review,
+                    reject_threshold=r.reject,
+                    model_version=r.version,
+                    classifier=info.classifier,
+                )
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """One row of a response before class names are attached."""
+
+    score: float
+    probs: tuple[float, ...]
+    review: float
+    reject: float
+    version: int

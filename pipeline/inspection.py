@@ -4,6 +4,10 @@ Kept free of Faust so the decision logic is tested without a broker. The rule th
 frame yields exactly one result. A frame that cannot be inspected (bad metadata, unknown product,
 corrupt image, Triton failure) is dead-lettered with its reason and its unit is rejected
 (`cause="failsafe"`): in pharma a unit that was not inspected is never shipped.
+
+The verdict comes from the thresholds of the very version that scored the unit (docs/models.md):
+`pass`, `reject`, or `review` (grey zone: the gate removes the unit and a person decides).
+Products route to `settings.stream.product_models[P]`, else by convention to `<slug>_inspector`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pipeline.inference import Failed, ModelInfo, Outcome, Scored
+from pipeline.inference import Failed, ModelInfo, Outcome, Scored, UnknownModelError
 from pipeline.messages import (
     H_CAMERA,
     H_LINE,
@@ -32,6 +36,7 @@ from pipeline.messages import (
     header_value,
     now_ns,
 )
+from pipeline.model.repository import RepositoryError, slug
 from pipeline.settings import Settings
 
 
@@ -70,6 +75,16 @@ def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def ensemble_for(product: str, mapping: dict[str, str]) -> str:
+    """The inspection ensemble of `product`: configured, else `<slug>_inspector` (docs/models.md)."""
+    if product in mapping:
+        return mapping[product]
+    try:
+        return f"{slug(product)}_inspector"
+    except RepositoryError as exc:
+        raise MessageError(f"unknown product {product!r}: {exc}") from None
+
+
 class InspectionProcessor:
     """Decides every frame of a batch; returns the messages to publish."""
 
@@ -87,9 +102,7 @@ class InspectionProcessor:
             try:
                 meta = FrameMeta.from_headers(frame.headers)
                 check_image_bytes(frame.value)
-                model = self._models.get(meta.product)
-                if model is None:
-                    raise MessageError(f"unknown product {meta.product!r}")
+                model = ensemble_for(meta.product, self._models)
             except MessageError as exc:
                 out += self._failsafe(frame, meta, str(exc), stage="validate")
                 continue
@@ -97,43 +110,49 @@ class InspectionProcessor:
 
         groups = list(by_model.items())
         scored = await asyncio.gather(*(self._score_group(m, g) for m, g in groups))
-        for (model, group), (info, outcomes) in zip(groups, scored, strict=True):
+        for (model, group), (info, outcomes, stage) in zip(groups, scored, strict=True):
             for (frame, meta), outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, Scored) and info is not None:
                     out += self._verdict(frame, meta, info, outcome)
                 else:
                     reason = outcome.reason if isinstance(outcome, Failed) else "no model info"
-                    out += self._failsafe(frame, meta, reason, stage="inference", model=model)
+                    out += self._failsafe(frame, meta, reason, stage=stage, model=model)
         return out
 
     async def _score_group(
         self, model: str, group: list[tuple[Frame, FrameMeta]]
-    ) -> tuple[ModelInfo | None, list[Outcome]]:
+    ) -> tuple[ModelInfo | None, list[Outcome], str]:
         try:
             info = await self._scorer.model_info(model)
             outcomes = await self._scorer.score(model, [f.value or b"" for f, _ in group])
+        except UnknownModelError:
+            # A product nobody trained a model for: no model, no inspection, no shipping.
+            product = group[0][1].product
+            reason = f"unknown product {product!r} (no model {model!r})"
+            return None, [Failed(reason) for _ in group], "validate"
         except Exception as exc:  # noqa: BLE001 - any serving failure must fail safe, not crash
             reason = f"inference unavailable: {type(exc).__name__}: {exc}"
-            return None, [Failed(reason) for _ in group]
-        return info, outcomes
+            return None, [Failed(reason) for _ in group], "inference"
+        return info, outcomes, "inference"
 
     def _verdict(self, frame: Frame, meta: FrameMeta, info: ModelInfo, scored: Scored) -> list[Outgoing]:
-        reject = scored.score >= info.threshold
-        defect = scored.defect_class(info.classes) if reject else "none"
+        verdict = scored.verdict
+        defect = scored.defect if verdict != "pass" else "none"
         result = InspectionResult(
             unit_id=meta.unit_id,
             line=meta.line,
             camera=meta.camera,
             product=meta.product,
             lot=meta.lot,
-            verdict="reject" if reject else "pass",
+            verdict=verdict,
             cause="model",
             inspected=True,
             defect=defect,
             score=scored.score,
-            threshold=info.threshold,
-            model_name=info.classifier,
-            model_version=info.version,
+            threshold=scored.reject_threshold,
+            review_threshold=scored.review_threshold,
+            model_name=scored.classifier or info.classifier,
+            model_version=str(scored.model_version),
             capture_ns=meta.capture_ns,
             received_ns=frame.received_ns,
             inferred_ns=now_ns(),
@@ -141,8 +160,14 @@ class InspectionProcessor:
             class_scores=scored.class_probs,
         )
         out = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), result.to_json())]
-        if reject:
-            out.append(self._reject(result))
+        if verdict != "pass":  # `review` units leave the line too; a person decides on them
+            reason = (
+                f"score {scored.score:.4g} > reject threshold {scored.reject_threshold:.4g}"
+                if verdict == "reject"
+                else f"score {scored.score:.4g} in review zone "
+                f"({scored.review_threshold:.4g}, {scored.reject_threshold:.4g}]: for a person to decide"
+            )
+            out.append(self._reject(result, f"{result.model_name} v{result.model_version}: {reason}"))
         return out
 
     def _failsafe(
@@ -181,10 +206,10 @@ class InspectionProcessor:
         return [
             dead,
             Outgoing(self._kafka.topic_results, unit.encode(), result.to_json()),
-            self._reject(result),
+            self._reject(result, f"not inspected: {reason}"),
         ]
 
-    def _reject(self, result: InspectionResult) -> Outgoing:
+    def _reject(self, result: InspectionResult, reason: str) -> Outgoing:
         command = RejectCommand(
             unit_id=result.unit_id,
             line=result.line,
@@ -194,6 +219,8 @@ class InspectionProcessor:
             defect=result.defect,
             capture_ns=result.capture_ns,
             issued_ns=now_ns(),
+            verdict=result.verdict,
+            reason=reason[:1000],
         )
         # Keyed by line: one line's rejects stay in order for its gate.
         return Outgoing(self._kafka.topic_rejects, result.line.encode(), command.to_json())

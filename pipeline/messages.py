@@ -159,20 +159,22 @@ class InspectionResult(JsonMessage):
     inspected: bool
     defect: str  # predicted defect class, "none" on pass, "uninspected" when fail-safe
     score: float | None  # higher = more likely defective; None when not inspected
-    threshold: float | None
-    model_name: str
-    model_version: str
+    threshold: float | None  # the judging version's reject threshold (score > it: reject)
+    model_name: str  # the classifier (versioned weights) that judged the unit
+    model_version: str  # the version that judged it, from the artifact's own MODEL_VERSION
     capture_ns: int
     received_ns: int
     inferred_ns: int
     worker: str
     error: str = ""
     class_scores: dict[str, float] = field(default_factory=dict)
+    # The judging version's review threshold (review < score <= threshold: review).
+    review_threshold: float | None = None
 
 
 @dataclass(frozen=True)
 class RejectCommand(JsonMessage):
-    """Tells the reject gate to remove a unit."""
+    """Tells the reject gate to remove a unit (a `review` unit too: a person then decides)."""
 
     unit_id: str
     line: str
@@ -182,6 +184,8 @@ class RejectCommand(JsonMessage):
     defect: str
     capture_ns: int
     issued_ns: int
+    verdict: Verdict = "reject"
+    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """The run report: what was published, decided, rejected and fired for one lot, scored against
 ground truth, straight from ClickHouse (so an analyst can reproduce every figure in SQL).
+
+Verdicts are counted apart: `passed` (inspected and shipped), `rejected` (by the model or fail
+safe), `review` (in a model's grey zone: removed by the gate, a person decides). A defect
+"escapes" only when it passed; a good unit removed (reject or review) is a false reject.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ class RunReport:
     published: int
     inspected: int
     passed: int
-    rejected: int
+    rejected: int  # verdict reject: by the model or fail-safe
     rejected_by_model: int
     failsafe_rejected: int
+    review: int  # grey zone: removed by the gate for a person to decide
     dead_lettered: int
     escaped_defects: int
-    false_rejects: int
+    false_rejects: int  # good units removed (reject or review)
+    good_in_review: int  # of those, the ones a reviewer can recover
     defects_published: int
     throughput_units_per_s: float
     latency_p50_ms: float
@@ -66,6 +72,7 @@ class RunReport:
             f"  units inspected          {self.inspected:>8}",
             f"  passed                   {self.passed:>8}",
             f"  rejected                 {self.rejected:>8}  (model {self.rejected_by_model}, fail-safe {self.failsafe_rejected})",
+            f"  review                   {self.review:>8}  (removed by the gate for a person; {self.good_in_review} of them good)",
             f"  dead-lettered frames     {self.dead_lettered:>8}",
             f"  escaped defects          {self.escaped_defects:>8}  (detection rate {rate})",
             f"  false rejects            {self.false_rejects:>8}  (false-reject rate {frr})",
@@ -96,9 +103,10 @@ def build_report(client: ClickHouseClient, database: str, lot: str) -> RunReport
         f"""SELECT count() AS decided,
                    countIf(inspected) AS inspected,
                    countIf(verdict = 'pass') AS passed,
-                   countIf(verdict != 'pass') AS rejected,
-                   countIf(verdict != 'pass' AND cause = 'model') AS by_model,
-                   countIf(cause = 'failsafe') AS failsafe
+                   countIf(verdict = 'reject') AS rejected,
+                   countIf(verdict = 'reject' AND cause = 'model') AS by_model,
+                   countIf(cause = 'failsafe') AS failsafe,
+                   countIf(verdict = 'review') AS review
             FROM {verdicts}"""
     )
     timing = one(
@@ -112,7 +120,8 @@ def build_report(client: ClickHouseClient, database: str, lot: str) -> RunReport
     )
     scored = one(
         f"""SELECT countIf(t.label = 'defect' AND v.verdict = 'pass') AS escaped,
-                   countIf(t.label = 'good' AND v.verdict != 'pass') AS false_rejects
+                   countIf(t.label = 'good' AND v.verdict != 'pass') AS false_rejects,
+                   countIf(t.label = 'good' AND v.verdict = 'review') AS good_in_review
             FROM {truth} AS t INNER JOIN {verdicts} AS v USING unit_id"""
     )
     missing = one(f"SELECT count() AS n FROM {truth} WHERE unit_id NOT IN (SELECT unit_id FROM {verdicts})")
@@ -138,9 +147,11 @@ def build_report(client: ClickHouseClient, database: str, lot: str) -> RunReport
         rejected=int(v["rejected"]),
         rejected_by_model=int(v["by_model"]),
         failsafe_rejected=int(v["failsafe"]),
+        review=int(v["review"]),
         dead_lettered=int(dead["n"]),
         escaped_defects=int(scored["escaped"]),
         false_rejects=int(scored["false_rejects"]),
+        good_in_review=int(scored["good_in_review"]),
         defects_published=int(t["defects"]),
         throughput_units_per_s=(int(v["decided"]) / span) if span > 0 else 0.0,
         latency_p50_ms=float(timing["p50"] or 0.0),

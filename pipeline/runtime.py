@@ -19,6 +19,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
@@ -33,20 +35,38 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 120.0
 
 
+def _plain(value: Any) -> Any:
+    """JSON-ready form of a settings value, secrets revealed (the child needs them)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return {name: _plain(item) for name, item in value}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _env_text(value: Any) -> str:
+    plain = _plain(value)
+    return json.dumps(plain) if isinstance(plain, (dict, list)) else str(plain)
+
+
 def settings_to_env(settings: Settings) -> dict[str, str]:
     """The environment that reproduces `settings` in a child process."""
-    env: dict[str, str] = {"LINESIGHT_STATE_DIR": str(settings.state_dir)}
+    env: dict[str, str] = {}
     for section, value in settings:
+        if value is None:
+            continue
         if not isinstance(value, BaseModel):
+            env[f"LINESIGHT_{section.upper()}"] = _env_text(value)
             continue
         for name, item in value:
-            if item is None:
-                continue
-            if isinstance(item, SecretStr):
-                item = item.get_secret_value()
-            elif isinstance(item, (dict, list)):
-                item = json.dumps(item)
-            env[f"LINESIGHT_{section.upper()}__{name.upper()}"] = str(item)
+            if item is not None:
+                env[f"LINESIGHT_{section.upper()}__{name.upper()}"] = _env_text(item)
     return env
 
 

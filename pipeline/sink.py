@@ -64,6 +64,7 @@ def inspection_row(m: Message) -> Row:
         "defect": r.defect,
         "score": r.score,
         "threshold": r.threshold,
+        "review_threshold": r.review_threshold,
         "model_name": r.model_name,
         "model_version": r.model_version,
         "capture_time": ns_to_datetime(r.capture_ns),

@@ -22,6 +22,7 @@ from pipeline.embedded.triton import TritonServer
 from pipeline.gateway import FramePublisher, replay_dataset, run_simulated_line
 from pipeline.kafka import make_producer
 from pipeline.messages import FrameMeta, GroundTruth, now_ns
+from pipeline.model import repository
 from pipeline.model.preprocess import prepare_image
 from pipeline.report import build_report
 from pipeline.runtime import Services
@@ -29,7 +30,10 @@ from pipeline.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.e2e
 
-MODEL = PROJECT_ROOT / "triton_models" / "tablet_classifier" / "1" / "model.onnx"
+REPO = Settings().triton.model_repository  # the project's triton_models unless overridden
+# The version the committed config makes live (docs/models.md: version_policy names it).
+LIVE = repository.live_version(repository.read_config(REPO, "tablet_classifier")) or 1
+MODEL = repository.version_dir(REPO, "tablet_classifier", LIVE) / repository.ONNX_FILE
 GOOD_UNITS = 60
 T = TypeVar("T")
 
@@ -106,7 +110,7 @@ def test_pipeline_end_to_end(running: tuple[Settings, ClickHouseClient, Services
     assert report.failsafe_rejected == 3
     assert report.dead_lettered == 3
     assert report.inspected == GOOD_UNITS
-    assert report.passed + report.rejected == published
+    assert report.passed + report.rejected + report.review == published
     # A trained model, not a coin: it rejects defective units far more often than good ones.
     defects = report.defects_published
     goods = GOOD_UNITS - defects
@@ -115,12 +119,12 @@ def test_pipeline_end_to_end(running: tuple[Settings, ClickHouseClient, Services
     false_reject_rate = (report.false_rejects - 3) / goods  # the 3 bad frames were "good" units
     assert detection - false_reject_rate >= 0.3, report.to_text()
     assert report.latency_p50_ms > 0 and report.throughput_units_per_s > 0
-    assert report.model_versions == ["tablet_classifier:1"]
+    assert report.model_versions == [f"tablet_classifier:{LIVE}"]
 
     reasons = dict(
         client.query(f"SELECT unit_id, reason FROM {db}.dead_letters FINAL WHERE lot = 'E2E-LOT-1'").rows
     )
-    assert reasons[f"{lot}-alien"] == "unknown product 'unknown-sku'"
+    assert reasons[f"{lot}-alien"] == "unknown product 'unknown-sku' (no model 'unknown_sku_inspector')"
     assert reasons[f"{lot}-text"] == "frame is neither PNG nor JPEG"
     assert reasons[f"{lot}-corrupt"].startswith("triton:")
 
@@ -140,7 +144,7 @@ def test_pipeline_end_to_end(running: tuple[Settings, ClickHouseClient, Services
     assert fired == 1
 
     stored = client.query(
-        f"""SELECT count(), countIf(model_version = '1'), min(latency_ms) > 0
+        f"""SELECT count(), countIf(model_version = '{LIVE}'), min(latency_ms) > 0
             FROM {db}.inspections FINAL WHERE lot = '{lot}' AND inspected"""
     ).rows[0]
     assert stored[0] == GOOD_UNITS and stored[1] == GOOD_UNITS and stored[2]

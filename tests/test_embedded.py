@@ -344,6 +344,43 @@ def test_missing_artifact_says_train_the_model(tmp_path: Path) -> None:
         build_derived_repository(src, tmp_path / "derived")
 
 
+def test_derived_repository_follows_the_live_version(tmp_path: Path) -> None:
+    """The derived config keeps version_policy (Triton loads the live version only); a deploy
+    rebuilds one model's directory in place; a version being written is not required."""
+    from contract_models import add_version, model_repository
+
+    from pipeline.embedded.triton import rebuild_derived_model
+    from pipeline.model import repository
+
+    src = model_repository(tmp_path / "a", live=2)
+    for version in (1, 2):
+        add_version(src, "tablet_classifier", version, review=0.3, reject=0.7, bias=0.1 * version)
+    (src / "tablet_classifier" / "3").mkdir()  # training in progress: no model.onnx yet
+    out = tmp_path / "state" / "triton_repo"
+    repo = build_derived_repository(src, out)
+    assert "tablet_classifier" in repo.converted
+    derived = _parse(out / "tablet_classifier" / "config.pbtxt")
+    assert list(derived.version_policy.specific.versions) == [2] and derived.backend == "python"
+    assert sorted(p.name for p in (out / "tablet_classifier").iterdir() if p.is_dir()) == ["1", "2"]
+    assert derived.parameters["classes"].string_value.startswith('{"1":')
+
+    config = repository.read_config(src, "tablet_classifier")
+    repository.set_live_version(config, 1)
+    repository.write_config(src, "tablet_classifier", config)
+    assert rebuild_derived_model(src, out, "tablet_classifier")
+    assert list(_parse(out / "tablet_classifier" / "config.pbtxt").version_policy.specific.versions) == [1]
+    assert not any(p.name.startswith(".tablet_classifier") for p in out.iterdir())
+    assert (out / "tablet_preprocess").is_symlink()  # the other models are untouched
+    # A derived repository of another source is left alone.
+    other = model_repository(tmp_path / "b")
+    assert not rebuild_derived_model(other, out, "tablet_classifier")
+
+    repository.set_live_version(config, 3)  # naming a version that has no artifact
+    repository.write_config(src, "tablet_classifier", config)
+    with pytest.raises(ModelNotTrainedError, match=r"tablet_classifier/3/model.onnx is missing"):
+        build_derived_repository(src, out)
+
+
 # --------------------------------------------------------------------------- triton: real server
 
 
@@ -401,7 +438,7 @@ def test_triton_serves_onnx_through_python_backend(tiny_triton: TritonServer) ->
     inputs = [rng.normal(size=(int(rng.integers(1, 9)), 3)).astype(np.float32) for _ in range(24)]
     with ThreadPoolExecutor(8) as pool:
         outputs = list(pool.map(lambda a: _infer(client, "tiny_sum", a), inputs))
-    for a, out in zip(inputs, outputs):
+    for a, out in zip(inputs, outputs, strict=True):
         np.testing.assert_allclose(out, a.sum(axis=1, keepdims=True), rtol=1e-5)
     stats = client.get_inference_statistics("tiny_sum", as_json=True)["model_stats"][0]
     assert int(stats["inference_count"]) > int(stats["execution_count"])  # some requests were batched

@@ -52,7 +52,7 @@ def test_metrics_count_review_as_removed_and_report_it(tmp_path: Path) -> None:
     verdicts = ["pass", "pass", "pass", "review", "reject", "review", "reject", "pass"]
     scores = [0.01, 0.02, 0.03, 0.4, 0.9, 0.5, 0.8, 0.2]
     defects = [NO_DEFECT if v == "pass" else "crack" for v in verdicts]
-    preds = [Prediction(f"{i}.png", s, v, d, 1) for i, (s, v, d) in enumerate(zip(scores, verdicts, defects, strict=True))]
+    preds = [Prediction(f"{i}.png", s, v, d, 1, (0.3, 0.6)) for i, (s, v, d) in enumerate(zip(scores, verdicts, defects, strict=True))]
     m = verdict_metrics(ds, preds)
     assert (m["n"], m["n_good"], m["n_defect"]) == (8, 4, 4)
     assert m["false_reject_rate"] == pytest.approx(0.25)  # the good unit in review left the line
@@ -69,7 +69,10 @@ def test_metrics_count_review_as_removed_and_report_it(tmp_path: Path) -> None:
 
 
 def test_predictions_csv_has_the_issue_columns_one_row_per_image(tmp_path: Path) -> None:
-    preds = [Prediction("a/1.png", 0.123456789, "pass", NO_DEFECT, 2), Prediction("b/2.png", 0.9, "reject", "chip", 2)]
+    preds = [
+        Prediction("a/1.png", 0.123456789, "pass", NO_DEFECT, 2, (0.5, 0.7)),
+        Prediction("b/2.png", 0.9, "reject", "chip", 2, (0.5, 0.7)),
+    ]
     out = tmp_path / "out" / "pred.csv"
     write_predictions(out, preds)
     with open(out, newline="", encoding="utf-8") as f:

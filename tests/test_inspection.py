@@ -6,36 +6,46 @@ import json
 
 import pytest
 
-from pipeline.inference import Failed, ModelInfo, Outcome, Scored
-from pipeline.inspection import Frame, InspectionProcessor
-from pipeline.messages import H_DLQ_REASON, FrameMeta, header_value
+from pipeline.inference import Failed, ModelInfo, Outcome, Scored, UnknownModelError, parse_classes, verdict_for
+from pipeline.inspection import Frame, InspectionProcessor, ensemble_for
+from pipeline.messages import H_DLQ_REASON, FrameMeta, RejectCommand, header_value
 from pipeline.settings import Settings
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 32
-INFO = ModelInfo("tablet_inspector", "tablet_classifier", "3", ("good", "crack", "chip"), 0.5)
+INFO = ModelInfo("tablet_inspector", "tablet_classifier", {3: ("good", "crack", "chip")})
 
 
 class ScriptedScorer:
-    """Returns the score written after the PNG signature (b'...score=0.9')."""
+    """Returns the score written after the PNG signature (b'...score=0.9'), judged by version 3
+    with thresholds [0.5, 0.5], or by version 4 with [0.3, 0.7] when the image says b'v4'."""
 
-    def __init__(self, fail_model: bool = False) -> None:
+    def __init__(self, fail_model: bool = False, known: tuple[str, ...] = ("tablet_inspector",)) -> None:
         self.calls: list[int] = []
+        self.models: list[str] = []
         self.fail_model = fail_model
+        self.known = known
 
     async def model_info(self, model: str, refresh: bool = False) -> ModelInfo:
         if self.fail_model:
             raise ConnectionError("triton down")
+        if model not in self.known:
+            raise UnknownModelError(f"Triton serves no model {model!r}")
         return INFO
 
     async def score(self, model: str, images: list[bytes]) -> list[Outcome]:
         self.calls.append(len(images))
+        self.models.append(model)
         out: list[Outcome] = []
         for image in images:
             if b"corrupt" in image:
                 out.append(Failed("triton: cannot identify image file"))
+                continue
+            s = float(image.split(b"score=")[1])
+            probs = {"good": 1 - s, "crack": s * 0.3, "chip": s * 0.7}
+            if b"v4" in image:
+                out.append(Scored(s, probs, 0.3, 0.7, 4, "tablet_classifier"))
             else:
-                s = float(image.split(b"score=")[1])
-                out.append(Scored(s, {"good": 1 - s, "crack": s * 0.3, "chip": s * 0.7}))
+                out.append(Scored(s, probs, 0.5, 0.5, 3, "tablet_classifier"))
         return out
 
 
@@ -80,7 +90,7 @@ async def test_every_frame_gets_exactly_one_result_and_rejects_are_commanded() -
 
     reasons = {o.key.decode(): header_value(o.headers, H_DLQ_REASON) for o in by_topic(out, k.topic_deadletter)}
     assert reasons["corrupt"].startswith("triton: cannot identify")
-    assert reasons["alien"] == "unknown product 'unknown-sku'"
+    assert reasons["alien"] == "unknown product 'unknown-sku' (no model 'unknown_sku_inspector')"
     assert reasons["garbage"] == "frame is neither PNG nor JPEG"
     assert "missing metadata" in reasons["nometa"]
     # The corrupt frame travelled to the scorer with the good ones: only valid frames are scored.
@@ -97,10 +107,78 @@ async def test_unreachable_inference_fails_safe_for_the_whole_batch() -> None:
     assert len(by_topic(out, settings.kafka.topic_deadletter)) == 4
 
 
-@pytest.mark.parametrize("score, verdict", [(0.4999, "pass"), (0.5, "reject")])
-async def test_threshold_is_inclusive(score: float, verdict: str) -> None:
+@pytest.mark.parametrize(
+    "score, review, reject, verdict",
+    [
+        (0.5, 0.5, 0.5, "pass"),  # SCORE > reject rejects: the threshold itself passes
+        (0.5001, 0.5, 0.5, "reject"),  # no grey zone when review == reject
+        (0.3, 0.3, 0.7, "pass"),
+        (0.30001, 0.3, 0.7, "review"),
+        (0.7, 0.3, 0.7, "review"),
+        (0.70001, 0.3, 0.7, "reject"),
+    ],
+)
+def test_verdict_rule(score: float, review: float, reject: float, verdict: str) -> None:
+    assert verdict_for(score, review, reject) == verdict
+
+
+@pytest.mark.parametrize("score, verdict", [(0.5, "pass"), (0.5001, "reject")])
+async def test_threshold_is_the_judging_versions_own(score: float, verdict: str) -> None:
     settings = Settings()
     out = await InspectionProcessor(settings, ScriptedScorer(), worker="w").process(
         [frame("u", PNG + f"score={score}".encode())]
     )
-    assert json.loads(by_topic(out, settings.kafka.topic_results)[0].value)["verdict"] == verdict
+    result = json.loads(by_topic(out, settings.kafka.topic_results)[0].value)
+    assert result["verdict"] == verdict
+    assert result["threshold"] == result["review_threshold"] == 0.5 and result["model_version"] == "3"
+
+
+async def test_review_units_are_recorded_and_sent_to_the_gate() -> None:
+    """Grey zone: the unit is removed by the gate (reject command with verdict review) for a person."""
+    settings = Settings()
+    k = settings.kafka
+    frames = [
+        frame("grey", PNG + b"v4 score=0.5", offset=0),
+        frame("low", PNG + b"v4 score=0.2", offset=1),
+        frame("high", PNG + b"v4 score=0.9", offset=2),
+        frame("old", PNG + b"score=0.6", offset=3),  # same batch, another version: its own thresholds
+    ]
+    out = await InspectionProcessor(settings, ScriptedScorer(), worker="w").process(frames)
+    results = {json.loads(o.value)["unit_id"]: json.loads(o.value) for o in by_topic(out, k.topic_results)}
+    assert {u: r["verdict"] for u, r in results.items()} == {
+        "grey": "review", "low": "pass", "high": "reject", "old": "reject"
+    }
+    assert results["grey"]["model_version"] == "4" and results["old"]["model_version"] == "3"
+    assert (results["grey"]["review_threshold"], results["grey"]["threshold"]) == (0.3, 0.7)
+    assert results["grey"]["defect"] == "chip" and results["grey"]["cause"] == "model"
+    commands = {c.unit_id: c for c in (RejectCommand.from_json(o.value) for o in by_topic(out, k.topic_rejects))}
+    assert sorted(commands) == ["grey", "high", "old"]
+    assert commands["grey"].verdict == "review" and "review zone" in commands["grey"].reason
+    assert commands["high"].verdict == "reject" and "tablet_classifier v4" in commands["high"].reason
+    assert not by_topic(out, k.topic_deadletter)
+
+
+async def test_unconfigured_products_route_to_their_slug_models() -> None:
+    settings = Settings()
+    k = settings.kafka
+    assert ensemble_for("tablet-oval-yellow-14mm", {}) == "tablet_oval_yellow_14mm_inspector"
+    assert ensemble_for("tablet-round-white-10mm", settings.stream.product_models) == "tablet_inspector"
+    scorer = ScriptedScorer(known=("tablet_inspector", "tablet_oval_yellow_14mm_inspector"))
+    frames = [
+        frame("oval", PNG + b"score=0.9", product="Tablet-Oval-Yellow 14mm", offset=0),
+        frame("nomodel", PNG + b"score=0.1", product="capsule-red", offset=1),
+    ]
+    out = await InspectionProcessor(settings, scorer, worker="w").process(frames)
+    results = {json.loads(o.value)["unit_id"]: json.loads(o.value) for o in by_topic(out, k.topic_results)}
+    assert results["oval"]["verdict"] == "reject" and results["oval"]["cause"] == "model"
+    assert results["nomodel"]["cause"] == "failsafe"
+    reasons = {o.key.decode(): header_value(o.headers, H_DLQ_REASON) for o in by_topic(out, k.topic_deadletter)}
+    assert reasons == {"nomodel": "unknown product 'capsule-red' (no model 'capsule_red_inspector')"}
+    assert "tablet_oval_yellow_14mm_inspector" in scorer.models
+
+
+def test_classes_parameter_parses_per_version() -> None:
+    assert parse_classes('{"1":["good","crack"],"2":["good","anomaly"]}') == {
+        1: ("good", "crack"), 2: ("good", "anomaly")
+    }
+    assert parse_classes("good,crack") == {} and parse_classes(None) == {}

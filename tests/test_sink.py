@@ -36,6 +36,7 @@ def _result(unit: str, lot: str) -> InspectionResult:
     return InspectionResult(
         unit, "line-1", "cam-1", "tablet", lot, "reject", "model", True, "crack", 0.93, 0.5,
         "tablet_classifier", "1", t - 5_000_000, t - 4_000_000, t, "w1", class_scores={"good": 0.07, "crack": 0.93},
+        review_threshold=0.3,
     )
 
 
@@ -75,9 +76,11 @@ def test_redelivered_batch_is_stored_once(embedded_settings: Settings, broker: s
     assert chdb_client.query(f"SELECT count() FROM {db}.inspections FINAL WHERE lot = {q}").scalar() == 5
     assert chdb_client.query(f"SELECT count() FROM {db}.ground_truth FINAL WHERE lot = {q}").scalar() == 5
     row = chdb_client.query(
-        f"SELECT score, class_scores['crack'], latency_ms FROM {db}.inspections FINAL WHERE unit_id = '{lot}-0'"
+        f"""SELECT score, class_scores['crack'], latency_ms, threshold, review_threshold
+            FROM {db}.inspections FINAL WHERE unit_id = '{lot}-0'"""
     ).rows[0]
     assert abs(row[0] - 0.93) < 1e-6 and abs(row[1] - 0.93) < 1e-6 and 4.9 < row[2] < 5.1
+    assert abs(row[3] - 0.5) < 1e-6 and abs(row[4] - 0.3) < 1e-6  # both thresholds of the judging version
     junk = chdb_client.query(
         f"SELECT stage, reason FROM {db}.dead_letters FINAL WHERE source LIKE '{settings.kafka.topic_results}:%'"
     ).rows

@@ -6,7 +6,8 @@
 
 CREATE DATABASE IF NOT EXISTS {db};
 
--- One row per inspected (or fail-safe rejected) unit.
+-- One row per inspected (or fail-safe rejected) unit. verdict: pass, reject, or review (the gate
+-- removes the unit and a person decides); model_version is the version that judged it.
 CREATE TABLE IF NOT EXISTS {db}.inspections
 (
     unit_id        String,
@@ -19,7 +20,8 @@ CREATE TABLE IF NOT EXISTS {db}.inspections
     inspected      Bool,
     defect         LowCardinality(String),
     score          Nullable(Float32),
-    threshold      Nullable(Float32),
+    threshold      Nullable(Float32),  -- the judging version's reject threshold
+    review_threshold Nullable(Float32), -- and its review threshold (grey zone: review < score <= reject)
     model_name     LowCardinality(String),
     model_version  LowCardinality(String),
     capture_time   DateTime64(6, 'UTC'),
@@ -37,6 +39,9 @@ ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(capture_time)
 ORDER BY (line, unit_id)
 SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Databases created before the grey zone existed gain its column (idempotent).
+ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS review_threshold Nullable(Float32) AFTER threshold;
 
 -- Every reject the gate fired.
 CREATE TABLE IF NOT EXISTS {db}.actuations

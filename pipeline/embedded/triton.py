@@ -130,31 +130,93 @@ def build_derived_repository(
     return repo
 
 
+def _policy_versions(config: mc.ModelConfig, available: list[int]) -> list[int]:
+    """The versions Triton will load under the config's version_policy (default: latest one)."""
+    choice = config.version_policy.WhichOneof("policy_choice")
+    if choice == "specific":
+        return sorted(int(v) for v in config.version_policy.specific.versions)
+    if choice == "all":
+        return sorted(available)
+    n = config.version_policy.latest.num_versions if choice == "latest" else 1
+    return sorted(available)[-max(1, n):]
+
+
 def _derive_onnx_model(model_dir: Path, config: mc.ModelConfig, out: Path, onnx_model_py: Path) -> None:
     filename = config.default_model_filename or DEFAULT_ONNX_FILENAME
     versions = _version_dirs(model_dir)
-    missing = [v for v in versions if not (v / filename).is_file()]
-    if not versions or missing:
-        where = ", ".join(str(v / filename) for v in missing) or str(model_dir / "1" / filename)
+    complete = [v for v in versions if (v / filename).is_file()]
+    wanted = _policy_versions(config, [int(v.name) for v in complete])
+    missing = [model_dir / str(v) / filename for v in wanted if not (model_dir / str(v) / filename).is_file()]
+    if not complete or not wanted or missing:
+        where = ", ".join(str(m) for m in missing) or str(model_dir / (str(wanted[0]) if wanted else "1") / filename)
         raise ModelNotTrainedError(
             SERVICE, f"model not trained: run `make model` ({model_dir.name}: {where} is missing)"
         )
     out.mkdir()
+    # The derived config keeps version_policy: Triton loads exactly the live version(s).
     derived = derive_python_config(config)
     (out / "config.pbtxt").write_text(
         f"# Derived from {model_dir / 'config.pbtxt'} for the CPU python backend. Do not edit.\n"
         + text_format.MessageToString(derived)
     )
     for extra in model_dir.iterdir():  # labels files and the like next to config.pbtxt
-        if extra.is_file() and extra.name != "config.pbtxt":
+        if extra.is_file() and extra.name != "config.pbtxt" and not extra.name.startswith("."):
             (out / extra.name).symlink_to(extra.resolve())
-    for version in versions:
+    for version in complete:
         vout = out / version.name
         vout.mkdir()
         for item in version.iterdir():
             if item.name != "model.py":
                 (vout / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
         (vout / "model.py").symlink_to(onnx_model_py.resolve())
+
+
+def derived_from(target: Path) -> Path | None:
+    """The source repository a derived repository was built from (None: not a derived one)."""
+    marker = target / DERIVED_MARKER
+    if not marker.is_file():
+        return None
+    text = marker.read_text().strip()
+    if not text.startswith("derived from "):
+        return None
+    return Path(text.removeprefix("derived from ").split(";", 1)[0].strip())
+
+
+def rebuild_derived_model(
+    source: Path, target: Path, model: str, onnx_model_py: Path = ONNX_MODEL_PY
+) -> bool:
+    """Rebuild one model of the derived repository ``target`` from ``source`` (after a deploy
+    changed its config), swapping the directory in one rename so a load never sees half of it.
+    Returns False, touching nothing, when ``target`` is not a repository derived from ``source``."""
+    source = source.resolve()
+    built_from = derived_from(target)
+    if built_from is None or built_from.resolve() != source:
+        return False
+    model_dir = source / model
+    config_path = model_dir / "config.pbtxt"
+    if not config_path.is_file():
+        raise ServiceStartError(SERVICE, f"no model {model!r} in {source}")
+    config = _read_config(config_path)
+    staging = target / f".{model}.staging"
+    old = target / f".{model}.old"
+    for leftover in (staging, old):
+        if leftover.is_symlink() or leftover.is_file():
+            leftover.unlink()
+        elif leftover.exists():
+            shutil.rmtree(leftover)
+    if _is_onnxruntime(config):
+        _derive_onnx_model(model_dir, config, staging, onnx_model_py)
+    else:
+        staging.symlink_to(model_dir, target_is_directory=True)
+    live = target / model
+    if live.is_symlink() or live.exists():
+        os.replace(live, old)
+    os.replace(staging, live)
+    if old.is_symlink():
+        old.unlink()
+    elif old.exists():
+        shutil.rmtree(old)
+    return True
 
 
 # --------------------------------------------------------------------------- server environment

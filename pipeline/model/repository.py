@@ -189,3 +189,36 @@ def live_version(config: mc.ModelConfig) -> int | None:
 def set_live_version(config: mc.ModelConfig, version: int) -> None:
     config.version_policy.Clear()
     config.version_policy.specific.versions.append(int(version))
+
+
+# ----------------------------------------------------------------------------- deployments
+
+
+def deployments_path(repo: Path, model: str) -> Path:
+    return Path(repo) / model / DEPLOYMENTS_FILE
+
+
+def append_deployment(repo: Path, model: str, entry: dict[str, Any]) -> None:
+    """Append one entry to `deployments.jsonl` (append-only: earlier lines are never rewritten)."""
+    path = deployments_path(repo, model)
+    line = json.dumps(entry, separators=(",", ":"), sort_keys=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def deployments(repo: Path, model: str) -> list[dict[str, Any]]:
+    """Every entry of `deployments.jsonl`, oldest first ([] when nothing was ever deployed)."""
+    path = deployments_path(repo, model)
+    if not path.is_file():
+        return []
+    entries: list[dict[str, Any]] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise RepositoryError(f"{path}:{number}: not JSON: {exc}") from exc
+    return entries

@@ -165,7 +165,7 @@ class TritonPythonModel:
     def _response(self, outs: list[np.ndarray]) -> Any:
         tensors = [
             pb_utils.Tensor(spec.name, np.ascontiguousarray(out, dtype=spec.dtype))
-            for spec, out in zip(self.outputs, outs)
+            for spec, out in zip(self.outputs, outs, strict=True)
         ]
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
