@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.plc.settings import LineTimingSettings, PlcSettings
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -135,6 +137,9 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     services: ServiceSettings = ServiceSettings()
+    # Reject gate PLC (OPC UA) and, per line id, where/when a captured unit meets the gate.
+    plc: PlcSettings = PlcSettings()
+    lines: dict[str, LineTimingSettings] = {"line-1": LineTimingSettings()}
 
     @property
     def log_dir(self) -> Path:

@@ -1,0 +1,177 @@
+"""Gate, scheduler and watchdog on their own asyncio loop, callable from plain threads.
+
+The actuator's Kafka consumer loop is synchronous (a thread); OPC UA and the fire timing are
+asyncio. `ActuationLoop` runs the asyncio side in one background thread and offers thread-safe
+`admit`/`submit`/`beat`. Callbacks (``on_event``, ``on_alarm``, ``on_refusal``) run on that
+loop's thread: keep them short and thread-safe (a confluent-kafka ``produce`` is fine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from pipeline.plc.gate import OpcUaGate, fail_safe_handler
+from pipeline.plc.settings import LineTimingSettings, PlcSettings
+from pipeline.timing import (
+    AlarmEvent,
+    Decision,
+    FireDone,
+    FireFn,
+    GateEvent,
+    RejectScheduler,
+    UnitRef,
+    Watchdog,
+)
+
+T = TypeVar("T")
+
+
+async def simulated_fire(unit: UnitRef, cause: str) -> FireDone:
+    """The gate of the simulated line (``plc.enabled = false``): firing is recording the time."""
+    return FireDone(True, time.time_ns())
+
+
+class ActuationLoop:
+    """One line group's actuation on a background event loop. `start` before use; `stop` at exit."""
+
+    def __init__(
+        self,
+        plc: PlcSettings,
+        lines: Mapping[str, LineTimingSettings],
+        *,
+        watchdog_timeouts_s: Mapping[str, float] | None = None,
+        watchdog_clear_after_s: float = 1.0,
+        watchdog_interval_s: float = 0.1,
+        on_event: Callable[[GateEvent], None] | None = None,
+        on_alarm: Callable[[AlarmEvent], None] | None = None,
+        on_refusal: Callable[[Decision], None] | None = None,
+        fire: FireFn | None = None,
+    ) -> None:
+        self._plc, self._lines = plc, dict(lines)
+        self._wd_timeouts = dict(watchdog_timeouts_s or {})
+        self._wd_clear, self._wd_interval = watchdog_clear_after_s, watchdog_interval_s
+        self._on_event, self._on_alarm, self._on_refusal = on_event, on_alarm, on_refusal
+        self._fire = fire
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopped: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self.gate: OpcUaGate | None = None
+        self.scheduler: RejectScheduler | None = None
+        self.watchdog: Watchdog | None = None
+        self._alarms: dict[str, AlarmEvent] = {}
+        self._alarms_lock = threading.Lock()
+
+    # ---- lifecycle (any thread)
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="actuation-loop", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError("actuation loop did not start")
+        if self._error is not None:
+            raise RuntimeError(f"actuation loop failed to start: {self._error!r}") from self._error
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        loop, stopped = self._loop, self._stopped
+        if loop is not None and stopped is not None and loop.is_running():
+            loop.call_soon_threadsafe(stopped.set)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # ---- commands (any thread; never raise on bad input)
+
+    def admit(self, unit: UnitRef, timeout_s: float = 5.0) -> Decision:
+        return self._call(lambda: self._sched().admit(unit), timeout_s)
+
+    def submit(self, raw: Any, timeout_s: float = 5.0) -> Decision:
+        return self._call(lambda: self._sched().submit(raw), timeout_s)
+
+    def beat(self, component: str) -> None:
+        if self._loop is not None and self.watchdog is not None:
+            self._loop.call_soon_threadsafe(self.watchdog.beat, component)
+
+    def observe_encoder(self, line: str, count: int, t_ns: int) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._sched().observe_encoder, line, count, t_ns)
+
+    def active_alarms(self) -> dict[str, AlarmEvent]:
+        """Alarms raised and not cleared (gate and watchdog), by code."""
+        with self._alarms_lock:
+            return dict(self._alarms)
+
+    # ---- internals
+
+    def _sched(self) -> RejectScheduler:
+        assert self.scheduler is not None, "ActuationLoop.start() first"
+        return self.scheduler
+
+    def _call(self, fn: Callable[[], T], timeout_s: float) -> T:
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            raise RuntimeError("actuation loop is not running")
+        fut: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # scheduler methods do not raise; belt and braces
+                fut.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return fut.result(timeout_s)
+
+    def _alarm(self, event: AlarmEvent) -> None:
+        with self._alarms_lock:
+            if event.active:
+                self._alarms[event.code] = event
+            else:
+                self._alarms.pop(event.code, None)
+        if self._on_alarm is not None:
+            self._on_alarm(event)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        fire = self._fire
+        if fire is None and self._plc.enabled:
+            self.gate = OpcUaGate(self._plc, on_alarm=self._alarm)
+            await self.gate.start()
+            fire = self.gate.fire_unit
+        self.scheduler = RejectScheduler(
+            self._lines, fire or simulated_fire, on_event=self._on_event, on_refusal=self._on_refusal
+        )
+        self.scheduler.start()
+        tasks: list[asyncio.Task[None]] = []
+        if self._wd_timeouts:
+            handler = fail_safe_handler(self.scheduler, self.gate)
+
+            def on_wd(event: AlarmEvent) -> None:
+                handler(event)
+                self._alarm(event)
+
+            self.watchdog = Watchdog(self._wd_timeouts, clear_after_s=self._wd_clear, on_alarm=on_wd)
+            tasks.append(asyncio.create_task(self.watchdog.run(self._wd_interval)))
+        self._ready.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.scheduler.stop()
+            if self.gate is not None:
+                await self.gate.stop()
