@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pipeline.clickhouse import ClickHouseClient, connect
 from pipeline.embedded.stack import EmbeddedStack
 from pipeline.gateway import FramePublisher, run_simulated_line
+from pipeline.plc.embedded import EmbeddedPlc
 from pipeline.report import RunReport, build_report
 from pipeline.runtime import Services, running_services
 from pipeline.settings import Settings
@@ -32,8 +33,9 @@ class DrainTimeout(RuntimeError):
 
 @contextmanager
 def pipeline_stack(settings: Settings, workers: int = 1) -> Iterator[tuple[Settings, ClickHouseClient, Services]]:
-    """Stack, ClickHouse schema and services, all ready; everything stopped on exit."""
-    with EmbeddedStack(settings) as resolved:
+    """Stack (broker, Triton, the gate's PLC), ClickHouse schema and services, all ready;
+    everything stopped on exit."""
+    with EmbeddedStack(settings) as with_services, EmbeddedPlc(with_services) as resolved:
         client = connect(resolved)
         try:
             client.apply_schema(resolved.clickhouse.database)
@@ -43,34 +45,36 @@ def pipeline_stack(settings: Settings, workers: int = 1) -> Iterator[tuple[Setti
             client.close()
 
 
-def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int, int, int]:
+def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int, int, int, int]:
     q = "{lot:String}"
     row = client.query(
         f"""SELECT
               (SELECT count() FROM {db}.ground_truth FINAL WHERE lot = {q}) AS truth,
               (SELECT count() FROM {db}.inspections FINAL WHERE lot = {q}) AS decided,
               (SELECT countIf(verdict != 'pass') FROM {db}.inspections FINAL WHERE lot = {q}) AS rejected,
-              (SELECT count() FROM {db}.actuations FINAL WHERE lot = {q}) AS fired""",
+              (SELECT count() FROM {db}.actuations FINAL WHERE lot = {q}) AS fired,
+              (SELECT count() FROM {db}.gate_events FINAL WHERE lot = {q}) AS at_gate""",
         {"lot": lot},
     ).rows[0]
-    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
 
 
 def wait_drained(
     client: ClickHouseClient, db: str, lot: str, published: int, stop: threading.Event, timeout_s: float = DRAIN_TIMEOUT_S
 ) -> None:
-    """Probe until every published unit is decided and stored, and every reject recorded."""
+    """Probe until every published unit is decided and stored, has passed the reject gate
+    (one gate event each), and every reject is recorded."""
     deadline = time.monotonic() + timeout_s
-    counts = (0, 0, 0, 0)
+    counts = (0, 0, 0, 0, 0)
     while time.monotonic() < deadline and not stop.is_set():
         counts = _drain_counts(client, db, lot)
-        truth, decided, rejected, fired = counts
-        if truth >= published and decided >= published and fired >= rejected:
+        truth, decided, rejected, fired, at_gate = counts
+        if truth >= published and decided >= published and at_gate >= published and fired >= rejected:
             return
         stop.wait(0.25)
     raise DrainTimeout(
         f"after {timeout_s:.0f} s: published {published}, truth stored {counts[0]}, "
-        f"verdicts stored {counts[1]}, rejects {counts[2]}, fired {counts[3]}"
+        f"verdicts stored {counts[1]}, rejects {counts[2]}, fired {counts[3]}, at the gate {counts[4]}"
     )
 
 

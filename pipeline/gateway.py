@@ -79,6 +79,24 @@ class FramePublisher:
             raise RuntimeError(f"{len(self._errors)} frames were not delivered: {self._errors[0]}")
 
 
+class SimulatedEncoder:
+    """The conveyor encoder of a simulated line: counts advance with the belt at the line's speed.
+
+    Only encoder-timed lines (``lines.<line>.counts_per_mm`` set) stamp counts on their frames.
+    """
+
+    def __init__(self, settings: Settings, line: str) -> None:
+        timing = settings.lines.get(line)
+        self.enabled = timing is not None and timing.counts_per_mm is not None
+        self._counts_per_ns = (
+            timing.conveyor_speed_mm_s * timing.counts_per_mm / 1e9 if timing is not None and timing.counts_per_mm else 0.0
+        )
+        self._start_ns = now_ns()
+
+    def count_at(self, t_ns: int) -> int | None:
+        return round((t_ns - self._start_ns) * self._counts_per_ns) if self.enabled else None
+
+
 def _pace(stop: threading.Event, next_at: float) -> None:
     """Hold the line's rate: a unit passes the camera every 1/rate seconds."""
     delay = next_at - time.monotonic()
@@ -98,6 +116,7 @@ def run_simulated_line(
     sim = settings.simulator
     lot = lot or new_lot(sim.line)
     rng = np.random.default_rng(sim.seed)
+    encoder = SimulatedEncoder(settings, sim.line)
     interval = 1.0 / sim.rate_per_s
     start = next_at = time.monotonic()
     seq = 0
@@ -111,7 +130,7 @@ def run_simulated_line(
         image, defect = sample_unit(rng, sim.product, sim.defect_rate)
         capture = now_ns()
         unit = f"{lot}-{seq:07d}"
-        meta = FrameMeta(unit, sim.line, sim.camera, sim.product, capture, "image/png", lot)
+        meta = FrameMeta(unit, sim.line, sim.camera, sim.product, capture, "image/png", lot, encoder.count_at(capture))
         truth = GroundTruth(
             unit, sim.line, lot, sim.product, "defect" if defect else "good", defect or "none", capture
         )
@@ -131,6 +150,7 @@ def replay_dataset(
     """Publish every image of a validated dataset as a frame (its label as ground truth)."""
     sim = settings.simulator
     lot = lot or new_lot(sim.line)
+    encoder = SimulatedEncoder(settings, sim.line)
     next_at = time.monotonic()
     for seq, row in enumerate(dataset.rows):
         if stop.is_set():
@@ -142,7 +162,7 @@ def replay_dataset(
         content_type = "image/jpeg" if image.startswith(b"\xff\xd8") else "image/png"
         capture = now_ns()
         unit = f"{lot}-{seq:07d}"
-        meta = FrameMeta(unit, sim.line, sim.camera, row.product, capture, content_type, lot)
+        meta = FrameMeta(unit, sim.line, sim.camera, row.product, capture, content_type, lot, encoder.count_at(capture))
         truth = GroundTruth(
             unit, sim.line, lot, row.product, row.label, row.defect, capture, source=f"dataset:{dataset.relative(row)}"
         )

@@ -25,6 +25,8 @@ H_PRODUCT = "ls-product"
 H_CAPTURE_NS = "ls-capture-ns"
 H_CONTENT_TYPE = "content-type"
 H_LOT = "ls-lot"
+# Optional: the conveyor encoder count at capture (encoder-timed lines, see docs/actuation.md).
+H_ENCODER = "ls-encoder-count"
 # Dead-letter headers added to the original frame's headers.
 H_DLQ_REASON = "ls-dlq-reason"
 H_DLQ_STAGE = "ls-dlq-stage"
@@ -55,6 +57,7 @@ class FrameMeta:
     capture_ns: int
     content_type: str = "image/png"
     lot: str = ""
+    encoder_count: int | None = None
 
     def to_headers(self) -> list[tuple[str, bytes]]:
         headers = [
@@ -67,6 +70,8 @@ class FrameMeta:
         ]
         if self.lot:
             headers.append((H_LOT, self.lot))
+        if self.encoder_count is not None:
+            headers.append((H_ENCODER, str(self.encoder_count)))
         return [(k, v.encode()) for k, v in headers]
 
     @classmethod
@@ -90,6 +95,12 @@ class FrameMeta:
             raise MessageError(f"{H_CAPTURE_NS} is not an integer: {values[H_CAPTURE_NS]!r}") from None
         if capture_ns <= 0:
             raise MessageError(f"{H_CAPTURE_NS} must be positive, got {capture_ns}")
+        encoder_count: int | None = None
+        if values.get(H_ENCODER, "").strip():
+            try:
+                encoder_count = int(values[H_ENCODER])
+            except ValueError:
+                raise MessageError(f"{H_ENCODER} is not an integer: {values[H_ENCODER]!r}") from None
         content_type = values.get(H_CONTENT_TYPE, "image/png")
         if content_type not in IMAGE_CONTENT_TYPES:
             raise MessageError(f"unsupported content-type {content_type!r}")
@@ -101,6 +112,7 @@ class FrameMeta:
             capture_ns=capture_ns,
             content_type=content_type,
             lot=values.get(H_LOT, ""),
+            encoder_count=encoder_count,
         )
 
 
@@ -195,7 +207,7 @@ class Actuation(JsonMessage):
     unit_id: str
     line: str
     lot: str
-    cause: Cause
+    cause: str  # model, late or failsafe (see docs/actuation.md)
     defect: str
     capture_ns: int
     command_issued_ns: int
@@ -215,6 +227,65 @@ class GroundTruth(JsonMessage):
     defect: str
     capture_ns: int
     source: str = "simulator"
+
+
+@dataclass(frozen=True)
+class Heartbeat(JsonMessage):
+    """A liveness signal for the reject actuator's watchdog (docs/actuation.md).
+
+    Workers send one every ``watchdog.heartbeat_interval_s`` with the result of their own Triton
+    readiness probe; the actuator sends its own and counts the broker healthy while they come
+    back to it through the broker.
+    """
+
+    source: str  # worker id, or the actuator's name
+    kind: Literal["worker", "actuator"]
+    sent_ns: int
+    triton_ready: bool | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class GateEventRecord(JsonMessage):
+    """What physically happened to one unit at the reject gate: exactly one per captured unit.
+
+    outcome: fired, passed, fire_failed (the PLC did not confirm) or missed (window closed).
+    cause: model (the verdict), late (no verdict before the cutoff) or failsafe (pipeline
+    unhealthy, or the upstream's own fail-safe verdict); for passed units: model.
+    """
+
+    unit_id: str
+    line: str
+    lot: str
+    outcome: str
+    cause: str
+    admitted: bool  # the actuator saw the unit's frame (False: known only from a command)
+    deadline_ns: int
+    fire_at_ns: int
+    cutoff_ns: int
+    window_start_ns: int
+    window_end_ns: int
+    acted_ns: int
+    actuator: str
+    verdict_ns: int | None = None
+    fired_ns: int | None = None
+    verdict: str = ""  # the action received in time: pass or reject ('' when none came in time)
+    reason: str = ""
+    capture_ns: int = 0
+
+
+@dataclass(frozen=True)
+class AlarmRecord(JsonMessage):
+    """An alarm raised (``active``) or cleared. The clear carries the raise's id and time."""
+
+    alarm_id: str
+    code: str
+    active: bool
+    raised_ns: int
+    reason: str
+    source: str
+    cleared_ns: int | None = None
+    clear_reason: str = ""
 
 
 def dead_letter_headers(

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.plc.settings import LineTimingSettings, PlcSettings
+from pipeline.plc.settings import LineTimingSettings, PlcSettings, WatchdogSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +38,10 @@ class KafkaSettings(BaseModel):
     topic_deadletter: str = "linesight.deadletter"
     topic_truth: str = "linesight.truth"
     topic_actuations: str = "linesight.actuations"
+    # Reject gate (docs/actuation.md): liveness signals, one event per unit at the gate, alarms.
+    topic_heartbeats: str = "linesight.heartbeats"
+    topic_gate_events: str = "linesight.gate-events"
+    topic_alarms: str = "linesight.alarms"
     partitions: int = 3
     replication_factor: int = 1
     # Frames above this size are refused by the gateway (Kafka's default message cap is 1 MB).
@@ -140,6 +144,8 @@ class Settings(BaseSettings):
     # Reject gate PLC (OPC UA) and, per line id, where/when a captured unit meets the gate.
     plc: PlcSettings = PlcSettings()
     lines: dict[str, LineTimingSettings] = {"line-1": LineTimingSettings()}
+    # Heartbeats the actuator must keep receiving (worker, Triton, broker), else reject-all.
+    watchdog: WatchdogSettings = WatchdogSettings()
 
     @property
     def log_dir(self) -> Path:

@@ -1,4 +1,5 @@
-"""ClickHouse sink: results, ground truth, actuations and dead letters into analytics tables.
+"""ClickHouse sink: results, ground truth, actuations, gate events, alarms and dead letters into
+analytics tables.
 
 Inserts are bulk (one insert per table per batch) and idempotent under redelivery: each insert
 carries a deduplication token built from its Kafka offsets, and the tables are ReplacingMergeTree
@@ -29,6 +30,8 @@ from pipeline.messages import (
     H_LOT,
     H_UNIT,
     Actuation,
+    AlarmRecord,
+    GateEventRecord,
     GroundTruth,
     InspectionResult,
     MessageError,
@@ -107,6 +110,49 @@ def actuation_row(m: Message) -> Row:
     }
 
 
+def _opt_time(ns: int | None) -> datetime | None:
+    return None if ns is None else ns_to_datetime(ns)
+
+
+def gate_event_row(m: Message) -> Row:
+    e = GateEventRecord.from_json(m.value())
+    return {
+        "unit_id": e.unit_id,
+        "line": e.line,
+        "lot": e.lot,
+        "outcome": e.outcome,
+        "cause": e.cause,
+        "verdict": e.verdict,
+        "admitted": e.admitted,
+        "capture_time": ns_to_datetime(e.capture_ns) if e.capture_ns > 0 else None,
+        "deadline_time": ns_to_datetime(e.deadline_ns),
+        "fire_at_time": ns_to_datetime(e.fire_at_ns),
+        "cutoff_time": ns_to_datetime(e.cutoff_ns),
+        "window_start": ns_to_datetime(e.window_start_ns),
+        "window_end": ns_to_datetime(e.window_end_ns),
+        "verdict_time": _opt_time(e.verdict_ns),
+        "acted_time": ns_to_datetime(e.acted_ns),
+        "fired_time": _opt_time(e.fired_ns),
+        "reason": e.reason,
+        "actuator": e.actuator,
+    }
+
+
+def alarm_row(m: Message) -> Row:
+    a = AlarmRecord.from_json(m.value())
+    return {
+        "alarm_id": a.alarm_id,
+        "code": a.code,
+        "active": a.active,
+        "raised_time": ns_to_datetime(a.raised_ns),
+        "cleared_time": _opt_time(a.cleared_ns),
+        "reason": a.reason,
+        "clear_reason": a.clear_reason,
+        "source": a.source,
+        "revision": 0 if a.active else 1,
+    }
+
+
 def dead_letter_row(m: Message) -> Row:
     headers = m.headers() or []
     key = m.key() or b""
@@ -149,6 +195,8 @@ class ClickHouseSink:
             k.topic_truth: ("ground_truth", truth_row),
             k.topic_actuations: ("actuations", actuation_row),
             k.topic_deadletter: ("dead_letters", dead_letter_row),
+            k.topic_gate_events: ("gate_events", gate_event_row),
+            k.topic_alarms: ("alarms", alarm_row),
         }
         self.rows_written = 0
 

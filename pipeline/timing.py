@@ -266,6 +266,9 @@ class GateEvent:
     acted_ns: int  # when the scheduler fired/passed it
     fired_ns: int | None = None  # the gate's own fire time when it reports one (PLC time)
     reason: str = ""
+    admitted: bool = True  # seen at capture (False: known only from a verdict or command)
+    action: str | None = None  # the verdict received in time ("reject"/"pass"), None if none
+    capture_ns: int = 0
 
     @property
     def margin_ns(self) -> int | None:
@@ -352,6 +355,7 @@ class _Pending:
     action: Action | None = None
     cause: str = FireCause.MODEL
     verdict_ns: int | None = None
+    admitted: bool = False
 
 
 @dataclass
@@ -405,12 +409,18 @@ class RejectScheduler:
         """A unit was captured: it will be rejected at the gate unless a pass verdict arrives."""
         try:
             key = (unit.line, unit.unit_id)
-            if key in self._pending or key in self._done:
+            pending = self._pending.get(key)
+            if pending is not None and not pending.admitted:
+                pending.admitted = True  # its verdict came first: now the camera saw it too
+                return self._decide(DecisionKind.ACCEPTED, unit, "admitted after its verdict", pending.timing)
+            if pending is not None or key in self._done:
                 return self._decide(DecisionKind.DUPLICATE, unit, "unit already known")
             model = self._model_for(unit)
             if isinstance(model, Decision):
                 return model
-            return self._decide(DecisionKind.ACCEPTED, unit, "admitted", self._track(model, unit).timing)
+            tracked = self._track(model, unit)
+            tracked.admitted = True
+            return self._decide(DecisionKind.ACCEPTED, unit, "admitted", tracked.timing)
         except Exception as exc:  # a bug here must not stop the line's scheduler
             log.exception("admit failed for %r", unit)
             return self._refuse(getattr(unit, "line", ""), getattr(unit, "unit_id", ""), f"internal error: {exc}")
@@ -583,7 +593,8 @@ class RejectScheduler:
                 reason = f"gate window closed {late_ms:.1f} ms before the reject could fire"
                 log.error("missed reject of %s/%s: %s", p.ref.line, p.ref.unit_id, reason)
                 cause = p.cause if p.action is Action.REJECT else (FireCause.LATE if p.action is None else FireCause.FAILSAFE)
-                self._emit(GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, Outcome.MISSED, cause, p.timing, p.verdict_ns, now, None, reason))
+                self._emit(GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, Outcome.MISSED, cause, p.timing, p.verdict_ns, now, None, reason,
+                                     p.admitted, _action(p), p.ref.capture_ns))
             elif p.action is None:
                 self._start_fire(p, FireCause.LATE, now)
             elif p.action is Action.REJECT:
@@ -591,7 +602,8 @@ class RejectScheduler:
             elif self.fail_safe:
                 self._start_fire(p, FireCause.FAILSAFE, now, self.fail_safe_reason)
             else:
-                self._emit(GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, Outcome.PASSED, p.cause, p.timing, p.verdict_ns, now))
+                self._emit(GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, Outcome.PASSED, p.cause, p.timing, p.verdict_ns, now,
+                                     admitted=p.admitted, action=_action(p), capture_ns=p.ref.capture_ns))
 
     def _start_fire(self, p: _Pending, cause: str, now: int, reason: str = "") -> None:
         task = asyncio.get_running_loop().create_task(self._do_fire(p, cause, now, reason))
@@ -609,7 +621,8 @@ class RejectScheduler:
         if not ok:
             log.error("reject of %s/%s (%s) failed: %s", p.ref.line, p.ref.unit_id, cause, why)
         self._emit(
-            GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, outcome, cause, p.timing, p.verdict_ns, acted, fired_ns, why or reason)
+            GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, outcome, cause, p.timing, p.verdict_ns, acted, fired_ns, why or reason,
+                      p.admitted, _action(p), p.ref.capture_ns)
         )
 
     def _remember(self, key: tuple[str, str], had_verdict: bool) -> None:
@@ -641,6 +654,10 @@ class RejectScheduler:
             except Exception:
                 log.exception("refusal callback failed")
         return decision
+
+
+def _action(p: _Pending) -> str | None:
+    return None if p.action is None else str(p.action)
 
 
 def _field(raw: Any, name: str) -> str:

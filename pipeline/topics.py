@@ -46,6 +46,9 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         (kafka.topic_deadletter, big),
         (kafka.topic_truth, {}),
         (kafka.topic_actuations, {}),
+        (kafka.topic_heartbeats, {}),
+        (kafka.topic_gate_events, {}),
+        (kafka.topic_alarms, {}),
     ]
     return [TopicSpec(n, kafka.partitions, kafka.replication_factor, dict(c)) for n, c in names]
 

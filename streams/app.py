@@ -20,7 +20,7 @@ from pipeline.imaging.codec import encode_png
 from pipeline.inference import TritonInspector
 from pipeline.inspection import Frame, InspectionProcessor, Outgoing, worker_id
 from pipeline.kafka import bootstrap
-from pipeline.messages import now_ns
+from pipeline.messages import Heartbeat, now_ns
 from pipeline.settings import Settings
 from streams.transport import use_fetch_wait
 
@@ -110,6 +110,25 @@ def create_app(settings: Settings) -> faust.App:
             health["batches"] += 1
             health["frames"] += len(batch)
             health["last_batch_ns"] = now_ns()
+
+    probe: TritonInspector | None = None
+    heartbeat_topic = settings.kafka.topic_heartbeats
+    wd = settings.watchdog
+
+    @app.timer(wd.heartbeat_interval_s)
+    async def heartbeat() -> None:
+        """Tell the reject actuator's watchdog this worker runs, and whether it can reach Triton."""
+        nonlocal probe
+        try:
+            if probe is None:
+                probe = TritonInspector(settings.triton)
+            triton_ready = await asyncio.wait_for(probe.is_ready(), wd.triton_probe_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - unreachable or slow Triton: report it, keep beating
+            log.debug("Triton readiness probe failed: %s", exc)
+            triton_ready = False
+        health["triton_ready"] = triton_ready
+        beat = Heartbeat(worker, "worker", now_ns(), triton_ready, f"frames={health['frames']}")
+        await app.producer.send(heartbeat_topic, worker.encode(), beat.to_json(), None, None, None)
 
     def status() -> dict[str, Any]:
         consumer = app.consumer

@@ -39,6 +39,8 @@ def embedded_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
                 }
             ),
             "clickhouse": base.clickhouse.model_copy(update={"url": None}),
+            # The gate's PLC: the embedded simulator (`pipeline.plc.embedded`) on a free port.
+            "plc": base.plc.model_copy(update={"enabled": True, "endpoint": None, "embedded_port": free_port()}),
         }
     )
 

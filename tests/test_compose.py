@@ -68,8 +68,13 @@ SECRET_PATH_VARS = (
     "CLICKHOUSE_ADMIN_PASSWORD_FILE",
     "CLICKHOUSE_WRITER_PASSWORD_FILE",
     "CLICKHOUSE_READER_PASSWORD_FILE",
+    "PLC_PASSWORD_FILE",
+    "PLC_CLIENT_CERTIFICATE_FILE",
+    "PLC_CLIENT_PRIVATE_KEY_FILE",
 )
-DUMMY_ENV = {name: f"/tmp/linesight-test-secrets/{name.lower()}" for name in SECRET_PATH_VARS}
+# Plant facts compose also refuses to guess: the gate's PLC and each line's geometry.
+REQUIRED_VARS = {"PLC_ENDPOINT": "opc.tcp://plc.test:4840", "LINESIGHT_LINES": '{"line-1": {"camera_to_gate_mm": 400}}'}
+DUMMY_ENV = {name: f"/tmp/linesight-test-secrets/{name.lower()}" for name in SECRET_PATH_VARS} | REQUIRED_VARS
 
 
 # --------------------------------------------------------------------------- helpers
@@ -244,7 +249,7 @@ def test_docker_compose_validates_the_file(profile_args: list[str], tmp_path: Pa
         path = tmp_path / name.lower()
         path.write_text("dummy-password-for-validation\n")
         secrets[name] = str(path)
-    result = run_docker_compose([*profile_args, "config", "-q"], secrets, tmp_path)
+    result = run_docker_compose([*profile_args, "config", "-q"], secrets | REQUIRED_VARS, tmp_path)
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
 
 
@@ -252,7 +257,7 @@ def test_docker_compose_validates_the_file(profile_args: list[str], tmp_path: Pa
 def test_docker_compose_refuses_to_run_without_the_secret_paths(tmp_path: Path) -> None:
     result = run_docker_compose(["config", "-q"], {}, tmp_path)
     assert result.returncode != 0
-    assert any(name in result.stderr for name in SECRET_PATH_VARS), result.stderr
+    assert any(name in result.stderr for name in (*SECRET_PATH_VARS, *REQUIRED_VARS)), result.stderr
 
 
 # --------------------------------------------------------------------------- services and order
@@ -617,7 +622,13 @@ def test_clickhouse_users_have_least_privilege(services: dict[str, Any], monkeyp
     for name in APP_SERVICES - {"db-init"}:
         assert "clickhouse_admin_password" not in services[name].get("secrets", []), name
     for name in ("worker", "actuator", "camera", "topics-init"):
-        assert not services[name].get("secrets"), f"{name} uses no ClickHouse account"
+        assert not [s for s in services[name].get("secrets", []) if s.startswith("clickhouse_")], (
+            f"{name} uses no ClickHouse account"
+        )
+    # Only the actuator talks to the gate's PLC, so only it holds the PLC credentials.
+    for name in APP_SERVICES:
+        plc = {s for s in services[name].get("secrets", []) if s.startswith("plc_")}
+        assert plc == ({"plc_password", "plc_client_certificate", "plc_client_private_key"} if name == "actuator" else set()), name
 
 
 def test_clickhouse_entrypoint_turns_the_secrets_into_password_hashes(
@@ -707,5 +718,5 @@ def test_env_example_documents_every_variable_and_holds_no_secret() -> None:
 
 
 def test_required_variables_are_enforced_by_interpolation(raw: dict[str, Any]) -> None:
-    with pytest.raises(KeyError, match="CLICKHOUSE_"):
+    with pytest.raises(KeyError, match="CLICKHOUSE_|PLC_|LINESIGHT_LINES"):
         interpolate(raw, {})

@@ -373,7 +373,7 @@ def test_actuation_loop_from_a_plain_thread() -> None:
             events.append(e)
 
     fast = LineTimingSettings(conveyor_speed_mm_s=1000.0, camera_to_gate_mm=100.0, gate_window_mm=100.0, verdict_margin_ms=5.0)
-    loop = ActuationLoop(PlcSettings(), {"line-1": fast}, watchdog_timeouts_s={"worker": 0.3},
+    loop = ActuationLoop(PlcSettings(enabled=False), {"line-1": fast}, watchdog_timeouts_s={"worker": 0.3},
                          watchdog_clear_after_s=0.05, watchdog_interval_s=0.02, on_event=on_event)
     loop.start()
     try:

@@ -97,3 +97,54 @@ ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(dead_time)
 ORDER BY (source)
 SETTINGS non_replicated_deduplication_window = 1000;
+
+-- What physically happened to each unit at the reject gate: exactly one row per captured unit
+-- (docs/actuation.md). outcome: fired | passed | fire_failed | missed; cause: model | late |
+-- failsafe. The per-lot reconciliation (`linesight report batch LOT`) is computed from this table.
+CREATE TABLE IF NOT EXISTS {db}.gate_events
+(
+    unit_id        String,
+    line           LowCardinality(String),
+    lot            String,
+    outcome        LowCardinality(String),
+    cause          LowCardinality(String),
+    verdict        LowCardinality(String),  -- action received in time: pass | reject | '' (none in time)
+    admitted       Bool,                    -- the actuator saw the unit's frame at capture
+    capture_time   Nullable(DateTime64(6, 'UTC')),
+    deadline_time  DateTime64(6, 'UTC'),    -- unit centred on the gate
+    fire_at_time   DateTime64(6, 'UTC'),
+    cutoff_time    DateTime64(6, 'UTC'),    -- a verdict after this is late
+    window_start   DateTime64(6, 'UTC'),
+    window_end     DateTime64(6, 'UTC'),
+    verdict_time   Nullable(DateTime64(6, 'UTC')),
+    acted_time     DateTime64(6, 'UTC'),
+    fired_time     Nullable(DateTime64(6, 'UTC')),  -- the PLC's confirmation time
+    margin_ms      Nullable(Float64) MATERIALIZED dateDiff('microsecond', verdict_time, fire_at_time) / 1000.0,
+    reason         String,
+    actuator       LowCardinality(String),
+    stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(deadline_time)
+ORDER BY (line, unit_id)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Operator alarms with raise and clear times (PLC unreachable, pipeline unhealthy, bad commands).
+-- The clear replaces its raise (revision 1 over 0) and carries the raise's time and reason.
+CREATE TABLE IF NOT EXISTS {db}.alarms
+(
+    alarm_id       String,
+    code           LowCardinality(String),
+    active         Bool,
+    raised_time    DateTime64(6, 'UTC'),
+    cleared_time   Nullable(DateTime64(6, 'UTC')),
+    reason         String,
+    clear_reason   String,
+    source         LowCardinality(String),
+    revision       UInt8,
+    stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree(revision)
+PARTITION BY toYYYYMM(raised_time)
+ORDER BY (alarm_id)
+SETTINGS non_replicated_deduplication_window = 1000;

@@ -151,6 +151,11 @@ class OpcUaGate:
 
     def __init__(self, settings: PlcSettings, *, on_alarm: Callable[[AlarmEvent], None] | None = None) -> None:
         validate_node_ids(settings.nodes)
+        if not settings.endpoint:
+            raise ValueError(
+                "no PLC endpoint: set LINESIGHT_PLC__ENDPOINT=opc.tcp://host:port/path (the embedded stack "
+                "starts a simulated PLC itself; LINESIGHT_PLC__ENABLED=false selects the in-process simulated gate)"
+            )
         self._settings = settings
         self._on_alarm = on_alarm
         self.state = GateState.STOPPED
@@ -335,6 +340,7 @@ class OpcUaGate:
 
     def _make_client(self) -> Client:
         s = self._settings
+        assert s.endpoint is not None
         client = Client(s.endpoint, timeout=s.request_timeout_s, watchdog_intervall=max(s.heartbeat_poll_s, 0.5))
         client.application_uri = s.application_uri
         client.name = client.description = "LineSight reject actuator"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -47,6 +47,7 @@ class ActuationLoop:
         watchdog_timeouts_s: Mapping[str, float] | None = None,
         watchdog_clear_after_s: float = 1.0,
         watchdog_interval_s: float = 0.1,
+        watchdog_armed: bool = True,
         on_event: Callable[[GateEvent], None] | None = None,
         on_alarm: Callable[[AlarmEvent], None] | None = None,
         on_refusal: Callable[[Decision], None] | None = None,
@@ -55,6 +56,9 @@ class ActuationLoop:
         self._plc, self._lines = plc, dict(lines)
         self._wd_timeouts = dict(watchdog_timeouts_s or {})
         self._wd_clear, self._wd_interval = watchdog_clear_after_s, watchdog_interval_s
+        # False: the watchdog starts at the first `arm()` (when heartbeats can actually arrive).
+        self._wd_armed = watchdog_armed
+        self._wd_tasks: list[asyncio.Task[None]] = []
         self._on_event, self._on_alarm, self._on_refusal = on_event, on_alarm, on_refusal
         self._fire = fire
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -93,9 +97,32 @@ class ActuationLoop:
     def submit(self, raw: Any, timeout_s: float = 5.0) -> Decision:
         return self._call(lambda: self._sched().submit(raw), timeout_s)
 
-    def beat(self, component: str) -> None:
-        if self._loop is not None and self.watchdog is not None:
-            self._loop.call_soon_threadsafe(self.watchdog.beat, component)
+    def admit_many(self, units: Sequence[UnitRef], timeout_s: float = 5.0) -> list[Decision]:
+        """`admit` for a batch in one hop to the loop thread (per-call hops cost under load)."""
+        if not units:
+            return []
+        return self._call(lambda: [self._sched().admit(u) for u in units], timeout_s)
+
+    def submit_many(self, raws: Sequence[Any], timeout_s: float = 5.0) -> list[Decision]:
+        """`submit` for a batch in one hop to the loop thread."""
+        if not raws:
+            return []
+        return self._call(lambda: [self._sched().submit(r) for r in raws], timeout_s)
+
+    def beat(self, component: str, at_ns: int | None = None) -> None:
+        """A heartbeat of ``component`` (now, or at ``at_ns`` when it was sent)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._beat_on_loop, component, at_ns)
+
+    def arm(self) -> None:
+        """Start the watchdog (or restart every component's grace period) now: call when
+        heartbeats can start arriving."""
+        if self._loop is not None and self._wd_timeouts:
+            self._loop.call_soon_threadsafe(self._arm_on_loop)
+
+    @property
+    def fail_safe(self) -> bool:
+        return bool(self.scheduler is not None and self.scheduler.fail_safe)
 
     def observe_encoder(self, line: str, count: int, t_ns: int) -> None:
         if self._loop is not None:
@@ -107,6 +134,28 @@ class ActuationLoop:
             return dict(self._alarms)
 
     # ---- internals
+
+    def _beat_on_loop(self, component: str, at_ns: int | None) -> None:
+        if self.watchdog is not None:
+            self.watchdog.beat(component, at_ns)
+
+    def _arm_on_loop(self) -> None:
+        if self.watchdog is None:
+            self._start_watchdog()
+        else:
+            assert self.watchdog is not None
+            for component in self._wd_timeouts:
+                self.watchdog.beat(component)
+
+    def _start_watchdog(self) -> None:
+        handler = fail_safe_handler(self._sched(), self.gate)
+
+        def on_wd(event: AlarmEvent) -> None:
+            handler(event)
+            self._alarm(event)
+
+        self.watchdog = Watchdog(self._wd_timeouts, clear_after_s=self._wd_clear, on_alarm=on_wd)
+        self._wd_tasks.append(asyncio.get_running_loop().create_task(self.watchdog.run(self._wd_interval)))
 
     def _sched(self) -> RejectScheduler:
         assert self.scheduler is not None, "ActuationLoop.start() first"
@@ -155,16 +204,9 @@ class ActuationLoop:
             self._lines, fire or simulated_fire, on_event=self._on_event, on_refusal=self._on_refusal
         )
         self.scheduler.start()
-        tasks: list[asyncio.Task[None]] = []
-        if self._wd_timeouts:
-            handler = fail_safe_handler(self.scheduler, self.gate)
-
-            def on_wd(event: AlarmEvent) -> None:
-                handler(event)
-                self._alarm(event)
-
-            self.watchdog = Watchdog(self._wd_timeouts, clear_after_s=self._wd_clear, on_alarm=on_wd)
-            tasks.append(asyncio.create_task(self.watchdog.run(self._wd_interval)))
+        tasks = self._wd_tasks
+        if self._wd_timeouts and self._wd_armed:
+            self._start_watchdog()
         self._ready.set()
         try:
             await self._stopped.wait()

@@ -63,8 +63,18 @@ class PlcNodeIds(BaseModel):
 class PlcSettings(BaseModel):
     """How the actuator reaches the reject gate's PLC (OPC UA)."""
 
-    enabled: bool = Field(default=False, description="false: the simulated in-process gate")
-    endpoint: str = "opc.tcp://127.0.0.1:4840/linesight/plc"
+    enabled: bool = Field(
+        default=True, description="false: the simulated in-process gate (no PLC; demos and tests only)"
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="opc.tcp://host:port/path of the gate's PLC; unset starts the embedded PLC simulator",
+    )
+    # The embedded PLC simulator (`pipeline.plc.simulator`) when no endpoint is set.
+    embedded_port: int = 14840
+    embedded_startup_timeout_s: float = Field(default=30.0, gt=0)
+    # The simulator goes reject-all when the actuator's host heartbeat is silent this long.
+    embedded_host_heartbeat_timeout_s: float = Field(default=3.0, gt=0)
     nodes: PlcNodeIds = PlcNodeIds()
     security_policy: SecurityPolicy = SecurityPolicy.NONE
     security_mode: SecurityMode = SecurityMode.NONE
@@ -151,7 +161,14 @@ class WatchdogSettings(BaseModel):
     """Which pipeline components must keep beating, and how long silence is tolerated."""
 
     # component name -> seconds without a heartbeat before the line goes fail-safe
+    enabled: bool = True
     timeouts_s: dict[str, float] = {"worker": 3.0, "triton": 3.0, "broker": 3.0}
     # Healthy for this long before the fail-safe alarm clears (no flapping on a single beat).
     clear_after_s: float = Field(default=1.0, ge=0)
     check_interval_s: float = Field(default=0.1, gt=0)
+    # How often workers and the actuator send heartbeats (well under the timeouts).
+    heartbeat_interval_s: float = Field(default=0.5, gt=0)
+    # Workers' Triton readiness probe must answer within this.
+    triton_probe_timeout_s: float = Field(default=1.0, gt=0)
+    # Bad-input alarms (malformed command, unknown line/unit) clear after this long without another.
+    bad_input_hold_s: float = Field(default=10.0, gt=0)

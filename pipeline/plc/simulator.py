@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ class PlcSimulator:
         certificate: Path | None = None,
         private_key: Path | None = None,
         allow_insecure: bool = True,
+        fired_log: Path | None = None,
     ) -> None:
         self.port, self.host, self.path = port, host, path
         self.node_ids = nodes or PlcNodeIds()
@@ -110,6 +112,9 @@ class PlcSimulator:
         self._host_beat_at = time.monotonic()
         self.fired: list[FiredRecord] = []
         self.writes_refused = 0
+        # One JSON line per fire (unit, seq, time, reject-all): what the gate did, for tests that
+        # run the simulator as a separate process and check the PLC's side independently.
+        self._fired_log = fired_log
 
     @property
     def endpoint(self) -> str:
@@ -283,7 +288,11 @@ class PlcSimulator:
 
     async def _fire(self, unit_id: str, seq: int) -> None:
         now = datetime.now(UTC)
-        self.fired.append(FiredRecord(unit_id, seq, time.time_ns(), self.reject_all))
+        record = FiredRecord(unit_id, seq, time.time_ns(), self.reject_all)
+        self.fired.append(record)
+        if self._fired_log is not None:
+            with open(self._fired_log, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(asdict(record)) + "\n")
         if not self._confirm:
             return
         await self._set("fired_unit", unit_id)
@@ -319,8 +328,10 @@ class PlcSimulator:
                 self._values[name] = dv.Value.Value
 
 
-async def _serve(port: int, host: str) -> None:
-    async with PlcSimulator(port, host=host) as plc:
+async def _serve(port: int, host: str, host_heartbeat_timeout_s: float | None, fired_log: Path | None) -> None:
+    async with PlcSimulator(
+        port, host=host, host_heartbeat_timeout_s=host_heartbeat_timeout_s, fired_log=fired_log
+    ) as plc:
         print(f"PLC simulator on {plc.endpoint} (Ctrl-C to stop)", flush=True)
         await asyncio.Event().wait()
 
@@ -329,11 +340,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Simulated reject-gate PLC (OPC UA server)")
     parser.add_argument("--port", type=int, default=4840)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host-heartbeat-timeout", type=float, default=None,
+                        help="go reject-all when LineSight's heartbeat is silent this many seconds")
+    parser.add_argument("--fired-log", type=Path, default=None, help="append one JSON line per gate fire")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncua").setLevel(logging.WARNING)  # INFO is thousands of address-space lines
     try:
-        asyncio.run(_serve(args.port, args.host))
+        asyncio.run(_serve(args.port, args.host, args.host_heartbeat_timeout, args.fired_log))
     except KeyboardInterrupt:
         pass
 

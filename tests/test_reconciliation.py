@@ -1,0 +1,134 @@
+"""Per-lot reconciliation of the reject gate, computed in ClickHouse (chDB): every unit is
+inspected-passed, inspected-rejected or fail-safe rejected; anything else is unaccounted and
+fails the report. `linesight report batch LOT` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.clickhouse import ChdbClient
+from pipeline.messages import AlarmRecord, GateEventRecord, GroundTruth, InspectionResult
+from pipeline.report import build_reconciliation
+from pipeline.settings import Settings
+from pipeline.sink import ClickHouseSink
+
+S = 1_000_000_000
+
+
+class Msg:
+    def __init__(self, topic: str, value: bytes, offset: int) -> None:
+        self._t, self._v, self._o = topic, value, offset
+
+    def topic(self) -> str:
+        return self._t
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._o
+
+    def value(self) -> bytes:
+        return self._v
+
+    def key(self) -> bytes:
+        return b""
+
+    def headers(self) -> list:
+        return []
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 0)
+
+
+def _gate(unit: str, lot: str, outcome: str, cause: str, t0: int, verdict: str = "", admitted: bool = True,
+          line: str = "line-1") -> GateEventRecord:
+    deadline = t0 + 2 * S
+    return GateEventRecord(
+        unit_id=unit, line=line, lot=lot, outcome=outcome, cause=cause, admitted=admitted, deadline_ns=deadline,
+        fire_at_ns=deadline, cutoff_ns=deadline - 20_000_000, window_start_ns=deadline - 20_000_000,
+        window_end_ns=deadline + 20_000_000, acted_ns=deadline, actuator="a",
+        verdict_ns=t0 + S // 2 if verdict else None, fired_ns=deadline if outcome == "fired" else None,
+        verdict=verdict, capture_ns=t0,
+    )
+
+
+def _result(unit: str, lot: str, verdict: str, t0: int, cause: str = "model", line: str = "line-1") -> InspectionResult:
+    return InspectionResult(
+        unit_id=unit, line=line, camera="c", product="p", lot=lot, verdict=verdict, cause=cause,  # type: ignore[arg-type]
+        inspected=cause == "model", defect="none", score=0.1, threshold=0.5, model_name="m", model_version="1",
+        capture_ns=t0, received_ns=t0, inferred_ns=t0 + S // 2, worker="w",
+    )
+
+
+@pytest.fixture
+def stored(chdb_client: ChdbClient, embedded_settings: Settings) -> str:
+    lot = f"REC-{uuid.uuid4().hex[:6]}"
+    k = embedded_settings.kafka
+    t0 = 1_700_000_000 * S
+    msgs: list[Msg] = []
+    base = uuid.uuid4().int % 10**9  # offsets make the sink's dedup token: new ones per fixture
+
+    def add(topic: str, value: bytes) -> None:
+        msgs.append(Msg(topic, value, base + len(msgs)))
+
+    plan = [  # unit, gate outcome, gate cause, verdict action at the gate, stored verdict
+        ("p1", "passed", "model", "pass", "pass"),
+        ("p2", "passed", "model", "pass", "pass"),
+        ("r1", "fired", "model", "reject", "reject"),
+        ("v1", "fired", "model", "reject", "review"),
+        ("l1", "fired", "late", "", "pass"),  # verdict came after the cutoff
+        ("l2", "fired", "late", "", None),  # no verdict at all (worker dead)
+        ("f1", "fired", "failsafe", "pass", "pass"),  # pipeline unhealthy: rejected anyway
+        ("f2", "fired", "failsafe", "reject", "reject"),  # worker could not inspect it
+    ]
+    for i, (unit, outcome, cause, action, verdict) in enumerate(plan):
+        t = t0 + i * S // 10
+        add(k.topic_gate_events, _gate(unit, lot, outcome, cause, t, action).to_json())
+        if verdict:
+            add(k.topic_results, _result(unit, lot, verdict, t, "failsafe" if unit == "f2" else "model").to_json())
+        add(k.topic_truth, GroundTruth(unit, "line-1", lot, "p", "good", "none", t).to_json())
+    # Line 2: a unit whose fire was not confirmed, and one the gate never saw.
+    add(k.topic_gate_events, _gate("x1", lot, "fire_failed", "model", t0, "reject", line="line-2").to_json())
+    add(k.topic_results, _result("x1", lot, "reject", t0, line="line-2").to_json())
+    add(k.topic_results, _result("x2", lot, "pass", t0, line="line-2").to_json())
+    add(k.topic_alarms, AlarmRecord("a:pipeline_unhealthy:1", "pipeline_unhealthy", True, t0 + S, "no heartbeat from worker", "a").to_json())
+    add(k.topic_alarms, AlarmRecord("a:pipeline_unhealthy:1", "pipeline_unhealthy", False, t0 + S, "no heartbeat from worker", "a",
+                                    cleared_ns=t0 + 2 * S, clear_reason="all components healthy").to_json())
+    add(k.topic_alarms, AlarmRecord("a:plc_unreachable:0", "plc_unreachable", True, t0 - 3600 * S, "old", "a",
+                                    cleared_ns=None).to_json())  # long before, never cleared: still overlaps
+    add(k.topic_alarms, AlarmRecord("a:bad_command:0", "bad_command", False, t0 - 7200 * S, "older", "a",
+                                    cleared_ns=t0 - 7000 * S).to_json())  # over before the lot: not listed
+    ClickHouseSink(embedded_settings, chdb_client).write(msgs)  # type: ignore[arg-type]
+    return lot
+
+
+def test_reconciliation_counts_every_unit_once(chdb_client: ChdbClient, embedded_settings: Settings, stored: str) -> None:
+    rec = build_reconciliation(chdb_client, embedded_settings.clickhouse.database, stored)
+    one, two = rec.lines
+    assert one.line == "line-1" and two.line == "line-2"
+    assert (one.captured, one.inspected_passed, one.inspected_rejected, one.review) == (8, 2, 2, 1)
+    assert (one.failsafe_late, one.late_verdicts, one.failsafe_other, one.unaccounted) == (2, 1, 2, 0)
+    assert one.passed_without_pass_verdict == 0 and one.margin_min_ms == pytest.approx(1500.0)
+    assert (two.captured, two.fire_failed, two.no_gate_event, two.unaccounted) == (2, 1, 1, 2)
+    assert not rec.every_unit_accounted and rec.total("unaccounted") == 2
+    assert [(a.code, a.cleared is not None) for a in rec.alarms] == [("plc_unreachable", False), ("pipeline_unhealthy", True)]
+    text = rec.to_text()
+    assert "every unit accounted for: FAILED" in text and "fire not confirmed 1" in text and "STILL ACTIVE" in text
+
+
+def test_report_batch_command(chdb_client: ChdbClient, embedded_settings: Settings, stored: str,
+                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LINESIGHT_STATE_DIR", str(embedded_settings.state_dir))
+    monkeypatch.delenv("LINESIGHT_CLICKHOUSE__URL", raising=False)
+    assert main(["report", "batch", stored, "--json"]) == 1  # line-2 has unaccounted units
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["totals"]["captured"] == 10 and doc["totals"]["unaccounted"] == 2
+    assert doc["totals"]["failsafe_rejected"] == 4 and doc["every_unit_accounted"] is False
+    assert main(["report", "batch", "NO-SUCH-LOT"]) == 1
+    assert "no units recorded for this lot" in capsys.readouterr().out
