@@ -13,6 +13,7 @@ Products route to `settings.stream.product_models[P]`, else by convention to `<s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 from collections import defaultdict
@@ -158,6 +159,7 @@ class InspectionProcessor:
             inferred_ns=now_ns(),
             worker=self._worker,
             class_scores=scored.class_probs,
+            image_sha256=_image_sha256(frame),
         )
         out = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), result.to_json())]
         if verdict != "pass":  # `review` units leave the line too; a person decides on them
@@ -196,6 +198,7 @@ class InspectionProcessor:
             inferred_ns=now,
             worker=self._worker,
             error=reason,
+            image_sha256=_image_sha256(frame),
         )
         dead = Outgoing(
             self._kafka.topic_deadletter,
@@ -224,6 +227,10 @@ class InspectionProcessor:
         )
         # Keyed by line: one line's rejects stay in order for its gate.
         return Outgoing(self._kafka.topic_rejects, result.line.encode(), command.to_json())
+
+
+def _image_sha256(frame: Frame) -> str:
+    return hashlib.sha256(frame.value).hexdigest() if frame.value else ""
 
 
 def _key(frame: Frame) -> str:

@@ -182,6 +182,8 @@ class InspectionResult(JsonMessage):
     class_scores: dict[str, float] = field(default_factory=dict)
     # The judging version's review threshold (review < score <= threshold: review).
     review_threshold: float | None = None
+    # sha256 (hex) of the frame's encoded image bytes: ties the audited decision to its image.
+    image_sha256: str = ""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ class KafkaSettings(BaseModel):
     topic_heartbeats: str = "linesight.heartbeats"
     topic_gate_events: str = "linesight.gate-events"
     topic_alarms: str = "linesight.alarms"
+    # GMP audit trail (docs/audit.md): every audit record, keyed by chain.
+    topic_audit: str = "linesight.audit"
     partitions: int = 3
     replication_factor: int = 1
     # Frames above this size are refused by the gateway (Kafka's default message cap is 1 MB).
@@ -117,6 +119,17 @@ class SimulatorSettings(BaseModel):
     seed: int = 7
 
 
+class AuditSettings(BaseModel):
+    """GMP audit trail and users (docs/audit.md)."""
+
+    # A seal record (the chain head's hash) closes a chain every N records or T seconds.
+    seal_every: int = 1000
+    seal_interval_s: float = 300.0
+    session_ttl_s: float = 8 * 3600.0
+    # Publishing from CLI actions to the audit topic waits at most this long (ClickHouse is the record).
+    publish_timeout_s: float = 5.0
+
+
 class ServiceSettings(BaseModel):
     """Consumer groups and health ports of the sink and actuator services."""
 
@@ -141,6 +154,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     services: ServiceSettings = ServiceSettings()
+    audit: AuditSettings = AuditSettings()
     # Reject gate PLC (OPC UA) and, per line id, where/when a captured unit meets the gate.
     plc: PlcSettings = PlcSettings()
     lines: dict[str, LineTimingSettings] = {"line-1": LineTimingSettings()}

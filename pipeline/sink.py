@@ -1,5 +1,5 @@
 """ClickHouse sink: results, ground truth, actuations, gate events, alarms and dead letters into
-analytics tables.
+analytics tables, and every inspection decision into the GMP audit trail (docs/audit.md).
 
 Inserts are bulk (one insert per table per batch) and idempotent under redelivery: each insert
 carries a deduplication token built from its Kafka offsets, and the tables are ReplacingMergeTree
@@ -18,6 +18,10 @@ from typing import Any
 
 from confluent_kafka import Message
 
+from pipeline.audit.decisions import decision_chain, decision_event
+from pipeline.audit.publish import AuditPublisher
+from pipeline.audit.record import DECISION_ACTION, AuditEvent
+from pipeline.audit.trail import AuditTrail
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.consumer_loop import run_batches
 from pipeline.health import HealthState
@@ -185,7 +189,9 @@ def undecodable_row(m: Message, reason: str) -> Row:
 class ClickHouseSink:
     """Maps each consumed topic to its table and writes a batch with one insert per table."""
 
-    def __init__(self, settings: Settings, client: ClickHouseClient) -> None:
+    def __init__(
+        self, settings: Settings, client: ClickHouseClient, audit_publisher: AuditPublisher | None = None
+    ) -> None:
         k = settings.kafka
         self._settings = settings
         self._client = client
@@ -199,14 +205,22 @@ class ClickHouseSink:
             k.topic_alarms: ("alarms", alarm_row),
         }
         self.rows_written = 0
+        self.audit = AuditTrail.from_settings(settings, client, audit_publisher)
+        self.audit_records_written = 0
 
     def write(self, messages: Sequence[Message]) -> None:
         tables: dict[str, list[Row]] = defaultdict(list)
         spans: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(dict)
+        decisions: dict[str, list[tuple[str, AuditEvent]]] = defaultdict(list)
         for m in messages:
             table, to_row = self.routes[m.topic()]
             try:
                 row = to_row(m)
+                if table == "inspections":
+                    result = InspectionResult.from_json(m.value())
+                    decisions[decision_chain(result.line, m.partition())].append(
+                        (result.unit_id, decision_event(result, _source(m)))
+                    )
             except (MessageError, ValueError, TypeError, KeyError) as exc:
                 log.warning("undecodable message at %s: %s", _source(m), exc)
                 table, row = "dead_letters", undecodable_row(m, f"sink could not decode: {exc}")
@@ -221,11 +235,28 @@ class ClickHouseSink:
                 f"{self._db}.{table}", rows, settings={"insert_deduplication_token": token}
             )
             self.rows_written += len(rows)
+        self._audit_decisions(decisions)
+
+    def _audit_decisions(self, decisions: dict[str, list[tuple[str, AuditEvent]]]) -> None:
+        """Append each decision once to its chain, in offset order (redelivered units are skipped)."""
+        if not decisions:
+            return
+        units = sorted({u for evs in decisions.values() for u, _ in evs})
+        done = self.audit.store.existing_subjects(sorted(decisions), DECISION_ACTION, units)
+        todo: dict[str, list[AuditEvent]] = {}
+        for chain, evs in decisions.items():
+            seen: set[str] = set()
+            for unit, ev in evs:
+                if (chain, unit) not in done and unit not in seen:
+                    seen.add(unit)
+                    todo.setdefault(chain, []).append(ev)
+        written = self.audit.append_many(todo)
+        self.audit_records_written += sum(len(v) for v in written.values())
 
 
 def run_sink(settings: Settings, client: ClickHouseClient, stop: threading.Event, health: HealthState) -> None:
     """Consume until `stop`; commits only after ClickHouse accepted each batch."""
-    sink = ClickHouseSink(settings, client)
+    sink = ClickHouseSink(settings, client, AuditPublisher(settings))
     consumer = make_consumer(settings.kafka, settings.services.sink_group, "linesight-sink")
     ch = settings.clickhouse
     run_batches(

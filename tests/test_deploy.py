@@ -19,8 +19,9 @@ from typing import TypeVar
 import pytest
 from contract_models import add_version, model_repository
 
+from pipeline.auth.users import UserStore
 from pipeline.cli import main
-from pipeline.clickhouse import ClickHouseClient
+from pipeline.clickhouse import ChdbClient, ClickHouseClient
 from pipeline.demo import pipeline_stack, wait_drained
 from pipeline.embedded.process import free_port
 from pipeline.embedded.triton import TritonServer
@@ -94,7 +95,8 @@ def test_deploy_refuses_unreleasable_versions(
 
 
 def test_deploy_and_rollback_without_triton_change_the_repository_only(
-    offline_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    offline_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], embedded_settings: Settings,
+    chdb_client: ChdbClient,
 ) -> None:
     settings = repo_settings(Settings(), offline_repo, tmp_path / "state")
     with pytest.raises(DeployError, match="nothing to roll back to"):
@@ -131,9 +133,15 @@ def test_deploy_and_rollback_without_triton_change_the_repository_only(
     assert by_version[2].reject_threshold == 0.5 and by_version[1].review_threshold == 0.3
     assert by_version[1].mode == "supervised" and by_version[1].auroc == 0.99 and by_version[1].live
 
-    # The same through the CLI (settings from the environment).
+    # The same through the CLI (settings from the environment), as an authenticated QA user
+    # (docs/audit.md); chDB: the session's one data directory.
+    qa = f"qa-{uuid.uuid4().hex[:6]}"
+    UserStore(chdb_client, embedded_settings.clickhouse.database).add(qa, "qa", "deploy-pass-1", "test")
+    (tmp_path / "pw").write_text("deploy-pass-1\n")
+    auth = ["--user", qa, "--password-file", str(tmp_path / "pw")]
     env = {
-        "LINESIGHT_STATE_DIR": str(tmp_path / "state"),
+        "LINESIGHT_STATE_DIR": str(embedded_settings.state_dir),
+        "LINESIGHT_AUDIT__PUBLISH_TIMEOUT_S": "0",
         "LINESIGHT_TRITON__MODEL_REPOSITORY": str(offline_repo),
         "LINESIGHT_TRITON__EMBEDDED_GRPC_PORT": str(free_port()),
     }
@@ -144,10 +152,11 @@ def test_deploy_and_rollback_without_triton_change_the_repository_only(
         assert main(["models", "list", "--json"]) == 0
         listed = json.loads(capsys.readouterr().out)
         assert listed[0]["live_version"] == 1 and len(listed[0]["versions"]) == 6
-        assert main(["models", "deploy", PRODUCT, "--version", "3"]) == 1
+        assert main(["models", "deploy", PRODUCT, "--version", "3", "--reason", "cli", *auth]) == 1
         assert "parity check failed" in capsys.readouterr().err
-        assert main(["models", "deploy", PRODUCT, "--version", "2", "--reason", "cli"]) == 0
-        assert "version 1 -> 2" in capsys.readouterr().out
+        assert main(["models", "deploy", PRODUCT, "--version", "2", "--reason", "cli", *auth]) == 0
+        out = capsys.readouterr().out
+        assert "version 1 -> 2" in out and f"signed approved by {qa} (qa)" in out
         assert main(["models", "list"]) == 0
         text = capsys.readouterr().out
         assert "live in repository: 2" in text and "no: the model card" not in text

@@ -148,3 +148,58 @@ ENGINE = ReplacingMergeTree(revision)
 PARTITION BY toYYYYMM(raised_time)
 ORDER BY (alarm_id)
 SETTINGS non_replicated_deduplication_window = 1000;
+
+-- GMP audit trail (docs/audit.md): append-only, hash-chained. The application only ever INSERTs
+-- here (grant the services INSERT and SELECT, never ALTER/DELETE/TRUNCATE). Plain MergeTree, not
+-- Replacing: a duplicated or inserted record must stay visible to `linesight audit verify`.
+-- One chain per (line, results partition) for inspection decisions, 'system' for every change.
+CREATE TABLE IF NOT EXISTS {db}.audit_records
+(
+    chain          LowCardinality(String),
+    seq            UInt64,
+    time           DateTime64(6, 'UTC'),
+    user           String,
+    role           LowCardinality(String),
+    action         LowCardinality(String),
+    subject        String,
+    old_value      String,
+    new_value      String,
+    reason         String,
+    detail         String,                   -- canonical JSON of the action's own fields
+    prev_hash      FixedString(64),
+    record_hash    FixedString(64),          -- sha256 of the canonical record incl. prev_hash
+    stored_time    DateTime64(6, 'UTC') DEFAULT now64(6),
+    INDEX subject_idx subject TYPE bloom_filter GRANULARITY 4
+)
+ENGINE = MergeTree
+ORDER BY (chain, seq)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Users (pipeline/auth): argon2id password hashes, one role each. Every change is a new revision
+-- (and an audit record); FINAL shows the current state.
+CREATE TABLE IF NOT EXISTS {db}.users
+(
+    username       String,
+    role           LowCardinality(String),
+    password_hash  String,
+    enabled        Bool,
+    revision       UInt64,
+    changed_time   DateTime64(6, 'UTC'),
+    changed_by     String
+)
+ENGINE = ReplacingMergeTree(revision)
+ORDER BY (username);
+
+-- Login sessions for UIs: only the sha256 of the token is stored.
+CREATE TABLE IF NOT EXISTS {db}.sessions
+(
+    token_sha256   FixedString(64),
+    username       String,
+    role           LowCardinality(String),
+    created_time   DateTime64(6, 'UTC'),
+    expires_time   DateTime64(6, 'UTC'),
+    revoked        Bool,
+    revision       UInt8
+)
+ENGINE = ReplacingMergeTree(revision)
+ORDER BY (token_sha256);

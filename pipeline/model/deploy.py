@@ -319,7 +319,8 @@ def rollback_target(repo: Path, classifier: str) -> int:
 
 
 def deploy(
-    settings: Settings, product: str, version: int, reason: str = "", action: str = "deploy"
+    settings: Settings, product: str, version: int, reason: str = "", action: str = "deploy",
+    user: str | None = None,
 ) -> DeployResult:
     """Make `version` the live classifier version of `product` (see the module docstring)."""
     repo = Path(settings.triton.model_repository)
@@ -340,7 +341,7 @@ def deploy(
             "product": product,
             "from": previous,
             "to": version,
-            "user": _user(),
+            "user": user or _user(),
             "reason": reason,
         }
         if previous == version and action == "deploy":
@@ -374,11 +375,11 @@ def deploy(
         return DeployResult(action, product, classifier, previous, version, outcome, entry)
 
 
-def rollback(settings: Settings, product: str, reason: str = "") -> DeployResult:
+def rollback(settings: Settings, product: str, reason: str = "", user: str | None = None) -> DeployResult:
     """Return to the version that was live before the current one."""
     repo = Path(settings.triton.model_repository)
     product, classifier = resolve_classifier(settings, product)
-    return deploy(settings, product, rollback_target(repo, classifier), reason, action="rollback")
+    return deploy(settings, product, rollback_target(repo, classifier), reason, action="rollback", user=user)
 
 
 # ----------------------------------------------------------------------------- list

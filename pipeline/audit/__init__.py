@@ -1,0 +1,1 @@
+"""GMP audit trail: hash-chained records, seals, signatures, export (docs/audit.md)."""

@@ -1,0 +1,161 @@
+"""Audit export for auditors, verifiable offline (docs/audit.md).
+
+``linesight audit export --out DIR`` writes every record (CSV or Parquet, all fields as stored)
+and ``manifest.json``: the sha256 and record count of each file, each chain's record count, head
+seq and head hash, and the verification result at export time; ``manifest.json.sha256`` holds
+the manifest's own hash, for the auditor to note elsewhere. ``linesight audit verify-export DIR``
+needs no database: it rechecks the file hashes, every chain (the same code as `audit verify`),
+the signatures, and that the chains end where the manifest says.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.audit.record import FIELDS, AuditRecord, format_time, utcnow
+from pipeline.audit.trail import AuditTrail
+from pipeline.audit.verify import VerifyReport, check_signatures, verify_chain
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write(records: list[AuditRecord], path: Path, fmt: str) -> None:
+    rows = [r.to_text_row() for r in records]
+    if fmt == "csv":
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(FIELDS), lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        return
+    pa, pq = _pyarrow()
+    columns = {f: [r[f] for r in rows] for f in FIELDS}
+    columns["seq"] = [int(v) for v in columns["seq"]]
+    schema = pa.schema([(f, pa.int64() if f == "seq" else pa.string()) for f in FIELDS])
+    pq.write_table(pa.table(columns, schema=schema), path)
+
+
+def _read(path: Path) -> list[AuditRecord]:
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return [AuditRecord.from_mapping(row) for row in csv.DictReader(f)]
+    _, pq = _pyarrow()
+    return [AuditRecord.from_mapping(row) for row in pq.read_table(path).to_pylist()]
+
+
+def _pyarrow():  # noqa: ANN202
+    """pyarrow for Parquet (optional: CSV needs nothing). A clear error when it is missing or unusable."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a pyarrow built for another NumPy
+        raise RuntimeError(f"Parquet export needs a working pyarrow ({exc}); use --format csv") from None
+    return pa, pq
+
+
+def _check(records: list[AuditRecord], anchors: dict[str, dict[int, str]] | None = None) -> VerifyReport:
+    by_chain: dict[str, list[AuditRecord]] = {}
+    for r in records:
+        by_chain.setdefault(r.chain, []).append(r)
+    report = VerifyReport()
+    for c in sorted(by_chain):
+        report.chains.append(verify_chain(c, by_chain[c], anchors=(anchors or {}).get(c)))
+    report.signatures = check_signatures(records, {r.record_id: r for r in records})
+    return report
+
+
+def export_trail(trail: AuditTrail, out: Path, fmt: str = "csv") -> dict:
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"unknown export format {fmt!r}: csv or parquet")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).exists():
+        raise FileExistsError(f"{out / MANIFEST} exists: export into a new folder")
+    records = [r for recs, _ in trail.store.read().values() for r in recs]
+    name = f"audit_records.{fmt}"
+    _write(records, out / name, fmt)
+    report = _check(records, trail.anchors())
+    manifest = {
+        "exported_utc": format_time(utcnow()),
+        "format": fmt,
+        "hash": "sha256 over the canonical JSON of each record incl. prev_hash (docs/audit.md)",
+        "files": [{"name": name, "sha256": _sha256(out / name), "records": len(records)}],
+        "chains": {
+            c.chain: {"records": c.records, "head_seq": c.head_seq, "head_hash": c.head_hash, "seals": c.seals}
+            for c in report.chains
+        },
+        "verification_at_export": report.as_dict(),
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=True)
+    (out / MANIFEST).write_text(text, encoding="utf-8")
+    (out / f"{MANIFEST}.sha256").write_text(f"{hashlib.sha256(text.encode()).hexdigest()}  {MANIFEST}\n")
+    return manifest
+
+
+@dataclass
+class ExportCheck:
+    problems: list[str] = field(default_factory=list)
+    report: VerifyReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.report is not None and self.report.ok
+
+    def to_text(self) -> str:
+        head = f"export: {'OK' if self.ok else 'FAILED'}"
+        lines = [head] + [f"  {p}" for p in self.problems]
+        if self.report is not None:
+            lines.append(self.report.to_text())
+        return "\n".join(lines)
+
+
+def verify_export(folder: Path) -> ExportCheck:
+    folder = Path(folder)
+    check = ExportCheck()
+    try:
+        text = (folder / MANIFEST).read_text(encoding="utf-8")
+        manifest = json.loads(text)
+    except (OSError, ValueError) as exc:
+        check.problems.append(f"cannot read {folder / MANIFEST}: {exc}")
+        return check
+    side = folder / f"{MANIFEST}.sha256"
+    if side.is_file() and side.read_text().split()[0] != hashlib.sha256(text.encode()).hexdigest():
+        check.problems.append(f"{MANIFEST} does not match {side.name}: the manifest was changed")
+    records: list[AuditRecord] = []
+    for f in manifest.get("files", []):
+        path = folder / f["name"]
+        if not path.is_file():
+            check.problems.append(f"{f['name']}: missing")
+            continue
+        digest = _sha256(path)
+        if digest != f["sha256"]:
+            check.problems.append(f"{f['name']}: sha256 {digest}, manifest says {f['sha256']}")
+        rows = _read(path)
+        if len(rows) != f["records"]:
+            check.problems.append(f"{f['name']}: {len(rows)} records, manifest says {f['records']}")
+        records += rows
+    check.report = _check(records)
+    found = {c.chain: c for c in check.report.chains}
+    for chain, want in sorted(manifest.get("chains", {}).items()):
+        got = found.get(chain)
+        if got is None:
+            check.problems.append(f"chain {chain}: missing from the export")
+        elif (got.records, got.head_seq, got.head_hash) != (want["records"], want["head_seq"], want["head_hash"]):
+            check.problems.append(
+                f"chain {chain}: ends at seq {got.head_seq} hash {got.head_hash} with {got.records} records, "
+                f"manifest says seq {want['head_seq']} hash {want['head_hash']} with {want['records']}"
+            )
+    for chain in sorted(set(found) - set(manifest.get("chains", {}))):
+        check.problems.append(f"chain {chain}: not in the manifest")
+    return check

@@ -1,0 +1,45 @@
+"""Audit records onto the Kafka audit topic (``linesight.audit``), keyed by chain.
+
+The topic is the copy of the trail kept outside ClickHouse: auditors and downstream archives
+consume it, and the seals on it are anchors a rewritten table cannot match. ClickHouse stays the
+record of truth: a CLI action whose record cannot be published in time says so on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.audit.record import AuditRecord
+from pipeline.kafka import flush_or_raise, make_producer
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class AuditPublisher:
+    def __init__(self, settings: Settings, producer: Any = None, timeout_s: float | None = None) -> None:
+        self.topic = settings.kafka.topic_audit
+        self.timeout_s = timeout_s if timeout_s is not None else settings.audit.publish_timeout_s
+        self._producer = producer or make_producer(
+            settings.kafka, "linesight-audit", **{"message.timeout.ms": max(1000, int(self.timeout_s * 1000))}
+        )
+
+    def publish(self, records: Sequence[AuditRecord]) -> None:
+        for r in records:
+            self._producer.produce(self.topic, key=r.chain.encode(), value=r.to_json())
+            self._producer.poll(0)
+
+    def flush(self) -> None:
+        flush_or_raise(self._producer, self.timeout_s)
+
+
+class BestEffortPublisher(AuditPublisher):
+    """For one-shot CLI actions: a broker that does not answer is reported, not fatal."""
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except Exception as exc:  # noqa: BLE001 - the record is stored in ClickHouse already
+            log.warning("audit records stored in ClickHouse but not published to %s: %s", self.topic, exc)

@@ -1,0 +1,1 @@
+"""Users, roles, sessions and permission checks (docs/audit.md)."""

@@ -1,0 +1,44 @@
+"""Roles and the permission table: least privilege, separation of duties (docs/audit.md).
+
+operator runs the line; qa releases models, changes recipes and thresholds and signs records;
+admin manages users (and cannot release a model: user administration and quality release are
+separate duties). Everyone may read and verify the audit trail.
+"""
+
+from __future__ import annotations
+
+ROLES = ("operator", "qa", "admin")
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "operator": frozenset({
+        "audit.verify", "line.start", "line.stop", "alarm.acknowledge", "unit.override",
+    }),
+    "qa": frozenset({
+        "audit.verify", "audit.export", "audit.sign", "model.deploy", "model.rollback",
+        "threshold.change", "recipe.change", "alarm.acknowledge", "unit.override",
+    }),
+    "admin": frozenset({
+        "audit.verify", "audit.export", "user.add", "user.disable", "user.passwd",
+    }),
+}
+
+# Actions recorded with `linesight audit log` and the permission each needs.
+LOGGABLE_ACTIONS = {
+    "line.start": "line.start",
+    "line.stop": "line.stop",
+    "alarm.acknowledge": "alarm.acknowledge",
+    "unit.override": "unit.override",
+    "threshold.change": "threshold.change",
+    "recipe.change": "recipe.change",
+}
+
+# Records whose release needs an electronic signature (`linesight audit sign`).
+SIGNABLE_ACTIONS = ("model.deploy", "model.rollback", "threshold.change", "recipe.change")
+
+
+def allowed(role: str, permission: str) -> bool:
+    return permission in PERMISSIONS.get(role, frozenset())
+
+
+def roles_with(permission: str) -> list[str]:
+    return [r for r in ROLES if permission in PERMISSIONS[r]]

@@ -1,0 +1,146 @@
+"""Users, roles and sessions: argon2 password hashes, least privilege, and every refusal (unknown
+user, wrong password, expired session, beyond the role) refused with its reason AND audited.
+The CLI runs in-process against the session's chDB directory, in a database of its own."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline.audit.record import utcnow
+from pipeline.audit.trail import AuditTrail
+from pipeline.auth.guard import AccessDenied, Guard
+from pipeline.auth.passwords import hash_password, verify_password
+from pipeline.auth.roles import PERMISSIONS, allowed
+from pipeline.auth.sessions import SessionStore
+from pipeline.auth.users import UserStore
+from pipeline.cli import main
+from pipeline.clickhouse import ChdbClient
+from pipeline.settings import Settings
+
+
+@pytest.fixture()
+def gmp_db(
+    embedded_settings: Settings, chdb_client: ChdbClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A fresh database (no users yet) that the in-process CLI uses."""
+    db = f"gmp_{uuid.uuid4().hex[:8]}"
+    chdb_client.apply_schema(db)
+    monkeypatch.setenv("LINESIGHT_STATE_DIR", str(embedded_settings.state_dir))
+    monkeypatch.setenv("LINESIGHT_CLICKHOUSE__DATABASE", db)
+    monkeypatch.setenv("LINESIGHT_AUDIT__PUBLISH_TIMEOUT_S", "0")
+    monkeypatch.delenv("LINESIGHT_CLICKHOUSE__URL", raising=False)
+    yield db
+
+
+def _pw(tmp_path: Path, name: str, password: str) -> str:
+    path = tmp_path / f"{name}.pw"
+    path.write_text(password + "\n")
+    return str(path)
+
+
+def _last_refusal(client: ChdbClient, db: str) -> dict:
+    rows = client.query(
+        f"SELECT user, role, new_value, reason, subject FROM {db}.audit_records "
+        "WHERE action = 'access.refused' ORDER BY seq DESC LIMIT 1"
+    ).named()
+    return rows[0]
+
+
+def test_passwords_are_argon2_hashed() -> None:
+    h = hash_password("correct horse")
+    assert h.startswith("$argon2id$") and "correct horse" not in h
+    assert verify_password(h, "correct horse") and not verify_password(h, "wrong horse")
+    assert not verify_password("not-a-hash", "x")
+    with pytest.raises(ValueError, match="too short"):
+        hash_password("short")
+
+
+def test_least_privilege() -> None:
+    assert not allowed("operator", "model.deploy") and not allowed("operator", "threshold.change")
+    assert not allowed("operator", "audit.sign") and not allowed("operator", "user.add")
+    assert allowed("qa", "model.deploy") and allowed("qa", "threshold.change") and allowed("qa", "audit.sign")
+    assert not allowed("admin", "model.deploy")  # separation of duties: admins manage users
+    assert allowed("admin", "user.add") and not allowed("qa", "user.add")
+    assert all("audit.verify" in p for p in PERMISSIONS.values())
+
+
+def test_users_cli_bootstrap_roles_and_refusals(
+    gmp_db: str, chdb_client: ChdbClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin_pw, qa_pw, op_pw = _pw(tmp_path, "a", "admin-pass-1"), _pw(tmp_path, "q", "qa-pass-12"), _pw(tmp_path, "o", "op-pass-12")
+    # Bootstrap: the first user must be an admin, and needs no --user.
+    assert main(["users", "add", "carol", "--role", "qa", "--new-password-file", qa_pw]) == 1
+    assert "first user must be an admin" in capsys.readouterr().err
+    assert main(["users", "add", "ada", "--role", "admin", "--new-password-file", admin_pw]) == 0
+    assert "bootstrap admin" in capsys.readouterr().out
+    # From now on adding a user needs an authenticated admin.
+    assert main(["users", "add", "carol", "--role", "qa", "--new-password-file", qa_pw]) == 1
+    assert "needs --user" in capsys.readouterr().err
+    admin = ["--user", "ada", "--password-file", admin_pw]
+    assert main(["users", "add", "carol", "--role", "qa", "--new-password-file", qa_pw, *admin]) == 0
+    assert main(["users", "add", "otto", "--role", "operator", "--new-password-file", op_pw, *admin]) == 0
+    capsys.readouterr()
+    # An operator cannot add users, deploy a model or change a threshold: refused, and audited.
+    op = ["--user", "otto", "--password-file", op_pw]
+    assert main(["users", "add", "eve", "--role", "admin", "--new-password-file", op_pw, *op]) == 1
+    assert "role 'operator' of user 'otto' may not user.add" in capsys.readouterr().err
+    assert main(["models", "deploy", "tablet-round-white-10mm", "--version", "2", "--reason", "x", *op]) == 1
+    assert "may not model.deploy" in capsys.readouterr().err
+    refusal = _last_refusal(chdb_client, gmp_db)
+    assert (refusal["user"], refusal["role"], refusal["new_value"]) == ("otto", "operator", "model.deploy")
+    assert main(["audit", "log", "threshold.change", "--subject", "tablet", "--old", "0.5", "--new", "0.4",
+                 "--reason", "x", *op]) == 1
+    assert "may not threshold.change" in capsys.readouterr().err
+    # ... but may record what operators do.
+    assert main(["audit", "log", "alarm.acknowledge", "--subject", "plc-unreachable", "--reason", "seen", *op]) == 0
+    # Unknown user and wrong password: refused, audited.
+    assert main(["audit", "log", "line.stop", "--subject", "line-1", "--reason", "x", "--user", "nobody",
+                 "--password-file", op_pw]) == 1
+    assert "unknown user 'nobody'" in capsys.readouterr().err
+    assert _last_refusal(chdb_client, gmp_db)["user"] == "nobody"
+    assert main(["audit", "log", "line.stop", "--subject", "line-1", "--reason", "x", "--user", "otto",
+                 "--password-file", qa_pw]) == 1
+    assert "wrong password for user 'otto'" in capsys.readouterr().err
+    assert "wrong password" in _last_refusal(chdb_client, gmp_db)["reason"]
+    # Disable and password change.
+    assert main(["users", "disable", "otto", "--reason", "left", *admin]) == 0
+    assert main(["audit", "log", "line.stop", "--subject", "line-1", "--reason", "x", *op]) == 1
+    assert "is disabled" in capsys.readouterr().err
+    new_pw = _pw(tmp_path, "q2", "qa-pass-new")
+    assert main(["users", "passwd", "carol", "--new-password-file", new_pw, "--user", "carol",
+                 "--password-file", qa_pw]) == 0
+    assert main(["users", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "otto" in listing and "DISABLED" in listing and "carol" in listing
+    assert main(["audit", "log", "threshold.change", "--subject", "tablet", "--old", "0.5", "--new", "0.4",
+                 "--reason", "validated", "--user", "carol", "--password-file", new_pw]) == 0
+    actions = [r[0] for r in chdb_client.query(f"SELECT action FROM {gmp_db}.audit_records ORDER BY seq").rows]
+    for needed in ("user.add", "user.disable", "user.passwd", "access.refused", "alarm.acknowledge", "threshold.change"):
+        assert needed in actions
+    assert main(["audit", "verify", "--chain", "system"]) == 0
+
+
+def test_sessions_expire_and_refusals_are_audited(
+    gmp_db: str, embedded_settings: Settings, chdb_client: ChdbClient, tmp_path: Path
+) -> None:
+    trail = AuditTrail(chdb_client, gmp_db, state_dir=tmp_path)
+    users = UserStore(chdb_client, gmp_db)
+    guard = Guard(users, SessionStore(chdb_client, gmp_db), trail, session_ttl_s=60)
+    users.add("sam", "qa", "sam-pass-123", "test")
+    token = guard.login("sam", "sam-pass-123")
+    who = guard.from_session(token, "model.deploy")
+    assert (who.username, who.role) == ("sam", "qa")
+    with pytest.raises(AccessDenied, match="expired at"):
+        guard.from_session(token, "model.deploy", now=utcnow() + timedelta(seconds=61))
+    assert "expired" in _last_refusal(chdb_client, gmp_db)["reason"]
+    with pytest.raises(AccessDenied, match="unknown session token"):
+        guard.from_session("forged-token", "model.deploy")
+    guard.sessions.revoke(token)
+    with pytest.raises(AccessDenied, match="logged out"):
+        guard.from_session(token, "model.deploy")
+    assert trail.verify(chain="system").ok
