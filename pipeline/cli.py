@@ -127,11 +127,35 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.model.train import train_model
 
+    def _interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # unwinds: the staging directory is removed, nothing is released
+
+    signal.signal(signal.SIGTERM, _interrupt)
     settings = _settings(args)
     result = train_model(
-        settings.triton.model_repository, args.product, train_count=args.count, seed=args.seed, data=args.data
+        args.repository or settings.triton.model_repository,
+        args.product,
+        data=args.data,
+        mode=args.mode,
+        seed=args.seed,
+        target_frr=args.target_frr,
+        epochs=args.epochs,
+        folds=args.folds,
+        train_count=args.count,
+        mapping=settings.stream.product_models,
+        progress=not args.quiet,
     )
-    print(result)
+    print(result.summary())
+    return 0
+
+
+def cmd_dataset_shift(args: argparse.Namespace) -> int:
+    from pipeline.imaging.shift import Shift, shift_dataset
+
+    params = Shift(brightness=args.brightness, blur=args.blur, shift=args.shift, seed=args.seed)
+    labels = shift_dataset(args.data, args.out, params, product=args.product)
+    print(f"wrote the shifted copy {labels} (brightness x{params.brightness}, blur sigma {params.blur} px, "
+          f"shift <= {params.shift} px, seed {params.seed})")
     return 0
 
 
@@ -164,6 +188,30 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report_batch(args: argparse.Namespace) -> int:
+    from pipeline.clickhouse import connect
+    from pipeline.report import build_reconciliation
+
+    settings = _settings(args)
+    client = connect(settings)
+    try:
+        batch = build_reconciliation(client, settings.clickhouse.database, args.lot)
+        if args.pdf or args.html:  # the batch record for QA release (pipeline/batch_report.py)
+            from pipeline.audit.trail import AuditTrail
+            from pipeline.batch_report import build_batch_record, render_html, render_pdf
+
+            record = build_batch_record(client, settings.clickhouse.database, args.lot,
+                                        AuditTrail.from_settings(settings, client))
+            for path, render in ((args.pdf, render_pdf), (args.html, render_html)):
+                if path:
+                    render(record, path)
+                    print(f"wrote {path}", file=sys.stderr)
+    finally:
+        client.close()
+    print(batch.to_json() if args.json else batch.to_text())
+    return 0 if batch.every_unit_accounted else 1
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from pipeline.topics import ensure_topics
 
@@ -186,7 +234,30 @@ def cmd_db_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from pipeline.model.deploy import list_models, listing_json, listing_text
+
+    rows = list_models(_settings(args))
+    print(listing_json(rows) if args.json else listing_text(rows))
+    return 0
+
+
+def cmd_models_deploy(args: argparse.Namespace) -> int:
+    from pipeline.audit.commands import cmd_models_change  # authenticated, audited, signed (docs/audit.md)
+
+    return cmd_models_change(args, _settings(args), "deploy")
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    from pipeline.audit.commands import cmd_models_change
+
+    return cmd_models_change(args, _settings(args), "rollback")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.audit.commands import add_model_auth_args
+    from pipeline.audit.commands import register as register_gmp_commands
+
     parser = argparse.ArgumentParser(
         prog="linesight",
         description="AI visual inspection for pharmaceutical lines. Settings come from LINESIGHT_* "
@@ -240,12 +311,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=160, help="image side in pixels")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("train", help="train a model and write it into the Triton model repository")
+    p = sub.add_parser("train", help="train a product's model as the next version in the Triton model repository")
     p.add_argument("--product", default="tablet-round-white-10mm")
     p.add_argument("--data", type=Path, help="dataset folder (default: render simulator images)")
-    p.add_argument("--count", type=int, default=1200, help="simulated training images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=["supervised", "good-only"], default="supervised",
+                   help="supervised: labelled defects; good-only: learn good units, flag what deviates")
+    p.add_argument("--seed", type=int, default=0, help="validation split and training seed")
+    p.add_argument("--target-frr", type=float, default=0.01, help="target false-reject rate of the gate")
+    p.add_argument("--epochs", type=int, help="training epochs (default: sized to the data)")
+    p.add_argument("--folds", type=int, help="k-fold models whose out-of-fold scores of good "
+                   "training images join the calibration (default 0: off)")
+    p.add_argument("--count", type=int, default=1200, help="simulated training images (without --data)")
+    p.add_argument("--repository", type=Path, help="Triton model repository (default: settings)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("dataset", help="dataset folder tools")
+    dsub = p.add_subparsers(dest="dataset_command", required=True)
+    p = dsub.add_parser("shift", help="write a copy of a dataset folder under another session's light, focus "
+                        "and position (labels unchanged)")
+    p.add_argument("--data", type=Path, required=True, help="source dataset folder")
+    p.add_argument("--out", type=Path, required=True, help="new folder for the shifted copy")
+    p.add_argument("--brightness", type=float, default=0.8, help="light level factor")
+    p.add_argument("--blur", type=float, default=1.0, help="Gaussian blur sigma in px (0 = none)")
+    p.add_argument("--shift", type=int, default=3, help="max translation in px per axis")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--product", help="copy only this product's rows")
+    p.set_defaults(func=cmd_dataset_shift)
 
     p = sub.add_parser("evaluate", help="score a dataset through the served model; metrics and predictions CSV")
     p.add_argument("--data", type=Path, required=True, help="dataset folder (shared/specs/dataset.md)")
@@ -259,6 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.set_defaults(func=cmd_sql)
 
+    p = sub.add_parser("report", help="reports from the analytics store")
+    reports = p.add_subparsers(dest="report_command", required=True, metavar="REPORT")
+    r = reports.add_parser("batch", help="reject-gate reconciliation of a lot: every unit passed, rejected "
+                           "or fail-safe rejected, none unaccounted; alarms (exit 1 if not all accounted)")
+    r.add_argument("lot", metavar="LOT")
+    r.add_argument("--json", action="store_true", help="print as JSON")
+    r.add_argument("--pdf", type=Path, metavar="FILE", help="also write the batch record as PDF (docs/audit.md)")
+    r.add_argument("--html", type=Path, metavar="FILE", help="also write the batch record as HTML")
+    r.set_defaults(func=cmd_report_batch)
+
     p = sub.add_parser("topics", help="Kafka topics")
     p.add_argument("action", choices=["create"])
     p.set_defaults(func=cmd_topics)
@@ -266,6 +368,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="ClickHouse schema")
     p.add_argument("action", choices=["init"])
     p.set_defaults(func=cmd_db_init)
+
+    p = sub.add_parser("models", help="list classifier versions; deploy or roll back the live one without stopping the line")
+    models = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    m = models.add_parser("list", help="versions, validation metrics, which is live and what Triton serves")
+    m.add_argument("--json", action="store_true", help="print as JSON")
+    m.set_defaults(func=cmd_models_list)
+    m = models.add_parser("deploy", help="make a released version live (Triton switches in place)")
+    m.add_argument("target", metavar="PRODUCT", help="product id (or classifier model name)")
+    m.add_argument("--version", type=int, required=True, help="version directory to make live")
+    m.add_argument("--reason", help="why (required; kept in deployments.jsonl and the audit trail)")
+    add_model_auth_args(m)
+    m.set_defaults(func=cmd_models_deploy)
+    m = models.add_parser("rollback", help="return to the version live before the current one")
+    m.add_argument("target", metavar="PRODUCT", help="product id (or classifier model name)")
+    m.add_argument("--reason", help="why (required; kept in deployments.jsonl and the audit trail)")
+    add_model_auth_args(m)
+    m.set_defaults(func=cmd_models_rollback)
+
+    register_gmp_commands(sub, _settings)  # audit, users (docs/audit.md)
     return parser
 
 

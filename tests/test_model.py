@@ -1,25 +1,24 @@
-"""Preprocessing, metrics, Triton repository files, the preprocess model and a tiny training run."""
+"""Preprocessing, metrics, committed Triton configs, the preprocess model, training pieces, parity."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import re
 import shutil
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from google.protobuf import text_format
 from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
-from pipeline.dataset import DatasetError, generate_dataset
 from pipeline.imaging import encode_jpeg, encode_png, render_tablet
+from pipeline.imaging.products import DEFECT_CLASSES
+from pipeline.model import repository as layout
 from pipeline.model import triton_repo
 from pipeline.model.augment import augment
 from pipeline.model.data import CLASSES, render_set
@@ -33,7 +32,6 @@ from pipeline.model.export import ParityError, check_parity, export_onnx
 from pipeline.model.fit import FitConfig, deterministic_torch, fit, predict
 from pipeline.model.net import ServingModel, TabletNet
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, prepare_image, prepare_pil, restore_pil
-from pipeline.model.train import train_model
 
 REPO = Path(__file__).resolve().parents[1] / "triton_models"
 ROUND = "tablet-round-white-10mm"
@@ -131,33 +129,38 @@ def _config(model: str) -> model_config_pb2.ModelConfig:
 def test_classifier_config_matches_code() -> None:
     cfg = _config("tablet_classifier")
     assert cfg.name == "tablet_classifier" and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 64
-    fp32 = model_config_pb2.TYPE_FP32
+    fp32, i64 = model_config_pb2.TYPE_FP32, model_config_pb2.TYPE_INT64
     assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
         ("INPUT", fp32, [3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE])
     ]
     assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
         ("SCORE", fp32, [1]),
-        ("CLASS_PROBS", fp32, [len(CLASSES)]),
+        ("CLASS_PROBS", fp32, [-1]),
+        ("THRESHOLDS", fp32, [2]),
+        ("MODEL_VERSION", i64, [1]),
     ]
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
     assert [(g.kind, g.count) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_GPU, 1)]
-    assert cfg.parameters["classes"].string_value.split(",") == list(CLASSES)
-    assert 0.0 <= float(cfg.parameters["reject_threshold"].string_value) <= 1.0
-    assert cfg.parameters["product"].string_value
+    # Version 1 (what `make model` trains) has the classes the code gives a supervised model.
+    assert layout.classes_by_version(cfg)[1] == list(CLASSES) == ["good", *sorted(DEFECT_CLASSES)]
+    assert layout.live_version(cfg) == 1
+    assert cfg.parameters["product"].string_value == ROUND
     # The platform line stands alone, so the embedded stack can swap it for the python backend.
-    text = triton_repo.read_config(REPO)
+    text = (REPO / "tablet_classifier/config.pbtxt").read_text()
     assert re.search(r'^platform: "onnxruntime_onnx"$', text, re.M)
-    assert triton_repo.config_input_size(text) == MODEL_INPUT_SIZE
+    assert triton_repo.input_size(cfg) == MODEL_INPUT_SIZE
 
 
-def test_config_parameter_rewrite_touches_only_its_value() -> None:
-    text = triton_repo.read_config(REPO)
-    old = triton_repo.config_parameter(text, "reject_threshold")
-    updated = triton_repo.set_config_parameter(text, "reject_threshold", "0.125")
-    assert triton_repo.config_parameter(updated, "reject_threshold") == "0.125"
-    assert updated.replace('"0.125"', f'"{old}"') == text
-    with pytest.raises(ValueError):
-        triton_repo.set_config_parameter(text, "no_such_key", "1")
+def test_committed_config_survives_a_rewrite_unchanged(tmp_path: Path) -> None:
+    """Training version 1 rewrites the classifier config: the committed file must come out identical."""
+    shutil.copytree(REPO / "tablet_classifier", tmp_path / "tablet_classifier",
+                    ignore=shutil.ignore_patterns("[0-9]*", ".train-*"))
+    before = (tmp_path / "tablet_classifier/config.pbtxt").read_text()
+    cfg = layout.read_config(tmp_path, "tablet_classifier")
+    layout.set_classes(cfg, 1, list(CLASSES))
+    layout.set_live_version(cfg, 1)
+    layout.write_config(tmp_path, "tablet_classifier", cfg)
+    assert (tmp_path / "tablet_classifier/config.pbtxt").read_text() == before
 
 
 def test_preprocess_and_ensemble_configs() -> None:
@@ -170,12 +173,14 @@ def test_preprocess_and_ensemble_configs() -> None:
     ens = _config("tablet_inspector")
     assert ens.platform == "ensemble" and ens.max_batch_size == 64
     assert [(i.name, list(i.dims)) for i in ens.input] == [("IMAGE", [1])]
-    assert [(o.name, list(o.dims)) for o in ens.output] == [("SCORE", [1]), ("CLASS_PROBS", [len(CLASSES)])]
+    assert [(o.name, list(o.dims)) for o in ens.output] == [
+        ("SCORE", [1]), ("CLASS_PROBS", [-1]), ("THRESHOLDS", [2]), ("MODEL_VERSION", [1])
+    ]
     steps = ens.ensemble_scheduling.step
     assert [s.model_name for s in steps] == ["tablet_preprocess", "tablet_classifier"]
     assert dict(steps[0].input_map) == {"IMAGE": "IMAGE"}
     assert dict(steps[1].input_map) == {"INPUT": steps[0].output_map["INPUT"]}
-    assert dict(steps[1].output_map) == {"SCORE": "SCORE", "CLASS_PROBS": "CLASS_PROBS"}
+    assert dict(steps[1].output_map) == {n: n for n in ("SCORE", "CLASS_PROBS", "THRESHOLDS", "MODEL_VERSION")}
     assert (REPO / "tablet_inspector/1/.gitkeep").exists()
 
 
@@ -214,36 +219,6 @@ def test_triton_preprocess_reads_size_from_config() -> None:
 
 
 # -- training, export, parity -----------------------------------------------------------------
-
-
-@pytest.fixture()
-def repo(tmp_path: Path) -> Path:
-    dst = tmp_path / "triton_models"
-    shutil.copytree(REPO, dst, ignore=shutil.ignore_patterns("model.onnx", "model_card.json", "__pycache__"))
-    return dst
-
-
-def test_tiny_training_run_exports_and_installs(repo: Path) -> None:
-    result = train_model(repo, ROUND, train_count=16, epochs=1, seed=3, progress=False)
-    assert result.onnx_path == repo / "tablet_classifier/1/model.onnx" and result.onnx_path.is_file()
-    assert result.parity.max_abs_diff_score <= 1e-4 and result.parity.max_abs_diff_class_probs <= 1e-4
-    card = json.loads(result.card_path.read_text())
-    config = result.config_path.read_text()
-    assert float(triton_repo.config_parameter(config, "reject_threshold")) == card["reject_threshold"]
-    assert triton_repo.config_parameter(config, "product") == card["product"] == ROUND
-    assert card["classes"] == list(CLASSES)
-    assert card["onnx"]["sha256"] == triton_repo.sha256_file(result.onnx_path)
-    assert card["data"]["generator_seed"] == 3 and len(card["data"]["train"]["sha256"]) == 64
-    for key in ("validation", "training", "parity", "created_utc", "code_version"):
-        assert card[key]
-    # The installed graph serves any batch size with the declared names and shapes.
-    sess = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
-    x = np.stack([prepare_image(encode_png(_frame(i))) for i in range(5)])
-    score, probs = sess.run(["SCORE", "CLASS_PROBS"], {"INPUT": x})
-    assert score.shape == (5, 1) and probs.shape == (5, len(CLASSES))
-    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    assert np.allclose(score[:, 0], 1.0 - probs[:, 0], atol=1e-5)
-    assert not list(result.onnx_path.parent.glob(".*tmp"))
 
 
 def test_training_is_deterministic() -> None:
@@ -298,23 +273,3 @@ def test_parity_check_catches_a_drifted_model(tmp_path: Path) -> None:
         drifted_scores, drifted_probs = predict(net, data.x)
     with pytest.raises(ParityError, match="disagrees"):
         check_parity(path, data.x, drifted_scores, drifted_probs)
-
-
-def test_training_from_a_dataset_folder(tmp_path: Path, repo: Path) -> None:
-    data = generate_dataset(tmp_path / "ds", 24, [ROUND], 0.5, seed=4)
-    result = train_model(repo, ROUND, epochs=1, data=data, progress=False)
-    card = json.loads(result.card_path.read_text())
-    assert card["data"]["source"] == "dataset" and len(card["data"]["dataset_sha256"]) == 64
-    assert card["data"]["train"]["count"] + card["data"]["validation"]["count"] == 24
-    (data / "tablet-round-white-10mm/good").iterdir().__next__().write_bytes(b"broken")
-    with pytest.raises(DatasetError, match="unreadable"):
-        train_model(repo, ROUND, epochs=1, data=data, progress=False)
-
-
-def test_training_refuses_a_mismatched_repository(repo: Path) -> None:
-    config = repo / "tablet_classifier/config.pbtxt"
-    config.write_text(config.read_text().replace(f"3, {MODEL_INPUT_SIZE}, {MODEL_INPUT_SIZE}", "3, 96, 96"))
-    with pytest.raises(ValueError):
-        train_model(repo, ROUND, train_count=4, epochs=1, progress=False)
-    with pytest.raises(FileNotFoundError):
-        train_model(repo.parent / "nowhere", ROUND, train_count=4, epochs=1, progress=False)

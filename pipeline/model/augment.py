@@ -73,6 +73,9 @@ def augment(
             mask[i] = torch.roll(mi, shifts=(round(dy / cell), round(dx / cell)), dims=(0, 1))
 
     # Photometric: contrast, brightness, per-channel gain (white balance) in normalised units.
+    # (Measured: a stronger light-level gain x0.7-1.3 plus more blur kept the false-reject rate of
+    # a 600-image dataset model at 0 % on a darker, blurred, shifted copy of its held-out set, but
+    # cut its held-out AUROC from 0.986 to 0.939 at the same step budget; not adopted.)
     contrast = draw(0.85, 1.15)[:, :, None, None]
     brightness = draw(-0.15, 0.15)[:, :, None, None]
     gain = draw(0.96, 1.04, 3)[:, :, None, None]

@@ -15,18 +15,26 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from pipeline.imaging.codec import encode_png
 from pipeline.imaging.products import DEFECT_CLASSES
 from pipeline.imaging.tablets import draw_unit, render_tablet_with_mask
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, prepare_image, prepare_pil
 
-CLASSES: tuple[str, ...] = ("good", *DEFECT_CLASSES)
+# Class order of every supervised model: `good` first, then defect names sorted (docs/models.md).
+CLASSES: tuple[str, ...] = ("good", *sorted(DEFECT_CLASSES))
+GOOD_ONLY_CLASSES: tuple[str, ...] = ("good", "anomaly")
+
+
+def supervised_classes(defects: Sequence[str]) -> tuple[str, ...]:
+    """Class names of a supervised model from the defect names of its data."""
+    return ("good", *sorted({d for d in defects if d not in ("none", "good")}))
 # Defect masks are kept at the resolution of the network's segmentation head.
 MASK_STRIDE = 8
 
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """Model inputs with their truth: x float32 [N, 3, S, S], y class index into CLASSES."""
+    """Model inputs with their truth: x float32 [N, 3, S, S], y class index into `classes`."""
 
     x: np.ndarray
     y: np.ndarray
@@ -37,6 +45,13 @@ class LabelledImages:
     mask: np.ndarray | None = None
     # Rows 2k and 2k+1 are the same unit with and without a defect (see `render_set`).
     paired: bool = False
+    classes: tuple[str, ...] = CLASSES
+    # sha256 of each image's encoded bytes (the file for datasets, the PNG for rendered units).
+    image_sha256: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    # True defect name of each unit ('none' when good) where the classes do not say it
+    # (good-only sets, whose classes are good/anomaly).
+    truth: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -47,12 +62,24 @@ class LabelledImages:
 
     @property
     def defect_names(self) -> np.ndarray:
-        return np.asarray([CLASSES[i] if i else "none" for i in self.y], dtype=object)
+        if self.truth is not None:
+            return self.truth
+        return np.asarray([self.classes[i] if i else "none" for i in self.y], dtype=object)
 
     def subset(self, index: np.ndarray) -> LabelledImages:
+        index = np.asarray(index, dtype=np.int64)
         mask = None if self.mask is None else self.mask[index]
-        return LabelledImages(self.x[index], self.y[index], self.subtle[index], self.source, mask)
+        pick = [int(i) for i in index]
+        return LabelledImages(
+            self.x[index], self.y[index], self.subtle[index], self.source, mask, False, self.classes,
+            tuple(self.image_sha256[i] for i in pick) if self.image_sha256 else (),
+            tuple(self.names[i] for i in pick) if self.names else (),
+            None if self.truth is None else self.truth[index],
+        )
 
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.y, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts, strict=True)}
 
     def content_hash(self) -> str:
         """sha256 over the exact model inputs and labels (identifies a rendered set)."""
@@ -91,6 +118,7 @@ def render_set(
     y = np.empty(count, dtype=np.int64)
     subtle = np.empty(count, dtype=bool)
     masks = np.empty((count, size // MASK_STRIDE, size // MASK_STRIDE), dtype=np.float32)
+    hashes: list[str] = []
     for i in range(count):
         if paired:
             pick = np.random.default_rng([seed, stream, i // 2, 1])
@@ -103,10 +131,11 @@ def render_set(
             defect, is_subtle = draw_unit(rng, defect_rate, subtle_fraction)
         img, mask = render_tablet_with_mask(rng, product, defect, subtle=is_subtle)
         x[i] = prepare_pil(img, size)
+        hashes.append(hashlib.sha256(encode_png(img)).hexdigest())
         masks[i] = _coarse_mask(mask, size)
         y[i] = 0 if defect is None else CLASSES.index(defect)
         subtle[i] = is_subtle
-    return LabelledImages(x, y, subtle, source, masks, paired)
+    return LabelledImages(x, y, subtle, source, masks, paired, CLASSES, tuple(hashes))
 
 
 def _coarse_mask(mask: np.ndarray, size: int) -> np.ndarray:
@@ -118,7 +147,12 @@ def _coarse_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return (cells > 0.2).astype(np.float32)
 
 
-def load_images(images: Sequence[tuple[str, bytes, str]], size: int = MODEL_INPUT_SIZE, source: str = "") -> LabelledImages:
+def load_images(
+    images: Sequence[tuple[str, bytes, str]],
+    size: int = MODEL_INPUT_SIZE,
+    source: str = "",
+    classes: Sequence[str] = CLASSES,
+) -> LabelledImages:
     """Preprocess (name, encoded bytes, defect-or-'none') triples exactly as serving does.
 
     Raises ValueError listing every image that cannot be decoded or whose defect class the
@@ -126,21 +160,25 @@ def load_images(images: Sequence[tuple[str, bytes, str]], size: int = MODEL_INPU
     """
     x = np.empty((len(images), 3, size, size), dtype=np.float32)
     y = np.empty(len(images), dtype=np.int64)
+    classes = tuple(classes)
     problems: list[str] = []
+    hashes: list[str] = []
     for i, (name, data, defect) in enumerate(images):
+        hashes.append(hashlib.sha256(data).hexdigest())
         cls = "good" if defect == "none" else defect
-        if cls not in CLASSES:
-            problems.append(f"{name}: defect class {defect!r} is not one the model learns ({', '.join(DEFECT_CLASSES)})")
+        if cls not in classes:
+            problems.append(f"{name}: defect class {defect!r} is not one the model learns ({', '.join(classes[1:])})")
             continue
         try:
             x[i] = prepare_image(data, size)
         except ValueError as exc:
             problems.append(f"{name}: {exc}")
             continue
-        y[i] = CLASSES.index(cls)
+        y[i] = classes.index(cls)
     if problems:
         raise ValueError(f"{len(problems)} unusable image(s):\n  " + "\n  ".join(problems))
-    return LabelledImages(x, y, np.zeros(len(images), dtype=bool), source)
+    return LabelledImages(x, y, np.zeros(len(images), dtype=bool), source, None, False, classes,
+                          tuple(hashes), tuple(name for name, _, _ in images))
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

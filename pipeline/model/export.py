@@ -21,6 +21,8 @@ from pipeline.model.net import CLASSES, ServingModel, TabletNet
 OPSET = 17
 INPUT_NAME = "INPUT"
 OUTPUT_NAMES = ("SCORE", "CLASS_PROBS")
+CONSTANT_NAMES = ("THRESHOLDS", "MODEL_VERSION")
+SERVED_NAMES = OUTPUT_NAMES + CONSTANT_NAMES
 PARITY_TOLERANCE = 1e-4
 
 
@@ -38,14 +40,27 @@ class ParityReport:
     tolerance: float
     batch_sizes: tuple[int, ...]
     onnxruntime_version: str
+    constants_match: bool = True
+    passed: bool = True
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def export_onnx(net: TabletNet, path: Path, size: int, views: int = 8) -> None:
-    """Write INPUT [N, 3, S, S] -> SCORE [N, 1], CLASS_PROBS [N, C] (opset 17, dynamic N)."""
-    model = ServingModel(net, views).eval()
+def export_onnx(
+    net: TabletNet,
+    path: Path,
+    size: int,
+    views: int = 8,
+    *,
+    num_classes: int | None = None,
+    thresholds: tuple[float, float] | None = None,
+    version: int | None = None,
+) -> None:
+    """Write INPUT [N, 3, S, S] -> SCORE [N, 1], CLASS_PROBS [N, C] (opset 17, dynamic N), plus
+    THRESHOLDS [N, 2] and MODEL_VERSION [N, 1] constants when `thresholds` is given."""
+    model = ServingModel(net, views, num_classes, thresholds, version).eval()
+    names = list(SERVED_NAMES if thresholds is not None else OUTPUT_NAMES)
     dummy = torch.zeros(2, 3, size, size)
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of the dynamo one, which needs
@@ -58,53 +73,67 @@ def export_onnx(net: TabletNet, path: Path, size: int, views: int = 8) -> None:
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+            output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *names)},
             do_constant_folding=True,
         )
-    check_signature(path, size)
+    check_signature(path, size, model.num_classes, with_constants=thresholds is not None)
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-def check_signature(path: Path, size: int) -> None:
+def check_signature(path: Path, size: int, num_classes: int = len(CLASSES), with_constants: bool = True) -> None:
     """Raise ValueError unless the graph has exactly the inputs/outputs Triton's config declares."""
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     g = model.graph
-    fp32 = onnx.TensorProto.FLOAT
+    fp32, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
     problems = []
+    if model.opset_import[0].version != OPSET:
+        problems.append(f"opset {model.opset_import[0].version}, expected {OPSET}")
     inputs = {i.name: i for i in g.input}
     outputs = {o.name: o for o in g.output}
     if list(inputs) != [INPUT_NAME]:
         problems.append(f"inputs are {list(inputs)}, expected [{INPUT_NAME!r}]")
     elif inputs[INPUT_NAME].type.tensor_type.elem_type != fp32 or _dims(inputs[INPUT_NAME])[1:] != [3, size, size]:
         problems.append(f"{INPUT_NAME} is {_dims(inputs[INPUT_NAME])}, expected [batch, 3, {size}, {size}] FP32")
-    expected = {"SCORE": 1, "CLASS_PROBS": len(CLASSES)}
+    expected = {"SCORE": (1, fp32), "CLASS_PROBS": (num_classes, fp32)}
+    if with_constants:
+        expected.update({"THRESHOLDS": (2, fp32), "MODEL_VERSION": (1, i64)})
     if sorted(outputs) != sorted(expected):
         problems.append(f"outputs are {list(outputs)}, expected {list(expected)}")
     else:
-        for name, width in expected.items():
+        for name, (width, dtype) in expected.items():
             dims = _dims(outputs[name])
-            if outputs[name].type.tensor_type.elem_type != fp32 or dims[1:] != [width] or isinstance(dims[0], int):
-                problems.append(f"{name} is {dims}, expected [batch, {width}] FP32")
+            if outputs[name].type.tensor_type.elem_type != dtype or dims[1:] != [width] or isinstance(dims[0], int):
+                problems.append(f"{name} is {dims}, expected [batch, {width}] {onnx.TensorProto.DataType.Name(dtype)}")
     if problems:
         raise ValueError(f"{path}: " + "; ".join(problems))
 
 
-def onnx_predict(path: Path, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """SCORE [N] and CLASS_PROBS [N, C] from onnxruntime (CPU)."""
+def session(path: Path) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    scores, probs = [], []
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_outputs(path: Path, x: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Every output of the graph for inputs x, concatenated over batches (onnxruntime, CPU)."""
+    sess = session(path)
+    names = [o.name for o in sess.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i in range(0, len(x), batch_size):
-        s, p = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x[i : i + batch_size]})
-        scores.append(s[:, 0])
-        probs.append(p)
-    return np.concatenate(scores), np.concatenate(probs)
+        for n, v in zip(names, sess.run(names, {INPUT_NAME: x[i : i + batch_size]}), strict=True):
+            parts[n].append(v)
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def onnx_predict(path: Path, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """SCORE [N] and CLASS_PROBS [N, C] from onnxruntime (CPU)."""
+    out = onnx_outputs(path, x, batch_size)
+    return out["SCORE"][:, 0], out["CLASS_PROBS"]
 
 
 def check_parity(
@@ -113,17 +142,35 @@ def check_parity(
     torch_scores: np.ndarray,
     torch_probs: np.ndarray,
     tolerance: float = PARITY_TOLERANCE,
+    *,
+    thresholds: tuple[float, float] | None = None,
+    version: int | None = None,
 ) -> ParityReport:
-    """Compare onnxruntime with torch on x (at batch 64 and batch 1); ParityError if off."""
-    scores, probs = onnx_predict(path, x, batch_size=64)
+    """Compare onnxruntime with torch on x (at batch 64 and batch 1); ParityError if off.
+
+    With `thresholds`/`version`, the graph's THRESHOLDS and MODEL_VERSION rows must equal them.
+    """
+    out = onnx_outputs(path, x, batch_size=64)
+    scores, probs = out["SCORE"][:, 0], out["CLASS_PROBS"]
     n_single = min(8, len(x))
     s1, p1 = onnx_predict(path, x[:n_single], batch_size=1)
     d_score = float(max(np.abs(scores - torch_scores).max(), np.abs(s1 - torch_scores[:n_single]).max()))
     d_probs = float(max(np.abs(probs - torch_probs).max(), np.abs(p1 - torch_probs[:n_single]).max()))
-    report = ParityReport(len(x), d_score, d_probs, tolerance, (64, 1), ort.__version__)
-    if not (d_score <= tolerance and d_probs <= tolerance):
+    constants_ok = True
+    if thresholds is not None:
+        want_t = np.tile(np.asarray(thresholds, dtype=np.float32), (len(x), 1))
+        want_v = np.full((len(x), 1), int(version if version is not None else -1), dtype=np.int64)
+        got_t, got_v = out.get("THRESHOLDS"), out.get("MODEL_VERSION")
+        constants_ok = (
+            got_t is not None and got_v is not None and got_t.dtype == np.float32 and got_v.dtype == np.int64
+            and np.array_equal(got_t, want_t) and np.array_equal(got_v, want_v)
+        )
+    passed = d_score <= tolerance and d_probs <= tolerance and constants_ok
+    report = ParityReport(len(x), d_score, d_probs, tolerance, (64, 1), ort.__version__, constants_ok, passed)
+    if not passed:
         raise ParityError(
             f"ONNX export disagrees with torch on {len(x)} images: max |dSCORE| = {d_score:.3g}, "
             f"max |dCLASS_PROBS| = {d_probs:.3g}, tolerance {tolerance:g}"
+            + ("" if constants_ok else "; THRESHOLDS/MODEL_VERSION constants differ from the calibrated ones")
         )
     return report

@@ -50,3 +50,66 @@ def evaluate_heldout(
         n_subtle=int(subtle.sum()),
         detection_at_frr_2pct=det2,
     )
+
+
+def evaluate_folder(onnx_path: Path, data: Path, product: str) -> dict[str, object]:
+    """Score a dataset folder's rows of `product` with an ONNX classifier version (onnxruntime,
+    the serving preprocessing) and judge them with the thresholds baked into that artifact.
+
+    Offline counterpart of `linesight evaluate` (which goes through Triton): detection and
+    false-reject rate of the gate (review + reject), review rate, AUROC, per-class recall.
+    """
+    from pipeline.dataset import load_dataset
+    from pipeline.model.data import load_images, supervised_classes
+    from pipeline.model.export import onnx_outputs
+
+    ds = load_dataset(data, product)
+    images = [(ds.relative(r), r.image.read_bytes(), r.defect) for r in ds.rows]
+    s = load_images(images, classes=supervised_classes([r.defect for r in ds.rows]))
+    out = onnx_outputs(Path(onnx_path), s.x)
+    scores = out["SCORE"][:, 0]
+    review, reject = (float(v) for v in out["THRESHOLDS"][0])
+    is_defect = s.y != 0
+    m = inspection_metrics(scores, is_defect, review, s.defect_names)
+    det2, _ = detection_at_frr(scores, is_defect, 0.02)
+    det1, _ = detection_at_frr(scores, is_defect, 0.01)
+    verdict_review = (scores > review) & (scores <= reject)
+    return {
+        "data": str(ds.root),
+        "product": product,
+        "model_version": int(out["MODEL_VERSION"][0, 0]),
+        "thresholds": [review, reject],
+        "n_good": m.n_good,
+        "n_defect": m.n_defect,
+        "auroc": m.auroc,
+        "detection_rate": m.detection_rate,
+        "detection_rate_lower95": m.detection_rate_lower95,
+        "false_reject_rate": m.false_reject_rate,
+        "false_reject_rate_upper95": m.false_reject_rate_upper95,
+        "review_rate": float(verdict_review.mean()),
+        "good_in_review": int((verdict_review & ~is_defect).sum()),
+        "good_rejected_outright": int(((scores > reject) & ~is_defect).sum()),
+        "defects_passed": int(((scores <= review) & is_defect).sum()),
+        "per_class_recall": m.detection_by_class,
+        "oracle_detection_at_frr_1pct": det1,
+        "oracle_detection_at_frr_2pct": det2,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.model.heldout MODEL.onnx DATA PRODUCT [DATA ...]`: JSON metrics per folder."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="held-out metrics of an ONNX classifier version on dataset folders")
+    parser.add_argument("onnx", type=Path)
+    parser.add_argument("product")
+    parser.add_argument("data", type=Path, nargs="+")
+    args = parser.parse_args(argv)
+    for d in args.data:
+        print(json.dumps(evaluate_folder(args.onnx, d, args.product)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,7 +19,7 @@ from torch import nn
 
 from pipeline.imaging.products import DEFECT_CLASSES
 
-CLASSES: tuple[str, ...] = ("good", *DEFECT_CLASSES)
+CLASSES: tuple[str, ...] = ("good", *sorted(DEFECT_CLASSES))
 DEFAULT_WIDTHS: tuple[int, int, int, int, int] = (16, 24, 32, 48, 64)
 SEG_STRIDE = 8  # input pixels per cell of the segmentation head
 
@@ -73,24 +73,47 @@ def dihedral_views(x: torch.Tensor, views: int) -> list[torch.Tensor]:
 
 
 class ServingModel(nn.Module):
-    """What gets exported: INPUT -> (SCORE [N, 1], CLASS_PROBS [N, C]).
+    """What gets exported: INPUT -> SCORE [N, 1], CLASS_PROBS [N, C] (and, with `thresholds`
+    and `version`, THRESHOLDS [N, 2] and MODEL_VERSION [N, 1] constants).
 
     The logits are averaged over `views` flips/quarter turns of each unit (test-time
     augmentation inside the graph): a defect looks the same turned over, the network's
     unit-to-unit noise does not, so the average separates good from defective units far
     better than one view (measured: held-out AUROC 0.98 -> 0.998 with 8 views), at `views`
-    times the inference cost.
+    times the inference cost. Only the first `num_classes` logits are served (a network may
+    carry a training-only logit for synthetic anomalies).
     """
 
-    def __init__(self, net: TabletNet, views: int = 8):
+    def __init__(
+        self,
+        net: TabletNet,
+        views: int = 8,
+        num_classes: int | None = None,
+        thresholds: tuple[float, float] | None = None,
+        version: int | None = None,
+    ):
         super().__init__()
         dihedral_views(torch.zeros(1, 1, 2, 2), views)  # validates `views`
         self.net = net
         self.views = views
+        self.num_classes = int(num_classes or net.head.out_features)
+        self.constants = thresholds is not None
+        if self.constants:
+            if version is None:
+                raise ValueError("a served graph with THRESHOLDS also needs its MODEL_VERSION")
+            review, reject = (float(t) for t in thresholds)
+            if not review <= reject:
+                raise ValueError(f"review threshold {review} must be <= reject threshold {reject}")
+            self.register_buffer("thresholds", torch.tensor([[review, reject]], dtype=torch.float32))
+            self.register_buffer("version", torch.tensor([[int(version)]], dtype=torch.int64))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         stacked = torch.cat(dihedral_views(x, self.views), dim=0)
-        logits = torch.stack(self.net(stacked).chunk(self.views, dim=0)).mean(dim=0)
+        logits = torch.stack(self.net(stacked).chunk(self.views, dim=0)).mean(dim=0)[:, : self.num_classes]
         probs = torch.softmax(logits, dim=1)
         score = torch.sigmoid(torch.logsumexp(logits[:, 1:], dim=1, keepdim=True) - logits[:, :1])
-        return score, probs
+        if not self.constants:
+            return score, probs
+        # Broadcast against a zero column of the batch: exported with static widths 2 and 1.
+        zero = torch.zeros_like(score)
+        return score, probs, zero + self.thresholds, zero.to(torch.int64) + self.version

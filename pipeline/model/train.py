@@ -1,46 +1,83 @@
-"""Train the tablet classifier and install it in the Triton model repository.
+"""Train a product's classifier and release it as the next version in the Triton repository.
 
-`train_model` is the whole build step behind `make model` / `linesight train`: it renders a
-seeded training and validation set with the simulator (or loads a dataset folder), trains
-`TabletNet`, sets the reject threshold on held-out good units for a target false-reject rate,
-exports ONNX, proves onnxruntime reproduces torch, and only then writes `model.onnx`, the model
-card and the threshold into the repository. Same seed, same model (fixed thread count,
-deterministic algorithms).
+`train_model` is the whole build step behind `linesight train` and `make model`:
+
+1. data: the product's rows of a dataset folder (../shared/specs/dataset.md), split
+   deterministically (seeded, per class) into training and validation; or, without a folder,
+   units rendered by the simulator (counterfactual pairs with defect masks, used by `make model`);
+2. fit `TabletNet` (`supervised`: the labelled classes; `good-only`: good images against
+   generic synthetic anomalies made from them, classes good/anomaly);
+3. calibrate two thresholds on good units' scores of the ONNX artifact itself: the validation
+   set's, plus out-of-fold scores of every good training image (k-fold) so that a 1 %
+   false-reject target rests on hundreds of good units, not a few dozen;
+4. export ONNX with the thresholds and version baked in as constants, prove onnxruntime
+   reproduces torch on the validation set (a failed check writes nothing);
+5. write model.onnx, model_card.json/.md and training_images.sha256 into a staging directory
+   and rename it to `<classifier>/<V>/` (docs/models.md).
+
+Same data, seed and thread count: same model (deterministic algorithms).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.dataset import dataset_hash, load_dataset
+from pipeline.dataset import DatasetError, dataset_hash, load_dataset
 from pipeline.imaging.products import get_spec
+from pipeline.model import repository as layout
 from pipeline.model import triton_repo
-from pipeline.model.data import CLASSES, LabelledImages, load_images, render_set, stratified_split
-from pipeline.model.evaluate_offline import InspectionMetrics, inspection_metrics, threshold_for_frr
-from pipeline.model.export import OPSET, ParityReport, check_parity, export_onnx, onnx_predict
-from pipeline.model.fit import TRAIN_THREADS, FitConfig, deterministic_torch, fit, predict
+from pipeline.model.data import (
+    GOOD_ONLY_CLASSES,
+    LabelledImages,
+    load_images,
+    render_set,
+    stratified_split,
+    supervised_classes,
+)
+from pipeline.model.evaluate_offline import (
+    auroc,
+    clopper_pearson_upper,
+    inspection_metrics,
+    threshold_for_frr,
+)
+from pipeline.model.export import OPSET, ParityReport, check_parity, export_onnx, onnx_outputs
+from pipeline.model.fit import TRAIN_THREADS, FitConfig, deterministic_torch, fit, predict, steps_per_epoch
 from pipeline.model.net import DEFAULT_WIDTHS
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, PIXEL_MEAN, PIXEL_STD
 
+MODES = ("supervised", "good-only")
 TARGET_FRR = 0.01
-DEFAULT_EPOCHS = 14
+# The reject threshold is set for this fraction of the target false-reject rate; units between
+# the review and reject thresholds go to a person (docs/models.md, "Grey zone").
+REJECT_FRR_FRACTION = 0.25
+DEFAULT_EPOCHS = 14  # rendered training sets
+# Dataset folders: epochs chosen so training takes about this many optimiser steps.
+DATASET_STEPS = 600
+MIN_EPOCHS, MAX_EPOCHS = 6, 60
+# k-fold out-of-fold calibration costs (k - 1) extra fits and its fold models, trained on less
+# data, score good units pessimistically (measured: fold AUROC 0.90 vs 0.99 for the final model
+# on 600 images); off by default, `--folds K` turns it on.
+DEFAULT_FOLDS = 0
+# Fewer expected exceedances than this in the calibration pool: parametric tail estimate.
+MIN_EXCEEDANCES = 3
 # Flips/quarter turns averaged inside the served graph (see ServingModel).
 SERVING_VIEWS = 8
 # Validation images on which torch and onnxruntime must agree (torch with 8 views is slow on CPU).
 PARITY_IMAGES = 128
-# Rendered training sets are counterfactual pairs (each defective unit next to the same unit
-# without its defect) and rich in subtle defects (the hard cases). Validation is as large as the
-# training set and three quarters good: the threshold's false-reject rate is only as certain as
-# the number of good units it is calibrated on.
+# Supervised training on unpaired data adds this many (good, synthetic anomaly) pairs per batch.
+AUX_PAIRS = 4
+MIN_GOOD_ONLY_IMAGES = 8
 TRAIN_SUBTLE_FRACTION = 0.5
 VAL_DEFECT_RATE = 0.25
 VAL_SUBTLE_FRACTION = 0.33
@@ -49,30 +86,69 @@ DATASET_VAL_FRACTION = 0.25
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where the model went and how good it is on the validation set."""
+    """The version that was written and how good it is on the validation set."""
 
+    model: str
+    version: int
+    version_dir: Path
     onnx_path: Path
     card_path: Path
     config_path: Path
     product: str
-    threshold: float
-    validation: InspectionMetrics
+    mode: str
+    classes: tuple[str, ...]
+    thresholds: tuple[float, float]  # review, reject
+    live: bool
+    validation: dict[str, Any]
     parity: ParityReport
     wall_time_s: float
 
+    def summary(self) -> str:
+        v = self.validation
+        return (
+            f"{self.model} version {self.version} ({self.mode}, product {self.product}"
+            f"{', live' if self.live else ', not live: deploy it with linesight models deploy'}): "
+            f"thresholds review {self.thresholds[0]:.4g} / reject {self.thresholds[1]:.4g}; validation "
+            f"detection {_pct(v.get('detection_rate'))} at false-reject {_pct(v.get('false_reject_rate'))} "
+            f"(review {_pct(v.get('review_rate'))}, AUROC {_num(v.get('auroc'))}); parity max diff "
+            f"{self.parity.max_abs_diff_score:.2g}; {self.wall_time_s:.0f} s -> {self.version_dir}"
+        )
 
-def _simulated_sets(product: str, train_count: int, seed: int) -> tuple[LabelledImages, LabelledImages, dict[str, Any]]:
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.2f} %"
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[train] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _simulated_sets(product: str, mode: str, train_count: int, seed: int) -> tuple[LabelledImages, LabelledImages, dict[str, Any]]:
     get_spec(product)  # ValueError naming the products the simulator knows
     val_count = max(30, train_count)
-    train = render_set(product, train_count, defect_rate=0.5,
-                       subtle_fraction=TRAIN_SUBTLE_FRACTION, seed=seed, stream=0, paired=True)
+    if mode == "supervised":
+        train = render_set(product, train_count, defect_rate=0.5,
+                           subtle_fraction=TRAIN_SUBTLE_FRACTION, seed=seed, stream=0, paired=True)
+    else:
+        train = _as_good_only(render_set(product, train_count, defect_rate=0.0, subtle_fraction=0.0,
+                                         seed=seed, stream=0))
     val = render_set(product, val_count, defect_rate=VAL_DEFECT_RATE,
                      subtle_fraction=VAL_SUBTLE_FRACTION, seed=seed, stream=1)
+    if mode == "good-only":
+        val = _as_good_only(val)
     info = {
         "source": "simulator",
         "generator": "pipeline.imaging.render_tablet",
         "generator_seed": seed,
-        "train": {"count": len(train), "paired": True, "subtle_fraction": TRAIN_SUBTLE_FRACTION,
+        "train": {"count": len(train), "paired": train.paired, "subtle_fraction": TRAIN_SUBTLE_FRACTION,
                   "stream": 0, "sha256": train.content_hash()},
         "validation": {"count": len(val), "defect_rate": VAL_DEFECT_RATE,
                        "subtle_fraction": VAL_SUBTLE_FRACTION, "stream": 1, "sha256": val.content_hash()},
@@ -80,183 +156,448 @@ def _simulated_sets(product: str, train_count: int, seed: int) -> tuple[Labelled
     return train, val, info
 
 
-def _dataset_sets(data: Path, product: str, seed: int) -> tuple[LabelledImages, LabelledImages, dict[str, Any]]:
+def _as_good_only(s: LabelledImages) -> LabelledImages:
+    """The same images with classes good/anomaly (every defect becomes `anomaly`)."""
+    return replace(s, y=(s.y != 0).astype(np.int64), classes=GOOD_ONLY_CLASSES, truth=s.defect_names)
+
+
+def _dataset_sets(data: Path, product: str, mode: str, seed: int, val_fraction: float
+                  ) -> tuple[LabelledImages, LabelledImages, dict[str, Any]]:
     ds = load_dataset(data, product)  # DatasetError lists every bad row
+    defects = [r.defect for r in ds.rows]
+    n_good = sum(1 for d in defects if d == "none")
+    labels = ds.root / "labels.csv"
+    if mode == "supervised":
+        classes = supervised_classes(defects)
+        if n_good == 0 or len(classes) < 2:
+            present = sorted({d if d != "none" else "good" for d in defects})
+            raise DatasetError(ds.root, [(
+                str(labels),
+                f"supervised training needs good and defective units of product {product!r}; its "
+                f"{len(ds)} rows are all {', '.join(present)} (use --mode good-only for good images only)",
+            )])
+    else:
+        classes = GOOD_ONLY_CLASSES
+        if n_good < MIN_GOOD_ONLY_IMAGES:
+            raise DatasetError(ds.root, [(str(labels), f"good-only training needs at least {MIN_GOOD_ONLY_IMAGES} "
+                                          f"good images of product {product!r}, found {n_good}")])
     images = [(ds.relative(r), r.image.read_bytes(), r.defect) for r in ds.rows]
-    everything = load_images(images, MODEL_INPUT_SIZE, source=f"dataset {ds.root}")
-    train_idx, val_idx = stratified_split(everything.y, DATASET_VAL_FRACTION, seed)
-    train, val = everything.subset(train_idx), everything.subset(val_idx)
-    if not (val.y == 0).any() or not (val.y != 0).any():
-        raise ValueError(f"dataset {ds.root} needs good and defective {product} units to validate on")
+    load_classes = supervised_classes(defects) if mode == "good-only" else classes
+    everything = load_images(images, MODEL_INPUT_SIZE, source=f"dataset {ds.root}", classes=load_classes)
+    if mode == "supervised":
+        train_idx, val_idx = stratified_split(everything.y, val_fraction, seed)
+        train, val = everything.subset(train_idx), everything.subset(val_idx)
+    else:
+        good = np.flatnonzero(everything.y == 0)
+        tr, va = stratified_split(everything.y[good], val_fraction, seed)
+        defect_rows = np.flatnonzero(everything.y != 0)
+        train = _as_good_only(everything.subset(good[tr]))
+        val = _as_good_only(everything.subset(np.sort(np.concatenate([good[va], defect_rows]))))
     info = {
         "source": "dataset",
         "path": str(ds.root),
         "dataset_sha256": dataset_hash(ds),
+        "product_rows": len(ds),
         "split_seed": seed,
-        "validation_fraction": DATASET_VAL_FRACTION,
+        "validation_fraction": val_fraction,
+        "split": "per class, seeded" + ("; defective rows only validate (good-only)" if mode == "good-only" else ""),
         "train": {"count": len(train)},
         "validation": {"count": len(val)},
     }
     return train, val, info
 
 
-def _class_counts(s: LabelledImages) -> dict[str, int]:
-    counts = np.bincount(s.y, minlength=len(CLASSES))
-    return {c: int(n) for c, n in zip(CLASSES, counts, strict=True)}
+def _count_defects(s: LabelledImages) -> dict[str, int]:
+    names, counts = np.unique(s.defect_names.astype(str), return_counts=True)
+    return {("good" if n == "none" else n): int(c) for n, c in zip(names, counts, strict=True)}
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _scores(net: torch.nn.Module, x: np.ndarray, num_classes: int, work: Path, name: str) -> dict[str, np.ndarray]:
+    """onnxruntime outputs of the scoring graph (no constants) of `net` on x."""
+    path = work / f"{name}.onnx"
+    export_onnx(net, path, MODEL_INPUT_SIZE, SERVING_VIEWS, num_classes=num_classes)
+    try:
+        return onnx_outputs(path, x)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """k disjoint, per-class balanced index sets covering range(len(y))."""
+    rng = np.random.default_rng([seed, 0xF01D])
+    folds: list[list[int]] = [[] for _ in range(k)]
+    offset = 0
+    for cls in np.unique(y):
+        idx = np.flatnonzero(y == cls)
+        rng.shuffle(idx)
+        for j, i in enumerate(idx):
+            folds[(j + offset) % k].append(int(i))
+        offset += len(idx)
+    return [np.sort(np.asarray(f, dtype=np.int64)) for f in folds]
+
+
+def calibrate(good_scores: np.ndarray, frr: float) -> tuple[float, str]:
+    """Threshold that rejects about `frr` of good units, and how it was estimated.
+
+    With enough good scores that at least MIN_EXCEEDANCES of them may lie above it, the
+    empirical quantile (`threshold_for_frr`). Otherwise the empirical quantile says only "above
+    the largest score seen" (a 1 % target on 75 units): the good scores' logits are fitted with
+    a normal distribution and the threshold is its (1 - frr) quantile.
+    """
+    s = np.asarray(good_scores, dtype=np.float64)
+    if int(np.floor(frr * s.size + 1e-9)) >= MIN_EXCEEDANCES:
+        return threshold_for_frr(s, frr), f"empirical quantile of {s.size} good scores"
+    z = np.log(np.clip(s, 1e-12, 1 - 1e-12)) - np.log1p(-np.clip(s, 1e-12, 1 - 1e-12))
+    mu, sigma = float(z.mean()), float(z.std(ddof=1)) if z.size > 1 else 1.0
+    q = mu + NormalDist().inv_cdf(1.0 - frr) * sigma
+    t = float(1.0 / (1.0 + np.exp(-q)))
+    return t, (f"normal fit to the logits of {s.size} good scores (mean {mu:.3f}, sd {sigma:.3f}): "
+               f"{100 * (1 - frr):.2f} % quantile; too few units for an empirical {100 * frr:.2f} % quantile")
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def validation_metrics(scores: np.ndarray, probs: np.ndarray, s: LabelledImages, review: float, reject: float) -> dict[str, Any]:
+    """Decision metrics at the two thresholds: the gate removes review + reject units."""
+    is_defect = s.y != 0
+    names = s.defect_names.astype(str)
+    gate = inspection_metrics(scores, is_defect, review, names)
+    verdict = np.where(scores > reject, "reject", np.where(scores > review, "review", "pass"))
+    truth = np.where(names == "none", "good", names)
+    confusion = {t: {v: int(((truth == t) & (verdict == v)).sum()) for v in ("pass", "review", "reject")}
+                 for t in sorted(set(truth), key=lambda c: (c != "good", c))}
+    out: dict[str, Any] = {
+        "n": len(s),
+        "n_good": gate.n_good,
+        "n_defect": gate.n_defect,
+        "auroc": gate.auroc,
+        "detection_rate": gate.detection_rate,
+        "detection_rate_lower95": gate.detection_rate_lower95,
+        "false_reject_rate": gate.false_reject_rate,
+        "false_reject_rate_upper95": gate.false_reject_rate_upper95,
+        "review_rate": float((verdict == "review").mean()),
+        "good_review_rate": float((verdict[~is_defect] == "review").mean()) if (~is_defect).any() else float("nan"),
+        "defect_reject_rate": float((verdict[is_defect] == "reject").mean()) if is_defect.any() else float("nan"),
+        "per_class_recall": gate.detection_by_class,
+        "confusion": confusion,
+    }
+    if len(s.classes) > 2:  # which defect class the model names for the units the gate removes
+        pred = np.asarray(s.classes)[np.argmax(probs, axis=1)]
+        out["class_confusion"] = {t: {c: int(((truth == t) & (pred == c)).sum()) for c in s.classes}
+                                  for t in confusion}
+    return out
+
+
+# ----------------------------------------------------------------------------- training
 
 
 def train_model(
     repo: Path,
     product: str,
     *,
-    train_count: int = 1200,
-    seed: int = 0,
-    epochs: int | None = None,
-    progress: bool = True,
     data: Path | None = None,
+    mode: str = "supervised",
+    seed: int = 0,
+    target_frr: float = TARGET_FRR,
+    reject_frr_fraction: float = REJECT_FRR_FRACTION,
+    epochs: int | None = None,
+    folds: int | None = None,
+    val_fraction: float = DATASET_VAL_FRACTION,
+    train_count: int = 1200,
+    progress: bool = True,
+    mapping: dict[str, str] | None = None,
+    parity_tolerance: float | None = None,
 ) -> TrainResult:
-    """Train, calibrate, export, parity-check and install the classifier for `product`.
+    """Train, calibrate, export, parity-check and release the next version of `product`'s classifier.
 
-    `repo` is the Triton model repository holding the committed `tablet_classifier/config.pbtxt`.
-    With `data`, images come from that dataset folder (split 75/25 by `seed`); otherwise
-    `train_count` units are rendered for training and as many again for validation.
+    With `data`, images are the product's rows of that dataset folder; otherwise `train_count`
+    units are rendered for training and as many again for validation. Nothing is written to
+    `repo` unless every step succeeds.
     """
     started = time.perf_counter()
     repo = Path(repo)
-    config_size = triton_repo.config_input_size(triton_repo.read_config(repo))
-    if config_size != MODEL_INPUT_SIZE:
-        raise ValueError(
-            f"{triton_repo.config_path(repo)} declares INPUT {config_size}x{config_size}, but the "
-            f"preprocessing makes {MODEL_INPUT_SIZE}x{MODEL_INPUT_SIZE}"
-        )
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if not 0.0 < target_frr < 0.5:
+        raise ValueError(f"target false-reject rate must be in (0, 0.5), got {target_frr}")
+    if not 0.0 < reject_frr_fraction <= 1.0:
+        raise ValueError(f"reject FRR fraction must be in (0, 1], got {reject_frr_fraction}")
     if train_count < 2:
         raise ValueError(f"train_count must be >= 2, got {train_count}")
-    cfg = FitConfig(epochs=DEFAULT_EPOCHS if epochs is None else epochs, seed=seed)
-    if cfg.epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    target, config = triton_repo.plan(repo, product, mapping)
+    size = triton_repo.input_size(config)
+    if size != MODEL_INPUT_SIZE:
+        raise ValueError(
+            f"{layout.config_path(repo, config.name)} declares INPUT {size}x{size}, but the "
+            f"preprocessing makes {MODEL_INPUT_SIZE}x{MODEL_INPUT_SIZE}"
+        )
 
     timings: dict[str, float] = {}
-    if progress:
-        print(f"[train] preparing images for {product}", file=sys.stderr, flush=True)
+    _log(progress, f"{product}: preparing images ({'dataset ' + str(data) if data else 'simulator'}, {mode})")
     if data is None:
-        train, val, data_info = _simulated_sets(product, train_count, seed)
+        train, val, data_info = _simulated_sets(product, mode, train_count, seed)
+        n_folds = 0 if folds is None else folds
     else:
-        train, val, data_info = _dataset_sets(Path(data), product, seed)
+        train, val, data_info = _dataset_sets(Path(data), product, mode, seed, val_fraction)
+        n_folds = DEFAULT_FOLDS if folds is None else folds
+    if n_folds == 1 or n_folds < 0:
+        raise ValueError(f"folds must be 0 (off) or >= 2, got {n_folds}")
     timings["data_s"] = time.perf_counter() - started
-    data_info["train"]["classes"] = _class_counts(train)
-    data_info["validation"]["classes"] = _class_counts(val)
+    classes = train.classes
+    data_info["train"]["classes"] = _count_defects(train)
+    data_info["validation"]["classes"] = _count_defects(val)
+    _log(progress, f"train {data_info['train']['classes']}, validation {data_info['validation']['classes']}")
 
-    version_dir = triton_repo.version_dir(repo)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    onnx_tmp = version_dir / ".model.onnx.tmp"
-    try:
-        with deterministic_torch():
-            t = time.perf_counter()
-            net = fit(train, cfg, progress=progress)
-            timings["fit_s"] = time.perf_counter() - t
-            t = time.perf_counter()
-            export_onnx(net, onnx_tmp, MODEL_INPUT_SIZE, SERVING_VIEWS)
-            n_parity = min(len(val), PARITY_IMAGES)
-            torch_scores, torch_probs = predict(net, val.x[:n_parity], SERVING_VIEWS)
-        parity = check_parity(onnx_tmp, val.x[:n_parity], torch_scores, torch_probs)
-        timings["export_parity_s"] = time.perf_counter() - t
-        # Calibrate on the artifact that will serve: onnxruntime's scores of every validation unit.
+    base = FitConfig(epochs=1, seed=seed, mode=mode,
+                     aux_pairs=AUX_PAIRS if (mode == "supervised" and not train.paired) else 0)
+    if epochs is None:
+        epochs = DEFAULT_EPOCHS if data is None else int(np.clip(round(DATASET_STEPS / steps_per_epoch(train, base)),
+                                                                 MIN_EPOCHS, MAX_EPOCHS))
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    cfg = replace(base, epochs=epochs)
+    n_classes = len(classes)
+
+    with triton_repo.staging(repo) as stage, deterministic_torch():
         t = time.perf_counter()
-        val_scores, _ = onnx_predict(onnx_tmp, val.x)
-        threshold = threshold_for_frr(val_scores[~val.is_defect], TARGET_FRR)
-        metrics = inspection_metrics(val_scores, val.is_defect, threshold, val.defect_names)
+        _log(progress, f"fitting {mode} model: {len(train)} images, {cfg.epochs} epochs")
+        net = fit(train, cfg, progress=progress)
+        timings["fit_s"] = time.perf_counter() - t
+
+        # Calibration scores: the validation set's (final model), plus out-of-fold scores of the
+        # good training images (fold models trained without them).
+        t = time.perf_counter()
+        val_out = _scores(net, val.x, n_classes, stage, "scoring")
+        calib = [val_out["SCORE"][val.y == 0, 0]]
+        oof_info: dict[str, Any] = {"folds": n_folds}
+        if n_folds:
+            oof_scores = np.full(len(train), np.nan)
+            for k, held in enumerate(_folds(train.y, n_folds, seed)):
+                rest = np.setdiff1d(np.arange(len(train)), held)
+                fold_cfg = replace(cfg, seed=seed * 1000 + k + 1)
+                fold_net = fit(train.subset(rest), fold_cfg,
+                               progress=progress, desc=f"fold {k + 1}/{n_folds}")
+                oof_scores[held] = _scores(fold_net, train.x[held], n_classes, stage, f"fold{k}")["SCORE"][:, 0]
+            good_oof = oof_scores[train.y == 0]
+            calib.append(good_oof)
+            oof_info["good_scores"] = int(good_oof.size)
+            if (train.y != 0).any():
+                oof_info["auroc"] = auroc(oof_scores, train.y != 0)
         timings["calibration_s"] = time.perf_counter() - t
+        pool = np.concatenate(calib)
+        review, review_how = calibrate(pool, target_frr)
+        reject, reject_how = calibrate(pool, target_frr * reject_frr_fraction)
+        thresholds = (float(np.float32(review)), float(np.float32(max(review, reject))))
+        calibration = {
+            "target_false_reject_rate": target_frr,
+            "reject_target_false_reject_rate": target_frr * reject_frr_fraction,
+            "on": f"{pool.size} good units: {calib[0].size} validation (final model)"
+                  + (f" + {calib[1].size} out-of-fold training ({n_folds}-fold models)" if n_folds else ""),
+            "n_good_scores": int(pool.size),
+            "review": thresholds[0],
+            "reject": thresholds[1],
+            "method": "review: the gate (review + reject) removes at most the target fraction of these good "
+                      "units; reject: at most target x reject_fraction; units in between go to a person",
+            "review_estimate": review_how,
+            "reject_estimate": reject_how,
+            "calibration_false_reject_rate": float((pool > thresholds[0]).mean()),
+            "calibration_false_reject_rate_upper95": clopper_pearson_upper(int((pool > thresholds[0]).sum()), pool.size),
+            "out_of_fold": oof_info,
+        }
+
+        # The released artifact: the same graph with THRESHOLDS and MODEL_VERSION constants.
+        t = time.perf_counter()
+        onnx_path = stage / layout.ONNX_FILE
+        export_onnx(net, onnx_path, MODEL_INPUT_SIZE, SERVING_VIEWS, num_classes=n_classes,
+                    thresholds=thresholds, version=target.version)
+        n_parity = min(len(val), PARITY_IMAGES)
+        torch_scores, torch_probs = predict(net, val.x[:n_parity], SERVING_VIEWS, num_classes=n_classes)
+        parity_kwargs = {} if parity_tolerance is None else {"tolerance": parity_tolerance}
+        parity = check_parity(onnx_path, val.x[:n_parity], torch_scores, torch_probs,
+                              thresholds=thresholds, version=target.version, **parity_kwargs)
+        final_out = onnx_outputs(onnx_path, val.x)
+        drift = float(np.abs(final_out["SCORE"] - val_out["SCORE"]).max())
+        if drift > parity.tolerance:
+            raise RuntimeError(f"released graph scores differ from the calibrated graph's by {drift:.3g}")
+        timings["export_parity_s"] = time.perf_counter() - t
+
+        metrics = validation_metrics(final_out["SCORE"][:, 0], final_out["CLASS_PROBS"], val, *thresholds)
         timings["wall_time_s"] = time.perf_counter() - started
-        card = _model_card(product, threshold, metrics, parity, data_info, cfg, timings, onnx_tmp, val)
-        onnx_path, card_path = triton_repo.install(repo, onnx_tmp, card, threshold, product)
-    finally:
-        onnx_tmp.unlink(missing_ok=True)
+        card = _model_card(target, mode, classes, thresholds, calibration, metrics, parity, data_info, cfg,
+                           timings, onnx_path, n_folds)
+        (stage / layout.CARD_JSON).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        (stage / layout.CARD_MD).write_text(model_card_markdown(card), encoding="utf-8")
+        hashes = sorted(set(train.image_sha256) | set(val.image_sha256))
+        (stage / layout.TRAINING_HASHES).write_text("".join(h + "\n" for h in hashes), encoding="ascii")
+        version_dir = triton_repo.install(target, config, stage, list(classes))
     wall = time.perf_counter() - started
-    if progress:
-        print(
-            f"[train] {product}: threshold {threshold:.4g}, validation detection "
-            f"{metrics.detection_rate:.1%} at FRR {metrics.false_reject_rate:.1%} "
-            f"(AUROC {metrics.auroc:.4f}), parity max diff {parity.max_abs_diff_score:.2g}, "
-            f"{wall:.0f} s -> {onnx_path}",
-            file=sys.stderr,
-            flush=True,
-        )
-    return TrainResult(
-        onnx_path=onnx_path,
-        card_path=card_path,
-        config_path=triton_repo.config_path(repo),
+    result = TrainResult(
+        model=target.models.classifier,
+        version=target.version,
+        version_dir=version_dir,
+        onnx_path=version_dir / layout.ONNX_FILE,
+        card_path=version_dir / layout.CARD_JSON,
+        config_path=layout.config_path(repo, target.models.classifier),
         product=product,
-        threshold=threshold,
+        mode=mode,
+        classes=tuple(classes),
+        thresholds=thresholds,
+        live=target.make_live,
         validation=metrics,
         parity=parity,
         wall_time_s=wall,
     )
+    _log(progress, result.summary())
+    return result
 
 
 def _model_card(
-    product: str,
-    threshold: float,
-    metrics: InspectionMetrics,
+    target: triton_repo.Target,
+    mode: str,
+    classes: tuple[str, ...],
+    thresholds: tuple[float, float],
+    calibration: dict[str, Any],
+    metrics: dict[str, Any],
     parity: ParityReport,
     data_info: dict[str, Any],
     cfg: FitConfig,
     timings: dict[str, float],
     onnx_file: Path,
-    val: LabelledImages,
+    n_folds: int,
 ) -> dict[str, Any]:
-    subtle = val.subtle & val.is_defect
     return {
-        "model": triton_repo.CLASSIFIER,
-        "version": int(triton_repo.VERSION),
-        "product": product,
-        "classes": list(CLASSES),
-        "outputs": {"SCORE": "1 - p(good)", "CLASS_PROBS": "softmax over classes"},
+        "product": target.models.product,
+        "model": target.models.classifier,
+        "ensemble": target.models.ensemble,
+        "version": target.version,
+        "mode": mode,
+        "classes": list(classes),
+        "thresholds": {"review": thresholds[0], "reject": thresholds[1]},
+        "decision_rule": "SCORE > reject: reject; review < SCORE <= reject: review (a person decides, the gate "
+                         "rejects); otherwise pass",
+        "threshold_calibration": calibration,
+        "outputs": {
+            "SCORE": "1 - p(good) of the averaged logits, in [0, 1]",
+            "CLASS_PROBS": f"softmax over {list(classes)}",
+            "THRESHOLDS": "[review, reject] constants of this version",
+            "MODEL_VERSION": f"{target.version} (constant)",
+        },
         "test_time_views": SERVING_VIEWS,
-        "reject_threshold": threshold,
-        "decision_rule": "reject when SCORE > reject_threshold",
-        "threshold_calibration": {
-            "target_false_reject_rate": TARGET_FRR,
-            "on": f"{metrics.n_good} held-out good validation units",
-            "false_reject_rate_upper95": metrics.false_reject_rate_upper95,
-        },
-        "validation": {
-            **metrics.as_dict(),
-            "subtle_defects": int(subtle.sum()),
-        },
-        "data": data_info,
+        "dataset": data_info,
+        "validation": metrics,
+        "parity": {**parity.as_dict(),
+                   "max_abs_diff": max(parity.max_abs_diff_score, parity.max_abs_diff_class_probs),
+                   "on": "validation set", "compared": "torch vs onnxruntime, SCORE and CLASS_PROBS"},
         "training": {
             **asdict(cfg),
             "architecture": f"TabletNet widths={list(DEFAULT_WIDTHS)}",
             "input": {"size": MODEL_INPUT_SIZE, "layout": "NCHW RGB float32",
                       "normalisation": f"(pixel/255 - {PIXEL_MEAN}) / {PIXEL_STD}"},
-            "augmentation": "flips, quarter turns, whole-pixel shifts <= 4 px, contrast, brightness, colour gain, blur, noise (identical within a counterfactual pair)",
+            "augmentation": "flips, quarter turns, whole-pixel shifts <= 4 px, contrast, brightness, colour gain, "
+                            "blur, noise",
+            "synthetic_anomalies": (
+                "good-only: every batch pairs good images with synthetic anomalies made from them "
+                "(pasted patches, foreign-colour blobs, strokes, local shading, edge bites)"
+                if mode == "good-only" else
+                f"{cfg.aux_pairs} (good, synthetic anomaly) pairs per batch as a training-only extra class"
+                if cfg.aux_pairs else "none (rendered counterfactual pairs with defect masks)"
+            ),
+            "calibration_folds": n_folds,
             "threads": TRAIN_THREADS,
             "deterministic": True,
             "torch": torch.__version__,
-            **{k: round(v, 1) for k, v in timings.items()},
         },
-        "parity": parity.as_dict(),
-        "onnx": {"file": triton_repo.ONNX_FILE, "opset": OPSET,
-                 "sha256": triton_repo.sha256_file(onnx_file), "bytes": onnx_file.stat().st_size},
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "wall_time_s": round(timings["wall_time_s"], 1),
+        "onnx": {"file": layout.ONNX_FILE, "opset": OPSET, "sha256": triton_repo.sha256_file(onnx_file),
+                 "bytes": onnx_file.stat().st_size},
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "code_version": triton_repo.code_version(),
     }
+
+
+def model_card_markdown(card: dict[str, Any]) -> str:
+    """The human-readable model card."""
+    v, c, d = card["validation"], card["threshold_calibration"], card["dataset"]
+    lines = [
+        f"# {card['model']} version {card['version']}",
+        "",
+        f"- Product: `{card['product']}` (ensemble `{card['ensemble']}`)",
+        f"- Mode: {card['mode']}; classes: {', '.join(card['classes'])}",
+        f"- Created: {card['created_utc']} by {card['code_version']}; training took {card['wall_time_s']:.0f} s",
+        f"- ONNX: opset {card['onnx']['opset']}, sha256 `{card['onnx']['sha256']}`",
+        "",
+        "## Decision",
+        "",
+        f"- Review threshold {card['thresholds']['review']:.6g}, reject threshold {card['thresholds']['reject']:.6g}.",
+        f"- {card['decision_rule']}.",
+        f"- Calibrated for a target false-reject rate of {100 * c['target_false_reject_rate']:.2f} % "
+        f"(reject: {100 * c['reject_target_false_reject_rate']:.2f} %) on {c['on']}; false-reject rate there "
+        f"{100 * c['calibration_false_reject_rate']:.2f} % (95 % upper bound "
+        f"{100 * c['calibration_false_reject_rate_upper95']:.2f} %).",
+        "",
+        "## Data",
+        "",
+        f"- Source: {d['source']}" + (f" `{d['path']}`, content sha256 `{d['dataset_sha256']}`" if d["source"] == "dataset" else ""),
+        f"- Training: {d['train']['count']} images {d['train']['classes']}",
+        f"- Validation: {d['validation']['count']} images {d['validation']['classes']}",
+        "",
+        "## Validation (gate = review + reject)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| AUROC | {_num(v['auroc'])} |",
+        f"| detection rate | {_pct(v['detection_rate'])} (95 % lower bound {_pct(v['detection_rate_lower95'])}) |",
+        f"| false-reject rate | {_pct(v['false_reject_rate'])} (95 % upper bound {_pct(v['false_reject_rate_upper95'])}) |",
+        f"| review rate (all units) | {_pct(v['review_rate'])} |",
+    ]
+    for name, r in v["per_class_recall"].items():
+        lines.append(f"| recall `{name}` | {_pct(r)} |")
+    lines += ["", "Confusion (true class -> verdict):", "", "| class | pass | review | reject |", "|---|---|---|---|"]
+    for name, row in v["confusion"].items():
+        lines.append(f"| {name} | {row['pass']} | {row['review']} | {row['reject']} |")
+    p = card["parity"]
+    lines += [
+        "",
+        "## Parity (torch vs onnxruntime)",
+        "",
+        f"{p['n_images']} validation images, batch sizes {p['batch_sizes']}: max |dSCORE| {p['max_abs_diff_score']:.3g}, "
+        f"max |dCLASS_PROBS| {p['max_abs_diff_class_probs']:.3g}, tolerance {p['tolerance']:g}: "
+        f"{'passed' if p['passed'] else 'FAILED'}.",
+        "",
+        "## Training",
+        "",
+        f"- {card['training']['architecture']}, {card['training']['epochs']} epochs, batch {card['training']['batch_size']}, "
+        f"lr {card['training']['lr']}, seed {card['training']['seed']}, {card['training']['threads']} threads",
+        f"- Augmentation: {card['training']['augmentation']}",
+        f"- Synthetic anomalies: {card['training']['synthetic_anomalies']}",
+        f"- Phases (s): {card['timings_s']}",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.model.train`: train one product's model into a model repository."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--product", default="tablet-round-white-10mm")
+    parser.add_argument("--data", type=Path, default=None, help="dataset folder instead of the simulator")
+    parser.add_argument("--mode", choices=MODES, default="supervised")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", type=int, default=1200, help="rendered training images")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--data", type=Path, default=None, help="dataset folder instead of the simulator")
+    parser.add_argument("--folds", type=int, default=None)
+    parser.add_argument("--target-frr", type=float, default=TARGET_FRR)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "triton_models",
                         help="Triton model repository (default: the project's triton_models/)")
     args = parser.parse_args(argv)
-    result = train_model(args.out, args.product, train_count=args.count, seed=args.seed,
-                         epochs=args.epochs, data=args.data)
-    print(result.onnx_path)
+    result = train_model(args.out, args.product, data=args.data, mode=args.mode, seed=args.seed,
+                         train_count=args.count, epochs=args.epochs, folds=args.folds, target_frr=args.target_frr)
+    print(result.summary())
     return 0
 
 

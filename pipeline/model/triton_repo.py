@@ -1,86 +1,48 @@
-"""The classifier's place in the Triton model repository: config, artifacts, model card.
+"""Where training puts a model version in the Triton model repository (docs/models.md).
 
-`config.pbtxt` files are committed; training only rewrites the `reject_threshold` and
-`product` parameter values of `tablet_classifier/config.pbtxt` and writes the build outputs
-`tablet_classifier/1/model.onnx` and `1/model_card.json`. Every write is atomic (temp file +
-rename) so a crash never leaves a half-written model where Triton would load it.
+Training never edits files in place: a version's files are written into a staging directory
+inside the repository (same file system) and renamed into `<classifier>/<V>/` in one step, then
+the classifier's config gets the version's classes (and, for a product's first version, its
+live version). A product without models gets `<slug>_inspector` and `<slug>_classifier`, made
+from the committed `tablet_inspector` / `tablet_classifier` configs, each renamed into place
+whole. A failure before the rename leaves the repository as it was. The layout itself (names,
+configs, versions) is `pipeline.model.repository`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-CLASSIFIER = "tablet_classifier"
-VERSION = "1"
-ONNX_FILE = "model.onnx"
-CARD_FILE = "model_card.json"
+from tritonclient.grpc import model_config_pb2 as mc
 
+from pipeline.model import repository as layout
 
-def classifier_dir(repo: Path) -> Path:
-    return Path(repo) / CLASSIFIER
+TEMPLATE_ENSEMBLE = "tablet_inspector"
+TEMPLATE_CLASSIFIER = "tablet_classifier"
+INPUT_NAME = "INPUT"
 
 
-def config_path(repo: Path) -> Path:
-    return classifier_dir(repo) / "config.pbtxt"
+@dataclass(frozen=True)
+class Target:
+    """The models a training run writes into, and the version it will write."""
 
+    repo: Path
+    models: layout.ProductModels
+    version: int
+    new_product: bool  # neither model exists yet: both are created from the templates
+    make_live: bool  # the classifier has no released version: this one becomes live
 
-def version_dir(repo: Path) -> Path:
-    return classifier_dir(repo) / VERSION
-
-
-def read_config(repo: Path) -> str:
-    """The classifier's committed config text (FileNotFoundError names the expected path)."""
-    path = config_path(repo)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {repo} is not a LineSight Triton model repository")
-    return path.read_text(encoding="utf-8")
-
-
-def config_input_size(text: str) -> int:
-    """S of the INPUT dims [3, S, S] declared in a classifier config."""
-    m = re.search(r'name:\s*"INPUT".*?dims:\s*\[([^\]]*)\]', text, re.S)
-    if not m:
-        raise ValueError("config declares no INPUT dims")
-    dims = [int(d) for d in m.group(1).replace(",", " ").split()]
-    if len(dims) != 3 or dims[0] != 3 or dims[1] != dims[2]:
-        raise ValueError(f"INPUT dims must be [3, S, S], got {dims}")
-    return dims[1]
-
-
-def config_parameter(text: str, key: str) -> str:
-    """The string value of parameter `key` in a config."""
-    m = re.search(_param_pattern(key), text, re.S)
-    if not m:
-        raise ValueError(f"config has no parameter {key!r}")
-    return m.group(2)
-
-
-def set_config_parameter(text: str, key: str, value: str) -> str:
-    """Config text with parameter `key` set to `value` (the parameter must already exist)."""
-    if '"' in value or "\\" in value:
-        raise ValueError(f"parameter value must not contain quotes or backslashes: {value!r}")
-    new, n = re.subn(_param_pattern(key), lambda m: f"{m.group(1)}{value}{m.group(3)}", text, flags=re.S)
-    if n != 1:
-        raise ValueError(f"config has {n} parameters named {key!r}, expected exactly one")
-    return new
-
-
-def _param_pattern(key: str) -> str:
-    return r'(key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*")([^"]*)("\s*\})'
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` in one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    @property
+    def version_dir(self) -> Path:
+        return layout.version_dir(self.repo, self.models.classifier, self.version)
 
 
 def sha256_file(path: Path) -> str:
@@ -111,14 +73,159 @@ def code_version() -> str:
         return "unknown"
 
 
-def install(repo: Path, onnx_tmp: Path, card: dict[str, Any], threshold: float, product: str) -> tuple[Path, Path]:
-    """Move a checked ONNX file into place, write its card, update the config parameters."""
-    text = read_config(repo)
-    text = set_config_parameter(text, "reject_threshold", repr(float(threshold)))
-    text = set_config_parameter(text, "product", product)
-    onnx_path = version_dir(repo) / ONNX_FILE
-    card_path = version_dir(repo) / CARD_FILE
-    os.replace(onnx_tmp, onnx_path)
-    write_atomic(card_path, (json.dumps(card, indent=2, sort_keys=False) + "\n").encode())
-    write_atomic(config_path(repo), text.encode())
-    return onnx_path, card_path
+def input_size(config: mc.ModelConfig) -> int:
+    """S of the INPUT dims [3, S, S] a classifier config declares."""
+    for tensor in config.input:
+        if tensor.name == INPUT_NAME:
+            dims = list(tensor.dims)
+            if len(dims) != 3 or dims[0] != 3 or dims[1] != dims[2]:
+                raise layout.RepositoryError(f"model {config.name!r}: INPUT dims must be [3, S, S], got {dims}")
+            return int(dims[1])
+    raise layout.RepositoryError(f"model {config.name!r} declares no INPUT")
+
+
+def plan(repo: Path, product: str, mapping: dict[str, str] | None = None) -> tuple[Target, mc.ModelConfig]:
+    """Which models and version a training of `product` writes, and the classifier config it
+    will extend (the template's, for a new product). Raises RepositoryError when the repository
+    cannot take it (missing templates, classifier of another product)."""
+    repo = Path(repo)
+    if mapping is None:
+        from pipeline.settings import Settings
+
+        mapping = Settings().stream.product_models
+    models = layout.product_models(repo, product, mapping)
+    if layout.config_path(repo, models.classifier).is_file():
+        config = layout.read_config(repo, models.classifier)
+        if config.platform != layout.ONNX_PLATFORM:
+            raise layout.RepositoryError(f"model {models.classifier!r} in {repo} is not an onnxruntime classifier")
+        owner = layout.parameter(config, layout.PRODUCT_PARAM)
+        if owner and owner != product:
+            raise layout.RepositoryError(
+                f"classifier {models.classifier!r} belongs to product {owner!r}, not {product!r}"
+            )
+        new_product = False
+        make_live = not layout.versions(repo, models.classifier)
+    else:
+        config = layout.read_config(repo, TEMPLATE_CLASSIFIER)  # RepositoryError names the path
+        layout.read_config(repo, TEMPLATE_ENSEMBLE)
+        new_product, make_live = True, True
+    version = layout.next_version(repo, models.classifier)
+    return Target(repo, models, version, new_product, make_live), config
+
+
+@contextmanager
+def staging(repo: Path) -> Iterator[Path]:
+    """A fresh directory inside the repository for a version's files; removed on exit."""
+    path = Path(tempfile.mkdtemp(prefix=".train-", dir=Path(repo)))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _header(text: str) -> str:
+    return "".join(f"# {line}\n" if line else "#\n" for line in text.splitlines())
+
+
+def _classifier_config(template: mc.ModelConfig, target: Target, classes: list[str]) -> mc.ModelConfig:
+    config = mc.ModelConfig()
+    config.CopyFrom(template)
+    config.name = target.models.classifier
+    if layout.CLASSES_PARAM in config.parameters:
+        del config.parameters[layout.CLASSES_PARAM]
+    layout.set_parameter(config, layout.PRODUCT_PARAM, target.models.product)
+    layout.set_classes(config, target.version, classes)
+    layout.set_live_version(config, target.version)
+    return config
+
+
+def _ensemble_config(repo: Path, target: Target) -> mc.ModelConfig:
+    config = layout.read_config(repo, TEMPLATE_ENSEMBLE)
+    config.name = target.models.ensemble
+    for step in config.ensemble_scheduling.step:
+        if step.model_name == TEMPLATE_CLASSIFIER:
+            step.model_name = target.models.classifier
+    if layout.PRODUCT_PARAM in config.parameters:
+        layout.set_parameter(config, layout.PRODUCT_PARAM, target.models.product)
+    return config
+
+
+def _forget_unreleased(repo: Path, config: mc.ModelConfig) -> None:
+    """Drop `classes` entries of versions that have no artifact (e.g. the committed entry for
+    version 1 before `make model` built it), so this version's entry is the one recorded."""
+    current = layout.classes_by_version(config)
+    released = set(layout.versions(repo, config.name))
+    if all(v in released for v in current):
+        return
+    del config.parameters[layout.CLASSES_PARAM]
+    for v in sorted(released & set(current)):
+        layout.set_classes(config, v, current[v])
+
+
+def install(target: Target, config: mc.ModelConfig, staged: Path, classes: list[str]) -> Path:
+    """Move the staged version files into `<classifier>/<V>/` and record the version's classes.
+
+    `staged` holds model.onnx, the model cards and training_images.sha256; it is renamed (not
+    copied). Returns the version directory.
+    """
+    repo, models = target.repo, target.models
+    final = target.version_dir
+    if final.exists():
+        raise layout.RepositoryError(f"{final} appeared while training: versions are never overwritten")
+    if not target.new_product:
+        config = mc.ModelConfig.FromString(config.SerializeToString())
+        _forget_unreleased(repo, config)
+        layout.set_classes(config, target.version, classes)
+        if not layout.parameter(config, layout.PRODUCT_PARAM):
+            layout.set_parameter(config, layout.PRODUCT_PARAM, models.product)
+        if target.make_live:
+            layout.set_live_version(config, target.version)
+        os.rename(staged, final)
+        try:
+            layout.write_config(repo, models.classifier, config)
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+        return final
+
+    # A new product: build both model directories beside the repository's models, then rename.
+    built: list[Path] = []
+    placed: list[Path] = []
+    try:
+        for name, cfg, note, version_files in (
+            (models.classifier, _classifier_config(config, target, classes),
+             f"{models.classifier}: classifier of product {models.product}, trained by `linesight train`\n"
+             f"(made from {TEMPLATE_CLASSIFIER}; see docs/models.md). version_policy names the live version.",
+             staged),
+            (models.ensemble, _ensemble_config(repo, target) if not layout.config_path(repo, models.ensemble).is_file() else None,
+             f"{models.ensemble}: inspection ensemble of product {models.product}\n"
+             f"({TEMPLATE_ENSEMBLE}'s steps with {models.classifier}; see docs/models.md).",
+             None),
+        ):
+            if cfg is None:
+                continue
+            tmp_name = f".{name}.tmp-{os.getpid()}"
+            tmp = repo / tmp_name
+            tmp.mkdir()
+            built.append(tmp)
+            (tmp / layout.CONFIG_FILE).write_text(_header(note), encoding="utf-8")
+            layout.write_config(repo, tmp_name, cfg)
+            if version_files is not None:
+                os.rename(version_files, tmp / str(target.version))
+            else:
+                (tmp / "1").mkdir()
+                (tmp / "1" / ".gitkeep").touch()
+        for tmp in built:
+            name = tmp.name[1:].rsplit(".tmp-", 1)[0]
+            if (repo / name).exists():
+                raise layout.RepositoryError(f"{repo / name} appeared while training")
+        for tmp in list(built):
+            name = tmp.name[1:].rsplit(".tmp-", 1)[0]
+            os.rename(tmp, repo / name)
+            placed.append(repo / name)
+            built.remove(tmp)
+    except BaseException:
+        for path in built + placed:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return final

@@ -1,0 +1,228 @@
+"""`linesight train`: versions written per docs/models.md, modes, calibration, bad input, atomicity.
+
+Tiny datasets and one epoch: these check behaviour (files, cards, configs, served outputs,
+refusals), not accuracy (benchmarks/bench_training.py and the README figures do that).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from pipeline.dataset import DatasetError, generate_dataset
+from pipeline.model import repository as layout
+from pipeline.model.data import CLASSES, GOOD_ONLY_CLASSES
+from pipeline.model.export import ParityError
+from pipeline.model.preprocess import prepare_image
+from pipeline.model.train import train_model
+
+REPO = Path(__file__).resolve().parents[1] / "triton_models"
+ROUND = "tablet-round-white-10mm"
+OVAL = "tablet-oval-yellow-14mm"
+FAST = {"epochs": 1, "folds": 2, "progress": False, "mapping": {ROUND: "tablet_inspector"}}
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    """The committed model repository: configs only, no trained versions."""
+    dst = tmp_path / "triton_models"
+    shutil.copytree(REPO, dst, ignore=shutil.ignore_patterns("[0-9]*", "__pycache__", ".train-*", ".*.tmp-*"))
+    for model in ("tablet_inspector", "tablet_preprocess"):
+        shutil.copytree(REPO / model / "1", dst / model / "1", ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """28 round tablets (every defect class present) and 12 oval ones."""
+    root = tmp_path_factory.mktemp("ds")
+    generate_dataset(root / "round", 40, [ROUND], 0.5, seed=4)
+    return root / "round"
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _run_onnx(path: Path, n: int = 3) -> dict[str, np.ndarray]:
+    from pipeline.imaging import encode_png, render_tablet
+
+    x = np.stack([prepare_image(encode_png(render_tablet(np.random.default_rng(i), ROUND, None))) for i in range(n)])
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, {"INPUT": x}), strict=True))
+
+
+def test_supervised_training_writes_version_1_then_2(repo: Path, dataset: Path) -> None:
+    committed = (repo / "tablet_classifier/config.pbtxt").read_text()
+    first = train_model(repo, ROUND, data=dataset, seed=1, **FAST)
+    vdir = repo / "tablet_classifier/1"
+    assert (first.model, first.version, first.version_dir, first.live) == ("tablet_classifier", 1, vdir, True)
+    assert sorted(p.name for p in vdir.iterdir()) == sorted(
+        [layout.ONNX_FILE, layout.CARD_JSON, layout.CARD_MD, layout.TRAINING_HASHES])
+    assert not [p for p in repo.rglob(".*") if p.name != ".gitkeep"], "staging directories left behind"
+    # Version 1 with the full class list: the committed config comes out byte-identical.
+    assert first.classes == CLASSES
+    assert (repo / "tablet_classifier/config.pbtxt").read_text() == committed
+
+    card = json.loads((vdir / layout.CARD_JSON).read_text())
+    assert (card["product"], card["model"], card["version"], card["mode"]) == (ROUND, "tablet_classifier", 1, "supervised")
+    assert card["classes"] == list(CLASSES)
+    review, reject = card["thresholds"]["review"], card["thresholds"]["reject"]
+    assert 0.0 <= review <= reject <= 1.0
+    cal = card["threshold_calibration"]
+    assert cal["target_false_reject_rate"] == 0.01 and cal["out_of_fold"]["folds"] == 2
+    assert cal["n_good_scores"] == card["dataset"]["validation"]["classes"]["good"] + card["dataset"]["train"]["classes"]["good"]
+    ds = card["dataset"]
+    assert ds["source"] == "dataset" and len(ds["dataset_sha256"]) == 64 and ds["split_seed"] == 1
+    assert ds["train"]["count"] + ds["validation"]["count"] == 40
+    for key in ("auroc", "detection_rate", "false_reject_rate", "review_rate", "per_class_recall", "confusion"):
+        assert key in card["validation"]
+    assert sum(sum(row.values()) for row in card["validation"]["confusion"].values()) == ds["validation"]["count"]
+    assert card["parity"]["passed"] and card["parity"]["max_abs_diff_score"] <= card["parity"]["tolerance"]
+    assert card["onnx"]["opset"] == 17 and card["onnx"]["sha256"] == hashlib.sha256((vdir / "model.onnx").read_bytes()).hexdigest()
+    for key in ("training", "wall_time_s", "created_utc", "code_version"):
+        assert card[key]
+    assert "# tablet_classifier version 1" in (vdir / layout.CARD_MD).read_text()
+    hashes = (vdir / layout.TRAINING_HASHES).read_text().split()
+    labels = list(csv.DictReader((dataset / "labels.csv").open()))
+    assert sorted(hashes) == sorted({hashlib.sha256((dataset / r["image"]).read_bytes()).hexdigest() for r in labels})
+
+    # The served graph: batch-first outputs, the version's own thresholds and number as constants.
+    out = _run_onnx(vdir / "model.onnx")
+    assert out["SCORE"].shape == (3, 1) and out["CLASS_PROBS"].shape == (3, len(CLASSES))
+    assert out["THRESHOLDS"].dtype == np.float32 and out["MODEL_VERSION"].dtype == np.int64
+    assert np.array_equal(out["THRESHOLDS"], np.tile(np.float32([review, reject]), (3, 1)))
+    assert np.array_equal(out["MODEL_VERSION"], np.ones((3, 1), dtype=np.int64))
+    assert np.allclose(out["SCORE"][:, 0], 1.0 - out["CLASS_PROBS"][:, 0], atol=1e-5)
+
+    # Retraining makes version 2, leaves version 1 and the live version alone.
+    before_v1 = _tree(vdir)
+    second = train_model(repo, ROUND, data=dataset, seed=2, **FAST)
+    assert (second.version, second.live) == (2, False)
+    assert _tree(vdir) == before_v1
+    cfg = layout.read_config(repo, "tablet_classifier")
+    assert layout.live_version(cfg) == 1
+    assert layout.classes_by_version(cfg) == {1: list(CLASSES), 2: list(CLASSES)}
+    assert _run_onnx(repo / "tablet_classifier/2/model.onnx", 1)["MODEL_VERSION"].tolist() == [[2]]
+
+
+def test_classes_come_from_the_data_and_a_new_product_gets_its_models(tmp_path: Path, repo: Path) -> None:
+    data = generate_dataset(tmp_path / "oval", 16, [OVAL], 0.5, seed=5)
+    rows = list(csv.DictReader((data / "labels.csv").open()))
+    expected = ["good", *sorted({r["defect"] for r in rows if r["label"] == "defect"})]
+    result = train_model(repo, OVAL, data=data, **FAST)
+    assert (result.model, result.version, result.live) == ("tablet_oval_yellow_14mm_classifier", 1, True)
+    assert list(result.classes) == expected
+    cfg = layout.read_config(repo, result.model)
+    assert layout.parameter(cfg, "product") == OVAL and layout.live_version(cfg) == 1
+    assert layout.classes_by_version(cfg) == {1: expected}
+    assert [o.name for o in cfg.output] == ["SCORE", "CLASS_PROBS", "THRESHOLDS", "MODEL_VERSION"]
+    ens = layout.read_config(repo, "tablet_oval_yellow_14mm_inspector")
+    assert [s.model_name for s in ens.ensemble_scheduling.step] == ["tablet_preprocess", result.model]
+    assert (repo / "tablet_oval_yellow_14mm_inspector/1").is_dir()
+    assert layout.product_models(repo, OVAL, {}).classifier == result.model
+    assert _run_onnx(result.onnx_path, 2)["CLASS_PROBS"].shape == (2, len(expected))
+    # The committed tablet models are untouched.
+    assert (repo / "tablet_classifier/config.pbtxt").read_text() == (REPO / "tablet_classifier/config.pbtxt").read_text()
+
+
+def test_good_only_training_learns_from_good_images_only(tmp_path: Path, repo: Path) -> None:
+    data = generate_dataset(tmp_path / "good", 20, [ROUND], 0.3, seed=6)
+    result = train_model(repo, ROUND, data=data, mode="good-only", **FAST)
+    assert result.classes == GOOD_ONLY_CLASSES == ("good", "anomaly")
+    card = json.loads(result.card_path.read_text())
+    assert card["mode"] == "good-only" and card["classes"] == ["good", "anomaly"]
+    assert set(card["dataset"]["train"]["classes"]) == {"good"}, "defective rows must never be trained on"
+    n_defect = sum(1 for r in csv.DictReader((data / "labels.csv").open()) if r["label"] == "defect")
+    assert card["validation"]["n_defect"] == n_defect
+    assert "synthetic" in card["training"]["synthetic_anomalies"]
+    out = _run_onnx(result.onnx_path, 2)
+    assert out["CLASS_PROBS"].shape == (2, 2)
+    assert layout.classes_by_version(layout.read_config(repo, "tablet_classifier"))[1] == ["good", "anomaly"]
+
+
+def _bad(tmp_path: Path, dataset: Path, edit: str) -> Path:
+    """A copy of `dataset` broken in one way."""
+    root = tmp_path / edit
+    shutil.copytree(dataset, root)
+    labels = root / "labels.csv"
+    lines = labels.read_text().splitlines()
+    if edit == "columns":
+        lines[0] = "image,product,label,class"
+    elif edit == "rows":
+        first, second, third = lines[1].split(","), lines[2].split(","), lines[3].split(",")
+        (root / first[0]).unlink()  # missing image
+        (root / second[0]).write_bytes(b"not an image")  # unreadable image
+        third[2], third[3] = ("good", "chip") if third[2] == "defect" else ("defect", "none")  # inconsistent
+        lines[3] = ",".join(third)
+    elif edit == "single-class":
+        lines = [lines[0]] + [line for line in lines[1:] if ",good,none" in line]
+    labels.write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    "edit, product, mode, reasons",
+    [
+        ("columns", ROUND, "supervised", ["missing column(s) defect"]),
+        ("rows", ROUND, "supervised", ["image file not found", "unreadable image", "label"]),
+        ("none", OVAL, "supervised", ["no rows for product 'tablet-oval-yellow-14mm'"]),
+        ("single-class", ROUND, "supervised", ["needs good and defective units"]),
+    ],
+)
+def test_bad_datasets_are_refused_and_nothing_is_written(
+    tmp_path: Path, repo: Path, dataset: Path, edit: str, product: str, mode: str, reasons: list[str]
+) -> None:
+    data = _bad(tmp_path, dataset, edit)
+    before = _tree(repo)
+    with pytest.raises(DatasetError) as exc:
+        train_model(repo, product, data=data, mode=mode, **FAST)
+    for reason in reasons:
+        assert reason in str(exc.value)
+    if edit == "rows":
+        assert len(exc.value.problems) == 3  # every bad row, each with its file
+        assert all(where.startswith("labels.csv:") and ".png" in where for where, _ in exc.value.problems)
+    assert _tree(repo) == before
+    assert sorted(p.name for p in repo.iterdir()) == sorted(p.name for p in REPO.iterdir() if p.is_dir() and p.name[0] != ".")
+
+
+def test_cli_reports_every_bad_row_and_exits_nonzero(tmp_path: Path, repo: Path, dataset: Path) -> None:
+    data = _bad(tmp_path, dataset, "rows")
+    before = _tree(repo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "train", "--data", str(data), "--product", ROUND,
+         "--repository", str(repo), "--epochs", "1", "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "3 problem(s)" in proc.stderr and "image file not found" in proc.stderr and "unreadable image" in proc.stderr
+    assert _tree(repo) == before
+
+
+def test_a_failed_parity_check_writes_no_version(repo: Path, dataset: Path) -> None:
+    before = _tree(repo)
+    with pytest.raises(ParityError):
+        train_model(repo, ROUND, data=dataset, parity_tolerance=-1.0, **{**FAST, "folds": 0})
+    assert _tree(repo) == before
+    assert not list(repo.glob(".*")) and not (repo / "tablet_classifier/1").exists()
+
+
+def test_simulator_training_is_what_make_model_runs(repo: Path) -> None:
+    result = train_model(repo, ROUND, train_count=16, epochs=1, seed=3, progress=False)
+    assert (result.version, result.live, result.classes) == (1, True, CLASSES)
+    card = json.loads(result.card_path.read_text())
+    assert card["dataset"]["source"] == "simulator" and card["threshold_calibration"]["out_of_fold"]["folds"] == 0
+    assert (repo / "tablet_classifier/config.pbtxt").read_text() == (REPO / "tablet_classifier/config.pbtxt").read_text()
+    # 16 rendered training units and 30 rendered validation units.
+    assert len((result.version_dir / layout.TRAINING_HASHES).read_text().split()) == 16 + 30
