@@ -19,16 +19,9 @@ from pathlib import Path
 from pipeline.audit.record import FIELDS, AuditRecord, format_time, utcnow
 from pipeline.audit.trail import AuditTrail
 from pipeline.audit.verify import VerifyReport, check_signatures, verify_chain
+from pipeline.hashing import sha256_file
 
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write(records: list[AuditRecord], path: Path, fmt: str) -> None:
@@ -90,7 +83,7 @@ def export_trail(trail: AuditTrail, out: Path, fmt: str = "csv") -> dict:
         "exported_utc": format_time(utcnow()),
         "format": fmt,
         "hash": "sha256 over the canonical JSON of each record incl. prev_hash (docs/audit.md)",
-        "files": [{"name": name, "sha256": _sha256(out / name), "records": len(records)}],
+        "files": [{"name": name, "sha256": sha256_file(out / name), "records": len(records)}],
         "chains": {
             c.chain: {"records": c.records, "head_seq": c.head_seq, "head_hash": c.head_hash, "seals": c.seals}
             for c in report.chains
@@ -138,7 +131,7 @@ def verify_export(folder: Path) -> ExportCheck:
         if not path.is_file():
             check.problems.append(f"{f['name']}: missing")
             continue
-        digest = _sha256(path)
+        digest = sha256_file(path)
         if digest != f["sha256"]:
             check.problems.append(f"{f['name']}: sha256 {digest}, manifest says {f['sha256']}")
         rows = _read(path)

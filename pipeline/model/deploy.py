@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
-import hashlib
 import json
 import os
 import time
@@ -36,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.hashing import sha256_file
 from pipeline.model import repository as repo_mod
 from pipeline.settings import Settings
 
@@ -50,14 +50,6 @@ class DeployError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def card_thresholds(card: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -133,7 +125,7 @@ def deploy_problems(repo: Path, classifier: str, version: int) -> list[str]:
         problems.append(f"the ONNX/original parity check {said} ({json.dumps(numbers)})")
     onnx_path = repo_mod.version_dir(repo, classifier, version) / repo_mod.ONNX_FILE
     expected = card_onnx_sha256(card)
-    actual = _sha256(onnx_path)
+    actual = sha256_file(onnx_path)
     if not expected:
         problems.append("the model card records no ONNX sha256")
     elif actual != expected:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from pipeline.dataset import DatasetError, dataset_hash, load_dataset
+from pipeline.hashing import sha256_file
 from pipeline.imaging.products import get_spec
 from pipeline.model import repository as layout
 from pipeline.model import triton_repo
@@ -513,7 +514,7 @@ def _model_card(
         },
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "wall_time_s": round(timings["wall_time_s"], 1),
-        "onnx": {"file": layout.ONNX_FILE, "opset": OPSET, "sha256": triton_repo.sha256_file(onnx_file),
+        "onnx": {"file": layout.ONNX_FILE, "opset": OPSET, "sha256": sha256_file(onnx_file),
                  "bytes": onnx_file.stat().st_size},
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "code_version": triton_repo.code_version(),

@@ -11,7 +11,6 @@ configs, versions) is `pipeline.model.repository`'s.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -43,14 +42,6 @@ class Target:
     @property
     def version_dir(self) -> Path:
         return layout.version_dir(self.repo, self.models.classifier, self.version)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def code_version() -> str:
