@@ -98,6 +98,7 @@ def run_up(settings: Settings, workers: int = 1) -> None:
         store = resolved.clickhouse.url or resolved.chdb_dir
         print(f"LineSight is up. Kafka {resolved.kafka.bootstrap_servers}, Triton {resolved.triton.url}, "
               f"ClickHouse {store}. Ctrl-C stops.", flush=True)
+        print(f"Dashboard: {services.dashboard_url} (log in with a user from `linesight users add`)", flush=True)
         publisher = FramePublisher(resolved)
         lot = run_simulated_line(resolved, publisher, line_stop)
         publisher.close()

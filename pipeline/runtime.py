@@ -101,6 +101,8 @@ class Services:
     sink_health: HealthState | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
+    alerts_health: HealthState | None = None
+    dashboard_url: str | None = None
 
     def worker_urls(self) -> list[str]:
         port = self.settings.stream.web_port
@@ -150,17 +152,19 @@ def start_sink_thread(settings: Settings, client: ClickHouseClient, services: Se
     services.threads.append(thread)
 
 
-def wait_sink_ready(services: Services, timeout_s: float) -> None:
-    assert services.sink_health is not None
+def wait_sink_ready(services: Services, timeout_s: float, health: HealthState | None = None) -> None:
+    """Await an in-process consumer service (the sink, or `health`'s) until it has partitions."""
+    health = health or services.sink_health
+    assert health is not None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        snap = services.sink_health.snapshot()
+        snap = health.snapshot()
         if snap["ready"]:
             return
         if services.stop_event.is_set():
-            raise ServiceStartError("sink", snap.get("error", "stopped"))
+            raise ServiceStartError(health.service, snap.get("error", "stopped"))
         services.stop_event.wait(0.1)
-    raise ServiceStartError("sink", f"no partitions assigned within {timeout_s:.0f} s")
+    raise ServiceStartError(health.service, f"no partitions assigned within {timeout_s:.0f} s")
 
 
 @contextmanager
@@ -169,6 +173,7 @@ def running_services(
 ) -> Iterator[Services]:
     """Start workers, actuator and sink; yield once all are ready; stop them all on exit."""
     services = Services(settings, worker_count=workers)
+    stops: list[Callable[[], None]] = []
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     try:
         for i in range(workers):
@@ -176,14 +181,25 @@ def running_services(
         actuator = start_actuator(settings)
         services.processes.append(actuator)
         start_sink_thread(settings, client, services)
+        from pipeline.dashboard.stack import start_alerts_and_dashboard
+
+        assert services.sink_health is not None
+        services.alerts_health, dashboard = start_alerts_and_dashboard(
+            settings, client, services.stop_event, services.worker_urls(), [services.sink_health], services.threads
+        )
+        stops.append(dashboard.stop)
+        services.dashboard_url = dashboard.url
         for i, proc in enumerate(services.processes[:workers]):
             proc.wait_ready(http_ready(f"{services.worker_urls()[i]}/readyz"), READY_TIMEOUT_S)
         actuator.wait_ready(
             http_ready(f"http://127.0.0.1:{settings.services.actuator_health_port}/readyz"), READY_TIMEOUT_S
         )
         wait_sink_ready(services, READY_TIMEOUT_S)
+        wait_sink_ready(services, READY_TIMEOUT_S, services.alerts_health)
         yield services
     finally:
+        for stop in stops:
+            stop()
         for proc in reversed(services.processes):
             proc.stop(30.0)
         services.stop_event.set()

@@ -44,6 +44,8 @@ class KafkaSettings(BaseModel):
     topic_alarms: str = "linesight.alarms"
     # GMP audit trail (docs/audit.md): every audit record, keyed by chain.
     topic_audit: str = "linesight.audit"
+    # Real-time alerts (docs/alerts.md): every alert change, keyed by alert id.
+    topic_alerts: str = "linesight.alerts"
     partitions: int = 3
     replication_factor: int = 1
     # Frames above this size are refused by the gateway (Kafka's default message cap is 1 MB).
@@ -138,6 +140,13 @@ class ServiceSettings(BaseModel):
     actuator_line: str | None = Field(default=None, description="fire only for this line")
     sink_health_port: int = 16070
     actuator_health_port: int = 16071
+    # Alert service and operator dashboard (docs/alerts.md), run by the stack process.
+    alerts_group: str = "linesight-alerts"
+    alerts_interval_s: float = 10.0
+    alerts_run_length: int = 8
+    alerts_missing_after_s: float = 5.0
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 16080
 
 
 class Settings(BaseSettings):

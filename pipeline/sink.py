@@ -18,6 +18,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
+from pipeline.alerts.record import AlertRecord
 from pipeline.audit.decisions import decision_chain, decision_event
 from pipeline.audit.publish import AuditPublisher
 from pipeline.audit.record import DECISION_ACTION, AuditEvent
@@ -157,6 +158,26 @@ def alarm_row(m: Message) -> Row:
     }
 
 
+def alert_row(m: Message) -> Row:
+    a = AlertRecord.from_json(m.value())
+    return {
+        "alert_id": a.alert_id,
+        "kind": a.kind,
+        "severity": a.severity,
+        "line": a.line,
+        "state": a.state,
+        "first_seen": ns_to_datetime(a.first_seen_ns),
+        "last_seen": ns_to_datetime(a.last_seen_ns),
+        "cleared_time": _opt_time(a.cleared_ns),
+        "message": a.message,
+        "value": float(a.value),
+        "acknowledged_by": a.acknowledged_by,
+        "acknowledged_at": _opt_time(a.acknowledged_ns),
+        "revision": int(a.revision),
+        "source": a.source,
+    }
+
+
 def dead_letter_row(m: Message) -> Row:
     headers = m.headers() or []
     key = m.key() or b""
@@ -203,6 +224,7 @@ class ClickHouseSink:
             k.topic_deadletter: ("dead_letters", dead_letter_row),
             k.topic_gate_events: ("gate_events", gate_event_row),
             k.topic_alarms: ("alarms", alarm_row),
+            k.topic_alerts: ("alerts", alert_row),
         }
         self.rows_written = 0
         self.audit = AuditTrail.from_settings(settings, client, audit_publisher)

@@ -50,6 +50,7 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         (kafka.topic_gate_events, {}),
         (kafka.topic_alarms, {}),
         (kafka.topic_audit, {}),
+        (kafka.topic_alerts, {}),
     ]
     return [TopicSpec(n, kafka.partitions, kafka.replication_factor, dict(c)) for n, c in names]
 

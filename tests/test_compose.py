@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -47,7 +48,7 @@ CH_ENTRYPOINT = CH_DIR / "entrypoint.sh"
 
 ONE_SHOT = {"topics-init", "db-init"}
 APP_SERVICES = {"topics-init", "db-init", "worker", "sink", "actuator", "camera"}
-REQUIRED_SERVICES = APP_SERVICES | {"kafka", "triton", "clickhouse"}
+REQUIRED_SERVICES = APP_SERVICES | {"kafka", "triton", "clickhouse", "grafana"}
 LONG_RUNNING = REQUIRED_SERVICES - ONE_SHOT
 # service -> (health-port environment variable, the Settings section and field it sets)
 HEALTH_PORTS = {
@@ -68,6 +69,7 @@ SECRET_PATH_VARS = (
     "CLICKHOUSE_ADMIN_PASSWORD_FILE",
     "CLICKHOUSE_WRITER_PASSWORD_FILE",
     "CLICKHOUSE_READER_PASSWORD_FILE",
+    "GRAFANA_ADMIN_PASSWORD_FILE",
     "PLC_PASSWORD_FILE",
     "PLC_CLIENT_CERTIFICATE_FILE",
     "PLC_CLIENT_PRIVATE_KEY_FILE",
@@ -720,3 +722,58 @@ def test_env_example_documents_every_variable_and_holds_no_secret() -> None:
 def test_required_variables_are_enforced_by_interpolation(raw: dict[str, Any]) -> None:
     with pytest.raises(KeyError, match="CLICKHOUSE_|PLC_|LINESIGHT_LINES"):
         interpolate(raw, {})
+
+
+# --------------------------------------------------------------------------- Grafana (analysts)
+
+GRAFANA_DIR = ROOT / "infra" / "grafana"
+
+
+def _grafana_sql(sql: str) -> str:
+    """A panel's SQL with Grafana's macros replaced, runnable on plain ClickHouse."""
+    sql = re.sub(r"\$__timeFilter\(([a-z_]+)\)", r"\1 > now() - INTERVAL 1 DAY", sql)
+    return sql.replace("${line:singlequote}", "'line-1'")
+
+
+def test_grafana_is_pinned_and_reads_clickhouse_as_the_reader(services: dict[str, Any]) -> None:
+    g = services["grafana"]
+    image = g["image"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", image), f"grafana image must be pinned: {image}"
+    plugin = g["environment"]["GF_INSTALL_PLUGINS"]
+    assert re.fullmatch(r"grafana-clickhouse-datasource \d+\.\d+\.\d+", plugin), plugin
+    assert g["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert set(g["secrets"]) == {"grafana_admin_password", "clickhouse_reader_password"}, "reader only"
+    assert g["depends_on"] == {"clickhouse": {"condition": "service_healthy"}}
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in g["volumes"] if v.startswith("./")}
+    assert mounts["/etc/grafana/provisioning"] == "./infra/grafana/provisioning"
+    assert all(v.endswith(":ro") for v in g["volumes"] if v.startswith("./"))
+    ds = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "clickhouse.yaml").read_text())
+    (source,) = ds["datasources"]
+    assert source["type"] == "grafana-clickhouse-datasource" and source["jsonData"]["host"] == "clickhouse"
+    assert source["jsonData"]["username"] == "linesight_reader"
+    assert source["secureJsonData"]["password"] == "$__file{/run/secrets/clickhouse_reader_password}"
+    provider = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "linesight.yaml").read_text())
+    target = provider["providers"][0]["options"]["path"]
+    assert any(v.startswith("./infra/grafana/dashboards:" + target) for v in g["volumes"])
+
+
+def test_grafana_dashboard_panels_run_on_the_schema(chdb_client: Any) -> None:
+    dash = json.loads((GRAFANA_DIR / "dashboards" / "linesight.json").read_text())
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for needed in ("yield", "defect class", "latency"):
+        assert needed in titles
+    uid = "linesight-clickhouse"
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == uid
+        for target in panel["targets"]:
+            chdb_client.query(_grafana_sql(target["rawSql"]))  # raises on a bad query
+    chdb_client.query(dash["templating"]["list"][0]["query"])
+
+
+def test_readme_example_sql_runs_on_the_schema(chdb_client: Any) -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Example SQL", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sql\n(.*?)```", section, flags=re.S)
+    assert len(blocks) >= 3
+    for sql in blocks:
+        chdb_client.query(sql)

@@ -51,9 +51,16 @@ def e2e_settings(embedded_settings: Settings, broker: str, request: pytest.Fixtu
             "triton": base.triton.model_copy(update={"url": triton_server.grpc_url}),
             "stream": base.stream.model_copy(update={"web_port": free_port()}),
             "services": base.services.model_copy(
-                update={"sink_health_port": free_port(), "actuator_health_port": free_port()}
+                update={"sink_health_port": free_port(), "actuator_health_port": free_port(),
+                        "dashboard_port": free_port()}
             ),
             "simulator": base.simulator.model_copy(update={"rate_per_s": 30.0, "defect_rate": 0.3, "seed": 11}),
+            # A +-100 ms gate window: the simulated PLC times its fires in Python, whose wake-ups
+            # slip by tens of ms when a 2-core CI machine is saturated (docs/actuation.md).
+            "lines": {
+                line: timing.model_copy(update={"gate_window_mm": 0.2 * timing.conveyor_speed_mm_s})
+                for line, timing in base.lines.items()
+            },
         }
     )
 
@@ -89,6 +96,22 @@ def running(e2e_settings: Settings) -> Iterator[tuple[Settings, ClickHouseClient
     """Workers, actuator and sink on the session's broker, Triton and chDB."""
     with pipeline_stack(e2e_settings, workers=1) as stack:
         yield stack
+
+
+def test_dashboard_and_alerts_served_by_the_stack(running: tuple[Settings, ClickHouseClient, Services]) -> None:
+    """The stack serves the dashboard (login page open, everything else behind a session) and runs
+    the alert service on the broker (docs/alerts.md)."""
+    import urllib.error
+    import urllib.request
+
+    _, _, services = running
+    assert services.dashboard_url and services.alerts_health is not None
+    assert services.alerts_health.snapshot()["ready"]
+    with urllib.request.urlopen(services.dashboard_url + "login", timeout=10) as r:
+        assert r.status == 200 and b"login-form" in r.read()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(services.dashboard_url + "api/state", timeout=10)
+    assert refused.value.code == 401
 
 
 @pytest.mark.timeout(420)

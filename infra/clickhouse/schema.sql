@@ -149,6 +149,31 @@ PARTITION BY toYYYYMM(raised_time)
 ORDER BY (alarm_id)
 SETTINGS non_replicated_deduplication_window = 1000;
 
+-- Real-time alerts (docs/alerts.md): one row per change of an alert episode; the highest revision
+-- (raise 0, refreshes, clear, acknowledgement) is its current state. Query with FINAL.
+CREATE TABLE IF NOT EXISTS {db}.alerts
+(
+    alert_id         String,
+    kind             LowCardinality(String),
+    severity         LowCardinality(String),
+    line             LowCardinality(String),
+    state            LowCardinality(String),
+    first_seen       DateTime64(6, 'UTC'),
+    last_seen        DateTime64(6, 'UTC'),
+    cleared_time     Nullable(DateTime64(6, 'UTC')),
+    message          String,
+    value            Float64,
+    acknowledged_by  String,
+    acknowledged_at  Nullable(DateTime64(6, 'UTC')),
+    revision         UInt32,
+    source           LowCardinality(String),
+    stored_time      DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree(revision)
+PARTITION BY toYYYYMM(first_seen)
+ORDER BY (alert_id)
+SETTINGS non_replicated_deduplication_window = 1000;
+
 -- GMP audit trail (docs/audit.md): append-only, hash-chained. The application only ever INSERTs
 -- here (grant the services INSERT and SELECT, never ALTER/DELETE/TRUNCATE). Plain MergeTree, not
 -- Replacing: a duplicated or inserted record must stay visible to `linesight audit verify`.

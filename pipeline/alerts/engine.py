@@ -1,0 +1,300 @@
+"""The alert engine: every detector per line, fed with results, frames and heartbeats, plus the
+live figures the dashboard shows (throughput, reject rate by class, p-chart, model versions,
+last rejects with their frames). Pure apart from its lock: the caller passes every time
+(``now_ns``), so tests drive it with a fake clock.
+
+Image quality is computed here, from the frame bytes on the frames topic (PNG/JPEG decoded with
+Pillow, grayscale), not in the inspection worker: the worker's latency budget stays untouched,
+and the frames are needed here anyway for the reject thumbnails.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from pipeline.alerts.detectors import (
+    DriftDetector,
+    FrozenDetector,
+    PChart,
+    QualityDetector,
+    QualityLimits,
+    RunDetector,
+    frame_quality,
+    quality_problems,
+)
+from pipeline.alerts.record import AlertBook, AlertRecord
+from pipeline.messages import FrameMeta, Heartbeat, InspectionResult
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    interval_s: float = 10.0           # p-chart interval
+    pchart_min_baseline: int = 5       # in-control intervals before limits are drawn and judged
+    run_length: int = 8                # consecutive rejects
+    missing_after_s: float = 5.0       # a line with no frame for this long: frames_missing
+    heartbeat_stale_s: float = 6.0     # worker heartbeat older than this: pipeline_health
+    drift_baseline_n: int = 300
+    drift_window: int = 200
+    quality_every: int = 1             # analyse every k-th frame of a camera
+    refresh_every_s: float = 30.0
+    last_rejects: int = 12
+    throughput_window_s: float = 10.0
+    limits: QualityLimits = QualityLimits()
+
+
+@dataclass
+class RejectView:
+    unit_id: str
+    line: str
+    product: str
+    defect: str
+    score: float | None
+    verdict: str
+    capture_ns: int
+    image: bytes = b""
+    content_type: str = "image/png"
+
+
+@dataclass
+class LineState:
+    line: str
+    config: AlertConfig
+    total: int = 0
+    rejected: int = 0
+    by_class: Counter[str] = field(default_factory=Counter)
+    arrivals: deque[int] = field(default_factory=deque)           # result times (throughput)
+    recent_rejects: deque[int] = field(default_factory=deque)     # reject times (rate)
+    last_frame_ns: int = 0
+    last_result_ns: int = 0
+    models: dict[str, str] = field(default_factory=dict)          # product -> model name:version
+    interval_start_ns: int = 0
+    interval_n: int = 0
+    interval_rejects: int = 0
+    frames_seen: int = 0
+
+    first_result_ns: int = 0
+
+    def __post_init__(self) -> None:
+        self.pchart = PChart(min_baseline=self.config.pchart_min_baseline)
+        self.run = RunDetector(self.config.run_length)
+        self.drift: dict[str, DriftDetector] = {}
+        self.quality = QualityDetector()
+        self.frozen = FrozenDetector()
+
+
+class AlertEngine:
+    def __init__(self, config: AlertConfig | None = None, reference_scores: dict[str, list[float]] | None = None,
+                 lines: list[str] | None = None) -> None:
+        self.config = config or AlertConfig()
+        self.book = AlertBook(self.config.refresh_every_s)
+        self.lines: dict[str, LineState] = {}
+        self.reference_scores = reference_scores or {}
+        self.workers: dict[str, Heartbeat] = {}
+        self.worker_seen_ns: dict[str, int] = {}
+        self.rejects: deque[RejectView] = deque(maxlen=self.config.last_rejects)
+        self._frames: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self.lock = threading.RLock()
+        self.version = 0  # bumped on every change; the dashboard's SSE stream watches it
+        self.started_ns = 0  # first tick: a configured line that never sends a frame is missing too
+        for line in lines or []:
+            self._line(line)
+
+    def _line(self, line: str) -> LineState:
+        st = self.lines.get(line)
+        if st is None:
+            st = self.lines[line] = LineState(line, self.config)
+        return st
+
+    # ------------------------------------------------------------ inputs
+    def on_frame(self, meta: FrameMeta, image: bytes, now_ns: int) -> list[AlertRecord]:
+        with self.lock:
+            st = self._line(meta.line)
+            st.last_frame_ns = now_ns
+            st.frames_seen += 1
+            self._frames[meta.unit_id] = (image, meta.content_type)
+            while len(self._frames) > 256:
+                self._frames.popitem(last=False)
+            out = self.book.set(meta.line, "frames_missing", False, now_ns)
+            if st.frames_seen % max(1, self.config.quality_every) == 0:
+                try:
+                    gray = np.asarray(Image.open(io.BytesIO(image)).convert("L"))
+                except Exception:  # noqa: BLE001 - undecodable frames are the worker's dead letters
+                    gray = None
+                if gray is not None and gray.size:
+                    q = frame_quality(gray)
+                    states = st.quality.observe(quality_problems(q, self.config.limits))
+                    for kind, active in states.items():
+                        out += self.book.set(meta.line, kind, active, now_ns, "warning",
+                                             _quality_message(kind, meta.camera, q), q.mean)
+                    frozen = st.frozen.observe(meta.camera, q.digest)
+                    out += self.book.set(meta.line, "frames_frozen", frozen, now_ns, "critical",
+                                         f"camera {meta.camera} sends identical frames", 0.0)
+            self.version += 1
+            return out
+
+    def on_result(self, r: InspectionResult, now_ns: int) -> list[AlertRecord]:
+        with self.lock:
+            cfg = self.config
+            st = self._line(r.line)
+            out = self._roll_interval(st, now_ns)
+            rejected = r.verdict != "pass"
+            st.total += 1
+            st.last_result_ns = now_ns
+            st.first_result_ns = st.first_result_ns or now_ns
+            st.arrivals.append(now_ns)
+            st.models[r.product] = f"{r.model_name}:{r.model_version}" if r.model_version else r.model_name
+            st.interval_n += 1
+            if rejected:
+                st.rejected += 1
+                st.interval_rejects += 1
+                st.by_class[r.defect] += 1
+                st.recent_rejects.append(now_ns)
+                image, ctype = self._frames.get(r.unit_id, (b"", "image/png"))
+                self.rejects.appendleft(RejectView(r.unit_id, r.line, r.product, r.defect, r.score, r.verdict,
+                                                   r.capture_ns, image, ctype))
+            run = st.run.observe(rejected)
+            out += self.book.set(r.line, "reject_run", run, now_ns, "critical",
+                                 f"{st.run.run} consecutive rejects (limit {cfg.run_length})", st.run.run)
+            if r.inspected and r.score is not None:
+                key = f"{r.model_name}:{r.model_version}"
+                det = st.drift.get(key)
+                if det is None:
+                    det = st.drift[key] = DriftDetector(self.reference_scores.get(key), cfg.drift_baseline_n,
+                                                        cfg.drift_window)
+                state = det.observe(float(r.score))
+                if state is not None:
+                    out += self.book.set(r.line, "score_drift", state, now_ns, "warning",
+                                         f"score PSI {det.last_psi:.2f} (KS {det.last_ks:.2f}) vs "
+                                         f"{'validation' if det.fixed else 'baseline'} scores of {key}",
+                                         det.last_psi)
+            self.version += 1
+            return out
+
+    def on_heartbeat(self, hb: Heartbeat, now_ns: int) -> list[AlertRecord]:
+        with self.lock:
+            if hb.kind != "worker":
+                return []
+            self.workers[hb.source] = hb
+            self.worker_seen_ns[hb.source] = now_ns
+            return self._health(now_ns)
+
+    # ------------------------------------------------------------ time
+    def tick(self, now_ns: int) -> list[AlertRecord]:
+        """Time-driven checks: missing frames, stale heartbeats, the p-chart interval."""
+        with self.lock:
+            out: list[AlertRecord] = []
+            limit = int(self.config.missing_after_s * 1e9)
+            self.started_ns = self.started_ns or now_ns
+            for st in self.lines.values():
+                out += self._roll_interval(st, now_ns)
+                silent = now_ns - (st.last_frame_ns or self.started_ns)
+                what = "no frame" if st.last_frame_ns else "no frame yet"
+                out += self.book.set(st.line, "frames_missing", silent > limit, now_ns, "critical",
+                                     f"{what} from {st.line} for {silent / 1e9:.0f} s", silent / 1e9)
+            out += self._health(now_ns)
+            if out:
+                self.version += 1
+            return out
+
+    def _roll_interval(self, st: LineState, now_ns: int) -> list[AlertRecord]:
+        width = int(self.config.interval_s * 1e9)
+        if st.interval_start_ns == 0:
+            st.interval_start_ns = now_ns - now_ns % width
+            return []
+        out: list[AlertRecord] = []
+        while now_ns >= st.interval_start_ns + width:
+            if st.interval_n > 0:
+                pt = st.pchart.add(st.interval_start_ns, st.interval_n, st.interval_rejects)
+                if pt.ucl is not None:
+                    out += self.book.set(
+                        st.line, "reject_rate", pt.out_of_control, now_ns, "critical",
+                        f"reject fraction {pt.p:.1%} of {pt.n} units vs UCL {pt.ucl:.1%} (p̄ {pt.center:.1%})",
+                        pt.p,
+                    )
+            st.interval_start_ns += width
+            st.interval_n = st.interval_rejects = 0
+            if now_ns - st.interval_start_ns > 100 * width:  # long silence: jump, don't loop
+                st.interval_start_ns = now_ns - now_ns % width
+        return out
+
+    def _health(self, now_ns: int) -> list[AlertRecord]:
+        stale = int(self.config.heartbeat_stale_s * 1e9)
+        problems = []
+        for source, hb in sorted(self.workers.items()):
+            age = now_ns - self.worker_seen_ns[source]
+            if age > stale:
+                problems.append(f"worker {source} silent for {age / 1e9:.0f} s")
+            elif hb.triton_ready is False:
+                problems.append(f"worker {source}: Triton not ready {hb.detail}".strip())
+        return self.book.set("*", "pipeline_health", bool(problems), now_ns, "critical", "; ".join(problems),
+                             len(problems))
+
+    def acknowledge(self, alert_id: str, user: str, now_ns: int) -> AlertRecord:
+        with self.lock:
+            rec = self.book.acknowledge(alert_id, user, now_ns)
+            self.version += 1
+            return rec
+
+    # ------------------------------------------------------------ views
+    def snapshot(self, now_ns: int) -> dict:
+        """Everything the dashboard shows, JSON-ready."""
+        with self.lock:
+            window = int(self.config.throughput_window_s * 1e9)
+            lines = []
+            for st in sorted(self.lines.values(), key=lambda s: s.line):
+                while st.arrivals and st.arrivals[0] < now_ns - window:
+                    st.arrivals.popleft()
+                while st.recent_rejects and st.recent_rejects[0] < now_ns - window:
+                    st.recent_rejects.popleft()
+                n = len(st.arrivals)
+                span_s = min(self.config.throughput_window_s, max(1.0, (now_ns - st.first_result_ns) / 1e9))
+                silent_s = (now_ns - st.last_frame_ns) / 1e9 if st.last_frame_ns else None
+                lines.append({
+                    "line": st.line,
+                    "running": silent_s is not None and silent_s <= self.config.missing_after_s,
+                    "silent_s": silent_s,
+                    "throughput_per_s": n / span_s if st.first_result_ns else 0.0,
+                    "reject_rate_recent": len(st.recent_rejects) / n if n else 0.0,
+                    "total": st.total,
+                    "rejected": st.rejected,
+                    "reject_rate": st.rejected / st.total if st.total else 0.0,
+                    "by_class": {k: v / st.total for k, v in sorted(st.by_class.items())} if st.total else {},
+                    "by_class_count": dict(sorted(st.by_class.items())),
+                    "models": dict(sorted(st.models.items())),
+                    "pchart_interval_s": self.config.interval_s,
+                    "pchart_min_baseline": self.config.pchart_min_baseline,
+                    "pchart": [
+                        {"t": p.start_ns, "n": p.n, "p": p.p, "center": p.center, "lcl": p.lcl, "ucl": p.ucl,
+                         "out": p.out_of_control} for p in st.pchart.points
+                    ],
+                })
+            return {
+                "version": self.version,
+                "lines": lines,
+                "workers": {s: {"triton_ready": hb.triton_ready,
+                                "age_s": (now_ns - self.worker_seen_ns[s]) / 1e9} for s, hb in self.workers.items()},
+                "alerts": [a.__dict__ | {"open": a.open} for a in self.book.all()],
+                "rejects": [{"unit_id": r.unit_id, "line": r.line, "product": r.product, "defect": r.defect,
+                             "score": r.score, "verdict": r.verdict, "capture_ns": r.capture_ns,
+                             "has_image": bool(r.image)} for r in self.rejects],
+            }
+
+    def reject_image(self, unit_id: str) -> tuple[bytes, str] | None:
+        with self.lock:
+            for r in self.rejects:
+                if r.unit_id == unit_id and r.image:
+                    return r.image, r.content_type
+            return None
+
+
+def _quality_message(kind: str, camera: str, q) -> str:  # noqa: ANN001
+    what = {"image_dark": f"dark frames (mean gray {q.mean:.0f})",
+            "image_overexposed": f"over-exposed frames (mean {q.mean:.0f}, {q.clipped:.0%} clipped)",
+            "image_blurred": f"blurred frames (sharpness {q.sharpness:.1f})"}[kind]
+    return f"camera {camera}: {what}"

@@ -1,0 +1,1 @@
+"""The operator dashboard (docs/alerts.md): aiohttp app served by the stack process."""

@@ -1,0 +1,336 @@
+"""The operator dashboard: login, per-line live status, health, last rejects with their frames,
+the SPC p-chart, alerts with acknowledgement; live updates by Server-Sent Events.
+
+Security: every path but ``/login`` and ``/static/*`` needs a session (``pipeline.auth``: the
+same users, roles and sessions as the CLI). The session token travels in an HttpOnly,
+SameSite=Strict cookie; a page asking for it gets a redirect to the login page, anything else a
+401. An acknowledgement is a POST carrying a CSRF token (an HMAC of the session token with a key
+of this process) and, when the browser sends one, an Origin of this host; a forged or missing
+token is refused with 403 and the refusal is recorded in the audit trail, as is every
+acknowledgement (``alert.acknowledge``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from pipeline.alerts.engine import AlertEngine
+from pipeline.alerts.record import AlertRecord
+from pipeline.audit.record import AuditEvent
+from pipeline.auth.guard import AccessDenied, Guard, Principal
+from pipeline.messages import now_ns
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "ls_session"
+VIEW = "dashboard.view"
+ACK = "alarm.acknowledge"
+
+
+@dataclass
+class Dashboard:
+    """What the web app needs from the stack."""
+
+    engine: AlertEngine
+    guard: Guard
+    acknowledge: Callable[[str, str], AlertRecord]          # (alert id, user) -> published record
+    health: Callable[[], dict[str, Any]] = lambda: {}          # blocking probe, run off the loop
+    secure_cookie: bool = False
+    sse_interval_s: float = 1.0
+    health_interval_s: float = 2.0
+    csrf_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    _health: dict[str, Any] = field(default_factory=dict)
+
+    def csrf_for(self, token: str) -> str:
+        return hmac.new(self.csrf_key, token.encode(), hashlib.sha256).hexdigest()
+
+    def state(self) -> dict[str, Any]:
+        snap = self.engine.snapshot(now_ns())
+        return snap | {"health": self._health, "server_time_ns": now_ns()}
+
+
+DASHBOARD_KEY: web.AppKey[Dashboard] = web.AppKey("dashboard", Dashboard)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+TOKEN: web.RequestKey[str] = web.RequestKey("token", str)
+HEALTH_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("health_task", asyncio.Task)
+
+
+def _wants_html(request: web.Request) -> bool:
+    return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+    if request.path == "/login" or request.path.startswith("/static/"):
+        return await handler(request)
+    dash = request.app[DASHBOARD_KEY]
+    token = request.cookies.get(COOKIE, "")
+    reason = "not logged in"
+    if token:
+        try:
+            who = await asyncio.to_thread(dash.guard.from_session, token, VIEW)
+        except AccessDenied as exc:
+            reason = str(exc)
+        else:
+            request[PRINCIPAL] = who
+            request[TOKEN] = token
+            return await handler(request)
+    if _wants_html(request):
+        raise web.HTTPFound("/login")
+    raise web.HTTPUnauthorized(text=f"{reason}\n", headers={"WWW-Authenticate": 'Cookie realm="linesight"'})
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    resp = await handler(request)
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    resp.headers.setdefault("X-Frame-Options", "DENY")
+    resp.headers.setdefault("Referrer-Policy", "same-origin")
+    resp.headers.setdefault("Content-Security-Policy",
+                            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'")
+    return resp
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            "<meta name=viewport content='width=device-width,initial-scale=1'>"
+            "<link rel=stylesheet href='/static/dashboard.css'></head><body>" + body + "</body></html>")
+
+
+async def login_page(request: web.Request, error: str = "") -> web.Response:
+    msg = f"<p class=error id=login-error>{html.escape(error)}</p>" if error else ""
+    body = ("<main class=login><h1>LineSight</h1><form method=post action=/login id=login-form>"
+            "<label>User <input name=username id=username autocomplete=username required></label>"
+            "<label>Password <input name=password id=password type=password autocomplete=current-password required>"
+            f"</label><button type=submit id=login-submit>Log in</button>{msg}</form></main>")
+    return web.Response(text=_page("LineSight login", body), content_type="text/html",
+                        status=401 if error else 200)
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    dash = request.app[DASHBOARD_KEY]
+    form = await request.post()
+    username, password = str(form.get("username", "")), str(form.get("password", ""))
+    try:
+        token = await asyncio.to_thread(dash.guard.login, username, password)
+    except AccessDenied:
+        return await login_page(request, "Unknown user or wrong password.")
+    resp = web.Response(status=303, headers={"Location": "/"})
+    resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=dash.secure_cookie, path="/",
+                    max_age=int(dash.guard.session_ttl_s))
+    return resp
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    dash = request.app[DASHBOARD_KEY]
+    if not _same_origin(request) or not hmac.compare_digest(
+            str((await request.post()).get("csrf", "")), dash.csrf_for(request[TOKEN])):
+        raise web.HTTPForbidden(text="bad CSRF token\n")
+    await asyncio.to_thread(dash.guard.sessions.revoke, request[TOKEN])
+    resp = web.Response(status=303, headers={"Location": "/login"})
+    resp.del_cookie(COOKIE, path="/")
+    return resp
+
+
+async def index(request: web.Request) -> web.Response:
+    dash = request.app[DASHBOARD_KEY]
+    who: Principal = request[PRINCIPAL]
+    csrf = dash.csrf_for(request[TOKEN])
+    body = (
+        f"<header><h1>LineSight</h1><span id=status class=badge>connecting…</span>"
+        f"<span class=user>{html.escape(who.username)} ({html.escape(who.role)})</span>"
+        f"<form method=post action=/logout class=inline><input type=hidden name=csrf value='{csrf}'>"
+        "<button type=submit>Log out</button></form></header>"
+        f"<input type=hidden id=csrf value='{csrf}'>"
+        "<main><section><h2>Health</h2><div id=health class=health></div></section>"
+        "<section><h2>Alerts</h2><table id=alerts><thead><tr><th>Severity</th><th>Line</th><th>Kind</th>"
+        "<th>State</th><th>First seen</th><th>Last seen</th><th>Message</th><th></th></tr></thead>"
+        "<tbody></tbody></table><p id=no-alerts class=muted>No open alerts.</p></section>"
+        "<section><h2>Lines</h2><div id=lines class=lines><p class=muted>Waiting for the first unit…</p>"
+        "</div></section>"
+        "<section><h2>Last rejects</h2><div id=rejects class=rejects></div></section>"
+        "<noscript><p class=error>The live view needs JavaScript; <a href=/api/state>state as JSON</a>."
+        "</p></noscript></main><script src='/static/dashboard.js'></script>"
+    )
+    return web.Response(text=_page("LineSight dashboard", body), content_type="text/html")
+
+
+async def api_state(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DASHBOARD_KEY].state(), dumps=lambda o: json.dumps(o, default=str))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: the whole state whenever it changed, and at least every interval
+    (silence of a line is itself news: its 'no frame for N s' grows)."""
+    dash = request.app[DASHBOARD_KEY]
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    try:
+        while True:
+            data = json.dumps(dash.state(), default=str)
+            await resp.write(f"event: state\ndata: {data}\n\n".encode())
+            await asyncio.sleep(dash.sse_interval_s)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    return resp
+
+
+async def reject_image(request: web.Request) -> web.Response:
+    found = request.app[DASHBOARD_KEY].engine.reject_image(request.match_info["unit"])
+    if found is None:
+        raise web.HTTPNotFound(text="no frame kept for this unit\n")
+    data, ctype = found
+    return web.Response(body=data, content_type=ctype if ctype in ("image/png", "image/jpeg") else "image/png",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if not origin or origin == "null":
+        return origin is None
+    return urlsplit(origin).netloc == request.host
+
+
+async def acknowledge(request: web.Request) -> web.StreamResponse:
+    dash = request.app[DASHBOARD_KEY]
+    who: Principal = request[PRINCIPAL]
+    alert_id = request.match_info["alert_id"]
+    form = await request.post()
+    sent = str(form.get("csrf", "") or request.headers.get("X-CSRF-Token", ""))
+    if not _same_origin(request) or not hmac.compare_digest(sent, dash.csrf_for(request[TOKEN])):
+        await asyncio.to_thread(dash.guard.refuse, who.username, who.role, ACK, alert_id,
+                                "acknowledgement with a missing or forged CSRF token, or from another origin")
+        raise web.HTTPForbidden(text="refused: bad CSRF token\n")
+    try:
+        await asyncio.to_thread(dash.guard.authorize, who, ACK, alert_id)
+    except AccessDenied as exc:
+        raise web.HTTPForbidden(text=f"{exc}\n") from None
+    try:
+        rec = await asyncio.to_thread(dash.acknowledge, alert_id, who.username)
+    except KeyError:
+        raise web.HTTPNotFound(text=f"no alert {alert_id}\n") from None
+    except ValueError as exc:
+        raise web.HTTPConflict(text=f"{exc}\n") from None
+    await asyncio.to_thread(dash.guard.trail.record, AuditEvent(
+        "alert.acknowledge", subject=alert_id, user=who.username, role=who.role,
+        old_value="unacknowledged", new_value="acknowledged", reason=str(form.get("comment", "")),
+        detail={"kind": rec.kind, "line": rec.line, "severity": rec.severity, "state": rec.state,
+                "message": rec.message},
+    ))
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response({"alert_id": rec.alert_id, "acknowledged_by": rec.acknowledged_by})
+    raise web.HTTPSeeOther("/")
+
+
+async def _health_loop(app: web.Application) -> None:
+    dash = app[DASHBOARD_KEY]
+    while True:
+        try:
+            dash._health = await asyncio.to_thread(dash.health)
+        except Exception as exc:  # noqa: BLE001 - a failing probe is shown, never fatal
+            dash._health = {"probe": {"ok": False, "detail": str(exc)}}
+        await asyncio.sleep(dash.health_interval_s)
+
+
+async def _start_background(app: web.Application) -> None:
+    app[HEALTH_TASK] = asyncio.create_task(_health_loop(app))
+
+
+async def _stop_background(app: web.Application) -> None:
+    app[HEALTH_TASK].cancel()
+
+
+def make_app(dash: Dashboard) -> web.Application:
+    app = web.Application(middlewares=[security_headers, auth_middleware], client_max_size=64 * 1024)
+    app[DASHBOARD_KEY] = dash
+    app.router.add_get("/login", login_page)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
+    app.router.add_get("/", index)
+    app.router.add_get("/api/state", api_state)
+    app.router.add_get("/events", events)
+    app.router.add_get("/rejects/{unit}", reject_image)
+    app.router.add_post("/alerts/{alert_id}/ack", acknowledge)
+    app.router.add_static("/static/", STATIC, show_index=False)
+    app.on_startup.append(_start_background)
+    app.on_cleanup.append(_stop_background)
+    return app
+
+
+class DashboardServer:
+    """Runs the app on its own event loop in a daemon thread (the stack process is threaded)."""
+
+    def __init__(self, dash: Dashboard, host: str, port: int) -> None:
+        import threading
+
+        self.dash, self.host, self.port = dash, host, port
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dashboard", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._runner = web.AppRunner(make_app(self.dash), handle_signals=False, shutdown_timeout=1.0)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, self.host, self.port)
+            self._loop.run_until_complete(site.start())
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.close()
+
+    def start(self, timeout_s: float = 10.0) -> DashboardServer:
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError("dashboard did not start")
+        if self._error is not None:
+            raise RuntimeError(f"dashboard cannot listen on {self.host}:{self.port}: {self._error}")
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10.0)
+
+
+def wait_listening(url: str, timeout_s: float = 10.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "login", timeout=1.0).close()
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise RuntimeError(f"dashboard at {url} does not answer")

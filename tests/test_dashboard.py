@@ -1,0 +1,156 @@
+"""The dashboard over HTTP: authentication, cookie flags, CSRF, acknowledgement in the audit trail."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.alerts.engine import AlertConfig, AlertEngine
+from pipeline.audit.trail import AuditTrail
+from pipeline.auth.guard import Guard
+from pipeline.auth.sessions import SessionStore
+from pipeline.auth.users import UserStore
+from pipeline.clickhouse import ChdbClient
+from pipeline.dashboard.app import Dashboard, DashboardServer
+from pipeline.embedded.process import free_port
+from pipeline.messages import now_ns
+
+
+@dataclass
+class Site:
+    url: str
+    engine: AlertEngine
+    client: ChdbClient
+    db: str
+    acked: list[tuple[str, str]]
+
+
+def make_site(chdb_client: ChdbClient, tmp_path: Path, config: AlertConfig | None = None
+              ) -> tuple[Site, DashboardServer]:
+    db = f"dash_{uuid.uuid4().hex[:8]}"
+    chdb_client.apply_schema(db)
+    users = UserStore(chdb_client, db)
+    users.add("olga", "operator", "olga-pass-123", "test")
+    users.add("adam", "admin", "adam-pass-123", "test")
+    trail = AuditTrail(chdb_client, db, state_dir=tmp_path)
+    guard = Guard(users, SessionStore(chdb_client, db), trail, session_ttl_s=600)
+    engine = AlertEngine(config or AlertConfig(interval_s=1.0, run_length=6, missing_after_s=3.0,
+                                                 pchart_min_baseline=3))
+    acked: list[tuple[str, str]] = []
+
+    def acknowledge(alert_id: str, user: str):  # noqa: ANN202 - the alert service's role in the stack
+        acked.append((alert_id, user))
+        return engine.acknowledge(alert_id, user, now_ns())
+
+    def health() -> dict:
+        return {"broker": {"ok": True}, "triton": {"ok": True}, "workers": {"ok": True},
+                "clickhouse": {"ok": True}, "plc": {"ok": True}}
+
+    dash = Dashboard(engine, guard, acknowledge, health, sse_interval_s=0.5, health_interval_s=1.0)
+    server = DashboardServer(dash, "127.0.0.1", free_port()).start()
+    return Site(server.url, engine, chdb_client, db, acked), server
+
+
+@pytest.fixture()
+def site(chdb_client: ChdbClient, tmp_path: Path) -> Iterator[Site]:
+    s, server = make_site(chdb_client, tmp_path)
+    try:
+        yield s
+    finally:
+        server.stop()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        return None
+
+
+def opener(jar: http.cookiejar.CookieJar | None = None, follow: bool = False) -> urllib.request.OpenerDirector:
+    handlers: list = [urllib.request.HTTPCookieProcessor(jar or http.cookiejar.CookieJar())]
+    if not follow:
+        handlers.append(NoRedirect())
+    return urllib.request.build_opener(*handlers)
+
+
+def call(op: urllib.request.OpenerDirector, url: str, data: dict | None = None,
+         headers: dict | None = None) -> tuple[int, dict, str]:
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    req = urllib.request.Request(url, data=body, headers=headers or {})
+    try:
+        with op.open(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode(errors="replace")
+
+
+def login(site: Site, user: str = "olga", password: str = "olga-pass-123") -> tuple[urllib.request.OpenerDirector, str]:
+    jar = http.cookiejar.CookieJar()
+    op = opener(jar)
+    status, headers, _ = call(op, site.url + "login", {"username": user, "password": password})
+    assert status == 303 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    status, _, page = call(op, site.url)
+    assert status == 200 and "LineSight dashboard" in page
+    csrf = page.split("id=csrf value='")[1].split("'")[0]
+    return op, csrf
+
+
+def audit_actions(site: Site) -> list[tuple[str, str, str]]:
+    return [tuple(r) for r in site.client.query(
+        f"SELECT action, user, subject FROM {site.db}.audit_records ORDER BY seq").rows]
+
+
+def test_unauthenticated_requests_are_refused(site: Site) -> None:
+    anon = opener()
+    status, headers, _ = call(anon, site.url, headers={"Accept": "text/html"})
+    assert status == 302 and headers["Location"] == "/login"
+    for path in ("api/state", "events", "rejects/x"):
+        assert call(anon, site.url + path)[0] == 401
+    assert call(anon, site.url + "alerts/x/ack", {"csrf": "x"})[0] == 401
+    assert call(anon, site.url + "login")[0] == 200
+    assert call(anon, site.url + "static/dashboard.css")[0] == 200
+    forged = opener(follow=False)
+    status, _, _ = call(forged, site.url + "api/state", headers={"Cookie": "ls_session=forged"})
+    assert status == 401
+    status, _, page = call(anon, site.url + "login", {"username": "olga", "password": "wrong"})
+    assert status == 401 and "wrong password" in page.lower()
+    assert ("access.refused", "olga", "") in audit_actions(site)
+
+
+def test_acknowledge_needs_csrf_and_permission_and_is_audited(site: Site) -> None:
+    (rec,) = site.engine.book.set("line-1", "reject_run", True, now_ns(), "critical", "8 consecutive rejects", 8)
+    op, csrf = login(site)
+    ack_url = site.url + f"alerts/{urllib.parse.quote(rec.alert_id)}/ack"
+    assert call(op, ack_url, {"csrf": "0" * 64})[0] == 403
+    assert call(op, ack_url, {})[0] == 403
+    assert call(op, ack_url, {"csrf": csrf}, {"Origin": "http://evil.example"})[0] == 403
+    assert site.acked == []
+    refused = [a for a in audit_actions(site) if a[0] == "access.refused"]
+    assert len(refused) == 3 and all(a[1] == "olga" and a[2] == rec.alert_id for a in refused)
+    admin_op, admin_csrf = login(site, "adam", "adam-pass-123")
+    status, _, text = call(admin_op, ack_url, {"csrf": admin_csrf})
+    assert status == 403 and "may not alarm.acknowledge" in text
+    status, _, _ = call(op, ack_url, {"csrf": csrf}, {"Accept": "application/json"})
+    assert status == 200 and site.acked == [(rec.alert_id, "olga")]
+    assert site.engine.book.by_id[rec.alert_id].acknowledged_by == "olga"
+    assert ("alert.acknowledge", "olga", rec.alert_id) in audit_actions(site)
+    assert call(op, ack_url, {"csrf": csrf})[0] == 409  # twice: conflict
+    assert call(op, site.url + "alerts/nope/ack", {"csrf": csrf})[0] == 404
+    status, _, state = call(op, site.url + "api/state")
+    assert status == 200 and '"acknowledged_by": "olga"' in state
+
+
+def test_logout_revokes_the_session(site: Site) -> None:
+    op, csrf = login(site)
+    assert call(op, site.url + "logout", {"csrf": "bad"})[0] == 403
+    assert call(op, site.url + "logout", {"csrf": csrf})[0] == 303
+    assert call(op, site.url + "api/state")[0] == 401

@@ -1,0 +1,123 @@
+"""The dashboard as a person uses it, in headless Chromium (Debian `chromium` + `chromium-driver`):
+log in, watch live numbers change while a simulated line runs, see an injected defect burst raise
+an alert, acknowledge it, see a stopped line alerted. Screenshots go to
+``$LINESIGHT_SCREENSHOTS`` (default: the test's tmp dir)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from dashboard_feed import SimulatedFeed
+from test_dashboard import Site, audit_actions, make_site
+
+from pipeline.clickhouse import ChdbClient
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[dev])")
+from selenium.webdriver.common.by import By  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="headless browser test needs Debian chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
+
+
+@pytest.fixture()
+def browser() -> Iterator[webdriver.Chrome]:
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM  # type: ignore[assignment]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1000", "--disable-extensions"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(what: str, cond: Callable[[], object], timeout_s: float = 15.0) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = cond()
+        except Exception:  # noqa: BLE001 - the DOM is re-rendered under us; try again
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alert_rows(driver: webdriver.Chrome, kind: str) -> list:
+    return driver.find_elements(By.CSS_SELECTOR, f"#alerts tbody tr[data-kind='{kind}']")
+
+
+def test_operator_session_in_headless_chromium(
+    browser: webdriver.Chrome, chdb_client: ChdbClient, tmp_path: Path
+) -> None:
+    shots = Path(os.environ.get("LINESIGHT_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    site: Site
+    site, server = make_site(chdb_client, tmp_path)
+    feed = SimulatedFeed(site.engine, rate_per_s=10, defect_rate=0.1, seed=11).start()
+    try:
+        # unauthenticated: the page is the login form
+        browser.get(site.url)
+        assert browser.current_url.endswith("/login")
+        browser.find_element(By.ID, "username").send_keys("olga")
+        browser.find_element(By.ID, "password").send_keys("wrong-password")
+        browser.find_element(By.ID, "login-submit").click()
+        error = wait_for("the login error", lambda: browser.find_elements(By.ID, "login-error"))
+        assert "wrong password" in error[0].text.lower()  # type: ignore[index]
+        browser.find_element(By.ID, "username").send_keys("olga")
+        browser.find_element(By.ID, "password").send_keys("olga-pass-123")
+        browser.find_element(By.ID, "login-submit").click()
+        wait_for("the live line card", lambda: browser.find_elements(By.CSS_SELECTOR, "[data-line='line-1'] .total"))
+        first = int(browser.find_element(By.CSS_SELECTOR, "[data-line='line-1'] .total").text)
+        # the numbers change without a reload (Server-Sent Events)
+        wait_for("the unit count to grow", lambda: int(
+            browser.find_element(By.CSS_SELECTOR, "[data-line='line-1'] .total").text) >= first + 10)
+        assert "tablet_classifier:7" in browser.find_element(By.CSS_SELECTOR, "[data-line='line-1'] .models").text
+        assert browser.find_element(By.CSS_SELECTOR, "[data-service='clickhouse']").text == "clickhouse: ok"
+        wait_for("p-chart control limits", lambda: int(browser.find_element(
+            By.CSS_SELECTOR, "svg.pchart").get_attribute("data-limited")) >= 3)
+        browser.save_screenshot(str(shots / "dashboard-live.png"))
+
+        # a defect burst raises the run alert on the page
+        assert not alert_rows(browser, "reject_run")
+        feed.inject_burst(12)
+        wait_for("the reject_run alert", lambda: alert_rows(browser, "reject_run"))
+        wait_for("a reject thumbnail", lambda: browser.find_elements(By.CSS_SELECTOR, ".rejects img"))
+        browser.save_screenshot(str(shots / "dashboard-alert.png"))
+
+        # acknowledging it takes it off the open list; the audit trail has it
+        row = alert_rows(browser, "reject_run")[0]
+        alert_id = row.get_attribute("data-id")
+        row.find_element(By.CSS_SELECTOR, "button.ack").click()
+        wait_for("the alert to leave the open list", lambda: not any(
+            r.find_elements(By.CSS_SELECTOR, "button.ack") for r in alert_rows(browser, "reject_run")))
+        assert site.acked == [(alert_id, "olga")]
+        assert ("alert.acknowledge", "olga", alert_id) in audit_actions(site)
+        browser.save_screenshot(str(shots / "dashboard-acknowledged.png"))
+
+        # a line that stops sending frames: alerted on the page, not a blank page
+        feed.paused = True
+        wait_for("the frames_missing alert", lambda: alert_rows(browser, "frames_missing"), timeout_s=10)
+        assert "NO FRAMES" in browser.find_element(By.CSS_SELECTOR, "[data-line='line-1'] h3").text
+        browser.save_screenshot(str(shots / "dashboard-line-stopped.png"))
+        # a forged acknowledgement from the page's own origin without the token is refused
+        status = browser.execute_script(
+            "return fetch(arguments[0], {method: 'POST', body: new URLSearchParams({csrf: 'forged'})})"
+            ".then(r => r.status)", f"/alerts/{alert_rows(browser, 'frames_missing')[0].get_attribute('data-id')}/ack")
+        assert status == 403
+    finally:
+        feed.close()
+        server.stop()
