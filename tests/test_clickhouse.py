@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -74,7 +74,7 @@ def test_row_serialisation_rules() -> None:
         json_each_row([{"t": datetime(2024, 5, 1)}])
     with pytest.raises(TypeError):
         json_each_row([{"x": object()}])
-    assert datetime_from_ns(NS) == datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    assert datetime_from_ns(NS) == datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- chDB engine
@@ -106,7 +106,7 @@ def test_insert_and_read_back_typed_values(chdb_client: ChdbClient) -> None:
         f"latency_ms, stored_time FROM {db}.inspections ORDER BY unit_id"
     ).named()
     first, second = got
-    assert first["capture_time"] == datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    assert first["capture_time"] == datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
     assert first["inspected"] is True and math.isclose(first["score"], 0.12, rel_tol=1e-6)
     assert first["class_scores"].keys() == {"none", "chip"}
     assert math.isclose(first["class_scores"]["none"], 0.88, rel_tol=1e-6)

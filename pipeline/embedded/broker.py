@@ -90,7 +90,7 @@ class TansuBroker:
             self.stop()
             raise
         finally:
-            del admin  # close the probe's connection: Tansu's graceful stop waits for clients
+            admin = None  # drop the probe's client (closes its connection): Tansu's graceful stop waits for clients
         log.debug("%s ready on %s in %.3f s", SERVICE, self.bootstrap_servers, self.startup_s)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
