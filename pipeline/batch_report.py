@@ -4,15 +4,18 @@
 defect class and by cause (model, fail-safe, operator override); sample rejected units; alarms;
 the model versions that judged the lot with their release records and electronic signatures;
 and the audit-trail verification of the chains that hold the lot's decisions (and the system
-chain). Frame images are not retained by the pipeline (only each unit's image sha256 is, in the
-audit trail), so the report lists the sample rejects with their image hashes and says so.
+chain). Sample rejects are shown with the small JPEG the worker keeps of every unit it removes
+(`reject_images`) next to the image sha256 the audit trail holds for the full frame.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.audit.record import DECISION_ACTION, SIGN_ACTION, SYSTEM_CHAIN
 from pipeline.audit.trail import AuditTrail
@@ -20,10 +23,14 @@ from pipeline.audit.verify import VerifyReport
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.report import BatchReconciliation, build_reconciliation
 
+if TYPE_CHECKING:
+    from fpdf import FPDF
+
 IMAGES_NOTE = (
-    "Reject images: not available. The pipeline does not retain frame images; each decision's "
-    "image sha256 is in the audit trail, so an image kept elsewhere can be matched to its unit."
+    "Images: the reduced JPEG kept of each removed unit (full frames are not retained; the audit "
+    "trail holds each full frame's sha256)."
 )
+SAMPLE_IMAGES = 12
 
 
 @dataclass(frozen=True)
@@ -96,16 +103,27 @@ def build_batch_record(client: ClickHouseClient, database: str, lot: str, trail:
             p,
         ).named()
     }
+    sample_units = f"""SELECT unit_id FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND verdict != 'pass'
+                       ORDER BY capture_time LIMIT {SAMPLE_IMAGES}"""
     samples = client.query(
         f"""SELECT unit_id, line, verdict, cause, defect, score, model_version, error
-            FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND verdict != 'pass'
-            ORDER BY capture_time LIMIT 12""",
+            FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND unit_id IN ({sample_units})
+            ORDER BY capture_time""",
         p,
     ).named()
+    images = {
+        str(row["unit_id"]): base64.b64decode(row["jpeg_base64"])
+        for row in client.query(
+            f"""SELECT unit_id, jpeg_base64 FROM {db}.reject_images FINAL
+                WHERE lot = {{lot:String}} AND unit_id IN ({sample_units})""",
+            p,
+        ).named()
+    }
     for s in samples:
         d = decisions.get(s["unit_id"], {})
         s["image_sha256"] = d.get("image_sha256", "")
         s["audit_record"] = d.get("record", "not in the audit trail")
+        s["jpeg"] = images.get(str(s["unit_id"]))
     lines = sorted({r.line for r in rec.lines})
     chains = [c for c in trail.store.chains() if c == SYSTEM_CHAIN or any(c.startswith(f"decisions/{ln}/") for ln in lines)]
     verification = VerifyReport()
@@ -176,6 +194,8 @@ th { background: #eee; } .ok { color: #060; font-weight: bold; } .bad { color: #
 {% for s in r.samples %}<tr><td>{{ s.unit_id }}</td><td>{{ s.verdict }}</td><td>{{ s.cause }}</td><td>{{ s.defect }}</td>
 <td>{{ '%.3f' % s.score if s.score is not none else '-' }}</td><td>v{{ s.model_version or '-' }}</td><td class="mono">{{ s.image_sha256[:16] or '-' }}</td><td class="mono">{{ s.audit_record }}</td></tr>
 {% else %}<tr><td colspan="8">no rejected units</td></tr>{% endfor %}</table>
+<div>{% for s in r.samples if s.jpeg %}<figure style="display:inline-block;margin:4px;text-align:center;font-size:.8em">
+<img alt="unit {{ s.unit_id }}" src="data:image/jpeg;base64,{{ s.jpeg | b64 }}" width="110"><figcaption>{{ s.unit_id }}<br>{{ s.defect }} ({{ s.verdict }})</figcaption></figure>{% endfor %}</div>
 <h2>Alarms during the lot</h2><table><tr><th>code</th><th>raised</th><th>cleared</th><th>reason</th></tr>
 {% for a in rec.alarms %}<tr><td>{{ a.code }}</td><td>{{ a.raised.strftime('%Y-%m-%d %H:%M:%S') }}</td><td>{{ a.cleared.strftime('%Y-%m-%d %H:%M:%S') if a.cleared else 'STILL ACTIVE' }}</td><td>{{ a.reason }}</td></tr>
 {% else %}<tr><td colspan="4">none</td></tr>{% endfor %}</table>
@@ -195,6 +215,7 @@ def render_html(r: BatchRecord, path: Path) -> None:
     from jinja2 import Environment, select_autoescape
 
     env = Environment(autoescape=select_autoescape(default=True))
+    env.filters["b64"] = lambda data: base64.b64encode(data).decode("ascii")
     Path(path).write_text(
         env.from_string(_HTML).render(r=r, rec=r.reconciliation, images_note=IMAGES_NOTE), encoding="utf-8"
     )
@@ -207,6 +228,24 @@ def _latin(text: object) -> str:
     """The PDF's core fonts are Latin-1: map the few typographic characters we use."""
     s = str(text).replace("\u2014", "-").replace("\u2013", "-").replace("\u2026", "...")
     return s.encode("latin-1", "replace").decode("latin-1")
+
+
+def gallery(pdf: FPDF, samples: list[dict]) -> None:
+    """Sample rejects' images in rows of six, each captioned with unit, class and verdict."""
+    size, gap, per_row = 27.0, 3.0, 6
+    for start in range(0, len(samples), per_row):
+        row = samples[start : start + per_row]
+        if pdf.will_page_break(size + 10):
+            pdf.add_page()
+        x0, y0 = pdf.l_margin, pdf.get_y()
+        for i, s in enumerate(row):
+            x = x0 + i * (size + gap)
+            pdf.image(io.BytesIO(s["jpeg"]), x=x, y=y0, w=size, h=size)
+            pdf.set_xy(x, y0 + size + 0.5)
+            pdf.set_font("Helvetica", "", 6)
+            pdf.multi_cell(size, 3, _latin(f"{s['unit_id']}\n{s['defect']} ({s['verdict']})"), align="C")
+        pdf.set_xy(x0, y0 + size + 8)
+    pdf.set_font("Helvetica", "", 9)
 
 
 def render_pdf(r: BatchRecord, path: Path) -> None:
@@ -293,6 +332,7 @@ def render_pdf(r: BatchRecord, path: Path) -> None:
             (s["image_sha256"] or "-")[:16], s["audit_record"]] for s in r.samples]
           or [["no rejected units", "", "", "", "", "", "", ""]],
           (28, 16, 16, 20, 13, 13, 33, 51))
+    gallery(pdf, [s for s in r.samples if s.get("jpeg")])
 
     h2("4. Alarms during the lot")
     table(["code", "raised (UTC)", "cleared (UTC)", "reason"],

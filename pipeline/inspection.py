@@ -20,13 +20,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pipeline.imaging.codec import thumbnail_jpeg
 from pipeline.inference import Failed, ModelInfo, Outcome, Scored, UnknownModelError
 from pipeline.messages import (
     H_CAMERA,
+    H_CAPTURE_NS,
+    H_DEFECT,
     H_LINE,
     H_LOT,
     H_PRODUCT,
     H_UNIT,
+    H_VERDICT,
     FrameMeta,
     Headers,
     InspectionResult,
@@ -92,6 +96,7 @@ class InspectionProcessor:
     def __init__(self, settings: Settings, scorer: Scorer, worker: str | None = None) -> None:
         self._kafka = settings.kafka
         self._models = settings.stream.product_models
+        self._image_px = settings.stream.reject_image_px
         self._scorer = scorer
         self._worker = worker or worker_id()
 
@@ -170,6 +175,7 @@ class InspectionProcessor:
                 f"({scored.review_threshold:.4g}, {scored.reject_threshold:.4g}]: for a person to decide"
             )
             out.append(self._reject(result, f"{result.model_name} v{result.model_version}: {reason}"))
+            out += self._reject_image(frame, result)
         return out
 
     def _failsafe(
@@ -210,7 +216,25 @@ class InspectionProcessor:
             dead,
             Outgoing(self._kafka.topic_results, unit.encode(), result.to_json()),
             self._reject(result, f"not inspected: {reason}"),
+            *self._reject_image(frame, result),
         ]
+
+    def _reject_image(self, frame: Frame, result: InspectionResult) -> list[Outgoing]:
+        """A small JPEG of a unit leaving the line, for the batch record (none if undecodable)."""
+        if not self._image_px or not frame.value:
+            return []
+        jpeg = thumbnail_jpeg(frame.value, self._image_px)
+        if jpeg is None:
+            return []
+        headers = [
+            (H_UNIT, result.unit_id.encode()),
+            (H_LINE, result.line.encode()),
+            (H_LOT, result.lot.encode()),
+            (H_CAPTURE_NS, str(result.capture_ns).encode()),
+            (H_VERDICT, result.verdict.encode()),
+            (H_DEFECT, result.defect.encode()),
+        ]
+        return [Outgoing(self._kafka.topic_reject_images, result.unit_id.encode(), jpeg, headers)]
 
     def _reject(self, result: InspectionResult, reason: str) -> Outgoing:
         command = RejectCommand(

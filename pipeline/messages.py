@@ -27,6 +27,9 @@ H_CONTENT_TYPE = "content-type"
 H_LOT = "ls-lot"
 # Optional: the conveyor encoder count at capture (encoder-timed lines, see docs/actuation.md).
 H_ENCODER = "ls-encoder-count"
+# Reject images (linesight.reject-images): the verdict and class the image documents.
+H_VERDICT = "ls-verdict"
+H_DEFECT = "ls-defect"
 # Dead-letter headers added to the original frame's headers.
 H_DLQ_REASON = "ls-dlq-reason"
 H_DLQ_STAGE = "ls-dlq-stage"

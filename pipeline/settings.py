@@ -46,6 +46,8 @@ class KafkaSettings(BaseModel):
     topic_audit: str = "linesight.audit"
     # Real-time alerts (docs/alerts.md): every alert change, keyed by alert id.
     topic_alerts: str = "linesight.alerts"
+    # A small JPEG of every unit removed from the line (batch records, dashboards), keyed by unit.
+    topic_reject_images: str = "linesight.reject-images"
     partitions: int = 3
     replication_factor: int = 1
     # Frames above this size are refused by the gateway (Kafka's default message cap is 1 MB).
@@ -107,6 +109,8 @@ class StreamSettings(BaseModel):
     web_port: int = 16066
     # product id -> Triton model (ensemble) that inspects it
     product_models: dict[str, str] = {"tablet-round-white-10mm": "tablet_inspector"}
+    # Longest side of the JPEG kept of each rejected unit (0: keep none).
+    reject_image_px: int = Field(default=128, ge=0, le=1024)
 
 
 class SimulatorSettings(BaseModel):

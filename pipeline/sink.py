@@ -9,6 +9,7 @@ dropped and never allowed to stop the sink.
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from collections import defaultdict
@@ -28,12 +29,15 @@ from pipeline.consumer_loop import run_batches
 from pipeline.health import HealthState
 from pipeline.kafka import make_consumer
 from pipeline.messages import (
+    H_CAPTURE_NS,
+    H_DEFECT,
     H_DLQ_REASON,
     H_DLQ_SOURCE,
     H_DLQ_STAGE,
     H_LINE,
     H_LOT,
     H_UNIT,
+    H_VERDICT,
     Actuation,
     AlarmRecord,
     GateEventRecord,
@@ -178,6 +182,25 @@ def alert_row(m: Message) -> Row:
     }
 
 
+def reject_image_row(m: Message) -> Row:
+    headers = m.headers() or []
+    jpeg = m.value() or b""
+    unit = header_value(headers, H_UNIT)
+    capture = header_value(headers, H_CAPTURE_NS)
+    if not unit or not capture.isdigit() or not jpeg.startswith(b"\xff\xd8"):
+        raise MessageError("reject image without unit id, capture time or JPEG bytes")
+    return {
+        "unit_id": unit,
+        "line": header_value(headers, H_LINE),
+        "lot": header_value(headers, H_LOT),
+        "verdict": header_value(headers, H_VERDICT),
+        "defect": header_value(headers, H_DEFECT),
+        "capture_time": ns_to_datetime(int(capture)),
+        "jpeg_base64": base64.b64encode(jpeg).decode("ascii"),
+        "size_bytes": len(jpeg),
+    }
+
+
 def dead_letter_row(m: Message) -> Row:
     headers = m.headers() or []
     key = m.key() or b""
@@ -225,6 +248,7 @@ class ClickHouseSink:
             k.topic_gate_events: ("gate_events", gate_event_row),
             k.topic_alarms: ("alarms", alarm_row),
             k.topic_alerts: ("alerts", alert_row),
+            k.topic_reject_images: ("reject_images", reject_image_row),
         }
         self.rows_written = 0
         self.audit = AuditTrail.from_settings(settings, client, audit_publisher)

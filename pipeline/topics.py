@@ -51,6 +51,7 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         (kafka.topic_alarms, {}),
         (kafka.topic_audit, {}),
         (kafka.topic_alerts, {}),
+        (kafka.topic_reject_images, {}),
     ]
     return [TopicSpec(n, kafka.partitions, kafka.replication_factor, dict(c)) for n, c in names]
 

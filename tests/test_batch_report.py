@@ -8,6 +8,7 @@ import hashlib
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.audit.record import AuditEvent
@@ -27,8 +28,8 @@ S = 1_000_000_000
 
 
 class Msg:
-    def __init__(self, topic: str, value: bytes, offset: int) -> None:
-        self._t, self._v, self._o = topic, value, offset
+    def __init__(self, topic: str, value: bytes, offset: int, headers: list[tuple[str, bytes]] | None = None) -> None:
+        self._t, self._v, self._o, self._h = topic, value, offset, headers
 
     def topic(self) -> str:
         return self._t
@@ -41,6 +42,23 @@ class Msg:
 
     def value(self) -> bytes:
         return self._v
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._h
+
+
+def _reject_image(topic: str, unit: str, line: str, lot: str, verdict: str, defect: str, t: int, offset: int) -> Msg:
+    """What the worker publishes for a removed unit (pipeline.inspection), from a rendered tablet."""
+    from pipeline.imaging import encode_png, render_tablet
+    from pipeline.imaging.codec import thumbnail_jpeg
+    from pipeline.messages import H_CAPTURE_NS, H_DEFECT, H_LINE, H_LOT, H_UNIT, H_VERDICT
+
+    image = render_tablet(np.random.default_rng(offset), "tablet-round-white-10mm", defect, size=160)
+    jpeg = thumbnail_jpeg(encode_png(image), 128)
+    assert jpeg is not None
+    headers = [(H_UNIT, unit.encode()), (H_LINE, line.encode()), (H_LOT, lot.encode()),
+               (H_CAPTURE_NS, str(t).encode()), (H_VERDICT, verdict.encode()), (H_DEFECT, defect.encode())]
+    return Msg(topic, jpeg, offset, headers)
 
 
 def _gate(unit: str, line: str, lot: str, outcome: str, cause: str, t: int, verdict: str) -> GateEventRecord:
@@ -78,6 +96,8 @@ def lot_db(embedded_settings: Settings, chdb_client: ChdbClient) -> tuple[Settin
         t = t0 + i * S // 10
         cause = "failsafe" if defect == "uninspected" else "model"
         msgs.append(Msg(k.topic_results, _result(unit, line, lot, verdict, defect, t, cause).to_json(), len(msgs)))
+        if verdict != "pass" and defect != "uninspected":
+            msgs.append(_reject_image(k.topic_reject_images, unit, line, lot, verdict, defect, t, len(msgs)))
         outcome = "passed" if verdict == "pass" else "fired"
         action = "pass" if verdict == "pass" else "reject"
         msgs.append(Msg(k.topic_gate_events, _gate(unit, line, lot, outcome, cause, t, action).to_json(), len(msgs)))
@@ -106,6 +126,16 @@ def _pdf_text(path: Path) -> str:
     return "\n".join(doc[i].get_textpage().get_text_range() for i in range(len(doc)))
 
 
+def _pdf_images(path: Path) -> int:
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    doc = pdfium.PdfDocument(str(path))
+    return sum(
+        1 for i in range(len(doc)) for obj in doc[i].get_objects() if obj.type == pdfium_c.FPDF_PAGEOBJ_IMAGE
+    )
+
+
 def test_batch_record_pdf_and_html(lot_db: tuple[Settings, str], chdb_client: ChdbClient, tmp_path: Path) -> None:
     settings, lot = lot_db
     db = settings.clickhouse.database
@@ -129,10 +159,14 @@ def test_batch_record_pdf_and_html(lot_db: tuple[Settings, str], chdb_client: Ch
     render_html(record, html)
     text = _pdf_text(pdf)
     for needed in (f"Batch record - lot {lot}", "50.00 %", "crack", "operator override", "plc_unreachable",
-                   "approved by quinn (qa)", "VERIFIED", "Reject images: not available", "u7"):
+                   "approved by quinn (qa)", "VERIFIED", "reduced JPEG kept of each removed unit", "u7"):
         assert needed in text, needed
+    # The removed units' images are in the record (u7 was never inspectable: no image).
+    assert [s["unit_id"] for s in record.samples if s["jpeg"]] == ["u2", "u4", "u5"]
+    assert _pdf_images(pdf) == 3
     page = html.read_text()
     assert "VERIFIED" in page and "approved by quinn (qa)" in page and "plc_unreachable" in page
+    assert page.count('src="data:image/jpeg;base64,') == 3
 
     # An edited decision of the lot shows in the next report.
     chain = record.samples[0]["audit_record"].rpartition("#")[0]

@@ -182,3 +182,37 @@ def test_classes_parameter_parses_per_version() -> None:
         1: ("good", "crack"), 2: ("good", "anomaly")
     }
     assert parse_classes("good,crack") == {} and parse_classes(None) == {}
+
+
+async def test_removed_units_leave_a_small_jpeg_for_the_batch_record() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.imaging import encode_png, render_tablet
+    from pipeline.messages import H_DEFECT, H_LOT, H_UNIT, H_VERDICT
+
+    settings = Settings()
+    k = settings.kafka
+    png = encode_png(render_tablet(np.random.default_rng(1), "tablet-round-white-10mm", "crack", size=320))
+    frames = [  # a real frame, scored by what follows its PNG bytes (the decoder stops at IEND)
+        frame("kept", png + b"score=0.1", offset=0),
+        frame("removed", png + b"score=0.9", offset=1),
+        frame("alien", png + b"score=0.1", product="unknown-sku", offset=2),
+        frame("garbage", b"not an image", offset=3),
+    ]
+    out = await InspectionProcessor(settings, ScriptedScorer(), worker="w1").process(frames)
+
+    images = {o.key.decode(): o for o in by_topic(out, k.topic_reject_images)}
+    assert sorted(images) == ["alien", "removed"]  # passed units and undecodable frames: none
+    removed = images["removed"]
+    with Image.open(io.BytesIO(removed.value)) as img:
+        assert img.format == "JPEG" and max(img.size) == settings.stream.reject_image_px
+    assert header_value(removed.headers, H_UNIT) == "removed" and header_value(removed.headers, H_LOT) == "LOT-7"
+    assert header_value(removed.headers, H_VERDICT) == "reject" and header_value(removed.headers, H_DEFECT) == "chip"
+    assert header_value(images["alien"].headers, H_DEFECT) == "uninspected"
+
+    off = settings.model_copy(update={"stream": settings.stream.model_copy(update={"reject_image_px": 0})})
+    out = await InspectionProcessor(off, ScriptedScorer(), worker="w1").process(frames[:2])
+    assert not by_topic(out, k.topic_reject_images)

@@ -174,6 +174,25 @@ PARTITION BY toYYYYMM(first_seen)
 ORDER BY (alert_id)
 SETTINGS non_replicated_deduplication_window = 1000;
 
+-- A small JPEG of every unit removed from the line (reject, review, fail-safe with a decodable
+-- frame), for batch records; one row per unit (a redelivered image replaces itself).
+CREATE TABLE IF NOT EXISTS {db}.reject_images
+(
+    unit_id        String,
+    line           LowCardinality(String),
+    lot            String,
+    verdict        LowCardinality(String),
+    defect         LowCardinality(String),
+    capture_time   DateTime64(6, 'UTC'),
+    jpeg_base64    String CODEC(ZSTD(1)),
+    size_bytes     UInt32,
+    stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree(stored_time)
+PARTITION BY toYYYYMM(capture_time)
+ORDER BY (line, unit_id)
+SETTINGS non_replicated_deduplication_window = 1000;
+
 -- GMP audit trail (docs/audit.md): append-only, hash-chained. The application only ever INSERTs
 -- here (grant the services INSERT and SELECT, never ALTER/DELETE/TRUNCATE). Plain MergeTree, not
 -- Replacing: a duplicated or inserted record must stay visible to `linesight audit verify`.

@@ -21,3 +21,16 @@ def encode_jpeg(img: Image.Image, quality: int = 92) -> bytes:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def thumbnail_jpeg(data: bytes, max_px: int, quality: int = 85) -> bytes | None:
+    """A JPEG of encoded image `data` no larger than `max_px` on its longest side; None when
+    `data` is not a decodable image (such a frame is documented by its hash alone)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (max_px, max_px))  # JPEG sources decode at reduced size directly
+            small = img.convert("RGB")
+            small.thumbnail((max_px, max_px))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return encode_jpeg(small, quality)
