@@ -14,6 +14,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pipeline.audit.publish import BestEffortPublisher
+from pipeline.audit.record import AuditEvent, os_user
+from pipeline.audit.trail import AuditTrail
 from pipeline.clickhouse import ClickHouseClient, connect
 from pipeline.embedded.stack import EmbeddedStack
 from pipeline.gateway import FramePublisher, run_simulated_line
@@ -78,12 +81,22 @@ def wait_drained(
     )
 
 
+def audit_line(resolved: Settings, client: ClickHouseClient, action: str, reason: str, **detail: object) -> None:
+    """Record the simulated line's start or stop in the audit trail (system chain)."""
+    trail = AuditTrail.from_settings(resolved, client, BestEffortPublisher(resolved))
+    trail.record(AuditEvent(action, subject=resolved.simulator.line, user=os_user(), role="system",
+                            reason=reason, detail=dict(detail)))
+
+
 def run_demo(settings: Settings, duration_s: float, workers: int = 1) -> RunReport:
     with pipeline_stack(settings, workers) as (resolved, client, services):
         publisher = FramePublisher(resolved)
         log.info("simulated line running for %.0f s at %.1f units/s", duration_s, resolved.simulator.rate_per_s)
+        audit_line(resolved, client, "line.start", "linesight demo", rate_per_s=resolved.simulator.rate_per_s)
         lot = run_simulated_line(resolved, publisher, services.stop_event, duration_s=duration_s)
         publisher.close()
+        audit_line(resolved, client, "line.stop", "linesight demo: run finished", lot=lot,
+                   published=publisher.stats.published)
         db = resolved.clickhouse.database
         wait_drained(client, db, lot, publisher.stats.published, services.stop_event)
         return build_report(client, db, lot)
@@ -100,8 +113,11 @@ def run_up(settings: Settings, workers: int = 1) -> None:
               f"ClickHouse {store}. Ctrl-C stops.", flush=True)
         print(f"Dashboard: {services.dashboard_url} (log in with a user from `linesight users add`)", flush=True)
         publisher = FramePublisher(resolved)
+        audit_line(resolved, client, "line.start", "linesight up", rate_per_s=resolved.simulator.rate_per_s)
         lot = run_simulated_line(resolved, publisher, line_stop)
         publisher.close()
+        audit_line(resolved, client, "line.stop", "linesight up: Ctrl-C / SIGTERM", lot=lot,
+                   published=publisher.stats.published)
         print(f"line stopped; lot {lot}: {publisher.stats.published} units published; draining ...", flush=True)
         wait_drained(client, resolved.clickhouse.database, lot, publisher.stats.published, services.stop_event, 60.0)
         print("every published unit is decided and stored; stopping services", flush=True)

@@ -130,3 +130,28 @@ def test_time_range_verifies_the_span_and_its_first_link(trail: AuditTrail) -> N
     trail.append(chain, [AuditEvent("test.event", subject=str(i), time=t0 + timedelta(minutes=i)) for i in range(3)])
     report = trail.verify(chain=chain, time_from=t0 + timedelta(minutes=1), time_to=t0 + timedelta(minutes=1))
     assert report.ok and report.chains[0].records == 1 and report.chains[0].first_seq == 1
+
+
+def test_line_start_and_stop_are_audited(embedded_settings: Settings, chdb_client: ChdbClient, tmp_path: Path) -> None:
+    """`linesight demo`/`up` record who started and stopped the line, in the verified system chain
+    (no broker here: the record stays in ClickHouse and the publish failure is only a warning)."""
+    from pipeline.demo import audit_line
+
+    db = f"lineaudit_{uuid.uuid4().hex[:8]}"
+    chdb_client.apply_schema(db)
+    settings = embedded_settings.model_copy(update={
+        "state_dir": tmp_path,
+        "clickhouse": embedded_settings.clickhouse.model_copy(update={"database": db}),
+        "kafka": embedded_settings.kafka.model_copy(update={"bootstrap_servers": "127.0.0.1:9"}),
+        "audit": embedded_settings.audit.model_copy(update={"publish_timeout_s": 1.0}),
+    })
+    audit_line(settings, chdb_client, "line.start", "linesight demo", rate_per_s=20.0)
+    audit_line(settings, chdb_client, "line.stop", "linesight demo: run finished", lot="L-1", published=40)
+    rows = chdb_client.query(
+        f"SELECT action, subject, role, reason FROM {db}.audit_records WHERE chain = 'system' ORDER BY seq"
+    ).rows
+    assert [tuple(r) for r in rows] == [
+        ("line.start", settings.simulator.line, "system", "linesight demo"),
+        ("line.stop", settings.simulator.line, "system", "linesight demo: run finished"),
+    ]
+    assert AuditTrail.from_settings(settings, chdb_client).verify(chain="system").ok

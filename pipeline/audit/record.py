@@ -13,8 +13,10 @@ The same bytes are produced from a ClickHouse row, a CSV row or a Parquet row of
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -155,3 +157,12 @@ def parse_record_id(text: str) -> tuple[str, int]:
     if not sep or not chain or not seq.isdigit():
         raise ValueError(f"not a record id (CHAIN#SEQ, as `linesight audit verify` prints): {text!r}")
     return chain, int(seq)
+
+
+def os_user() -> str:
+    """The operating-system account running this process: who started a service or a command
+    when no LineSight user logged in (containers without a passwd entry give their uid)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - getpass raises OSError or KeyError depending on platform
+        return f"uid:{os.getuid()}"

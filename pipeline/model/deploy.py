@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import getpass
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -35,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.audit.record import os_user
 from pipeline.hashing import sha256_file
 from pipeline.model import repository as repo_mod
 from pipeline.settings import Settings
@@ -242,13 +241,6 @@ class DeployResult:
         return f"{head}\n  {self.triton}"
 
 
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - containers without a passwd entry
-        return f"uid:{os.getuid()}"
-
-
 @contextlib.contextmanager
 def _locked(repo: Path, classifier: str) -> Iterator[None]:
     """One deploy/rollback at a time per classifier (other processes wait)."""
@@ -333,7 +325,7 @@ def deploy(
             "product": product,
             "from": previous,
             "to": version,
-            "user": user or _user(),
+            "user": user or os_user(),
             "reason": reason,
         }
         if previous == version and action == "deploy":
