@@ -91,6 +91,21 @@ def cmd_actuator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from pipeline.alerts.service import run_alerts
+
+    run_alerts(_settings(args), _stop_on_signals())
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from pipeline.dashboard.stack import run_dashboard
+
+    run_dashboard(_settings(args), _stop_on_signals(),
+                  started=lambda server: print(f"dashboard at {server.url}", flush=True))
+    return 0
+
+
 def cmd_camera(args: argparse.Namespace) -> int:
     from pipeline.gateway import FramePublisher, run_simulated_line
 
@@ -285,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sink", help="run the ClickHouse sink").set_defaults(func=cmd_sink)
     sub.add_parser("actuator", help="run the reject actuator").set_defaults(func=cmd_actuator)
+    sub.add_parser("alerts", help="run the alert service (alerts topic; API for the dashboard)").set_defaults(
+        func=cmd_alerts)
+    sub.add_parser("dashboard", help="serve the operator dashboard (needs a ClickHouse server and "
+                   "`linesight alerts`; with embedded chDB use `linesight up`)").set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("camera", help="publish a simulated line's frames to Kafka")
     p.add_argument("--rate", type=float, help="units per second")

@@ -151,6 +151,21 @@ class ServiceSettings(BaseModel):
     alerts_missing_after_s: float = 5.0
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 16080
+    # Production (`linesight alerts` / `linesight dashboard` as separate services, docs/deployment.md):
+    # the alert service's health endpoint and internal API (state, reject frames, acknowledgements).
+    alerts_health_port: int = 16072
+    alerts_url: str | None = Field(default=None, description="the alert service for `linesight dashboard`, "
+                                   "e.g. http://alerts:16072")
+    alerts_api_token: SecretStr | None = None
+    alerts_api_token_file: Path | None = Field(default=None, description="file holding the alert API token")
+    # Health endpoints the dashboard probes (None: 127.0.0.1 and the port above, as in `linesight up`).
+    sink_url: str | None = None
+    actuator_url: str | None = None
+    # Session cookie only over HTTPS: set when a TLS-terminating reverse proxy serves the dashboard.
+    dashboard_secure_cookie: bool = False
+
+    def resolved_alerts_api_token(self) -> str:
+        return read_secret(self.alerts_api_token, self.alerts_api_token_file)
 
 
 class Settings(BaseSettings):

@@ -47,7 +47,7 @@ CH_USERS_XML = CH_DIR / "users.d" / "linesight.xml"
 CH_ENTRYPOINT = CH_DIR / "entrypoint.sh"
 
 ONE_SHOT = {"topics-init", "db-init"}
-APP_SERVICES = {"topics-init", "db-init", "worker", "sink", "actuator", "camera"}
+APP_SERVICES = {"topics-init", "db-init", "worker", "sink", "actuator", "alerts", "dashboard", "camera"}
 REQUIRED_SERVICES = APP_SERVICES | {"kafka", "triton", "clickhouse", "grafana"}
 LONG_RUNNING = REQUIRED_SERVICES - ONE_SHOT
 # service -> (health-port environment variable, the Settings section and field it sets)
@@ -55,6 +55,7 @@ HEALTH_PORTS = {
     "worker": ("LINESIGHT_STREAM__WEB_PORT", ("stream", "web_port")),
     "sink": ("LINESIGHT_SERVICES__SINK_HEALTH_PORT", ("services", "sink_health_port")),
     "actuator": ("LINESIGHT_SERVICES__ACTUATOR_HEALTH_PORT", ("services", "actuator_health_port")),
+    "alerts": ("LINESIGHT_SERVICES__ALERTS_HEALTH_PORT", ("services", "alerts_health_port")),
 }
 CLI_HANDLERS = {
     "topics-init": "cmd_topics",
@@ -62,6 +63,8 @@ CLI_HANDLERS = {
     "worker": "cmd_worker",
     "sink": "cmd_sink",
     "actuator": "cmd_actuator",
+    "alerts": "cmd_alerts",
+    "dashboard": "cmd_dashboard",
     "camera": "cmd_camera",
 }
 # The variables compose refuses to run without (${VAR:?...}): dummy secret paths in the tests.
@@ -69,6 +72,8 @@ SECRET_PATH_VARS = (
     "CLICKHOUSE_ADMIN_PASSWORD_FILE",
     "CLICKHOUSE_WRITER_PASSWORD_FILE",
     "CLICKHOUSE_READER_PASSWORD_FILE",
+    "CLICKHOUSE_DASHBOARD_PASSWORD_FILE",
+    "ALERTS_API_TOKEN_FILE",
     "GRAFANA_ADMIN_PASSWORD_FILE",
     "PLC_PASSWORD_FILE",
     "PLC_CLIENT_CERTIFICATE_FILE",
@@ -623,7 +628,7 @@ def test_clickhouse_users_have_least_privilege(services: dict[str, Any], monkeyp
     assert env_of(services["db-init"])["LINESIGHT_CLICKHOUSE__USERNAME"] == "linesight_admin"
     for name in APP_SERVICES - {"db-init"}:
         assert "clickhouse_admin_password" not in services[name].get("secrets", []), name
-    for name in ("worker", "actuator", "camera", "topics-init"):
+    for name in ("worker", "actuator", "alerts", "camera", "topics-init"):
         assert not [s for s in services[name].get("secrets", []) if s.startswith("clickhouse_")], (
             f"{name} uses no ClickHouse account"
         )
@@ -777,3 +782,111 @@ def test_readme_example_sql_runs_on_the_schema(chdb_client: Any) -> None:
     assert len(blocks) >= 3
     for sql in blocks:
         chdb_client.query(sql)
+
+
+# --------------------------------------------------------------------------- alerts and dashboard
+
+
+def test_alerts_and_dashboard_run_as_their_own_services(services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    from pipeline.dashboard.stack import production_refusal
+
+    alerts, dash = services["alerts"], services["dashboard"]
+    assert "topics-init" in alerts["depends_on"]
+    assert {"alerts", "clickhouse", "db-init"} <= set(dash["depends_on"])
+    # The alert service needs no ClickHouse account; both share the API token secret.
+    assert set(alerts["secrets"]) == {"alerts_api_token"}
+    assert set(dash["secrets"]) == {"clickhouse_dashboard_password", "alerts_api_token"}
+    assert "ports" not in alerts, "the alert API stays on the compose network"
+
+    a_env, d_env = env_of(alerts), env_of(dash)
+    a_settings, d_settings = settings_from(a_env, monkeypatch), settings_from(d_env, monkeypatch)
+    assert a_settings.services.alerts_api_token_file == d_settings.services.alerts_api_token_file \
+        == Path("/run/secrets/alerts_api_token")
+    # The dashboard reaches the alert service (and the sink and actuator health) by compose name and port.
+    target = urlsplit(d_settings.services.alerts_url or "")
+    assert (target.hostname, target.port) == ("alerts", a_settings.services.alerts_health_port)
+    for name, url, port in (("sink", d_settings.services.sink_url, "LINESIGHT_SERVICES__SINK_HEALTH_PORT"),
+                            ("actuator", d_settings.services.actuator_url, "LINESIGHT_SERVICES__ACTUATOR_HEALTH_PORT")):
+        parts = urlsplit(url or "")
+        assert (parts.hostname, parts.port) == (name, int(env_of(services[name])[port])), name
+    # Production settings pass the dashboard's own refusal checks (ClickHouse server, Kafka, alert API).
+    inline = {k: v for k, v in d_env.items() if k != "LINESIGHT_SERVICES__ALERTS_API_TOKEN_FILE"}
+    inline["LINESIGHT_SERVICES__ALERTS_API_TOKEN"] = "x" * 24  # the secret file is not here
+    assert production_refusal(settings_from(inline, monkeypatch)) is None
+    assert d_settings.clickhouse.username == "linesight_dashboard"
+    assert d_settings.clickhouse.password_file == Path("/run/secrets/clickhouse_dashboard_password")
+
+
+def test_dashboard_port_is_published_on_a_configurable_address_and_checked(
+    services: dict[str, Any], raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dash = services["dashboard"]
+    settings = settings_from(env_of(dash), monkeypatch)
+    assert settings.services.dashboard_host == "0.0.0.0", "listens on the container's interface"
+    published = raw["services"]["dashboard"]["ports"]
+    assert published == ["${DASHBOARD_BIND:-127.0.0.1}:${DASHBOARD_PORT:-16080}:16080"]
+    assert published[0].endswith(f":{settings.services.dashboard_port}")
+    assert dash["ports"][0].startswith("127.0.0.1:"), "loopback unless DASHBOARD_BIND is set"
+    check = python_healthcheck(dash)
+    assert "LINESIGHT_SERVICES__DASHBOARD_PORT" in check and "/login" in check
+    # The Secure cookie flag is the operator's switch (TLS at a reverse proxy).
+    assert raw["services"]["dashboard"]["environment"]["LINESIGHT_SERVICES__DASHBOARD_SECURE_COOKIE"] \
+        == "${DASHBOARD_SECURE_COOKIE:-false}"
+    on = interpolate(raw, DUMMY_ENV | {"DASHBOARD_SECURE_COOKIE": "true"})["services"]["dashboard"]
+    assert settings_from(env_of(on), monkeypatch).services.dashboard_secure_cookie is True
+    assert settings.services.dashboard_secure_cookie is False
+
+
+def test_dashboard_healthcheck_passes_against_a_listening_dashboard_only(services: dict[str, Any]) -> None:
+    import http.server
+    import threading
+
+    code = python_healthcheck(services["dashboard"])
+
+    def probe(port: int) -> int:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LINESIGHT_")} | {
+            "LINESIGHT_SERVICES__DASHBOARD_PORT": str(port)}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30).returncode
+
+    class Login(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200 if self.path == "/login" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Login)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert probe(server.server_address[1]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert probe(free_port()) != 0
+
+
+def test_dashboard_clickhouse_account_reads_and_writes_only_sessions_and_audit(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = users_xml().find("users")
+    assert users is not None
+    dash = users.find("linesight_dashboard")
+    assert dash is not None and dash.find("access_management") is None
+    database = settings_from(env_of(services["dashboard"]), monkeypatch).clickhouse.database
+    assert sorted(grants_of(dash)) == sorted([
+        f"GRANT SELECT ON {database}.*",
+        f"GRANT INSERT ON {database}.sessions",
+        f"GRANT INSERT ON {database}.audit_records",
+    ])
+    assert dash.findtext("password_sha256_hex") == "0" * 64
+    assert "clickhouse_dashboard_password" in services["clickhouse"]["secrets"]
+    # What the dashboard's code writes is exactly what the grant allows.
+    import inspect
+
+    from pipeline.audit.store import TABLE, AuditStore
+    from pipeline.auth.sessions import SessionStore
+
+    assert TABLE == "audit_records" and "insert_json_rows" in inspect.getsource(AuditStore.insert)
+    assert ".sessions" in inspect.getsource(SessionStore.__init__)

@@ -38,7 +38,7 @@ RUN pip install --no-deps -e . \
 FROM ${PYTHON_IMAGE}
 ARG APP_UID=10001
 LABEL org.opencontainers.image.title="linesight" \
-      org.opencontainers.image.description="LineSight services: inspection worker, ClickHouse sink, reject actuator, camera simulator" \
+      org.opencontainers.image.description="LineSight services: inspection worker, ClickHouse sink, reject actuator, alert service, operator dashboard, camera simulator" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -4,14 +4,22 @@ commits its offsets only after the broker acknowledged those alerts (`run_batche
 
 A ticker thread runs the time-driven checks (a line that stopped sending frames, stale worker
 heartbeats, the p-chart interval) once a second, so silence raises an alert even when no message
-arrives. With embedded chDB it runs inside the stack process next to the sink and the dashboard.
+arrives. With embedded chDB it runs inside the stack process next to the sink and the dashboard;
+in production it is `linesight alerts`, and the dashboard (`linesight dashboard`) reads its state
+and sends acknowledgements through `serve_alerts_api` (bearer token; docs/deployment.md).
 """
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote
 
 from confluent_kafka import KafkaException, Message, Producer
 
@@ -19,7 +27,7 @@ from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.alerts.record import AlertRecord
 from pipeline.consumer_loop import run_batches
 from pipeline.health import HealthState
-from pipeline.kafka import flush_or_raise, make_consumer, make_producer
+from pipeline.kafka import bootstrap, flush_or_raise, make_consumer, make_producer
 from pipeline.messages import FrameMeta, Heartbeat, InspectionResult, MessageError, now_ns
 from pipeline.settings import Settings
 
@@ -111,3 +119,131 @@ def run_alert_service(service: AlertService, stop: threading.Event, health: Heal
         run_batches(consumer, service.topics, service.handle, health, stop, max_batch=200, max_wait_s=0.05)
     finally:
         thread.join(timeout=5.0)
+
+
+def start_alert_service(settings: Settings, stop: threading.Event, threads: list[threading.Thread],
+                        publisher: AlertPublisher | None = None) -> tuple[AlertService, HealthState]:
+    """The one way to start the alert service: a thread consuming until `stop` (set on a crash,
+    so the process around it stops too). Await `health`'s ready before relying on it."""
+    engine = AlertEngine(alert_config(settings), lines=list(settings.lines))
+    service = AlertService(settings, engine, publisher or AlertPublisher(settings))
+    health = HealthState("alerts")
+
+    def run() -> None:
+        try:
+            run_alert_service(service, stop, health)
+        except Exception:  # noqa: BLE001 - reported; the process stops on a dead alert service
+            log.exception("alert service stopped with an error")
+            health.tick(error="alert service stopped with an error; see log")
+            stop.set()
+
+    thread = threading.Thread(target=run, name="alerts", daemon=True)
+    thread.start()
+    threads.append(thread)
+    return service, health
+
+
+def serve_alerts_api(service: AlertService, health: HealthState, port: int, token: str,
+                     host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    """`/healthz` and `/readyz` (open, like `serve_health`), and for the dashboard, with
+    ``Authorization: Bearer <token>``: ``GET /state`` (the engine's snapshot), ``GET
+    /rejects/<unit>`` (the kept frame), ``POST /alerts/<id>/ack`` with ``{"user": ...}`` (404 unknown,
+    409 already acknowledged). Without a configured token those three are refused (403)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, code: int, obj: Any) -> None:
+            self._send(code, json.dumps(obj, default=str).encode())
+
+        def _authorized(self) -> bool:
+            sent = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not token:
+                self._json(403, {"error": "no alert API token configured (LINESIGHT_SERVICES__ALERTS_API_TOKEN_FILE)"})
+                return False
+            if not hmac.compare_digest(sent.encode(), token.encode()):
+                self._json(401, {"error": "bad or missing bearer token"})
+                return False
+            return True
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            if self.path in ("/healthz", "/readyz"):
+                snap = health.snapshot()
+                self._json(200 if snap["alive" if self.path == "/healthz" else "ready"] else 503, snap)
+            elif self.path == "/state":
+                if self._authorized():
+                    self._json(200, service.engine.snapshot(now_ns()))
+            elif self.path.startswith("/rejects/"):
+                if self._authorized():
+                    found = service.engine.reject_image(unquote(self.path.removeprefix("/rejects/")))
+                    if found is None:
+                        self._json(404, {"error": "no frame kept for this unit"})
+                    else:
+                        self._send(200, found[0], found[1])
+            else:
+                self._json(404, {"error": "not found"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            parts = self.path.split("/")
+            if len(parts) != 4 or parts[1] != "alerts" or parts[3] != "ack":
+                self._json(404, {"error": "not found"})
+                return
+            if not self._authorized():
+                return
+            try:
+                length = min(int(self.headers.get("Content-Length", "0")), 64 * 1024)
+                user = str(json.loads(self.rfile.read(length) or b"{}").get("user", ""))
+            except (ValueError, AttributeError):
+                user = ""
+            if not user:
+                self._json(400, {"error": "body must be {\"user\": NAME}"})
+                return
+            try:
+                rec = service.acknowledge(unquote(parts[2]), user)
+            except KeyError:
+                self._json(404, {"error": f"no alert {unquote(parts[2])}"})
+            except ValueError as exc:
+                self._json(409, {"error": str(exc)})
+            except KafkaException as exc:
+                self._json(503, {"error": f"acknowledgement not published: {exc}"})
+            else:
+                self._json(200, asdict(rec))
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="alerts-api", daemon=True).start()
+    return server
+
+
+def run_alerts(settings: Settings, stop: threading.Event,
+               started: Callable[[ThreadingHTTPServer], None] | None = None) -> None:
+    """`linesight alerts`: the alert service and its API on ``services.alerts_health_port`` until
+    `stop` (set by a signal, or by the service itself when it dies)."""
+    bootstrap(settings.kafka)  # no broker configured: one clear error before any thread starts
+    threads: list[threading.Thread] = []
+    service, health = start_alert_service(settings, stop, threads)
+    token = settings.services.resolved_alerts_api_token()
+    if not token:
+        log.warning("no alert API token (LINESIGHT_SERVICES__ALERTS_API_TOKEN_FILE): the dashboard cannot "
+                    "read this service; alerts are still published to %s", settings.kafka.topic_alerts)
+    server = serve_alerts_api(service, health, settings.services.alerts_health_port, token)
+    try:
+        if started is not None:
+            started(server)
+        stop.wait()
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        for thread in threads:
+            thread.join(timeout=30.0)
+    error = health.snapshot().get("error")
+    if error:
+        raise RuntimeError(error)

@@ -32,6 +32,7 @@ from pipeline.alerts.engine import AlertEngine
 from pipeline.alerts.record import AlertRecord
 from pipeline.audit.record import AuditEvent
 from pipeline.auth.guard import AccessDenied, Guard, Principal
+from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
 from pipeline.messages import now_ns
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,12 @@ ACK = "alarm.acknowledge"
 class Dashboard:
     """What the web app needs from the stack."""
 
-    engine: AlertEngine
+    engine: AlertEngine | RemoteAlerts        # in-process (`linesight up`) or the alert service's API
     guard: Guard
     acknowledge: Callable[[str, str], AlertRecord]          # (alert id, user) -> published record
     health: Callable[[], dict[str, Any]] = lambda: {}          # blocking probe, run off the loop
     secure_cookie: bool = False
+    versions: TritonVersions | None = None                     # "model live": Triton's ready version
     sse_interval_s: float = 1.0
     health_interval_s: float = 2.0
     csrf_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
@@ -61,6 +63,9 @@ class Dashboard:
 
     def state(self) -> dict[str, Any]:
         snap = self.engine.snapshot(now_ns())
+        if self.versions is not None:
+            snap = snap | {"lines": [line | {"models": self.versions.overlay(line.get("models", {}))}
+                                     for line in snap.get("lines", [])]}
         return snap | {"health": self._health, "server_time_ns": now_ns()}
 
 
@@ -194,7 +199,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def reject_image(request: web.Request) -> web.Response:
-    found = request.app[DASHBOARD_KEY].engine.reject_image(request.match_info["unit"])
+    found = await asyncio.to_thread(request.app[DASHBOARD_KEY].engine.reject_image, request.match_info["unit"])
     if found is None:
         raise web.HTTPNotFound(text="no frame kept for this unit\n")
     data, ctype = found

@@ -1,7 +1,10 @@
-"""Wiring of the alert service and the dashboard into the stack process (`linesight up`/`demo`).
+"""Wiring of the alert service and the dashboard: into the stack process (`linesight up`/`demo`,
+`start_alerts_and_dashboard`), or as the production service `linesight dashboard` (`run_dashboard`).
 
-With embedded chDB only this process may open the data directory, so the dashboard (users,
-sessions, audit trail) runs here, next to the sink, on ``services.dashboard_host:port``.
+With embedded chDB only the stack process may open the data directory, so there the dashboard
+(users, sessions, audit trail) runs next to the sink and reads the alert engine in memory. In
+production it connects to the ClickHouse server and reads the alert service (`linesight alerts`)
+over its API. Both build the app with `build_dashboard`.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from pipeline.alerts.engine import AlertEngine
-from pipeline.alerts.service import AlertPublisher, AlertService, alert_config, run_alert_service
-from pipeline.audit.publish import AuditPublisher
+from pipeline.alerts.record import AlertRecord
+from pipeline.alerts.service import alert_config, start_alert_service
+from pipeline.audit.publish import AuditPublisher, BestEffortPublisher
 from pipeline.audit.trail import AuditTrail
 from pipeline.auth.guard import Guard
 from pipeline.auth.sessions import SessionStore
 from pipeline.auth.users import UserStore
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.dashboard.app import Dashboard, DashboardServer
+from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
 from pipeline.embedded.process import ServiceStartError
 from pipeline.health import HealthState
 from pipeline.kafka import client_config, make_producer
@@ -47,14 +52,21 @@ def _http_json(url: str) -> tuple[bool, dict[str, Any]]:
         return False, {"error": str(e)}
 
 
+class DashboardRefused(RuntimeError):
+    """`linesight dashboard` cannot run with these settings (the message says why and what to do)."""
+
+
 def health_probe(
-    settings: Settings, client: ClickHouseClient, engine: AlertEngine, worker_urls: list[str],
-    states: list[HealthState],
+    settings: Settings, client: ClickHouseClient, engine: AlertEngine | RemoteAlerts, worker_urls: list[str],
+    states: list[HealthState], remote: dict[str, str] | None = None,
 ) -> Callable[[], dict[str, Any]]:
     """Broker, Triton (as the workers see it), workers, ClickHouse, PLC (as the actuator sees it),
-    and the in-process services; each {"ok": bool, "detail": str}."""
+    the in-process services (`states`) and other services by health URL (`remote`: name -> base
+    URL); each {"ok": bool, "detail": str}. Without `worker_urls` (replicas in production) the
+    workers are judged by their heartbeats."""
     admin = AdminClient(client_config(settings.kafka) | {"logger": logging.getLogger("linesight.dashboard.kafka")})
-    actuator_url = f"http://127.0.0.1:{settings.services.actuator_health_port}/readyz"
+    svc = settings.services
+    actuator_url = f"{svc.actuator_url or f'http://127.0.0.1:{svc.actuator_health_port}'}/readyz"
 
     def probe() -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -68,9 +80,13 @@ def health_probe(
         out["triton"] = {"ok": bool(fresh) and all(w["triton_ready"] for w in fresh.values()),
                          "detail": ", ".join(f"{s}: {'ready' if w['triton_ready'] else 'not ready'}"
                                              for s, w in fresh.items()) or "no worker heartbeat"}
-        workers = [(_http_json(u + "/readyz")[0], u) for u in worker_urls]
-        out["workers"] = {"ok": bool(workers) and all(ok for ok, _ in workers),
-                          "detail": ", ".join(f"{u}: {'ready' if ok else 'NOT READY'}" for ok, u in workers)}
+        if worker_urls:
+            workers = [(_http_json(u + "/readyz")[0], u) for u in worker_urls]
+            out["workers"] = {"ok": all(ok for ok, _ in workers),
+                              "detail": ", ".join(f"{u}: {'ready' if ok else 'NOT READY'}" for ok, u in workers)}
+        else:
+            out["workers"] = {"ok": bool(fresh), "detail": f"{len(fresh)} with a fresh heartbeat"
+                              + (f", {len(snap) - len(fresh)} silent" if len(snap) > len(fresh) else "")}
         try:
             client.query("SELECT 1")
             out["clickhouse"] = {"ok": True, "detail": client.backend}
@@ -84,35 +100,32 @@ def health_probe(
         for st in states:
             s = st.snapshot()
             out[st.service] = {"ok": bool(s["ready"]), "detail": s.get("error", "")}
+        for name, url in (remote or {}).items():
+            ok, body = _http_json(url.rstrip("/") + "/readyz")
+            out[name] = {"ok": ok, "detail": str(body.get("error", "")) if not ok else ""}
         return out
 
     return probe
 
 
-def start_alerts_and_dashboard(
-    settings: Settings, client: ClickHouseClient, stop: threading.Event, worker_urls: list[str],
-    extra_states: list[HealthState], threads: list[threading.Thread],
-) -> tuple[HealthState, DashboardServer]:
-    """Start the alert service (a thread) and the dashboard; returns the alert service's health
-    state (await `ready` like the sink's) and the server (stop it on exit)."""
-    engine = AlertEngine(alert_config(settings), lines=list(settings.lines))
-    service = AlertService(settings, engine, AlertPublisher(settings))
-    health = HealthState("alerts")
+def triton_versions(settings: Settings) -> TritonVersions:
+    """Ready classifier versions as `linesight models` reads them (pipeline/model/deploy.py)."""
+    from pipeline.model.deploy import TritonTarget
 
-    def run() -> None:
-        try:
-            run_alert_service(service, stop, health)
-        except Exception:  # noqa: BLE001 - reported; the stack stops on a dead alert service
-            log.exception("alert service stopped with an error")
-            health.tick(error="alert service stopped with an error; see log")
-            stop.set()
+    return TritonVersions(TritonTarget.from_settings(settings).ready_versions).start()
 
-    thread = threading.Thread(target=run, name="alerts", daemon=True)
-    thread.start()
-    threads.append(thread)
+
+def build_dashboard(
+    settings: Settings, client: ClickHouseClient, engine: AlertEngine | RemoteAlerts,
+    acknowledge: Callable[[str, str], AlertRecord], probe: Callable[[], dict[str, Any]],
+    versions: TritonVersions | None = None,
+) -> DashboardServer:
+    """The one way to start the dashboard: users, sessions and audit trail in `client`'s
+    ClickHouse, acknowledgements audited (and published to the audit topic when Kafka takes them)."""
     db = settings.clickhouse.database
     try:
-        audit_publisher: AuditPublisher | None = AuditPublisher(settings, make_producer(
+        # Best effort: a broker outage must not lock operators out; ClickHouse stays the record.
+        audit_publisher: AuditPublisher | None = BestEffortPublisher(settings, make_producer(
             settings.kafka, "linesight-dashboard-audit", logger=logging.getLogger("linesight.dashboard.librdkafka"),
             **{"message.timeout.ms": max(1000, int(settings.audit.publish_timeout_s * 1000))},
         ))
@@ -121,11 +134,74 @@ def start_alerts_and_dashboard(
         audit_publisher = None
     trail = AuditTrail.from_settings(settings, client, audit_publisher)
     guard = Guard(UserStore(client, db), SessionStore(client, db), trail, settings.audit.session_ttl_s)
-    dash = Dashboard(engine, guard, service.acknowledge,
-                     health_probe(settings, client, engine, worker_urls, [health, *extra_states]))
+    dash = Dashboard(engine, guard, acknowledge, probe, secure_cookie=settings.services.dashboard_secure_cookie,
+                     versions=versions)
     try:
         server = DashboardServer(dash, settings.services.dashboard_host, settings.services.dashboard_port).start()
     except RuntimeError as exc:
         raise ServiceStartError("dashboard", f"{exc} (set LINESIGHT_SERVICES__DASHBOARD_PORT)") from exc
     log.info("dashboard at %s", server.url)
-    return health, server
+    return server
+
+
+def start_alerts_and_dashboard(
+    settings: Settings, client: ClickHouseClient, stop: threading.Event, worker_urls: list[str],
+    extra_states: list[HealthState], threads: list[threading.Thread],
+) -> tuple[HealthState, DashboardServer]:
+    """In the stack process: the alert service (a thread) and the dashboard reading its engine;
+    returns the alert service's health state (await `ready` like the sink's) and the server
+    (stop it on exit)."""
+    service, health = start_alert_service(settings, stop, threads)
+    probe = health_probe(settings, client, service.engine, worker_urls, [health, *extra_states])
+    return health, build_dashboard(settings, client, service.engine, service.acknowledge, probe,
+                                   triton_versions(settings))
+
+
+def production_refusal(settings: Settings) -> str | None:
+    """Why `linesight dashboard` cannot run with `settings` (None when it can)."""
+    svc = settings.services
+    if not settings.clickhouse.url:
+        return ("no ClickHouse server configured (LINESIGHT_CLICKHOUSE__URL): with embedded chDB only one "
+                "process may open the data directory, so the dashboard runs inside the stack — start "
+                "`linesight up` (it prints the dashboard URL)")
+    if not settings.kafka.bootstrap_servers:
+        return "no Kafka broker configured: set LINESIGHT_KAFKA__BOOTSTRAP_SERVERS (e.g. kafka:9092)"
+    if not svc.alerts_url:
+        return "no alert service configured: set LINESIGHT_SERVICES__ALERTS_URL (e.g. http://alerts:16072)"
+    if not svc.resolved_alerts_api_token():
+        return ("no alert API token: set LINESIGHT_SERVICES__ALERTS_API_TOKEN_FILE (the same secret "
+                "`linesight alerts` reads)")
+    return None
+
+
+def run_dashboard(settings: Settings, stop: threading.Event, client: ClickHouseClient | None = None,
+                  started: Callable[[DashboardServer], None] | None = None) -> None:
+    """`linesight dashboard`: serve until `stop`, against the ClickHouse server (users, sessions,
+    audit) and the alert service's API. Raises DashboardRefused when the settings cannot work."""
+    why = production_refusal(settings)
+    if why:
+        raise DashboardRefused(why)
+    svc = settings.services
+    assert svc.alerts_url is not None
+    owned = client is None
+    if client is None:
+        from pipeline.clickhouse import connect
+
+        client = connect(settings)
+    remote = RemoteAlerts(svc.alerts_url, svc.resolved_alerts_api_token(), alert_config(settings)).start()
+    versions = triton_versions(settings)
+    remote_health = {"alerts": svc.alerts_url, "sink": svc.sink_url or f"http://127.0.0.1:{svc.sink_health_port}"}
+    try:
+        server = build_dashboard(settings, client, remote, remote.acknowledge,
+                                 health_probe(settings, client, remote, [], [], remote_health), versions)
+        try:
+            if started is not None:
+                started(server)
+            stop.wait()
+        finally:
+            server.stop()
+    finally:
+        remote.stop()
+        versions.stop()
+        if owned:
+            client.close()
