@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.cookiejar
+import io
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dashboard_feed import SimulatedFeed
+from PIL import Image
 
 from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.audit.trail import AuditTrail
@@ -20,6 +23,7 @@ from pipeline.auth.sessions import SessionStore
 from pipeline.auth.users import UserStore
 from pipeline.clickhouse import ChdbClient
 from pipeline.dashboard.app import Dashboard, DashboardServer
+from pipeline.dashboard.localize import Localizer, LocalizeUnavailable, TritonScorer
 from pipeline.embedded.process import free_port
 from pipeline.messages import now_ns
 
@@ -31,6 +35,7 @@ class Site:
     client: ChdbClient
     db: str
     acked: list[tuple[str, str]]
+    dash: Dashboard | None = None
 
 
 def make_site(chdb_client: ChdbClient, tmp_path: Path, config: AlertConfig | None = None
@@ -56,7 +61,7 @@ def make_site(chdb_client: ChdbClient, tmp_path: Path, config: AlertConfig | Non
 
     dash = Dashboard(engine, guard, acknowledge, health, sse_interval_s=0.5, health_interval_s=1.0)
     server = DashboardServer(dash, "127.0.0.1", free_port()).start()
-    return Site(server.url, engine, chdb_client, db, acked), server
+    return Site(server.url, engine, chdb_client, db, acked, dash), server
 
 
 @pytest.fixture()
@@ -154,3 +159,42 @@ def test_logout_revokes_the_session(site: Site) -> None:
     assert call(op, site.url + "logout", {"csrf": "bad"})[0] == 403
     assert call(op, site.url + "logout", {"csrf": csrf})[0] == 303
     assert call(op, site.url + "api/state")[0] == 401
+
+
+def test_reject_heatmap_needs_login_and_triton_and_is_cached(site: Site) -> None:
+    feed = SimulatedFeed(site.engine)
+    feed.inject_burst(1)
+    feed.one()
+    (kept,) = site.engine.snapshot(now_ns())["rejects"]
+    unit = urllib.parse.quote(kept["unit_id"])
+    url = site.url + f"rejects/{unit}/heatmap.png"
+    assert call(opener(), url)[0] == 401
+    op, _ = login(site)
+    assert call(op, site.url + "rejects/nope/heatmap.png")[0] == 404
+    status, _, text = call(op, url)  # this dashboard has no Triton
+    assert status == 503 and "Triton" in text
+    assert site.dash is not None
+    site.dash.localizer = Localizer(lambda product: TritonScorer(f"127.0.0.1:{free_port()}", 3.0).for_model(
+        "tablet_inspector"))
+    status, _, text = call(op, url)  # Triton configured but down
+    assert status == 503 and "heat map unavailable: Triton" in text
+
+    calls: list[tuple[str, int]] = []
+
+    def scorer_for(product: str):  # noqa: ANN202
+        def score(images: list[bytes]) -> list[float]:
+            calls.append((product, len(images)))
+            if product != "tablet-round-white-10mm":
+                raise LocalizeUnavailable("no model")
+            return [0.9] + [0.9 - 0.8 * (k == 7) for k in range(len(images) - 1)]  # cell (1, 1) matters
+        return score
+
+    site.dash.localizer = Localizer(scorer_for, grid=6)
+    for _ in range(2):
+        req = urllib.request.Request(url)
+        with op.open(req, timeout=10) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "image/png"
+            png = Image.open(io.BytesIO(r.read()))
+    frame, _ = site.engine.reject_image(kept["unit_id"])
+    assert png.format == "PNG" and png.size == Image.open(io.BytesIO(frame)).size
+    assert calls == [("tablet-round-white-10mm", 37)]  # scored once, then cached

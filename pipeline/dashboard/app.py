@@ -1,5 +1,6 @@
-"""The operator dashboard: login, per-line live status, health, last rejects with their frames,
-the SPC p-chart, alerts with acknowledgement; live updates by Server-Sent Events.
+"""The operator dashboard: login, per-line live status, health, last rejects with their frames
+and where the model saw the defect (occlusion heat map, ``/rejects/{unit}/heatmap.png``), the
+SPC p-chart, alerts with acknowledgement; live updates by Server-Sent Events.
 
 Security: every path but ``/login`` and ``/static/*`` needs a session (``pipeline.auth``: the
 same users, roles and sessions as the CLI). The session token travels in an HttpOnly,
@@ -32,6 +33,7 @@ from pipeline.alerts.engine import AlertEngine
 from pipeline.alerts.record import AlertRecord
 from pipeline.audit.record import AuditEvent
 from pipeline.auth.guard import AccessDenied, Guard, Principal
+from pipeline.dashboard.localize import Localizer, LocalizeUnavailable
 from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
 from pipeline.messages import now_ns
 
@@ -53,6 +55,7 @@ class Dashboard:
     health: Callable[[], dict[str, Any]] = lambda: {}          # blocking probe, run off the loop
     secure_cookie: bool = False
     versions: TritonVersions | None = None                     # "model live": Triton's ready version
+    localizer: Localizer | None = None                         # reject heat maps through Triton
     sse_interval_s: float = 1.0
     health_interval_s: float = 2.0
     csrf_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
@@ -207,6 +210,31 @@ async def reject_image(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "private, max-age=3600"})
 
 
+async def reject_heatmap(request: web.Request) -> web.Response:
+    """Where the model saw the defect on a kept reject frame: occlusion-sensitivity overlay
+    (pipeline.dashboard.localize), computed through Triton on first request, then cached."""
+    dash = request.app[DASHBOARD_KEY]
+    unit = request.match_info["unit"]
+    kept = next((r for r in dash.engine.snapshot(now_ns()).get("rejects", []) if r.get("unit_id") == unit), None)
+    if kept is None:
+        raise web.HTTPNotFound(text="this unit is not among the last rejects\n")
+    if dash.localizer is None:
+        raise web.HTTPServiceUnavailable(text="heat maps need the inference server (Triton), "
+                                              "which this dashboard is not connected to\n")
+    png = dash.localizer.cached(unit)
+    if png is None:
+        found = await asyncio.to_thread(dash.engine.reject_image, unit)
+        if found is None:
+            raise web.HTTPNotFound(text="no frame kept for this unit\n")
+        try:
+            png = await asyncio.to_thread(dash.localizer.overlay, unit, str(kept.get("product", "")), found[0])
+        except LocalizeUnavailable as exc:
+            raise web.HTTPServiceUnavailable(text=f"heat map unavailable: {exc}\n") from None
+        except ValueError as exc:
+            raise web.HTTPUnprocessableEntity(text=f"heat map unavailable: {exc}\n") from None
+    return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
 def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if not origin or origin == "null":
@@ -273,6 +301,7 @@ def make_app(dash: Dashboard) -> web.Application:
     app.router.add_get("/api/state", api_state)
     app.router.add_get("/events", events)
     app.router.add_get("/rejects/{unit}", reject_image)
+    app.router.add_get("/rejects/{unit}/heatmap.png", reject_heatmap)
     app.router.add_post("/alerts/{alert_id}/ack", acknowledge)
     app.router.add_static("/static/", STATIC, show_index=False)
     app.on_startup.append(_start_background)

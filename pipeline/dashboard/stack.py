@@ -29,6 +29,7 @@ from pipeline.auth.sessions import SessionStore
 from pipeline.auth.users import UserStore
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.dashboard.app import Dashboard, DashboardServer
+from pipeline.dashboard.localize import triton_localizer
 from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
 from pipeline.embedded.process import ServiceStartError
 from pipeline.health import HealthState
@@ -135,7 +136,7 @@ def build_dashboard(
     trail = AuditTrail.from_settings(settings, client, audit_publisher)
     guard = Guard(UserStore(client, db), SessionStore(client, db), trail, settings.audit.session_ttl_s)
     dash = Dashboard(engine, guard, acknowledge, probe, secure_cookie=settings.services.dashboard_secure_cookie,
-                     versions=versions)
+                     versions=versions, localizer=triton_localizer(settings))
     try:
         server = DashboardServer(dash, settings.services.dashboard_host, settings.services.dashboard_port).start()
     except RuntimeError as exc:

@@ -89,10 +89,21 @@ function renderRejects(rejects) {
   box.replaceChildren();
   if (!rejects.length) box.append(el("p", { class: "muted" }, "No rejects yet."));
   for (const r of rejects) {
-    const img = r.has_image ? el("img", { src: `/rejects/${encodeURIComponent(r.unit_id)}`, alt: r.defect })
-      : el("div", { class: "muted" }, "no frame");
-    box.append(el("figure", { class: "reject" }, img,
-      el("figcaption", {}, `${r.defect} ${r.score == null ? "" : r.score.toFixed(2)}`, el("br"), r.unit_id.slice(-10))));
+    const unit = encodeURIComponent(r.unit_id);
+    let pics = el("div", { class: "muted" }, "no frame");
+    if (r.has_image) {
+      // Side by side: the frame as captured, and where the model saw the defect (occlusion heat
+      // map computed through Triton on first view; a text instead when it cannot be had).
+      const heat = el("img", { src: `/rejects/${unit}/heatmap.png`, class: "heatmap", loading: "lazy",
+        alt: `where the model saw the defect (${r.defect})`, title: "where the model saw the defect" });
+      heat.addEventListener("error", () => heat.replaceWith(
+        el("div", { class: "heatmap-missing muted", title: "heat map needs the inference server" }, "heat map unavailable")));
+      pics = el("div", { class: "pair" },
+        el("img", { src: `/rejects/${unit}`, alt: r.defect, title: "frame as captured" }), heat);
+    }
+    box.append(el("figure", { class: "reject", "data-unit": r.unit_id }, pics,
+      el("figcaption", {}, `${r.defect} ${r.score == null ? "" : r.score.toFixed(2)}`, el("br"),
+        el("small", { class: "muted" }, "right: where the model saw the defect"), el("br"), r.unit_id.slice(-10))));
   }
 }
 let lastRejects = "";
