@@ -172,3 +172,22 @@ def test_engine_pchart_excursion() -> None:
     assert [a.kind for a in out] == ["reject_rate"]
     pts = eng.snapshot(t + 8 * S)["lines"][0]["pchart"]
     assert pts[-1]["out"] and pts[-1]["ucl"] < pts[-1]["p"]
+
+
+def test_drift_reference_comes_from_the_judging_versions_model_card(tmp_path) -> None:
+    import json
+
+    from pipeline.alerts.engine import AlertEngine
+    from pipeline.alerts.reference import CardReferences
+
+    vdir = tmp_path / "tablet_classifier" / "2"
+    vdir.mkdir(parents=True)
+    quantiles = [i / 100 * 0.2 for i in range(101)]
+    (vdir / "model_card.json").write_text(json.dumps({"score_reference": {"quantiles": quantiles}}))
+    (tmp_path / "tablet_classifier" / "3").mkdir()  # no card: no reference, the engine's baseline applies
+    refs = CardReferences(tmp_path)
+    assert refs.get("tablet_classifier:2") == quantiles
+    assert refs.get("tablet_classifier:3") is None and refs.get("no-version") is None
+    assert CardReferences(None).get("tablet_classifier:2") is None
+    engine = AlertEngine(reference_scores=refs)
+    assert engine.reference_scores.get("tablet_classifier:2") == quantiles

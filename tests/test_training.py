@@ -89,6 +89,9 @@ def test_supervised_training_writes_version_1_then_2(repo: Path, dataset: Path) 
     for key in ("auroc", "detection_rate", "false_reject_rate", "review_rate", "per_class_recall", "confusion"):
         assert key in card["validation"]
     assert sum(sum(row.values()) for row in card["validation"]["confusion"].values()) == ds["validation"]["count"]
+    ref = card["score_reference"]  # the drift reference of the alert service
+    assert ref["n"] == ds["validation"]["count"] and len(ref["quantiles"]) == 101
+    assert ref["quantiles"] == sorted(ref["quantiles"]) and 0.0 <= ref["quantiles"][0] <= ref["quantiles"][-1] <= 1.0
     assert card["parity"]["passed"] and card["parity"]["max_abs_diff_score"] <= card["parity"]["tolerance"]
     assert card["onnx"]["opset"] == 17 and card["onnx"]["sha256"] == hashlib.sha256((vdir / "model.onnx").read_bytes()).hexdigest()
     for key in ("training", "wall_time_s", "created_utc", "code_version"):

@@ -14,6 +14,7 @@ import io
 import threading
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -88,8 +89,14 @@ class LineState:
         self.frozen = FrozenDetector()
 
 
+class ScoreReferences(Protocol):
+    """Where a model version's drift reference comes from (a dict, or `CardReferences`)."""
+
+    def get(self, key: str, default: list[float] | None = None, /) -> list[float] | None: ...
+
+
 class AlertEngine:
-    def __init__(self, config: AlertConfig | None = None, reference_scores: dict[str, list[float]] | None = None,
+    def __init__(self, config: AlertConfig | None = None, reference_scores: ScoreReferences | None = None,
                  lines: list[str] | None = None) -> None:
         self.config = config or AlertConfig()
         self.book = AlertBook(self.config.refresh_every_s)

@@ -25,6 +25,7 @@ from confluent_kafka import KafkaException, Message, Producer
 
 from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.alerts.record import AlertRecord
+from pipeline.alerts.reference import CardReferences
 from pipeline.consumer_loop import run_batches
 from pipeline.health import HealthState
 from pipeline.kafka import bootstrap, flush_or_raise, make_consumer, make_producer
@@ -125,7 +126,8 @@ def start_alert_service(settings: Settings, stop: threading.Event, threads: list
                         publisher: AlertPublisher | None = None) -> tuple[AlertService, HealthState]:
     """The one way to start the alert service: a thread consuming until `stop` (set on a crash,
     so the process around it stops too). Await `health`'s ready before relying on it."""
-    engine = AlertEngine(alert_config(settings), lines=list(settings.lines))
+    engine = AlertEngine(alert_config(settings), CardReferences(settings.triton.model_repository),
+                         lines=list(settings.lines))
     service = AlertService(settings, engine, publisher or AlertPublisher(settings))
     health = HealthState("alerts")
 

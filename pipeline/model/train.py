@@ -430,6 +430,7 @@ def train_model(
         timings["wall_time_s"] = time.perf_counter() - started
         card = _model_card(target, mode, classes, thresholds, calibration, metrics, parity, data_info, cfg,
                            timings, onnx_path, n_folds)
+        card["score_reference"] = score_reference(final_out["SCORE"][:, 0], val.is_defect)
         (stage / layout.CARD_JSON).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (stage / layout.CARD_MD).write_text(model_card_markdown(card), encoding="utf-8")
         hashes = sorted(set(train.image_sha256) | set(val.image_sha256))
@@ -454,6 +455,21 @@ def train_model(
     )
     _log(progress, result.summary())
     return result
+
+
+SCORE_REFERENCE_QUANTILES = 101
+
+
+def score_reference(scores: np.ndarray, is_defect: np.ndarray) -> dict[str, Any]:
+    """The released artifact's score distribution on the validation units, as quantiles: what
+    the alert service compares the line's scores with to see drift (docs/alerts.md)."""
+    q = np.linspace(0.0, 1.0, SCORE_REFERENCE_QUANTILES)
+    return {
+        "population": "validation units (good and defective), scored by the released ONNX graph",
+        "n": int(scores.size),
+        "defect_fraction": float(np.mean(is_defect)) if scores.size else 0.0,
+        "quantiles": [float(v) for v in np.quantile(scores, q)] if scores.size else [],
+    }
 
 
 def _model_card(
