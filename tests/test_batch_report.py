@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import Msg
 
 from pipeline.audit.record import AuditEvent
 from pipeline.audit.signatures import sign_record
@@ -27,24 +28,6 @@ from pipeline.sink import ClickHouseSink
 S = 1_000_000_000
 
 
-class Msg:
-    def __init__(self, topic: str, value: bytes, offset: int, headers: list[tuple[str, bytes]] | None = None) -> None:
-        self._t, self._v, self._o, self._h = topic, value, offset, headers
-
-    def topic(self) -> str:
-        return self._t
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._o
-
-    def value(self) -> bytes:
-        return self._v
-
-    def headers(self) -> list[tuple[str, bytes]] | None:
-        return self._h
 
 
 def _reject_image(topic: str, unit: str, line: str, lot: str, verdict: str, defect: str, t: int, offset: int) -> Msg:

@@ -12,12 +12,12 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from contract_models import add_version, model_repository
+from support import eventually
 
 from pipeline.auth.users import UserStore
 from pipeline.cli import main
@@ -33,7 +33,6 @@ from pipeline.runtime import Services
 from pipeline.settings import Settings
 
 PRODUCT = "tablet-round-white-10mm"
-T = TypeVar("T")
 
 
 def repo_settings(base: Settings, repo: Path, state_dir: Path, grpc_port: int | None = None) -> Settings:
@@ -175,14 +174,6 @@ def test_rollback_walks_back_through_the_history() -> None:
 # --------------------------------------------------------------------------- a running line
 
 
-def eventually(probe: Callable[[], T], timeout_s: float = 60.0, what: str = "") -> T:
-    """The probe's first truthy answer, polled until a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
-        time.sleep(0.2)
-    return value
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,13 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from contract_models import add_version, model_repository
+from support import eventually
 
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.demo import pipeline_stack, wait_drained
@@ -38,17 +39,9 @@ from pipeline.runtime import Services, http_ready, start_worker
 from pipeline.settings import Settings
 
 pytestmark = pytest.mark.e2e
-T = TypeVar("T")
 PRODUCT = "tablet-round-white-10mm"
 
 
-def eventually(probe: Callable[[], T], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while not (value := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
-        time.sleep(0.2)
-    return value
 
 
 @pytest.fixture(scope="module")

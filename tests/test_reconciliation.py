@@ -9,6 +9,7 @@ import json
 import uuid
 
 import pytest
+from support import Msg
 
 from pipeline.cli import main
 from pipeline.clickhouse import ChdbClient
@@ -20,30 +21,6 @@ from pipeline.sink import ClickHouseSink
 S = 1_000_000_000
 
 
-class Msg:
-    def __init__(self, topic: str, value: bytes, offset: int) -> None:
-        self._t, self._v, self._o = topic, value, offset
-
-    def topic(self) -> str:
-        return self._t
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._o
-
-    def value(self) -> bytes:
-        return self._v
-
-    def key(self) -> bytes:
-        return b""
-
-    def headers(self) -> list:
-        return []
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 0)
 
 
 def _gate(unit: str, lot: str, outcome: str, cause: str, t0: int, verdict: str = "", admitted: bool = True,

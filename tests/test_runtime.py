@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import pytest
 from confluent_kafka import TopicPartition
+from support import Msg
 
 from pipeline.consumer_loop import next_offsets
 from pipeline.runtime import settings_to_env
 from pipeline.settings import Settings
 
 
-class Msg:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._t, self._p, self._o = topic, partition, offset
-
-    def topic(self) -> str:
-        return self._t
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-
 def test_next_offsets_commit_one_past_the_highest_per_partition() -> None:
-    msgs = [Msg("a", 0, 5), Msg("a", 1, 2), Msg("a", 0, 6), Msg("b", 0, 0)]
+    msgs = [Msg("a", partition=0, offset=5), Msg("a", partition=1, offset=2), Msg("a", partition=0, offset=6), Msg("b", partition=0, offset=0)]
     got = [(tp.topic, tp.partition, tp.offset) for tp in next_offsets(msgs)]
     assert got == [("a", 0, 7), ("a", 1, 3), ("b", 0, 1)]
     assert isinstance(next_offsets(msgs)[0], TopicPartition)
@@ -33,7 +20,7 @@ def test_next_offsets_commit_one_past_the_highest_per_partition() -> None:
 
 def test_offsets_going_backwards_stop_the_service() -> None:
     with pytest.raises(RuntimeError, match="backwards"):
-        next_offsets([Msg("a", 0, 5), Msg("a", 0, 5)])
+        next_offsets([Msg("a", partition=0, offset=5), Msg("a", partition=0, offset=5)])
 
 
 def test_settings_survive_the_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
