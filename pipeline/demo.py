@@ -28,6 +28,8 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 180.0
+# Once every unit has been at the gate, how long fire records may still be on their way.
+FIRE_RECORD_GRACE_S = 10.0
 
 
 class DrainTimeout(RuntimeError):
@@ -65,15 +67,20 @@ def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int
 def wait_drained(
     client: ClickHouseClient, db: str, lot: str, published: int, stop: threading.Event, timeout_s: float = DRAIN_TIMEOUT_S
 ) -> None:
-    """Probe until every published unit is decided and stored, has passed the reject gate
-    (one gate event each), and every reject is recorded."""
+    """Probe until every published unit is decided and stored and has been at the reject gate
+    (one gate event each), and every reject is recorded. A reject the gate did not fire (a
+    missed window, an unconfirmed fire) never gets a record: after `FIRE_RECORD_GRACE_S` the
+    wait ends anyway, and the report and reconciliation show those units instead of a timeout."""
     deadline = time.monotonic() + timeout_s
     counts = (0, 0, 0, 0, 0)
+    all_at_gate: float | None = None
     while time.monotonic() < deadline and not stop.is_set():
         counts = _drain_counts(client, db, lot)
         truth, decided, rejected, fired, at_gate = counts
-        if truth >= published and decided >= published and at_gate >= published and fired >= rejected:
-            return
+        if truth >= published and decided >= published and at_gate >= published:
+            all_at_gate = all_at_gate or time.monotonic()
+            if fired >= rejected or time.monotonic() - all_at_gate > FIRE_RECORD_GRACE_S:
+                return
         stop.wait(0.25)
     raise DrainTimeout(
         f"after {timeout_s:.0f} s: published {published}, truth stored {counts[0]}, "
