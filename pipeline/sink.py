@@ -54,6 +54,12 @@ log = logging.getLogger(__name__)
 Row = dict[str, Any]
 
 
+def _timestamp_ms(m: Message) -> int:
+    """The message's broker/create timestamp in ms (0 when the broker gave none)."""
+    kind, ms = m.timestamp()
+    return int(ms) if ms and ms > 0 else 0
+
+
 def ns_to_datetime(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
@@ -256,7 +262,7 @@ class ClickHouseSink:
 
     def write(self, messages: Sequence[Message]) -> None:
         tables: dict[str, list[Row]] = defaultdict(list)
-        spans: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(dict)
+        spans: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(dict)  # first, last offset; first ts
         decisions: dict[str, list[tuple[str, AuditEvent]]] = defaultdict(list)
         for m in messages:
             table, to_row = self.routes[m.topic()]
@@ -271,11 +277,14 @@ class ClickHouseSink:
                 log.warning("undecodable message at %s: %s", _source(m), exc)
                 table, row = "dead_letters", undecodable_row(m, f"sink could not decode: {exc}")
             tables[table].append(row)
-            span = spans[table].setdefault((m.topic(), m.partition()), [m.offset(), m.offset()])
+            # The first message's timestamp tells this topic's incarnation apart from an earlier one
+            # whose offsets started at 0 too (a re-created topic, a fresh embedded broker): equal
+            # offsets alone would make ClickHouse drop the new block as a duplicate of the old.
+            span = spans[table].setdefault((m.topic(), m.partition()), [m.offset(), m.offset(), _timestamp_ms(m)])
             span[1] = m.offset()
         for table, rows in tables.items():
             token = table + ":" + ",".join(
-                f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(spans[table].items())
+                f"{t}:{p}:{a}-{b}@{ts}" for (t, p), (a, b, ts) in sorted(spans[table].items())
             )
             self._client.insert_json_rows(
                 f"{self._db}.{table}", rows, settings={"insert_deduplication_token": token}

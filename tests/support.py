@@ -46,3 +46,6 @@ class Msg:
 
     def headers(self) -> list[tuple[str, bytes]] | None:
         return self._h
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, 0)  # TIMESTAMP_NOT_AVAILABLE, like a message the broker stamped no time on

@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from pipeline.clickhouse import ChdbClient
 from pipeline.kafka import client_config, make_producer
-from pipeline.messages import GroundTruth, InspectionResult, now_ns
+from pipeline.messages import Actuation, GroundTruth, InspectionResult, now_ns
 from pipeline.settings import Settings
 from pipeline.sink import ClickHouseSink
 from pipeline.topics import ensure_topics
@@ -85,3 +85,33 @@ def test_redelivered_batch_is_stored_once(embedded_settings: Settings, broker: s
         f"SELECT stage, reason FROM {db}.dead_letters FINAL WHERE source LIKE '{settings.kafka.topic_results}:%'"
     ).rows
     assert len(junk) == 1 and junk[0][0] == "sink" and "not JSON" in junk[0][1]
+
+
+def test_dedup_token_tells_a_new_topic_incarnation_from_an_old_one(
+    embedded_settings: Settings, chdb_client: ChdbClient
+) -> None:
+    """Offsets restart at 0 when a topic is re-created (a fresh embedded broker): the same
+    offsets with a new first-message time must be stored, a redelivery (same time) must not."""
+    from confluent_kafka import TIMESTAMP_CREATE_TIME
+
+    db = f"inc_{uuid.uuid4().hex[:8]}"
+    chdb_client.apply_schema(db)
+    settings = embedded_settings.model_copy(
+        update={"clickhouse": embedded_settings.clickhouse.model_copy(update={"database": db})}
+    )
+    sink = ClickHouseSink(settings, chdb_client)
+    topic = settings.kafka.topic_actuations
+
+    def actuation(unit: str, ts_ms: int) -> Message:
+        a = Actuation(unit_id=unit, line="line-1", lot="L", cause="model", defect="crack",
+                      capture_ns=ts_ms * 1_000_000, command_issued_ns=ts_ms * 1_000_000 + 1,
+                      fired_ns=ts_ms * 1_000_000 + 5, actuator="a")
+        m = Message(topic=topic, partition=0, offset=0, value=a.to_json(),
+                    timestamp=(TIMESTAMP_CREATE_TIME, ts_ms))
+        return m
+
+    sink.write([actuation("first-run-unit", 1_000)])
+    sink.write([actuation("first-run-unit", 1_000)])  # redelivered: deduplicated
+    sink.write([actuation("second-run-unit", 2_000)])  # same offset, new incarnation: stored
+    rows = chdb_client.query(f"SELECT unit_id FROM {db}.actuations ORDER BY unit_id").rows
+    assert [r[0] for r in rows] == ["first-run-unit", "second-run-unit"]
