@@ -3,6 +3,7 @@ consumed Kafka message (the subset of `confluent_kafka.Message` the services rea
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -10,14 +11,26 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def eventually(probe: Callable[[], T], timeout_s: float = 60.0, what: str = "") -> T:
+def eventually(probe: Callable[[], T], timeout_s: float = 60.0, what: str = "", poll_s: float = 0.2) -> T:
     """The probe's first truthy answer, polled until a deadline (never a fixed sleep)."""
     deadline = time.monotonic() + timeout_s
     while not (value := probe()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
-        time.sleep(0.2)
+            raise AssertionError(f"not within {timeout_s:g} s: {what}")
+        time.sleep(poll_s)
     return value
+
+
+async def eventually_async(
+    pred: Callable[[], object], timeout_s: float = 10.0, what: str = "condition", poll_s: float = 0.01
+) -> None:
+    """`eventually` inside an event loop: the loop keeps running the code under test meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not met within {timeout_s:g} s")
+        await asyncio.sleep(poll_s)
 
 
 class Msg:

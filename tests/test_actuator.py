@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
+from support import eventually
 
 from pipeline.actuator import Actuator, SimulatedGate
 from pipeline.embedded.process import free_port
@@ -121,13 +122,7 @@ def alarms(producer: FakeProducer, s: Settings) -> list[AlarmRecord]:
     return [AlarmRecord.from_json(v) for _, _, v, _ in producer.on(s.kafka.topic_alarms)]
 
 
-def until(probe: Callable[[], Any], timeout_s: float = 5.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.01)
-    return value
+until = partial(eventually, timeout_s=5.0, poll_s=0.01)
 
 
 @pytest.fixture

@@ -11,13 +11,15 @@ import asyncio
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from support import eventually_async
 
 from pipeline.embedded.process import free_port
 from pipeline.plc.gate import (
@@ -52,13 +54,7 @@ async def plc(shared_plc: PlcSimulator) -> AsyncIterator[PlcSimulator]:
     await shared_plc.reset_faults()
 
 
-async def eventually(pred: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not met within {timeout_s} s")
-        await asyncio.sleep(0.01)
+eventually = partial(eventually_async, timeout_s=10.0, poll_s=0.01)
 
 
 def fast(endpoint: str, **kw: object) -> PlcSettings:

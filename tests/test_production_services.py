@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from support import eventually
 
 from pipeline import cli
 from pipeline.alerts.engine import AlertConfig, AlertEngine
@@ -39,12 +39,7 @@ TOPICS = ("topic_frames", "topic_results", "topic_heartbeats", "topic_alerts")
 
 
 def poll(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout_s:.0f} s")
+    eventually(check, timeout_s, what, poll_s=0.1)
 
 
 def get(url: str, token: str | None = None) -> tuple[int, bytes]:

@@ -8,10 +8,12 @@ reason without ever raising, and go reject-all while the watchdog says the pipel
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
+from support import eventually_async
 
 from pipeline.plc.settings import LineTimingSettings
 from pipeline.timing import (
@@ -36,13 +38,7 @@ from pipeline.timing import (
 SPEED = LineTimingSettings(conveyor_speed_mm_s=250.0, camera_to_gate_mm=500.0, gate_window_mm=10.0, verdict_margin_ms=20.0)
 
 
-async def eventually(pred: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)
+eventually = partial(eventually_async, timeout_s=5.0, what="condition", poll_s=0.005)
 
 
 @dataclass
