@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from pipeline.aio import cancel_and_wait
 from pipeline.plc.settings import LineTimingSettings
 
 log = logging.getLogger(__name__)
@@ -483,13 +484,8 @@ class RejectScheduler:
             self._task = asyncio.get_running_loop().create_task(self.run(), name="reject-scheduler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._fire_tasks:
             await asyncio.gather(*self._fire_tasks, return_exceptions=True)
 

@@ -33,6 +33,7 @@ from asyncua.common.node import Node
 from asyncua.crypto import security_policies
 from asyncua.ua.uaerrors import UaError
 
+from pipeline.aio import cancel_and_wait
 from pipeline.plc.settings import PlcNodeIds, PlcSettings, SecurityMode, SecurityPolicy
 from pipeline.timing import AlarmEvent, RejectScheduler, UnitRef
 
@@ -190,13 +191,8 @@ class OpcUaGate:
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self.state = GateState.STOPPED
 
     async def wait_connected(self, timeout_s: float) -> bool:

@@ -31,6 +31,7 @@ from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.attribute_ids import AttributeIds
 
+from pipeline.aio import cancel_and_wait
 from pipeline.plc.settings import PlcNodeIds
 
 log = logging.getLogger(__name__)
@@ -171,13 +172,8 @@ class PlcSimulator:
         log.info("PLC simulator listening on %s", self.endpoint)
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            try:
-                await self._ticker
-            except asyncio.CancelledError:
-                pass
-            self._ticker = None
+        await cancel_and_wait(self._ticker)
+        self._ticker = None
         server, self._server = self._server, None
         self._offline = False
         if server is not None:
