@@ -85,9 +85,6 @@ class Scored:
         defects = {c: self.class_probs[c] for c in names[1:]}
         return max(defects, key=defects.__getitem__) if defects else "defect"
 
-    def defect_class(self, classes: tuple[str, ...] | None = None) -> str:
-        return self.defect
-
 
 @dataclass(frozen=True)
 class Failed:
