@@ -58,6 +58,11 @@ class BatchRecord:
     verification: VerifyReport
     decisions_audited: int
     overrides: list[dict] = field(default_factory=list)
+    # Recipes that judged the lot (ref, units), the measured numbers' spread, and label serial
+    # numbers that appeared on more than one unit (docs/recipes.md).
+    recipes: list[tuple[str, int]] = field(default_factory=list)
+    measurements: list[dict] = field(default_factory=list)
+    duplicate_serials: list[dict] = field(default_factory=list)
 
     @property
     def captured(self) -> int:
@@ -136,7 +141,30 @@ def build_batch_record(client: ClickHouseClient, database: str, lot: str, trail:
         passed=int(counts["passed"]), rejects_by_class=[(str(a), int(b)) for a, b in by_class],
         rejects_by_cause=by_cause, samples=samples, models=_models(client, db, lot, trail),
         verification=verification, decisions_audited=len(decisions), overrides=overrides,
+        **_recipe_sections(client, db, lot),
     )
+
+
+def _recipe_sections(client: ClickHouseClient, db: str, lot: str) -> dict:
+    """Recipes, measurement spread and duplicate serials of a lot (empty for classifier-only lots)."""
+    p = {"lot": lot}
+    recipes = client.query(
+        f"""SELECT recipe, count() AS n FROM {db}.inspections FINAL
+            WHERE lot = {{lot:String}} AND recipe != '' GROUP BY recipe ORDER BY recipe""", p).rows
+    measurements = client.query(
+        f"""SELECT key AS name, count() AS n, avg(value) AS mean, min(value) AS min, max(value) AS max,
+                   quantileExact(0.05)(value) AS p05, quantileExact(0.95)(value) AS p95
+            FROM {db}.inspections FINAL ARRAY JOIN mapKeys(measurements) AS key, mapValues(measurements) AS value
+            WHERE lot = {{lot:String}} AND inspected GROUP BY key ORDER BY key""", p).named()
+    duplicates = client.query(
+        f"""SELECT measured_text['serial'] AS serial, count() AS n, arraySort(groupArray(unit_id)) AS units
+            FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND measured_text['serial'] != ''
+            GROUP BY serial HAVING n > 1 ORDER BY serial""", p).named()
+    return {
+        "recipes": [(str(a), int(b)) for a, b in recipes],
+        "measurements": measurements,
+        "duplicate_serials": [{"serial": d["serial"], "units": list(d["units"])} for d in duplicates],
+    }
 
 
 def _models(client: ClickHouseClient, db: str, lot: str, trail: AuditTrail) -> list[ModelRelease]:
@@ -189,6 +217,13 @@ th { background: #eee; } .ok { color: #060; font-weight: bold; } .bad { color: #
 {% for c, n in r.rejects_by_cause %}<tr><td>{{ c }}</td><td>{{ n }}</td></tr>{% endfor %}</table>
 <h2>Rejects by defect class (model verdicts reject/review, fail-safe: uninspected)</h2><table><tr><th>class</th><th>units</th></tr>
 {% for c, n in r.rejects_by_class %}<tr><td>{{ c }}</td><td>{{ n }}</td></tr>{% else %}<tr><td colspan="2">none</td></tr>{% endfor %}</table>
+{% if r.recipes %}<h2>Recipes and measurements</h2><table><tr><th>recipe</th><th>units judged</th></tr>
+{% for c, n in r.recipes %}<tr><td>{{ c }}</td><td>{{ n }}</td></tr>{% endfor %}</table>
+<table><tr><th>measurement</th><th>units</th><th>mean</th><th>min</th><th>p05</th><th>p95</th><th>max</th></tr>
+{% for m in r.measurements %}<tr><td>{{ m.name }}</td><td>{{ m.n }}</td>{% for k in ('mean', 'min', 'p05', 'p95', 'max') %}<td>{{ '%.3f' % m[k] }}</td>{% endfor %}</tr>
+{% else %}<tr><td colspan="7">none</td></tr>{% endfor %}</table>
+<p class="{{ 'bad' if r.duplicate_serials else 'ok' }}">Serial numbers seen on more than one unit: {{ r.duplicate_serials | length }}</p>
+{% if r.duplicate_serials %}<table><tr><th>serial</th><th>units</th></tr>{% for d in r.duplicate_serials %}<tr><td class="mono">{{ d.serial }}</td><td>{{ d.units | join(', ') }}</td></tr>{% endfor %}</table>{% endif %}{% endif %}
 <h2>Sample rejected units</h2><p>{{ images_note }}</p>
 <table><tr><th>unit</th><th>verdict</th><th>cause</th><th>class</th><th>score</th><th>model</th><th>image sha256</th><th>audit record</th></tr>
 {% for s in r.samples %}<tr><td>{{ s.unit_id }}</td><td>{{ s.verdict }}</td><td>{{ s.cause }}</td><td>{{ s.defect }}</td>
@@ -322,6 +357,16 @@ def render_pdf(r: BatchRecord, path: Path) -> None:
         table(["operator override: unit", "by", "from", "to", "reason"],
               [[o["unit"], f"{o['user']} ({o['role']})", o["old_value"], o["new_value"], o["reason"]]
                for o in r.overrides], (40, 35, 20, 20, 75))
+
+    if r.recipes:
+        table(["recipe", "units judged"], [[c, n] for c, n in r.recipes], (130, 40))
+        table(["measurement", "units", "mean", "min", "p05", "p95", "max"],
+              [[m["name"], m["n"], *(f"{m[k]:.3f}" for k in ("mean", "min", "p05", "p95", "max"))]
+               for m in r.measurements] or [["none", "", "", "", "", "", ""]], (50, 20, 20, 20, 20, 20, 20))
+        para(f"Serial numbers seen on more than one unit: {len(r.duplicate_serials)}",
+             (170, 0, 0) if r.duplicate_serials else (0, 110, 0), "B")
+        if r.duplicate_serials:
+            table(["serial", "units"], [[d["serial"], ", ".join(d["units"])] for d in r.duplicate_serials], (50, 120))
 
     h2("3. Sample rejected units")
     para(IMAGES_NOTE)

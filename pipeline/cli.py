@@ -25,6 +25,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         sim["defect_rate"] = args.defect_rate
     if getattr(args, "product", None) and isinstance(args.product, str):
         sim["product"] = args.product
+    if getattr(args, "recipe", None):
+        from pipeline.recipes.schema import load_recipe
+
+        # The simulated line makes the recipe's product and starts on that recipe.
+        recipe = load_recipe(settings.stream.recipes_dir / f"{args.recipe}.toml", settings.triton.model_repository)
+        sim["product"] = recipe.product
+        line = sim.get("line", settings.simulator.line)
+        stream = settings.stream.model_copy(update={"line_recipes": settings.stream.line_recipes | {line: recipe.id}})
+        settings = settings.model_copy(update={"stream": stream})
     if sim:
         settings = settings.model_copy(update={"simulator": settings.simulator.model_copy(update=sim)})
     return settings
@@ -272,6 +281,7 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.audit.commands import add_model_auth_args
     from pipeline.audit.commands import register as register_gmp_commands
+    from pipeline.recipes.commands import register as register_recipe_commands
 
     parser = argparse.ArgumentParser(
         prog="linesight",
@@ -287,10 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defect-rate", type=float, help="fraction of defective units")
     p.add_argument("--workers", type=int, default=1, help="inspection worker processes")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--recipe", help="run a line of this recipe's product (recipes/RECIPE.toml)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("up", help="run the stack and a simulated line until Ctrl-C")
     p.add_argument("--rate", type=float, help="units per second")
+    p.add_argument("--recipe", help="run a line of this recipe's product (recipes/RECIPE.toml)")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_up)
 
@@ -406,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models_rollback)
 
     register_gmp_commands(sub, _settings)  # audit, users (docs/audit.md)
+    register_recipe_commands(sub, _settings)  # recipes (docs/recipes.md)
     return parser
 
 

@@ -17,8 +17,8 @@ import numpy as np
 from confluent_kafka import Producer
 
 from pipeline.dataset import Dataset
+from pipeline.imaging.catalog import sample_product
 from pipeline.imaging.codec import encode_png
-from pipeline.imaging.tablets import sample_unit
 from pipeline.kafka import flush_or_raise, make_producer
 from pipeline.messages import FrameMeta, GroundTruth, now_ns
 from pipeline.settings import Settings
@@ -118,6 +118,7 @@ def run_simulated_line(
     rng = np.random.default_rng(sim.seed)
     encoder = SimulatedEncoder(settings, sim.line)
     interval = 1.0 / sim.rate_per_s
+    today = datetime.now(UTC).date()
     start = next_at = time.monotonic()
     seq = 0
     while not stop.is_set():
@@ -127,7 +128,7 @@ def run_simulated_line(
             break
         _pace(stop, next_at)
         next_at += interval
-        image, defect = sample_unit(rng, sim.product, sim.defect_rate)
+        image, defect = sample_product(rng, sim.product, sim.defect_rate, lot, seq, today)
         capture = now_ns()
         unit = f"{lot}-{seq:07d}"
         meta = FrameMeta(unit, sim.line, sim.camera, sim.product, capture, "image/png", lot, encoder.count_at(capture))

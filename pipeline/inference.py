@@ -25,12 +25,15 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from pipeline.inspections.base import Measurement
 from pipeline.messages import Verdict
 from pipeline.settings import TritonSettings
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "IMAGE"
+PARAMS_INPUT = "PARAMS"
+RESULT_OUTPUT = "RESULT"
 SCORE_OUTPUT = "SCORE"
 PROBS_OUTPUT = "CLASS_PROBS"
 THRESHOLDS_OUTPUT = "THRESHOLDS"
@@ -92,6 +95,18 @@ class Failed:
 
 
 Outcome = Scored | Failed
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One frame measured by a measurement model (pipeline.inspections.base), and its version."""
+
+    measurement: Measurement
+    model: str
+    model_version: str
+
+
+MeasureOutcome = Measured | Failed
 
 
 def _param(config: dict, key: str) -> str | None:
@@ -199,6 +214,57 @@ class TritonInspector:
             singles = await asyncio.gather(*(self._infer_one(info, image) for image in images))
             rows = list(singles)
         return await self._judge(model, info, rows)
+
+    async def measure(self, model: str, images: list[bytes], params_json: bytes) -> list[MeasureOutcome]:
+        """Measure a batch with a measurement model; per-image failures come back as `Failed`.
+
+        Raises `UnknownModelError` when Triton serves no such model (the recipe names a model
+        that is not loaded: every unit of it fails safe).
+        """
+        if not images:
+            return []
+        missing_since = self._unknown.get(model)
+        if missing_since is not None and time.monotonic() - missing_since < UNKNOWN_MODEL_TTL_S:
+            raise UnknownModelError(f"Triton serves no model {model!r}")
+        try:
+            return await self._measure(model, images, params_json)
+        except InferenceServerException as exc:
+            if _is_not_found(exc):
+                self._unknown[model] = time.monotonic()
+                raise UnknownModelError(f"Triton serves no model {model!r}") from exc
+            if len(images) == 1:
+                return [Failed(f"triton: {exc.message() or exc}")]
+            log.warning("batch of %d failed on %s (%s); isolating frames", len(images), model, exc.message())
+            singles = await asyncio.gather(*(self._measure_one(model, image, params_json) for image in images))
+            return list(singles)
+
+    async def _measure_one(self, model: str, image: bytes, params_json: bytes) -> MeasureOutcome:
+        try:
+            return (await self._measure(model, [image], params_json))[0]
+        except InferenceServerException as exc:
+            return Failed(f"triton: {exc.message() or exc}")
+
+    async def _measure(self, model: str, images: list[bytes], params_json: bytes) -> list[MeasureOutcome]:
+        n = len(images)
+        batch = np.array(images, dtype=np.object_).reshape(n, 1)
+        params = np.array([params_json] * n, dtype=np.object_).reshape(n, 1)
+        inputs = [InferInput(INPUT_NAME, [n, 1], "BYTES"), InferInput(PARAMS_INPUT, [n, 1], "BYTES")]
+        inputs[0].set_data_from_numpy(batch)
+        inputs[1].set_data_from_numpy(params)
+        response = await self._client.infer(
+            model, inputs, outputs=[InferRequestedOutput(RESULT_OUTPUT)], client_timeout=self._settings.request_timeout_s
+        )
+        raw = response.as_numpy(RESULT_OUTPUT)
+        if raw is None:
+            raise InferenceServerException(f"model {model!r} returned no {RESULT_OUTPUT}")
+        version = str(response.get_response().model_version or "")
+        out: list[MeasureOutcome] = []
+        for item in raw.reshape(n):
+            try:
+                out.append(Measured(Measurement.from_json(item), model, version))
+            except ValueError as exc:
+                out.append(Failed(f"model {model!r} output out of contract: {exc}"))
+        return out
 
     async def _infer_one(self, info: ModelInfo, image: bytes) -> _Raw | Failed:
         try:

@@ -17,11 +17,14 @@ import hashlib
 import os
 import socket
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from pipeline.imaging.codec import thumbnail_jpeg
-from pipeline.inference import Failed, ModelInfo, Outcome, Scored, UnknownModelError
+from pipeline.inference import Failed, Measured, MeasureOutcome, ModelInfo, Outcome, Scored, UnknownModelError
+from pipeline.inspections.base import InspectionParams
+from pipeline.inspections.kinds import CLASSIFIER, JudgeContext, judge
 from pipeline.messages import (
     H_CAMERA,
     H_CAPTURE_NS,
@@ -42,6 +45,8 @@ from pipeline.messages import (
     now_ns,
 )
 from pipeline.model.repository import RepositoryError, slug
+from pipeline.recipes.book import RecipeBook, Refused
+from pipeline.recipes.schema import Recipe
 from pipeline.settings import Settings
 
 
@@ -75,6 +80,8 @@ class Scorer(Protocol):
 
     async def score(self, model: str, images: list[bytes]) -> list[Outcome]: ...
 
+    async def measure(self, model: str, images: list[bytes], params_json: bytes) -> list[MeasureOutcome]: ...
+
 
 def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -90,40 +97,181 @@ def ensemble_for(product: str, mapping: dict[str, str]) -> str:
         raise MessageError(f"unknown product {product!r}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class Step:
+    """One inspection a frame goes through: a classifier ensemble or a measurement model."""
+
+    kind: str
+    name: str
+    model: str
+    params_json: bytes = b""
+    params: InspectionParams | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    frame: Frame
+    meta: FrameMeta
+    recipe: Recipe | None
+    steps: tuple[Step, ...]
+
+
+class RecipeRefusal(MessageError):
+    """The line's recipe cannot judge this frame (refused recipe, product it does not know)."""
+
+
+def plan_for(meta: FrameMeta, models: dict[str, str], book: RecipeBook | None) -> tuple[Recipe | None, tuple[Step, ...]]:
+    """Which inspections judge this frame: its line's recipe, else the product's model."""
+    entry = book.get(meta.line) if book is not None else None
+    if entry is None:
+        return None, (Step(CLASSIFIER, CLASSIFIER, ensemble_for(meta.product, models)),)
+    if isinstance(entry, Refused):
+        raise RecipeRefusal(f"line {meta.line!r} has no runnable recipe: {entry.reason}")
+    if meta.product != entry.product:
+        raise RecipeRefusal(
+            f"product {meta.product!r} is not in line {meta.line!r}'s recipe {entry.ref} "
+            f"(which runs {entry.product!r})"
+        )
+    steps = tuple(
+        Step(spec.kind, spec.name, spec.model,
+             entry.params[spec.name].model_dump_json().encode() if spec.kind != CLASSIFIER else b"",
+             entry.params[spec.name])
+        for spec in entry.inspections
+    )
+    return entry, steps
+
+
+@dataclass
+class Decision:
+    """The combined verdict of a frame's inspections (worst wins; first failing check names it)."""
+
+    verdict: str = "pass"
+    defect: str = "none"
+    reasons: list[str] = field(default_factory=list)
+    measurements: dict[str, float | int | str | bool] = field(default_factory=dict)
+    parts: list[dict[str, object]] = field(default_factory=list)
+    score: float | None = None
+    threshold: float | None = None
+    review_threshold: float | None = None
+    class_scores: dict[str, float] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+
+    def add(self, verdict: str, defect: str) -> None:
+        rank = {"pass": 0, "review": 1, "reject": 2}
+        if verdict != "pass" and self.defect == "none":
+            self.defect = defect
+        if rank[verdict] > rank[self.verdict]:
+            self.verdict = verdict
+
+
 class InspectionProcessor:
     """Decides every frame of a batch; returns the messages to publish."""
 
-    def __init__(self, settings: Settings, scorer: Scorer, worker: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, scorer: Scorer, worker: str | None = None, recipes: RecipeBook | None = None
+    ) -> None:
         self._kafka = settings.kafka
         self._models = settings.stream.product_models
         self._image_px = settings.stream.reject_image_px
         self._scorer = scorer
         self._worker = worker or worker_id()
+        self._recipes = recipes
 
     async def process(self, frames: list[Frame]) -> list[Outgoing]:
         out: list[Outgoing] = []
-        by_model: dict[str, list[tuple[Frame, FrameMeta]]] = defaultdict(list)
+        plans: list[Plan] = []
         for frame in frames:
             meta: FrameMeta | None = None
             try:
                 meta = FrameMeta.from_headers(frame.headers)
                 check_image_bytes(frame.value)
-                model = ensemble_for(meta.product, self._models)
+                recipe, steps = plan_for(meta, self._models, self._recipes)
+            except RecipeRefusal as exc:
+                out += self._failsafe(frame, meta, str(exc), stage="recipe", recipe=self._recipe_ref(meta))
+                continue
             except MessageError as exc:
                 out += self._failsafe(frame, meta, str(exc), stage="validate")
                 continue
-            by_model[model].append((frame, meta))
+            plans.append(Plan(frame, meta, recipe, steps))
 
-        groups = list(by_model.items())
-        scored = await asyncio.gather(*(self._score_group(m, g) for m, g in groups))
-        for (model, group), (info, outcomes, stage) in zip(groups, scored, strict=True):
-            for (frame, meta), outcome in zip(group, outcomes, strict=True):
-                if isinstance(outcome, Scored) and info is not None:
-                    out += self._verdict(frame, meta, info, outcome)
-                else:
-                    reason = outcome.reason if isinstance(outcome, Failed) else "no model info"
-                    out += self._failsafe(frame, meta, reason, stage=stage, model=model)
+        groups: dict[tuple[str, str, bytes], list[int]] = defaultdict(list)
+        for i, plan in enumerate(plans):
+            for step in plan.steps:
+                groups[(step.kind, step.model, step.params_json)].append(i)
+        keys = list(groups)
+        answers = await asyncio.gather(*(self._run_group(k, [plans[i] for i in groups[k]]) for k in keys))
+        outcome: dict[tuple[int, tuple[str, str, bytes]], tuple[object, str]] = {}
+        for key, (results, stage) in zip(keys, answers, strict=True):
+            for i, result in zip(groups[key], results, strict=True):
+                outcome[(i, key)] = (result, stage)
+        for i, plan in enumerate(plans):
+            steps = [(step, *outcome[(i, (step.kind, step.model, step.params_json))]) for step in plan.steps]
+            out += self._decide(plan, steps)
         return out
+
+    def _recipe_ref(self, meta: FrameMeta | None) -> str:
+        entry = self._recipes.get(meta.line) if (self._recipes is not None and meta is not None) else None
+        return entry.ref if isinstance(entry, Recipe) else ""
+
+    async def _run_group(self, key: tuple[str, str, bytes], plans: list[Plan]) -> tuple[list[object], str]:
+        kind, model, params_json = key
+        if kind == CLASSIFIER:
+            info, outcomes, stage = await self._score_group(model, [(p.frame, p.meta) for p in plans])
+            return [(info, o) for o in outcomes], stage
+        try:
+            measured = await self._scorer.measure(model, [p.frame.value or b"" for p in plans], params_json)
+        except UnknownModelError:
+            return [Failed(f"recipe names model {model!r}, which Triton does not serve")] * len(plans), "validate"
+        except Exception as exc:  # noqa: BLE001 - any serving failure must fail safe, not crash
+            return [Failed(f"inference unavailable: {type(exc).__name__}: {exc}")] * len(plans), "inference"
+        return list(measured), "inference"
+
+    def _decide(self, plan: Plan, steps: list[tuple[Step, object, str]]) -> list[Outgoing]:
+        frame, meta = plan.frame, plan.meta
+        ref = plan.recipe.ref if plan.recipe else ""
+        d = Decision()
+        for step, result, stage in steps:
+            if step.kind == CLASSIFIER:
+                info, scored = result  # type: ignore[misc]
+                if not isinstance(scored, Scored) or info is None:
+                    reason = scored.reason if isinstance(scored, Failed) else "no model info"
+                    return self._failsafe(frame, meta, reason, stage=stage, model=step.model, recipe=ref)
+                self._add_scored(d, info, scored)
+                continue
+            if isinstance(result, Failed):
+                return self._failsafe(frame, meta, result.reason, stage=stage, model=step.model, recipe=ref)
+            assert isinstance(result, Measured) and step.params is not None
+            try:
+                ctx = JudgeContext(lot=meta.lot, today=datetime.fromtimestamp(meta.capture_ns / 1e9, UTC).date())
+                j = judge(step.kind, result.measurement, step.params, ctx)
+            except (ValueError, KeyError, TypeError) as exc:
+                reason = f"{step.model} measurement cannot be judged: {type(exc).__name__}: {exc}"
+                return self._failsafe(frame, meta, reason, stage="judge", model=step.model, recipe=ref)
+            d.add(j.verdict, j.defect)
+            d.reasons += j.reasons
+            d.measurements |= j.measurements
+            d.measurements |= {k: v for k, v in j.flags.items()}
+            d.parts += [asdict(p) for p in j.parts]
+            d.models.append(step.model)
+            d.versions.append(result.model_version)
+        return self._verdict(frame, meta, d, ref)
+
+    @staticmethod
+    def _add_scored(d: Decision, info: ModelInfo, scored: Scored) -> None:
+        verdict = scored.verdict
+        d.add(verdict, scored.defect)
+        d.score, d.threshold, d.review_threshold = scored.score, scored.reject_threshold, scored.review_threshold
+        d.class_scores = scored.class_probs
+        d.models.append(scored.classifier or info.classifier)
+        d.versions.append(str(scored.model_version))
+        if verdict == "reject":
+            d.reasons.append(f"score {scored.score:.4g} > reject threshold {scored.reject_threshold:.4g}")
+        elif verdict == "review":
+            d.reasons.append(
+                f"score {scored.score:.4g} in review zone "
+                f"({scored.review_threshold:.4g}, {scored.reject_threshold:.4g}]: for a person to decide"
+            )
 
     async def _score_group(
         self, model: str, group: list[tuple[Frame, FrameMeta]]
@@ -141,45 +289,42 @@ class InspectionProcessor:
             return None, [Failed(reason) for _ in group], "inference"
         return info, outcomes, "inference"
 
-    def _verdict(self, frame: Frame, meta: FrameMeta, info: ModelInfo, scored: Scored) -> list[Outgoing]:
-        verdict = scored.verdict
-        defect = scored.defect if verdict != "pass" else "none"
+    def _verdict(self, frame: Frame, meta: FrameMeta, d: Decision, recipe: str) -> list[Outgoing]:
         result = InspectionResult(
             unit_id=meta.unit_id,
             line=meta.line,
             camera=meta.camera,
             product=meta.product,
             lot=meta.lot,
-            verdict=verdict,
+            verdict=d.verdict,  # type: ignore[arg-type]
             cause="model",
             inspected=True,
-            defect=defect,
-            score=scored.score,
-            threshold=scored.reject_threshold,
-            review_threshold=scored.review_threshold,
-            model_name=scored.classifier or info.classifier,
-            model_version=str(scored.model_version),
+            defect=d.defect,
+            score=d.score,
+            threshold=d.threshold,
+            review_threshold=d.review_threshold,
+            model_name="+".join(d.models),
+            model_version="+".join(d.versions),
             capture_ns=meta.capture_ns,
             received_ns=frame.received_ns,
             inferred_ns=now_ns(),
             worker=self._worker,
-            class_scores=scored.class_probs,
+            class_scores=d.class_scores,
             image_sha256=_image_sha256(frame),
+            recipe=recipe,
+            measurements=d.measurements,
+            parts=d.parts,
+            reasons=d.reasons,
         )
         out = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), result.to_json())]
-        if verdict != "pass":  # `review` units leave the line too; a person decides on them
-            reason = (
-                f"score {scored.score:.4g} > reject threshold {scored.reject_threshold:.4g}"
-                if verdict == "reject"
-                else f"score {scored.score:.4g} in review zone "
-                f"({scored.review_threshold:.4g}, {scored.reject_threshold:.4g}]: for a person to decide"
-            )
-            out.append(self._reject(result, f"{result.model_name} v{result.model_version}: {reason}"))
+        if d.verdict != "pass":  # `review` units leave the line too; a person decides on them
+            who = recipe or f"{result.model_name} v{result.model_version}"
+            out.append(self._reject(result, f"{who}: {'; '.join(d.reasons) or d.defect}"))
             out += self._reject_image(frame, result)
         return out
 
     def _failsafe(
-        self, frame: Frame, meta: FrameMeta | None, reason: str, stage: str, model: str = ""
+        self, frame: Frame, meta: FrameMeta | None, reason: str, stage: str, model: str = "", recipe: str = ""
     ) -> list[Outgoing]:
         # Without parsable metadata, keep whatever identity the frame does carry.
         h = lambda name: header_value(frame.headers, name)  # noqa: E731
@@ -205,6 +350,7 @@ class InspectionProcessor:
             worker=self._worker,
             error=reason,
             image_sha256=_image_sha256(frame),
+            recipe=recipe,
         )
         dead = Outgoing(
             self._kafka.topic_deadletter,

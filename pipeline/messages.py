@@ -187,6 +187,14 @@ class InspectionResult(JsonMessage):
     review_threshold: float | None = None
     # sha256 (hex) of the frame's encoded image bytes: ties the audited decision to its image.
     image_sha256: str = ""
+    # The line's recipe that judged the unit (``id@vN``; "" for a line without a recipe).
+    recipe: str = ""
+    # Measured numbers on every result, pass or not (fill_mm, pockets_ok, gtin, ...).
+    measurements: dict[str, float | int | str | bool] = field(default_factory=dict)
+    # Per-sub-unit verdicts of a frame holding several units (blister pockets): index, verdict, defect, reason.
+    parts: list[dict[str, object]] = field(default_factory=list)
+    # One line per failing check (measured value and the tolerance it broke).
+    reasons: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,23 @@ class GroundTruth(JsonMessage):
     defect: str
     capture_ns: int
     source: str = "simulator"
+
+
+@dataclass(frozen=True)
+class RecipeActivation(JsonMessage):
+    """A line switched to a recipe (topic ``linesight.recipes``, compacted, keyed by line).
+
+    The whole validated recipe travels with it, so workers on any host run exactly what was
+    approved without reading files; `sha256` is the recipe's content hash (docs/recipes.md).
+    """
+
+    line: str
+    recipe: dict[str, object]
+    recipe_ref: str
+    sha256: str
+    user: str
+    reason: str
+    activated_ns: int
 
 
 @dataclass(frozen=True)

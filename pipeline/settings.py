@@ -48,6 +48,8 @@ class KafkaSettings(BaseModel):
     topic_alerts: str = "linesight.alerts"
     # A small JPEG of every unit removed from the line (batch records, dashboards), keyed by unit.
     topic_reject_images: str = "linesight.reject-images"
+    # Recipe activations (docs/recipes.md): compacted, keyed by line, read in full by every worker.
+    topic_recipes: str = "linesight.recipes"
     partitions: int = 3
     replication_factor: int = 1
     # Frames above this size are refused by the gateway (Kafka's default message cap is 1 MB).
@@ -109,6 +111,11 @@ class StreamSettings(BaseModel):
     web_port: int = 16066
     # product id -> Triton model (ensemble) that inspects it
     product_models: dict[str, str] = {"tablet-round-white-10mm": "tablet_inspector"}
+    # Recipes (docs/recipes.md): folder of recipe files, and the recipe each line starts with
+    # (line -> recipe id) until `linesight recipes activate` switches it. A line with neither
+    # routes each product to its model as above.
+    recipes_dir: Path = PROJECT_ROOT / "recipes"
+    line_recipes: dict[str, str] = {}
     # Longest side of the JPEG kept of each rejected unit (0: keep none).
     reject_image_px: int = Field(default=128, ge=0, le=1024)
 

@@ -10,6 +10,7 @@ dropped and never allowed to stop the sink.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 from collections import defaultdict
@@ -91,6 +92,11 @@ def inspection_row(m: Message) -> Row:
         "worker": r.worker,
         "error": r.error,
         "class_scores": {k: float(v) for k, v in r.class_scores.items()},
+        "recipe": r.recipe,
+        "measurements": {k: float(v) for k, v in r.measurements.items() if isinstance(v, (int, float))},
+        "measured_text": {k: v for k, v in r.measurements.items() if isinstance(v, str)},
+        "parts": json.dumps(r.parts, separators=(",", ":")) if r.parts else "",
+        "reasons": list(r.reasons),
         "kafka_partition": m.partition(),
         "kafka_offset": m.offset(),
     }

@@ -21,6 +21,7 @@ from pipeline.inference import TritonInspector
 from pipeline.inspection import Frame, InspectionProcessor, Outgoing, worker_id
 from pipeline.kafka import bootstrap
 from pipeline.messages import Heartbeat, now_ns
+from pipeline.recipes.book import RecipeBook, RecipeFeed, load_defaults
 from pipeline.settings import Settings
 from streams.transport import use_fetch_wait
 
@@ -74,6 +75,10 @@ def create_app(settings: Settings) -> faust.App:
     )
     frames = app.topic(settings.kafka.topic_frames, key_type=bytes, value_type=bytes)
     worker = worker_id()
+    # Every line's recipe: the configured start recipes, then every activation on the topic.
+    recipes = RecipeBook()
+    load_defaults(settings, recipes, settings.triton.model_repository)
+    feed: RecipeFeed | None = None
     inspector: TritonInspector | None = None
     health: dict[str, Any] = {"batches": 0, "frames": 0, "last_batch_ns": 0, "warm": False}
 
@@ -96,11 +101,16 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(frames)
     async def inspect(events: faust.StreamT) -> None:
-        nonlocal inspector
+        nonlocal inspector, feed
+        if feed is None:
+            feed = RecipeFeed(settings, recipes).start()
+            # Judge no frame before the activations already on the topic are known.
+            if not await asyncio.to_thread(feed.wait_caught_up, 15.0):
+                log.warning("recipe activations not read within 15 s; lines use their start recipes meanwhile")
         if inspector is None:
             inspector = TritonInspector(settings.triton)
             await warm_up(inspector)
-        processor = InspectionProcessor(settings, inspector, worker)
+        processor = InspectionProcessor(settings, inspector, worker, recipes)
         async for batch in events.noack_take(stream.batch_size, within=stream.batch_window_s):
             outgoing = await processor.process([_frame(e) for e in batch])
             # Outputs must be confirmed by the broker before the inputs are acknowledged.
@@ -134,7 +144,8 @@ def create_app(settings: Settings) -> faust.App:
         consumer = app.consumer
         assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment())
         ready = not app.rebalancing and bool(assigned) and bool(health.get("warm"))
-        return {"service": "worker", "worker": worker, "ready": ready, "assigned": assigned} | health
+        lines = {line: getattr(r, "ref", f"refused: {getattr(r, 'reason', '')}") for line, r in recipes.lines().items()}
+        return {"service": "worker", "worker": worker, "ready": ready, "assigned": assigned, "recipes": lines} | health
 
     @app.page("/healthz")
     class Health(View):

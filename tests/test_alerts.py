@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -191,3 +192,19 @@ def test_drift_reference_comes_from_the_judging_versions_model_card(tmp_path) ->
     assert CardReferences(None).get("tablet_classifier:2") is None
     engine = AlertEngine(reference_scores=refs)
     assert engine.reference_scores.get("tablet_classifier:2") == quantiles
+
+
+def test_a_serial_seen_twice_in_a_lot_raises_duplicate_serial_until_the_next_lot() -> None:
+    eng = AlertEngine(AlertConfig())
+
+    def label(unit: str, serial: str, lot: str = "LOT-1"):
+        return dataclasses.replace(result(unit), lot=lot, measurements={"serial": serial, "gtin": "09506000134352"})
+
+    assert eng.on_result(label("u1", "S1"), 1 * S) == [] and eng.on_result(label("u2", "S2"), 2 * S) == []
+    assert eng.on_result(label("u1", "S1"), 3 * S) == []  # the same unit redelivered is no duplicate
+    (dup,) = eng.on_result(label("u3", "S1"), 4 * S)
+    assert dup.kind == "duplicate_serial" and dup.severity == "critical" and dup.state == "active"
+    assert "S1" in dup.message and "u1" in dup.message and "u3" in dup.message
+    assert eng.on_result(label("u4", "S9"), 5 * S) == []  # latched while the lot runs
+    (cleared,) = eng.on_result(label("v1", "S1", lot="LOT-2"), 6 * S)
+    assert cleared.kind == "duplicate_serial" and cleared.state == "cleared"

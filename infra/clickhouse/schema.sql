@@ -31,6 +31,11 @@ CREATE TABLE IF NOT EXISTS {db}.inspections
     worker         LowCardinality(String),
     error          String,
     class_scores   Map(String, Float32),
+    recipe         LowCardinality(String),   -- the line's recipe that judged the unit (id@vN)
+    measurements   Map(String, Float64),     -- measured numbers (fill_mm, pockets_bad, ...; flags as 0/1)
+    measured_text  Map(String, String),      -- measured text (gtin, lot, expiry, serial of a label)
+    parts          String,                   -- per-pocket verdicts, JSON [{index, verdict, defect, reason}]
+    reasons        Array(String),            -- one line per failing check
     kafka_partition UInt32,
     kafka_offset   UInt64,
     stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
@@ -42,6 +47,12 @@ SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Databases created before the grey zone existed gain its column (idempotent).
 ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS review_threshold Nullable(Float32) AFTER threshold;
+-- ... and the recipe columns (docs/recipes.md).
+ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS recipe LowCardinality(String) AFTER class_scores;
+ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS measurements Map(String, Float64) AFTER recipe;
+ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS measured_text Map(String, String) AFTER measurements;
+ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS parts String AFTER measured_text;
+ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS reasons Array(String) AFTER parts;
 
 -- Every reject the gate fired.
 CREATE TABLE IF NOT EXISTS {db}.actuations

@@ -80,6 +80,11 @@ class LineState:
     frames_seen: int = 0
 
     first_result_ns: int = 0
+    # Serial numbers of the current lot -> the first unit that carried each (duplicate_serial).
+    recipe: str = ""  # the recipe of the line's latest result
+    last_measurements: dict[str, float | int | str | bool] = field(default_factory=dict)
+    serial_lot: str = ""
+    serials: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pchart = PChart(min_baseline=self.config.pchart_min_baseline)
@@ -156,6 +161,9 @@ class AlertEngine:
             st.first_result_ns = st.first_result_ns or now_ns
             st.arrivals.append(now_ns)
             st.models[r.product] = f"{r.model_name}:{r.model_version}" if r.model_version else r.model_name
+            st.recipe = r.recipe or st.recipe
+            if r.measurements:
+                st.last_measurements = dict(r.measurements)
             st.interval_n += 1
             if rejected:
                 st.rejected += 1
@@ -165,6 +173,7 @@ class AlertEngine:
                 image, ctype = self._frames.get(r.unit_id, (b"", "image/png"))
                 self.rejects.appendleft(RejectView(r.unit_id, r.line, r.product, r.defect, r.score, r.verdict,
                                                    r.capture_ns, image, ctype))
+            out += self._serial(st, r, now_ns)
             run = st.run.observe(rejected)
             out += self.book.set(r.line, "reject_run", run, now_ns, "critical",
                                  f"{st.run.run} consecutive rejects (limit {cfg.run_length})", st.run.run)
@@ -182,6 +191,22 @@ class AlertEngine:
                                          det.last_psi)
             self.version += 1
             return out
+
+    def _serial(self, st: LineState, r: InspectionResult, now_ns: int) -> list[AlertRecord]:
+        """GS1 serialisation: a serial printed twice in a lot is a counterfeit or a printer fault.
+        Raised on the second unit, latched (a person must look) until the line starts a new lot."""
+        serial = r.measurements.get("serial")
+        if not isinstance(serial, str) or not serial:
+            return []
+        out: list[AlertRecord] = []
+        if r.lot != st.serial_lot:
+            st.serial_lot, st.serials = r.lot, {}
+            out += self.book.set(r.line, "duplicate_serial", False, now_ns)
+        first = st.serials.setdefault(serial, r.unit_id)
+        if first != r.unit_id:
+            out += self.book.set(r.line, "duplicate_serial", True, now_ns, "critical",
+                                 f"serial {serial} of lot {r.lot} seen twice: units {first} and {r.unit_id}")
+        return out
 
     def on_heartbeat(self, hb: Heartbeat, now_ns: int) -> list[AlertRecord]:
         with self.lock:
@@ -274,6 +299,8 @@ class AlertEngine:
                     "by_class": {k: v / st.total for k, v in sorted(st.by_class.items())} if st.total else {},
                     "by_class_count": dict(sorted(st.by_class.items())),
                     "models": dict(sorted(st.models.items())),
+                    "recipe": st.recipe,
+                    "last_measurements": st.last_measurements,
                     "pchart_interval_s": self.config.interval_s,
                     "pchart_min_baseline": self.config.pchart_min_baseline,
                     "pchart": [

@@ -29,6 +29,7 @@ KINDS = (
     "frames_frozen",     # identical consecutive frames from one camera
     "frames_missing",    # a line that stopped sending frames
     "pipeline_health",   # a worker / Triton / broker heartbeat stale or unhealthy
+    "duplicate_serial",  # a label serial number seen twice in one lot (GS1 serialisation)
 )
 
 

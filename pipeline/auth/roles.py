@@ -1,6 +1,6 @@
 """Roles and the permission table: least privilege, separation of duties (docs/audit.md).
 
-operator runs the line; qa releases models, changes recipes and thresholds and signs records;
+operator runs the line (and switches it to an approved recipe at changeover); qa releases models, changes recipes and thresholds and signs records;
 admin manages users (and cannot release a model: user administration and quality release are
 separate duties). Everyone may read and verify the audit trail.
 """
@@ -11,11 +11,11 @@ ROLES = ("operator", "qa", "admin")
 
 PERMISSIONS: dict[str, frozenset[str]] = {
     "operator": frozenset({
-        "audit.verify", "line.start", "line.stop", "alarm.acknowledge", "unit.override",
+        "audit.verify", "line.start", "line.stop", "alarm.acknowledge", "unit.override", "recipe.activate",
     }),
     "qa": frozenset({
         "audit.verify", "audit.export", "audit.sign", "model.deploy", "model.rollback",
-        "threshold.change", "recipe.change", "alarm.acknowledge", "unit.override",
+        "threshold.change", "recipe.change", "recipe.activate", "alarm.acknowledge", "unit.override",
     }),
     "admin": frozenset({
         "audit.verify", "audit.export", "user.add", "user.disable", "user.passwd",

@@ -57,6 +57,8 @@ function renderLines(lines) {
   for (const l of lines) {
     const classes = Object.entries(l.by_class).map(([k, v]) => `${k} ${pct(v)} (${l.by_class_count[k]})`).join(", ") || "none";
     const models = Object.entries(l.models).map(([k, v]) => `${k}: ${v}`).join(", ") || "–";
+    const measured = Object.entries(l.last_measurements || {})
+      .map(([k, v]) => `${k} ${typeof v === "number" && !Number.isInteger(v) ? v.toFixed(2) : v}`).join(", ") || "–";
     const state = l.running ? el("span", { class: "badge ok" }, "running")
       : el("span", { class: "badge bad" }, l.silent_s == null ? "no frames yet" : `NO FRAMES for ${l.silent_s.toFixed(0)} s`);
     box.append(el("div", { class: "card" + (l.running ? "" : " stopped"), "data-line": l.line },
@@ -66,7 +68,9 @@ function renderLines(lines) {
         "units", el("span", { class: "total" }, l.total),
         "rejected", el("span", { class: "rejected" }, `${l.rejected} (${pct(l.reject_rate)}; last 10 s ${pct(l.reject_rate_recent)})`),
         "by defect class", el("span", {}, classes),
-        "model live", el("span", { class: "models" }, models)),
+        "model live", el("span", { class: "models" }, models),
+        "recipe", el("span", { class: "recipe" }, l.recipe || "none (product routing)"),
+        "last measured", el("span", { class: "measured" }, measured)),
       pchart(l)));
   }
 }

@@ -1,0 +1,82 @@
+"""The contract every measurement inspection follows.
+
+Measurement (what is in the image) and judgement (is that within the recipe's tolerances) are
+kept apart on purpose: the measurement runs inside Triton as a versioned model, the judgement
+runs in the worker against the line's active recipe, so a tolerance change is a recipe change,
+never a model change. Triton models of this contract take
+
+- ``IMAGE``  [B, 1] BYTES: the encoded frame (PNG/JPEG);
+- ``PARAMS`` [B, 1] BYTES: UTF-8 JSON of the recipe's inspection parameters (`InspectionParams`);
+
+and return ``RESULT`` [B, 1] BYTES: UTF-8 JSON of the measurement (`Measurement.to_json`).
+A frame that cannot be measured fails its own request with the reason (the worker then
+dead-letters it and fail-safe rejects the unit).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Verdict = Literal["pass", "reject", "review"]
+Value = float | int | str | bool
+
+
+class InspectionParams(BaseModel):
+    """Base of every inspection's recipe section: unknown keys are refused (a typo is an error,
+    never a silently ignored tolerance)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a measurement model saw in one frame. `values` are flat numbers/flags (fill_mm,
+    stopper_present, ...); `parts` are per-sub-unit records (blister pockets) with an `index`."""
+
+    values: dict[str, Value] = field(default_factory=dict)
+    parts: list[dict[str, Value]] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Measurement:
+        doc: Any = json.loads(data)
+        if not isinstance(doc, dict) or not isinstance(doc.get("values", {}), dict) or not isinstance(
+            doc.get("parts", []), list
+        ):
+            raise ValueError("measurement must be a JSON object with 'values' (object) and 'parts' (list)")
+        return cls(values=dict(doc.get("values", {})), parts=[dict(p) for p in doc.get("parts", [])])
+
+
+@dataclass(frozen=True)
+class PartVerdict:
+    """The verdict of one sub-unit of a frame (a blister pocket), by its index."""
+
+    index: int
+    verdict: Verdict
+    defect: str  # "none" when it passes
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A recipe's decision on one measurement.
+
+    `verdict` is the unit's (a blister pack is rejected when any pocket is); `defect` the first
+    failing check's class (``none`` on pass); `reasons` one human-readable line per failing check
+    (measured value and the tolerance it broke); `measurements` the numbers every result carries
+    (pass or not); `parts` per-pocket verdicts; `flags` facts for the record that are not by
+    themselves a reject (e.g. the decoded serial number).
+    """
+
+    verdict: Verdict
+    defect: str
+    reasons: list[str] = field(default_factory=list)
+    measurements: dict[str, Value] = field(default_factory=dict)
+    parts: list[PartVerdict] = field(default_factory=list)
+    flags: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,171 @@
+"""The recipe file format and its validation (docs/recipes.md).
+
+A recipe is a TOML file a person writes and QA approves; the worker only ever runs a recipe that
+passed `parse_recipe`. Everything that can be wrong is reported together, each problem with the
+key it concerns: unknown keys (a misspelt tolerance must not be silently ignored), missing
+models, parameters a measurement cannot satisfy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.inspections.base import InspectionParams
+from pipeline.inspections import kinds
+
+RECIPE_ID = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; `problems` lists every reason."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"recipe {source} refused: " + "; ".join(problems))
+
+
+class InspectionSpec(BaseModel):
+    """One inspection of a recipe: what to measure/classify, with which served model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    kind: str
+    model: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$", description="Triton model the frame is sent to")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in kinds.KINDS:
+            raise ValueError(f"unknown inspection kind {v!r}; known kinds: {', '.join(kinds.KINDS)}")
+        return v
+
+
+class RecipeDoc(BaseModel):
+    """The file as written (before the per-kind parameter check)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=RECIPE_ID)
+    version: int = Field(ge=1)
+    product: str = Field(min_length=1, max_length=128)
+    description: str = ""
+    inspection: list[InspectionSpec] = Field(min_length=1)
+
+
+class Recipe:
+    """A validated recipe: its document, each inspection's typed parameters and a content hash."""
+
+    def __init__(self, doc: RecipeDoc, params: dict[str, InspectionParams]) -> None:
+        self.doc = doc
+        self.params = params
+        canonical = json.dumps(doc.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        self.sha256 = hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def id(self) -> str:
+        return self.doc.id
+
+    @property
+    def version(self) -> int:
+        return self.doc.version
+
+    @property
+    def product(self) -> str:
+        return self.doc.product
+
+    @property
+    def ref(self) -> str:
+        """What every result carries: ``id@vN``."""
+        return f"{self.doc.id}@v{self.doc.version}"
+
+    @property
+    def inspections(self) -> list[InspectionSpec]:
+        return list(self.doc.inspection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.doc.model_dump(mode="json")
+
+    def __repr__(self) -> str:
+        return f"Recipe({self.ref}, product={self.product!r}, sha256={self.sha256[:12]})"
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(recipe)"
+
+
+def _errors(exc: ValidationError, prefix: str = "") -> list[str]:
+    problems = []
+    for err in exc.errors():
+        where = _loc(tuple(err["loc"]))
+        where = f"{prefix}.{where}" if prefix and where != "(recipe)" else (prefix or where)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        problems.append(f"{where}: {msg}")
+    return problems
+
+
+def parse_recipe(data: dict[str, Any], source: str = "<recipe>", repository: Path | None = None) -> Recipe:
+    """Validate a recipe document; with `repository`, every named model must exist in it."""
+    try:
+        doc = RecipeDoc.model_validate(data)
+    except ValidationError as exc:
+        # Report the models that are missing too, so one round of fixes is enough.
+        raw = data.get("inspection") if isinstance(data, dict) else None
+        missing = [
+            f"inspection[{i}].model: no model {item['model']!r} in the model repository {repository}"
+            for i, item in enumerate(raw if isinstance(raw, list) else [])
+            if repository is not None and isinstance(item, dict) and isinstance(item.get("model"), str)
+            and item["model"] and not (repository / item["model"] / "config.pbtxt").is_file()
+        ]
+        raise RecipeError(source, _errors(exc) + missing) from None
+    problems: list[str] = []
+    params: dict[str, InspectionParams] = {}
+    seen_names: set[str] = set()
+    seen_kinds: set[str] = set()
+    for i, spec in enumerate(doc.inspection):
+        where = f"inspection[{i}]"
+        if spec.name in seen_names:
+            problems.append(f"{where}.name: {spec.name!r} is used twice")
+        if spec.kind in seen_kinds:
+            problems.append(f"{where}.kind: a recipe runs each kind once ({spec.kind!r} twice)")
+        seen_names.add(spec.name)
+        seen_kinds.add(spec.kind)
+        try:
+            params[spec.name] = kinds.params_model(spec.kind).model_validate(spec.params)
+        except ValidationError as exc:
+            problems += _errors(exc, f"{where}.params")
+        except ValueError as exc:
+            problems.append(f"{where}.params: {exc}")
+        if repository is not None and not (repository / spec.model / "config.pbtxt").is_file():
+            problems.append(f"{where}.model: no model {spec.model!r} in the model repository {repository}")
+    if problems:
+        raise RecipeError(source, problems)
+    return Recipe(doc, params)
+
+
+def load_recipe(path: Path, repository: Path | None = None) -> Recipe:
+    """Read and validate one recipe file (TOML)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RecipeError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RecipeError(str(path), [f"not valid TOML: {exc}"]) from None
+    recipe = parse_recipe(data, str(path), repository)
+    if re.sub(r"\.toml$", "", path.name) != recipe.id:
+        raise RecipeError(str(path), [f"id {recipe.id!r} must match the file name ({recipe.id}.toml)"])
+    return recipe
