@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def new_lot(line: str) -> str:
-    return f"{line}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    """Line and UTC start time, at most 20 characters: a valid GS1 batch/lot (AI 10) to print."""
+    stamp = f"{datetime.now(UTC):%y%m%d-%H%M%S}"
+    return f"{line[: 20 - len(stamp) - 1]}-{stamp}"
 
 
 @dataclass
@@ -128,14 +130,15 @@ def run_simulated_line(
             break
         _pace(stop, next_at)
         next_at += interval
-        image, defect = sample_product(rng, sim.product, sim.defect_rate, lot, seq, today)
+        made = sample_product(rng, sim.product, sim.defect_rate, lot, seq, today)
         capture = now_ns()
         unit = f"{lot}-{seq:07d}"
         meta = FrameMeta(unit, sim.line, sim.camera, sim.product, capture, "image/png", lot, encoder.count_at(capture))
         truth = GroundTruth(
-            unit, sim.line, lot, sim.product, "defect" if defect else "good", defect or "none", capture
+            unit, sim.line, lot, sim.product, "defect" if made.defect else "good", made.defect or "none", capture,
+            source=f"simulator:{made.flag}" if made.flag else "simulator",
         )
-        publisher.publish(meta, encode_png(image), truth)
+        publisher.publish(meta, encode_png(made.image), truth)
         seq += 1
     return lot
 

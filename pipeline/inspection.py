@@ -129,7 +129,7 @@ def plan_for(meta: FrameMeta, models: dict[str, str], book: RecipeBook | None) -
         raise RecipeRefusal(f"line {meta.line!r} has no runnable recipe: {entry.reason}")
     if meta.product != entry.product:
         raise RecipeRefusal(
-            f"product {meta.product!r} is not in line {meta.line!r}'s recipe {entry.ref} "
+            f"product {meta.product!r} is not in recipe {entry.ref} of line {meta.line!r} "
             f"(which runs {entry.product!r})"
         )
     steps = tuple(

@@ -177,7 +177,7 @@ async def test_measurement_recipe_judges_with_its_tolerances_and_results_carry_i
     assert results["ok"]["recipe"] == "gauges@v1" and results["ok"]["model_name"] == "gauge_model"
     assert results["low"]["verdict"] == "reject" and results["low"]["defect"] == "low-level"
     assert results["low"]["reasons"] == ["level 1.5 < 2.0"] and results["low"]["measurements"] == {"level": 1.5}
-    for unit, why in (("broken", "no gauge found"), ("tablet", "not in line 'line-1'")):
+    for unit, why in (("broken", "no gauge found"), ("tablet", "not in recipe gauges@v1 of line 'line-1'")):
         assert results[unit]["verdict"] == "reject" and results[unit]["cause"] == "failsafe"
         assert why in results[unit]["error"] and results[unit]["recipe"] == "gauges@v1"
     dead = {header_value(o.headers, H_DLQ_REASON) for o in by_topic(out, k.topic_deadletter)}

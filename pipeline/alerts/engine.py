@@ -30,6 +30,7 @@ from pipeline.alerts.detectors import (
     quality_problems,
 )
 from pipeline.alerts.record import AlertBook, AlertRecord
+from pipeline.inspections.label import SerialTracker
 from pipeline.messages import FrameMeta, Heartbeat, InspectionResult
 
 
@@ -83,8 +84,7 @@ class LineState:
     # Serial numbers of the current lot -> the first unit that carried each (duplicate_serial).
     recipe: str = ""  # the recipe of the line's latest result
     last_measurements: dict[str, float | int | str | bool] = field(default_factory=dict)
-    serial_lot: str = ""
-    serials: dict[str, str] = field(default_factory=dict)
+    serial_lot: str = ""  # the lot whose serials are being checked (duplicate_serial)
 
     def __post_init__(self) -> None:
         self.pchart = PChart(min_baseline=self.config.pchart_min_baseline)
@@ -112,6 +112,7 @@ class AlertEngine:
         self.rejects: deque[RejectView] = deque(maxlen=self.config.last_rejects)
         self._frames: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self.lock = threading.RLock()
+        self.serials = SerialTracker()  # GS1 serial numbers per line and lot (duplicate_serial)
         self.version = 0  # bumped on every change; the dashboard's SSE stream watches it
         self.started_ns = 0  # first tick: a configured line that never sends a frame is missing too
         for line in lines or []:
@@ -200,10 +201,10 @@ class AlertEngine:
             return []
         out: list[AlertRecord] = []
         if r.lot != st.serial_lot:
-            st.serial_lot, st.serials = r.lot, {}
+            st.serial_lot = r.lot
             out += self.book.set(r.line, "duplicate_serial", False, now_ns)
-        first = st.serials.setdefault(serial, r.unit_id)
-        if first != r.unit_id:
+        first = self.serials.first_unit(r.line, r.lot, serial, r.unit_id)
+        if first is not None:
             out += self.book.set(r.line, "duplicate_serial", True, now_ns, "critical",
                                  f"serial {serial} of lot {r.lot} seen twice: units {first} and {r.unit_id}")
         return out

@@ -7,6 +7,7 @@ lives in its own module and is imported only when a line makes that kind.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
@@ -42,21 +43,35 @@ def all_products() -> list[str]:
     return sorted([*PRODUCTS, *(p for kind in _KINDS for p in _registry(kind))])
 
 
+# Conditions the simulator renders that are flagged for a person, not rejected at the gate
+# (docs/recipes.md): their units are good for the gate, and their ground truth says why.
+FLAGGED = ("duplicate-serial",)
+
+
+@dataclass(frozen=True)
+class SampledUnit:
+    image: Image.Image
+    defect: str | None  # what the gate must remove it for (None = good)
+    flag: str = ""  # a FLAGGED condition the unit carries, if any
+
+
 def sample_product(
     rng: np.random.Generator, product: str, defect_rate: float, lot: str, seq: int, today: date
-) -> tuple[Image.Image, str | None]:
-    """The next unit of `product` as the line makes it: its image and its defect (None = good).
+) -> SampledUnit:
+    """The next unit of `product` as the line makes it.
 
     Labels need the batch (lot, unit number for the serial, today's date for the expiry); the
     other kinds ignore them.
     """
     kind = product_kind(product)
     if kind == "tablet":
-        return sample_unit(rng, product, defect_rate)
+        return SampledUnit(*sample_unit(rng, product, defect_rate))
     module, _, sampler = _KINDS[kind]
     fn = getattr(importlib.import_module(module), sampler)
     if kind == "label":
         image, defect, _truth = fn(rng, product, defect_rate, lot=lot, seq=seq, today=today)
     else:
         image, defect, _truth = fn(rng, product, defect_rate)
-    return image, defect
+    if defect in FLAGGED:
+        return SampledUnit(image, None, defect)
+    return SampledUnit(image, defect)

@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.inspections.base import InspectionParams
 from pipeline.inspections import kinds
+from pipeline.inspections.base import InspectionParams
 
 RECIPE_ID = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
