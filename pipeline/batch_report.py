@@ -21,7 +21,7 @@ from pipeline.audit.record import DECISION_ACTION, SIGN_ACTION, SYSTEM_CHAIN
 from pipeline.audit.trail import AuditTrail
 from pipeline.audit.verify import VerifyReport
 from pipeline.clickhouse import ClickHouseClient
-from pipeline.report import BatchReconciliation, build_reconciliation
+from pipeline.report import BatchReconciliation, build_reconciliation, recipe_sections
 
 if TYPE_CHECKING:
     from fpdf import FPDF
@@ -141,30 +141,8 @@ def build_batch_record(client: ClickHouseClient, database: str, lot: str, trail:
         passed=int(counts["passed"]), rejects_by_class=[(str(a), int(b)) for a, b in by_class],
         rejects_by_cause=by_cause, samples=samples, models=_models(client, db, lot, trail),
         verification=verification, decisions_audited=len(decisions), overrides=overrides,
-        **_recipe_sections(client, db, lot),
+        **recipe_sections(client, db, lot),
     )
-
-
-def _recipe_sections(client: ClickHouseClient, db: str, lot: str) -> dict:
-    """Recipes, measurement spread and duplicate serials of a lot (empty for classifier-only lots)."""
-    p = {"lot": lot}
-    recipes = client.query(
-        f"""SELECT recipe, count() AS n FROM {db}.inspections FINAL
-            WHERE lot = {{lot:String}} AND recipe != '' GROUP BY recipe ORDER BY recipe""", p).rows
-    measurements = client.query(
-        f"""SELECT key AS name, count() AS n, avg(value) AS mean, min(value) AS min, max(value) AS max,
-                   quantileExact(0.05)(value) AS p05, quantileExact(0.95)(value) AS p95
-            FROM {db}.inspections FINAL ARRAY JOIN mapKeys(measurements) AS key, mapValues(measurements) AS value
-            WHERE lot = {{lot:String}} AND inspected GROUP BY key ORDER BY key""", p).named()
-    duplicates = client.query(
-        f"""SELECT measured_text['serial'] AS serial, count() AS n, arraySort(groupArray(unit_id)) AS units
-            FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND measured_text['serial'] != ''
-            GROUP BY serial HAVING n > 1 ORDER BY serial""", p).named()
-    return {
-        "recipes": [(str(a), int(b)) for a, b in recipes],
-        "measurements": measurements,
-        "duplicate_serials": [{"serial": d["serial"], "units": list(d["units"])} for d in duplicates],
-    }
 
 
 def _models(client: ClickHouseClient, db: str, lot: str, trail: AuditTrail) -> list[ModelRelease]:

@@ -223,6 +223,10 @@ class RunReport:
     fired_not_rejected: int  # fired on a "model" cause although the verdict was pass (a bug)
     model_versions: list[str]
     gate: BatchReconciliation | None = None  # what the reject gate did (gate_events)
+    # Recipes that judged the lot, measured numbers' spread, repeated label serials (docs/recipes.md).
+    recipes: list[tuple[str, int]] = field(default_factory=list)
+    measurements: list[dict] = field(default_factory=list)
+    duplicate_serials: list[dict] = field(default_factory=list)
 
     @property
     def every_unit_has_one_verdict(self) -> bool:
@@ -269,6 +273,14 @@ class RunReport:
             f"  every rejected unit was fired at the gate:     {ok(self.every_reject_fired)}"
             f" (not fired {self.rejected_not_fired}, fired but passed {self.fired_not_rejected})",
         ]
+        if self.recipes:
+            lines.append(f"  recipes                  {', '.join(f'{r} ({n} units)' for r, n in self.recipes)}")
+            for m in self.measurements:
+                lines.append(f"    {m['name']:<24} mean {m['mean']:.3f}  min {m['min']:.3f}  p05 {m['p05']:.3f}  "
+                             f"p95 {m['p95']:.3f}  max {m['max']:.3f}  ({m['n']} units)")
+            lines.append(f"  serials seen twice       {len(self.duplicate_serials):>8}"
+                         + (f"  ({', '.join(d['serial'] for d in self.duplicate_serials[:5])}"
+                            f"{', ...' if len(self.duplicate_serials) > 5 else ''})" if self.duplicate_serials else ""))
         if self.gate is not None:
             lines.append(self.gate.to_text())
         return "\n".join(lines)
@@ -352,4 +364,28 @@ def build_report(client: ClickHouseClient, database: str, lot: str) -> RunReport
         fired_not_rejected=int(fired_passed["n"]),
         model_versions=sorted(timing["versions"] or []),
         gate=build_reconciliation(client, db, lot),
+        **recipe_sections(client, db, lot),
     )
+
+
+def recipe_sections(client: ClickHouseClient, db: str, lot: str) -> dict:
+    """Recipes, measurement spread and duplicate serials of a lot (empty for classifier-only lots)."""
+    p = {"lot": lot}
+    recipes = client.query(
+        f"""SELECT recipe, count() AS n FROM {db}.inspections FINAL
+            WHERE lot = {{lot:String}} AND recipe != '' GROUP BY recipe ORDER BY recipe""", p).rows
+    measurements = client.query(
+        f"""SELECT key AS name, count() AS n, avg(value) AS mean, min(value) AS min, max(value) AS max,
+                   quantileExact(0.05)(value) AS p05, quantileExact(0.95)(value) AS p95
+            FROM {db}.inspections FINAL ARRAY JOIN mapKeys(measurements) AS key, mapValues(measurements) AS value
+            WHERE lot = {{lot:String}} AND inspected GROUP BY key ORDER BY key""", p).named()
+    duplicates = client.query(
+        f"""SELECT measured_text['serial'] AS serial, count() AS n, arraySort(groupArray(unit_id)) AS units
+            FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND measured_text['serial'] != ''
+            GROUP BY serial HAVING n > 1 ORDER BY serial""", p).named()
+    return {
+        "recipes": [(str(a), int(b)) for a, b in recipes],
+        "measurements": measurements,
+        "duplicate_serials": [{"serial": d["serial"], "units": list(d["units"])} for d in duplicates],
+    }
+

@@ -77,7 +77,10 @@ def create_app(settings: Settings) -> faust.App:
     worker = worker_id()
     # Every line's recipe: the configured start recipes, then every activation on the topic.
     recipes = RecipeBook()
-    load_defaults(settings, recipes, settings.triton.model_repository)
+    # Models are checked against the repository where the worker has it (embedded stack); a
+    # production worker does not mount it, and Triton answers for the models instead.
+    repo = settings.triton.model_repository
+    load_defaults(settings, recipes, repo if repo.is_dir() else None)
     feed: RecipeFeed | None = None
     inspector: TritonInspector | None = None
     health: dict[str, Any] = {"batches": 0, "frames": 0, "last_batch_ns": 0, "warm": False}

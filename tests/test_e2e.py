@@ -269,6 +269,7 @@ def test_a_line_switches_recipe_and_judges_each_product(
             FROM {db}.inspections AS i FINAL INNER JOIN {db}.ground_truth AS g FINAL USING unit_id
             WHERE i.lot = {{lot:String}} AND i.inspected""", {"lot": lot}).named()
     assert len(rows) == UNITS_PER_PRODUCT and {r["recipe"] for r in rows} == {recipe.ref}
+    assert report.recipes == [(recipe.ref, published)] and report.measurements
     defects = [r for r in rows if r["label"] == "defect"]
     goods = [r for r in rows if r["label"] == "good"]
     assert len(defects) >= 5 and len(goods) >= 5
@@ -303,10 +304,7 @@ def test_a_line_switches_recipe_and_judges_each_product(
         assert repeats & duplicated and duplicated - repeats <= {
             r["unit_id"] for r in rows if r["measured_text"].get("serial") in {
                 x["measured_text"].get("serial") for x in rows if x["unit_id"] in repeats}}, (repeats, duplicated)
-        from pipeline.batch_report import _recipe_sections
-
-        listed = {u for d in _recipe_sections(client, db, lot)["duplicate_serials"] for u in d["units"]}
-        assert listed == duplicated
+        assert {u for d in report.duplicate_serials for u in d["units"]} == duplicated
         alert = eventually(lambda: client.query(
             f"SELECT message FROM {db}.alerts FINAL WHERE kind = 'duplicate_serial' AND line = '{RECIPE_LINE}'"
         ).rows, services.stop_event)

@@ -31,6 +31,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY pipeline ./pipeline
 COPY streams ./streams
 COPY infra/clickhouse/schema.sql ./infra/clickhouse/schema.sql
+# The shipped recipes (docs/recipes.md); compose mounts the plant's own over them.
+COPY recipes ./recipes
 RUN pip install --no-deps -e . \
     && linesight --help >/dev/null
 

@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
-# LineSight Triton image: NVIDIA's tritonserver plus what the `tablet_preprocess` python-backend
-# model imports (pipeline.model.preprocess: numpy<2 and pillow). The model repository is not
+# LineSight Triton image: NVIDIA's tritonserver plus what the python-backend models import:
+# `tablet_preprocess` (pipeline.model.preprocess: numpy<2, pillow) and the measurement models of
+# the recipe kinds (pipeline.inspections: pydantic; `label_reader` also zxing-cpp, docs/recipes.md).
+# The model repository is not
 # baked in: docker-compose mounts ./triton_models read-only at /models.
 #
 #   docker build -f infra/docker/triton.Dockerfile -t linesight/triton:0.1.0-24.10 .
@@ -17,7 +19,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 # numpy<2: the python backend of this Triton breaks response tensors with numpy 2.
-RUN python3 -m pip install "numpy>=1.26,<2" "pillow>=10"
+RUN python3 -m pip install "numpy>=1.26,<2" "pillow>=10" "pydantic>=2.6" "zxing-cpp>=2.3"
 
 # Only the `pipeline` code, without its service dependencies (Kafka, ClickHouse, ...): the stub
 # imports nothing else. The package declares Python 3.11; this image's stub runs 3.10, hence
@@ -29,7 +31,8 @@ COPY pipeline ./pipeline
 COPY streams ./streams
 RUN python3 -m pip install --no-deps --ignore-requires-python . \
     && cd / && rm -rf /tmp/linesight-src \
-    && python3 -c "import numpy, PIL; from pipeline.model import preprocess; \
+    && python3 -c "import numpy, PIL, zxingcpp; from pipeline.model import preprocess; \
+from pipeline.inspections import vial, blister, label; \
 assert int(numpy.__version__.split('.')[0]) < 2, numpy.__version__; \
-print('pipeline.model.preprocess OK: numpy', numpy.__version__, 'pillow', PIL.__version__)"
+print('pipeline.model.preprocess and pipeline.inspections OK: numpy', numpy.__version__, 'pillow', PIL.__version__)"
 WORKDIR /opt/tritonserver

@@ -18,7 +18,7 @@ Only numpy and PIL: this module is imported by Triton's python backend stub.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -54,7 +54,7 @@ class VialParams(InspectionParams):
     particle_min_area_px: int = Field(default=2, ge=1)
 
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
+    def _consistent(self) -> VialParams:  # not typing.Self: the Triton image's stub runs Python 3.10
         if self.fill_tolerance_mm >= self.nominal_fill_mm:
             raise ValueError(
                 f"fill_tolerance_mm ({self.fill_tolerance_mm}) must be below nominal_fill_mm ({self.nominal_fill_mm})"
