@@ -244,20 +244,28 @@ def _latin(text: object) -> str:
 
 
 def gallery(pdf: FPDF, samples: list[dict]) -> None:
-    """Sample rejects' images in rows of six, each captioned with unit, class and verdict."""
+    """Sample rejects' images in rows of six (aspect kept: labels and vials are not square), each
+    captioned with unit, class and verdict; a row is as tall as its longest caption."""
+    from PIL import Image
+
     size, gap, per_row = 27.0, 3.0, 6
     for start in range(0, len(samples), per_row):
         row = samples[start : start + per_row]
-        if pdf.will_page_break(size + 10):
+        if pdf.will_page_break(size + 14):
             pdf.add_page()
         x0, y0 = pdf.l_margin, pdf.get_y()
+        bottom = y0 + size
         for i, s in enumerate(row):
             x = x0 + i * (size + gap)
-            pdf.image(io.BytesIO(s["jpeg"]), x=x, y=y0, w=size, h=size)
+            with Image.open(io.BytesIO(s["jpeg"])) as im:
+                aspect = im.width / im.height if im.height else 1.0
+            w, h = (size, size / aspect) if aspect >= 1 else (size * aspect, size)
+            pdf.image(io.BytesIO(s["jpeg"]), x=x + (size - w) / 2, y=y0 + (size - h) / 2, w=w, h=h)
             pdf.set_xy(x, y0 + size + 0.5)
             pdf.set_font("Helvetica", "", 6)
             pdf.multi_cell(size, 3, _latin(f"{s['unit_id']}\n{s['defect']} ({s['verdict']})"), align="C")
-        pdf.set_xy(x0, y0 + size + 8)
+            bottom = max(bottom, pdf.get_y())
+        pdf.set_xy(x0, bottom + 2)
     pdf.set_font("Helvetica", "", 9)
 
 
