@@ -61,6 +61,7 @@ class RejectView:
     capture_ns: int
     image: bytes = b""
     content_type: str = "image/png"
+    reasons: list[str] = field(default_factory=list)  # measurement inspections: the failed checks
 
 
 @dataclass
@@ -173,7 +174,7 @@ class AlertEngine:
                 st.recent_rejects.append(now_ns)
                 image, ctype = self._frames.get(r.unit_id, (b"", "image/png"))
                 self.rejects.appendleft(RejectView(r.unit_id, r.line, r.product, r.defect, r.score, r.verdict,
-                                                   r.capture_ns, image, ctype))
+                                                   r.capture_ns, image, ctype, list(r.reasons)))
             out += self._serial(st, r, now_ns)
             run = st.run.observe(rejected)
             out += self.book.set(r.line, "reject_run", run, now_ns, "critical",
@@ -317,7 +318,8 @@ class AlertEngine:
                 "alerts": [a.__dict__ | {"open": a.open} for a in self.book.all()],
                 "rejects": [{"unit_id": r.unit_id, "line": r.line, "product": r.product, "defect": r.defect,
                              "score": r.score, "verdict": r.verdict, "capture_ns": r.capture_ns,
-                             "has_image": bool(r.image)} for r in self.rejects],
+                             "has_image": bool(r.image), "measured": r.score is None and bool(r.reasons),
+                             "reasons": r.reasons[:4]} for r in self.rejects],
             }
 
     def reject_image(self, unit_id: str) -> tuple[bytes, str] | None:

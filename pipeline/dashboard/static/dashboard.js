@@ -95,7 +95,10 @@ function renderRejects(rejects) {
   for (const r of rejects) {
     const unit = encodeURIComponent(r.unit_id);
     let pics = el("div", { class: "muted" }, "no frame");
-    if (r.has_image) {
+    if (r.has_image && r.measured) {
+      // A measurement inspection (vial, blister, label): the failed checks say where and why.
+      pics = el("img", { src: `/rejects/${unit}`, alt: r.defect, title: "frame as captured", class: "wide" });
+    } else if (r.has_image) {
       // Side by side: the frame as captured, and where the model saw the defect (occlusion heat
       // map computed through Triton on first view; a text instead when it cannot be had).
       const heat = el("img", { src: `/rejects/${unit}/heatmap.png`, class: "heatmap", loading: "lazy",
@@ -105,9 +108,12 @@ function renderRejects(rejects) {
       pics = el("div", { class: "pair" },
         el("img", { src: `/rejects/${unit}`, alt: r.defect, title: "frame as captured" }), heat);
     }
+    const why = r.measured
+      ? el("ul", { class: "reasons" }, ...(r.reasons || []).map((t) => el("li", {}, t)))
+      : el("small", { class: "muted" }, "right: where the model saw the defect");
     box.append(el("figure", { class: "reject", "data-unit": r.unit_id }, pics,
       el("figcaption", {}, `${r.defect} ${r.score == null ? "" : r.score.toFixed(2)}`, el("br"),
-        el("small", { class: "muted" }, "right: where the model saw the defect"), el("br"), r.unit_id.slice(-10))));
+        why, r.unit_id.slice(-10))));
   }
 }
 let lastRejects = "";
