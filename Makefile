@@ -5,12 +5,15 @@ PY := $(VENV)/bin/python
 LINESIGHT := $(VENV)/bin/linesight
 DURATION ?= 60
 RATE ?= 20
+# A recipe of recipes/ (e.g. RECIPE=vial-2r-clear-5ml): the simulated line makes its product.
+RECIPE ?=
 MODEL := triton_models/tablet_classifier/1/model.onnx
 
 .PHONY: install model demo up test clean-state help
 
 help:
-	@echo "make demo   set up .venv, train the model if absent, run a simulated line (DURATION=$(DURATION) s)"
+	@echo "make demo   set up .venv, train the model if absent, run a simulated line (DURATION=$(DURATION) s;"
+	@echo "           RECIPE=vial-2r-clear-5ml | blister-2x5-round-white | carton-label-gs1 for other products)"
 	@echo "make test   run the test suite (unit + end-to-end on the embedded stack)"
 	@echo "make model  train the tablet model into triton_models/ if absent"
 
@@ -29,7 +32,7 @@ $(MODEL): | $(VENV)/.installed
 model: $(MODEL)
 
 demo: install model
-	$(LINESIGHT) demo --duration $(DURATION) --rate $(RATE)
+	$(LINESIGHT) demo --duration $(DURATION) --rate $(RATE) $(if $(RECIPE),--recipe $(RECIPE))
 
 up: install model
 	$(LINESIGHT) up --rate $(RATE)
