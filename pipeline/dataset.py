@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -256,19 +257,21 @@ def generate_dataset(
     """Render `count` simulated units into a new dataset folder; returns the folder.
 
     Products take turns; each image i is drawn from generator [seed, i], so the same arguments
-    always give the same files. Images go to `<product>/<good|defect class>/<i>.png`.
+    always give the same files (label products: on the same day, their expiry dates count from
+    today). Images go to `<product>/<good|defect class>/<i>.png`; tablets are `size` px, the other
+    kinds keep their camera's frame size.
     """
     from tqdm import tqdm
 
     from pipeline.imaging import encode_png, sample_unit
-    from pipeline.imaging.products import get_spec
+    from pipeline.imaging.catalog import product_kind, sample_product
 
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     if not products:
         raise ValueError("no products given")
-    for p in products:
-        get_spec(p)  # ValueError naming the valid products
+    kinds = {p: product_kind(p) for p in products}  # ValueError naming the valid products
+    today = datetime.now(UTC).date()
     out = Path(out).resolve()
     if (out / LABELS_FILE).exists():
         raise FileExistsError(f"{out / LABELS_FILE} exists: choose an empty folder for a new dataset")
@@ -276,7 +279,11 @@ def generate_dataset(
     for i in tqdm(range(count), desc="render", unit="img", disable=not progress):
         product = products[i % len(products)]
         rng = np.random.default_rng([seed, i])
-        img, defect = sample_unit(rng, product, defect_rate, subtle_fraction, size=size)
+        if kinds[product] == "tablet":
+            img, defect = sample_unit(rng, product, defect_rate, subtle_fraction, size=size)
+        else:  # vials, blister packs (one image per pack), labels (expiry relative to today)
+            made = sample_product(rng, product, defect_rate, lot=f"SIM{seed}", seq=i, today=today)
+            img, defect = made.image, made.defect
         path = out / product / (defect or "good") / f"{i:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(encode_png(img))

@@ -42,6 +42,22 @@ def test_generate_then_load_round_trip(generated: Path) -> None:
     assert {r.label for r in ds} == {"good", "defect"}
 
 
+def test_every_simulated_product_kind_makes_a_dataset(tmp_path: Path) -> None:
+    from pipeline.imaging.blisters import BLISTER_DEFECTS
+    from pipeline.imaging.labels import LABEL_DEFECTS
+    from pipeline.imaging.vials import VIAL_DEFECTS
+
+    kinds = {"vial-2r-clear-5ml": VIAL_DEFECTS, "blister-2x5-round-white": BLISTER_DEFECTS,
+             "carton-label-gs1": LABEL_DEFECTS}
+    ds = load_dataset(generate_dataset(tmp_path / "ds", 12, list(kinds), 0.6, seed=3))
+    assert ds.products == tuple(sorted(kinds)) and len(ds) == 12
+    for row in ds:
+        assert row.defect == "none" or row.defect in kinds[row.product], row
+    assert {r.label for r in ds} == {"good", "defect"}
+    with pytest.raises(ValueError, match="valid products: .*vial-2r-clear-5ml"):
+        generate_dataset(tmp_path / "bad", 2, ["syringe-1ml"], 0.5, seed=1)
+
+
 def test_product_filter(generated: Path) -> None:
     ds = load_dataset(generated, product=OVAL)
     assert len(ds) == 6 and ds.products == (OVAL,)
