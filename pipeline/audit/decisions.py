@@ -20,13 +20,14 @@ def decision_chain(line: str, partition: int) -> str:
 
 def decision_event(r: InspectionResult, source: str) -> AuditEvent:
     """The audit event of one verdict (who: the worker running the model; when: the verdict time)."""
+    why = ("; ".join(r.reasons) or f"{r.cause}: {r.defect}") if r.verdict != "pass" else r.cause
     return AuditEvent(
         action=DECISION_ACTION,
         subject=r.unit_id,
         user=f"worker:{r.worker}" if r.worker else "worker",
         role="system",
         new_value=r.verdict,
-        reason=r.error or (f"{r.cause}: {r.defect}" if r.verdict != "pass" else r.cause),
+        reason=r.error or why,
         time=datetime_from_ns(r.inferred_ns),
         detail={
             "unit_id": r.unit_id, "line": r.line, "camera": r.camera, "product": r.product, "lot": r.lot,
@@ -34,5 +35,7 @@ def decision_event(r: InspectionResult, source: str) -> AuditEvent:
             "score": r.score, "threshold": r.threshold, "review_threshold": r.review_threshold,
             "model_name": r.model_name, "model_version": r.model_version, "image_sha256": r.image_sha256,
             "capture_ns": r.capture_ns, "source": source,
+            # Recipe-judged units: which recipe, what was measured, per-pocket verdicts.
+            **({"recipe": r.recipe, "measurements": r.measurements, "parts": r.parts} if r.recipe else {}),
         },
     )
