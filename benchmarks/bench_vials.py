@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.imaging.codec import encode_png  # noqa: E402
+from pipeline.imaging.codec import decode_rgb, encode_png  # noqa: E402
 from pipeline.imaging.vials import VIAL_DEFECTS, VIAL_PRODUCTS, sample_vial  # noqa: E402
-from pipeline.inspections.vial import decode_frame, default_params, judge_vial, measure_vial  # noqa: E402
+from pipeline.inspections.vial import default_params, judge_vial, measure_vial  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         img, defect, truth = sample_vial(rng, args.product, args.defect_rate)
         data = encode_png(img)
         t0 = time.perf_counter()
-        m = measure_vial(decode_frame(data), params)
+        m = measure_vial(decode_rgb(data), params)
         measure_s += time.perf_counter() - t0
         j = judge_vial(m, params)
         err = float(m.values["fill_mm"]) - float(truth["fill_mm"])  # type: ignore[arg-type]

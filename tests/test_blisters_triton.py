@@ -7,9 +7,9 @@ import pytest
 
 from pipeline.embedded.triton import TritonServer
 from pipeline.imaging.blisters import render_blister
-from pipeline.imaging.codec import encode_png
+from pipeline.imaging.codec import decode_rgb, encode_png
 from pipeline.inspections.base import Measurement
-from pipeline.inspections.blister import BlisterParams, decode_rgb, judge_blister, measure_blister
+from pipeline.inspections.blister import BlisterParams, judge_blister, measure_blister
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +56,7 @@ def test_blister_inspector_measures_every_pocket(triton_server: TritonServer) ->
     assert [(v.index, v.defect) for v in bad.parts if v.verdict == "reject"] == [(2, "empty-pocket"), (7, "foreign-tablet")]
 
     # An unmeasurable frame or invalid parameters fail their own request, with the reason...
-    with pytest.raises(InferenceServerException, match="item 1: frame is not a decodable image"):
+    with pytest.raises(InferenceServerException, match="item 1: not a decodable PNG/JPEG image"):
         _infer(client, [frames[0], b"garbage"], [raw_params] * 2)
     with pytest.raises(InferenceServerException, match="invalid PARAMS: cols"):
         _infer(client, [frames[0]], [b'{"cols": 0}'])

@@ -17,6 +17,8 @@ from pipeline.imaging import (
     render_tablet,
     sample_unit,
 )
+from pipeline.imaging.codec import decode_rgb
+from pipeline.imaging.raster import illumination, pixel_grid, sensor_noise, shift_px
 from pipeline.imaging.tablets import render_tablet_with_mask
 
 ROUND = "tablet-round-white-10mm"
@@ -128,6 +130,8 @@ def test_draw_unit_rates_and_uniform_classes() -> None:
     assert all(not s for d, s in draws if d is None)
     with pytest.raises(ValueError):
         draw_unit(rng, 1.5)
+    other = [draw_unit(rng, 1.0, 0.0, ("a", "b"))[0] for _ in range(50)]
+    assert set(other) == {"a", "b"}
 
 
 def test_sample_unit_follows_defect_rate() -> None:
@@ -147,3 +151,39 @@ def test_encoders_round_trip() -> None:
     assert np.abs(decoded - _px(img)).mean() < 3.0
     with pytest.raises(ValueError):
         encode_jpeg(img, quality=0)
+
+
+def test_decode_rgb_decodes_png_and_jpeg_and_refuses_the_rest() -> None:
+    img = render_tablet(np.random.default_rng(3), ROUND, None)
+    rgb = decode_rgb(encode_png(img))
+    assert rgb.dtype == np.uint8 and rgb.shape == (160, 160, 3) and np.array_equal(rgb, np.asarray(img))
+    assert decode_rgb(bytearray(encode_jpeg(img, 90))).shape == (160, 160, 3)
+    grey = io.BytesIO()
+    img.convert("L").save(grey, format="PNG")
+    assert np.array_equal(decode_rgb(grey.getvalue())[..., 1], np.asarray(img.convert("L")))
+    gif = io.BytesIO()
+    img.save(gif, format="GIF")
+    for data, reason in (
+        ("frame", "must be encoded PNG/JPEG bytes, got str"),
+        (b"", "empty"),
+        (b"not an image", "not a decodable PNG/JPEG image"),
+        (encode_png(img)[:200], "not a decodable PNG/JPEG image"),  # truncated
+        (gif.getvalue(), "format GIF is not PNG or JPEG"),
+    ):
+        with pytest.raises(ValueError, match=reason):
+            decode_rgb(data)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="160x160 px is larger than 10000 px"):
+        decode_rgb(encode_png(img), max_pixels=100 * 100)
+
+
+def test_raster_helpers_on_rectangular_frames() -> None:
+    ys, xs = pixel_grid(3, 5)
+    assert ys.shape == xs.shape == (3, 5) and xs[2, 4] == 4 and ys[2, 4] == 2 and not xs.flags.writeable
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert np.array_equal(shift_px(a, 1.2, -0.6), [[0, 4, 5, 6], [0, 8, 9, 10], [0, 0, 0, 0]])
+    light = illumination(np.random.default_rng(0), (40, 90), gradient=(0.1, 0.1), vignetting=(0.3, 0.3))
+    assert light.shape == (40, 90) and np.array_equal(light, illumination(np.random.default_rng(0), (40, 90), (0.1, 0.1), (0.3, 0.3)))
+    assert 0.8 < light.min() < light.max() < 1.1
+    flat = np.full((40, 90, 3), 0.5, np.float32)
+    noisy = sensor_noise(np.random.default_rng(1), flat)
+    assert noisy.shape == flat.shape and 0.005 < float((noisy - flat).std()) < 0.02

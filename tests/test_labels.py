@@ -17,7 +17,7 @@ import zxingcpp
 from PIL import Image
 from pydantic import ValidationError
 
-from pipeline.imaging.codec import encode_jpeg, encode_png
+from pipeline.imaging.codec import decode_rgb, encode_jpeg, encode_png
 from pipeline.imaging.labels import (
     DAMAGES,
     LABEL_DEFECTS,
@@ -34,8 +34,9 @@ from pipeline.inspections.label import (
     SerialTracker,
     judge_label,
     read_label,
-    read_label_bytes,
+    read_label_frame,
 )
+from pipeline.inspections.serving import parse_params
 
 PRODUCT = "carton-label-gs1"
 SPEC = LABEL_PRODUCTS[PRODUCT]
@@ -291,14 +292,13 @@ def test_params_refuse_impossible_values(doc: dict[str, object], message: str) -
 
 
 def test_bad_frames_and_params_are_refused_with_the_reason(samples: dict[tuple[str, bool], list[Sample]]) -> None:
-    params_json = PARAMS.model_dump_json()
     with pytest.raises(ValueError, match="not a decodable PNG/JPEG"):
-        read_label_bytes(b"not an image", params_json)
+        decode_rgb(b"not an image")
     with pytest.raises(ValueError, match="empty"):
-        read_label_bytes(b"", params_json)
+        decode_rgb(b"")
     img = samples[("good", False)][0][0]
-    with pytest.raises(ValueError, match="PARAMS is not a valid label section"):
-        read_label_bytes(encode_png(img), '{"gtin": "123"}')
+    with pytest.raises(ValueError, match="invalid PARAMS: gtin"):
+        parse_params(LabelParams, b'{"gtin": "123"}')
     with pytest.raises(ValueError, match="must be uint8"):
         read_label(np.zeros((50, 50), np.float32), PARAMS)
     with pytest.raises(ValueError, match="shape"):
@@ -308,7 +308,7 @@ def test_bad_frames_and_params_are_refused_with_the_reason(samples: dict[tuple[s
     with pytest.raises(ValueError, match="batch lot"):
         judge_label(_measured(TODAY), PARAMS, " ", TODAY)
     # JPEG frames read as well as PNG ones.
-    assert read_label_bytes(encode_jpeg(img, 90), params_json).values["decoded"]
+    assert read_label_frame(decode_rgb(encode_jpeg(img, 90)), PARAMS).values["decoded"]
 
 
 # --------------------------------------------------------------------------- serial tracker
@@ -350,7 +350,7 @@ def test_model_measures_a_request(model_module: ModuleType, samples: dict[tuple[
     first, second = (Measurement.from_json(x) for x in out[:, 0])
     assert first.values["serial"] == truth.serial and first.values["decoded"]
     assert second.values["decoded"] is False  # unreadable is a measurement, not an error
-    with pytest.raises(ValueError, match=r"1 of 2 frame\(s\) unusable: item 1: frame is not a decodable"):
+    with pytest.raises(ValueError, match=r"1 of 2 frame\(s\) not measured: item 1: not a decodable"):
         model_module.measure_request(np.array([[encode_png(good)], [b"junk"]], dtype=object), params)
     with pytest.raises(ValueError, match="1 IMAGE item"):
         model_module.measure_request(images[:1], params)

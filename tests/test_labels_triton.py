@@ -71,7 +71,7 @@ def test_label_reader_served_by_triton(triton_server: TritonServer) -> None:
 
     with pytest.raises(InferenceServerException, match="label_reader: 1 of 1 frame.*not a decodable PNG/JPEG"):
         _infer(client, [b"not an image"], params.model_dump_json().encode())
-    with pytest.raises(InferenceServerException, match="PARAMS is not a valid label section"):
+    with pytest.raises(InferenceServerException, match="label_reader: 1 of 1 frame.*item 0: invalid PARAMS: gtin"):
         _infer(client, [units[0][0]], b'{"gtin": "1"}')
     # The instance survived both failures.
     assert Measurement.from_json(_infer(client, [units[0][0]], params.model_dump_json().encode())[0, 0]).values["decoded"]

@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
 
-from pipeline.imaging.codec import encode_jpeg, encode_png
+from pipeline.imaging.codec import decode_rgb, encode_jpeg, encode_png
 from pipeline.imaging.vials import (
     VIAL_DEFECTS,
     VIAL_PRODUCTS,
@@ -24,7 +24,7 @@ from pipeline.imaging.vials import (
     sample_vial,
 )
 from pipeline.inspections.base import Measurement
-from pipeline.inspections.vial import VialParams, decode_frame, default_params, judge_vial, measure_vial
+from pipeline.inspections.vial import VialParams, default_params, judge_vial, measure_vial
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "triton_models" / "vial_inspector"
 VIAL = "vial-2r-clear-5ml"
@@ -132,7 +132,7 @@ def test_fill_reasons_name_value_and_tolerance() -> None:
 
 def test_jpeg_frames_measure_as_well() -> None:
     img, truth = render_vial(np.random.default_rng(4), VIAL, None)
-    m = measure_vial(decode_frame(encode_jpeg(img, 90)), default_params(VIAL_PRODUCTS[VIAL]))
+    m = measure_vial(decode_rgb(encode_jpeg(img, 90)), default_params(VIAL_PRODUCTS[VIAL]))
     assert abs(m.values["fill_mm"] - truth["fill_mm"]) < FILL_ERROR_MM  # type: ignore[operator]
 
 
@@ -213,14 +213,14 @@ def test_bad_arrays_and_bytes_are_refused_with_the_reason() -> None:
         measure_vial(np.zeros((320, 176), np.uint8), params)
     with pytest.raises(ValueError, match="too small"):
         measure_vial(np.zeros((20, 20, 3), np.uint8), params)
-    with pytest.raises(ValueError, match="not a readable image"):
-        decode_frame(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    with pytest.raises(ValueError, match="not a decodable PNG/JPEG image"):
+        decode_rgb(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     with pytest.raises(ValueError, match="empty"):
-        decode_frame(b"")
+        decode_rgb(b"")
     gif = io.BytesIO()
     Image.new("RGB", (60, 60)).save(gif, format="GIF")
     with pytest.raises(ValueError, match="not PNG or JPEG"):
-        decode_frame(gif.getvalue())
+        decode_rgb(gif.getvalue())
 
 
 # --------------------------------------------------------------------------- Triton model logic
@@ -262,23 +262,26 @@ def test_triton_request_logic() -> None:
     for res, truth in zip(results, truths, strict=True):
         assert abs(res.values["fill_mm"] - truth["fill_mm"]) < FILL_ERROR_MM  # type: ignore[operator]
         assert res.values["stopper_present"] is truth["stopper"]
-    # One PARAMS item serves the whole request.
-    assert np.array_equal(model.measure_request(images, np.array([[params]], dtype=object)), out)
 
     bad = np.array([frames[0], b"garbage", frames[1]], dtype=object).reshape(3, 1)
     with pytest.raises(ValueError) as exc:
-        model.measure_request(bad, np.array([[params]], dtype=object))
-    assert "1 of 3" in str(exc.value) and "item 1: not a readable image" in str(exc.value)
+        model.measure_request(bad, np.array([[params]] * 3, dtype=object))
+    assert "1 of 3" in str(exc.value) and "item 1: not a decodable PNG/JPEG image" in str(exc.value)
     wrong = json.dumps({**json.loads(params), "fill_tolerance_mm": 40.0, "colour": 1}).encode()
     with pytest.raises(ValueError) as exc:
-        model.measure_request(images, np.array([[wrong]], dtype=object))
-    assert "invalid vial PARAMS" in str(exc.value) and "colour: Extra inputs" in str(exc.value)
+        model.measure_request(images, np.array([[wrong]] * 2, dtype=object))
+    assert "invalid PARAMS" in str(exc.value) and "colour: Extra inputs" in str(exc.value)
     with pytest.raises(ValueError, match="must be below nominal_fill_mm"):
         model.measure_request(images[:1], np.array([[json.dumps({**json.loads(params), "fill_tolerance_mm": 40.0}).encode()]], dtype=object))
-    with pytest.raises(ValueError, match="invalid vial PARAMS"):
+    with pytest.raises(ValueError, match="invalid PARAMS"):
         model.measure_request(images[:1], np.array([[b"{not json"]], dtype=object))
-    with pytest.raises(ValueError, match="one per frame"):
+    with pytest.raises(ValueError, match="item 0: PARAMS must be UTF-8 JSON bytes, got int"):
+        model.measure_request(images[:1], np.array([[3]], dtype=object))
+    assert np.array_equal(model.measure_request(images, np.array([[params.decode()]] * 2, dtype=object)), out)
+    with pytest.raises(ValueError, match="one per frame"):  # one PARAMS item per IMAGE item, exactly
         model.measure_request(images, np.array([params] * 3, dtype=object).reshape(3, 1))
+    with pytest.raises(ValueError, match="PARAMS has 1 item"):
+        model.measure_request(images, np.array([[params]], dtype=object))
     with pytest.raises(ValueError, match="no vial found"):
         blank = encode_png(Image.new("RGB", (176, 320), (230, 230, 230)))
         model.measure_request(np.array([[blank]], dtype=object), np.array([[params]], dtype=object))

@@ -54,7 +54,7 @@ def test_vial_inspector_measures_rendered_frames(triton_server: TritonServer) ->
         assert m.values["cap_present"] is truth["cap"] and m.values["particles"] == truth["particles"]
         assert judge_vial(m, params).defect == (defect or "none")
 
-    with pytest.raises(InferenceServerException, match="vial_inspector: 1 of 2 frame.*item 1: not a readable image"):
+    with pytest.raises(InferenceServerException, match="vial_inspector: 1 of 2 frame.*item 1: not a decodable PNG/JPEG image"):
         _infer(client, [frames[0], b"garbage"], [raw_params] * 2)
     with pytest.raises(InferenceServerException, match="fill_tolerance_mm"):
         _infer(client, frames[:1], [raw_params.replace(b'"fill_tolerance_mm":1.0', b'"fill_tolerance_mm":-1.0')])

@@ -32,7 +32,7 @@ COPY streams ./streams
 RUN python3 -m pip install --no-deps --ignore-requires-python . \
     && cd / && rm -rf /tmp/linesight-src \
     && python3 -c "import numpy, PIL, zxingcpp; from pipeline.model import preprocess; \
-from pipeline.inspections import vial, blister, label; \
+from pipeline.inspections import vial, blister, label, serving; \
 assert int(numpy.__version__.split('.')[0]) < 2, numpy.__version__; \
 print('pipeline.model.preprocess and pipeline.inspections OK: numpy', numpy.__version__, 'pillow', PIL.__version__)"
 WORKDIR /opt/tritonserver

@@ -14,15 +14,23 @@ A render is a pure function of the generator state: same seed, same pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from pipeline.imaging.products import PRODUCTS, TabletSpec
-from pipeline.imaging.raster import gaussian_blur, smooth_noise, smoothstep
+from pipeline.imaging.raster import (
+    gaussian_blur,
+    illumination,
+    pixel_grid,
+    sensor_noise,
+    shift_px,
+    smooth_noise,
+    smoothstep,
+)
 from pipeline.imaging.scene import TabletGeometry
+from pipeline.imaging.tablets import check_rates
 
 BLISTER_DEFECTS: tuple[str, ...] = ("empty-pocket", "broken-tablet", "foreign-tablet")
 
@@ -132,7 +140,7 @@ def render_blister(
         if p is not None and p not in BLISTER_DEFECTS:
             raise ValueError(f"pocket {i}: unknown defect {p!r}; valid: {', '.join(BLISTER_DEFECTS)} (or None)")
     w, h = spec.frame_size
-    ys, xs = _grid(h, w)
+    ys, xs = pixel_grid(h, w)
 
     light_az = np.deg2rad(225.0) + rng.uniform(-0.5, 0.5)
     light_el = np.deg2rad(rng.uniform(50.0, 65.0))
@@ -167,11 +175,10 @@ def render_blister(
         looks.append(look)
         areas.append(area / (np.pi * radius * radius))
 
-    img *= _illumination(rng, (h, w))[..., None] * rng.uniform(0.80, 0.95)
+    img *= illumination(rng, (h, w), vignetting=(0.05, 0.3))[..., None] * rng.uniform(0.80, 0.95)
     img *= rng.uniform(0.985, 1.015, 3)  # camera white balance
     img = gaussian_blur(img, rng.uniform(0.4, 0.8))
-    gain, read = rng.uniform(1.5e-4, 4.0e-4), rng.uniform(0.003, 0.008)
-    img = img + np.sqrt(gain * np.clip(img, 0.0, None) + read * read) * rng.standard_normal(img.shape, dtype=np.float32)
+    img = sensor_noise(rng, img)
     pixels = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
     truth = {
         "product": product,
@@ -194,10 +201,7 @@ def sample_blister(
 ) -> tuple[Image.Image, str | None, dict[str, Any]]:
     """Draw one pack as the line makes it: defective with `defect_rate`, then 1-2 bad pockets
     (positions and classes uniform). Returns (frame, first bad pocket's class or None, truth)."""
-    if not 0.0 <= defect_rate <= 1.0:
-        raise ValueError(f"defect_rate must be in [0, 1], got {defect_rate}")
-    if not 0.0 <= subtle_fraction <= 1.0:
-        raise ValueError(f"subtle_fraction must be in [0, 1], got {subtle_fraction}")
+    check_rates(defect_rate, subtle_fraction)
     spec = get_blister_spec(product)
     pockets: list[str | None] = [None] * spec.pockets
     subtle = False
@@ -240,25 +244,6 @@ def _foil(rng: np.random.Generator, spec: BlisterSpec, u: np.ndarray, v: np.ndar
     return color * texture[..., None]
 
 
-def _illumination(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Lighting gradient across the field plus lens vignetting."""
-    h, w = shape
-    ys, xs = _grid(h, w)
-    cx, cy, size = (w - 1) / 2.0, (h - 1) / 2.0, float(max(h, w))
-    psi = rng.uniform(0.0, 2.0 * np.pi)
-    grad = rng.uniform(0.04, 0.16) * ((xs - cx) * np.cos(psi) + (ys - cy) * np.sin(psi)) / size
-    r2 = ((xs - cx) ** 2 + (ys - cy) ** 2) / (size * size)
-    return (1.0 + grad) * (1.0 - rng.uniform(0.05, 0.3) * r2)
-
-
-@lru_cache(maxsize=4)
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    ys.flags.writeable = False
-    xs.flags.writeable = False
-    return ys, xs
-
-
 # --------------------------------------------------------------------------- one pocket
 
 
@@ -297,7 +282,7 @@ def _render_pocket(
     alpha = alpha * inside
     # Soft contact shadow of the content on the floor, away from the light.
     sx, sy = -light[0] / light[2] * 1.2, -light[1] / light[2] * 1.2
-    shadow = gaussian_blur(_shift_px(alpha, sx, sy), 1.6)
+    shadow = gaussian_blur(shift_px(alpha, sx, sy), 1.6)
     floor *= (1.0 - 0.12 * shadow)[..., None]
     content = floor * (1.0 - alpha[..., None]) + tablet_rgb * plastic * alpha[..., None]
 
@@ -315,17 +300,6 @@ def _render_pocket(
     out += (rng.uniform(0.25, 0.45) * crescent + rng.uniform(0.2, 0.45) * glint)[..., None]
     img[y0:y1, x0:x1] = out
     return look, float(alpha.sum())
-
-
-def _shift_px(a: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    """Shift by whole pixels (rounded), filling with zeros."""
-    ix, iy = int(round(dx)), int(round(dy))
-    out = np.zeros_like(a)
-    h, w = a.shape
-    out[max(iy, 0) : h + min(iy, 0), max(ix, 0) : w + min(ix, 0)] = a[
-        max(-iy, 0) : h + min(-iy, 0), max(-ix, 0) : w + min(-ix, 0)
-    ]
-    return out
 
 
 def _pocket_content(

@@ -23,7 +23,16 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.imaging.raster import gaussian_blur, line_profile, polyline_distance, smooth_noise, smoothstep
+from pipeline.imaging.raster import (
+    gaussian_blur,
+    illumination,
+    line_profile,
+    polyline_distance,
+    sensor_noise,
+    smooth_noise,
+    smoothstep,
+)
+from pipeline.imaging.tablets import draw_unit
 from pipeline.inspections.gs1 import encode_date, encode_hri, gtin_check_digit, normalize_gtin
 
 LABEL_DEFECTS: tuple[str, ...] = ("unreadable", "wrong-gtin", "wrong-lot", "expired", "duplicate-serial")
@@ -155,15 +164,8 @@ def sample_label(
     (class uniform over `LABEL_DEFECTS`; unit 0 has no earlier serial to repeat, so it never
     gets `duplicate-serial`). Returns the frame, the defect (None = good) and the truth."""
     spec = get_label_spec(product)
-    if not 0.0 <= defect_rate <= 1.0:
-        raise ValueError(f"defect_rate must be in [0, 1], got {defect_rate}")
-    if not 0.0 <= subtle_fraction <= 1.0:
-        raise ValueError(f"subtle_fraction must be in [0, 1], got {subtle_fraction}")
-    defect: str | None = None
-    if rng.random() < defect_rate:
-        choices = LABEL_DEFECTS if seq > 0 else tuple(d for d in LABEL_DEFECTS if d != "duplicate-serial")
-        defect = choices[int(rng.integers(len(choices)))]
-    subtle = defect is not None and bool(rng.random() < subtle_fraction)
+    choices = LABEL_DEFECTS if seq > 0 else tuple(d for d in LABEL_DEFECTS if d != "duplicate-serial")
+    defect, subtle = draw_unit(rng, defect_rate, subtle_fraction, choices)
     expiry = today + timedelta(days=int(rng.integers(365, 3 * 365)))
     content = LabelContent(spec.gtin, lot, expiry, serial_for(seq), expiry_day00=bool(rng.random() < 0.3))
     duplicate_of: int | None = None
@@ -254,9 +256,10 @@ def _render(
 
     frame = _carton(rng, (fh, fw))
     frame = _place(rng, frame, label, spec.margin)
-    frame *= _illumination(rng, (fh, fw))[..., None] * rng.uniform(0.75, 1.05)
+    light = illumination(rng, (fh, fw), gradient=(0.04, 0.25), vignetting=(0.05, 0.3))
+    frame *= light[..., None] * rng.uniform(0.75, 1.05)
     frame = gaussian_blur(frame, rng.uniform(0.3, 0.85))
-    frame = _sensor_noise(rng, frame)
+    frame = sensor_noise(rng, frame, gain=(1.5e-4, 5.0e-4), read=(0.003, 0.01))
     pixels = np.round(np.clip(frame, 0.0, 1.0) * 255.0).astype(np.uint8)
     return Image.fromarray(pixels, mode="RGB")
 
@@ -395,22 +398,3 @@ def _place(rng: np.random.Generator, frame: np.ndarray, label: np.ndarray, margi
     sub = out[dy0 : dy0 + hh, dx0 : dx0 + ww]
     out[dy0 : dy0 + hh, dx0 : dx0 + ww] = sub * (1.0 - a) + rgb[sy0 : sy0 + hh, sx0 : sx0 + ww] * a
     return out
-
-
-def _illumination(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Lighting gradient across the field plus lens vignetting."""
-    h, w = shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    psi = rng.uniform(0.0, 2.0 * np.pi)
-    grad = rng.uniform(0.04, 0.25) * ((xs - cx) * np.cos(psi) + (ys - cy) * np.sin(psi)) / max(h, w)
-    r2 = ((xs - cx) ** 2 + (ys - cy) ** 2) / float(max(h, w) ** 2)
-    return (1.0 + grad) * (1.0 - rng.uniform(0.05, 0.3) * r2)
-
-
-def _sensor_noise(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
-    """Shot noise (grows with signal) plus read noise."""
-    gain = rng.uniform(1.5e-4, 5.0e-4)
-    read = rng.uniform(0.003, 0.01)
-    sigma = np.sqrt(gain * np.clip(img, 0.0, None) + read * read)
-    return img + sigma * rng.standard_normal(img.shape, dtype=np.float32)

@@ -1,15 +1,27 @@
-"""Small numpy raster primitives used by the tablet renderer.
+"""Small numpy raster primitives shared by the renderers (tablets, vials, blister packs, labels).
 
-Kept separate from the scene code so each piece is simple to read and test: smooth noise,
-separable Gaussian blur, distance to a polyline and random-walk paths. Everything works on
+Kept separate from the scene code so each piece is simple to read and test: pixel grids, smooth
+noise, separable Gaussian blur, whole-pixel shifts, the camera's lighting falloff and sensor
+noise, distance to a polyline and random-walk paths. Everything works on
 float32 arrays and draws randomness only from the `np.random.Generator` it is given, so a
 render is a pure function of its seed.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image
+
+
+@lru_cache(maxsize=16)
+def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column index grids [h, w] as float32 (read-only, shared between renders)."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    ys.flags.writeable = False
+    xs.flags.writeable = False
+    return ys, xs
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: float) -> np.ndarray:
@@ -55,6 +67,49 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     for i in range(1, len(k)):
         acc += k[i] * padded[:, i : i + n]
     return acc
+
+
+def shift_px(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """Shift a 2-D array by whole pixels (rounded), filling with zeros."""
+    ix, iy = int(round(dx)), int(round(dy))
+    out = np.zeros_like(img)
+    h, w = img.shape
+    out[max(iy, 0) : h + min(iy, 0), max(ix, 0) : w + min(ix, 0)] = img[
+        max(-iy, 0) : h + min(-iy, 0), max(-ix, 0) : w + min(-ix, 0)
+    ]
+    return out
+
+
+def illumination(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    gradient: tuple[float, float] = (0.04, 0.16),
+    vignetting: tuple[float, float] = (0.05, 0.35),
+) -> np.ndarray:
+    """Relative light [h, w] over a frame: a linear gradient (strength drawn from `gradient`, per
+    frame size, random direction) times lens vignetting (drawn from `vignetting`, at the frame's
+    longer side)."""
+    h, w = shape
+    ys, xs = pixel_grid(h, w)
+    cx, cy, size = (w - 1) / 2.0, (h - 1) / 2.0, float(max(h, w))
+    psi = rng.uniform(0.0, 2.0 * np.pi)
+    grad = rng.uniform(*gradient) * ((xs - cx) * np.cos(psi) + (ys - cy) * np.sin(psi)) / size
+    r2 = ((xs - cx) ** 2 + (ys - cy) ** 2) / (size * size)
+    return (1.0 + grad) * (1.0 - rng.uniform(*vignetting) * r2)
+
+
+def sensor_noise(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    gain: tuple[float, float] = (1.5e-4, 4.0e-4),
+    read: tuple[float, float] = (0.003, 0.008),
+) -> np.ndarray:
+    """`img` plus shot noise (variance grows with the signal, gain drawn from `gain`) and read
+    noise (std drawn from `read`)."""
+    g = rng.uniform(*gain)
+    r = rng.uniform(*read)
+    sigma = np.sqrt(g * np.clip(img, 0.0, None) + r * r)
+    return img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
 
 
 def add_spot(

@@ -11,14 +11,20 @@ A render is a pure function of the generator state: same seed, same pixels.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 from PIL import Image
 
 from pipeline.imaging.defects import PAINTERS
 from pipeline.imaging.products import DEFECT_CLASSES, TabletSpec, check_defect, get_spec
-from pipeline.imaging.raster import add_spot, gaussian_blur, smooth_noise
+from pipeline.imaging.raster import (
+    add_spot,
+    gaussian_blur,
+    illumination,
+    pixel_grid,
+    sensor_noise,
+    shift_px,
+    smooth_noise,
+)
 from pipeline.imaging.scene import Scene, TabletGeometry, scene_radiance
 
 # Width of the camera's field of view in millimetres: a 10 mm tablet fills ~55 % of the frame.
@@ -88,15 +94,15 @@ def render_tablet_with_mask(
 
     belt = _belt(rng, size, scale)
     shadow_offset = rng.uniform(1.5, 3.5) * scale
-    shadow = _shift(alpha, -light[0] * shadow_offset * 1.4, -light[1] * shadow_offset * 1.4)
+    shadow = shift_px(alpha, -light[0] * shadow_offset * 1.4, -light[1] * shadow_offset * 1.4)
     shadow = gaussian_blur(shadow, rng.uniform(2.0, 3.5) * scale)
     belt *= (1.0 - rng.uniform(0.35, 0.6) * shadow)[..., None]
 
     a = alpha[..., None]
     img = belt * (1.0 - a) + tablet * a
-    img *= _illumination(rng, size)[..., None] * rng.uniform(0.78, 0.92)
+    img *= illumination(rng, (size, size))[..., None] * rng.uniform(0.78, 0.92)
     img = gaussian_blur(img, rng.uniform(0.35, 0.75) * scale)
-    img = _sensor_noise(rng, img)
+    img = sensor_noise(rng, img)
     pixels = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
     return Image.fromarray(pixels, mode="RGB"), mask
 
@@ -114,17 +120,28 @@ def sample_unit(
 
 
 def draw_unit(
-    rng: np.random.Generator, defect_rate: float, subtle_fraction: float = 0.33
+    rng: np.random.Generator,
+    defect_rate: float,
+    subtle_fraction: float = 0.33,
+    classes: tuple[str, ...] = DEFECT_CLASSES,
 ) -> tuple[str | None, bool]:
-    """Which defect (None = good) the next unit has, and whether it is a subtle one."""
+    """Which defect (None = good) the next unit has, uniform over `classes` (the tablet defects
+    by default), and whether it is a subtle one."""
+    check_rates(defect_rate, subtle_fraction)
+    if not classes:
+        raise ValueError("classes must name at least one defect")
+    if rng.random() >= defect_rate:
+        return None, False
+    defect = classes[int(rng.integers(len(classes)))]
+    return defect, bool(rng.random() < subtle_fraction)
+
+
+def check_rates(defect_rate: float, subtle_fraction: float) -> None:
+    """ValueError unless both are probabilities (the sampling parameters of every renderer)."""
     if not 0.0 <= defect_rate <= 1.0:
         raise ValueError(f"defect_rate must be in [0, 1], got {defect_rate}")
     if not 0.0 <= subtle_fraction <= 1.0:
         raise ValueError(f"subtle_fraction must be in [0, 1], got {subtle_fraction}")
-    if rng.random() >= defect_rate:
-        return None, False
-    defect = DEFECT_CLASSES[int(rng.integers(len(DEFECT_CLASSES)))]
-    return defect, bool(rng.random() < subtle_fraction)
 
 
 def _build_scene(rng: np.random.Generator, spec: TabletSpec, size: int, scale: float) -> Scene:
@@ -139,7 +156,7 @@ def _build_scene(rng: np.random.Generator, spec: TabletSpec, size: int, scale: f
     reach = geom.r_len + 4.0 * scale
     y0, y1 = max(int(cy - reach), 0), min(int(np.ceil(cy + reach)) + 1, size)
     x0, x1 = max(int(cx - reach), 0), min(int(np.ceil(cx + reach)) + 1, size)
-    ys, xs = _grid(size)
+    ys, xs = pixel_grid(size, size)
     dx, dy = xs[y0:y1, x0:x1] - cx, ys[y0:y1, x0:x1] - cy
     u = np.cos(theta) * dx + np.sin(theta) * dy
     v = -np.sin(theta) * dx + np.cos(theta) * dy
@@ -211,41 +228,3 @@ def _belt(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
         px, py = rng.uniform(0, size, 2)
         add_spot(belt, px, py, rng.uniform(0.6, 1.1) * scale, rng.uniform(0.35, 0.6))
     return belt
-
-
-def _shift(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    """Shift a 2-D array by whole pixels (rounded), filling with zeros."""
-    ix, iy = int(round(dx)), int(round(dy))
-    out = np.zeros_like(img)
-    h, w = img.shape
-    out[max(iy, 0) : h + min(iy, 0), max(ix, 0) : w + min(ix, 0)] = img[
-        max(-iy, 0) : h + min(-iy, 0), max(-ix, 0) : w + min(-ix, 0)
-    ]
-    return out
-
-
-def _illumination(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Lighting gradient across the field plus lens vignetting."""
-    ys, xs = _grid(size)
-    c = (size - 1) / 2.0
-    psi = rng.uniform(0.0, 2.0 * np.pi)
-    grad = rng.uniform(0.04, 0.16) * ((xs - c) * np.cos(psi) + (ys - c) * np.sin(psi)) / size
-    r2 = ((xs - c) ** 2 + (ys - c) ** 2) / (size * size)
-    return (1.0 + grad) * (1.0 - rng.uniform(0.05, 0.35) * r2)
-
-
-def _sensor_noise(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
-    """Shot noise (grows with signal) plus read noise."""
-    gain = rng.uniform(1.5e-4, 4.0e-4)
-    read = rng.uniform(0.003, 0.008)
-    sigma = np.sqrt(gain * np.clip(img, 0.0, None) + read * read)
-    return img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
-
-
-@lru_cache(maxsize=8)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column index grids (read-only, shared between renders)."""
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    ys.flags.writeable = False
-    xs.flags.writeable = False
-    return ys, xs

@@ -20,13 +20,21 @@ the generator state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image
 
-from pipeline.imaging.raster import add_spot, gaussian_blur, line_profile, polyline_distance, random_walk, smooth_noise
-from pipeline.imaging.tablets import _sensor_noise
+from pipeline.imaging.raster import (
+    add_spot,
+    gaussian_blur,
+    line_profile,
+    pixel_grid,
+    polyline_distance,
+    random_walk,
+    sensor_noise,
+    smooth_noise,
+)
+from pipeline.imaging.tablets import draw_unit
 
 VIAL_DEFECTS: tuple[str, ...] = ("low-fill", "high-fill", "missing-stopper", "missing-cap", "particles")
 
@@ -183,7 +191,7 @@ def render_vial(
     front = rng.uniform(0.45, 0.55)
     img = backlight[..., None] * trans * np.asarray((1.0, 0.99, 0.97), np.float32) + front * albedo
     img = gaussian_blur(img, rng.uniform(0.5, 0.9))
-    img = _sensor_noise(rng, img)
+    img = sensor_noise(rng, img)
     pixels = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
     truth: dict[str, float | int | bool | str | None] = {
         "fill_mm": float(fill),
@@ -211,16 +219,9 @@ def sample_vial(
 def draw_vial_defect(
     rng: np.random.Generator, defect_rate: float, subtle_fraction: float = 0.33
 ) -> tuple[str | None, bool]:
-    """Which defect (None = good) the next vial has, and whether it is a subtle one; same draws
-    as `pipeline.imaging.tablets.draw_unit` over `VIAL_DEFECTS`."""
-    if not 0.0 <= defect_rate <= 1.0:
-        raise ValueError(f"defect_rate must be in [0, 1], got {defect_rate}")
-    if not 0.0 <= subtle_fraction <= 1.0:
-        raise ValueError(f"subtle_fraction must be in [0, 1], got {subtle_fraction}")
-    if rng.random() >= defect_rate:
-        return None, False
-    defect = VIAL_DEFECTS[int(rng.integers(len(VIAL_DEFECTS)))]
-    return defect, bool(rng.random() < subtle_fraction)
+    """Which defect (None = good) the next vial has, and whether it is a subtle one:
+    `pipeline.imaging.tablets.draw_unit` over `VIAL_DEFECTS`."""
+    return draw_unit(rng, defect_rate, subtle_fraction, VIAL_DEFECTS)
 
 
 # --------------------------------------------------------------------------- scene parts
@@ -401,7 +402,7 @@ def _box(a: np.ndarray, z: np.ndarray, s: float, radius: float, z0: float, z1: f
 
 def _backlight(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     """Diffuse panel: level, a linear gradient and a little vignetting."""
-    ys, xs = _grid(w, h)
+    ys, xs = pixel_grid(h, w)
     cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
     psi = rng.uniform(0.0, 2.0 * np.pi)
     grad = rng.uniform(0.0, 0.08) * ((xs - cx) * np.cos(psi) + (ys - cy) * np.sin(psi)) / h
@@ -413,7 +414,7 @@ def _vial_coords(
     w: int, h: int, xc: float, yb: float, tilt: float, s: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel: u across the vial axis and z up along it (mm), origin at the outer bottom centre."""
-    ys, xs = _grid(w, h)
+    ys, xs = pixel_grid(h, w)
     dx, dy = xs - xc, yb - ys
     c, sn = np.cos(tilt), np.sin(tilt)
     return ((dx * c + dy * sn) * s).astype(np.float32), ((dy * c - dx * sn) * s).astype(np.float32)
@@ -426,11 +427,3 @@ def _pixel_of(u: np.ndarray, z: np.ndarray, pu: float, pz: float) -> tuple[float
     m = np.array([[du[0], du[1]], [dz[0], dz[1]]], dtype=np.float64)
     col, row = np.linalg.solve(m, np.array([pu - float(u[0, 0]), pz - float(z[0, 0])]))
     return float(row), float(col)
-
-
-@lru_cache(maxsize=4)
-def _grid(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    ys.flags.writeable = False
-    xs.flags.writeable = False
-    return ys, xs

@@ -6,11 +6,13 @@ runs in the worker against the line's active recipe, so a tolerance change is a 
 never a model change. Triton models of this contract take
 
 - ``IMAGE``  [B, 1] BYTES: the encoded frame (PNG/JPEG);
-- ``PARAMS`` [B, 1] BYTES: UTF-8 JSON of the recipe's inspection parameters (`InspectionParams`);
+- ``PARAMS`` [B, 1] BYTES: UTF-8 JSON of the recipe's inspection parameters (`InspectionParams`),
+  exactly one item per IMAGE item;
 
 and return ``RESULT`` [B, 1] BYTES: UTF-8 JSON of the measurement (`Measurement.to_json`).
 A frame that cannot be measured fails its own request with the reason (the worker then
-dead-letters it and fail-safe rejects the unit).
+dead-letters it and fail-safe rejects the unit). `pipeline.inspections.serving` implements this
+once for every measurement model.
 """
 
 from __future__ import annotations

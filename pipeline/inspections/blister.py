@@ -19,11 +19,9 @@ broken-tablet (too little of it or not round). The pack is rejected when any poc
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from pydantic import Field, model_validator
 
 from pipeline.inspections.base import InspectionParams, Judgement, Measurement, PartVerdict, Value
@@ -76,20 +74,6 @@ class BlisterParams(InspectionParams):
                 f"({self.min_tablet_area_frac})"
             )
         return self
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def decode_rgb(data: bytes) -> np.ndarray:
-    """Encoded frame (PNG/JPEG bytes) -> HxWx3 uint8; ValueError with the reason otherwise."""
-    if not isinstance(data, (bytes, bytearray)) or not data:
-        raise ValueError(f"expected non-empty encoded image bytes, got {type(data).__name__}")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"frame is not a decodable image: {exc}") from None
 
 
 # --------------------------------------------------------------------------- measurement

@@ -13,7 +13,6 @@ pure piece that keeps it (used by the alert service, which sees every result of 
 
 from __future__ import annotations
 
-import io
 from collections import OrderedDict
 from datetime import date, timedelta
 from typing import Any
@@ -26,7 +25,6 @@ from pipeline.inspections.base import InspectionParams, Judgement, Measurement, 
 from pipeline.inspections.gs1 import GS1_SYMBOLOGY_IDS, Gs1Error, normalize_gtin, parse_element_string
 
 MAX_SHELF_LIFE_DAYS = 3660  # ten years: no medicine is labelled further ahead
-MAX_FRAME_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding them
 # Further passes on upscaled (and once sharpened) frames catch codes whose modules are only
 # 2.5-3 px after blur and skew: zxing-cpp samples module centres, interpolation puts them back on
 # whole pixels. They run only when the previous pass found nothing, so good labels pay for one.
@@ -56,19 +54,6 @@ class LabelParams(InspectionParams):
             return normalize_gtin(value.strip())
         except Gs1Error as exc:
             raise ValueError(str(exc)) from exc
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded frame (PNG/JPEG) -> uint8 grey [H, W]; ValueError with the reason otherwise."""
-    if not isinstance(data, (bytes, bytearray)) or not data:
-        raise ValueError("frame is empty or not bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_FRAME_PIXELS:
-                raise ValueError(f"frame of {img.width}x{img.height} px is larger than {MAX_FRAME_PIXELS} px")
-            return np.asarray(img.convert("L"))
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"frame is not a decodable PNG/JPEG image: {exc}") from exc
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
@@ -136,13 +121,10 @@ def read_label(rgb: np.ndarray, params: LabelParams, today: date | None = None) 
     return Measurement(values=values)
 
 
-def read_label_bytes(frame: bytes, params_json: bytes | str, today: date | None = None) -> Measurement:
-    """The Triton model's per-item work: encoded frame + PARAMS JSON -> measurement."""
-    try:
-        params = LabelParams.model_validate_json(params_json)
-    except ValueError as exc:
-        raise ValueError(f"PARAMS is not a valid label section: {exc}") from exc
-    return read_label(decode_image(frame), params, today)
+def read_label_frame(rgb: np.ndarray, params: LabelParams, today: date | None = None) -> Measurement:
+    """The `label_reader` model's per-frame work on a decoded RGB frame: grey by PIL's ITU-R 601
+    luma (rounded, as the camera's mono mode) first, then `read_label`."""
+    return read_label(np.asarray(Image.fromarray(rgb).convert("L")), params, today)
 
 
 def judge_label(m: Measurement, params: LabelParams, lot: str, today: date) -> Judgement:

@@ -17,7 +17,6 @@ Only numpy and PIL: this module is imported by Triton's python backend stub.
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -134,23 +133,6 @@ def judge_vial(m: Measurement, params: VialParams) -> Judgement:
             "particles": particles,
         },
     )
-
-
-def decode_frame(data: bytes | bytearray | memoryview) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 RGB [H, W, 3]; ValueError with the reason when not decodable."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValueError(f"image must be bytes, got {type(data).__name__}")
-    if len(data) == 0:
-        raise ValueError("image is empty (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(bytes(data))) as img:
-            if img.format not in ("PNG", "JPEG"):
-                raise ValueError(f"image format {img.format} is not PNG or JPEG")
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except ValueError:
-        raise
-    except Exception as exc:  # PIL: UnidentifiedImageError, OSError (truncated), DecompressionBombError
-        raise ValueError(f"not a readable image ({len(data)} bytes): {exc}") from None
 
 
 # --------------------------------------------------------------------------- measurement steps
