@@ -56,6 +56,11 @@ def wait_for(what: str, cond: Callable[[], object], timeout_s: float = 15.0) -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def text_of(driver: webdriver.Chrome, css: str) -> str:
+    """An element's text, read again when the live page re-rendered it between find and read."""
+    return str(wait_for(css, lambda: driver.find_element(By.CSS_SELECTOR, css).text or " "))
+
+
 def alert_rows(driver: webdriver.Chrome, kind: str) -> list:
     return driver.find_elements(By.CSS_SELECTOR, f"#alerts tbody tr[data-kind='{kind}']")
 
@@ -81,12 +86,12 @@ def test_operator_session_in_headless_chromium(
         browser.find_element(By.ID, "password").send_keys("olga-pass-123")
         browser.find_element(By.ID, "login-submit").click()
         wait_for("the live line card", lambda: browser.find_elements(By.CSS_SELECTOR, "[data-line='line-1'] .total"))
-        first = int(browser.find_element(By.CSS_SELECTOR, "[data-line='line-1'] .total").text)
+        first = int(text_of(browser, "[data-line='line-1'] .total"))
         # the numbers change without a reload (Server-Sent Events)
         wait_for("the unit count to grow", lambda: int(
             browser.find_element(By.CSS_SELECTOR, "[data-line='line-1'] .total").text) >= first + 10)
-        assert "tablet_classifier:7" in browser.find_element(By.CSS_SELECTOR, "[data-line='line-1'] .models").text
-        assert browser.find_element(By.CSS_SELECTOR, "[data-service='clickhouse']").text == "clickhouse: ok"
+        assert "tablet_classifier:7" in text_of(browser, "[data-line='line-1'] .models")
+        assert text_of(browser, "[data-service='clickhouse']") == "clickhouse: ok"
         wait_for("p-chart control limits", lambda: int(browser.find_element(
             By.CSS_SELECTOR, "svg.pchart").get_attribute("data-limited")) >= 3)
         browser.save_screenshot(str(shots / "dashboard-live.png"))
@@ -99,9 +104,9 @@ def test_operator_session_in_headless_chromium(
         browser.save_screenshot(str(shots / "dashboard-alert.png"))
 
         # acknowledging it takes it off the open list; the audit trail has it
-        row = alert_rows(browser, "reject_run")[0]
-        alert_id = row.get_attribute("data-id")
-        row.find_element(By.CSS_SELECTOR, "button.ack").click()
+        alert_id = wait_for("the alert id", lambda: alert_rows(browser, "reject_run")[0].get_attribute("data-id"))
+        wait_for("the acknowledge click", lambda: alert_rows(browser, "reject_run")[0].find_element(
+            By.CSS_SELECTOR, "button.ack").click() or True)
         wait_for("the alert to leave the open list", lambda: not any(
             r.find_elements(By.CSS_SELECTOR, "button.ack") for r in alert_rows(browser, "reject_run")))
         assert site.acked == [(alert_id, "olga")]
@@ -111,7 +116,7 @@ def test_operator_session_in_headless_chromium(
         # a line that stops sending frames: alerted on the page, not a blank page
         feed.paused = True
         wait_for("the frames_missing alert", lambda: alert_rows(browser, "frames_missing"), timeout_s=10)
-        assert "NO FRAMES" in browser.find_element(By.CSS_SELECTOR, "[data-line='line-1'] h3").text
+        assert "NO FRAMES" in text_of(browser, "[data-line='line-1'] h3")
         browser.save_screenshot(str(shots / "dashboard-line-stopped.png"))
         # a forged acknowledgement from the page's own origin without the token is refused
         status = browser.execute_script(
