@@ -5,9 +5,11 @@ frame yields exactly one result. A frame that cannot be inspected (bad metadata,
 corrupt image, Triton failure) is dead-lettered with its reason and its unit is rejected
 (`cause="failsafe"`): in pharma a unit that was not inspected is never shipped.
 
-The verdict comes from the thresholds of the very version that scored the unit (docs/models.md):
-`pass`, `reject`, or `review` (grey zone: the gate removes the unit and a person decides).
-Products route to `settings.stream.product_models[P]`, else by convention to `<slug>_inspector`.
+Which inspections judge a frame is `pipeline.routing` (the line's recipe, else the product's
+classifier). A classifier's verdict comes from the thresholds of the very version that scored the
+unit (docs/models.md): `pass`, `reject`, or `review` (grey zone: the gate removes the unit and a
+person decides); a measurement's from the recipe's tolerances (docs/recipes.md). Several
+inspections of one frame combine: the worst verdict wins, the first failing check names the defect.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Protocol
 
 from pipeline.imaging.codec import thumbnail_jpeg
 from pipeline.inference import Failed, Measured, MeasureOutcome, ModelInfo, Outcome, Scored, UnknownModelError
-from pipeline.inspections.base import InspectionParams
 from pipeline.inspections.kinds import CLASSIFIER, JudgeContext, judge
 from pipeline.messages import (
     H_CAMERA,
@@ -44,9 +45,9 @@ from pipeline.messages import (
     header_value,
     now_ns,
 )
-from pipeline.model.repository import RepositoryError, slug
-from pipeline.recipes.book import RecipeBook, Refused
+from pipeline.recipes.book import RecipeBook
 from pipeline.recipes.schema import Recipe
+from pipeline.routing import RecipeRefusal, Step, plan_for
 from pipeline.settings import Settings
 
 
@@ -87,58 +88,12 @@ def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def ensemble_for(product: str, mapping: dict[str, str]) -> str:
-    """The inspection ensemble of `product`: configured, else `<slug>_inspector` (docs/models.md)."""
-    if product in mapping:
-        return mapping[product]
-    try:
-        return f"{slug(product)}_inspector"
-    except RepositoryError as exc:
-        raise MessageError(f"unknown product {product!r}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Step:
-    """One inspection a frame goes through: a classifier ensemble or a measurement model."""
-
-    kind: str
-    name: str
-    model: str
-    params_json: bytes = b""
-    params: InspectionParams | None = None
-
-
 @dataclass(frozen=True)
 class Plan:
     frame: Frame
     meta: FrameMeta
     recipe: Recipe | None
     steps: tuple[Step, ...]
-
-
-class RecipeRefusal(MessageError):
-    """The line's recipe cannot judge this frame (refused recipe, product it does not know)."""
-
-
-def plan_for(meta: FrameMeta, models: dict[str, str], book: RecipeBook | None) -> tuple[Recipe | None, tuple[Step, ...]]:
-    """Which inspections judge this frame: its line's recipe, else the product's model."""
-    entry = book.get(meta.line) if book is not None else None
-    if entry is None:
-        return None, (Step(CLASSIFIER, CLASSIFIER, ensemble_for(meta.product, models)),)
-    if isinstance(entry, Refused):
-        raise RecipeRefusal(f"line {meta.line!r} has no runnable recipe: {entry.reason}")
-    if meta.product != entry.product:
-        raise RecipeRefusal(
-            f"product {meta.product!r} is not in recipe {entry.ref} of line {meta.line!r} "
-            f"(which runs {entry.product!r})"
-        )
-    steps = tuple(
-        Step(spec.kind, spec.name, spec.model,
-             entry.params[spec.name].model_dump_json().encode() if spec.kind != CLASSIFIER else b"",
-             entry.params[spec.name])
-        for spec in entry.inspections
-    )
-    return entry, steps
 
 
 @dataclass

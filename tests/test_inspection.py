@@ -7,8 +7,9 @@ import json
 import pytest
 
 from pipeline.inference import Failed, ModelInfo, Outcome, Scored, UnknownModelError, parse_classes, verdict_for
-from pipeline.inspection import Frame, InspectionProcessor, ensemble_for
+from pipeline.inspection import Frame, InspectionProcessor
 from pipeline.messages import H_DLQ_REASON, FrameMeta, RejectCommand, header_value
+from pipeline.routing import ensemble_for
 from pipeline.settings import Settings
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 32

@@ -258,7 +258,7 @@ class Localizer:
 def triton_localizer(settings: Any, grid: int = DEFAULT_GRID) -> Localizer:
     """The stack's localizer: the product's inspection ensemble (`ensemble_for`) on the Triton
     the workers use (`TritonTarget.from_settings`: the configured URL or the embedded server)."""
-    from pipeline.inspection import ensemble_for
+    from pipeline.routing import ensemble_for
     from pipeline.messages import MessageError
     from pipeline.model.deploy import TritonTarget
 
