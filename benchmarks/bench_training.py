@@ -1,6 +1,6 @@
 """Training benchmark: `linesight train` on 1,000 images of 160x160 px (issue 3: <= 10 min on 2 cores).
 
-    .venv/bin/python benchmarks/bench_training.py [--count 1000] [--mode supervised] [--data DIR]
+    .venv/bin/python benchmarks/bench_training.py [--count 1000] [--mode supervised] [--data DIR] [--base none]
 
 Renders a dataset folder with the simulator (not timed; skipped with --data), trains into a
 temporary copy of the committed model repository exactly as `linesight train --data` does
@@ -34,6 +34,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, help="an existing dataset folder instead of rendering one")
     parser.add_argument("--folds", type=int, default=None)
+    parser.add_argument("--base", default="auto", help="base model to fine-tune: 'auto' (the shipped round-tablet "
+                        "model if `make model` made it), 'none' (from scratch), or an ONNX file / version directory")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
@@ -51,12 +53,15 @@ def main() -> int:
         print(f"training on {os.cpu_count()} CPU core(s), torch threads 2, mode {args.mode} ...", flush=True)
         t = time.perf_counter()
         result = train_model(repo, args.product, data=data, mode=args.mode, seed=args.seed, folds=args.folds,
-                             progress=sys.stderr.isatty())
+                             progress=sys.stderr.isatty(), base=args.base)
         wall = time.perf_counter() - t
         card = json.loads(result.card_path.read_text())
         v = card["validation"]
         print(f"\nwall time: {wall:.0f} s ({wall / 60:.1f} min; target <= 10 min on 2 cores)")
         print("phases (s):", json.dumps(card["timings_s"]))
+        base = card["training"].get("base_model")
+        print("initialisation:", "from scratch" if base is None else
+              f"base {base['model']} version {base['version']} (sha256 {base['sha256'][:12]}), fine-tuned")
         print(f"epochs {card['training']['epochs']}, calibration folds {card['training']['calibration_folds']}, "
               f"train {card['dataset']['train']['count']} / validation {card['dataset']['validation']['count']} images")
         print(f"thresholds review {card['thresholds']['review']:.4g}, reject {card['thresholds']['reject']:.4g} "

@@ -168,6 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_count=args.count,
         mapping=settings.stream.product_models,
         progress=not args.quiet,
+        base=args.base,
     )
     print(result.summary())
     return 0
@@ -353,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, help="k-fold models whose out-of-fold scores of good "
                    "training images join the calibration (default 0: off)")
     p.add_argument("--count", type=int, default=1200, help="simulated training images (without --data)")
+    p.add_argument("--base", default="auto", help="model whose weights training starts from: an ONNX file, "
+                   "version or model directory; 'auto' (default): the shipped model for --data of its own product "
+                   "(none for simulator training); 'none': from scratch")
     p.add_argument("--repository", type=Path, help="Triton model repository (default: settings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

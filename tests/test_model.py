@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -273,3 +274,57 @@ def test_parity_check_catches_a_drifted_model(tmp_path: Path) -> None:
         drifted_scores, drifted_probs = predict(net, data.x)
     with pytest.raises(ParityError, match="disagrees"):
         check_parity(path, data.x, drifted_scores, drifted_probs)
+
+
+def test_a_base_model_is_read_back_from_its_released_onnx(tmp_path: Path) -> None:
+    """Transfer (pipeline.model.base): the folded ONNX weights rebuild a TabletNet that computes
+    what the base computed, before and after its BatchNorms are re-expressed for new data."""
+    from pipeline.model.base import BaseModelError, adapt_norm, init_from_base, load_base, resolve_base
+
+    data = render_set(ROUND, 6, defect_rate=0.5, subtle_fraction=0.0, seed=3, stream=0)
+    with deterministic_torch():
+        net = fit(data, FitConfig(epochs=1, batch_size=3, seed=0), progress=False)
+        vdir = tmp_path / "tablet_classifier" / "1"
+        vdir.mkdir(parents=True)
+        export_onnx(net, vdir / "model.onnx", MODEL_INPUT_SIZE)
+        scores, probs = predict(net, data.x)
+        rebuilt = TabletNet()
+        init_from_base(rebuilt, vdir / "model.onnx")
+        rebuilt.eval()
+        s2, p2 = predict(rebuilt, data.x)
+        assert np.abs(s2 - scores).max() <= 1e-5 and np.abs(p2 - probs).max() <= 1e-5
+        other = render_set("tablet-oval-yellow-14mm", 4, defect_rate=0.5, subtle_fraction=0.0, seed=3, stream=0)
+        adapt_norm(rebuilt, other.x)
+        s3, _ = predict(rebuilt, data.x)
+        assert np.abs(s3 - scores).max() <= 1e-4
+        # Fine-tuning from it: deterministic, a fresh head for other classes.
+        weights = []
+        for _ in range(2):
+            tuned = fit(replace_classes(other), FitConfig(epochs=1, batch_size=2, seed=5, aux_pairs=1),
+                        progress=False, base=vdir / "model.onnx")
+            weights.append(torch.cat([p.detach().flatten() for p in tuned.state_dict().values() if p.is_floating_point()]))
+        assert torch.equal(weights[0], weights[1]) and tuned.head.out_features == 3
+    assert resolve_base("none") is None
+    assert resolve_base(vdir) == resolve_base(vdir.parent) == resolve_base(vdir / "model.onnx") == vdir / "model.onnx"
+    assert load_base(vdir / "model.onnx").describe()["version"] == 1
+    with pytest.raises(BaseModelError):
+        resolve_base(tmp_path / "nowhere")
+
+
+def replace_classes(s: Any) -> Any:
+    """Two classes, as a dataset of good and cracked units would have."""
+    from dataclasses import replace
+
+    return replace(s, y=(s.y != 0).astype(np.int64), classes=("good", "crack"), mask=None, paired=False)
+
+
+def test_nuisance_variants_for_calibration_are_seeded_and_change_the_light() -> None:
+    from pipeline.model.train import CALIBRATION_VARIANTS, nuisance_variants
+
+    x = render_set(ROUND, 3, defect_rate=0.0, subtle_fraction=0.0, seed=4, stream=0).x
+    with deterministic_torch():
+        a, b = nuisance_variants(x, CALIBRATION_VARIANTS, 1), nuisance_variants(x, CALIBRATION_VARIANTS, 1)
+    assert a.shape == (CALIBRATION_VARIANTS * 3, *x.shape[1:]) and np.array_equal(a, b)
+    assert not np.array_equal(a[:3], x) and nuisance_variants(x, 0, 1).shape == (0, *x.shape[1:])
+    # Pixel means move by more than the photometric jitter alone would (light level x0.75-1.25).
+    assert np.ptp([v.mean() for v in a]) > 0.1

@@ -23,7 +23,7 @@ from pipeline.model import repository as layout
 from pipeline.model.data import CLASSES, GOOD_ONLY_CLASSES
 from pipeline.model.export import ParityError
 from pipeline.model.preprocess import prepare_image
-from pipeline.model.train import train_model
+from pipeline.model.train import CALIBRATION_VARIANTS, train_model
 
 REPO = Path(__file__).resolve().parents[1] / "triton_models"
 ROUND = "tablet-round-white-10mm"
@@ -82,7 +82,11 @@ def test_supervised_training_writes_version_1_then_2(repo: Path, dataset: Path) 
     assert 0.0 <= review <= reject <= 1.0
     cal = card["threshold_calibration"]
     assert cal["target_false_reject_rate"] == 0.01 and cal["out_of_fold"]["folds"] == 2
-    assert cal["n_good_scores"] == card["dataset"]["validation"]["classes"]["good"] + card["dataset"]["train"]["classes"]["good"]
+    # Good validation units, their nuisance variants (another session's light, focus, position)
+    # and the out-of-fold scores of the good training units.
+    n_val_good = card["dataset"]["validation"]["classes"]["good"]
+    assert cal["nuisance_variants_per_good_validation_unit"] == CALIBRATION_VARIANTS
+    assert cal["n_good_scores"] == (1 + CALIBRATION_VARIANTS) * n_val_good + card["dataset"]["train"]["classes"]["good"]
     ds = card["dataset"]
     assert ds["source"] == "dataset" and len(ds["dataset_sha256"]) == 64 and ds["split_seed"] == 1
     assert ds["train"]["count"] + ds["validation"]["count"] == 40
@@ -229,3 +233,19 @@ def test_simulator_training_is_what_make_model_runs(repo: Path) -> None:
     assert (repo / "tablet_classifier/config.pbtxt").read_text() == (REPO / "tablet_classifier/config.pbtxt").read_text()
     # 16 rendered training units and 30 rendered validation units.
     assert len((result.version_dir / layout.TRAINING_HASHES).read_text().split()) == 16 + 30
+
+
+def test_training_starts_from_a_base_model_or_from_scratch(repo: Path, dataset: Path) -> None:
+    scratch = train_model(repo, ROUND, data=dataset, base="none", **{**FAST, "folds": 0})
+    card = json.loads(scratch.card_path.read_text())
+    assert card["training"]["base_model"] is None and card["training"]["initialisation"].startswith("from scratch")
+    tuned = train_model(repo, ROUND, data=dataset, base=scratch.version_dir, **{**FAST, "folds": 0})
+    card = json.loads(tuned.card_path.read_text())
+    base = card["training"]["base_model"]
+    assert (tuned.version, base["model"], base["version"]) == (2, "tablet_classifier", 1)
+    assert base["sha256"] == hashlib.sha256(scratch.onnx_path.read_bytes()).hexdigest()
+    assert "base model tablet_classifier version 1" in card["training"]["initialisation"]
+    assert base["sha256"] in (tuned.version_dir / layout.CARD_MD).read_text()
+    with pytest.raises(ValueError, match="no such ONNX file"):
+        train_model(repo, ROUND, data=dataset, base=repo / "missing", **FAST)
+    assert not (repo / "tablet_classifier/3").exists()

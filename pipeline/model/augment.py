@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipeline.model.preprocess import PIXEL_MEAN, PIXEL_STD
+
 
 def _uniform(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g)
@@ -30,12 +32,19 @@ def augment(
     mask: torch.Tensor | None = None,
     group: int = 1,
     max_shift_px: float = 4.0,
+    light: tuple[float, float] | None = None,
+    blur_max: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Randomly transformed copy of a batch x [N, 3, S, S] (normalised model inputs).
 
     `mask` [N, M, M] (defect masks at any resolution) gets the same geometric transforms.
     Consecutive runs of `group` images get identical transforms and noise, so counterfactual
     pairs (group=2) still differ only by their defect after augmentation.
+
+    `light` (lo, hi): every image's pixel values are also multiplied by a gain drawn from that
+    range (the lamp of another session: `linesight dataset shift --brightness`). `blur_max`: the
+    strongest blur, as a blend factor towards the 3x3 binomial blur (0..1) and beyond 1 towards
+    that blur applied twice (sigma ~1.1 px).
     """
     n, _, s, _ = x.shape
     if n % group:
@@ -80,10 +89,18 @@ def augment(
     brightness = draw(-0.15, 0.15)[:, :, None, None]
     gain = draw(0.96, 1.04, 3)[:, :, None, None]
     x = x * contrast * gain + brightness
+    if light is not None:  # pixel * g in normalised units: g * x + (g - 1) * mean / std
+        level = draw(light[0], light[1])[:, :, None, None]
+        x = level * x + (level - 1.0) * (PIXEL_MEAN / PIXEL_STD)
 
     # Blur: blend towards a blurred copy by a random amount, for 20 % of the batch.
-    amount = draw(0.0, 0.5)[:, 0] * chance(0.2)
-    x = x + amount[:, None, None, None] * (_blur3(x) - x)
+    amount = draw(0.0, blur_max)[:, 0] * chance(0.2)
+    a = amount[:, None, None, None]
+    b1 = _blur3(x)
+    if blur_max <= 1.0:
+        x = x + a * (b1 - x)
+    else:
+        x = torch.where(a <= 1.0, x + a * (b1 - x), b1 + (a - 1.0) * (_blur3(b1) - b1))
 
     # Sensor noise for 30 % of the batch.
     sigma = draw(0.0, 0.05)[:, 0] * chance(0.3)
