@@ -5,6 +5,8 @@
   Memory storage: topics exist only for this session.
 * ``triton_server``: a started `TritonServer` serving the project's ``triton_models``
   (skips, with the reason, when the models are not trained yet: run ``make model``).
+* ``e2e_settings`` / ``running`` (per module): the whole pipeline (workers, sink, actuator,
+  alerts, dashboard, simulated PLC) on the session's broker, Triton and chDB.
 * ``chdb_client``: a `ChdbClient` on ``embedded_settings.chdb_dir`` with the schema applied to
   ``embedded_settings.clickhouse.database``. chDB allows ONE data directory per process: open
   further clients with ``connect(embedded_settings)`` (same directory), never another path.
@@ -15,11 +17,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from support import LIVE_TABLET_MODEL
 
-from pipeline.clickhouse import ChdbClient
+from pipeline.clickhouse import ChdbClient, ClickHouseClient
+from pipeline.demo import pipeline_stack
 from pipeline.embedded.broker import TansuBroker
 from pipeline.embedded.process import free_port
 from pipeline.embedded.triton import ModelNotTrainedError, TritonServer
+from pipeline.runtime import Services
 from pipeline.settings import Settings
 
 
@@ -79,3 +84,37 @@ def chdb_client(embedded_settings: Settings) -> Iterator[ChdbClient]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="module")
+def e2e_settings(embedded_settings: Settings, broker: str, request: pytest.FixtureRequest) -> Settings:
+    """The session's broker, Triton and chDB directory; fresh ports for the services."""
+    # Fail (not skip) without a model: `make test` trains it first.
+    assert LIVE_TABLET_MODEL.exists(), "the tablet model is not trained: run `make model`"
+    triton_server: TritonServer = request.getfixturevalue("triton_server")
+    base = embedded_settings
+    return base.model_copy(
+        update={
+            "kafka": base.kafka.model_copy(update={"bootstrap_servers": broker}),
+            "triton": base.triton.model_copy(update={"url": triton_server.grpc_url}),
+            "stream": base.stream.model_copy(update={"web_port": free_port()}),
+            "services": base.services.model_copy(
+                update={"sink_health_port": free_port(), "actuator_health_port": free_port(),
+                        "dashboard_port": free_port()}
+            ),
+            "simulator": base.simulator.model_copy(update={"rate_per_s": 30.0, "defect_rate": 0.3, "seed": 11}),
+            # A +-100 ms gate window: the simulated PLC times its fires in Python, whose wake-ups
+            # slip by tens of ms when a 2-core CI machine is saturated (docs/actuation.md).
+            "lines": {
+                line: timing.model_copy(update={"gate_window_mm": 0.2 * timing.conveyor_speed_mm_s})
+                for line, timing in base.lines.items()
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def running(e2e_settings: Settings) -> Iterator[tuple[Settings, ClickHouseClient, Services]]:
+    """Workers, actuator and sink on the session's broker, Triton and chDB."""
+    with pipeline_stack(e2e_settings, workers=1) as stack:
+        yield stack

@@ -1,5 +1,6 @@
-"""Helpers shared by tests: waiting on a condition with a deadline, and a stand-in for a
-consumed Kafka message (the subset of `confluent_kafka.Message` the services read)."""
+"""Helpers shared by tests: waiting on a condition with a deadline, a stand-in for a consumed
+Kafka message (the subset of `confluent_kafka.Message` the services read), and where the live
+tablet classifier is."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import asyncio
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from pipeline.model import repository
+from pipeline.settings import Settings
 
 T = TypeVar("T")
 
@@ -62,3 +66,9 @@ class Msg:
 
     def timestamp(self) -> tuple[int, int]:
         return (0, 0)  # TIMESTAMP_NOT_AVAILABLE, like a message the broker stamped no time on
+
+
+_REPO = Settings().triton.model_repository
+# The tablet classifier version the committed config makes live (docs/models.md), and its ONNX.
+LIVE_TABLET_VERSION = repository.live_version(repository.read_config(_REPO, "tablet_classifier")) or 1
+LIVE_TABLET_MODEL = repository.version_dir(_REPO, "tablet_classifier", LIVE_TABLET_VERSION) / repository.ONNX_FILE

@@ -7,66 +7,30 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import onnxruntime
 import pytest
+from support import LIVE_TABLET_MODEL, LIVE_TABLET_VERSION
 
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.dataset import generate_dataset, load_dataset
-from pipeline.demo import pipeline_stack, wait_drained
-from pipeline.embedded.process import free_port
-from pipeline.embedded.triton import TritonServer
+from pipeline.demo import wait_drained
 from pipeline.gateway import FramePublisher, replay_dataset, run_simulated_line
 from pipeline.kafka import make_producer
-from pipeline.messages import FrameMeta, GroundTruth, RecipeActivation, now_ns
-from pipeline.model import repository
+from pipeline.messages import FrameMeta, GroundTruth, now_ns
 from pipeline.model.preprocess import prepare_image
-from pipeline.recipes.activate import publish_activation, recipe_path
-from pipeline.recipes.schema import Recipe, load_recipe
 from pipeline.report import build_report
 from pipeline.runtime import Services
 from pipeline.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.e2e
 
-REPO = Settings().triton.model_repository  # the project's triton_models unless overridden
-# The version the committed config makes live (docs/models.md: version_policy names it).
-LIVE = repository.live_version(repository.read_config(REPO, "tablet_classifier")) or 1
-MODEL = repository.version_dir(REPO, "tablet_classifier", LIVE) / repository.ONNX_FILE
+LIVE, MODEL = LIVE_TABLET_VERSION, LIVE_TABLET_MODEL  # the live tablet classifier (conftest)
 GOOD_UNITS = 60
-RECIPE_LINE = "line-2"
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def e2e_settings(embedded_settings: Settings, broker: str, request: pytest.FixtureRequest) -> Settings:
-    """The session's broker, Triton and chDB directory; fresh ports for the services."""
-    # Fail (not skip) without a model: `make test` trains it first.
-    assert MODEL.exists(), "the tablet model is not trained: run `make model`"
-    triton_server: TritonServer = request.getfixturevalue("triton_server")
-    base = embedded_settings
-    return base.model_copy(
-        update={
-            "kafka": base.kafka.model_copy(update={"bootstrap_servers": broker}),
-            "triton": base.triton.model_copy(update={"url": triton_server.grpc_url}),
-            "stream": base.stream.model_copy(update={"web_port": free_port()}),
-            "services": base.services.model_copy(
-                update={"sink_health_port": free_port(), "actuator_health_port": free_port(),
-                        "dashboard_port": free_port()}
-            ),
-            "simulator": base.simulator.model_copy(update={"rate_per_s": 30.0, "defect_rate": 0.3, "seed": 11}),
-            # A +-100 ms gate window: the simulated PLC times its fires in Python, whose wake-ups
-            # slip by tens of ms when a 2-core CI machine is saturated (docs/actuation.md).
-            # line-2 runs the recipe tests (vials, blisters, labels): same timing as line-1.
-            "lines": {
-                line: timing.model_copy(update={"gate_window_mm": 0.2 * timing.conveyor_speed_mm_s})
-                for line, timing in (base.lines | {RECIPE_LINE: base.lines["line-1"]}).items()
-            },
-        }
-    )
 
 
 def eventually(probe: Callable[[], T], stop: threading.Event, timeout_s: float = 60.0) -> T:
@@ -93,13 +57,6 @@ def publish_bad_frames(settings: Settings, publisher: FramePublisher, lot: str) 
     producer = make_producer(settings.kafka, "e2e-bad")
     producer.produce(settings.kafka.topic_frames, key=f"{lot}-nometa".encode(), value=b"\x89PNG\r\n\x1a\n")
     producer.flush(10)
-
-
-@pytest.fixture(scope="module")
-def running(e2e_settings: Settings) -> Iterator[tuple[Settings, ClickHouseClient, Services]]:
-    """Workers, actuator and sink on the session's broker, Triton and chDB."""
-    with pipeline_stack(e2e_settings, workers=1) as stack:
-        yield stack
 
 
 def test_dashboard_and_alerts_served_by_the_stack(running: tuple[Settings, ClickHouseClient, Services]) -> None:
@@ -209,103 +166,3 @@ def test_dataset_replay_through_the_pipeline(
         x = prepare_image((data / source.removeprefix("dataset:")).read_bytes())[None]
         offline = float(session.run(["SCORE"], {"INPUT": x})[0][0, 0])
         assert abs(offline - score) < 1e-4, source
-
-
-# ------------------------------------------------------------------ recipes: one line, three products
-def _worker_recipes(services: Services) -> dict[str, str]:
-    import json
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(services.worker_urls()[0] + "/healthz", timeout=5) as r:
-            return json.loads(r.read()).get("recipes", {})
-    except OSError:
-        return {}
-
-
-def _switch(settings: Settings, services: Services, recipe_id: str) -> Recipe:
-    """Activate a recipe on the recipe line as `linesight recipes activate` does, and wait (with a
-    deadline) until the worker runs it: a changeover, not a race with the first frames."""
-    recipe = load_recipe(recipe_path(settings, recipe_id), settings.triton.model_repository)
-    activation = RecipeActivation(RECIPE_LINE, recipe.to_dict(), recipe.ref, recipe.sha256, "e2e", "changeover", now_ns())
-    publish_activation(settings, activation)
-    assert eventually(lambda: _worker_recipes(services).get(RECIPE_LINE) == recipe.ref, services.stop_event), (
-        _worker_recipes(services))
-    return recipe
-
-
-UNITS_PER_PRODUCT = 30
-
-
-@pytest.mark.timeout(420)
-@pytest.mark.parametrize("recipe_id", ["vial-2r-clear-5ml", "blister-2x5-round-white", "carton-label-gs1"])
-def test_a_line_switches_recipe_and_judges_each_product(
-    running: tuple[Settings, ClickHouseClient, Services], recipe_id: str
-) -> None:
-    resolved, client, services = running
-    db = resolved.clickhouse.database
-    recipe = _switch(resolved, services, recipe_id)
-    line = resolved.model_copy(update={"simulator": resolved.simulator.model_copy(
-        update={"line": RECIPE_LINE, "product": recipe.product, "defect_rate": 0.4, "seed": 23})})
-    publisher = FramePublisher(line)
-    lot = run_simulated_line(line, publisher, services.stop_event, count=UNITS_PER_PRODUCT, lot=f"E2E-{recipe_id}")
-    # A unit of a product the line's recipe does not know (the previous product still coming).
-    capture = now_ns()
-    stray = FrameMeta(f"{lot}-stray", RECIPE_LINE, "cam-1", "tablet-round-white-10mm", capture, "image/png", lot)
-    publisher.publish(stray, (PROJECT_ROOT / "tests" / "data" / "one.png").read_bytes(),
-                      GroundTruth(stray.unit_id, RECIPE_LINE, lot, stray.product, "good", "none", capture))
-    publisher.close()
-    published = UNITS_PER_PRODUCT + 1
-    wait_drained(client, db, lot, published, services.stop_event, timeout_s=180)
-    report = build_report(client, db, lot)
-    assert report.every_unit_has_one_verdict and report.every_reject_fired, report.to_text()
-    assert report.failsafe_rejected == 1 and report.dead_lettered == 1 and report.inspected == UNITS_PER_PRODUCT
-    (reason,) = client.query(f"SELECT reason FROM {db}.dead_letters FINAL WHERE unit_id = '{lot}-stray'").rows[0]
-    assert f"not in recipe {recipe.ref} of line '{RECIPE_LINE}'" in reason
-
-    rows = client.query(
-        f"""SELECT i.unit_id, i.verdict, i.defect, i.recipe, i.measurements, i.measured_text, i.parts, i.reasons,
-                   g.label, g.defect AS truth, g.source
-            FROM {db}.inspections AS i FINAL INNER JOIN {db}.ground_truth AS g FINAL USING unit_id
-            WHERE i.lot = {{lot:String}} AND i.inspected""", {"lot": lot}).named()
-    assert len(rows) == UNITS_PER_PRODUCT and {r["recipe"] for r in rows} == {recipe.ref}
-    assert report.recipes == [(recipe.ref, published)] and report.measurements
-    defects = [r for r in rows if r["label"] == "defect"]
-    goods = [r for r in rows if r["label"] == "good"]
-    assert len(defects) >= 5 and len(goods) >= 5
-    caught = sum(r["verdict"] != "pass" for r in defects) / len(defects)
-    false_rejects = sum(r["verdict"] != "pass" for r in goods) / len(goods)
-    assert caught >= 0.8 and false_rejects <= 0.15, [(r["unit_id"], r["truth"], r["verdict"], r["reasons"]) for r in rows]
-    for r in rows:  # every result carries its numbers; every reject its reasons
-        assert r["measurements"] or r["measured_text"], r
-        assert (r["verdict"] == "pass") == (not r["reasons"]), r
-    kind = recipe.inspections[0].kind
-    if kind == "vial":
-        nominal = recipe.params[recipe.inspections[0].name].nominal_fill_mm  # type: ignore[attr-defined]
-        fills = [r["measurements"]["fill_mm"] for r in rows if r["truth"] in ("none", "particles")]
-        assert fills and all(abs(f - nominal) < 1.5 for f in fills), fills
-    elif kind == "blister":
-        import json
-
-        for r in rows:
-            pockets = json.loads(r["parts"])
-            assert [p["index"] for p in pockets] == list(range(10))
-            assert (r["verdict"] == "pass") == all(p["verdict"] == "pass" for p in pockets)
-    else:
-        gtin = recipe.params[recipe.inspections[0].name].gtin  # type: ignore[attr-defined]
-        passed = [r for r in rows if r["verdict"] == "pass"]
-        assert passed and all(r["measured_text"]["gtin"] == gtin and r["measured_text"]["serial"] for r in passed)
-        # Repeated serials are flagged, not rejected: in the batch record and as a critical alert.
-        repeats = {r["unit_id"] for r in rows if r["source"] == "simulator:duplicate-serial"}
-        serials = [r["measured_text"].get("serial", "") for r in rows]
-        duplicated = {r["unit_id"] for r in rows if r["measured_text"].get("serial") and serials.count(
-            r["measured_text"]["serial"]) > 1}
-        # (a repeat of a serial whose first print was unreadable has nothing to repeat)
-        assert repeats & duplicated and duplicated - repeats <= {
-            r["unit_id"] for r in rows if r["measured_text"].get("serial") in {
-                x["measured_text"].get("serial") for x in rows if x["unit_id"] in repeats}}, (repeats, duplicated)
-        assert {u for d in report.duplicate_serials for u in d["units"]} == duplicated
-        alert = eventually(lambda: client.query(
-            f"SELECT message FROM {db}.alerts FINAL WHERE kind = 'duplicate_serial' AND line = '{RECIPE_LINE}'"
-        ).rows, services.stop_event)
-        assert alert and "seen twice" in alert[0][0]
