@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.model.augment import augment
-from pipeline.model.base import adapt_norm, freeze_norm, init_from_base
+from pipeline.model.base import adapt_norm, init_from_base
 from pipeline.model.data import LabelledImages
 from pipeline.model.net import ServingModel, TabletNet
 from pipeline.model.synthetic import synthesize_batch
@@ -51,15 +51,6 @@ class FitConfig:
     # Supervised on unpaired data: this many (good, synthetic anomaly) pairs join every batch,
     # labelled with a training-only extra class that is not served (0 = off).
     aux_pairs: int = 0
-    # Fine-tuning from a base model (`fit(..., base=...)`): the backbone learns at this fraction
-    # of `lr`; the new head at `lr`.
-    backbone_lr_fraction: float = 1.0
-    # Fine-tuning: BatchNorms keep the base's statistics (True) or are re-expressed with the new
-    # data's statistics and train as usual (False; `pipeline.model.base.adapt_norm`).
-    freeze_norm: bool = False
-    # Wider nuisances (augment.py): pixel gain range of the light level (None: off), strongest blur.
-    light_gain: tuple[float, float] | None = None
-    blur_max: float = 0.5
 
 
 @contextlib.contextmanager
@@ -86,9 +77,9 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True, desc: str 
         base: Path | None = None) -> TabletNet:
     """Train a `TabletNet` on `train` with augmentation; returns it in eval mode.
 
-    From scratch, or with `base` (a released classifier's ONNX file) from that model's weights:
-    its BatchNorms stay in inference mode and a fresh head learns the classes of `train`
-    (pipeline.model.base).
+    From scratch, or with `base` (a released classifier's ONNX file) from that model's weights,
+    its BatchNorms re-expressed with `train`'s statistics and a fresh head for the classes of
+    `train` (pipeline.model.base); the whole network then trains as from scratch.
 
     The network has one logit per class of `train.classes` (plus a training-only synthetic
     class when `cfg.aux_pairs`); `ServingModel(net, num_classes=len(train.classes))` serves it.
@@ -105,8 +96,7 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True, desc: str 
     net = TabletNet(num_classes=num_classes)
     if base is not None:
         init_from_base(net, base)
-        if not cfg.freeze_norm:
-            adapt_norm(net, train.x[: 256])
+        adapt_norm(net, train.x[: 256])
         torch.manual_seed(cfg.seed)
         net.head.reset_parameters()
     x_all = torch.from_numpy(train.x)
@@ -119,13 +109,8 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True, desc: str 
     n = len(goods) if good_only else len(train)
     per_step = cfg.batch_size // 2 if good_only else cfg.batch_size
     steps = steps_per_epoch(train, cfg)
-    head = list(net.head.parameters()) + list(net.seg.parameters())
-    head_ids = {id(p) for p in head}
-    backbone = [p for p in net.parameters() if id(p) not in head_ids]
-    lrs = [cfg.lr * (cfg.backbone_lr_fraction if base is not None else 1.0), cfg.lr]
-    opt = torch.optim.AdamW([{"params": backbone, "lr": lrs[0]}, {"params": head, "lr": lrs[1]}],
-                            lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lrs, total_steps=cfg.epochs * steps, pct_start=0.15)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
     # On a terminal the bar redraws; in CI logs, a line every 30 s instead of thousands.
     bar = tqdm(
         total=cfg.epochs * steps,
@@ -137,8 +122,6 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True, desc: str 
     )
     mask_cells = x_all.shape[-1] // 8
     net.train()
-    if base is not None and cfg.freeze_norm:
-        freeze_norm(net)
     for epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=g) if good_only else _epoch_order(n, train.paired, g)
         running = 0.0
@@ -159,7 +142,7 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True, desc: str 
                 mb = None if m_all is None else m_all[sel]
                 paired = train.paired and len(sel) % 2 == 0
                 if cfg.augment:
-                    xb, mb = augment(xb, g, mb, group=2 if paired else 1, light=cfg.light_gain, blur_max=cfg.blur_max)
+                    xb, mb = augment(xb, g, mb, group=2 if paired else 1)
                 if paired:
                     whole = (sel[0::2] % 2 == 0) & (sel[1::2] == sel[0::2] + 1)
                     pairs.append(_pairs_block(0, len(sel) // 2)[whole])
@@ -209,7 +192,7 @@ def _synthetic_pairs(good: torch.Tensor, g: torch.Generator, cfg: FitConfig, cel
     a pair then share every nuisance.
     """
     if cfg.augment:
-        good, _ = augment(good, g, light=cfg.light_gain, blur_max=cfg.blur_max)
+        good, _ = augment(good, g)
     anomalous, masks = synthesize_batch(good, g, good.shape[-1] // cells)
     x = torch.stack([anomalous, good], dim=1).flatten(0, 1)
     m = torch.stack([masks, torch.zeros_like(masks)], dim=1).flatten(0, 1)
