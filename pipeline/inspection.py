@@ -206,7 +206,7 @@ class InspectionProcessor:
             d.add(j.verdict, j.defect)
             d.reasons += j.reasons
             d.measurements |= j.measurements
-            d.measurements |= {k: v for k, v in j.flags.items()}
+            d.measurements |= j.flags
             d.parts += [asdict(p) for p in j.parts]
             d.models.append(step.model)
             d.versions.append(result.model_version)

@@ -9,6 +9,7 @@ no recipe sends each product to its inspection ensemble by convention.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pipeline.inspections.base import InspectionParams
 from pipeline.inspections.kinds import CLASSIFIER
@@ -55,12 +56,15 @@ def plan_for(meta: FrameMeta, models: dict[str, str], book: RecipeBook | None) -
             f"product {meta.product!r} is not in recipe {entry.ref} of line {meta.line!r} "
             f"(which runs {entry.product!r})"
         )
-    steps = tuple(
-        Step(spec.kind, spec.name, spec.model,
-             entry.params[spec.name].model_dump_json().encode() if spec.kind != CLASSIFIER else b"",
-             entry.params[spec.name])
-        for spec in entry.inspections
-    )
-    return entry, steps
+    return entry, recipe_steps(entry)
 
+
+@lru_cache(maxsize=64)
+def recipe_steps(recipe: Recipe) -> tuple[Step, ...]:
+    """A recipe's inspections as steps, built once per recipe (not per frame)."""
+    return tuple(
+        Step(spec.kind, spec.name, spec.model,
+             recipe.params_json[spec.name] if spec.kind != CLASSIFIER else b"", recipe.params[spec.name])
+        for spec in recipe.inspections
+    )
 

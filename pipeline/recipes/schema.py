@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.inspections import kinds
-from pipeline.inspections.base import InspectionParams
+from pipeline.inspections.base import InspectionParams, validation_problems
 
 RECIPE_ID = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
@@ -68,6 +68,8 @@ class Recipe:
     def __init__(self, doc: RecipeDoc, params: dict[str, InspectionParams]) -> None:
         self.doc = doc
         self.params = params
+        # What the measurement models receive as PARAMS with every frame: serialised once here.
+        self.params_json = {name: p.model_dump_json().encode() for name, p in params.items()}
         canonical = json.dumps(doc.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         self.sha256 = hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -99,25 +101,6 @@ class Recipe:
         return f"Recipe({self.ref}, product={self.product!r}, sha256={self.sha256[:12]})"
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(recipe)"
-
-
-def _errors(exc: ValidationError, prefix: str = "") -> list[str]:
-    problems = []
-    for err in exc.errors():
-        where = _loc(tuple(err["loc"]))
-        where = f"{prefix}.{where}" if prefix and where != "(recipe)" else (prefix or where)
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        problems.append(f"{where}: {msg}")
-    return problems
-
-
 def parse_recipe(data: dict[str, Any], source: str = "<recipe>", repository: Path | None = None) -> Recipe:
     """Validate a recipe document; with `repository`, every named model must exist in it."""
     try:
@@ -131,7 +114,7 @@ def parse_recipe(data: dict[str, Any], source: str = "<recipe>", repository: Pat
             if repository is not None and isinstance(item, dict) and isinstance(item.get("model"), str)
             and item["model"] and not (repository / item["model"] / "config.pbtxt").is_file()
         ]
-        raise RecipeError(source, _errors(exc) + missing) from None
+        raise RecipeError(source, validation_problems(exc) + missing) from None
     problems: list[str] = []
     params: dict[str, InspectionParams] = {}
     seen_names: set[str] = set()
@@ -147,7 +130,7 @@ def parse_recipe(data: dict[str, Any], source: str = "<recipe>", repository: Pat
         try:
             params[spec.name] = kinds.params_model(spec.kind).model_validate(spec.params)
         except ValidationError as exc:
-            problems += _errors(exc, f"{where}.params")
+            problems += validation_problems(exc, f"{where}.params")
         except ValueError as exc:
             problems.append(f"{where}.params: {exc}")
         if repository is not None and not (repository / spec.model / "config.pbtxt").is_file():
