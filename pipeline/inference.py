@@ -18,7 +18,9 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from tritonclient.grpc import InferInput, InferRequestedOutput
@@ -40,6 +42,7 @@ THRESHOLDS_OUTPUT = "THRESHOLDS"
 VERSION_OUTPUT = "MODEL_VERSION"
 OUTPUTS = (SCORE_OUTPUT, PROBS_OUTPUT, THRESHOLDS_OUTPUT, VERSION_OUTPUT)
 CLASSES_PARAM = "classes"
+_R = TypeVar("_R")
 # How long "this model does not exist" is believed before Triton is asked again.
 UNKNOWN_MODEL_TTL_S = 5.0
 
@@ -170,15 +173,11 @@ class TritonInspector:
         """Resolve the classifier behind an ensemble and the class names of its versions."""
         if model in self._models and not refresh:
             return self._models[model]
-        missing_since = self._unknown.get(model)
-        if missing_since is not None and time.monotonic() - missing_since < UNKNOWN_MODEL_TTL_S:
-            raise UnknownModelError(f"Triton serves no model {model!r}")
+        self._check_not_missing(model)
         try:
             config = await self._config(model)
         except InferenceServerException as exc:
-            if _is_not_found(exc):
-                self._unknown[model] = time.monotonic()
-                raise UnknownModelError(f"Triton serves no model {model!r}") from exc
+            self._raise_if_missing(model, exc)
             raise
         self._unknown.pop(model, None)
         classifier, classes = model, _param(config, CLASSES_PARAM)
@@ -200,19 +199,44 @@ class TritonInspector:
             if isinstance(outcome, Failed):
                 raise RuntimeError(f"warm-up of {model!r} failed: {outcome.reason}")
 
+    def _check_not_missing(self, model: str) -> None:
+        """UnknownModelError while `model` was found missing less than the TTL ago."""
+        missing_since = self._unknown.get(model)
+        if missing_since is not None and time.monotonic() - missing_since < UNKNOWN_MODEL_TTL_S:
+            raise UnknownModelError(f"Triton serves no model {model!r}")
+
+    def _raise_if_missing(self, model: str, exc: InferenceServerException) -> None:
+        """Remember and raise UnknownModelError when Triton answered "no such model"."""
+        if _is_not_found(exc):
+            self._unknown[model] = time.monotonic()
+            raise UnknownModelError(f"Triton serves no model {model!r}") from exc
+
+    async def _isolating(
+        self, infer: Callable[[list[bytes]], Awaitable[list[_R]]], images: list[bytes], model: str
+    ) -> list[_R | Failed]:
+        """`infer` on the whole batch; when the batch fails, each frame alone, so one corrupt
+        image costs only its own unit (`Failed` with Triton's reason)."""
+        try:
+            return list(await infer(images))
+        except InferenceServerException as exc:
+            if len(images) == 1:
+                return [Failed(f"triton: {exc.message() or exc}")]
+            log.warning("batch of %d failed on %s (%s); isolating frames", len(images), model, exc.message())
+
+        async def one(image: bytes) -> _R | Failed:
+            try:
+                return (await infer([image]))[0]
+            except InferenceServerException as exc:
+                return Failed(f"triton: {exc.message() or exc}")
+
+        return list(await asyncio.gather(*(one(image) for image in images)))
+
     async def score(self, model: str, images: list[bytes]) -> list[Outcome]:
         """Score a batch; per-image failures come back as `Failed` with Triton's reason."""
         if not images:
             return []
         info = await self.model_info(model)
-        try:
-            rows = await self._infer(info, images)
-        except InferenceServerException as exc:
-            if len(images) == 1:
-                return [Failed(f"triton: {exc.message() or exc}")]
-            log.warning("batch of %d failed (%s); isolating frames", len(images), exc.message())
-            singles = await asyncio.gather(*(self._infer_one(info, image) for image in images))
-            rows = list(singles)
+        rows = await self._isolating(lambda batch: self._infer(info, batch), images, model)
         return await self._judge(model, info, rows)
 
     async def measure(self, model: str, images: list[bytes], params_json: bytes) -> list[MeasureOutcome]:
@@ -223,26 +247,16 @@ class TritonInspector:
         """
         if not images:
             return []
-        missing_since = self._unknown.get(model)
-        if missing_since is not None and time.monotonic() - missing_since < UNKNOWN_MODEL_TTL_S:
-            raise UnknownModelError(f"Triton serves no model {model!r}")
-        try:
-            return await self._measure(model, images, params_json)
-        except InferenceServerException as exc:
-            if _is_not_found(exc):
-                self._unknown[model] = time.monotonic()
-                raise UnknownModelError(f"Triton serves no model {model!r}") from exc
-            if len(images) == 1:
-                return [Failed(f"triton: {exc.message() or exc}")]
-            log.warning("batch of %d failed on %s (%s); isolating frames", len(images), model, exc.message())
-            singles = await asyncio.gather(*(self._measure_one(model, image, params_json) for image in images))
-            return list(singles)
+        self._check_not_missing(model)
 
-    async def _measure_one(self, model: str, image: bytes, params_json: bytes) -> MeasureOutcome:
-        try:
-            return (await self._measure(model, [image], params_json))[0]
-        except InferenceServerException as exc:
-            return Failed(f"triton: {exc.message() or exc}")
+        async def infer(batch: list[bytes]) -> list[MeasureOutcome]:
+            try:
+                return await self._measure(model, batch, params_json)
+            except InferenceServerException as exc:
+                self._raise_if_missing(model, exc)
+                raise
+
+        return await self._isolating(infer, images, model)
 
     async def _measure(self, model: str, images: list[bytes], params_json: bytes) -> list[MeasureOutcome]:
         n = len(images)
@@ -265,12 +279,6 @@ class TritonInspector:
             except ValueError as exc:
                 out.append(Failed(f"model {model!r} output out of contract: {exc}"))
         return out
-
-    async def _infer_one(self, info: ModelInfo, image: bytes) -> _Raw | Failed:
-        try:
-            return (await self._infer(info, [image]))[0]
-        except InferenceServerException as exc:
-            return Failed(f"triton: {exc.message() or exc}")
 
     async def _infer(self, info: ModelInfo, images: list[bytes]) -> list[_Raw | Failed]:
         batch = np.array(images, dtype=np.object_).reshape(len(images), 1)
