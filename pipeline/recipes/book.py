@@ -17,7 +17,7 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from pipeline.kafka import client_config
+from pipeline.kafka import make_consumer
 from pipeline.messages import MessageError, RecipeActivation
 from pipeline.recipes.schema import Recipe, RecipeError, load_recipe, parse_recipe
 from pipeline.settings import Settings
@@ -109,12 +109,9 @@ class RecipeFeed:
     def _consumer(self) -> tuple[Consumer, dict[int, int]]:
         kafka = self._settings.kafka
         topic = kafka.topic_recipes
-        consumer = Consumer(client_config(kafka) | {
-            # Never commits: a private group id only because librdkafka wants one.
-            "group.id": f"linesight-recipes-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        })
+        # Never commits and assigns every partition itself: a private group id only because
+        # librdkafka wants one.
+        consumer = make_consumer(kafka, f"linesight-recipes-{uuid.uuid4().hex[:12]}", "linesight-recipe-feed")
         meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
         if meta is None or meta.error is not None:
             raise RuntimeError(f"recipes topic {topic!r} not found: {meta.error if meta else 'absent'}")
