@@ -270,7 +270,7 @@ def test_triton_request_logic() -> None:
     wrong = json.dumps({**json.loads(params), "fill_tolerance_mm": 40.0, "colour": 1}).encode()
     with pytest.raises(ValueError) as exc:
         model.measure_request(images, np.array([[wrong]] * 2, dtype=object))
-    assert "invalid PARAMS" in str(exc.value) and "colour: Extra inputs" in str(exc.value)
+    assert "invalid PARAMS" in str(exc.value) and "colour: unknown key" in str(exc.value)
     with pytest.raises(ValueError, match="must be below nominal_fill_mm"):
         model.measure_request(images[:1], np.array([[json.dumps({**json.loads(params), "fill_tolerance_mm": 40.0}).encode()]], dtype=object))
     with pytest.raises(ValueError, match="invalid PARAMS"):

@@ -21,7 +21,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 Verdict = Literal["pass", "reject", "review"]
 Value = float | int | str | bool
@@ -32,6 +32,21 @@ class InspectionParams(BaseModel):
     never a silently ignored tolerance)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validation_problems(exc: ValidationError, prefix: str = "", whole: str = "(recipe)") -> list[str]:
+    """One ``where: what`` line per problem of a pydantic validation (recipes, PARAMS): ``where``
+    is the key path (``inspection[0].params.fill_tolerance_mm``; `whole` for the object itself),
+    an unknown key says so."""
+    problems = []
+    for err in exc.errors():
+        where = ""
+        for part in err["loc"]:
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+        where = f"{prefix}.{where}" if prefix and where else (prefix or where or whole)
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {msg}")
+    return problems
 
 
 @dataclass(frozen=True)

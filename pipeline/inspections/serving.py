@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from pipeline.imaging.codec import decode_rgb
-from pipeline.inspections.base import InspectionParams, Measurement
+from pipeline.inspections.base import InspectionParams, Measurement, validation_problems
 
 IMAGE, PARAMS, RESULT = "IMAGE", "PARAMS", "RESULT"
 
@@ -42,8 +42,7 @@ def parse_params(params_cls: type[P], raw: bytes) -> P:
     try:
         return params_cls.model_validate_json(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'PARAMS'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"invalid PARAMS: {problems}") from None
+        raise ValueError(f"invalid PARAMS: {'; '.join(validation_problems(exc, whole='PARAMS'))}") from None
 
 
 def measure_request(
