@@ -258,9 +258,9 @@ class Localizer:
 def triton_localizer(settings: Any, grid: int = DEFAULT_GRID) -> Localizer:
     """The stack's localizer: the product's inspection ensemble (`ensemble_for`) on the Triton
     the workers use (`TritonTarget.from_settings`: the configured URL or the embedded server)."""
-    from pipeline.routing import ensemble_for
     from pipeline.messages import MessageError
     from pipeline.model.deploy import TritonTarget
+    from pipeline.routing import ensemble_for
 
     scorer = TritonScorer(TritonTarget.from_settings(settings).url, timeout_s=settings.triton.request_timeout_s)
     models = settings.stream.product_models
