@@ -34,8 +34,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, help="an existing dataset folder instead of rendering one")
     parser.add_argument("--folds", type=int, default=None)
-    parser.add_argument("--base", default="auto", help="base model to fine-tune: 'auto' (the shipped round-tablet "
-                        "model if `make model` made it), 'none' (from scratch), or an ONNX file / version directory")
+    parser.add_argument("--base", default="auto", help="base model to fine-tune: 'auto' (the shipped model "
+                        "if `make model` made it), 'none' (from scratch), or an ONNX file / version directory")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:

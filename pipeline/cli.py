@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "training images join the calibration (default 0: off)")
     p.add_argument("--count", type=int, default=1200, help="simulated training images (without --data)")
     p.add_argument("--base", default="auto", help="model whose weights training starts from: an ONNX file, "
-                   "version or model directory; 'auto' (default): the shipped model for --data of its own product "
+                   "version or model directory; 'auto' (default): the shipped model with --data "
                    "(none for simulator training); 'none': from scratch")
     p.add_argument("--repository", type=Path, help="Triton model repository (default: settings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -18,6 +18,7 @@ from pipeline.imaging import (
     sample_unit,
 )
 from pipeline.imaging.codec import decode_rgb
+from pipeline.imaging.products import ASSORTED_COLOR_CLEARANCE, ASSORTED_TABLETS, draw_assorted_spec
 from pipeline.imaging.raster import illumination, pixel_grid, sensor_noise, shift_px
 from pipeline.imaging.tablets import render_tablet_with_mask
 
@@ -58,7 +59,7 @@ def test_every_product_and_defect_renders(product: str, defect: str | None, subt
     assert (px == 255).mean() < 0.01
 
 
-@pytest.mark.parametrize("product", [ROUND, OVAL])
+@pytest.mark.parametrize("product", [ROUND, OVAL, ASSORTED_TABLETS])
 @pytest.mark.parametrize("defect", DEFECT_CLASSES)
 def test_defect_changes_pixels_where_its_mask_is(product: str, defect: str) -> None:
     """Same seed with and without the defect: the difference sits on the defect's mask."""
@@ -73,6 +74,26 @@ def test_defect_changes_pixels_where_its_mask_is(product: str, defect: str) -> N
         for _ in range(4):
             near = near | np.roll(near, 1, 0) | np.roll(near, -1, 0) | np.roll(near, 1, 1) | np.roll(near, -1, 1)
         assert diff[near].sum() / diff.sum() > 0.9, (defect, seed)
+
+
+def test_assorted_family_varies_and_keeps_clear_of_every_catalogued_product() -> None:
+    specs = [draw_assorted_spec(np.random.default_rng([5, i])) for i in range(400)]
+    assert specs[:20] == [draw_assorted_spec(np.random.default_rng([5, i])) for i in range(20)]
+    assert {s.shape for s in specs} == {"round", "oval"} and {s.scored for s in specs} == {True, False}
+    colors = np.array([s.color for s in specs])
+    assert colors.std(axis=0).min() > 0.12  # every channel varies: whites, greys and strong hues
+    lengths = np.array([s.length_mm for s in specs])
+    assert lengths.min() < 8.0 and lengths.max() > 13.5
+    for s in specs:
+        assert s.product == ASSORTED_TABLETS and s.width_mm <= s.length_mm
+        for product in PRODUCTS.values():
+            if s.shape == product.shape:
+                assert np.linalg.norm(np.subtract(s.color, product.color)) >= ASSORTED_COLOR_CLEARANCE, (s, product)
+    # A counterfactual pair shows one tablet: the spec is drawn first from the unit's generator.
+    a = render_tablet(np.random.default_rng(9), ASSORTED_TABLETS, None)
+    b = render_tablet(np.random.default_rng(9), ASSORTED_TABLETS, None)
+    assert encode_png(a) == encode_png(b)
+    assert ASSORTED_TABLETS not in PRODUCTS  # a training family, not a product a line can make
 
 
 @pytest.mark.parametrize("defect", DEFECT_CLASSES)

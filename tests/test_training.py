@@ -19,11 +19,13 @@ import onnxruntime as ort
 import pytest
 
 from pipeline.dataset import DatasetError, generate_dataset
+from pipeline.imaging.products import ASSORTED_TABLETS
 from pipeline.model import repository as layout
-from pipeline.model.data import CLASSES, GOOD_ONLY_CLASSES
+from pipeline.model.data import CLASSES, GOOD_ONLY_CLASSES, concat_sets, render_set
 from pipeline.model.export import ParityError
 from pipeline.model.preprocess import prepare_image
 from pipeline.model.train import CALIBRATION_VARIANTS, train_model
+from pipeline.model.training_sets import as_good_only
 
 REPO = Path(__file__).resolve().parents[1] / "triton_models"
 ROUND = "tablet-round-white-10mm"
@@ -231,8 +233,35 @@ def test_simulator_training_is_what_make_model_runs(repo: Path) -> None:
     card = json.loads(result.card_path.read_text())
     assert card["dataset"]["source"] == "simulator" and card["threshold_calibration"]["out_of_fold"]["folds"] == 0
     assert (repo / "tablet_classifier/config.pbtxt").read_text() == (REPO / "tablet_classifier/config.pbtxt").read_text()
-    # 16 rendered training units and 30 rendered validation units.
-    assert len((result.version_dir / layout.TRAINING_HASHES).read_text().split()) == 16 + 30
+    # 16 rendered units of the product, twice as many of the assorted tablet family (the shipped
+    # model is every other product's base), 30 rendered validation units of the product only.
+    train = card["dataset"]["train"]
+    assert (train["product_units"], train["assorted_units"], train["paired"]) == (16, 32, True)
+    assert card["dataset"]["validation"]["count"] == 30
+    assert len((result.version_dir / layout.TRAINING_HASHES).read_text().split()) == 16 + 32 + 30
+
+
+def test_joined_rendered_sets_keep_their_pairs_and_refuse_other_classes() -> None:
+    first = render_set(ROUND, 4, defect_rate=0.5, subtle_fraction=0.0, seed=1, stream=0, paired=True)
+    second = render_set(ASSORTED_TABLETS, 6, defect_rate=0.5, subtle_fraction=0.0, seed=1, stream=3, paired=True)
+    both = concat_sets(first, second)
+    assert len(both) == 10 and both.paired and both.mask is not None and len(both.image_sha256) == 10
+    assert (both.y[0::2] != 0).all() and (both.y[1::2] == 0).all()  # (defective, twin) at 2k, 2k+1
+    assert np.array_equal(both.x[4:], second.x)
+    assert not concat_sets(first.subset(np.arange(3)), second).paired
+    with pytest.raises(ValueError, match="cannot join sets"):
+        concat_sets(first, as_good_only(second))
+
+
+def test_auto_base_is_the_shipped_model_for_any_product(repo: Path, tmp_path: Path) -> None:
+    shipped = REPO / "tablet_classifier" / "1" / layout.ONNX_FILE
+    if not shipped.is_file():
+        pytest.skip("no shipped model: run `make model` first (make test does)")
+    generate_dataset(tmp_path / "oval", 24, [OVAL], 0.5, seed=6)
+    result = train_model(repo, OVAL, data=tmp_path / "oval", base="auto", **{**FAST, "folds": 0, "mapping": None})
+    base = json.loads(result.card_path.read_text())["training"]["base_model"]
+    assert (base["model"], base["product"]) == ("tablet_classifier", ROUND)
+    assert base["sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
 
 
 def test_training_starts_from_a_base_model_or_from_scratch(repo: Path, dataset: Path) -> None:

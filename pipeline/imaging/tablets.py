@@ -15,7 +15,14 @@ import numpy as np
 from PIL import Image
 
 from pipeline.imaging.defects import PAINTERS
-from pipeline.imaging.products import DEFECT_CLASSES, TabletSpec, check_defect, get_spec
+from pipeline.imaging.products import (
+    ASSORTED_TABLETS,
+    DEFECT_CLASSES,
+    TabletSpec,
+    check_defect,
+    draw_assorted_spec,
+    get_spec,
+)
 from pipeline.imaging.raster import (
     add_spot,
     gaussian_blur,
@@ -62,9 +69,10 @@ def render_tablet_with_mask(
 
     Same generator draws as `render_tablet`, so the same seed gives the same image. Rendering
     one seed twice, once good and once with a defect, gives a counterfactual pair that differs
-    only by the defect.
+    only by the defect. `product` ASSORTED_TABLETS draws a new tablet of the assorted family
+    (first, from `rng`, so both renders of a counterfactual pair show the same tablet).
     """
-    spec = get_spec(product)
+    spec = draw_assorted_spec(rng) if product == ASSORTED_TABLETS else get_spec(product)
     check_defect(defect)
     if not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
         raise ValueError(f"size must be an integer >= {MIN_SIZE}, got {size!r}")

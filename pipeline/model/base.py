@@ -1,10 +1,13 @@
 """Base models: a released classifier whose network starts the training of another (transfer).
 
 No pretrained weights can be downloaded on a line PC, but the project trains its own: `make
-model` renders 1,200 counterfactual pairs of the round tablet with defect masks and learns them
-(docs/models.md). A dataset of a few hundred images is far too small to learn good features from
-scratch (held-out detection 76 % vs 99 % needed), so `linesight train --data` starts from that
-base network's weights and fine-tunes them (new head for the dataset's classes).
+model` renders counterfactual pairs with defect masks of the round tablet and of the assorted
+tablet family (every unit a new shape, size and colour, never one of the catalogued products)
+and learns them (docs/models.md). A dataset of a few hundred images is far too small to learn
+good features from scratch (held-out detection 79-92 % vs 99 % needed), so `linesight train
+--data` starts from that base network's weights and fine-tunes them (new head for the dataset's
+classes). A base trained on the round tablet alone did not transfer to the oval one; the
+assorted family is what makes it transfer.
 
 The weights are read back from the base version's released ONNX file: the exporter folds each
 BatchNorm into its convolution, so every `_conv` block comes back as a convolution with the folded
@@ -80,7 +83,10 @@ class BaseModel:
 def _trained_on(card: dict[str, Any]) -> str | None:
     d = card.get("dataset") or {}
     if d.get("source") == "simulator":
-        return f"simulator: {d.get('train', {}).get('count')} rendered images of {card.get('product')}"
+        train = d.get("train", {})
+        own = train.get("product_units", train.get("count"))
+        assorted = f" and {train['assorted_units']} of the assorted tablet family" if train.get("assorted_units") else ""
+        return f"simulator: {own} rendered images of {card.get('product')}{assorted}"
     if d.get("source") == "dataset":
         return f"dataset {d.get('path')} (sha256 {d.get('dataset_sha256')})"
     return None
@@ -93,8 +99,8 @@ def _latest_version_dir(model_dir: Path) -> Path | None:
 
 
 def default_base_path() -> Path | None:
-    """The shipped round-tablet base (latest released version of the project's
-    `tablet_classifier`), or None when `make model` has not produced it."""
+    """The shipped base (latest released version of the project's `tablet_classifier`, trained on
+    round tablets and the assorted tablet family), or None when `make model` has not produced it."""
     v = _latest_version_dir(DEFAULT_BASE_REPO / DEFAULT_BASE_MODEL)
     return None if v is None else v / layout.ONNX_FILE
 

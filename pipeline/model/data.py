@@ -138,6 +138,25 @@ def render_set(
     return LabelledImages(x, y, subtle, source, masks, paired, CLASSES, tuple(hashes))
 
 
+def concat_sets(first: LabelledImages, second: LabelledImages) -> LabelledImages:
+    """`first` then `second` as one set (same classes; masks kept only if both have them).
+
+    Two paired sets stay paired when `first` has an even count: pairs remain at rows 2k, 2k+1.
+    """
+    if first.classes != second.classes:
+        raise ValueError(f"cannot join sets of classes {first.classes} and {second.classes}")
+    paired = first.paired and second.paired and len(first) % 2 == 0
+    mask = None if first.mask is None or second.mask is None else np.concatenate([first.mask, second.mask])
+    truth = (None if first.truth is None and second.truth is None
+             else np.concatenate([first.defect_names, second.defect_names]))
+    return LabelledImages(
+        np.concatenate([first.x, second.x]), np.concatenate([first.y, second.y]),
+        np.concatenate([first.subtle, second.subtle]), f"{first.source} + {second.source}", mask, paired,
+        first.classes, first.image_sha256 + second.image_sha256 if first.image_sha256 and second.image_sha256 else (),
+        first.names + second.names if first.names and second.names else (), truth,
+    )
+
+
 def _coarse_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Pixel defect mask -> 0/1 cells of MASK_STRIDE x MASK_STRIDE input pixels (any hit counts)."""
     if mask.shape != (size, size):

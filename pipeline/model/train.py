@@ -33,21 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.dataset import DatasetError, dataset_hash, load_dataset
 from pipeline.hashing import sha256_file
-from pipeline.imaging.products import get_spec
 from pipeline.model import repository as layout
 from pipeline.model import triton_repo
 from pipeline.model.augment import augment
 from pipeline.model.base import BaseModel, load_base, resolve_base
-from pipeline.model.data import (
-    GOOD_ONLY_CLASSES,
-    LabelledImages,
-    load_images,
-    render_set,
-    stratified_split,
-    supervised_classes,
-)
+from pipeline.model.data import LabelledImages
 from pipeline.model.evaluate_offline import (
     auroc,
     clopper_pearson_upper,
@@ -58,6 +49,7 @@ from pipeline.model.export import OPSET, ParityReport, check_parity, export_onnx
 from pipeline.model.fit import TRAIN_THREADS, FitConfig, deterministic_torch, fit, predict, steps_per_epoch
 from pipeline.model.net import DEFAULT_WIDTHS
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, PIXEL_MEAN, PIXEL_STD
+from pipeline.model.training_sets import DATASET_VAL_FRACTION, count_defects, dataset_sets, simulated_sets
 
 MODES = ("supervised", "good-only")
 TARGET_FRR = 0.01
@@ -90,11 +82,6 @@ SERVING_VIEWS = 8
 PARITY_IMAGES = 128
 # Supervised training on unpaired data adds this many (good, synthetic anomaly) pairs per batch.
 AUX_PAIRS = 4
-MIN_GOOD_ONLY_IMAGES = 8
-TRAIN_SUBTLE_FRACTION = 0.5
-VAL_DEFECT_RATE = 0.25
-VAL_SUBTLE_FRACTION = 0.33
-DATASET_VAL_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -142,87 +129,6 @@ def _log(progress: bool, msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def _simulated_sets(product: str, mode: str, train_count: int, seed: int) -> tuple[LabelledImages, LabelledImages, dict[str, Any]]:
-    get_spec(product)  # ValueError naming the products the simulator knows
-    val_count = max(30, train_count)
-    if mode == "supervised":
-        train = render_set(product, train_count, defect_rate=0.5,
-                           subtle_fraction=TRAIN_SUBTLE_FRACTION, seed=seed, stream=0, paired=True)
-    else:
-        train = _as_good_only(render_set(product, train_count, defect_rate=0.0, subtle_fraction=0.0,
-                                         seed=seed, stream=0))
-    val = render_set(product, val_count, defect_rate=VAL_DEFECT_RATE,
-                     subtle_fraction=VAL_SUBTLE_FRACTION, seed=seed, stream=1)
-    if mode == "good-only":
-        val = _as_good_only(val)
-    info = {
-        "source": "simulator",
-        "generator": "pipeline.imaging.render_tablet",
-        "generator_seed": seed,
-        "train": {"count": len(train), "paired": train.paired, "subtle_fraction": TRAIN_SUBTLE_FRACTION,
-                  "stream": 0, "sha256": train.content_hash()},
-        "validation": {"count": len(val), "defect_rate": VAL_DEFECT_RATE,
-                       "subtle_fraction": VAL_SUBTLE_FRACTION, "stream": 1, "sha256": val.content_hash()},
-    }
-    return train, val, info
-
-
-def _as_good_only(s: LabelledImages) -> LabelledImages:
-    """The same images with classes good/anomaly (every defect becomes `anomaly`)."""
-    return replace(s, y=(s.y != 0).astype(np.int64), classes=GOOD_ONLY_CLASSES, truth=s.defect_names)
-
-
-def _dataset_sets(data: Path, product: str, mode: str, seed: int, val_fraction: float
-                  ) -> tuple[LabelledImages, LabelledImages, dict[str, Any]]:
-    ds = load_dataset(data, product)  # DatasetError lists every bad row
-    defects = [r.defect for r in ds.rows]
-    n_good = sum(1 for d in defects if d == "none")
-    labels = ds.root / "labels.csv"
-    if mode == "supervised":
-        classes = supervised_classes(defects)
-        if n_good == 0 or len(classes) < 2:
-            present = sorted({d if d != "none" else "good" for d in defects})
-            raise DatasetError(ds.root, [(
-                str(labels),
-                f"supervised training needs good and defective units of product {product!r}; its "
-                f"{len(ds)} rows are all {', '.join(present)} (use --mode good-only for good images only)",
-            )])
-    else:
-        classes = GOOD_ONLY_CLASSES
-        if n_good < MIN_GOOD_ONLY_IMAGES:
-            raise DatasetError(ds.root, [(str(labels), f"good-only training needs at least {MIN_GOOD_ONLY_IMAGES} "
-                                          f"good images of product {product!r}, found {n_good}")])
-    images = [(ds.relative(r), r.image.read_bytes(), r.defect) for r in ds.rows]
-    load_classes = supervised_classes(defects) if mode == "good-only" else classes
-    everything = load_images(images, MODEL_INPUT_SIZE, source=f"dataset {ds.root}", classes=load_classes)
-    if mode == "supervised":
-        train_idx, val_idx = stratified_split(everything.y, val_fraction, seed)
-        train, val = everything.subset(train_idx), everything.subset(val_idx)
-    else:
-        good = np.flatnonzero(everything.y == 0)
-        tr, va = stratified_split(everything.y[good], val_fraction, seed)
-        defect_rows = np.flatnonzero(everything.y != 0)
-        train = _as_good_only(everything.subset(good[tr]))
-        val = _as_good_only(everything.subset(np.sort(np.concatenate([good[va], defect_rows]))))
-    info = {
-        "source": "dataset",
-        "path": str(ds.root),
-        "dataset_sha256": dataset_hash(ds),
-        "product_rows": len(ds),
-        "split_seed": seed,
-        "validation_fraction": val_fraction,
-        "split": "per class, seeded" + ("; defective rows only validate (good-only)" if mode == "good-only" else ""),
-        "train": {"count": len(train)},
-        "validation": {"count": len(val)},
-    }
-    return train, val, info
-
-
-def _count_defects(s: LabelledImages) -> dict[str, int]:
-    names, counts = np.unique(s.defect_names.astype(str), return_counts=True)
-    return {("good" if n == "none" else n): int(c) for n, c in zip(names, counts, strict=True)}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -343,9 +249,10 @@ def train_model(
     `repo` unless every step succeeds.
 
     `base`: the released classifier whose network weights start the training (an ONNX file, a
-    version or model directory; pipeline.model.base). "auto" (default): with `data` of the product
-    the shipped model was trained on, that model (if `make model` has produced it); another product,
-    or no `data` (rendered training, `make model` itself): none. "none" or None: from scratch.
+    version or model directory; pipeline.model.base). "auto" (default): with `data`, the shipped
+    model (if `make model` has produced it; it learnt defects on the product and on the assorted
+    tablet family, so it transfers to new products); without `data` (rendered training, `make
+    model` itself): none. "none" or None: from scratch.
     """
     started = time.perf_counter()
     repo = Path(repo)
@@ -369,27 +276,21 @@ def train_model(
     if base is not None and not (data is None and str(base) == "auto"):
         base_path = resolve_base(base)
         base_model = None if base_path is None else load_base(base_path)
-        if base_model is not None and str(base) == "auto" and base_model.card.get("product") != product:
-            # Measured (docs/models.md): the round-tablet base's features do not transfer to another
-            # product (oval: no better than from scratch), so "auto" only reuses it for its own product.
-            _log(progress, f"base: the shipped model was trained on {base_model.card.get('product')!r}, "
-                           f"not {product!r}: training from scratch (--base PATH to force it)")
-            base_model = None
 
     timings: dict[str, float] = {}
     _log(progress, f"{product}: preparing images ({'dataset ' + str(data) if data else 'simulator'}, {mode})")
     if data is None:
-        train, val, data_info = _simulated_sets(product, mode, train_count, seed)
+        train, val, data_info = simulated_sets(product, mode, train_count, seed)
         n_folds = 0 if folds is None else folds
     else:
-        train, val, data_info = _dataset_sets(Path(data), product, mode, seed, val_fraction)
+        train, val, data_info = dataset_sets(Path(data), product, mode, seed, val_fraction)
         n_folds = DEFAULT_FOLDS if folds is None else folds
     if n_folds == 1 or n_folds < 0:
         raise ValueError(f"folds must be 0 (off) or >= 2, got {n_folds}")
     timings["data_s"] = time.perf_counter() - started
     classes = train.classes
-    data_info["train"]["classes"] = _count_defects(train)
-    data_info["validation"]["classes"] = _count_defects(val)
+    data_info["train"]["classes"] = count_defects(train)
+    data_info["validation"]["classes"] = count_defects(val)
     _log(progress, f"train {data_info['train']['classes']}, validation {data_info['validation']['classes']}")
 
     cfg = FitConfig(epochs=1, seed=seed, mode=mode,
@@ -677,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=None)
     parser.add_argument("--target-frr", type=float, default=TARGET_FRR)
     parser.add_argument("--base", default="auto", help="base model to fine-tune (ONNX file, version or model "
-                        "directory); 'auto': the shipped model for --data of its own product; 'none': from scratch")
+                        "directory); 'auto': the shipped model with --data; 'none': from scratch")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "triton_models",
                         help="Triton model repository (default: the project's triton_models/)")
     args = parser.parse_args(argv)
