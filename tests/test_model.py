@@ -247,6 +247,21 @@ def test_augmentation_keeps_pairs_and_masks_aligned() -> None:
         augment(x[:3], torch.Generator(), group=2)
 
 
+def test_augmentation_blurs_the_share_it_is_told_to() -> None:
+    """blur_chance 0: edges stay crisp; 1: every image is softened, up to sigma ~1.1 px."""
+    x = torch.zeros(64, 3, 160, 160)
+    x[:, :, :, 80:] = 1.0  # a vertical step edge (turned and flipped by the augmentation)
+
+    def sharpness(out: torch.Tensor) -> torch.Tensor:  # strongest neighbour step of each image
+        a = out[:, 0]
+        return torch.maximum((a[:, :, 1:] - a[:, :, :-1]).abs().amax((1, 2)), (a[:, 1:] - a[:, :-1]).abs().amax((1, 2)))
+
+    crisp = sharpness(augment(x, torch.Generator().manual_seed(1), blur_chance=0.0)[0])
+    soft = sharpness(augment(x, torch.Generator().manual_seed(1), blur_max=2.0, blur_chance=1.0)[0])
+    assert (crisp > 0.8).all()  # contrast/gain scale the step, noise aside it stays one jump
+    assert (soft < crisp).float().mean() > 0.9 and soft.min() < 0.5 * crisp.median()
+
+
 def test_served_score_is_invariant_to_flips_and_turns() -> None:
     """Eight averaged views make the served model blind to how the unit lies on the belt."""
     torch.manual_seed(0)

@@ -34,6 +34,7 @@ def augment(
     max_shift_px: float = 4.0,
     light: tuple[float, float] | None = None,
     blur_max: float = 0.5,
+    blur_chance: float = 0.2,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Randomly transformed copy of a batch x [N, 3, S, S] (normalised model inputs).
 
@@ -44,7 +45,7 @@ def augment(
     `light` (lo, hi): every image's pixel values are also multiplied by a gain drawn from that
     range (the lamp of another session: `linesight dataset shift --brightness`). `blur_max`: the
     strongest blur, as a blend factor towards the 3x3 binomial blur (0..1) and beyond 1 towards
-    that blur applied twice (sigma ~1.1 px).
+    that blur applied twice (sigma ~1.1 px), for a `blur_chance` fraction of the images.
     """
     n, _, s, _ = x.shape
     if n % group:
@@ -93,8 +94,8 @@ def augment(
         level = draw(light[0], light[1])[:, :, None, None]
         x = level * x + (level - 1.0) * (PIXEL_MEAN / PIXEL_STD)
 
-    # Blur: blend towards a blurred copy by a random amount, for 20 % of the batch.
-    amount = draw(0.0, blur_max)[:, 0] * chance(0.2)
+    # Blur: blend towards a blurred copy by a random amount, for a blur_chance share of the batch.
+    amount = draw(0.0, blur_max)[:, 0] * chance(blur_chance)
     a = amount[:, None, None, None]
     b1 = _blur3(x)
     if blur_max <= 1.0:

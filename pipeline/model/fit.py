@@ -45,6 +45,11 @@ class FitConfig:
     rank_weight: float = 1.0
     rank_margin: float = 2.0
     augment: bool = True
+    # Blur reach of the augmentation (pipeline.model.augment: blend factor towards the 3x3 blur,
+    # beyond 1 towards it applied twice, sigma ~1.1 px) and the share of images blurred: another
+    # session's focus must not read as a defect (measured in docs/models.md).
+    blur_max: float = 2.0
+    blur_chance: float = 0.5
     # `supervised`: learn the labelled classes; `good-only`: good images against synthetic
     # anomalies made from them (classes good, anomaly).
     mode: str = "supervised"
@@ -142,7 +147,8 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True, desc: str 
                 mb = None if m_all is None else m_all[sel]
                 paired = train.paired and len(sel) % 2 == 0
                 if cfg.augment:
-                    xb, mb = augment(xb, g, mb, group=2 if paired else 1)
+                    xb, mb = augment(xb, g, mb, group=2 if paired else 1, blur_max=cfg.blur_max,
+                                     blur_chance=cfg.blur_chance)
                 if paired:
                     whole = (sel[0::2] % 2 == 0) & (sel[1::2] == sel[0::2] + 1)
                     pairs.append(_pairs_block(0, len(sel) // 2)[whole])
@@ -192,7 +198,7 @@ def _synthetic_pairs(good: torch.Tensor, g: torch.Generator, cfg: FitConfig, cel
     a pair then share every nuisance.
     """
     if cfg.augment:
-        good, _ = augment(good, g)
+        good, _ = augment(good, g, blur_max=cfg.blur_max, blur_chance=cfg.blur_chance)
     anomalous, masks = synthesize_batch(good, g, good.shape[-1] // cells)
     x = torch.stack([anomalous, good], dim=1).flatten(0, 1)
     m = torch.stack([masks, torch.zeros_like(masks)], dim=1).flatten(0, 1)
