@@ -4,7 +4,8 @@
 
 1. data: the product's rows of a dataset folder (../shared/specs/dataset.md), split
    deterministically (seeded, per class) into training and validation; or, without a folder,
-   units rendered by the simulator (counterfactual pairs with defect masks, used by `make model`);
+   units rendered by the simulator (counterfactual pairs with defect masks of the product and
+   of the assorted tablet family, used by `make model`; pipeline/model/training_sets.py);
 2. fit `TabletNet` (`supervised`: the labelled classes; `good-only`: good images against
    generic synthetic anomalies made from them, classes good/anomaly);
 3. calibrate two thresholds on good units' scores of the ONNX artifact itself: the validation
