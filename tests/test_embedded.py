@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from google.protobuf import text_format
+from support import eventually
 from tritonclient.grpc import model_config_pb2 as mc
 
 from pipeline.embedded.broker import TansuBroker
@@ -65,12 +66,8 @@ def pid_gone(pid: int, within_s: float = 5.0) -> bool:
 
 
 def wait_for_file(path: Path, within_s: float = 10.0) -> str:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return path.read_text().strip()
-        time.sleep(0.02)
-    raise AssertionError(f"{path} never written")
+    """The file's text once a child has written it."""
+    return eventually(lambda: path.exists() and path.read_text().strip(), within_s, f"{path} written", poll_s=0.02)
 
 
 def write_sum_model(repo: Path, name: str = "tiny_sum", extra_config: str = "") -> Path:
