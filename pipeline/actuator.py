@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Message, Producer
 
@@ -239,7 +239,9 @@ class Actuator:
     def _fallback_unit(self, m: Message, why: str) -> UnitRef | None:
         """A frame with broken metadata is still a unit on the belt: admit what it does carry
         (unit id from header or key, the actuator's line, capture time from the record)."""
-        headers = m.headers() or []
+        # A consumed record's headers are (name, bytes or None) pairs; confluent-kafka types them
+        # with the wider produce-side union (dict, str values).
+        headers = cast("list[tuple[str, bytes | None]]", m.headers() or [])
         key = m.key() or b""
         unit = header_value(headers, H_UNIT) or key.decode("utf-8", "replace")
         line = self._resolve_line(header_value(headers, H_LINE))
@@ -274,7 +276,7 @@ class Actuator:
                 r = InspectionResult.from_json(m.value())
                 if r.verdict not in ("pass", "reject", "review"):
                     raise MessageError(f"unknown verdict {r.verdict!r}")
-                raw = {
+                raw: dict[str, Any] = {
                     "unit_id": r.unit_id, "line": r.line, "capture_ns": r.capture_ns, "lot": r.lot,
                     "action": "pass" if r.verdict == "pass" else "reject", "cause": r.cause,
                 }
@@ -339,7 +341,11 @@ class Actuator:
             self._kafka.topic_deadletter,
             key=m.key(),
             value=m.value(),
-            headers=dead_letter_headers(m.headers(), reason, "actuator", source),
+            # confluent-kafka types `headers` as an invariant List of str | bytes | None values, so
+            # it refuses a list of bytes values; the consumed headers are (name, bytes | None) pairs.
+            headers=dead_letter_headers(  # type: ignore[arg-type]
+                cast("list[tuple[str, bytes | None]] | None", m.headers()), reason, "actuator", source
+            ),
         )
 
     # ---- heartbeats

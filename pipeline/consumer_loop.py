@@ -27,8 +27,10 @@ def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     """The offsets to commit after `messages`: one past the highest per partition."""
     high: dict[tuple[str, int], int] = {}
     for m in messages:
-        key = (m.topic(), m.partition())
-        offset = m.offset()
+        topic, partition, offset = m.topic(), m.partition(), m.offset()
+        # Consumed (non-error) messages always carry their topic, partition and offset.
+        assert topic is not None and partition is not None and offset is not None
+        key = (topic, partition)
         previous = high.get(key)
         if previous is not None and offset <= previous:
             # Offsets within one partition only increase: anything else is a bug upstream.

@@ -207,7 +207,7 @@ def verdict_metrics(dataset: Dataset, predictions: list[Prediction]) -> dict[str
     class_confusion: dict[str, dict[str, int]] = {}
     for row, p in zip(dataset.rows, predictions, strict=True):
         if row.is_defect and p.verdict != "pass":
-            class_confusion.setdefault(row.defect, Counter())[p.defect] += 1  # type: ignore[arg-type]
+            class_confusion.setdefault(row.defect, Counter())[p.defect] += 1
 
     def rate(k: int, n: int) -> float | None:
         return k / n if n else None

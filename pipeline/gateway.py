@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal, cast
 
 import numpy as np
 from confluent_kafka import Producer
@@ -63,8 +64,12 @@ class FramePublisher:
             self.stats.refused += 1
             return False
         key = meta.unit_id.encode()
+        # confluent-kafka types `headers` as an invariant List of str | bytes | None values, so it
+        # refuses this (valid) list of bytes values.
         self._producer.produce(
-            self._kafka.topic_frames, key=key, value=image, headers=meta.to_headers(), on_delivery=self._delivered
+            self._kafka.topic_frames, key=key, value=image,
+            headers=meta.to_headers(),  # type: ignore[arg-type]
+            on_delivery=self._delivered,
         )
         if truth is not None:
             self._producer.produce(self._kafka.topic_truth, key=key, value=truth.to_json(), on_delivery=self._delivered)
@@ -167,8 +172,10 @@ def replay_dataset(
         capture = now_ns()
         unit = f"{lot}-{seq:07d}"
         meta = FrameMeta(unit, sim.line, sim.camera, row.product, capture, content_type, lot, encoder.count_at(capture))
+        # Dataset rows are validated on load: their label is one of dataset.LABELS.
+        label = cast(Literal["good", "defect"], row.label)
         truth = GroundTruth(
-            unit, sim.line, lot, row.product, row.label, row.defect, capture, source=f"dataset:{dataset.relative(row)}"
+            unit, sim.line, lot, row.product, label, row.defect, capture, source=f"dataset:{dataset.relative(row)}"
         )
         publisher.publish(meta, image, truth)
     return lot

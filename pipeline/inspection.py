@@ -21,7 +21,7 @@ import socket
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, cast
 
 from pipeline.imaging.codec import thumbnail_jpeg
 from pipeline.inference import Failed, Measured, MeasureOutcome, ModelInfo, Outcome, Scored, UnknownModelError
@@ -161,8 +161,8 @@ class InspectionProcessor:
             for i, result in zip(groups[key], results, strict=True):
                 outcome[(i, key)] = (result, stage)
         for i, plan in enumerate(plans):
-            steps = [(step, *outcome[(i, (step.kind, step.model, step.params_json))]) for step in plan.steps]
-            out += self._decide(plan, steps)
+            step_outcomes = [(step, *outcome[(i, (step.kind, step.model, step.params_json))]) for step in plan.steps]
+            out += self._decide(plan, step_outcomes)
         return out
 
     def _recipe_ref(self, meta: FrameMeta | None) -> str:
@@ -188,7 +188,8 @@ class InspectionProcessor:
         d = Decision()
         for step, result, stage in steps:
             if step.kind == CLASSIFIER:
-                info, scored = result  # type: ignore[misc]
+                # _run_group answers a classifier step with (model info, outcome) pairs.
+                info, scored = cast("tuple[ModelInfo | None, Outcome]", result)
                 if not isinstance(scored, Scored) or info is None:
                     reason = scored.reason if isinstance(scored, Failed) else "no model info"
                     return self._failsafe(frame, meta, reason, stage=stage, model=step.model, recipe=ref)

@@ -78,7 +78,9 @@ class FrameMeta:
         return [(k, v.encode()) for k, v in headers]
 
     @classmethod
-    def from_headers(cls, headers: Headers | Mapping[str, bytes | None] | None) -> FrameMeta:
+    def from_headers(
+        cls, headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
+    ) -> FrameMeta:
         """Parse frame headers; raise `MessageError` naming every missing or bad field."""
         items = headers.items() if isinstance(headers, Mapping) else (headers or [])
         values: dict[str, str] = {}

@@ -16,7 +16,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Message
 
@@ -195,7 +195,9 @@ def alert_row(m: Message) -> Row:
 
 
 def reject_image_row(m: Message) -> Row:
-    headers = m.headers() or []
+    # A consumed record's headers are (name, bytes or None) pairs; confluent-kafka types them
+    # with the wider produce-side union (dict, str values).
+    headers = cast("list[tuple[str, bytes | None]]", m.headers() or [])
     jpeg = m.value() or b""
     unit = header_value(headers, H_UNIT)
     capture = header_value(headers, H_CAPTURE_NS)
@@ -214,7 +216,7 @@ def reject_image_row(m: Message) -> Row:
 
 
 def dead_letter_row(m: Message) -> Row:
-    headers = m.headers() or []
+    headers = cast("list[tuple[str, bytes | None]]", m.headers() or [])  # as in reject_image_row
     key = m.key() or b""
     return {
         "unit_id": header_value(headers, H_UNIT) or key.decode("utf-8", "replace"),
@@ -271,12 +273,15 @@ class ClickHouseSink:
         spans: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(dict)  # first, last offset; first ts
         decisions: dict[str, list[tuple[str, AuditEvent]]] = defaultdict(list)
         for m in messages:
-            table, to_row = self.routes[m.topic()]
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            # Consumed (non-error) messages always carry their topic, partition and offset.
+            assert topic is not None and partition is not None and offset is not None
+            table, to_row = self.routes[topic]
             try:
                 row = to_row(m)
                 if table == "inspections":
                     result = InspectionResult.from_json(m.value())
-                    decisions[decision_chain(result.line, m.partition())].append(
+                    decisions[decision_chain(result.line, partition)].append(
                         (result.unit_id, decision_event(result, _source(m)))
                     )
             except (MessageError, ValueError, TypeError, KeyError) as exc:
@@ -286,8 +291,8 @@ class ClickHouseSink:
             # The first message's timestamp tells this topic's incarnation apart from an earlier one
             # whose offsets started at 0 too (a re-created topic, a fresh embedded broker): equal
             # offsets alone would make ClickHouse drop the new block as a duplicate of the old.
-            span = spans[table].setdefault((m.topic(), m.partition()), [m.offset(), m.offset(), _timestamp_ms(m)])
-            span[1] = m.offset()
+            span = spans[table].setdefault((topic, partition), [offset, offset, _timestamp_ms(m)])
+            span[1] = offset
         for table, rows in tables.items():
             token = table + ":" + ",".join(
                 f"{t}:{p}:{a}-{b}@{ts}" for (t, p), (a, b, ts) in sorted(spans[table].items())

@@ -114,7 +114,8 @@ def create_app(settings: Settings) -> faust.App:
             inspector = TritonInspector(settings.triton)
             await warm_up(inspector)
         processor = InspectionProcessor(settings, inspector, worker, recipes)
-        async for batch in events.noack_take(stream.batch_size, within=stream.batch_window_s):
+        # faust.Stream (what agents receive) has noack_take; the StreamT interface does not declare it.
+        async for batch in events.noack_take(stream.batch_size, within=stream.batch_window_s):  # type: ignore[attr-defined]
             outgoing = await processor.process([_frame(e) for e in batch])
             # Outputs must be confirmed by the broker before the inputs are acknowledged.
             await publish(outgoing)

@@ -98,7 +98,9 @@ class LineState:
 class ScoreReferences(Protocol):
     """Where a model version's drift reference comes from (a dict, or `CardReferences`)."""
 
-    def get(self, key: str, default: list[float] | None = None, /) -> list[float] | None: ...
+    # Only `get(key)` is used; a default parameter here would exclude plain dicts, whose `get`
+    # is overloaded on the default's type.
+    def get(self, key: str, /) -> list[float] | None: ...
 
 
 class AlertEngine:
@@ -107,7 +109,7 @@ class AlertEngine:
         self.config = config or AlertConfig()
         self.book = AlertBook(self.config.refresh_every_s)
         self.lines: dict[str, LineState] = {}
-        self.reference_scores = reference_scores or {}
+        self.reference_scores: ScoreReferences = reference_scores or {}
         self.workers: dict[str, Heartbeat] = {}
         self.worker_seen_ns: dict[str, int] = {}
         self.rejects: deque[RejectView] = deque(maxlen=self.config.last_rejects)

@@ -33,7 +33,7 @@ def _write(records: list[AuditRecord], path: Path, fmt: str) -> None:
             w.writerows(rows)
         return
     pa, pq = _pyarrow()
-    columns = {f: [r[f] for r in rows] for f in FIELDS}
+    columns: dict[str, list[str] | list[int]] = {f: [r[f] for r in rows] for f in FIELDS}
     columns["seq"] = [int(v) for v in columns["seq"]]
     schema = pa.schema([(f, pa.int64() if f == "seq" else pa.string()) for f in FIELDS])
     pq.write_table(pa.table(columns, schema=schema), path)

@@ -71,16 +71,20 @@ class TansuBroker:
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
         self._process = ManagedProcess(SERVICE, argv, env, self.log_path)
         self._process.start()
-        admin = AdminClient({
-            "bootstrap.servers": self.bootstrap_servers,
-            "reconnect.backoff.ms": 20,
-            "reconnect.backoff.max.ms": 200,
-            "socket.connection.setup.timeout.ms": 1000,
-            # Connection-refused noise while the broker binds goes to debug logging.
-            "logger": logging.getLogger("linesight.embedded.broker.librdkafka"),
-        })
+        admin: AdminClient | None = AdminClient(
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "reconnect.backoff.ms": 20,
+                "reconnect.backoff.max.ms": 200,
+                "socket.connection.setup.timeout.ms": 1000,
+            },
+            # Connection-refused noise while the broker binds goes to debug logging. (Passed as a
+            # keyword, which confluent-kafka merges into the config: the typed config holds scalars.)
+            logger=logging.getLogger("linesight.embedded.broker.librdkafka"),
+        )
 
         def probe() -> bool:
+            assert admin is not None  # dropped only once wait_ready has returned
             admin.list_topics(timeout=1.0)
             return True
 

@@ -298,7 +298,7 @@ def _code_coverage(
     modules = np.asarray(symbol.to_image(scale=1, add_quiet_zones=False), dtype=np.float32) < 128
     rows, cols = modules.shape
     side_w, side_h = int(round(cols * spec.module_px)), int(round(rows * spec.module_px))
-    up = Image.fromarray(modules.astype(np.uint8) * 255, mode="L").resize((side_w, side_h), Image.NEAREST)
+    up = Image.fromarray(modules.astype(np.uint8) * 255, mode="L").resize((side_w, side_h), Image.Resampling.NEAREST)
     cell = np.asarray(up, dtype=np.float32) / 255.0
     # Dot gain (fat modules) or loss (thin): blur the ideal print and threshold it off-centre.
     # sigma 0.3 module moves each edge by up to ~0.1 module and keeps lone modules whole.
@@ -378,7 +378,7 @@ def _place(rng: np.random.Generator, frame: np.ndarray, label: np.ndarray, margi
     rgba = np.empty((*label.shape[:2], 4), dtype=np.uint8)
     rgba[..., :3] = np.round(np.clip(label, 0.0, 1.0) * 255.0)
     rgba[..., 3] = 255
-    turned = np.asarray(Image.fromarray(rgba, mode="RGBA").rotate(angle, resample=Image.BICUBIC, expand=True))
+    turned = np.asarray(Image.fromarray(rgba, mode="RGBA").rotate(angle, resample=Image.Resampling.BICUBIC, expand=True))
     alpha = turned[..., 3].astype(np.float32) / 255.0
     rgb = turned[..., :3].astype(np.float32) / 255.0
     th, tw = alpha.shape

@@ -24,8 +24,8 @@ def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return ys, xs
 
 
-def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: float) -> np.ndarray:
-    """Zero-mean, unit-ish variance noise whose features are about `cell` pixels wide.
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cell: float) -> np.ndarray:
+    """Zero-mean, unit-ish variance noise of 2-D `shape` (h, w) whose features are about `cell` pixels wide.
 
     Made by bicubic upsampling of a coarse random grid: cheap and free of tiling artefacts.
     """
@@ -33,7 +33,7 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: float) 
     gh = max(2, int(np.ceil(h / cell)) + 2)
     gw = max(2, int(np.ceil(w / cell)) + 2)
     grid = rng.standard_normal((gh, gw), dtype=np.float32)
-    up = Image.fromarray(grid, mode="F").resize((w, h), Image.BICUBIC)
+    up = Image.fromarray(grid, mode="F").resize((w, h), Image.Resampling.BICUBIC)
     out = np.asarray(up, dtype=np.float32)
     std = float(out.std())
     return out / std if std > 1e-6 else out

@@ -29,9 +29,9 @@ MAX_SHELF_LIFE_DAYS = 3660  # ten years: no medicine is labelled further ahead
 # 2.5-3 px after blur and skew: zxing-cpp samples module centres, interpolation puts them back on
 # whole pixels. They run only when the previous pass found nothing, so good labels pay for one.
 UPSCALE_RETRIES: tuple[tuple[float, Image.Resampling, bool], ...] = (
-    (2.0, Image.BICUBIC, False),
-    (3.0, Image.LANCZOS, False),
-    (2.5, Image.BICUBIC, True),
+    (2.0, Image.Resampling.BICUBIC, False),
+    (3.0, Image.Resampling.LANCZOS, False),
+    (2.5, Image.Resampling.BICUBIC, True),
 )
 
 
@@ -72,7 +72,7 @@ def _grey(image: np.ndarray) -> np.ndarray:
 def _find_codes(grey: np.ndarray) -> list[Any]:
     import zxingcpp  # imported here: a worker that only judges never loads the reader
 
-    fmt = zxingcpp.BarcodeFormat.DataMatrix
+    fmt = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.DataMatrix)
     codes = zxingcpp.read_barcodes(grey, formats=fmt)
     h, w = grey.shape
     for scale, resample, sharpen in UPSCALE_RETRIES:

@@ -207,7 +207,7 @@ def _rotate(img: np.ndarray, angle: float, row: float) -> np.ndarray:
         return img
     h, w = img.shape
     pil = Image.fromarray(img.astype(np.float32), mode="F")
-    out = pil.rotate(float(np.rad2deg(angle)), resample=Image.BILINEAR, center=((w - 1) / 2.0, row), fillcolor=1.0)
+    out = pil.rotate(float(np.rad2deg(angle)), resample=Image.Resampling.BILINEAR, center=((w - 1) / 2.0, row), fillcolor=1.0)
     return np.asarray(out, dtype=np.float32)
 
 

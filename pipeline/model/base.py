@@ -174,6 +174,9 @@ def init_from_base(net: TabletNet, path: Path) -> None:
     with torch.no_grad():
         for (w, b), block in zip(convs, blocks, strict=True):
             conv, bn = block[0], block[1]
+            # Every block is net._conv's Conv2d, BatchNorm2d (tracking running statistics), ReLU.
+            assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+            assert bn.running_mean is not None and bn.running_var is not None
             if tuple(w.shape) != tuple(conv.weight.shape):
                 raise BaseModelError(f"{path}: kernel {tuple(w.shape)} where TabletNet has {tuple(conv.weight.shape)}")
             conv.weight.copy_(torch.from_numpy(np.array(w)))
@@ -213,6 +216,8 @@ def adapt_norm(net: TabletNet, x: np.ndarray, batch_size: int = 64) -> None:
         mean = s / n
         var = (ss / n - mean * mean).clamp(min=0.0)
         bn = block[1]
+        # Every block is net._conv's Conv2d, BatchNorm2d (tracking running statistics), ReLU.
+        assert isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
         bn.bias.copy_(mean + bn.bias)
         bn.weight.copy_(torch.sqrt(var + bn.eps))
         bn.running_mean.copy_(mean)

@@ -160,7 +160,7 @@ def concat_sets(first: LabelledImages, second: LabelledImages) -> LabelledImages
 def _coarse_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Pixel defect mask -> 0/1 cells of MASK_STRIDE x MASK_STRIDE input pixels (any hit counts)."""
     if mask.shape != (size, size):
-        mask = np.asarray(Image.fromarray(mask.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
+        mask = np.asarray(Image.fromarray(mask.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR))
     m = size // MASK_STRIDE
     cells = mask.reshape(m, MASK_STRIDE, m, MASK_STRIDE).max(axis=(1, 3))
     return (cells > 0.2).astype(np.float32)

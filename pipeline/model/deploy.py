@@ -272,6 +272,9 @@ def live_history(entries: list[dict[str, Any]]) -> list[int]:
     """Live versions in order, from the deploy/rollback entries (a rollback retires the top)."""
     stack: list[int] = []
     for e in entries:
+        # Values of the JSON log entries: untyped, converted with int() below.
+        frm: Any
+        to: Any
         action, frm, to = e.get("action"), e.get("from"), e.get("to")
         if action == "deploy":
             if not stack and frm is not None:

@@ -115,7 +115,7 @@ def inspection_metrics(
     scores: Sequence[float] | np.ndarray,
     is_defect: Sequence[bool] | np.ndarray,
     threshold: float,
-    defect_classes: Sequence[str] | None = None,
+    defect_classes: Sequence[str] | np.ndarray | None = None,
 ) -> InspectionMetrics:
     """Detection rate, false-reject rate (with confidence bounds), AUROC and per-class detection."""
     scores, is_defect = _check(np.asarray(scores), np.asarray(is_defect))

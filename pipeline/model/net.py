@@ -84,6 +84,10 @@ class ServingModel(nn.Module):
     carry a training-only logit for synthetic anomalies).
     """
 
+    # Buffers, registered in __init__ only when `thresholds` is given (self.constants).
+    thresholds: torch.Tensor
+    version: torch.Tensor
+
     def __init__(
         self,
         net: TabletNet,
@@ -98,7 +102,7 @@ class ServingModel(nn.Module):
         self.views = views
         self.num_classes = int(num_classes or net.head.out_features)
         self.constants = thresholds is not None
-        if self.constants:
+        if thresholds is not None:  # self.constants
             if version is None:
                 raise ValueError("a served graph with THRESHOLDS also needs its MODEL_VERSION")
             review, reject = (float(t) for t in thresholds)

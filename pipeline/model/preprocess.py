@@ -52,7 +52,7 @@ def prepare_pil(img: Image.Image, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
         raise ValueError(f"size must be >= 8, got {size}")
     rgb = img.convert("RGB")
     if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BILINEAR)
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(rgb, dtype=np.float32)
     arr = (arr * (1.0 / 255.0) - PIXEL_MEAN) * (1.0 / PIXEL_STD)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

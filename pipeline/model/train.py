@@ -48,7 +48,7 @@ from pipeline.model.evaluate_offline import (
 )
 from pipeline.model.export import OPSET, ParityReport, check_parity, export_onnx, onnx_outputs
 from pipeline.model.fit import TRAIN_THREADS, FitConfig, deterministic_torch, fit, predict, steps_per_epoch
-from pipeline.model.net import DEFAULT_WIDTHS
+from pipeline.model.net import DEFAULT_WIDTHS, TabletNet
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, PIXEL_MEAN, PIXEL_STD
 from pipeline.model.training_sets import DATASET_VAL_FRACTION, count_defects, dataset_sets, simulated_sets
 
@@ -135,7 +135,7 @@ def _log(progress: bool, msg: str) -> None:
 # ----------------------------------------------------------------------------- scoring
 
 
-def _scores(net: torch.nn.Module, x: np.ndarray, num_classes: int, work: Path, name: str) -> dict[str, np.ndarray]:
+def _scores(net: TabletNet, x: np.ndarray, num_classes: int, work: Path, name: str) -> dict[str, np.ndarray]:
     """onnxruntime outputs of the scoring graph (no constants) of `net` on x."""
     path = work / f"{name}.onnx"
     export_onnx(net, path, MODEL_INPUT_SIZE, SERVING_VIEWS, num_classes=num_classes)

@@ -139,12 +139,15 @@ class RecipeFeed:
                     msg = consumer.poll(self._poll_s)
                     if msg is None:
                         continue
-                    if msg.error():
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("recipe feed: %s", msg.error())
+                    err = msg.error()
+                    if err:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("recipe feed: %s", err)
                         continue
                     self._book.apply(msg.key(), msg.value())
                     p, off = msg.partition(), msg.offset()
+                    # A consumed message (not an error event) always has its partition and offset.
+                    assert p is not None and off is not None
                     if p in ends and off + 1 >= ends[p]:
                         del ends[p]
                         if not ends:
