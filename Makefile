@@ -9,12 +9,13 @@ RATE ?= 20
 RECIPE ?=
 MODEL := triton_models/tablet_classifier/1/model.onnx
 
-.PHONY: install model demo up test clean-state help
+.PHONY: install model demo up test test-unit clean-state help
 
 help:
 	@echo "make demo   set up .venv, train the model if absent, run a simulated line (DURATION=$(DURATION) s;"
 	@echo "           RECIPE=vial-2r-clear-5ml | blister-2x5-round-white | carton-label-gs1 for other products)"
-	@echo "make test   run the test suite (unit + end-to-end on the embedded stack)"
+	@echo "make test   run the test suite: tests/unit, then tests/e2e (end-to-end on the embedded stack)"
+	@echo "make test-unit  only tests/unit: no services, no trained model needed (fast)"
 	@echo "make model  train the tablet model into triton_models/ if absent"
 
 $(VENV)/.installed: pyproject.toml
@@ -38,7 +39,10 @@ up: install model
 	$(LINESIGHT) up --rate $(RATE)
 
 test: install model
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/unit tests/e2e
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
 
 clean-state:
 	rm -rf .linesight

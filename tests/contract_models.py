@@ -7,6 +7,7 @@ probabilities ``[1 - SCORE, SCORE / (C - 1), ...]``, the version's own ``THRESHO
 (model.onnx, model_card.json with the ONNX sha256 and a parity record, classes entry in the
 config) and `model_repository` copies the committed configs into a temporary repository with
 no trained versions in it, so tests never depend on artifacts under ``triton_models/``.
+`repo_settings` points `Settings` (and the embedded Triton's ports) at such a repository.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.embedded.process import free_port
 from pipeline.model import repository
-from pipeline.settings import PROJECT_ROOT
+from pipeline.settings import PROJECT_ROOT, Settings
 
 COMMITTED = PROJECT_ROOT / "triton_models"
 CLASSES = ["good", "chip", "contamination", "crack", "discoloration"]
@@ -149,3 +151,22 @@ def model_repository(
     repository.set_live_version(config, live)
     repository.write_config(repo, classifier, config)
     return repo
+
+
+def repo_settings(base: Settings, repo: Path, state_dir: Path, grpc_port: int | None = None) -> Settings:
+    """Settings whose model repository is `repo` and whose embedded Triton ports are `grpc_port`
+    (a free port: no Triton running) ."""
+    return base.model_copy(
+        update={
+            "state_dir": state_dir,
+            "triton": base.triton.model_copy(
+                update={
+                    "url": None,
+                    "model_repository": repo,
+                    "embedded_grpc_port": grpc_port or free_port(),
+                    "embedded_http_port": free_port(),
+                    "embedded_metrics_port": free_port(),
+                }
+            ),
+        }
+    )

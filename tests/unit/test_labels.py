@@ -43,7 +43,7 @@ SPEC = LABEL_PRODUCTS[PRODUCT]
 LOT = "L2611A07"
 TODAY = date(2026, 11, 29)
 PARAMS = LabelParams(gtin=SPEC.gtin, min_remaining_shelf_life_days=30)
-MODEL_PY = Path(__file__).resolve().parents[1] / "triton_models" / "label_reader" / "1" / "model.py"
+MODEL_PY = Path(__file__).resolve().parents[2] / "triton_models" / "label_reader" / "1" / "model.py"
 
 
 Sample = tuple[Image.Image, str | None, LabelTruth]

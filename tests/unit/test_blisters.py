@@ -26,7 +26,7 @@ from pipeline.inspections.base import Measurement
 from pipeline.inspections.blister import BlisterParams, judge_blister, measure_blister
 
 PRODUCT = "blister-2x5-round-white"
-MODEL_PY = Path(__file__).resolve().parents[1] / "triton_models" / "blister_inspector" / "1" / "model.py"
+MODEL_PY = Path(__file__).resolve().parents[2] / "triton_models" / "blister_inspector" / "1" / "model.py"
 
 
 def render(seed: int, pockets: list[str | None], subtle: bool = False) -> tuple[np.ndarray, dict[str, Any]]:

@@ -12,8 +12,6 @@ from pipeline.imaging.vials import VIAL_PRODUCTS, render_vial
 from pipeline.inspections.base import Measurement
 from pipeline.inspections.vial import default_params, judge_vial
 
-pytestmark = pytest.mark.e2e
-
 VIAL = "vial-2r-clear-5ml"
 MODEL = "vial_inspector"
 

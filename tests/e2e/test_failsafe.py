@@ -38,7 +38,6 @@ from pipeline.report import build_reconciliation
 from pipeline.runtime import Services, http_ready, start_worker
 from pipeline.settings import Settings
 
-pytestmark = pytest.mark.e2e
 PRODUCT = "tablet-round-white-10mm"
 
 

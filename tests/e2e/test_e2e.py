@@ -26,8 +26,6 @@ from pipeline.report import build_report
 from pipeline.runtime import Services
 from pipeline.settings import PROJECT_ROOT, Settings
 
-pytestmark = pytest.mark.e2e
-
 LIVE, MODEL = LIVE_TABLET_VERSION, LIVE_TABLET_MODEL  # the live tablet classifier (conftest)
 GOOD_UNITS = 60
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from dashboard_feed import SimulatedFeed
-from test_dashboard import Site, audit_actions, make_site
+from dashboard_site import Site, audit_actions, make_site
 
 from pipeline.clickhouse import ChdbClient
 

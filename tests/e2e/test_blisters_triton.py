@@ -11,8 +11,6 @@ from pipeline.imaging.codec import decode_rgb, encode_png
 from pipeline.inspections.base import Measurement
 from pipeline.inspections.blister import BlisterParams, judge_blister, measure_blister
 
-pytestmark = pytest.mark.e2e
-
 MODEL = "blister_inspector"
 
 

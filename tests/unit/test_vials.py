@@ -26,7 +26,7 @@ from pipeline.imaging.vials import (
 from pipeline.inspections.base import Measurement
 from pipeline.inspections.vial import VialParams, default_params, judge_vial, measure_vial
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / "triton_models" / "vial_inspector"
+MODEL_DIR = Path(__file__).resolve().parents[2] / "triton_models" / "vial_inspector"
 VIAL = "vial-2r-clear-5ml"
 YELLOW = "vial-4r-yellow-3ml"
 FILL_ERROR_MM = 0.15  # well under the 1.0 mm tolerance

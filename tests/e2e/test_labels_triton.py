@@ -15,8 +15,6 @@ from pipeline.imaging.labels import LABEL_PRODUCTS, sample_label
 from pipeline.inspections.base import Measurement
 from pipeline.inspections.label import LabelParams, judge_label
 
-pytestmark = pytest.mark.e2e
-
 MODEL = "label_reader"
 PRODUCT = "carton-label-gs1"
 LOT = "L2611A07"

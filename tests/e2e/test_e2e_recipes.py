@@ -25,8 +25,6 @@ from pipeline.report import build_report
 from pipeline.runtime import Services
 from pipeline.settings import PROJECT_ROOT, Settings
 
-pytestmark = pytest.mark.e2e
-
 RECIPE_LINE = "line-1"
 
 

@@ -27,7 +27,7 @@ from pipeline.model.preprocess import prepare_image
 from pipeline.model.train import CALIBRATION_VARIANTS, train_model
 from pipeline.model.training_sets import as_good_only
 
-REPO = Path(__file__).resolve().parents[1] / "triton_models"
+REPO = Path(__file__).resolve().parents[2] / "triton_models"
 ROUND = "tablet-round-white-10mm"
 OVAL = "tablet-oval-yellow-14mm"
 FAST = {"epochs": 1, "folds": 2, "progress": False, "mapping": {ROUND: "tablet_inspector"}}

@@ -1,6 +1,6 @@
 """The reject actuator's logic, fed Kafka-shaped messages directly (no broker): admission at
 capture, verdicts in time or late, duplicates, watchdog fail-safe, bad input and an unreachable
-PLC. The real-process version of the same is tests/test_failsafe.py.
+PLC. The real-process version of the same is tests/e2e/test_failsafe.py.
 """
 
 from __future__ import annotations

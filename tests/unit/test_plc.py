@@ -3,13 +3,14 @@
 Every failure of the PLC (unreachable, refusing writes, not confirming, frozen program) must
 come back as a typed `GateError` plus an alarm that clears when the PLC recovers, never as an
 exception. No fixed sleeps: conditions are polled until a deadline.
+The simulator as its own process (`python -m pipeline.plc.simulator`) is
+tests/e2e/test_plc_simulator_process.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -317,25 +318,6 @@ async def test_watchdog_puts_scheduler_and_plc_in_reject_all_until_healthy(plc: 
         task.cancel()
         await asyncio.gather(beater, task, return_exceptions=True)
         await gate.stop()
-
-
-async def test_simulator_runs_as_a_module(tmp_path: Path) -> None:
-    port = free_port()
-    log = (tmp_path / "plc.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pipeline.plc.simulator", "--port", str(port), stdout=log, stderr=log,
-    )
-    gate = OpcUaGate(fast(f"opc.tcp://127.0.0.1:{port}/linesight/plc"))
-    try:
-        await gate.start()
-        assert await gate.wait_connected(30), gate.state_reason
-        assert (await gate.fire("from-cli")).ok
-    finally:
-        await gate.stop()
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 10)
-        log.close()
-    assert "PLC simulator on" in (tmp_path / "plc.log").read_text()
 
 
 async def test_actuation_loop_thread_drives_the_plc(plc: PlcSimulator) -> None:

@@ -34,7 +34,7 @@ from pipeline.model.fit import FitConfig, deterministic_torch, fit, predict
 from pipeline.model.net import ServingModel, TabletNet
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, prepare_image, prepare_pil, restore_pil
 
-REPO = Path(__file__).resolve().parents[1] / "triton_models"
+REPO = Path(__file__).resolve().parents[2] / "triton_models"
 ROUND = "tablet-round-white-10mm"
 
 
