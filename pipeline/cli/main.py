@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dataset_shift)
 
     p = sub.add_parser("evaluate", help="score a dataset through the served model; metrics and predictions CSV")
-    p.add_argument("--data", type=Path, required=True, help="dataset folder (shared/specs/dataset.md)")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (docs/datasets.md)")
     p.add_argument("--product", required=True)
     p.add_argument("--model", help="NAME[:VERSION] (default: the product's inspection model, live version)")
     p.add_argument("--predictions", type=Path, required=True, help="CSV to write: image,score,verdict,defect")

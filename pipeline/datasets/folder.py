@@ -1,6 +1,6 @@
 """The inspection dataset folder: the one interchange format of labelled images.
 
-Implements /work/shared/specs/dataset.md: `DATASET/labels.csv` (UTF-8, header, columns
+Implements the format of docs/datasets.md: `DATASET/labels.csv` (UTF-8, header, columns
 image, product, label, defect in that order, extra columns ignored) plus image files in any
 sub-folders. Loading checks every row and raises one `DatasetError` listing every problem
 (file/row and reason), so a plant fixes its whole export in one pass and no tool ever trains on

@@ -1,7 +1,7 @@
 """Camera gateways: publish frames to Kafka as encoded image bytes with metadata in headers.
 
 Two sources: a simulated line that renders tablets at a set rate and defect mix, and a replay of
-a dataset folder (../shared/specs/dataset.md). Ground truth, when known, goes to its own topic so
+a dataset folder (docs/datasets.md). Ground truth, when known, goes to its own topic so
 that reports can score verdicts while the model never sees it.
 """
 

@@ -2,7 +2,7 @@
 
 `train_model` is the whole build step behind `linesight train` and `make model`:
 
-1. data: the product's rows of a dataset folder (../shared/specs/dataset.md), split
+1. data: the product's rows of a dataset folder (docs/datasets.md), split
    deterministically (seeded, per class) into training and validation; or, without a folder,
    units rendered by the simulator (counterfactual pairs with defect masks of the product and
    of the assorted tablet family, used by `make model`; pipeline/model/training_sets.py);
