@@ -36,15 +36,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from pipeline.clickhouse import ClickHouseClient  # noqa: E402
-from pipeline.demo import pipeline_stack, wait_drained  # noqa: E402
+from pipeline.core.times import now_ns
+from pipeline.demo.run import pipeline_stack, wait_drained  # noqa: E402
+from pipeline.demo.services import Services  # noqa: E402
 from pipeline.embedded.process import free_port  # noqa: E402
-from pipeline.gateway import FramePublisher  # noqa: E402
-from pipeline.imaging.codec import encode_png  # noqa: E402
+from pipeline.gateway.publisher import FramePublisher  # noqa: E402
 from pipeline.imaging.tablets import sample_unit  # noqa: E402
-from pipeline.messages import FrameMeta, GroundTruth, now_ns  # noqa: E402
-from pipeline.plc.settings import LineTimingSettings  # noqa: E402
-from pipeline.runtime import Services  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
+from pipeline.settings.actuation import LineTimingSettings  # noqa: E402
+from pipeline.wire.codec import encode_png  # noqa: E402
+from pipeline.wire.messages import FrameMeta, GroundTruth  # noqa: E402
 
 
 @dataclass

@@ -26,8 +26,8 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from pipeline.imaging.blisters import BLISTER_DEFECTS, sample_blister
-from pipeline.imaging.codec import decode_rgb, encode_jpeg, encode_png
 from pipeline.inspections.blister import BlisterParams, judge_blister, measure_blister
+from pipeline.wire.codec import decode_rgb, encode_jpeg, encode_png
 
 
 def _err(label: str, values: list[float]) -> str:

@@ -20,14 +20,15 @@ import uuid
 
 import numpy as np
 
-from pipeline.demo import pipeline_stack, wait_drained
-from pipeline.gateway import FramePublisher
-from pipeline.imaging.codec import encode_png
+from pipeline.analytics.run_report import build_report
+from pipeline.core.times import now_ns
+from pipeline.demo.run import pipeline_stack, wait_drained
+from pipeline.gateway.publisher import FramePublisher
 from pipeline.imaging.tablets import sample_unit
-from pipeline.inference import TritonInspector
-from pipeline.messages import FrameMeta, GroundTruth, now_ns
-from pipeline.report import build_report
 from pipeline.settings import Settings
+from pipeline.wire.codec import encode_png
+from pipeline.wire.messages import FrameMeta, GroundTruth
+from streams.triton_client import TritonInspector
 
 
 def render_frames(settings: Settings, n: int) -> list[tuple[bytes, str | None]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.dataset import generate_dataset  # noqa: E402
+from pipeline.imaging.generate import generate_dataset  # noqa: E402
 from pipeline.model.train import train_model  # noqa: E402
 
 

@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.imaging.codec import decode_rgb, encode_png  # noqa: E402
 from pipeline.imaging.vials import VIAL_DEFECTS, VIAL_PRODUCTS, sample_vial  # noqa: E402
 from pipeline.inspections.vial import default_params, judge_vial, measure_vial  # noqa: E402
+from pipeline.wire.codec import decode_rgb, encode_png  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

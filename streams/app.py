@@ -16,14 +16,16 @@ import faust
 from faust.web import Request, Response, View
 from PIL import Image
 
-from pipeline.imaging.codec import encode_png
-from pipeline.inference import TritonInspector
-from pipeline.inspection import Frame, InspectionProcessor, Outgoing, worker_id
-from pipeline.kafka import bootstrap
-from pipeline.messages import Heartbeat, now_ns
+from pipeline.core.health import worker_id
+from pipeline.core.times import now_ns
+from pipeline.kafka.clients import bootstrap
 from pipeline.recipes.book import RecipeBook, RecipeFeed, load_defaults
 from pipeline.settings import Settings
+from pipeline.wire.codec import encode_png
+from pipeline.wire.messages import Heartbeat
+from streams.processor import Frame, InspectionProcessor, Outgoing
 from streams.transport import use_fetch_wait
+from streams.triton_client import TritonInspector
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from pipeline.alerts.detectors import (
 )
 from pipeline.alerts.record import AlertBook, AlertRecord
 from pipeline.inspections.label import SerialTracker
-from pipeline.messages import FrameMeta, Heartbeat, InspectionResult
+from pipeline.wire.messages import FrameMeta, Heartbeat, InspectionResult
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from pipeline.messages import JsonMessage
+from pipeline.wire.messages import JsonMessage
 
 Severity = Literal["info", "warning", "critical"]
 State = Literal["active", "cleared"]

@@ -26,11 +26,12 @@ from confluent_kafka import KafkaException, Message, Producer
 from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.alerts.record import AlertRecord
 from pipeline.alerts.reference import CardReferences
-from pipeline.consumer_loop import run_batches
-from pipeline.health import HealthState
-from pipeline.kafka import bootstrap, flush_or_raise, make_consumer, make_producer
-from pipeline.messages import FrameMeta, Heartbeat, InspectionResult, MessageError, now_ns
+from pipeline.core.health import HealthState
+from pipeline.core.times import now_ns
+from pipeline.kafka.clients import bootstrap, flush_or_raise, make_consumer, make_producer
+from pipeline.kafka.commit_loop import run_batches
 from pipeline.settings import Settings
+from pipeline.wire.messages import FrameMeta, Heartbeat, InspectionResult, MessageError
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ record, no second link).
 from __future__ import annotations
 
 from pipeline.audit.record import DECISION_ACTION, AuditEvent
-from pipeline.clickhouse import datetime_from_ns
-from pipeline.messages import InspectionResult
+from pipeline.core.times import datetime_from_ns
+from pipeline.wire.messages import InspectionResult
 
 
 def decision_chain(line: str, partition: int) -> str:

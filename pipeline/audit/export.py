@@ -19,7 +19,7 @@ from pathlib import Path
 from pipeline.audit.record import FIELDS, AuditRecord, format_time, utcnow
 from pipeline.audit.trail import AuditTrail
 from pipeline.audit.verify import VerifyReport, check_signatures, verify_chain
-from pipeline.hashing import sha256_file
+from pipeline.core.hashing import sha256_file
 
 MANIFEST = "manifest.json"
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.audit.record import AuditRecord
-from pipeline.kafka import flush_or_raise, make_producer
+from pipeline.kafka.clients import flush_or_raise, make_producer
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ engine in-process (same SQL, MergeTree, persistent directory). Production and do
 
 Rows are inserted as JSONEachRow on both backends, so one serialisation decides what a value
 means. The rule for timestamps: rows carry Python ``datetime`` objects *with a timezone* (use
-`datetime_from_ns` for the epoch-nanosecond fields of the wire messages); they are written as
+`pipeline.core.times.datetime_from_ns` for the epoch-nanosecond fields of the wire messages); they are written as
 UTC text ``YYYY-MM-DD hh:mm:ss.ffffff``, which a ``DateTime64(6, 'UTC')`` column parses
 exactly. Integers are NOT accepted as timestamps by ClickHouse's JSON input (an integer is read
 as *seconds* and nanoseconds overflow), and naive datetimes are refused as ambiguous. Non-finite
@@ -30,7 +30,6 @@ from pipeline.clickhouse.client import ChdbInUseError, ClickHouseClient, ClickHo
 from pipeline.clickhouse.server_backend import ServerClient
 from pipeline.clickhouse.sql import (
     SCHEMA_PATH,
-    datetime_from_ns,
     json_each_row,
     quote_identifier,
     schema_statements,
@@ -48,7 +47,6 @@ __all__ = [
     "QueryResult",
     "ServerClient",
     "connect",
-    "datetime_from_ns",
     "json_each_row",
     "quote_identifier",
     "schema_statements",

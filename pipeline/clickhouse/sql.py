@@ -7,7 +7,7 @@ import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,6 @@ SCHEMA_PATH = PROJECT_ROOT / "infra" / "clickhouse" / "schema.sql"
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def datetime_from_ns(ns: int) -> datetime:
-    """UTC datetime of an epoch-nanosecond timestamp (microsecond precision, like DateTime64(6))."""
-    return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
 def quote_identifier(name: str) -> str:

@@ -33,9 +33,9 @@ from pipeline.alerts.engine import AlertEngine
 from pipeline.alerts.record import AlertRecord
 from pipeline.audit.record import AuditEvent
 from pipeline.auth.guard import AccessDenied, Guard, Principal
+from pipeline.core.times import now_ns
 from pipeline.dashboard.localize import Localizer, LocalizeUnavailable
 from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
-from pipeline.messages import now_ns
 
 log = logging.getLogger(__name__)
 

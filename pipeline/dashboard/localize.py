@@ -190,7 +190,7 @@ class TritonScorer:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        from pipeline.inference import INPUT_NAME, SCORE_OUTPUT
+        from streams.triton_client import INPUT_NAME, SCORE_OUTPUT
 
         out: list[float] = []
         try:
@@ -258,9 +258,9 @@ class Localizer:
 def triton_localizer(settings: Any, grid: int = DEFAULT_GRID) -> Localizer:
     """The stack's localizer: the product's inspection ensemble (`ensemble_for`) on the Triton
     the workers use (`TritonTarget.from_settings`: the configured URL or the embedded server)."""
-    from pipeline.messages import MessageError
     from pipeline.model.deploy import TritonTarget
-    from pipeline.routing import ensemble_for
+    from pipeline.wire.messages import MessageError
+    from streams.routing import ensemble_for
 
     scorer = TritonScorer(TritonTarget.from_settings(settings).url, timeout_s=settings.triton.request_timeout_s)
     models = settings.stream.product_models

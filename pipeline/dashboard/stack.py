@@ -28,13 +28,13 @@ from pipeline.auth.guard import Guard
 from pipeline.auth.sessions import SessionStore
 from pipeline.auth.users import UserStore
 from pipeline.clickhouse import ClickHouseClient
+from pipeline.core.health import HealthState
+from pipeline.core.times import now_ns
 from pipeline.dashboard.app import Dashboard, DashboardServer
 from pipeline.dashboard.localize import triton_localizer
 from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
 from pipeline.embedded.process import ServiceStartError
-from pipeline.health import HealthState
-from pipeline.kafka import client_config, make_producer
-from pipeline.messages import now_ns
+from pipeline.kafka.clients import client_config, make_producer
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)

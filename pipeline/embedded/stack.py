@@ -16,8 +16,8 @@ from typing import Protocol
 
 from pipeline.embedded.broker import TansuBroker
 from pipeline.embedded.triton import TritonServer
+from pipeline.kafka.topics import ensure_topics
 from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 

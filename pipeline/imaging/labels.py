@@ -33,7 +33,7 @@ from pipeline.imaging.raster import (
     smoothstep,
 )
 from pipeline.imaging.tablets import draw_unit
-from pipeline.inspections.gs1 import encode_date, encode_hri, gtin_check_digit, normalize_gtin
+from pipeline.wire.gs1 import encode_date, encode_hri, gtin_check_digit, normalize_gtin
 
 LABEL_DEFECTS: tuple[str, ...] = ("unreadable", "wrong-gtin", "wrong-lot", "expired", "duplicate-serial")
 DAMAGES: tuple[str, ...] = ("smudge", "scratch", "faded", "dropout")

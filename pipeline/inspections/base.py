@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-Verdict = Literal["pass", "reject", "review"]
+from pipeline.wire.messages import Verdict
+
 Value = float | int | str | bool
 
 

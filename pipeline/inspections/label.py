@@ -22,7 +22,7 @@ from PIL import Image, ImageFilter
 from pydantic import Field, field_validator
 
 from pipeline.inspections.base import InspectionParams, Judgement, Measurement, Value
-from pipeline.inspections.gs1 import GS1_SYMBOLOGY_IDS, Gs1Error, normalize_gtin, parse_element_string
+from pipeline.wire.gs1 import GS1_SYMBOLOGY_IDS, Gs1Error, normalize_gtin, parse_element_string
 
 MAX_SHELF_LIFE_DAYS = 3660  # ten years: no medicine is labelled further ahead
 # Further passes on upscaled (and once sharpened) frames catch codes whose modules are only

@@ -25,8 +25,8 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 from pydantic import ValidationError
 
-from pipeline.imaging.codec import decode_rgb
 from pipeline.inspections.base import InspectionParams, Measurement, validation_problems
+from pipeline.wire.codec import decode_rgb
 
 IMAGE, PARAMS, RESULT = "IMAGE", "PARAMS", "RESULT"
 

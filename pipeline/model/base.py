@@ -32,14 +32,14 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from pipeline.hashing import sha256_file
+from pipeline.core.hashing import sha256_file
 from pipeline.model import repository as layout
 from pipeline.model.net import DEFAULT_WIDTHS, TabletNet
+from pipeline.settings import PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 # The default base: the project's round-tablet classifier, trained by `make model`.
 DEFAULT_BASE_MODEL = "tablet_classifier"
-DEFAULT_BASE_REPO = ROOT / "triton_models"
+DEFAULT_BASE_REPO = PROJECT_ROOT / "triton_models"
 NO_BASE = "none"
 
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.imaging.codec import encode_png
 from pipeline.imaging.products import DEFECT_CLASSES
 from pipeline.imaging.tablets import draw_unit, render_tablet_with_mask
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, prepare_image, prepare_pil
+from pipeline.wire.codec import encode_png
 
 # Class order of every supervised model: `good` first, then defect names sorted (docs/models.md).
 CLASSES: tuple[str, ...] = ("good", *sorted(DEFECT_CLASSES))

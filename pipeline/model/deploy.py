@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.audit.record import os_user
-from pipeline.hashing import sha256_file
+from pipeline.core.hashing import sha256_file
 from pipeline.model import repository as repo_mod
 from pipeline.settings import Settings
 

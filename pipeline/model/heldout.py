@@ -59,7 +59,7 @@ def evaluate_folder(onnx_path: Path, data: Path, product: str) -> dict[str, obje
     Offline counterpart of `linesight evaluate` (which goes through Triton): detection and
     false-reject rate of the gate (review + reject), review rate, AUROC, per-class recall.
     """
-    from pipeline.dataset import load_dataset
+    from pipeline.datasets.folder import load_dataset
     from pipeline.model.data import load_images, supervised_classes
     from pipeline.model.export import onnx_outputs
 

@@ -2,7 +2,7 @@
 
 `train_model` is the whole build step behind `linesight train` and `make model`:
 
-1. data: the product's rows of a dataset folder (../shared/specs/dataset.md), split
+1. data: the product's rows of a dataset folder (docs/datasets.md), split
    deterministically (seeded, per class) into training and validation; or, without a folder,
    units rendered by the simulator (counterfactual pairs with defect masks of the product and
    of the assorted tablet family, used by `make model`; pipeline/model/training_sets.py);
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.hashing import sha256_file
+from pipeline.core.hashing import sha256_file
 from pipeline.model import repository as layout
 from pipeline.model import triton_repo
 from pipeline.model.augment import augment
@@ -51,6 +51,7 @@ from pipeline.model.fit import TRAIN_THREADS, FitConfig, deterministic_torch, fi
 from pipeline.model.net import DEFAULT_WIDTHS, TabletNet
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, PIXEL_MEAN, PIXEL_STD
 from pipeline.model.training_sets import DATASET_VAL_FRACTION, count_defects, dataset_sets, simulated_sets
+from pipeline.settings import PROJECT_ROOT
 
 MODES = ("supervised", "good-only")
 TARGET_FRR = 0.01
@@ -580,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-frr", type=float, default=TARGET_FRR)
     parser.add_argument("--base", default="auto", help="base model to fine-tune (ONNX file, version or model "
                         "directory); 'auto': the shipped model with --data; 'none': from scratch")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "triton_models",
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "triton_models",
                         help="Triton model repository (default: the project's triton_models/)")
     args = parser.parse_args(argv)
     result = train_model(args.out, args.product, data=args.data, mode=args.mode, seed=args.seed,

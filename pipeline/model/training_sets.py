@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.dataset import DatasetError, dataset_hash, load_dataset
+from pipeline.datasets.folder import DatasetError, dataset_hash, load_dataset
 from pipeline.imaging.products import ASSORTED_TABLETS, get_spec
 from pipeline.model.data import (
     GOOD_ONLY_CLASSES,
@@ -62,7 +62,7 @@ def simulated_sets(product: str, mode: str, train_count: int, seed: int,
         val = as_good_only(val)
     info = {
         "source": "simulator",
-        "generator": "pipeline.imaging.render_tablet",
+        "generator": "pipeline.imaging.tablets.render_tablet",
         "generator_seed": seed,
         "train": {"count": len(train), "paired": train.paired, "subtle_fraction": TRAIN_SUBTLE_FRACTION,
                   "stream": TRAIN_STREAM, "product_units": len(train) - assorted_count,

@@ -12,11 +12,12 @@ from pathlib import Path
 from pipeline.audit.record import AuditEvent, AuditRecord
 from pipeline.audit.trail import AuditTrail
 from pipeline.auth.guard import Guard, Principal
-from pipeline.kafka import flush_or_raise, make_producer
-from pipeline.messages import RecipeActivation, now_ns
+from pipeline.core.times import now_ns
+from pipeline.kafka.clients import flush_or_raise, make_producer
 from pipeline.recipes.book import RecipeBook, RecipeFeed
 from pipeline.recipes.schema import Recipe, RecipeError, load_recipe
 from pipeline.settings import Settings
+from pipeline.wire.messages import RecipeActivation
 
 PERMISSION = "recipe.activate"
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from pipeline.kafka import make_consumer
-from pipeline.messages import MessageError, RecipeActivation
+from pipeline.kafka.clients import make_consumer
 from pipeline.recipes.schema import Recipe, RecipeError, load_recipe, parse_recipe
 from pipeline.settings import Settings
+from pipeline.wire.messages import MessageError, RecipeActivation
 
 log = logging.getLogger(__name__)
 

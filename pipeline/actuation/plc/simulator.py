@@ -1,0 +1,352 @@
+"""An asyncua server that plays the reject gate's PLC, for tests and the demo.
+
+It exposes exactly the tags `pipeline.actuation.plc.gate` drives (`PlcNodeIds`), and behaves like the
+PLC program would: a write of ``reject_seq`` fires the gate and sets the confirmation tags
+(unit, sequence, PLC time); ``heartbeat`` counts up; reject-all turns on when LineSight asks for
+it or when LineSight's own heartbeat stops. Tests can make it refuse writes, stop confirming,
+freeze its heartbeat, or go offline and come back (same port, same state).
+
+    python -m pipeline.actuation.plc.simulator --port 4840
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from asyncua import ua
+from asyncua.common.callback import CallbackType, ServerItemCallback
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.binary_server_asyncio import BinaryServer
+from asyncua.server.internal_server import InternalServer
+from asyncua.server.server import Server
+from asyncua.server.user_managers import UserManager
+from asyncua.ua.attribute_ids import AttributeIds
+
+from pipeline.core.aio import cancel_and_wait
+from pipeline.settings.actuation import PlcNodeIds
+
+log = logging.getLogger(__name__)
+
+NAMESPACE_URI = "urn:linesight:plc-simulator"
+
+# tag -> (variant type, initial value, writable by clients)
+_TAGS: dict[str, tuple[ua.VariantType, Any, bool]] = {
+    "reject_unit": (ua.VariantType.String, "", True),
+    "reject_seq": (ua.VariantType.Int64, 0, True),
+    "fired_unit": (ua.VariantType.String, "", False),
+    "fired_seq": (ua.VariantType.Int64, 0, False),
+    "fired_at": (ua.VariantType.DateTime, datetime(1970, 1, 1, tzinfo=UTC), False),
+    "heartbeat": (ua.VariantType.Int64, 0, False),
+    "host_heartbeat": (ua.VariantType.Int64, 0, True),
+    "fail_safe": (ua.VariantType.Boolean, False, True),
+    "reject_all": (ua.VariantType.Boolean, False, False),
+}
+
+
+@dataclass(frozen=True)
+class FiredRecord:
+    """One gate firing as the PLC saw it."""
+
+    unit_id: str
+    seq: int
+    fired_ns: int
+    reject_all: bool  # reject-all was active when it fired
+
+
+class _PasswordUsers(UserManager):
+    """Only the configured user may log in; it gets the ordinary User role (access levels apply)."""
+
+    def __init__(self, username: str, password: str) -> None:
+        self._username, self._password = username, password
+
+    def get_user(
+        self, iserver: InternalServer, username: str | None = None, password: str | None = None, certificate: Any = None
+    ) -> User | None:
+        if username == self._username and password == self._password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+class PlcSimulator:
+    """The simulated PLC. ``async with PlcSimulator(port) as plc:`` or `start`/`stop`."""
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        path: str = "/linesight/plc",
+        nodes: PlcNodeIds | None = None,
+        heartbeat_interval_s: float = 0.1,
+        host_heartbeat_timeout_s: float | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Path | None = None,
+        private_key: Path | None = None,
+        allow_insecure: bool = True,
+        fired_log: Path | None = None,
+    ) -> None:
+        self.port, self.host, self.path = port, host, path
+        self.node_ids = nodes or PlcNodeIds()
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._host_timeout_s = host_heartbeat_timeout_s
+        self._users = _PasswordUsers(username, password or "") if username else None
+        self._certificate, self._private_key = certificate, private_key
+        self._allow_insecure = allow_insecure
+        self._values: dict[str, Any] = {name: spec[1] for name, spec in _TAGS.items()}
+        self._server: Server | None = None
+        self._nodeids: dict[str, ua.NodeId] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._refuse_writes = False
+        self._confirm = True
+        self._heartbeat_frozen = False
+        self._offline = False
+        self._host_beat_at = time.monotonic()
+        self.fired: list[FiredRecord] = []
+        self.writes_refused = 0
+        # One JSON line per fire (unit, seq, time, reject-all): what the gate did, for tests that
+        # run the simulator as a separate process and check the PLC's side independently.
+        self._fired_log = fired_log
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}{self.path}"
+
+    @property
+    def online(self) -> bool:
+        return self._server is not None and not self._offline
+
+    @property
+    def reject_all(self) -> bool:
+        return bool(self._values["reject_all"])
+
+    @property
+    def heartbeat(self) -> int:
+        return int(self._values["heartbeat"])
+
+    async def __aenter__(self) -> PlcSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---- lifecycle
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        server = Server(user_manager=self._users) if self._users else Server()
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name("LineSight simulated reject-gate PLC")
+        policies: list[ua.SecurityPolicyType] = []
+        if self._allow_insecure:
+            policies.append(ua.SecurityPolicyType.NoSecurity)
+        if self._certificate is not None and self._private_key is not None:
+            await server.load_certificate(str(self._certificate))
+            await server.load_private_key(str(self._private_key))
+            policies += [
+                ua.SecurityPolicyType.Basic256Sha256_Sign,
+                ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+            ]
+        server.set_security_policy(policies)
+        if self._users is not None:
+            server.set_identity_tokens([ua.UserNameIdentityToken])
+        await self._build_address_space(server)
+        server.subscribe_server_callback(CallbackType.PostWrite, self._on_write)
+        await server.start()
+        self._server = server
+        self._host_beat_at = time.monotonic()
+        await self._apply_refusal()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="plc-sim-heartbeat")
+        log.info("PLC simulator listening on %s", self.endpoint)
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._ticker)
+        self._ticker = None
+        server, self._server = self._server, None
+        self._offline = False
+        if server is not None:
+            self._snapshot(server)
+            await server.stop()
+
+    async def go_offline(self) -> None:
+        """The PLC disappears from the network: connections drop, the port refuses; state is kept."""
+        if self._server is None or self._server.bserver is None:
+            return
+        await self._server.bserver.stop()
+        self._server.bserver = None
+        self._offline = True
+
+    async def go_online(self) -> None:
+        """Back on the network on the same port (only the listener restarts: fast)."""
+        server = self._server
+        if server is None:
+            await self.start()
+            return
+        if server.bserver is not None:
+            return
+        host, port = server._get_bind_socket_info()
+        assert host is not None and port is not None
+        bserver = BinaryServer(server.iserver, host, port, server.limits)
+        bserver.set_policies(server._policies)
+        await bserver.start()
+        server.bserver = bserver
+        self._offline = False
+
+    # ---- fault injection
+
+    async def refuse_writes(self, refuse: bool = True) -> None:
+        """Reject-tag writes answer BadUserAccessDenied (PLC in local/maintenance mode)."""
+        self._refuse_writes = refuse
+        await self._apply_refusal()
+
+    def confirm_fires(self, confirm: bool = True) -> None:
+        """When off, writes are accepted but the gate never confirms (jammed gate)."""
+        self._confirm = confirm
+
+    def freeze_heartbeat(self, frozen: bool = True) -> None:
+        """When on, the heartbeat stops counting (controller program halted)."""
+        self._heartbeat_frozen = frozen
+
+    def watch_host_heartbeat(self, timeout_s: float | None) -> None:
+        """Go reject-all when LineSight's heartbeat is silent this long (None: don't watch)."""
+        self._host_timeout_s = timeout_s
+        self._host_beat_at = time.monotonic()
+
+    async def reset_faults(self) -> None:
+        """Back to a healthy PLC: online, accepting and confirming writes, beating, no reject-all."""
+        await self.go_online()
+        await self.refuse_writes(False)
+        self.confirm_fires(True)
+        self.freeze_heartbeat(False)
+        self.watch_host_heartbeat(None)
+        await self._set("fail_safe", False)
+        await self._update_reject_all()
+
+    # ---- internals
+
+    async def _build_address_space(self, server: Server) -> None:
+        await server.register_namespace(NAMESPACE_URI)
+        parsed = {name: ua.NodeId.from_string(getattr(self.node_ids, name)) for name in _TAGS}
+        top = max(n.NamespaceIndex for n in parsed.values())
+        while len(await server.get_namespace_array()) <= top:
+            await server.register_namespace(f"{NAMESPACE_URI}:{len(await server.get_namespace_array())}")
+        folder_id = ua.NodeId.from_string(f"ns={parsed['reject_seq'].NamespaceIndex};s=LineSight.Plc")
+        folder = await server.nodes.objects.add_object(folder_id, "LineSightPlc")
+        for name, (vtype, _, writable) in _TAGS.items():
+            nodeid = parsed[name]
+            node = await folder.add_variable(nodeid, name, ua.Variant(self._values[name], vtype))
+            if writable:
+                await node.set_writable(True)
+        self._nodeids = parsed
+
+    async def _apply_refusal(self) -> None:
+        if self._server is None:
+            return
+        for name in ("reject_unit", "reject_seq"):
+            await self._server.get_node(self._nodeids[name]).set_writable(not self._refuse_writes)
+
+    async def _on_write(self, event: ServerItemCallback, _dispatcher: Any) -> None:
+        if not event.is_external:
+            return
+        params: ua.WriteParameters = event.request_params
+        results: Sequence[ua.StatusCode] = event.response_params or []
+        written: dict[str, Any] = {}
+        by_id = {nid: name for name, nid in self._nodeids.items()}
+        for wv, status in zip(params.NodesToWrite, results, strict=False):
+            name = by_id.get(wv.NodeId)
+            if name is None or wv.AttributeId != AttributeIds.Value:
+                continue
+            if not status.is_good():
+                if name in ("reject_unit", "reject_seq"):
+                    self.writes_refused += 1
+                continue
+            value = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
+            written[name] = value
+            self._values[name] = value
+        if "host_heartbeat" in written:
+            self._host_beat_at = time.monotonic()
+        if "fail_safe" in written:
+            await self._update_reject_all()
+        if "reject_seq" in written:
+            await self._fire(str(self._values["reject_unit"]), int(written["reject_seq"]))
+
+    async def _fire(self, unit_id: str, seq: int) -> None:
+        now = datetime.now(UTC)
+        record = FiredRecord(unit_id, seq, time.time_ns(), self.reject_all)
+        self.fired.append(record)
+        if self._fired_log is not None:
+            with open(self._fired_log, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(asdict(record)) + "\n")
+        if not self._confirm:
+            return
+        await self._set("fired_unit", unit_id)
+        await self._set("fired_at", now)
+        await self._set("fired_seq", seq)  # last: a client seeing the seq sees unit and time too
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval_s)
+            if not self._heartbeat_frozen:
+                await self._set("heartbeat", int(self._values["heartbeat"]) + 1)
+            await self._update_reject_all()
+
+    async def _update_reject_all(self) -> None:
+        host_dead = (
+            self._host_timeout_s is not None and time.monotonic() - self._host_beat_at > self._host_timeout_s
+        )
+        active = bool(self._values["fail_safe"]) or host_dead
+        if active != bool(self._values["reject_all"]):
+            log.warning("PLC simulator reject-all %s", "ON" if active else "off")
+            await self._set("reject_all", active)
+
+    async def _set(self, name: str, value: Any) -> None:
+        self._values[name] = value
+        if self._server is not None:
+            vtype = _TAGS[name][0]
+            await self._server.write_attribute_value(self._nodeids[name], ua.DataValue(ua.Variant(value, vtype)))
+
+    def _snapshot(self, server: Server) -> None:
+        for name, nodeid in self._nodeids.items():
+            dv = server.read_attribute_value(nodeid)
+            if dv.Value is not None:
+                self._values[name] = dv.Value.Value
+
+
+async def _serve(port: int, host: str, host_heartbeat_timeout_s: float | None, fired_log: Path | None) -> None:
+    async with PlcSimulator(
+        port, host=host, host_heartbeat_timeout_s=host_heartbeat_timeout_s, fired_log=fired_log
+    ) as plc:
+        print(f"PLC simulator on {plc.endpoint} (Ctrl-C to stop)", flush=True)
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Simulated reject-gate PLC (OPC UA server)")
+    parser.add_argument("--port", type=int, default=4840)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host-heartbeat-timeout", type=float, default=None,
+                        help="go reject-all when LineSight's heartbeat is silent this many seconds")
+    parser.add_argument("--fired-log", type=Path, default=None, help="append one JSON line per gate fire")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncua").setLevel(logging.WARNING)  # INFO is thousands of address-space lines
+    try:
+        asyncio.run(_serve(args.port, args.host, args.host_heartbeat_timeout, args.fired_log))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,503 @@
+"""Reject actuator: every captured unit rejected at the gate unless a pass verdict came in time.
+
+The actuator consumes four topics (its own consumer group, so it sees every partition):
+
+* **frames** (headers only matter): each captured unit is *admitted* to the `RejectScheduler`
+  with its gate deadline from the line's timing model. Admitted units are reject-by-default:
+  a unit whose verdict never reaches the actuator before its cutoff is fired as ``late``.
+* **results** (one `InspectionResult` per unit: pass, reject or review) and **rejects**
+  (`RejectCommand`): the verdicts. A reject (or review) is fired when the unit is at the gate,
+  whatever the inference latency was; a pass lets it through.
+* **heartbeats**: workers report themselves and their Triton probe; the actuator's own
+  heartbeat coming back through the broker proves the broker. The `Watchdog` turns silence
+  into the ``pipeline_unhealthy`` alarm and reject-all (scheduler and PLC).
+
+The gate is the PLC behind `pipeline.actuation.plc.gate.OpcUaGate` (``plc.enabled``, the default); the
+in-process `SimulatedGate` only when ``plc.enabled = false`` is configured. Every unit's fate is
+published as a `GateEventRecord` (ClickHouse ``gate_events``: the per-lot reconciliation), every
+fire also as an `Actuation`, every alarm raise and clear as an `AlarmRecord` (``alarms``).
+Bad input (malformed command, unknown line, a command for a unit the camera never captured, a
+frame without identity) is logged with its reason, dead-lettered where there is a message to
+keep, alarmed, and never stops the actuator.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+from confluent_kafka import Message, Producer
+
+from pipeline.actuation.alarms import AlarmCode, AlarmEvent
+from pipeline.actuation.gate import Gate
+from pipeline.actuation.loop import ActuationLoop
+from pipeline.actuation.scheduler import Action, DecisionKind, GateCommand, GateEvent, Outcome
+from pipeline.actuation.timing_model import UnitRef
+from pipeline.core.health import HealthState, worker_id
+from pipeline.core.times import NS_PER_S, now_ns
+from pipeline.kafka.clients import flush_or_raise, make_consumer, make_producer
+from pipeline.kafka.commit_loop import run_batches
+from pipeline.settings import Settings
+from pipeline.settings.actuation import LineTimingSettings
+from pipeline.wire.messages import (
+    H_CAPTURE_NS,
+    H_ENCODER,
+    H_LINE,
+    H_LOT,
+    H_UNIT,
+    Actuation,
+    AlarmRecord,
+    FrameMeta,
+    GateEventRecord,
+    Heartbeat,
+    InspectionResult,
+    MessageError,
+    RejectCommand,
+    dead_letter_headers,
+    header_value,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Seen:
+    """Bounded set of (line, unit) keys."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._keys: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._capacity = capacity
+
+    def add(self, key: tuple[str, str]) -> None:
+        self._keys[key] = None
+        if len(self._keys) > self._capacity:
+            self._keys.popitem(last=False)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+
+class Actuator:
+    """The actuator's logic, fed batches by the consumer loop. `start` before, `stop` after."""
+
+    def __init__(self, settings: Settings, producer: Producer, gate: Gate | None = None) -> None:
+        """``gate``: None drives the PLC when ``plc.enabled`` (the default), else a simulated gate."""
+        self._settings = settings
+        self._kafka = settings.kafka
+        self._line = settings.services.actuator_line
+        self._lines: dict[str, LineTimingSettings] = dict(settings.lines)
+        if self._line:
+            if self._line not in self._lines:
+                raise ValueError(f"services.actuator_line {self._line!r} has no timing in settings.lines")
+            self._lines = {self._line: self._lines[self._line]}
+        self._producer = producer
+        self.name = f"actuator-{worker_id()}"
+        wd = settings.watchdog
+        self._wd = wd
+        self.actuation = ActuationLoop(
+            settings.plc,
+            self._lines,
+            watchdog_timeouts_s=wd.timeouts_s if wd.enabled else None,
+            watchdog_clear_after_s=wd.clear_after_s,
+            watchdog_interval_s=wd.check_interval_s,
+            watchdog_armed=False,  # started when the consumer demonstrably receives (see `_heartbeat`)
+            on_event=self._on_gate_event,
+            on_alarm=self._on_alarm,
+            gate=gate,
+        )
+        self._lock = threading.Lock()
+        self._open: dict[str, tuple[str, int, str]] = {}  # alarm code -> (id, raised_ns, reason)
+        self._held: dict[str, float] = {}  # bad-input alarm code -> monotonic time of the last occurrence
+        self._admitted = _Seen()
+        # Verdicts for units not admitted yet, on encoder lines (their timing needs the frame's count).
+        self._parked: OrderedDict[tuple[str, str], tuple[GateCommand, float]] = OrderedDict()
+        self.counters: Counter[str] = Counter()
+        # (line, unit) -> defect class of its reject verdict, for the actuation record.
+        self._defects: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._max_beat_age_ns = round(max(wd.timeouts_s.values(), default=3.0) * NS_PER_S)
+        self._assigned_ns: int | None = None
+        self.heard_self = False  # our own heartbeat, sent after the assignment, came back
+
+    # ---- lifecycle
+
+    def start(self) -> None:
+        self.actuation.start()
+        self._ticker = threading.Thread(target=self._tick_loop, name="actuator-ticker", daemon=True)
+        self._ticker.start()
+
+    def on_assigned(self) -> None:
+        """The consumer has its partitions; once our own heartbeat comes back, it receives."""
+        self._assigned_ns = now_ns()
+        self.heard_self = False
+
+    def arm(self) -> None:
+        """Start the watchdog's clock (every component gets one timeout of grace from now)."""
+        self.actuation.arm()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(5.0)
+        self.actuation.stop()
+        self._producer.flush(10.0)
+
+    # ---- the consumer loop's batch handler
+
+    def handle(self, messages: Sequence[Message]) -> None:
+        k = self._kafka
+        frames = [m for m in messages if m.topic() == k.topic_frames]
+        verdicts = [m for m in messages if m.topic() in (k.topic_results, k.topic_rejects)]
+        beats = [m for m in messages if m.topic() == k.topic_heartbeats]
+        for m in beats:
+            self._heartbeat(m)
+        # Admissions first: a batch's verdicts then find their units. One hop each to the loop.
+        self._admit_all([ref for m in frames if (ref := self._unit_of(m)) is not None])
+        submits: list[tuple[GateCommand, Message | None]] = []
+        for m in verdicts:
+            command = self._verdict(m)
+            if command is not None:
+                submits.append((command, m))
+        self._submit_all(submits)
+        self._expire_parked()
+        flush_or_raise(self._producer, 30.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            alarms = sorted(self._open)
+        return dict(self.counters) | {"alarms": alarms, "fail_safe": self.actuation.fail_safe}
+
+    # ---- admissions
+
+    def _resolve_line(self, line: str) -> str:
+        """A unit without a line belongs to this actuator's line, or the only configured one."""
+        if line:
+            return line
+        if self._line:
+            return self._line
+        return next(iter(self._lines)) if len(self._lines) == 1 else ""
+
+    def _unit_of(self, m: Message) -> UnitRef | None:
+        """The captured unit a frame stands for (None: not this actuator's, or no identity)."""
+        headers = m.headers() or []
+        try:
+            meta = FrameMeta.from_headers(headers)
+            ref = UnitRef(meta.line, meta.unit_id, meta.capture_ns, meta.encoder_count, meta.lot)
+        except MessageError as exc:
+            fallback = self._fallback_unit(m, str(exc))
+            if fallback is None:
+                return None
+            ref = fallback
+        if self._line and ref.line != self._line:
+            return None
+        return ref
+
+    def _admit_all(self, refs: list[UnitRef]) -> None:
+        unparked: list[tuple[GateCommand, Message | None]] = []
+        for ref, decision in zip(refs, self.actuation.admit_many(refs), strict=True):
+            self.counters[f"admit_{decision.kind}"] += 1
+            if decision.kind is DecisionKind.REFUSED:
+                self._bad_input(AlarmCode.UNTIMED_UNIT, f"captured unit {ref.unit_id} on line {ref.line!r} cannot "
+                                f"be timed: {decision.reason}")
+                continue
+            key = (ref.line, ref.unit_id)
+            self._admitted.add(key)
+            parked = self._parked.pop(key, None)
+            if parked is not None:
+                unparked.append((parked[0], None))
+        self._submit_all(unparked)
+
+    def _fallback_unit(self, m: Message, why: str) -> UnitRef | None:
+        """A frame with broken metadata is still a unit on the belt: admit what it does carry
+        (unit id from header or key, the actuator's line, capture time from the record)."""
+        # A consumed record's headers are (name, bytes or None) pairs; confluent-kafka types them
+        # with the wider produce-side union (dict, str values).
+        headers = cast("list[tuple[str, bytes | None]]", m.headers() or [])
+        key = m.key() or b""
+        unit = header_value(headers, H_UNIT) or key.decode("utf-8", "replace")
+        line = self._resolve_line(header_value(headers, H_LINE))
+        try:
+            capture = int(header_value(headers, H_CAPTURE_NS))
+        except ValueError:
+            capture = 0
+        if capture <= 0:
+            ts_type, ts_ms = m.timestamp()
+            capture = ts_ms * 1_000_000 if ts_ms > 0 else now_ns()
+        try:
+            encoder: int | None = int(header_value(headers, H_ENCODER))
+        except ValueError:
+            encoder = None
+        if not unit or not line:
+            self._bad_input(
+                AlarmCode.UNTIMED_UNIT,
+                f"frame at {m.topic()}:{m.partition()}:{m.offset()} has no usable unit id or line ({why}): "
+                "it cannot be tracked to the gate",
+            )
+            return None
+        log.warning("frame of unit %s has bad metadata (%s): admitted on line %s", unit, why, line)
+        self.counters["admit_bad_metadata"] += 1
+        return UnitRef(line, unit, capture, encoder, header_value(headers, H_LOT))
+
+    # ---- verdicts
+
+    def _verdict(self, m: Message) -> GateCommand | None:
+        """The gate command a result or reject command stands for (None: refused, parked, not ours)."""
+        verdict: InspectionResult | RejectCommand
+        try:
+            if m.topic() == self._kafka.topic_results:
+                verdict = InspectionResult.from_json(m.value())
+                if verdict.verdict not in ("pass", "reject", "review"):
+                    raise MessageError(f"unknown verdict {verdict.verdict!r}")
+                action = Action.PASS if verdict.verdict == "pass" else Action.REJECT
+            else:
+                verdict, action = RejectCommand.from_json(m.value()), Action.REJECT
+        except MessageError as exc:
+            self._refused(m, f"malformed {m.topic()} message: {exc}")
+            return None
+        line = verdict.line
+        if isinstance(line, str) and not line:
+            line = self._resolve_line("")
+        if self._line and line != self._line:
+            return None
+        try:
+            command = GateCommand.parse(verdict, line=line, action=action, encoder_count=None)
+        except ValueError as exc:
+            self.counters[f"verdict_{DecisionKind.REFUSED}"] += 1
+            self._refused(m, f"refused command for unit {verdict.unit_id!r} line {line!r}: malformed command: {exc}")
+            return None
+        key = (command.unit.line, command.unit.unit_id)
+        if command.action is Action.REJECT:
+            self._defects[key] = str(verdict.defect)[:100]
+            if len(self._defects) > 100_000:
+                self._defects.popitem(last=False)
+        timing = self._lines.get(command.unit.line)
+        if timing is not None and timing.encoder_mode and key not in self._admitted:
+            # Encoder-timed: the deadline needs the frame's count; wait (bounded) for the frame.
+            self._parked[key] = (command, time.monotonic())
+            self.counters["verdicts_parked"] += 1
+            return None
+        return command
+
+    def _submit_all(self, submits: list[tuple[GateCommand, Message | None]]) -> None:
+        decisions = self.actuation.submit_many([command for command, _ in submits])
+        for (command, m), decision in zip(submits, decisions, strict=True):
+            self.counters[f"verdict_{decision.kind}"] += 1
+            if decision.kind is DecisionKind.REFUSED:
+                self._refused(
+                    m, f"refused command for unit {command.unit.unit_id!r} line {command.unit.line!r}: {decision.reason}"
+                )
+
+    def _expire_parked(self) -> None:
+        hold = self._wd.bad_input_hold_s
+        now = time.monotonic()
+        while self._parked:
+            key, (_, at) = next(iter(self._parked.items()))
+            if now - at < hold:
+                break
+            self._parked.popitem(last=False)
+            self._bad_input(
+                AlarmCode.UNKNOWN_UNIT,
+                f"verdict for unit {key[1]} on encoder-timed line {key[0]} whose frame never arrived "
+                f"within {hold:.0f} s: the camera did not capture it",
+            )
+
+    def _refused(self, m: Message | None, reason: str) -> None:
+        self._bad_input(AlarmCode.BAD_COMMAND, reason)
+        if m is None:
+            return
+        self.counters["dead_lettered"] += 1
+        source = f"{m.topic()}:{m.partition()}:{m.offset()}"
+        self._producer.produce(
+            self._kafka.topic_deadletter,
+            key=m.key(),
+            value=m.value(),
+            # confluent-kafka types `headers` as an invariant List of str | bytes | None values, so
+            # it refuses a list of bytes values; the consumed headers are (name, bytes | None) pairs.
+            headers=dead_letter_headers(  # type: ignore[arg-type]
+                cast("list[tuple[str, bytes | None]] | None", m.headers()), reason, "actuator", source
+            ),
+        )
+
+    # ---- heartbeats
+
+    def _heartbeat(self, m: Message) -> None:
+        try:
+            hb = Heartbeat.from_json(m.value())
+        except MessageError as exc:
+            self.counters["bad_heartbeats"] += 1
+            log.warning("ignoring bad heartbeat at %s:%s:%s: %s", m.topic(), m.partition(), m.offset(), exc)
+            return
+        now = now_ns()
+        if not isinstance(hb.sent_ns, int) or now - hb.sent_ns > self._max_beat_age_ns:
+            return  # old news: proves nothing about now
+        at = min(hb.sent_ns, now)
+        if hb.kind == "worker":
+            self.actuation.beat("worker", at)
+            if hb.triton_ready:
+                self.actuation.beat("triton", at)
+        elif hb.kind == "actuator" and hb.source == self.name:
+            self.actuation.beat("broker", at)  # our own beat made the round trip through the broker
+            if not self.heard_self and self._assigned_ns is not None and hb.sent_ns >= self._assigned_ns:
+                self.heard_self = True
+                self.arm()  # heartbeats reach us now: silence from here on means something
+
+    def _tick_loop(self) -> None:
+        interval = self._wd.heartbeat_interval_s
+        while not self._stop.wait(interval):
+            try:
+                beat = Heartbeat(self.name, "actuator", now_ns())
+                self._producer.produce(self._kafka.topic_heartbeats, key=self.name.encode(), value=beat.to_json())
+                self._producer.poll(0)
+                self._release_held()
+            except Exception:  # noqa: BLE001 - a full queue (broker down) must not end the ticker
+                log.exception("actuator heartbeat failed")
+
+    # ---- gate events and alarms (called on the actuation loop's thread)
+
+    def _on_gate_event(self, e: GateEvent) -> None:
+        t = e.timing
+        outcome, reason = e.outcome, e.reason
+        if outcome is Outcome.FIRED and e.fired_ns is not None and e.fired_ns > t.window_end_ns:
+            # The PLC confirmed, but fired after the unit had left the gate (fires queue behind
+            # each other on one gate): the push hit the belt, not the unit.
+            outcome = Outcome.MISSED
+            reason = (f"the PLC fired {(e.fired_ns - t.window_end_ns) / 1e6:.1f} ms after the gate window closed "
+                      f"(scheduler acted {(e.acted_ns - t.fire_at_ns) / 1e6:.1f} ms after the fire time)")
+        self.counters[f"gate_{outcome}_{e.cause}"] += 1
+        record = GateEventRecord(
+            unit_id=e.unit_id, line=e.line, lot=e.lot, outcome=str(outcome), cause=str(e.cause),
+            admitted=e.admitted, deadline_ns=t.deadline_ns, fire_at_ns=t.fire_at_ns, cutoff_ns=t.verdict_cutoff_ns,
+            window_start_ns=t.window_start_ns, window_end_ns=t.window_end_ns, acted_ns=e.acted_ns,
+            actuator=self.name, verdict_ns=e.verdict_ns, fired_ns=e.fired_ns, verdict=e.action or "",
+            reason=reason, capture_ns=e.capture_ns,
+        )
+        key = e.unit_id.encode()
+        try:
+            self._producer.produce(self._kafka.topic_gate_events, key=key, value=record.to_json())
+            if outcome is Outcome.FIRED:
+                actuation = Actuation(
+                    unit_id=e.unit_id, line=e.line, lot=e.lot, cause=str(e.cause),
+                    defect=self._defects.pop((e.line, e.unit_id), "") or "uninspected",
+                    capture_ns=e.capture_ns or t.deadline_ns, command_issued_ns=e.verdict_ns or e.acted_ns,
+                    fired_ns=e.fired_ns or e.acted_ns, actuator=self.name,
+                )
+                self._producer.produce(self._kafka.topic_actuations, key=key, value=actuation.to_json())
+        except Exception:  # noqa: BLE001 - BufferError with the broker down: logged, the gate acted
+            log.exception("could not publish the gate event of %s/%s", e.line, e.unit_id)
+        if outcome in (Outcome.FIRE_FAILED, Outcome.MISSED):
+            self._bad_input(AlarmCode.NOT_REJECTED, f"unit {e.unit_id} on line {e.line} may have passed the gate "
+                            f"unrejected ({outcome}: {reason}); quarantine lot {e.lot or '?'}")
+        if not e.admitted:
+            self._bad_input(AlarmCode.UNKNOWN_UNIT, f"command for unit {e.unit_id} on line {e.line} that the camera "
+                            f"never captured ({e.outcome} at its computed gate time)")
+
+    def _on_alarm(self, event: AlarmEvent) -> None:
+        with self._lock:
+            if event.active:
+                if event.code in self._open:
+                    return
+                alarm_id = f"{self.name}:{event.code}:{event.at_ns}"
+                self._open[event.code] = (alarm_id, event.at_ns, event.reason)
+                record = AlarmRecord(alarm_id, event.code, True, event.at_ns, event.reason, self.name)
+            else:
+                opened = self._open.pop(event.code, None)
+                if opened is None:
+                    return
+                alarm_id, raised_ns, reason = opened
+                record = AlarmRecord(
+                    alarm_id, event.code, False, raised_ns, reason, self.name,
+                    cleared_ns=event.at_ns, clear_reason=event.reason,
+                )
+        (log.error if event.active else log.warning)(
+            "alarm %s %s: %s", event.code, "RAISED" if event.active else "cleared", event.reason
+        )
+        try:
+            self._producer.produce(self._kafka.topic_alarms, key=event.code.encode(), value=record.to_json())
+            self._producer.poll(0)
+        except Exception:  # noqa: BLE001
+            log.exception("could not publish alarm %s", event.code)
+
+    def _bad_input(self, code: str, reason: str) -> None:
+        """Log, count, and hold the code's alarm until no occurrence for ``bad_input_hold_s``."""
+        log.warning("%s: %s", code, reason)
+        self.counters[code] += 1
+        with self._lock:
+            self._held[code] = time.monotonic()
+        self._on_alarm(AlarmEvent(code, True, reason, now_ns()))
+
+    def _release_held(self) -> None:
+        hold = self._wd.bad_input_hold_s
+        now = time.monotonic()
+        with self._lock:
+            expired = [code for code, at in self._held.items() if now - at >= hold]
+            for code in expired:
+                del self._held[code]
+        for code in expired:
+            self._on_alarm(AlarmEvent(code, False, f"no further occurrence for {hold:.0f} s", now_ns()))
+
+    def active_alarms(self) -> Mapping[str, str]:
+        with self._lock:
+            return {code: reason for code, (_, _, reason) in self._open.items()}
+
+
+class _ArmingHealth(HealthState):
+    """Readiness of the actuator: partitions assigned AND its own heartbeat, sent after the
+    assignment, came back through the broker (so its consume positions are set: nothing the
+    line publishes from now on is missed). The assignment also starts the watchdog's clock."""
+
+    def __init__(self, inner: HealthState, actuator: Actuator) -> None:
+        self._inner, self._actuator = inner, actuator
+        self._assigned = False
+
+    def tick(self, **counters: Any) -> None:
+        self._inner.tick(**counters)
+        if self._assigned and self._actuator.heard_self and not self._inner.snapshot()["ready"]:
+            self._inner.set_ready(True)
+
+    def set_ready(self, ready: bool) -> None:
+        self._assigned = ready
+        if ready:
+            self._actuator.on_assigned()
+        else:
+            self._inner.set_ready(False)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._inner.snapshot()
+
+    @property
+    def service(self) -> str:  # type: ignore[override]
+        return self._inner.service
+
+
+def run_actuator(
+    settings: Settings, stop: threading.Event, health: HealthState, gate: Gate | None = None
+) -> None:
+    """Consume frames, verdicts and heartbeats until `stop`; drive the gate (None: the PLC when
+    ``plc.enabled``, else the in-process simulated gate)."""
+    producer = make_producer(settings.kafka, "linesight-actuator")
+    actuator = Actuator(settings, producer, gate)
+    actuator.start()
+    k = settings.kafka
+    # Units captured before this actuator group's first start are long past the gate: start at
+    # the end. After a restart the committed offsets are used.
+    # A verdict's time to the actuator eats into its margin: fetch without waiting at the broker
+    # (Tansu holds a fetch for fetch.wait.max.ms even when data is there).
+    consumer = make_consumer(settings.kafka, settings.services.actuator_group, "linesight-actuator",
+                             **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 10})
+    armed = _ArmingHealth(health, actuator)
+
+    def handle(messages: Sequence[Message]) -> None:
+        actuator.handle(messages)
+        health.tick(**actuator.snapshot())
+
+    try:
+        run_batches(
+            consumer, [k.topic_frames, k.topic_results, k.topic_rejects, k.topic_heartbeats], handle, armed, stop,
+            max_batch=500, poll_timeout_s=0.02,
+        )
+    finally:
+        actuator.stop()

@@ -1,0 +1,354 @@
+"""`linesight audit ...`, `linesight users ...` and the authenticated `models deploy|rollback`.
+
+Every command that changes something names its user (``--user``) and takes the password from a
+prompt (getpass) or ``--password-file`` (automation); the permission table decides, and refusals
+are audited before the command fails with the reason (docs/audit.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline.audit.publish import BestEffortPublisher
+from pipeline.audit.record import AuditEvent
+from pipeline.audit.trail import AuditTrail
+from pipeline.auth.guard import AccessDenied, Guard, Principal
+from pipeline.auth.roles import LOGGABLE_ACTIONS, ROLES
+from pipeline.auth.sessions import SessionStore
+from pipeline.auth.users import UserStore
+from pipeline.clickhouse import ClickHouseClient, connect
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class Context:
+    settings: Settings
+    client: ClickHouseClient
+    trail: AuditTrail
+    guard: Guard
+    users: UserStore
+
+
+@contextlib.contextmanager
+def gmp_context(settings: Settings) -> Iterator[Context]:
+    client = connect(settings)
+    try:
+        db = settings.clickhouse.database
+        client.apply_schema(db)
+        publisher = None
+        if settings.audit.publish_timeout_s > 0:
+            try:
+                publisher = BestEffortPublisher(settings)
+            except Exception as exc:  # noqa: BLE001 - no broker configured: ClickHouse is the record
+                log.warning("audit records go to ClickHouse only, not to %s: %s", settings.kafka.topic_audit, exc)
+        trail = AuditTrail.from_settings(settings, client, publisher)
+        users = UserStore(client, db)
+        guard = Guard(users, SessionStore(client, db), trail, settings.audit.session_ttl_s)
+        yield Context(settings, client, trail, guard, users)
+    finally:
+        client.close()
+
+
+def read_password(path: Path | None, prompt: str) -> str:
+    if path is not None:
+        return Path(path).read_text(encoding="utf-8").rstrip("\n")
+    if not sys.stdin.isatty():
+        raise AccessDenied("refused: no password: give --password-file, or run in a terminal to be prompted")
+    return getpass.getpass(prompt)
+
+
+def read_new_password(path: Path | None, who: str) -> str:
+    if path is not None:
+        return Path(path).read_text(encoding="utf-8").rstrip("\n")
+    first = read_password(None, f"new password for {who}: ")
+    if read_password(None, "repeat it: ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
+def login(ctx: Context, args: argparse.Namespace, attempted: str, subject: str = "") -> Principal:
+    """The user named by --user, authenticated by the password (re-entered every time)."""
+    if not args.user:
+        raise ctx.guard.refuse("", "", attempted, subject, f"{attempted} needs --user and that user's password")
+    if args.password_file is None and not sys.stdin.isatty():
+        raise ctx.guard.refuse(args.user, "", attempted, subject,
+                               "no password: give --password-file, or run in a terminal to be prompted")
+    password = read_password(args.password_file, f"password for {args.user}: ")
+    return ctx.guard.authenticate(args.user, password, attempted, subject)
+
+
+def add_auth_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user", help="who does this (their password is asked, or read from --password-file)")
+    p.add_argument("--password-file", type=Path, help="file holding the user's password (automation)")
+
+
+def _time(text: str) -> datetime:
+    t = datetime.fromisoformat(text)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    with gmp_context(settings) as ctx:
+        report = ctx.trail.verify(args.chain, _time(args.time_from) if args.time_from else None,
+                                  _time(args.time_to) if args.time_to else None)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.to_text())
+    brk = report.first_break
+    if brk is not None:
+        print(f"linesight audit verify: first broken link: {brk.record_id}: expected {brk.expected}, "
+              f"found {brk.found}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def cmd_audit_sign(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.auth.signatures import sign_record
+
+    with gmp_context(settings) as ctx:
+        who = login(ctx, args, "audit.sign", args.record)
+        sig = sign_record(ctx.trail, ctx.guard, who, args.record, args.meaning, args.reason or "", args.hash)
+    print(f"signed {args.record} ({args.meaning}) by {who.username} ({who.role}): signature {sig.record_id}, "
+          f"bound to hash {sig.detail_dict()['signed_hash']}")
+    return 0
+
+
+def cmd_audit_log(args: argparse.Namespace, settings: Settings) -> int:
+    with gmp_context(settings) as ctx:
+        who = login(ctx, args, args.action, args.subject)
+        ctx.guard.authorize(who, LOGGABLE_ACTIONS[args.action], args.subject)
+        if not (args.reason or "").strip():
+            raise ctx.guard.refuse(who.username, who.role, args.action, args.subject, "a reason is required")
+        rec = ctx.trail.record(AuditEvent(
+            args.action, subject=args.subject, user=who.username, role=who.role, old_value=args.old or "",
+            new_value=args.new or "", reason=args.reason,
+        ))
+    print(f"recorded {rec.record_id} {rec.action} {rec.subject} by {who.username} ({who.role}), hash {rec.record_hash}")
+    return 0
+
+
+def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
+    with gmp_context(settings) as ctx:
+        cond, params = ["1"], {}
+        if args.chain:
+            cond.append("chain = {chain:String}")
+            params["chain"] = args.chain
+        if args.action:
+            cond.append("action = {action:String}")
+            params["action"] = args.action
+        result = ctx.client.query(
+            f"SELECT concat(chain, '#', toString(seq)) AS record, time, user, role, action, subject, old_value, "
+            f"new_value, reason, substring(record_hash, 1, 16) AS hash FROM {ctx.trail.store.table} "
+            f"WHERE {' AND '.join(cond)} ORDER BY time DESC, chain, seq DESC LIMIT {int(args.limit)}",
+            params,
+        )
+    print(result.to_table())
+    return 0
+
+
+def cmd_audit_seal(args: argparse.Namespace, settings: Settings) -> int:
+    with gmp_context(settings) as ctx:
+        seals = ctx.trail.seal([args.chain] if args.chain else None)
+    for s in seals:
+        print(f"sealed {s.chain} at {s.record_id}: head {s.new_value}")
+    print(f"{len(seals)} chain(s) sealed")
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.audit.export import export_trail
+
+    with gmp_context(settings) as ctx:
+        who = ctx.guard.authorize(login(ctx, args, "audit.export", str(args.out)), "audit.export", str(args.out))
+        manifest = export_trail(ctx.trail, args.out, args.format)
+        digest = (args.out / "manifest.json.sha256").read_text().split()[0]
+        ctx.trail.record(AuditEvent("audit.export", subject=str(args.out), user=who.username, role=who.role,
+                                    new_value=digest, reason=args.reason or "",
+                                    detail={"format": args.format, "records": manifest["files"][0]["records"]}))
+    f = manifest["files"][0]
+    print(f"exported {f['records']} audit records from {len(manifest['chains'])} chain(s) to {args.out / f['name']} "
+          f"(sha256 {f['sha256']}); manifest {args.out / 'manifest.json'}")
+    return 0 if manifest["verification_at_export"]["ok"] else 1
+
+
+def cmd_audit_verify_export(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.audit.export import verify_export
+
+    check = verify_export(args.folder)
+    print(check.to_text())
+    return 0 if check.ok else 1
+
+
+# ----------------------------------------------------------------------------- users
+
+
+def cmd_users_add(args: argparse.Namespace, settings: Settings) -> int:
+    with gmp_context(settings) as ctx:
+        bootstrap = ctx.users.count() == 0
+        if bootstrap:
+            if args.role != "admin":
+                raise ctx.guard.refuse(args.user or "", "", "user.add", args.name,
+                                       "no users yet: the first user must be an admin (bootstrap)")
+            who = Principal("bootstrap", "system")
+        else:
+            who = ctx.guard.authorize(login(ctx, args, "user.add", args.name), "user.add", args.name)
+        password = read_new_password(args.new_password_file, args.name)
+        user = ctx.users.add(args.name, args.role, password, who.username)
+        ctx.trail.record(AuditEvent("user.add", subject=user.username, user=who.username, role=who.role,
+                                    new_value=user.role, reason=args.reason or ("first admin" if bootstrap else "")))
+    print(f"user {user.username} added with role {user.role}" + (" (bootstrap admin)" if bootstrap else ""))
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
+    with gmp_context(settings) as ctx:
+        users = ctx.users.list()
+    for u in users:
+        print(f"{u.username:<20} {u.role:<9} {'enabled' if u.enabled else 'DISABLED':<9} "
+              f"changed {u.changed_time:%Y-%m-%d %H:%M:%S} UTC by {u.changed_by}")
+    if not users:
+        print("no users: add the first admin with `linesight users add NAME --role admin`")
+    return 0
+
+
+def cmd_users_disable(args: argparse.Namespace, settings: Settings) -> int:
+    with gmp_context(settings) as ctx:
+        who = ctx.guard.authorize(login(ctx, args, "user.disable", args.name), "user.disable", args.name)
+        user = ctx.users.get(args.name)
+        if user is None:
+            raise ctx.guard.refuse(who.username, who.role, "user.disable", args.name, f"unknown user {args.name!r}")
+        ctx.users.update(user, who.username, enabled=False)
+        ctx.trail.record(AuditEvent("user.disable", subject=user.username, user=who.username, role=who.role,
+                                    old_value="enabled", new_value="disabled", reason=args.reason or ""))
+    print(f"user {args.name} disabled")
+    return 0
+
+
+def cmd_users_passwd(args: argparse.Namespace, settings: Settings) -> int:
+    with gmp_context(settings) as ctx:
+        who = login(ctx, args, "user.passwd", args.name)
+        if who.username != args.name:
+            ctx.guard.authorize(who, "user.passwd", args.name)
+        user = ctx.users.get(args.name)
+        if user is None:
+            raise ctx.guard.refuse(who.username, who.role, "user.passwd", args.name, f"unknown user {args.name!r}")
+        ctx.users.update(user, who.username, password=read_new_password(args.new_password_file, args.name))
+        ctx.trail.record(AuditEvent("user.passwd", subject=user.username, user=who.username, role=who.role,
+                                    reason=args.reason or "password changed"))
+    print(f"password of {args.name} changed")
+    return 0
+
+
+def cmd_users_login(args: argparse.Namespace, settings: Settings) -> int:
+    with gmp_context(settings) as ctx:
+        token = ctx.guard.login(args.user, read_password(args.password_file, f"password for {args.user}: "))
+    print(token)
+    return 0
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def cmd_models_change(args: argparse.Namespace, settings: Settings, action: str) -> int:
+    from pipeline.model.release import release_model
+
+    with gmp_context(settings) as ctx:
+        who = login(ctx, args, f"model.{action}", args.target)
+        result, record, signature = release_model(
+            settings, ctx.trail, ctx.guard, who, action, args.target, getattr(args, "version", None),
+            args.reason or "", args.meaning,
+        )
+    print(result.to_text())  # type: ignore[attr-defined]
+    print(f"  audit record {record.record_id} ({record.record_hash[:16]}), signed {args.meaning} by "
+          f"{who.username} ({who.role}): {signature.record_id}")
+    return 0
+
+
+def add_model_auth_args(p: argparse.ArgumentParser) -> None:
+    add_auth_args(p)
+    p.add_argument("--meaning", default="approved", choices=["reviewed", "approved"],
+                   help="meaning of the electronic signature of this release (default approved)")
+
+
+def register(sub: argparse._SubParsersAction, settings_of) -> None:  # noqa: ANN001 - argparse internals
+    """Add the ``audit`` and ``users`` commands; ``settings_of(args)`` gives the Settings."""
+
+    def run(fn):  # noqa: ANN001, ANN202
+        return lambda args: fn(args, settings_of(args))
+
+    p = sub.add_parser("audit", help="GMP audit trail: verify, sign, log an action, seal, export")
+    a = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    v = a.add_parser("verify", help="check every hash chain and signature (exit 1 naming the first broken link)")
+    v.add_argument("--from", dest="time_from", metavar="T", help="UTC ISO time: verify records from T")
+    v.add_argument("--to", dest="time_to", metavar="T", help="UTC ISO time: verify records up to T")
+    v.add_argument("--chain", help="only this chain (system, decisions/LINE/pN)")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=run(cmd_audit_verify))
+    s = a.add_parser("sign", help="electronically sign a record (password re-entered, meaning stated)")
+    s.add_argument("record", metavar="RECORD", help="record id CHAIN#SEQ (see `audit list`)")
+    s.add_argument("--meaning", required=True, choices=["reviewed", "approved"])
+    s.add_argument("--hash", help="the record hash the signer reviewed (prefix): refused if the record differs")
+    s.add_argument("--reason")
+    add_auth_args(s)
+    s.set_defaults(func=run(cmd_audit_sign))
+    g = a.add_parser("log", help="record an action: line start/stop, alarm acknowledgement, unit override, "
+                     "threshold or recipe change")
+    g.add_argument("action", choices=sorted(LOGGABLE_ACTIONS))
+    g.add_argument("--subject", required=True, help="what it concerns (line, alarm id, unit, product)")
+    g.add_argument("--old", help="value before")
+    g.add_argument("--new", help="value after")
+    g.add_argument("--reason", required=True)
+    add_auth_args(g)
+    g.set_defaults(func=run(cmd_audit_log))
+    lst = a.add_parser("list", help="latest audit records (ids to sign)")
+    lst.add_argument("--chain")
+    lst.add_argument("--action")
+    lst.add_argument("--limit", type=int, default=20)
+    lst.set_defaults(func=run(cmd_audit_list))
+    se = a.add_parser("seal", help="seal every chain with records after its last seal")
+    se.add_argument("--chain")
+    se.set_defaults(func=run(cmd_audit_seal))
+    e = a.add_parser("export", help="write every record (CSV or Parquet) and a manifest with hashes")
+    e.add_argument("--out", type=Path, required=True, help="new folder")
+    e.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    e.add_argument("--reason", help="for whom / why (recorded)")
+    add_auth_args(e)
+    e.set_defaults(func=run(cmd_audit_export))
+    ve = a.add_parser("verify-export", help="verify an export folder offline (no database)")
+    ve.add_argument("folder", type=Path, metavar="DIR")
+    ve.set_defaults(func=run(cmd_audit_verify_export))
+
+    p = sub.add_parser("users", help="users and roles (operator, qa, admin)")
+    u = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    ua = u.add_parser("add", help="add a user (the first one, an admin, needs no --user)")
+    ua.add_argument("name")
+    ua.add_argument("--role", required=True, choices=list(ROLES))
+    ua.add_argument("--new-password-file", type=Path, help="file holding the new user's password")
+    ua.add_argument("--reason")
+    add_auth_args(ua)
+    ua.set_defaults(func=run(cmd_users_add))
+    u.add_parser("list", help="users, roles, enabled").set_defaults(func=run(cmd_users_list))
+    ud = u.add_parser("disable", help="disable a user (kept for the records)")
+    ud.add_argument("name")
+    ud.add_argument("--reason")
+    add_auth_args(ud)
+    ud.set_defaults(func=run(cmd_users_disable))
+    up = u.add_parser("passwd", help="change a password (own, or any as admin)")
+    up.add_argument("name")
+    up.add_argument("--new-password-file", type=Path)
+    up.add_argument("--reason")
+    add_auth_args(up)
+    up.set_defaults(func=run(cmd_users_passwd))
+    ul = u.add_parser("login", help="open a session: prints a token that expires (audit.session_ttl_s)")
+    add_auth_args(ul)
+    ul.set_defaults(func=run(cmd_users_login))

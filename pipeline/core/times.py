@@ -1,0 +1,24 @@
+"""Time on the wire: epoch nanoseconds, their units, and the one conversion to a datetime."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+NS_PER_S = 1_000_000_000
+NS_PER_MS = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def now_ns() -> int:
+    """Wall time in epoch nanoseconds: the unit of every timestamp on the wire."""
+    return time.time_ns()
+
+
+def datetime_from_ns(ns: int) -> datetime:
+    """UTC datetime of an epoch-nanosecond timestamp (microsecond precision, like DateTime64(6)).
+
+    Integer arithmetic, so a timestamp converts exactly (a float of ``ns / 1e9`` loses the last
+    microseconds of today's epoch times).
+    """
+    return _EPOCH + timedelta(microseconds=ns // 1000)

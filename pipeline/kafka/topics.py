@@ -1,0 +1,96 @@
+"""Create the LineSight Kafka topics, idempotently.
+
+Every service calls this (through `EmbeddedStack` or at its own start) instead of relying on
+broker auto-creation: partitions, replication and the frame size cap must be what the settings
+say. The embedded broker keeps topics in memory only, so they are created again at every start.
+Frames and dead letters carry encoded images, hence their larger ``max.message.bytes``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline.kafka.clients import bootstrap, client_config
+from pipeline.settings import KafkaSettings, Settings
+
+log = logging.getLogger(__name__)
+
+# Record-batch and header overhead on top of the largest frame the gateway accepts; the same
+# margin `pipeline.kafka.clients.make_producer` adds to its message.max.bytes.
+FRAME_OVERHEAD_BYTES = 64 * 1024
+
+
+class TopicSetupError(RuntimeError):
+    """A topic could not be created or inspected; the message names the topic and broker."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str]
+
+
+def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
+    """The topics named in the settings, with their partitions and configs."""
+    big = {"max.message.bytes": str(max(kafka.max_message_bytes + FRAME_OVERHEAD_BYTES, 1_048_588))}
+    names = [
+        (kafka.topic_frames, big),
+        (kafka.topic_results, {}),
+        (kafka.topic_rejects, {}),
+        (kafka.topic_deadletter, big),
+        (kafka.topic_truth, {}),
+        (kafka.topic_actuations, {}),
+        (kafka.topic_heartbeats, {}),
+        (kafka.topic_gate_events, {}),
+        (kafka.topic_alarms, {}),
+        (kafka.topic_audit, {}),
+        (kafka.topic_alerts, {}),
+        (kafka.topic_reject_images, {}),
+        (kafka.topic_recipes, {"cleanup.policy": "compact"}),
+    ]
+    return [TopicSpec(n, kafka.partitions, kafka.replication_factor, dict(c)) for n, c in names]
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Create the missing topics; return the names created (existing ones are left as they are)."""
+    kafka = settings.kafka
+    brokers = bootstrap(kafka)
+    admin = AdminClient(client_config(kafka) | {"logger": logging.getLogger("linesight.topics.librdkafka")})
+    specs = topic_specs(kafka)
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise TopicSetupError(f"cannot list topics on Kafka {brokers}: {exc}") from exc
+    for spec in specs:
+        if spec.name in existing and len(existing[spec.name].partitions) != spec.partitions:
+            log.warning(
+                "Kafka topic %s on %s has %d partitions, settings say %d (left as is)",
+                spec.name, brokers, len(existing[spec.name].partitions), spec.partitions,
+            )
+    missing = [s for s in specs if s.name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=s.config)
+         for s in missing],
+        operation_timeout=timeout_s,
+        request_timeout=timeout_s,
+    )
+    created: list[str] = []
+    for name, future in futures.items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # created concurrently by another service: fine
+            raise TopicSetupError(f"cannot create Kafka topic {name!r} on {brokers}: {exc}") from exc
+    log.info("created Kafka topics on %s: %s", brokers, ", ".join(sorted(created)))
+    return sorted(created)

@@ -1,0 +1,199 @@
+"""The one typed settings object of LineSight.
+
+Every service receives a `Settings` instance; nothing reads the environment elsewhere. Each field
+can be overridden by an environment variable named ``LINESIGHT_<SECTION>__<FIELD>`` (for example
+``LINESIGHT_KAFKA__BOOTSTRAP_SERVERS=kafka:9092``). An unset external address (Kafka bootstrap
+servers, Triton URL, ClickHouse URL) means "use the embedded service the project starts itself".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.settings.actuation import LineTimingSettings, PlcSettings, WatchdogSettings
+from pipeline.settings.secrets import read_secret
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class KafkaSettings(BaseModel):
+    """Broker address, topic names and client tuning."""
+
+    bootstrap_servers: str | None = Field(
+        default=None, description="host:port list; unset starts the embedded Tansu broker"
+    )
+    embedded_port: int = 19092
+    topic_frames: str = "linesight.frames"
+    topic_results: str = "linesight.results"
+    topic_rejects: str = "linesight.rejects"
+    topic_deadletter: str = "linesight.deadletter"
+    topic_truth: str = "linesight.truth"
+    topic_actuations: str = "linesight.actuations"
+    # Reject gate (docs/actuation.md): liveness signals, one event per unit at the gate, alarms.
+    topic_heartbeats: str = "linesight.heartbeats"
+    topic_gate_events: str = "linesight.gate-events"
+    topic_alarms: str = "linesight.alarms"
+    # GMP audit trail (docs/audit.md): every audit record, keyed by chain.
+    topic_audit: str = "linesight.audit"
+    # Real-time alerts (docs/alerts.md): every alert change, keyed by alert id.
+    topic_alerts: str = "linesight.alerts"
+    # A small JPEG of every unit removed from the line (batch records, dashboards), keyed by unit.
+    topic_reject_images: str = "linesight.reject-images"
+    # Recipe activations (docs/recipes.md): compacted, keyed by line, read in full by every worker.
+    topic_recipes: str = "linesight.recipes"
+    partitions: int = 3
+    replication_factor: int = 1
+    # Frames above this size are refused by the gateway (Kafka's default message cap is 1 MB).
+    max_message_bytes: int = 1_000_000
+    # Tansu completes a librdkafka group join in about half the session timeout: keep it short.
+    session_timeout_ms: int = 6000
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(default=None, description="file holding the SASL password")
+
+    def resolved_sasl_password(self) -> str:
+        return read_secret(self.sasl_password, self.sasl_password_file)
+
+
+class TritonSettings(BaseModel):
+    """Inference server address and the embedded server's ports."""
+
+    url: str | None = Field(
+        default=None, description="gRPC host:port; unset starts the embedded tritonserver"
+    )
+    embedded_http_port: int = 18000
+    embedded_grpc_port: int = 18001
+    embedded_metrics_port: int = 18002
+    model_repository: Path = PROJECT_ROOT / "triton_models"
+    startup_timeout_s: float = 180.0
+    request_timeout_s: float = 30.0
+    # Frames of one batch travel in one gRPC message; Triton's default cap is 4 MB.
+    max_grpc_message_bytes: int = 64 * 1024 * 1024
+
+
+class ClickHouseSettings(BaseModel):
+    """Analytics store: a ClickHouse server, or embedded chDB when no URL is set."""
+
+    url: str | None = Field(
+        default=None, description="http(s)://host:port of ClickHouse; unset uses embedded chDB"
+    )
+    database: str = "linesight"
+    username: str = "default"
+    password: SecretStr | None = None
+    password_file: Path | None = Field(default=None, description="file holding the password")
+    # Sink batching: ClickHouse wants few, large inserts.
+    insert_batch_rows: int = 5000
+    insert_interval_s: float = 1.0
+
+    def resolved_password(self) -> str:
+        return read_secret(self.password, self.password_file)
+
+
+class StreamSettings(BaseModel):
+    """Inspection worker (Faust) batching and identity."""
+
+    app_id: str = "linesight-inspector"
+    batch_size: int = 16
+    batch_window_s: float = 0.05
+    # Longest a consumer fetch may wait at the broker (Faust's fixed 1500 ms adds latency on Tansu).
+    fetch_max_wait_ms: int = 100
+    web_port: int = 16066
+    # product id -> Triton model (ensemble) that inspects it
+    product_models: dict[str, str] = {"tablet-round-white-10mm": "tablet_inspector"}
+    # Recipes (docs/recipes.md): folder of recipe files, and the recipe each line starts with
+    # (line -> recipe id) until `linesight recipes activate` switches it. A line with neither
+    # routes each product to its model as above.
+    recipes_dir: Path = PROJECT_ROOT / "recipes"
+    line_recipes: dict[str, str] = {}
+    # Longest side of the JPEG kept of each rejected unit (0: keep none).
+    reject_image_px: int = Field(default=128, ge=0, le=1024)
+
+
+class SimulatorSettings(BaseModel):
+    """Simulated line (camera gateway)."""
+
+    line: str = "line-1"
+    camera: str = "cam-1"
+    product: str = "tablet-round-white-10mm"
+    rate_per_s: float = 20.0
+    defect_rate: float = 0.15
+    image_size: int = 160
+    seed: int = 7
+
+
+class AuditSettings(BaseModel):
+    """GMP audit trail and users (docs/audit.md)."""
+
+    # A seal record (the chain head's hash) closes a chain every N records or T seconds.
+    seal_every: int = 1000
+    seal_interval_s: float = 300.0
+    session_ttl_s: float = 8 * 3600.0
+    # Publishing from CLI actions to the audit topic waits at most this long (ClickHouse is the record).
+    publish_timeout_s: float = 5.0
+
+
+class ServiceSettings(BaseModel):
+    """Consumer groups and health ports of the sink and actuator services."""
+
+    sink_group: str = "linesight-clickhouse-sink"
+    actuator_group: str = "linesight-actuator"
+    actuator_line: str | None = Field(default=None, description="fire only for this line")
+    sink_health_port: int = 16070
+    actuator_health_port: int = 16071
+    # Alert service and operator dashboard (docs/alerts.md), run by the stack process.
+    alerts_group: str = "linesight-alerts"
+    alerts_interval_s: float = 10.0
+    alerts_run_length: int = 8
+    alerts_missing_after_s: float = 5.0
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 16080
+    # Production (`linesight alerts` / `linesight dashboard` as separate services, docs/deployment.md):
+    # the alert service's health endpoint and internal API (state, reject frames, acknowledgements).
+    alerts_health_port: int = 16072
+    alerts_url: str | None = Field(default=None, description="the alert service for `linesight dashboard`, "
+                                   "e.g. http://alerts:16072")
+    alerts_api_token: SecretStr | None = None
+    alerts_api_token_file: Path | None = Field(default=None, description="file holding the alert API token")
+    # Health endpoints the dashboard probes (None: 127.0.0.1 and the port above, as in `linesight up`).
+    sink_url: str | None = None
+    actuator_url: str | None = None
+    # Session cookie only over HTTPS: set when a TLS-terminating reverse proxy serves the dashboard.
+    dashboard_secure_cookie: bool = False
+
+    def resolved_alerts_api_token(self) -> str:
+        return read_secret(self.alerts_api_token, self.alerts_api_token_file)
+
+
+class Settings(BaseSettings):
+    """All settings of one LineSight deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LINESIGHT_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    state_dir: Path = PROJECT_ROOT / ".linesight"
+    kafka: KafkaSettings = KafkaSettings()
+    triton: TritonSettings = TritonSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    stream: StreamSettings = StreamSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+    services: ServiceSettings = ServiceSettings()
+    audit: AuditSettings = AuditSettings()
+    # Reject gate PLC (OPC UA) and, per line id, where/when a captured unit meets the gate.
+    plc: PlcSettings = PlcSettings()
+    lines: dict[str, LineTimingSettings] = {"line-1": LineTimingSettings()}
+    # Heartbeats the actuator must keep receiving (worker, Triton, broker), else reject-all.
+    watchdog: WatchdogSettings = WatchdogSettings()
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def chdb_dir(self) -> Path:
+        return self.state_dir / "chdb"

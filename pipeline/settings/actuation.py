@@ -1,0 +1,169 @@
+"""Settings of the reject gate's PLC connection and of each line's timing model.
+
+Plain pydantic models, nested into the main `pipeline.settings.Settings` as ``plc`` and
+``lines`` (so ``LINESIGHT_PLC__ENDPOINT=opc.tcp://plc:4840`` works). This module must not import
+`pipeline.settings` (that module imports this one) nor asyncua (settings load everywhere).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+
+from pipeline.settings.secrets import read_secret
+
+
+class SecurityPolicy(StrEnum):
+    """OPC UA security policies the gate client supports (names as asyncua spells them)."""
+
+    NONE = "None"
+    BASIC256SHA256 = "Basic256Sha256"
+    AES128_SHA256_RSAOAEP = "Aes128Sha256RsaOaep"
+    AES256_SHA256_RSAPSS = "Aes256Sha256RsaPss"
+
+
+class SecurityMode(StrEnum):
+    """OPC UA message security mode."""
+
+    NONE = "None"
+    SIGN = "Sign"
+    SIGN_AND_ENCRYPT = "SignAndEncrypt"
+
+
+class PlcNodeIds(BaseModel):
+    """String NodeIds of the gate's PLC tags (``ns=<index>;s=<name>`` or ``ns=<index>;i=<n>``).
+
+    The PLC integrator maps these to the controller's tags; the simulator creates exactly these.
+    """
+
+    # Written by LineSight: the unit to remove and a per-command sequence number. Writing the
+    # sequence is the trigger (a pulse), so the same unit id written twice is still two commands.
+    reject_unit: str = "ns=2;s=LineSight.Gate.RejectUnit"
+    reject_seq: str = "ns=2;s=LineSight.Gate.RejectSeq"
+    # Written by the PLC when the gate has fired: which unit/sequence, and the PLC's time.
+    fired_unit: str = "ns=2;s=LineSight.Gate.FiredUnit"
+    fired_seq: str = "ns=2;s=LineSight.Gate.FiredSeq"
+    fired_at: str = "ns=2;s=LineSight.Gate.FiredAt"
+    # Counter the PLC increments periodically: proves the controller program is running.
+    heartbeat: str = "ns=2;s=LineSight.Plc.Heartbeat"
+    # Counter LineSight increments: the PLC goes reject-all when it stops (LineSight dead).
+    host_heartbeat: str = "ns=2;s=LineSight.Host.Heartbeat"
+    # Written by LineSight: request reject-all (pipeline unhealthy). Read back: reject-all active.
+    fail_safe: str = "ns=2;s=LineSight.Gate.FailSafe"
+    reject_all: str = "ns=2;s=LineSight.Gate.RejectAllActive"
+
+
+class PlcSettings(BaseModel):
+    """How the actuator reaches the reject gate's PLC (OPC UA)."""
+
+    enabled: bool = Field(
+        default=True, description="false: the simulated in-process gate (no PLC; demos and tests only)"
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="opc.tcp://host:port/path of the gate's PLC; unset starts the embedded PLC simulator",
+    )
+    # The embedded PLC simulator (`pipeline.actuation.plc.simulator`) when no endpoint is set.
+    embedded_port: int = 14840
+    embedded_startup_timeout_s: float = Field(default=30.0, gt=0)
+    # The simulator goes reject-all when the actuator's host heartbeat is silent this long.
+    embedded_host_heartbeat_timeout_s: float = Field(default=3.0, gt=0)
+    nodes: PlcNodeIds = PlcNodeIds()
+    security_policy: SecurityPolicy = SecurityPolicy.NONE
+    security_mode: SecurityMode = SecurityMode.NONE
+    certificate: Path | None = Field(default=None, description="client certificate (.der/.pem)")
+    private_key: Path | None = Field(default=None, description="client private key (.pem/.der)")
+    private_key_password_file: Path | None = None
+    server_certificate: Path | None = Field(
+        default=None, description="pinned PLC certificate; unset takes it from the endpoint list"
+    )
+    # Must match the URI in the client certificate's subjectAltName.
+    application_uri: str = "urn:linesight:actuator"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = Field(default=None, description="file holding the PLC password")
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    request_timeout_s: float = Field(default=1.0, gt=0)
+    # The PLC confirms a fire by writing fired_seq; no confirmation within this is an alarm.
+    confirm_timeout_s: float = Field(default=0.5, gt=0)
+    confirm_poll_s: float = Field(default=0.005, gt=0)
+    heartbeat_poll_s: float = Field(default=0.25, gt=0)
+    # PLC heartbeat unchanged for this long: the controller is not running its program.
+    heartbeat_timeout_s: float = Field(default=2.0, gt=0)
+    reconnect_initial_s: float = Field(default=0.2, gt=0)
+    reconnect_max_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> PlcSettings:
+        none_policy = self.security_policy is SecurityPolicy.NONE
+        none_mode = self.security_mode is SecurityMode.NONE
+        if none_policy != none_mode:
+            raise ValueError("security_policy and security_mode must both be None or both set")
+        if not none_policy and (self.certificate is None or self.private_key is None):
+            raise ValueError(f"security policy {self.security_policy} needs certificate and private_key")
+        return self
+
+    def resolved_password(self) -> str:
+        return read_secret(self.password, self.password_file)
+
+    def resolved_private_key_password(self) -> str | None:
+        if self.private_key_password_file is None:
+            return None
+        return read_secret(None, self.private_key_password_file) or None
+
+
+class LineTimingSettings(BaseModel):
+    """Where and when a unit captured by the line's camera is at the reject gate.
+
+    Speed mode (default): ``deadline = capture time + camera_to_gate_mm / conveyor_speed_mm_s``.
+    Encoder mode (``counts_per_mm`` set): each frame carries the conveyor encoder count at
+    capture; the unit is at the gate when the encoder has advanced ``gate_offset_counts`` (by
+    default ``camera_to_gate_mm * counts_per_mm``); the time of that is extrapolated from the
+    encoder rate observed on recent frames, so speed changes move the deadline with them.
+    """
+
+    conveyor_speed_mm_s: float = Field(
+        default=250.0, gt=0, description="speed mode; in encoder mode the rate before any sample"
+    )
+    camera_to_gate_mm: float = Field(default=500.0, gt=0)
+    counts_per_mm: float | None = Field(default=None, gt=0, description="set: encoder mode")
+    gate_offset_counts: int | None = Field(default=None, gt=0, description="camera-to-gate in counts")
+    # Length of conveyor, centred on the gate, in which the gate's push still removes the unit.
+    gate_window_mm: float = Field(default=10.0, gt=0)
+    # Mechanical delay of the gate (valve + cylinder): the command is sent this early.
+    actuation_lead_ms: float = Field(default=0.0, ge=0)
+    # A verdict must be at the actuator this long before the fire time (PLC write + slack).
+    verdict_margin_ms: float = Field(default=20.0, ge=0)
+    # Encoder mode: how often pending deadlines are re-evaluated against the latest encoder rate.
+    encoder_recheck_ms: float = Field(default=20.0, gt=0)
+    encoder_rate_window_s: float = Field(default=1.0, gt=0)
+
+    @property
+    def encoder_mode(self) -> bool:
+        return self.counts_per_mm is not None
+
+    def resolved_gate_offset_counts(self) -> int:
+        if self.gate_offset_counts is not None:
+            return self.gate_offset_counts
+        if self.counts_per_mm is None:
+            raise ValueError("gate offset in counts needs counts_per_mm (encoder mode)")
+        return round(self.camera_to_gate_mm * self.counts_per_mm)
+
+
+class WatchdogSettings(BaseModel):
+    """Which pipeline components must keep beating, and how long silence is tolerated."""
+
+    # component name -> seconds without a heartbeat before the line goes fail-safe
+    enabled: bool = True
+    timeouts_s: dict[str, float] = {"worker": 3.0, "triton": 3.0, "broker": 3.0}
+    # Healthy for this long before the fail-safe alarm clears (no flapping on a single beat).
+    clear_after_s: float = Field(default=1.0, ge=0)
+    check_interval_s: float = Field(default=0.1, gt=0)
+    # How often workers and the actuator send heartbeats (well under the timeouts).
+    heartbeat_interval_s: float = Field(default=0.5, gt=0)
+    # Workers' Triton readiness probe must answer within this.
+    triton_probe_timeout_s: float = Field(default=1.0, gt=0)
+    # Bad-input alarms (malformed command, unknown line/unit) clear after this long without another.
+    bad_input_hold_s: float = Field(default=10.0, gt=0)

@@ -1,0 +1,361 @@
+"""Turns a batch of frames into verdicts, reject commands and dead letters.
+
+Kept free of Faust so the decision logic is tested without a broker. The rule that matters: every
+frame yields exactly one result. A frame that cannot be inspected (bad metadata, unknown product,
+corrupt image, Triton failure) is dead-lettered with its reason and its unit is rejected
+(`cause="failsafe"`): in pharma a unit that was not inspected is never shipped.
+
+Which inspections judge a frame is `streams.routing` (the line's recipe, else the product's
+classifier). A classifier's verdict comes from the thresholds of the very version that scored the
+unit (docs/models.md): `pass`, `reject`, or `review` (grey zone: the gate removes the unit and a
+person decides); a measurement's from the recipe's tolerances (docs/recipes.md). Several
+inspections of one frame combine: the worst verdict wins, the first failing check names the defect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol, cast
+
+from pipeline.core.health import worker_id
+from pipeline.core.times import now_ns
+from pipeline.inspections.kinds import CLASSIFIER, JudgeContext, judge
+from pipeline.recipes.book import RecipeBook
+from pipeline.recipes.schema import Recipe
+from pipeline.settings import Settings
+from pipeline.wire.codec import thumbnail_jpeg
+from pipeline.wire.messages import (
+    H_CAMERA,
+    H_CAPTURE_NS,
+    H_DEFECT,
+    H_LINE,
+    H_LOT,
+    H_PRODUCT,
+    H_UNIT,
+    H_VERDICT,
+    FrameMeta,
+    Headers,
+    InspectionResult,
+    MessageError,
+    RejectCommand,
+    check_image_bytes,
+    dead_letter_headers,
+    header_value,
+)
+from streams.routing import RecipeRefusal, Step, plan_for
+from streams.triton_client import Failed, Measured, MeasureOutcome, ModelInfo, Scored, ScoreOutcome, UnknownModelError
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One consumed frame message and where it came from."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    topic: str
+    partition: int
+    offset: int
+    received_ns: int
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class Scorer(Protocol):
+    async def model_info(self, model: str, refresh: bool = False) -> ModelInfo: ...
+
+    async def score(self, model: str, images: list[bytes]) -> list[ScoreOutcome]: ...
+
+    async def measure(self, model: str, images: list[bytes], params_json: bytes) -> list[MeasureOutcome]: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    frame: Frame
+    meta: FrameMeta
+    recipe: Recipe | None
+    steps: tuple[Step, ...]
+
+
+@dataclass
+class FrameVerdict:
+    """The combined verdict of a frame's inspections (worst wins; first failing check names it)."""
+
+    verdict: str = "pass"
+    defect: str = "none"
+    reasons: list[str] = field(default_factory=list)
+    measurements: dict[str, float | int | str | bool] = field(default_factory=dict)
+    parts: list[dict[str, object]] = field(default_factory=list)
+    score: float | None = None
+    threshold: float | None = None
+    review_threshold: float | None = None
+    class_scores: dict[str, float] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+
+    def add(self, verdict: str, defect: str) -> None:
+        rank = {"pass": 0, "review": 1, "reject": 2}
+        if verdict != "pass" and self.defect == "none":
+            self.defect = defect
+        if rank[verdict] > rank[self.verdict]:
+            self.verdict = verdict
+
+
+class InspectionProcessor:
+    """Decides every frame of a batch; returns the messages to publish."""
+
+    def __init__(
+        self, settings: Settings, scorer: Scorer, worker: str | None = None, recipes: RecipeBook | None = None
+    ) -> None:
+        self._kafka = settings.kafka
+        self._models = settings.stream.product_models
+        self._image_px = settings.stream.reject_image_px
+        self._scorer = scorer
+        self._worker = worker or worker_id()
+        self._recipes = recipes
+
+    async def process(self, frames: list[Frame]) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        plans: list[Plan] = []
+        for frame in frames:
+            meta: FrameMeta | None = None
+            try:
+                meta = FrameMeta.from_headers(frame.headers)
+                check_image_bytes(frame.value)
+                recipe, steps = plan_for(meta, self._models, self._recipes)
+            except RecipeRefusal as exc:
+                out += self._failsafe(frame, meta, str(exc), stage="recipe", recipe=self._recipe_ref(meta))
+                continue
+            except MessageError as exc:
+                out += self._failsafe(frame, meta, str(exc), stage="validate")
+                continue
+            plans.append(Plan(frame, meta, recipe, steps))
+
+        groups: dict[tuple[str, str, bytes], list[int]] = defaultdict(list)
+        for i, plan in enumerate(plans):
+            for step in plan.steps:
+                groups[(step.kind, step.model, step.params_json)].append(i)
+        keys = list(groups)
+        answers = await asyncio.gather(*(self._run_group(k, [plans[i] for i in groups[k]]) for k in keys))
+        outcome: dict[tuple[int, tuple[str, str, bytes]], tuple[object, str]] = {}
+        for key, (results, stage) in zip(keys, answers, strict=True):
+            for i, result in zip(groups[key], results, strict=True):
+                outcome[(i, key)] = (result, stage)
+        for i, plan in enumerate(plans):
+            step_outcomes = [(step, *outcome[(i, (step.kind, step.model, step.params_json))]) for step in plan.steps]
+            out += self._decide(plan, step_outcomes)
+        return out
+
+    def _recipe_ref(self, meta: FrameMeta | None) -> str:
+        entry = self._recipes.get(meta.line) if (self._recipes is not None and meta is not None) else None
+        return entry.ref if isinstance(entry, Recipe) else ""
+
+    async def _run_group(self, key: tuple[str, str, bytes], plans: list[Plan]) -> tuple[list[object], str]:
+        kind, model, params_json = key
+        if kind == CLASSIFIER:
+            info, outcomes, stage = await self._score_group(model, [(p.frame, p.meta) for p in plans])
+            return [(info, o) for o in outcomes], stage
+        try:
+            measured = await self._scorer.measure(model, [p.frame.value or b"" for p in plans], params_json)
+        except UnknownModelError:
+            return [Failed(f"recipe names model {model!r}, which Triton does not serve")] * len(plans), "validate"
+        except Exception as exc:  # noqa: BLE001 - any serving failure must fail safe, not crash
+            return [Failed(f"inference unavailable: {type(exc).__name__}: {exc}")] * len(plans), "inference"
+        return list(measured), "inference"
+
+    def _decide(self, plan: Plan, steps: list[tuple[Step, object, str]]) -> list[Outgoing]:
+        frame, meta = plan.frame, plan.meta
+        ref = plan.recipe.ref if plan.recipe else ""
+        d = FrameVerdict()
+        for step, result, stage in steps:
+            if step.kind == CLASSIFIER:
+                # _run_group answers a classifier step with (model info, outcome) pairs.
+                info, scored = cast("tuple[ModelInfo | None, ScoreOutcome]", result)
+                if not isinstance(scored, Scored) or info is None:
+                    reason = scored.reason if isinstance(scored, Failed) else "no model info"
+                    return self._failsafe(frame, meta, reason, stage=stage, model=step.model, recipe=ref)
+                self._add_scored(d, info, scored)
+                continue
+            if isinstance(result, Failed):
+                return self._failsafe(frame, meta, result.reason, stage=stage, model=step.model, recipe=ref)
+            assert isinstance(result, Measured) and step.params is not None
+            try:
+                ctx = JudgeContext(lot=meta.lot, today=datetime.fromtimestamp(meta.capture_ns / 1e9, UTC).date())
+                j = judge(step.kind, result.measurement, step.params, ctx)
+            except (ValueError, KeyError, TypeError) as exc:
+                reason = f"{step.model} measurement cannot be judged: {type(exc).__name__}: {exc}"
+                return self._failsafe(frame, meta, reason, stage="judge", model=step.model, recipe=ref)
+            d.add(j.verdict, j.defect)
+            d.reasons += j.reasons
+            d.measurements |= j.measurements
+            d.measurements |= j.flags
+            d.parts += [asdict(p) for p in j.parts]
+            d.models.append(step.model)
+            d.versions.append(result.model_version)
+        return self._verdict(frame, meta, d, ref)
+
+    @staticmethod
+    def _add_scored(d: FrameVerdict, info: ModelInfo, scored: Scored) -> None:
+        verdict = scored.verdict
+        d.add(verdict, scored.defect)
+        d.score, d.threshold, d.review_threshold = scored.score, scored.reject_threshold, scored.review_threshold
+        d.class_scores = scored.class_probs
+        d.models.append(scored.classifier or info.classifier)
+        d.versions.append(str(scored.model_version))
+        if verdict == "reject":
+            d.reasons.append(f"score {scored.score:.4g} > reject threshold {scored.reject_threshold:.4g}")
+        elif verdict == "review":
+            d.reasons.append(
+                f"score {scored.score:.4g} in review zone "
+                f"({scored.review_threshold:.4g}, {scored.reject_threshold:.4g}]: for a person to decide"
+            )
+
+    async def _score_group(
+        self, model: str, group: list[tuple[Frame, FrameMeta]]
+    ) -> tuple[ModelInfo | None, list[ScoreOutcome], str]:
+        try:
+            info = await self._scorer.model_info(model)
+            outcomes = await self._scorer.score(model, [f.value or b"" for f, _ in group])
+        except UnknownModelError:
+            # A product nobody trained a model for: no model, no inspection, no shipping.
+            product = group[0][1].product
+            reason = f"unknown product {product!r} (no model {model!r})"
+            return None, [Failed(reason) for _ in group], "validate"
+        except Exception as exc:  # noqa: BLE001 - any serving failure must fail safe, not crash
+            reason = f"inference unavailable: {type(exc).__name__}: {exc}"
+            return None, [Failed(reason) for _ in group], "inference"
+        return info, outcomes, "inference"
+
+    def _verdict(self, frame: Frame, meta: FrameMeta, d: FrameVerdict, recipe: str) -> list[Outgoing]:
+        result = InspectionResult(
+            unit_id=meta.unit_id,
+            line=meta.line,
+            camera=meta.camera,
+            product=meta.product,
+            lot=meta.lot,
+            verdict=d.verdict,  # type: ignore[arg-type]
+            cause="model",
+            inspected=True,
+            defect=d.defect,
+            score=d.score,
+            threshold=d.threshold,
+            review_threshold=d.review_threshold,
+            model_name="+".join(d.models),
+            model_version="+".join(d.versions),
+            capture_ns=meta.capture_ns,
+            received_ns=frame.received_ns,
+            inferred_ns=now_ns(),
+            worker=self._worker,
+            class_scores=d.class_scores,
+            image_sha256=_image_sha256(frame),
+            recipe=recipe,
+            measurements=d.measurements,
+            parts=d.parts,
+            reasons=d.reasons,
+        )
+        out = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), result.to_json())]
+        if d.verdict != "pass":  # `review` units leave the line too; a person decides on them
+            who = recipe or f"{result.model_name} v{result.model_version}"
+            out.append(self._reject(result, f"{who}: {'; '.join(d.reasons) or d.defect}"))
+            out += self._reject_image(frame, result)
+        return out
+
+    def _failsafe(
+        self, frame: Frame, meta: FrameMeta | None, reason: str, stage: str, model: str = "", recipe: str = ""
+    ) -> list[Outgoing]:
+        # Without parsable metadata, keep whatever identity the frame does carry.
+        h = lambda name: header_value(frame.headers, name)  # noqa: E731
+        unit = meta.unit_id if meta else (h(H_UNIT) or _key(frame) or frame.source)
+        now = now_ns()
+        result = InspectionResult(
+            unit_id=unit,
+            line=meta.line if meta else h(H_LINE),
+            camera=meta.camera if meta else h(H_CAMERA),
+            product=meta.product if meta else h(H_PRODUCT),
+            lot=meta.lot if meta else h(H_LOT),
+            verdict="reject",
+            cause="failsafe",
+            inspected=False,
+            defect="uninspected",
+            score=None,
+            threshold=None,
+            model_name=model,
+            model_version="",
+            capture_ns=meta.capture_ns if meta else frame.received_ns,
+            received_ns=frame.received_ns,
+            inferred_ns=now,
+            worker=self._worker,
+            error=reason,
+            image_sha256=_image_sha256(frame),
+            recipe=recipe,
+        )
+        dead = Outgoing(
+            self._kafka.topic_deadletter,
+            frame.key,
+            frame.value,
+            dead_letter_headers(frame.headers, reason, stage, frame.source),
+        )
+        return [
+            dead,
+            Outgoing(self._kafka.topic_results, unit.encode(), result.to_json()),
+            self._reject(result, f"not inspected: {reason}"),
+            *self._reject_image(frame, result),
+        ]
+
+    def _reject_image(self, frame: Frame, result: InspectionResult) -> list[Outgoing]:
+        """A small JPEG of a unit leaving the line, for the batch record (none if undecodable)."""
+        if not self._image_px or not frame.value:
+            return []
+        jpeg = thumbnail_jpeg(frame.value, self._image_px)
+        if jpeg is None:
+            return []
+        headers = [
+            (H_UNIT, result.unit_id.encode()),
+            (H_LINE, result.line.encode()),
+            (H_LOT, result.lot.encode()),
+            (H_CAPTURE_NS, str(result.capture_ns).encode()),
+            (H_VERDICT, result.verdict.encode()),
+            (H_DEFECT, result.defect.encode()),
+        ]
+        return [Outgoing(self._kafka.topic_reject_images, result.unit_id.encode(), jpeg, headers)]
+
+    def _reject(self, result: InspectionResult, reason: str) -> Outgoing:
+        command = RejectCommand(
+            unit_id=result.unit_id,
+            line=result.line,
+            camera=result.camera,
+            lot=result.lot,
+            cause=result.cause,
+            defect=result.defect,
+            capture_ns=result.capture_ns,
+            issued_ns=now_ns(),
+            verdict=result.verdict,
+            reason=reason[:1000],
+        )
+        # Keyed by line: one line's rejects stay in order for its gate.
+        return Outgoing(self._kafka.topic_rejects, result.line.encode(), command.to_json())
+
+
+def _image_sha256(frame: Frame) -> str:
+    return hashlib.sha256(frame.value).hexdigest() if frame.value else ""
+
+
+def _key(frame: Frame) -> str:
+    try:
+        return frame.key.decode() if frame.key else ""
+    except UnicodeDecodeError:
+        return ""
