@@ -9,13 +9,14 @@ RATE ?= 20
 RECIPE ?=
 MODEL := triton_models/tablet_classifier/1/model.onnx
 
-.PHONY: install model demo up test test-unit clean-state help
+.PHONY: install model demo up test test-unit typecheck clean-state help
 
 help:
 	@echo "make demo   set up .venv, train the model if absent, run a simulated line (DURATION=$(DURATION) s;"
 	@echo "           RECIPE=vial-2r-clear-5ml | blister-2x5-round-white | carton-label-gs1 for other products)"
 	@echo "make test   run the test suite: tests/unit, then tests/e2e (end-to-end on the embedded stack)"
 	@echo "make test-unit  only tests/unit: no services, no trained model needed (fast)"
+	@echo "make typecheck  mypy over pipeline/ and streams/ (part of make test)"
 	@echo "make model  train the tablet model into triton_models/ if absent"
 
 $(VENV)/.installed: pyproject.toml
@@ -38,11 +39,15 @@ demo: install model
 up: install model
 	$(LINESIGHT) up --rate $(RATE)
 
-test: install model
+test: install model typecheck
 	$(PY) -m pytest -q tests/unit tests/e2e
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
+
+# mypy over pipeline/ and streams/ (settings in pyproject.toml).
+typecheck: install
+	$(PY) -m mypy
 
 clean-state:
 	rm -rf .linesight

@@ -8,7 +8,8 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-from pipeline.messages import InspectionResult, now_ns
+from pipeline.core.times import now_ns
+from pipeline.wire.messages import InspectionResult
 
 TOKEN = "test-alert-api-token-0123456789"
 

@@ -36,7 +36,7 @@ def embedded_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
                 }
             ),
             "clickhouse": base.clickhouse.model_copy(update={"url": None}),
-            # The gate's PLC: the embedded simulator (`pipeline.plc.embedded`) on a free port.
+            # The gate's PLC: the embedded simulator (`pipeline.actuation.plc.embedded`) on a free port.
             "plc": base.plc.model_copy(update={"enabled": True, "endpoint": None, "embedded_port": free_port()}),
         }
     )

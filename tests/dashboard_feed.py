@@ -9,9 +9,10 @@ import threading
 import numpy as np
 
 from pipeline.alerts.engine import AlertEngine
-from pipeline.imaging.codec import encode_png
+from pipeline.core.times import now_ns
 from pipeline.imaging.tablets import sample_unit
-from pipeline.messages import FrameMeta, Heartbeat, InspectionResult, now_ns
+from pipeline.wire.codec import encode_png
+from pipeline.wire.messages import FrameMeta, Heartbeat, InspectionResult
 
 PRODUCT = "tablet-round-white-10mm"
 

@@ -18,9 +18,9 @@ from pipeline.auth.guard import Guard
 from pipeline.auth.sessions import SessionStore
 from pipeline.auth.users import UserStore
 from pipeline.clickhouse import ChdbClient
+from pipeline.core.times import now_ns
 from pipeline.dashboard.app import Dashboard, DashboardServer
 from pipeline.embedded.process import free_port
-from pipeline.messages import now_ns
 
 
 @dataclass

@@ -65,8 +65,9 @@ def _source(m: Message) -> str:
     return f"{m.topic()}:{m.partition()}:{m.offset()}"
 
 
-def inspection_row(m: Message) -> Row:
-    r = InspectionResult.from_json(m.value())
+def inspection_row(m: Message, r: InspectionResult) -> Row:
+    """The ``inspections`` row of a result already decoded from `m` (decoded once: the sink's
+    audit decision record comes from the same object)."""
     return {
         "unit_id": r.unit_id,
         "line": r.line,
@@ -251,7 +252,7 @@ class ClickHouseSink:
         self._client = client
         self._db = settings.clickhouse.database
         self.routes: dict[str, tuple[str, Callable[[Message], Row]]] = {
-            k.topic_results: ("inspections", inspection_row),
+            k.topic_results: ("inspections", self._inspection),
             k.topic_truth: ("ground_truth", truth_row),
             k.topic_actuations: ("actuations", actuation_row),
             k.topic_deadletter: ("dead_letters", dead_letter_row),
@@ -263,11 +264,24 @@ class ClickHouseSink:
         self.rows_written = 0
         self.audit = AuditTrail.from_settings(settings, client, audit_publisher)
         self.audit_records_written = 0
+        # Decision records of the batch being written, by audit chain: (unit id, event).
+        self._decisions: dict[str, list[tuple[str, AuditEvent]]] = defaultdict(list)
+
+    def _inspection(self, m: Message) -> Row:
+        """A result's row; its decision record joins the batch's audit decisions in the same pass."""
+        result = InspectionResult.from_json(m.value())
+        row = inspection_row(m, result)
+        partition = m.partition()
+        assert partition is not None  # consumed messages carry their partition
+        chain = decision_chain(result.line, partition)
+        self._decisions[chain].append((result.unit_id, decision_event(result, _source(m))))
+        return row
 
     def write(self, messages: Sequence[Message]) -> None:
         tables: dict[str, list[Row]] = defaultdict(list)
         spans: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(dict)  # first, last offset; first ts
         decisions: dict[str, list[tuple[str, AuditEvent]]] = defaultdict(list)
+        self._decisions = decisions
         for m in messages:
             topic, partition, offset = m.topic(), m.partition(), m.offset()
             # Consumed (non-error) messages always carry their topic, partition and offset.
@@ -275,11 +289,6 @@ class ClickHouseSink:
             table, to_row = self.routes[topic]
             try:
                 row = to_row(m)
-                if table == "inspections":
-                    result = InspectionResult.from_json(m.value())
-                    decisions[decision_chain(result.line, partition)].append(
-                        (result.unit_id, decision_event(result, _source(m)))
-                    )
             except (MessageError, ValueError, TypeError, KeyError) as exc:
                 log.warning("undecodable message at %s: %s", _source(m), exc)
                 table, row = "dead_letters", undecodable_row(m, f"sink could not decode: {exc}")

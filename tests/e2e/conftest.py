@@ -19,11 +19,11 @@ import pytest
 from support import LIVE_TABLET_MODEL
 
 from pipeline.clickhouse import ClickHouseClient
-from pipeline.demo import pipeline_stack
+from pipeline.demo.run import pipeline_stack
+from pipeline.demo.services import Services
 from pipeline.embedded.broker import TansuBroker
 from pipeline.embedded.process import free_port
 from pipeline.embedded.triton import ModelNotTrainedError, TritonServer
-from pipeline.runtime import Services
 from pipeline.settings import Settings
 
 E2E_DIR = Path(__file__).resolve().parent

@@ -11,13 +11,14 @@ from confluent_kafka import TopicPartition
 from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.alerts.record import AlertRecord
 from pipeline.alerts.service import AlertPublisher, AlertService, run_alert_service
+from pipeline.analytics.sink import alert_row
 from pipeline.clickhouse import ChdbClient
-from pipeline.health import HealthState
-from pipeline.kafka import flush_or_raise, make_consumer, make_producer
-from pipeline.messages import InspectionResult, now_ns
+from pipeline.core.health import HealthState
+from pipeline.core.times import now_ns
+from pipeline.kafka.clients import flush_or_raise, make_consumer, make_producer
+from pipeline.kafka.topics import ensure_topics
 from pipeline.settings import Settings
-from pipeline.sink import alert_row
-from pipeline.topics import ensure_topics
+from pipeline.wire.messages import InspectionResult
 
 TOPICS = ("topic_frames", "topic_results", "topic_rejects", "topic_deadletter", "topic_truth", "topic_actuations",
           "topic_heartbeats", "topic_gate_events", "topic_alarms", "topic_audit", "topic_alerts")

@@ -10,15 +10,16 @@ import uuid
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from pipeline.analytics.sink import ClickHouseSink
 from pipeline.audit.publish import AuditPublisher
 from pipeline.audit.record import DECISION_ACTION, AuditEvent
 from pipeline.audit.trail import AuditTrail
 from pipeline.clickhouse import ChdbClient
-from pipeline.kafka import client_config
-from pipeline.messages import InspectionResult, now_ns
+from pipeline.core.times import now_ns
+from pipeline.kafka.clients import client_config
+from pipeline.kafka.topics import ensure_topics
 from pipeline.settings import Settings
-from pipeline.sink import ClickHouseSink
-from pipeline.topics import ensure_topics
+from pipeline.wire.messages import InspectionResult
 
 
 def _result(unit: str, line: str, lot: str, verdict: str = "pass") -> InspectionResult:

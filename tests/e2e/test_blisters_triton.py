@@ -7,9 +7,9 @@ import pytest
 
 from pipeline.embedded.triton import TritonServer
 from pipeline.imaging.blisters import render_blister
-from pipeline.imaging.codec import decode_rgb, encode_png
 from pipeline.inspections.base import Measurement
 from pipeline.inspections.blister import BlisterParams, judge_blister, measure_blister
+from pipeline.wire.codec import decode_rgb, encode_png
 
 MODEL = "blister_inspector"
 

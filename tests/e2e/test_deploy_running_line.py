@@ -19,15 +19,15 @@ import pytest
 from contract_models import add_version, model_repository, repo_settings
 from support import eventually
 
+from pipeline.analytics.run_report import build_report
 from pipeline.clickhouse import ClickHouseClient
-from pipeline.demo import pipeline_stack, wait_drained
+from pipeline.demo.run import pipeline_stack, wait_drained
+from pipeline.demo.services import Services
 from pipeline.embedded.process import free_port
 from pipeline.embedded.triton import TritonServer
-from pipeline.gateway import FramePublisher, run_simulated_line
+from pipeline.gateway.publisher import FramePublisher, run_simulated_line
 from pipeline.model import repository
 from pipeline.model.deploy import DeployError, TritonTarget, deploy, list_models, rollback
-from pipeline.report import build_report
-from pipeline.runtime import Services
 from pipeline.settings import Settings
 
 PRODUCT = "tablet-round-white-10mm"
@@ -124,8 +124,8 @@ def test_deploy_and_rollback_while_the_line_runs(
     import tritonclient.grpc as grpcclient
     from PIL import Image
 
-    from pipeline.imaging.codec import encode_png
-    from pipeline.inference import OUTPUTS
+    from pipeline.wire.codec import encode_png
+    from streams.triton_client import OUTPUTS
 
     image = np.array([[encode_png(Image.new("RGB", (160, 160), (90, 90, 90)))]] * 2, dtype=np.object_)
     tensor = grpcclient.InferInput("IMAGE", [2, 1], "BYTES")

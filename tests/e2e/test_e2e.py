@@ -15,16 +15,18 @@ import onnxruntime
 import pytest
 from support import LIVE_TABLET_MODEL, LIVE_TABLET_VERSION
 
+from pipeline.analytics.run_report import build_report
 from pipeline.clickhouse import ClickHouseClient
-from pipeline.dataset import generate_dataset, load_dataset
-from pipeline.demo import wait_drained
-from pipeline.gateway import FramePublisher, replay_dataset, run_simulated_line
-from pipeline.kafka import make_producer
-from pipeline.messages import FrameMeta, GroundTruth, now_ns
+from pipeline.core.times import now_ns
+from pipeline.datasets.folder import load_dataset
+from pipeline.demo.run import wait_drained
+from pipeline.demo.services import Services
+from pipeline.gateway.publisher import FramePublisher, replay_dataset, run_simulated_line
+from pipeline.imaging.generate import generate_dataset
+from pipeline.kafka.clients import make_producer
 from pipeline.model.preprocess import prepare_image
-from pipeline.report import build_report
-from pipeline.runtime import Services
 from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.wire.messages import FrameMeta, GroundTruth
 
 LIVE, MODEL = LIVE_TABLET_VERSION, LIVE_TABLET_MODEL  # the live tablet classifier (conftest)
 GOOD_UNITS = 60

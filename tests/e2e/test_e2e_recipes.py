@@ -15,15 +15,16 @@ import uuid
 import pytest
 from support import eventually
 
+from pipeline.analytics.run_report import build_report
 from pipeline.clickhouse import ClickHouseClient
-from pipeline.demo import wait_drained
-from pipeline.gateway import FramePublisher, run_simulated_line
-from pipeline.messages import FrameMeta, GroundTruth, RecipeActivation, now_ns
+from pipeline.core.times import now_ns
+from pipeline.demo.run import wait_drained
+from pipeline.demo.services import Services
+from pipeline.gateway.publisher import FramePublisher, run_simulated_line
 from pipeline.recipes.activate import publish_activation, recipe_path
 from pipeline.recipes.schema import Recipe, load_recipe
-from pipeline.report import build_report
-from pipeline.runtime import Services
 from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.wire.messages import FrameMeta, GroundTruth, RecipeActivation
 
 RECIPE_LINE = "line-1"
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dataset import NO_DEFECT, generate_dataset, load_dataset
-from pipeline.evaluate import evaluate
+from pipeline.datasets.folder import NO_DEFECT, load_dataset
+from pipeline.imaging.generate import generate_dataset
 from pipeline.model import repository
 from pipeline.settings import Settings
+from pipeline.validation.evaluate import evaluate
 
 PROJECT_REPO = Path(__file__).resolve().parents[2] / "triton_models"
 PRODUCT = "tablet-round-white-10mm"

@@ -27,16 +27,16 @@ import pytest
 from contract_models import add_version, model_repository
 from support import eventually
 
+from pipeline.actuation.plc.embedded import EmbeddedPlc
+from pipeline.analytics.reconciliation import build_reconciliation
 from pipeline.clickhouse import ClickHouseClient
-from pipeline.demo import pipeline_stack, wait_drained
+from pipeline.demo.run import pipeline_stack, wait_drained
+from pipeline.demo.services import Services, http_ready, start_worker
 from pipeline.embedded.process import free_port
 from pipeline.embedded.triton import TritonServer
-from pipeline.gateway import FramePublisher, run_simulated_line
-from pipeline.plc.embedded import EmbeddedPlc
-from pipeline.plc.settings import LineTimingSettings, WatchdogSettings
-from pipeline.report import build_reconciliation
-from pipeline.runtime import Services, http_ready, start_worker
+from pipeline.gateway.publisher import FramePublisher, run_simulated_line
 from pipeline.settings import Settings
+from pipeline.settings.actuation import LineTimingSettings, WatchdogSettings
 
 PRODUCT = "tablet-round-white-10mm"
 

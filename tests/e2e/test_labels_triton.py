@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from pipeline.embedded.triton import TritonServer
-from pipeline.imaging.codec import encode_png
 from pipeline.imaging.labels import LABEL_PRODUCTS, sample_label
 from pipeline.inspections.base import Measurement
 from pipeline.inspections.label import LabelParams, judge_label
+from pipeline.wire.codec import encode_png
 
 MODEL = "label_reader"
 PRODUCT = "carton-label-gs1"

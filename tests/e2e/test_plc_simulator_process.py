@@ -1,4 +1,4 @@
-"""`python -m pipeline.plc.simulator`: the simulated PLC as its own process, driven by the OPC UA
+"""`python -m pipeline.actuation.plc.simulator`: the simulated PLC as its own process, driven by the OPC UA
 reject gate. The gate against an in-process `PlcSimulator` is tests/unit/test_plc.py."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.actuation.plc.gate import OpcUaGate
 from pipeline.embedded.process import free_port
-from pipeline.plc.gate import OpcUaGate
-from pipeline.plc.settings import PlcSettings
+from pipeline.settings.actuation import PlcSettings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,7 +29,7 @@ async def test_simulator_runs_as_a_module(tmp_path: Path) -> None:
     port = free_port()
     log = (tmp_path / "plc.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pipeline.plc.simulator", "--port", str(port), stdout=log, stderr=log,
+        sys.executable, "-m", "pipeline.actuation.plc.simulator", "--port", str(port), stdout=log, stderr=log,
     )
     gate = OpcUaGate(fast(f"opc.tcp://127.0.0.1:{port}/linesight/plc"))
     try:

@@ -22,15 +22,15 @@ from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.alerts.service import AlertService, serve_alerts_api
 from pipeline.auth.users import UserStore
 from pipeline.clickhouse import ChdbClient
+from pipeline.core.health import HealthState
+from pipeline.core.times import now_ns
 from pipeline.dashboard import stack
 from pipeline.dashboard.app import DashboardServer
+from pipeline.demo.services import child_env, linesight_command
 from pipeline.embedded.process import free_port
-from pipeline.health import HealthState
-from pipeline.kafka import flush_or_raise, make_producer
-from pipeline.messages import now_ns
-from pipeline.runtime import child_env, linesight_command
+from pipeline.kafka.clients import flush_or_raise, make_producer
+from pipeline.kafka.topics import ensure_topics
 from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
 
 TOPICS = ("topic_frames", "topic_results", "topic_heartbeats", "topic_alerts")
 

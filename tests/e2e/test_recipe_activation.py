@@ -12,11 +12,11 @@ import pytest
 from support import eventually
 
 from pipeline.auth.users import UserStore
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.clickhouse import ChdbClient
+from pipeline.kafka.topics import ensure_topics
 from pipeline.recipes.book import RecipeBook, RecipeFeed
 from pipeline.settings import PROJECT_ROOT, Settings
-from pipeline.topics import ensure_topics
 
 
 @pytest.fixture()

@@ -8,12 +8,13 @@ import uuid
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from pipeline.analytics.sink import ClickHouseSink
 from pipeline.clickhouse import ChdbClient
-from pipeline.kafka import client_config, make_producer
-from pipeline.messages import Actuation, GroundTruth, InspectionResult, now_ns
+from pipeline.core.times import now_ns
+from pipeline.kafka.clients import client_config, make_producer
+from pipeline.kafka.topics import ensure_topics
 from pipeline.settings import Settings
-from pipeline.sink import ClickHouseSink
-from pipeline.topics import ensure_topics
+from pipeline.wire.messages import Actuation, GroundTruth, InspectionResult
 
 
 def _settings(embedded_settings: Settings, broker: str) -> Settings:

@@ -10,9 +10,9 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from pipeline.embedded.process import free_port
-from pipeline.kafka import flush_or_raise, make_consumer, make_producer
+from pipeline.kafka.clients import flush_or_raise, make_consumer, make_producer
+from pipeline.kafka.topics import TopicSetupError, ensure_topics, topic_specs
 from pipeline.settings import Settings
-from pipeline.topics import TopicSetupError, ensure_topics, topic_specs
 
 
 def _settings(embedded_settings: Settings, bootstrap: str, prefix: str) -> Settings:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from pipeline.embedded.triton import TritonServer
-from pipeline.imaging.codec import encode_png
 from pipeline.imaging.vials import VIAL_PRODUCTS, render_vial
 from pipeline.inspections.base import Measurement
 from pipeline.inspections.vial import default_params, judge_vial
+from pipeline.wire.codec import encode_png
 
 VIAL = "vial-2r-clear-5ml"
 MODEL = "vial_inspector"

@@ -14,19 +14,13 @@ from typing import Any
 import pytest
 from support import eventually
 
-from pipeline.actuator import Actuator, SimulatedGate
+from pipeline.actuation.gate import SimulatedGate
+from pipeline.actuation.service import Actuator
+from pipeline.core.times import now_ns
 from pipeline.embedded.process import free_port
-from pipeline.messages import (
-    AlarmRecord,
-    FrameMeta,
-    GateEventRecord,
-    Heartbeat,
-    InspectionResult,
-    RejectCommand,
-    now_ns,
-)
-from pipeline.plc.settings import LineTimingSettings, WatchdogSettings
 from pipeline.settings import Settings
+from pipeline.settings.actuation import LineTimingSettings, WatchdogSettings
+from pipeline.wire.messages import AlarmRecord, FrameMeta, GateEventRecord, Heartbeat, InspectionResult, RejectCommand
 
 # 0.4 s from camera to gate; a verdict must arrive 20 ms before the fire time.
 FAST = LineTimingSettings(conveyor_speed_mm_s=1000.0, camera_to_gate_mm=400.0, gate_window_mm=100.0, verdict_margin_ms=20.0)

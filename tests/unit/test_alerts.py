@@ -23,9 +23,9 @@ from pipeline.alerts.detectors import (
 )
 from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.alerts.record import AlertBook, AlertRecord
-from pipeline.imaging.codec import encode_png
 from pipeline.imaging.tablets import sample_unit
-from pipeline.messages import FrameMeta, Heartbeat, InspectionResult
+from pipeline.wire.codec import encode_png
+from pipeline.wire.messages import FrameMeta, Heartbeat, InspectionResult
 
 S = 1_000_000_000
 PRODUCT = "tablet-round-white-10mm"

@@ -135,7 +135,7 @@ def test_time_range_verifies_the_span_and_its_first_link(trail: AuditTrail) -> N
 def test_line_start_and_stop_are_audited(embedded_settings: Settings, chdb_client: ChdbClient, tmp_path: Path) -> None:
     """`linesight demo`/`up` record who started and stopped the line, in the verified system chain
     (no broker here: the record stays in ClickHouse and the publish failure is only a warning)."""
-    from pipeline.demo import audit_line
+    from pipeline.demo.run import audit_line
 
     db = f"lineaudit_{uuid.uuid4().hex[:8]}"
     chdb_client.apply_schema(db)

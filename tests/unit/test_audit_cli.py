@@ -14,7 +14,7 @@ import pytest
 from pipeline.audit.record import AuditEvent
 from pipeline.audit.trail import AuditTrail
 from pipeline.auth.users import UserStore
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.clickhouse import ChdbClient
 from pipeline.settings import Settings
 

@@ -18,7 +18,7 @@ from pipeline.auth.passwords import hash_password, verify_password
 from pipeline.auth.roles import PERMISSIONS, allowed
 from pipeline.auth.sessions import SessionStore
 from pipeline.auth.users import UserStore
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.clickhouse import ChdbClient
 from pipeline.settings import Settings
 

@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 from support import Msg
 
+from pipeline.analytics.batch_record import build_batch_record, render_html, render_pdf
+from pipeline.analytics.sink import ClickHouseSink
 from pipeline.audit.record import AuditEvent
-from pipeline.audit.signatures import sign_record
 from pipeline.audit.trail import AuditTrail
 from pipeline.auth.guard import Guard, Principal
 from pipeline.auth.sessions import SessionStore
+from pipeline.auth.signatures import sign_record
 from pipeline.auth.users import UserStore
-from pipeline.batch_report import build_batch_record, render_html, render_pdf
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.clickhouse import ChdbClient
-from pipeline.messages import AlarmRecord, GateEventRecord, InspectionResult
 from pipeline.settings import Settings
-from pipeline.sink import ClickHouseSink
+from pipeline.wire.messages import AlarmRecord, GateEventRecord, InspectionResult
 
 S = 1_000_000_000
 
@@ -31,10 +31,10 @@ S = 1_000_000_000
 
 
 def _reject_image(topic: str, unit: str, line: str, lot: str, verdict: str, defect: str, t: int, offset: int) -> Msg:
-    """What the worker publishes for a removed unit (pipeline.inspection), from a rendered tablet."""
-    from pipeline.imaging import encode_png, render_tablet
-    from pipeline.imaging.codec import thumbnail_jpeg
-    from pipeline.messages import H_CAPTURE_NS, H_DEFECT, H_LINE, H_LOT, H_UNIT, H_VERDICT
+    """What the worker publishes for a removed unit (streams.processor), from a rendered tablet."""
+    from pipeline.imaging.tablets import render_tablet
+    from pipeline.wire.codec import encode_png, thumbnail_jpeg
+    from pipeline.wire.messages import H_CAPTURE_NS, H_DEFECT, H_LINE, H_LOT, H_UNIT, H_VERDICT
 
     image = render_tablet(np.random.default_rng(offset), "tablet-round-white-10mm", defect, size=160)
     jpeg = thumbnail_jpeg(encode_png(image), 128)

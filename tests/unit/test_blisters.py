@@ -21,9 +21,9 @@ from pipeline.imaging.blisters import (
     render_blister,
     sample_blister,
 )
-from pipeline.imaging.codec import decode_rgb, encode_jpeg, encode_png
 from pipeline.inspections.base import Measurement
 from pipeline.inspections.blister import BlisterParams, judge_blister, measure_blister
+from pipeline.wire.codec import decode_rgb, encode_jpeg, encode_png
 
 PRODUCT = "blister-2x5-round-white"
 MODEL_PY = Path(__file__).resolve().parents[2] / "triton_models" / "blister_inspector" / "1" / "model.py"

@@ -20,11 +20,11 @@ from pipeline.clickhouse import (
     ClickHouseError,
     ServerClient,
     connect,
-    datetime_from_ns,
     json_each_row,
     schema_statements,
     split_statements,
 )
+from pipeline.core.times import datetime_from_ns
 from pipeline.embedded.process import free_port
 from pipeline.settings import Settings
 

@@ -32,11 +32,11 @@ try:
 except ImportError as exc:  # pragma: no cover - a dev dependency
     raise ImportError("tests/unit/test_compose.py needs PyYAML: pip install -e '.[dev]' (pyyaml>=6)") from exc
 
-from pipeline.cli import build_parser
+from pipeline.cli.main import build_parser
+from pipeline.core.health import HealthState, serve_health
 from pipeline.embedded.process import free_port
-from pipeline.health import HealthState, serve_health
+from pipeline.kafka.topics import FRAME_OVERHEAD_BYTES
 from pipeline.settings import Settings
-from pipeline.topics import FRAME_OVERHEAD_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

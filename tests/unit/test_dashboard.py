@@ -14,9 +14,9 @@ from dashboard_site import Site, audit_actions, call, login, make_site, opener
 from PIL import Image
 
 from pipeline.clickhouse import ChdbClient
+from pipeline.core.times import now_ns
 from pipeline.dashboard.localize import Localizer, LocalizeUnavailable, TritonScorer
 from pipeline.embedded.process import free_port
-from pipeline.messages import now_ns
 
 
 @pytest.fixture()

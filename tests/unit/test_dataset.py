@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.dataset import (
-    DatasetError,
-    Row,
-    dataset_hash,
-    generate_dataset,
-    load_dataset,
-    write_dataset,
-)
-from pipeline.imaging import encode_png, render_tablet
+from pipeline.datasets.folder import DatasetError, Row, dataset_hash, load_dataset, write_dataset
+from pipeline.imaging.generate import generate_dataset
+from pipeline.imaging.tablets import render_tablet
+from pipeline.wire.codec import encode_png
 
 ROUND = "tablet-round-white-10mm"
 OVAL = "tablet-oval-yellow-14mm"

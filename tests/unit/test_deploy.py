@@ -15,7 +15,7 @@ import pytest
 from contract_models import add_version, model_repository, repo_settings
 
 from pipeline.auth.users import UserStore
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.clickhouse import ChdbClient
 from pipeline.embedded.process import free_port
 from pipeline.model import repository

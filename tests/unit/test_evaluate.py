@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dataset import NO_DEFECT, Dataset, DatasetError, Row, generate_dataset, load_dataset
-from pipeline.evaluate import (
+from pipeline.datasets.folder import NO_DEFECT, Dataset, DatasetError, Row, load_dataset
+from pipeline.imaging.generate import generate_dataset
+from pipeline.model import repository
+from pipeline.settings import Settings
+from pipeline.validation.evaluate import (
     EvaluationError,
     Prediction,
     evaluate,
@@ -20,8 +23,6 @@ from pipeline.evaluate import (
     verdict_metrics,
     write_predictions,
 )
-from pipeline.model import repository
-from pipeline.settings import Settings
 
 PRODUCT = "tablet-round-white-10mm"
 

@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 
-from pipeline.inspections.gs1 import (
+from pipeline.wire.gs1 import (
     GS,
     Gs1Data,
     Gs1Error,

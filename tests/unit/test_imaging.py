@@ -8,19 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.imaging import (
+from pipeline.imaging.products import (
+    ASSORTED_COLOR_CLEARANCE,
+    ASSORTED_TABLETS,
     DEFECT_CLASSES,
     PRODUCTS,
-    draw_unit,
-    encode_jpeg,
-    encode_png,
-    render_tablet,
-    sample_unit,
+    draw_assorted_spec,
 )
-from pipeline.imaging.codec import decode_rgb
-from pipeline.imaging.products import ASSORTED_COLOR_CLEARANCE, ASSORTED_TABLETS, draw_assorted_spec
 from pipeline.imaging.raster import illumination, pixel_grid, sensor_noise, shift_px
-from pipeline.imaging.tablets import render_tablet_with_mask
+from pipeline.imaging.tablets import draw_unit, render_tablet, render_tablet_with_mask, sample_unit
+from pipeline.wire.codec import decode_rgb, encode_jpeg, encode_png
 
 ROUND = "tablet-round-white-10mm"
 OVAL = "tablet-oval-yellow-14mm"

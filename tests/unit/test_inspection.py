@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from pipeline.inference import Failed, ModelInfo, Outcome, Scored, UnknownModelError, parse_classes, verdict_for
-from pipeline.inspection import Frame, InspectionProcessor
-from pipeline.messages import H_DLQ_REASON, FrameMeta, RejectCommand, header_value
-from pipeline.routing import ensemble_for
 from pipeline.settings import Settings
+from pipeline.wire.messages import H_DLQ_REASON, FrameMeta, RejectCommand, header_value
+from streams.processor import Frame, InspectionProcessor
+from streams.routing import ensemble_for
+from streams.triton_client import Failed, ModelInfo, Scored, ScoreOutcome, UnknownModelError, parse_classes, verdict_for
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 32
 INFO = ModelInfo("tablet_inspector", "tablet_classifier", {3: ("good", "crack", "chip")})
@@ -33,10 +33,10 @@ class ScriptedScorer:
             raise UnknownModelError(f"Triton serves no model {model!r}")
         return INFO
 
-    async def score(self, model: str, images: list[bytes]) -> list[Outcome]:
+    async def score(self, model: str, images: list[bytes]) -> list[ScoreOutcome]:
         self.calls.append(len(images))
         self.models.append(model)
-        out: list[Outcome] = []
+        out: list[ScoreOutcome] = []
         for image in images:
             if b"corrupt" in image:
                 out.append(Failed("triton: cannot identify image file"))
@@ -191,8 +191,9 @@ async def test_removed_units_leave_a_small_jpeg_for_the_batch_record() -> None:
     import numpy as np
     from PIL import Image
 
-    from pipeline.imaging import encode_png, render_tablet
-    from pipeline.messages import H_DEFECT, H_LOT, H_UNIT, H_VERDICT
+    from pipeline.imaging.tablets import render_tablet
+    from pipeline.wire.codec import encode_png
+    from pipeline.wire.messages import H_DEFECT, H_LOT, H_UNIT, H_VERDICT
 
     settings = Settings()
     k = settings.kafka

@@ -17,7 +17,6 @@ import zxingcpp
 from PIL import Image
 from pydantic import ValidationError
 
-from pipeline.imaging.codec import decode_rgb, encode_jpeg, encode_png
 from pipeline.imaging.labels import (
     DAMAGES,
     LABEL_DEFECTS,
@@ -37,6 +36,7 @@ from pipeline.inspections.label import (
     read_label_frame,
 )
 from pipeline.inspections.serving import parse_params
+from pipeline.wire.codec import decode_rgb, encode_jpeg, encode_png
 
 PRODUCT = "carton-label-gs1"
 SPEC = LABEL_PRODUCTS[PRODUCT]

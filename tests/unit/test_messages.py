@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.messages import (
+from pipeline.wire.messages import (
     H_CAPTURE_NS,
     H_DLQ_REASON,
     FrameMeta,

@@ -17,8 +17,8 @@ from google.protobuf import text_format
 from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
-from pipeline.imaging import encode_jpeg, encode_png, render_tablet
 from pipeline.imaging.products import DEFECT_CLASSES
+from pipeline.imaging.tablets import render_tablet
 from pipeline.model import repository as layout
 from pipeline.model import triton_repo
 from pipeline.model.augment import augment
@@ -33,6 +33,7 @@ from pipeline.model.export import ParityError, check_parity, export_onnx
 from pipeline.model.fit import FitConfig, deterministic_torch, fit, predict
 from pipeline.model.net import ServingModel, TabletNet
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, prepare_image, prepare_pil, restore_pil
+from pipeline.wire.codec import encode_jpeg, encode_png
 
 REPO = Path(__file__).resolve().parents[2] / "triton_models"
 ROUND = "tablet-round-white-10mm"

@@ -3,7 +3,7 @@
 Every failure of the PLC (unreachable, refusing writes, not confirming, frozen program) must
 come back as a typed `GateError` plus an alarm that clears when the PLC recovers, never as an
 exception. No fixed sleeps: conditions are polled until a deadline.
-The simulator as its own process (`python -m pipeline.plc.simulator`) is
+The simulator as its own process (`python -m pipeline.actuation.plc.simulator`) is
 tests/e2e/test_plc_simulator_process.py.
 """
 
@@ -22,20 +22,16 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from support import eventually_async
 
+from pipeline.actuation.alarms import AlarmCode, AlarmEvent
+from pipeline.actuation.loop import fail_safe_handler
+from pipeline.actuation.plc.gate import GateState, OpcUaGate, PlcNoConfirmation, PlcUnreachable, PlcWriteRefused
+from pipeline.actuation.plc.simulator import PlcSimulator
+from pipeline.actuation.scheduler import GateEvent, Outcome, RejectScheduler
+from pipeline.actuation.timing_model import UnitRef
+from pipeline.actuation.watchdog import Watchdog
 from pipeline.embedded.process import free_port
-from pipeline.plc.gate import (
-    AlarmCode,
-    GateState,
-    OpcUaGate,
-    PlcNoConfirmation,
-    PlcUnreachable,
-    PlcWriteRefused,
-    fail_safe_handler,
-)
-from pipeline.plc.settings import LineTimingSettings, PlcNodeIds, PlcSettings, SecurityMode, SecurityPolicy
-from pipeline.plc.simulator import PlcSimulator
 from pipeline.settings import Settings
-from pipeline.timing import AlarmEvent, GateEvent, Outcome, RejectScheduler, UnitRef, Watchdog
+from pipeline.settings.actuation import LineTimingSettings, PlcNodeIds, PlcSettings, SecurityMode, SecurityPolicy
 
 # One event loop and one simulated PLC for the module: an asyncua server takes ~2 s to build.
 pytestmark = [pytest.mark.timeout(60), pytest.mark.asyncio(loop_scope="module")]
@@ -257,7 +253,7 @@ async def test_scheduler_drives_the_opcua_gate_once_per_unit_on_time(plc: PlcSim
     gate = OpcUaGate(fast(plc.endpoint))
     await gate.start()
     assert await gate.wait_connected(10)
-    sched = RejectScheduler({"line-1": timing}, gate.fire_unit, on_event=events.append)
+    sched = RejectScheduler({"line-1": timing}, gate, on_event=events.append)
     sched.start()
     try:
         now = asyncio.get_running_loop().time
@@ -286,7 +282,7 @@ async def test_watchdog_puts_scheduler_and_plc_in_reject_all_until_healthy(plc: 
     gate = OpcUaGate(fast(plc.endpoint))
     await gate.start()
     assert await gate.wait_connected(10)
-    sched = RejectScheduler({"line-1": LineTimingSettings()}, gate.fire_unit)
+    sched = RejectScheduler({"line-1": LineTimingSettings()}, gate)
     alarms: list[AlarmEvent] = []
     handler = fail_safe_handler(sched, gate)
 
@@ -321,7 +317,7 @@ async def test_watchdog_puts_scheduler_and_plc_in_reject_all_until_healthy(plc: 
 
 
 async def test_actuation_loop_thread_drives_the_plc(plc: PlcSimulator) -> None:
-    from pipeline.plc.loop import ActuationLoop
+    from pipeline.actuation.loop import ActuationLoop
 
     events: list[GateEvent] = []
     timing = LineTimingSettings(conveyor_speed_mm_s=1000.0, camera_to_gate_mm=200.0, gate_window_mm=100.0)

@@ -9,13 +9,13 @@ import os
 import pytest
 from alerts_api import TOKEN, NullPublisher, get, result
 
-from pipeline import cli
 from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.alerts.service import AlertService, serve_alerts_api
+from pipeline.cli import main as cli
+from pipeline.core.health import HealthState
+from pipeline.core.times import now_ns
 from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
 from pipeline.embedded.process import free_port
-from pipeline.health import HealthState
-from pipeline.messages import now_ns
 from pipeline.settings import Settings
 
 # --------------------------------------------------------------------------- refusals

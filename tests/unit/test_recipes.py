@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from test_inspection import PNG, ScriptedScorer, by_topic, frame
 
-from pipeline.inference import Failed, Measured
-from pipeline.inspection import InspectionProcessor
 from pipeline.inspections import kinds
 from pipeline.inspections.base import InspectionParams, Judgement, Measurement
-from pipeline.messages import H_DLQ_REASON, RecipeActivation, header_value
 from pipeline.recipes.book import RecipeBook, Refused, load_defaults
 from pipeline.recipes.schema import RecipeError, load_recipe, parse_recipe
 from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.wire.messages import H_DLQ_REASON, RecipeActivation, header_value
+from streams.processor import InspectionProcessor
+from streams.triton_client import Failed, Measured
 
 REPO = PROJECT_ROOT / "triton_models"
 TABLET = {

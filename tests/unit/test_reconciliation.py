@@ -11,12 +11,12 @@ import uuid
 import pytest
 from support import Msg
 
-from pipeline.cli import main
+from pipeline.analytics.reconciliation import build_reconciliation
+from pipeline.analytics.sink import ClickHouseSink
+from pipeline.cli.main import main
 from pipeline.clickhouse import ChdbClient
-from pipeline.messages import AlarmRecord, GateEventRecord, GroundTruth, InspectionResult
-from pipeline.report import build_reconciliation
 from pipeline.settings import Settings
-from pipeline.sink import ClickHouseSink
+from pipeline.wire.messages import AlarmRecord, GateEventRecord, GroundTruth, InspectionResult
 
 S = 1_000_000_000
 

@@ -6,8 +6,8 @@ import pytest
 from confluent_kafka import TopicPartition
 from support import Msg
 
-from pipeline.consumer_loop import next_offsets
-from pipeline.runtime import settings_to_env
+from pipeline.demo.services import settings_to_env
+from pipeline.kafka.commit_loop import next_offsets
 from pipeline.settings import Settings
 
 

@@ -15,25 +15,14 @@ from functools import partial
 import pytest
 from support import eventually_async
 
-from pipeline.plc.settings import LineTimingSettings
-from pipeline.timing import (
-    NS_PER_MS,
-    NS_PER_S,
-    AlarmEvent,
-    DecisionKind,
-    EncoderTracker,
-    FireCause,
-    FireDone,
-    GateEvent,
-    GateTiming,
-    LineTimingModel,
-    ManualClock,
-    Outcome,
-    RejectScheduler,
-    SystemClock,
-    UnitRef,
-    Watchdog,
-)
+from pipeline.actuation.alarms import AlarmEvent
+from pipeline.actuation.clock import ManualClock, SystemClock
+from pipeline.actuation.gate import FireResult, GateError, SimulatedGate
+from pipeline.actuation.scheduler import DecisionKind, FireCause, GateEvent, Outcome, RejectScheduler
+from pipeline.actuation.timing_model import EncoderTracker, GateTiming, LineTimingModel, UnitRef
+from pipeline.actuation.watchdog import Watchdog
+from pipeline.core.times import NS_PER_MS, NS_PER_S
+from pipeline.settings.actuation import LineTimingSettings
 
 SPEED = LineTimingSettings(conveyor_speed_mm_s=250.0, camera_to_gate_mm=500.0, gate_window_mm=10.0, verdict_margin_ms=20.0)
 
@@ -55,20 +44,29 @@ class Rig:
         return {e.unit_id: e for e in self.events}
 
 
+class RigGate(SimulatedGate):
+    """The simulated gate, noting each fire's cause and clock time; it can jam or raise."""
+
+    def __init__(self, clock: ManualClock, fired_at: list[tuple[str, str, int]], fail: bool, raise_: bool) -> None:
+        super().__init__(clock)
+        self.clock, self.fired_at, self.fail, self.raise_ = clock, fired_at, fail, raise_
+
+    async def fire_unit(self, unit: UnitRef, cause: str) -> FireResult:
+        self.fired_at.append((unit.unit_id, cause, self.clock.now_ns()))
+        if self.raise_:
+            raise RuntimeError("driver bug")
+        if self.fail:
+            return FireResult(False, unit.unit_id, error=GateError("jammed"))
+        return await super().fire_unit(unit, cause)
+
+
 def make_rig(lines: dict[str, LineTimingSettings] | None = None, fail: bool = False, raise_: bool = False) -> Rig:
     clock = ManualClock()
-    rig: Rig
-
-    async def fire(unit: UnitRef, cause: str) -> FireDone:
-        rig.fired_at.append((unit.unit_id, cause, clock.now_ns()))
-        if raise_:
-            raise RuntimeError("driver bug")
-        return FireDone(ok=not fail, fired_ns=clock.now_ns(), reason="jammed" if fail else "")
-
+    fired_at: list[tuple[str, str, int]] = []
     events: list[GateEvent] = []
-    scheduler = RejectScheduler(lines or {"line-1": SPEED}, fire, clock=clock, on_event=events.append)
-    rig = Rig(clock, scheduler, events)
-    return rig
+    gate = RigGate(clock, fired_at, fail, raise_)
+    scheduler = RejectScheduler(lines or {"line-1": SPEED}, gate, clock=clock, on_event=events.append)
+    return Rig(clock, scheduler, events, fired_at)
 
 
 @pytest.fixture
@@ -305,10 +303,7 @@ async def test_real_clock_fires_within_a_few_ms_of_the_deadline() -> None:
     events: list[GateEvent] = []
     clock = SystemClock()
 
-    async def fire(u: UnitRef, cause: str) -> FireDone:
-        return FireDone(True, clock.now_ns())
-
-    s = RejectScheduler({"line-1": fast}, fire, on_event=events.append)
+    s = RejectScheduler({"line-1": fast}, SimulatedGate(clock), on_event=events.append)
     s.start()
     try:
         for i in range(10):
@@ -358,8 +353,8 @@ def test_actuation_loop_from_a_plain_thread() -> None:
     import threading
     import time as _time
 
-    from pipeline.plc.loop import ActuationLoop
-    from pipeline.plc.settings import PlcSettings
+    from pipeline.actuation.loop import ActuationLoop
+    from pipeline.settings.actuation import PlcSettings
 
     events: list[GateEvent] = []
     lock = threading.Lock()

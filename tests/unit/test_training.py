@@ -18,7 +18,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from pipeline.dataset import DatasetError, generate_dataset
+from pipeline.datasets.folder import DatasetError
+from pipeline.imaging.generate import generate_dataset
 from pipeline.imaging.products import ASSORTED_TABLETS
 from pipeline.model import repository as layout
 from pipeline.model.data import CLASSES, GOOD_ONLY_CLASSES, concat_sets, render_set
@@ -57,7 +58,8 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 def _run_onnx(path: Path, n: int = 3) -> dict[str, np.ndarray]:
-    from pipeline.imaging import encode_png, render_tablet
+    from pipeline.imaging.tablets import render_tablet
+    from pipeline.wire.codec import encode_png
 
     x = np.stack([prepare_image(encode_png(render_tablet(np.random.default_rng(i), ROUND, None))) for i in range(n)])
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

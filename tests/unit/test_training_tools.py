@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.dataset import DatasetError, generate_dataset, load_dataset
-from pipeline.imaging.shift import Shift, shift_dataset, shift_image
+from pipeline.datasets.folder import DatasetError, load_dataset
+from pipeline.datasets.shift import Shift, shift_dataset, shift_image
+from pipeline.imaging.generate import generate_dataset
 from pipeline.model.preprocess import prepare_image
 from pipeline.model.synthetic import KINDS, foreground, synthesize, synthesize_batch
 from pipeline.model.train import calibrate
@@ -59,7 +60,8 @@ def test_synthetic_anomalies_change_the_unit_where_their_mask_says() -> None:
 
 
 def _png(seed: int) -> bytes:
-    from pipeline.imaging import encode_png, render_tablet
+    from pipeline.imaging.tablets import render_tablet
+    from pipeline.wire.codec import encode_png
 
     return encode_png(render_tablet(np.random.default_rng(seed), ROUND, None))
 

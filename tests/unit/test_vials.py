@@ -15,7 +15,6 @@ from PIL import Image
 from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
 
-from pipeline.imaging.codec import decode_rgb, encode_jpeg, encode_png
 from pipeline.imaging.vials import (
     VIAL_DEFECTS,
     VIAL_PRODUCTS,
@@ -25,6 +24,7 @@ from pipeline.imaging.vials import (
 )
 from pipeline.inspections.base import Measurement
 from pipeline.inspections.vial import VialParams, default_params, judge_vial, measure_vial
+from pipeline.wire.codec import decode_rgb, encode_jpeg, encode_png
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "triton_models" / "vial_inspector"
 VIAL = "vial-2r-clear-5ml"
