@@ -21,6 +21,7 @@ class Clock(Protocol):
 
     async def sleep_until(self, t_ns: int) -> None: ...
 
+
 class SystemClock:
     """The real clock; epoch time because capture stamps come from the camera host's clock."""
 
@@ -30,6 +31,7 @@ class SystemClock:
     async def sleep_until(self, t_ns: int) -> None:
         delay = (t_ns - time.time_ns()) / NS_PER_S
         await asyncio.sleep(max(delay, 0.0))
+
 
 class ManualClock:
     """A clock that only moves when a test moves it: timing tests without real waiting."""
@@ -66,6 +68,7 @@ class ManualClock:
             await _settle()
         self._now = max(self._now, t_ns)
         await _settle()
+
 
 async def _settle(rounds: int = 20) -> None:
     for _ in range(rounds):

@@ -25,12 +25,14 @@ class GateError(Exception):
         super().__init__(reason)
         self.reason = reason
 
+
 class BadGateCommand(GateError):
     """The command itself was unusable (empty unit id...): nothing was sent to the PLC."""
 
+
 @dataclass(frozen=True)
 class FireResult:
-    """Outcome of one fire; satisfies `pipeline.actuation.scheduler.FireReport`."""
+    """Outcome of one fire: what every `Gate` answers (``reason`` names the `GateError`)."""
 
     ok: bool
     unit_id: str

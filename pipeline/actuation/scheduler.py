@@ -30,15 +30,6 @@ from pipeline.settings.actuation import LineTimingSettings
 log = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------------------- clocks
-
-
-# --------------------------------------------------------------------------------- timing model
-
-
-# ------------------------------------------------------------------------------------ scheduler
-
-
 class Action(StrEnum):
     REJECT = "reject"
     PASS = "pass"
@@ -462,8 +453,3 @@ def _action(p: _Pending) -> str | None:
 def _field(raw: Any, name: str) -> str:
     value = raw.get(name) if isinstance(raw, Mapping) else getattr(raw, name, None)
     return value if isinstance(value, str) else ""
-
-
-# ------------------------------------------------------------------------------------- watchdog
-
-

@@ -19,6 +19,7 @@ from pipeline.settings.actuation import LineTimingSettings
 class TimingError(ValueError):
     """A unit whose gate time cannot be computed (e.g. no encoder count on an encoder line)."""
 
+
 @dataclass(frozen=True)
 class UnitRef:
     """A unit as the camera saw it: identity and where/when it was captured."""
@@ -29,6 +30,7 @@ class UnitRef:
     encoder_count: int | None = None
     lot: str = ""
 
+
 @dataclass(frozen=True)
 class GateTiming:
     """When a unit meets the gate (epoch ns)."""
@@ -38,6 +40,7 @@ class GateTiming:
     window_start_ns: int  # first moment a push still removes the unit
     window_end_ns: int  # last moment a push still removes the unit
     verdict_cutoff_ns: int  # a verdict arriving after this is late
+
 
 class EncoderTracker:
     """Conveyor position/rate from (count, time) samples; extrapolates when a count is reached."""
@@ -68,6 +71,7 @@ class EncoderTracker:
         t_last, c_last = self._samples[-1]
         rate = max(self.counts_per_s(), 1e-6)
         return t_last + round((count - c_last) * NS_PER_S / rate)
+
 
 class LineTimingModel:
     """One line's camera-to-gate timing (speed mode or encoder mode, see `LineTimingSettings`)."""

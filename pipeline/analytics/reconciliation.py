@@ -47,6 +47,7 @@ class LineReconciliation:
     def unaccounted(self) -> int:
         return self.captured - self.accounted
 
+
 @dataclass(frozen=True)
 class AlarmEntry:
     code: str
@@ -55,6 +56,7 @@ class AlarmEntry:
     reason: str
     clear_reason: str
     source: str
+
 
 @dataclass(frozen=True)
 class BatchReconciliation:
@@ -122,6 +124,7 @@ class BatchReconciliation:
             out.append(f"    {a.code:<20} raised {a.raised:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f", {cleared}: {a.reason}")
         return "\n".join(out)
 
+
 def build_reconciliation(client: ClickHouseClient, database: str, lot: str) -> BatchReconciliation:
     """Per line, what the reject gate did with each unit of ``lot`` (see `LineReconciliation`)."""
     db, q = database, "{lot:String}"
@@ -178,6 +181,7 @@ def build_reconciliation(client: ClickHouseClient, database: str, lot: str) -> B
         {"lot": lot},
     ).rows
     return BatchReconciliation(lot, lines, [AlarmEntry(str(a[0]), a[1], a[2], str(a[3]), str(a[4]), str(a[5])) for a in alarms])
+
 
 def _num(value: object) -> float:
     try:

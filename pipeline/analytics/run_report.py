@@ -5,11 +5,7 @@ Verdicts are counted apart: `passed` (inspected and shipped), `rejected` (by the
 safe), `review` (in a model's grey zone: removed by the gate, a person decides). A defect
 "escapes" only when it passed; a good unit removed (reject or review) is a false reject.
 
-`build_reconciliation` is the batch record of the reject gate (``gate_events``): per line, every
-captured unit is inspected-passed, inspected-rejected (the model's reject or review), or
-fail-safe rejected (late: no verdict before its cutoff; failsafe: not inspectable, or the
-pipeline was unhealthy), and nothing is left unaccounted; with the alarms of the batch's time.
-`linesight report batch LOT` prints it.
+The report carries the lot's reject-gate reconciliation (`pipeline.analytics.reconciliation`).
 """
 
 from __future__ import annotations
@@ -212,4 +208,3 @@ def recipe_sections(client: ClickHouseClient, db: str, lot: str) -> dict:
         "measurements": measurements,
         "duplicate_serials": [{"serial": d["serial"], "units": list(d["units"])} for d in duplicates],
     }
-

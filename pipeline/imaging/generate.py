@@ -7,8 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from pipeline.datasets.folder import LABELS_FILE, NO_DEFECT, Row, write_dataset
+from pipeline.imaging.catalog import product_kind, sample_product
+from pipeline.imaging.tablets import sample_unit
+from pipeline.wire.codec import encode_png
 
 
 def generate_dataset(
@@ -29,12 +33,6 @@ def generate_dataset(
     today). Images go to `<product>/<good|defect class>/<i>.png`; tablets are `size` px, the other
     kinds keep their camera's frame size.
     """
-    from tqdm import tqdm
-
-    from pipeline.imaging.catalog import product_kind, sample_product
-    from pipeline.imaging.tablets import sample_unit
-    from pipeline.wire.codec import encode_png
-
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     if not products:

@@ -336,4 +336,3 @@ def header_value(headers: Headers | None, name: str) -> str:
             except UnicodeDecodeError:
                 return ""
     return ""
-

@@ -448,5 +448,3 @@ class OpcUaGate:
                 self._on_alarm(event)
             except Exception:
                 log.exception("alarm callback failed")
-
-
