@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from pipeline.model import repository
 from pipeline.settings import Settings
+from pipeline.settings.actuation import PlcSettings
 
 T = TypeVar("T")
 
@@ -72,3 +73,14 @@ _REPO = Settings().triton.model_repository
 # The tablet classifier version the committed config makes live (docs/models.md), and its ONNX.
 LIVE_TABLET_VERSION = repository.live_version(repository.read_config(_REPO, "tablet_classifier")) or 1
 LIVE_TABLET_MODEL = repository.version_dir(_REPO, "tablet_classifier", LIVE_TABLET_VERSION) / repository.ONNX_FILE
+
+
+def fast_plc(endpoint: str, **kw: object) -> PlcSettings:
+    """PLC settings with test-speed timeouts (production defaults are seconds)."""
+    base: dict[str, object] = dict(
+        enabled=True, endpoint=endpoint, heartbeat_poll_s=0.05, heartbeat_timeout_s=0.5,
+        confirm_timeout_s=0.3, request_timeout_s=2.0, connect_timeout_s=5.0,
+        reconnect_initial_s=0.05, reconnect_max_s=0.3,
+    )
+    base.update(kw)
+    return PlcSettings.model_validate(base)

@@ -8,21 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import fast_plc
 
 from pipeline.actuation.plc.gate import OpcUaGate
 from pipeline.embedded.process import free_port
-from pipeline.settings.actuation import PlcSettings
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def fast(endpoint: str) -> PlcSettings:
-    """Test-speed timeouts (production defaults are seconds), as in tests/unit/test_plc.py."""
-    return PlcSettings.model_validate(dict(
-        enabled=True, endpoint=endpoint, heartbeat_poll_s=0.05, heartbeat_timeout_s=0.5,
-        confirm_timeout_s=0.3, request_timeout_s=2.0, connect_timeout_s=5.0,
-        reconnect_initial_s=0.05, reconnect_max_s=0.3,
-    ))
 
 
 async def test_simulator_runs_as_a_module(tmp_path: Path) -> None:
@@ -31,7 +22,7 @@ async def test_simulator_runs_as_a_module(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pipeline.actuation.plc.simulator", "--port", str(port), stdout=log, stderr=log,
     )
-    gate = OpcUaGate(fast(f"opc.tcp://127.0.0.1:{port}/linesight/plc"))
+    gate = OpcUaGate(fast_plc(f"opc.tcp://127.0.0.1:{port}/linesight/plc"))
     try:
         await gate.start()
         assert await gate.wait_connected(30), gate.state_reason

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from support import eventually_async
+from support import eventually_async, fast_plc
 
 from pipeline.actuation.alarms import AlarmCode, AlarmEvent
 from pipeline.actuation.loop import fail_safe_handler
@@ -54,17 +54,6 @@ async def plc(shared_plc: PlcSimulator) -> AsyncIterator[PlcSimulator]:
 eventually = partial(eventually_async, timeout_s=10.0, poll_s=0.01)
 
 
-def fast(endpoint: str, **kw: object) -> PlcSettings:
-    """Test-speed timeouts (production defaults are seconds)."""
-    base: dict[str, object] = dict(
-        enabled=True, endpoint=endpoint, heartbeat_poll_s=0.05, heartbeat_timeout_s=0.5,
-        confirm_timeout_s=0.3, request_timeout_s=2.0, connect_timeout_s=5.0,
-        reconnect_initial_s=0.05, reconnect_max_s=0.3,
-    )
-    base.update(kw)
-    return PlcSettings.model_validate(base)
-
-
 class Alarms:
     def __init__(self) -> None:
         self.events: list[AlarmEvent] = []
@@ -81,7 +70,7 @@ class Alarms:
 
 async def test_fire_is_confirmed_with_the_plc_time_and_failures_are_typed_alarms(plc: PlcSimulator) -> None:
     alarms = Alarms()
-    gate = OpcUaGate(fast(plc.endpoint), on_alarm=alarms)
+    gate = OpcUaGate(fast_plc(plc.endpoint), on_alarm=alarms)
     await gate.start()
     try:
         assert await gate.wait_connected(10)
@@ -124,7 +113,7 @@ async def test_fire_is_confirmed_with_the_plc_time_and_failures_are_typed_alarms
 
 async def test_unreachable_plc_is_an_alarm_and_the_gate_reconnects(plc: PlcSimulator) -> None:
     alarms = Alarms()
-    nowhere = OpcUaGate(fast(f"opc.tcp://127.0.0.1:{free_port()}/linesight/plc"), on_alarm=alarms)
+    nowhere = OpcUaGate(fast_plc(f"opc.tcp://127.0.0.1:{free_port()}/linesight/plc"), on_alarm=alarms)
     await nowhere.start()
     try:
         # nothing listens: alarm with the reason, fires refused with a typed error, no exception
@@ -137,7 +126,7 @@ async def test_unreachable_plc_is_an_alarm_and_the_gate_reconnects(plc: PlcSimul
         await nowhere.stop()
 
     alarms = Alarms()
-    gate = OpcUaGate(fast(plc.endpoint), on_alarm=alarms)
+    gate = OpcUaGate(fast_plc(plc.endpoint), on_alarm=alarms)
     await gate.start()
     try:
         assert await gate.wait_connected(15)
@@ -162,7 +151,7 @@ async def test_unreachable_plc_is_an_alarm_and_the_gate_reconnects(plc: PlcSimul
 
 async def test_plc_goes_reject_all_when_linesight_stops_beating(plc: PlcSimulator) -> None:
     plc.watch_host_heartbeat(0.5)
-    gate = OpcUaGate(fast(plc.endpoint))
+    gate = OpcUaGate(fast_plc(plc.endpoint))
     await gate.start()
     assert await gate.wait_connected(10)
     await eventually(lambda: not plc.reject_all, what="host heartbeat seen")
@@ -174,8 +163,8 @@ async def test_username_from_password_file_and_wrong_password(tmp_path: Path) ->
     secret = tmp_path / "plc-password"
     secret.write_text("s3cret\n")
     async with PlcSimulator(free_port(), username="linesight", password="s3cret") as plc:
-        good = OpcUaGate(fast(plc.endpoint, username="linesight", password_file=secret))
-        bad = OpcUaGate(fast(plc.endpoint, username="linesight", password="guess"))
+        good = OpcUaGate(fast_plc(plc.endpoint, username="linesight", password_file=secret))
+        bad = OpcUaGate(fast_plc(plc.endpoint, username="linesight", password="guess"))
         await good.start()
         await bad.start()
         try:
@@ -189,7 +178,7 @@ async def test_username_from_password_file_and_wrong_password(tmp_path: Path) ->
 
 async def test_wrong_node_ids_are_refused_at_connect_with_the_tag_names(plc: PlcSimulator) -> None:
     nodes = PlcNodeIds(heartbeat="ns=2;s=Nope.Heartbeat")
-    gate = OpcUaGate(fast(plc.endpoint, nodes=nodes))
+    gate = OpcUaGate(fast_plc(plc.endpoint, nodes=nodes))
     await gate.start()
     try:
         await eventually(lambda: AlarmCode.UNREACHABLE in gate.alarms, what="config alarm")
@@ -229,12 +218,12 @@ async def test_basic256sha256_sign_and_encrypt(tmp_path: Path) -> None:
     server_cert, server_key = _self_signed(tmp_path, "plc", "urn:freeopcua:python:server", [ExtendedKeyUsageOID.SERVER_AUTH])
     client_cert, client_key = _self_signed(tmp_path, "actuator", "urn:linesight:actuator", [ExtendedKeyUsageOID.CLIENT_AUTH])
     async with PlcSimulator(free_port(), certificate=server_cert, private_key=server_key, allow_insecure=False) as plc:
-        settings = fast(
+        settings = fast_plc(
             plc.endpoint, security_policy=SecurityPolicy.BASIC256SHA256, security_mode=SecurityMode.SIGN_AND_ENCRYPT,
             certificate=client_cert, private_key=client_key,
         )
         gate = OpcUaGate(settings)
-        insecure = OpcUaGate(fast(plc.endpoint))
+        insecure = OpcUaGate(fast_plc(plc.endpoint))
         await gate.start()
         await insecure.start()
         try:
@@ -250,7 +239,7 @@ async def test_scheduler_drives_the_opcua_gate_once_per_unit_on_time(plc: PlcSim
     """Scheduler + real OPC UA gate: rejects and late units fire once each, passes do not."""
     timing = LineTimingSettings(conveyor_speed_mm_s=1000.0, camera_to_gate_mm=150.0, gate_window_mm=100.0, verdict_margin_ms=10.0)
     events: list[GateEvent] = []
-    gate = OpcUaGate(fast(plc.endpoint))
+    gate = OpcUaGate(fast_plc(plc.endpoint))
     await gate.start()
     assert await gate.wait_connected(10)
     sched = RejectScheduler({"line-1": timing}, gate, on_event=events.append)
@@ -279,7 +268,7 @@ async def test_scheduler_drives_the_opcua_gate_once_per_unit_on_time(plc: PlcSim
 
 async def test_watchdog_puts_scheduler_and_plc_in_reject_all_until_healthy(plc: PlcSimulator) -> None:
     """Worker silent -> alarm raised, scheduler and PLC reject everything; beats again -> cleared."""
-    gate = OpcUaGate(fast(plc.endpoint))
+    gate = OpcUaGate(fast_plc(plc.endpoint))
     await gate.start()
     assert await gate.wait_connected(10)
     sched = RejectScheduler({"line-1": LineTimingSettings()}, gate)
@@ -321,7 +310,7 @@ async def test_actuation_loop_thread_drives_the_plc(plc: PlcSimulator) -> None:
 
     events: list[GateEvent] = []
     timing = LineTimingSettings(conveyor_speed_mm_s=1000.0, camera_to_gate_mm=200.0, gate_window_mm=100.0)
-    actuation = ActuationLoop(fast(plc.endpoint), {"line-1": timing}, on_event=events.append)
+    actuation = ActuationLoop(fast_plc(plc.endpoint), {"line-1": timing}, on_event=events.append)
     await asyncio.to_thread(actuation.start)
     try:
         await eventually(lambda: actuation.gate is not None and actuation.gate.state is GateState.CONNECTED)
