@@ -97,10 +97,12 @@ class Actuator:
         self.name = f"actuator-{worker_id()}"
         wd = settings.watchdog
         self._wd = wd
+        # Refuses a timeout that would let a unit reach the gate before reject-all (the numbers).
+        timeouts = wd.resolved_timeouts_s(self._lines) if wd.enabled else {}
         self.actuation = ActuationLoop(
             settings.plc,
             self._lines,
-            watchdog_timeouts_s=wd.timeouts_s if wd.enabled else None,
+            watchdog_timeouts_s=timeouts or None,
             watchdog_clear_after_s=wd.clear_after_s,
             watchdog_interval_s=wd.check_interval_s,
             watchdog_armed=False,  # started when the consumer demonstrably receives (see `_heartbeat`)
@@ -119,7 +121,7 @@ class Actuator:
         self._defects: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
-        self._max_beat_age_ns = round(max(wd.timeouts_s.values(), default=3.0) * NS_PER_S)
+        self._max_beat_age_ns = round(max(timeouts.values(), default=3.0) * NS_PER_S)
         self._assigned_ns: int | None = None
         self.heard_self = False  # our own heartbeat, sent after the assignment, came back
 

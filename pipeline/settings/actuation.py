@@ -7,6 +7,7 @@ Plain pydantic models, nested into the main `pipeline.settings.Settings` as ``pl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 
@@ -68,8 +69,9 @@ class PlcSettings(BaseModel):
     # The embedded PLC simulator (`pipeline.actuation.plc.simulator`) when no endpoint is set.
     embedded_port: int = 14840
     embedded_startup_timeout_s: float = Field(default=30.0, gt=0)
-    # The simulator goes reject-all when the actuator's host heartbeat is silent this long.
-    embedded_host_heartbeat_timeout_s: float = Field(default=3.0, gt=0)
+    # The simulator goes reject-all when the actuator's host heartbeat is silent this long. Units
+    # at the gate within this after the actuator dies are not covered: keep it short.
+    embedded_host_heartbeat_timeout_s: float = Field(default=1.0, gt=0)
     nodes: PlcNodeIds = PlcNodeIds()
     security_policy: SecurityPolicy = SecurityPolicy.NONE
     security_mode: SecurityMode = SecurityMode.NONE
@@ -140,6 +142,14 @@ class LineTimingSettings(BaseModel):
     encoder_recheck_ms: float = Field(default=20.0, gt=0)
     encoder_rate_window_s: float = Field(default=1.0, gt=0)
 
+    def min_travel_to_fire_s(self) -> float:
+        """Seconds from capture to the fire time at the nominal speed (``conveyor_speed_mm_s``).
+
+        In encoder mode the belt's real speed can be higher: set ``conveyor_speed_mm_s`` to the
+        line's top speed so the watchdog budget holds at it.
+        """
+        return self.camera_to_gate_mm / self.conveyor_speed_mm_s - self.actuation_lead_ms / 1000
+
     @property
     def encoder_mode(self) -> bool:
         return self.counts_per_mm is not None
@@ -152,18 +162,70 @@ class LineTimingSettings(BaseModel):
         return round(self.camera_to_gate_mm * self.counts_per_mm)
 
 
-class WatchdogSettings(BaseModel):
-    """Which pipeline components must keep beating, and how long silence is tolerated."""
+WATCHED_COMPONENTS = ("worker", "triton", "broker")
 
-    # component name -> seconds without a heartbeat before the line goes fail-safe
+
+class WatchdogSettings(BaseModel):
+    """Which pipeline components must keep beating, and how long silence is tolerated.
+
+    The timeouts are bounded by the lines' camera-to-gate times (`fail_safe_budget_s`): a unit
+    whose frame never reached the actuator (broker down) is only rejected by the PLC's reject-all,
+    so reject-all must be active before such a unit can be at the gate.
+    """
+
     enabled: bool = True
-    timeouts_s: dict[str, float] = {"worker": 3.0, "triton": 3.0, "broker": 3.0}
+    # component name -> seconds without a heartbeat before the line goes fail-safe. Empty (the
+    # default): each of `WATCHED_COMPONENTS` gets the longest timeout the lines allow.
+    timeouts_s: dict[str, float] = {}
     # Healthy for this long before the fail-safe alarm clears (no flapping on a single beat).
     clear_after_s: float = Field(default=1.0, ge=0)
     check_interval_s: float = Field(default=0.1, gt=0)
     # How often workers and the actuator send heartbeats (well under the timeouts).
-    heartbeat_interval_s: float = Field(default=0.5, gt=0)
+    heartbeat_interval_s: float = Field(default=0.25, gt=0)
     # Workers' Triton readiness probe must answer within this.
     triton_probe_timeout_s: float = Field(default=1.0, gt=0)
     # Bad-input alarms (malformed command, unknown line/unit) clear after this long without another.
     bad_input_hold_s: float = Field(default=10.0, gt=0)
+    # Budgeted time from the watchdog's decision to the PLC's reject-all being active (one OPC UA
+    # write; a few ms measured on a loaded host) and the slack kept before the earliest fire time.
+    plc_fail_safe_latency_s: float = Field(default=0.2, ge=0)
+    fail_safe_margin_s: float = Field(default=0.05, ge=0)
+
+    def fail_safe_budget_s(self, lines: Mapping[str, LineTimingSettings]) -> tuple[float, str]:
+        """The longest watchdog timeout the lines allow, and the line that sets it.
+
+        A unit captured just after the last heartbeat that proved the pipeline (sent at ``h``) is
+        at its fire time at ``h + travel - lead``; reject-all is active at the latest at
+        ``h + heartbeat_interval + timeout + check_interval + plc_fail_safe_latency``. So:
+        ``timeout <= min over lines (travel - lead - margin) - heartbeat_interval - check_interval
+        - plc_fail_safe_latency``.
+        """
+        if not lines:
+            raise ValueError("no lines configured: the watchdog timeout cannot be derived")
+        line, travel = min(((name, t.min_travel_to_fire_s()) for name, t in lines.items()), key=lambda x: x[1])
+        overhead = self.heartbeat_interval_s + self.check_interval_s + self.plc_fail_safe_latency_s
+        return travel - self.fail_safe_margin_s - overhead, line
+
+    def resolved_timeouts_s(self, lines: Mapping[str, LineTimingSettings]) -> dict[str, float]:
+        """The timeouts to use: derived when unset; a configured one over the budget is refused
+        with the numbers (a unit could otherwise reach the gate before reject-all covers it)."""
+        budget, line = self.fail_safe_budget_s(lines)
+        timing = lines[line]
+        why = (
+            f"line {line!r}: camera-to-gate {timing.min_travel_to_fire_s() + timing.actuation_lead_ms / 1000:.3f} s"
+            f" - actuation lead {timing.actuation_lead_ms / 1000:.3f} s - margin {self.fail_safe_margin_s:.3f} s"
+            f" - heartbeat interval {self.heartbeat_interval_s:.3f} s - check interval {self.check_interval_s:.3f} s"
+            f" - PLC fail-safe latency {self.plc_fail_safe_latency_s:.3f} s = {budget:.3f} s"
+        )
+        if budget <= self.heartbeat_interval_s:
+            raise ValueError(f"no watchdog timeout can protect the gate ({why}, not above the heartbeat interval): "
+                             "slow the line, move the camera upstream, or beat more often")
+        if not self.timeouts_s:
+            return dict.fromkeys(WATCHED_COMPONENTS, round(budget, 3))
+        over = {name: t for name, t in self.timeouts_s.items() if t > budget}
+        if over:
+            raise ValueError(
+                f"watchdog timeouts {over} exceed the fail-safe budget ({why}): units captured after the last "
+                "heartbeat would reach the gate before reject-all; lower LINESIGHT_WATCHDOG__TIMEOUTS_S or leave it unset"
+            )
+        return dict(self.timeouts_s)

@@ -172,7 +172,9 @@ def test_every_captured_unit_is_rejected_unless_its_pass_verdict_is_in_time(make
 
 
 def test_watchdog_rejects_everything_while_a_component_is_silent(make: Any) -> None:
-    s = settings(enabled=True, timeouts_s={"worker": 0.3, "triton": 0.3}, clear_after_s=0.1, check_interval_s=0.02)
+    # The 0.4 s line leaves 0.31 s of fail-safe budget with these (simulated gate: no PLC write).
+    s = settings(enabled=True, timeouts_s={"worker": 0.3, "triton": 0.3}, clear_after_s=0.1, check_interval_s=0.02,
+                 heartbeat_interval_s=0.05, plc_fail_safe_latency_s=0.0, fail_safe_margin_s=0.02)
     actuator, producer = make(s)
     actuator.arm()
     triton_ok = threading.Event()
