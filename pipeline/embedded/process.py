@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,127 @@ class ManagedProcess:
 
     def __repr__(self) -> str:
         return f"ManagedProcess({self.name!r}, pid={self.pid}, alive={self.alive})"
+
+
+@dataclass(frozen=True)
+class ServiceChange:
+    """A supervised service went down (``up`` False) or is back (``up`` True), and why."""
+
+    service: str
+    up: bool
+    reason: str
+    at_ns: int
+    down_s: float = 0.0
+
+
+class Supervisor:
+    """Restarts services that died, so a crash is an outage with an end, not the end of the line.
+
+    Each watched service is probed (``alive``) every ``poll_s`` on its own thread; a dead one is
+    reported (``on_change`` down), restarted (``restart`` must bring it back ready or raise) with
+    exponential backoff from ``initial_backoff_s`` to ``max_backoff_s``, and reported back up.
+    After ``max_attempts`` failed restarts in a row it gives up: the down report stands, so the
+    alarm stays raised and the line stays fail-safe. A service that stays up ``stable_s`` earns
+    back its first quick retry.
+    """
+
+    def __init__(
+        self,
+        on_change: Callable[[ServiceChange], None] | None = None,
+        *,
+        initial_backoff_s: float = 0.5,
+        max_backoff_s: float = 10.0,
+        max_attempts: int = 10,
+        stable_s: float = 30.0,
+        poll_s: float = 0.2,
+    ) -> None:
+        self._on_change = on_change
+        self.initial_backoff_s, self.max_backoff_s = initial_backoff_s, max_backoff_s
+        self.max_attempts, self.stable_s, self.poll_s = max_attempts, stable_s, poll_s
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.down: dict[str, ServiceChange] = {}  # services down now (their down report)
+        self.restarts: dict[str, int] = {}  # successful restarts per service
+        self.history: list[ServiceChange] = []
+
+    def backoff_s(self, failures: int) -> float:
+        """The wait before restart attempt ``failures + 1`` (0 before the first)."""
+        if failures <= 0:
+            return 0.0
+        return float(min(self.initial_backoff_s * 2 ** (failures - 1), self.max_backoff_s))
+
+    def watch(self, service: str, alive: Callable[[], bool], restart: Callable[[], None]) -> None:
+        """Supervise ``service`` from now on (it must be running)."""
+        thread = threading.Thread(target=self._run, args=(service, alive, restart),
+                                  name=f"supervise-{service}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def watch_process(self, proc: ManagedProcess, restart: Callable[[], None]) -> None:
+        """Supervise a managed process: alive while its process runs."""
+        self.watch(proc.name, lambda: proc.alive, restart)
+
+    @property
+    def watching(self) -> int:
+        """How many services are still supervised (a given-up one is not)."""
+        return sum(t.is_alive() for t in self._threads)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop supervising (call before stopping the services, so a stop is not a crash)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    def _report(self, change: ServiceChange) -> None:
+        with self._lock:
+            if change.up:
+                self.down.pop(change.service, None)
+                self.restarts[change.service] = self.restarts.get(change.service, 0) + 1
+            else:
+                self.down[change.service] = change
+            self.history.append(change)
+        (log.warning if change.up else log.error)("%s %s: %s", change.service, "is back" if change.up else "is DOWN",
+                                                   change.reason)
+        if self._on_change is not None:
+            try:
+                self._on_change(change)
+            except Exception:  # noqa: BLE001 - a broken alarm path must not stop supervision
+                log.exception("service change callback failed")
+
+    def _run(self, service: str, alive: Callable[[], bool], restart: Callable[[], None]) -> None:
+        failures = 0
+        up_since = time.monotonic()
+        while not self._stop.wait(self.poll_s):
+            try:
+                ok = alive()
+            except Exception as exc:  # noqa: BLE001 - a probe that raises reports "down"
+                ok, why = False, f"{type(exc).__name__}: {exc}"
+            else:
+                why = "its process exited"
+            if ok:
+                if failures and time.monotonic() - up_since >= self.stable_s:
+                    failures = 0
+                continue
+            went_down, down_ns = time.monotonic(), time.time_ns()
+            self._report(ServiceChange(service, False, why, down_ns))
+            while not self._stop.is_set():
+                if failures >= self.max_attempts:
+                    log.error("%s: giving up after %d failed restarts; the alarm stays raised", service, failures)
+                    return
+                if self._stop.wait(self.backoff_s(failures)):
+                    return
+                try:
+                    restart()
+                except Exception as exc:  # noqa: BLE001 - counted; retried with backoff
+                    failures += 1
+                    log.error("%s: restart %d failed: %s", service, failures, exc)
+                    continue
+                failures += 1  # a quick relapse backs off further; `stable_s` up resets it
+                up_since = time.monotonic()
+                down_s = up_since - went_down
+                self._report(ServiceChange(service, True, f"restarted after {down_s:.1f} s", time.time_ns(), down_s))
+                break
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
