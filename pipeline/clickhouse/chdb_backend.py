@@ -14,7 +14,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pipeline.clickhouse.client import ChdbInUseError, ClickHouseClient, ClickHouseError, QueryResult
-from pipeline.clickhouse.sql import IDENTIFIER, json_each_row, quote_identifier, quote_literal, settings_clause
+from pipeline.clickhouse.sql import (
+    IDENTIFIER,
+    bind_parameters,
+    json_each_row,
+    quote_identifier,
+    quote_literal,
+    settings_clause,
+)
 
 
 class ChdbClient(ClickHouseClient):
@@ -75,7 +82,7 @@ class ChdbClient(ClickHouseClient):
         if session is None:
             raise ClickHouseError(f"chDB client for {self.path} is closed")
         try:
-            return session.query(sql, fmt, params=dict(params) if params else None)
+            return session.query(sql, fmt, params=bind_parameters(params) if params else None)
         except Exception as exc:
             raise ClickHouseError(f"chDB ({self.path}): {exc}") from exc
 

@@ -12,6 +12,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from clickhouse_connect.driver.binding import format_bind_value
+
 from pipeline.settings import PROJECT_ROOT
 
 SCHEMA_PATH = PROJECT_ROOT / "infra" / "clickhouse" / "schema.sql"
@@ -36,6 +38,17 @@ def quote_literal(value: Any) -> str:
         return repr(value)
     text = str(value).replace("\\", "\\\\").replace("'", "\\'")
     return f"'{text}'"
+
+
+def bind_parameters(parameters: Mapping[str, Any]) -> dict[str, str]:
+    """Values for ``{name:Type}`` placeholders as the text ClickHouse parses for them.
+
+    ClickHouse reads a query parameter in its *escaped* text format: a raw backslash starts an
+    escape sequence, so an unescaped ``ott\\x6f`` would bind as ``otto`` and a trailing backslash
+    would fail the query. The rendering is clickhouse-connect's, the one the server backend sends,
+    so a value binds alike on both backends.
+    """
+    return {name: str(format_bind_value(value)) for name, value in parameters.items()}
 
 
 def settings_clause(settings: Mapping[str, Any] | None) -> str:

@@ -147,6 +147,18 @@ def test_command_settings_and_parameters(chdb_client: ChdbClient) -> None:
         chdb_client.query(f"SELECT * FROM {db}.no_such_table")
 
 
+# Escape sequences of ClickHouse's text format, quotes, NUL, control characters: each binds as itself.
+HOSTILE = ["ott\\x6f", "a\\", "\\", "a\\\\b", "a\\nb", "\\N", "a'b", "a`b", 'a"b', "a\x00b", "\x00",
+           "tab\there", "nl\nx", "cr\rx", "\u00fc\u20ac\U0001f600", ""]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_string_parameters_bind_as_themselves(chdb_client: ChdbClient, value: str) -> None:
+    """A value reaches ClickHouse as data, never as escape sequences (``ott\\x6f`` is not ``otto``)."""
+    result = chdb_client.query("SELECT {s:String} AS s, {s:String} = 'otto' AS otto", {"s": value})
+    assert result.rows == [(value, False)]
+
+
 def test_another_process_gets_a_clear_lock_error(chdb_client: ChdbClient, embedded_settings: Settings) -> None:
     code = textwrap.dedent(f"""
         from pipeline.clickhouse import ChdbClient, ChdbInUseError
