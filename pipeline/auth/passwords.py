@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import secrets
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -20,8 +23,15 @@ def hash_password(password: str) -> str:
     return _HASHER.hash(password)
 
 
-def verify_password(stored_hash: str, password: str) -> bool:
+@functools.cache
+def _decoy_hash() -> str:
+    return _HASHER.hash(secrets.token_urlsafe(32))
+
+
+def verify_password(stored_hash: str | None, password: str) -> bool:
+    """Whether ``password`` matches. ``None`` (no such user) still costs one argon2 verification,
+    against a decoy hash, so that an unknown user name takes as long as a known one."""
     try:
-        return _HASHER.verify(stored_hash, password)
+        return _HASHER.verify(stored_hash or _decoy_hash(), password) and bool(stored_hash)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False

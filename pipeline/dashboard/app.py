@@ -32,7 +32,7 @@ from aiohttp import web
 from pipeline.alerts.engine import AlertEngine
 from pipeline.alerts.record import AlertRecord
 from pipeline.audit.record import AuditEvent
-from pipeline.auth.guard import AccessDenied, Guard, Principal
+from pipeline.auth.guard import AccessDenied, Guard, LockedOut, Principal
 from pipeline.core.times import now_ns
 from pipeline.dashboard.localize import Localizer, LocalizeUnavailable
 from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
@@ -76,6 +76,7 @@ DASHBOARD_KEY: web.AppKey[Dashboard] = web.AppKey("dashboard", Dashboard)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 TOKEN: web.RequestKey[str] = web.RequestKey("token", str)
 HEALTH_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("health_task", asyncio.Task)
+REFUSALS_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("refusals_task", asyncio.Task)
 
 
 def _wants_html(request: web.Request) -> bool:
@@ -92,7 +93,7 @@ async def auth_middleware(request: web.Request, handler: Callable[[web.Request],
     reason = "not logged in"
     if token:
         try:
-            who = await asyncio.to_thread(dash.guard.from_session, token, VIEW)
+            who = await asyncio.to_thread(dash.guard.from_session, token, VIEW, None, request.remote or "")
         except AccessDenied as exc:
             reason = str(exc)
         else:
@@ -122,14 +123,14 @@ def _page(title: str, body: str) -> str:
             "<link rel=stylesheet href='/static/dashboard.css'></head><body>" + body + "</body></html>")
 
 
-async def login_page(request: web.Request, error: str = "") -> web.Response:
+async def login_page(request: web.Request, error: str = "", status: int = 401) -> web.Response:
     msg = f"<p class=error id=login-error>{html.escape(error)}</p>" if error else ""
     body = ("<main class=login><h1>LineSight</h1><form method=post action=/login id=login-form>"
             "<label>User <input name=username id=username autocomplete=username required></label>"
             "<label>Password <input name=password id=password type=password autocomplete=current-password required>"
             f"</label><button type=submit id=login-submit>Log in</button>{msg}</form></main>")
     return web.Response(text=_page("LineSight login", body), content_type="text/html",
-                        status=401 if error else 200)
+                        status=status if error else 200)
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -137,7 +138,11 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     username, password = str(form.get("username", "")), str(form.get("password", ""))
     try:
-        token = await asyncio.to_thread(dash.guard.login, username, password)
+        token = await asyncio.to_thread(dash.guard.login, username, password, request.remote or "")
+    except LockedOut as exc:
+        resp = await login_page(request, "Too many failed log-ins: try again later.", status=429)
+        resp.headers["Retry-After"] = str(int(exc.retry_after_s) + 1)
+        return resp
     except AccessDenied:
         return await login_page(request, "Unknown user or wrong password.")
     resp = web.Response(status=303, headers={"Location": "/"})
@@ -283,12 +288,25 @@ async def _health_loop(app: web.Application) -> None:
         await asyncio.sleep(dash.health_interval_s)
 
 
+async def _refusals_loop(app: web.Application) -> None:
+    """Write the counts of repeated refusals once their window has closed, even if the flood stops."""
+    guard = app[DASHBOARD_KEY].guard
+    while True:
+        await asyncio.sleep(max(1.0, guard.policy.refusal_window_s / 4))
+        try:
+            await asyncio.to_thread(guard.flush_refusals)
+        except Exception:  # noqa: BLE001 - retried at the next tick; the counts stay pending
+            log.exception("writing the counts of repeated refusals failed")
+
+
 async def _start_background(app: web.Application) -> None:
     app[HEALTH_TASK] = asyncio.create_task(_health_loop(app))
+    app[REFUSALS_TASK] = asyncio.create_task(_refusals_loop(app))
 
 
 async def _stop_background(app: web.Application) -> None:
     app[HEALTH_TASK].cancel()
+    app[REFUSALS_TASK].cancel()
 
 
 def make_app(dash: Dashboard) -> web.Application:

@@ -24,7 +24,7 @@ from pipeline.alerts.record import AlertRecord
 from pipeline.alerts.service import alert_config, start_alert_service
 from pipeline.audit.publish import AuditPublisher, BestEffortPublisher
 from pipeline.audit.trail import AuditTrail
-from pipeline.auth.guard import Guard
+from pipeline.auth.guard import Guard, LoginPolicy
 from pipeline.auth.sessions import SessionStore
 from pipeline.auth.users import UserStore
 from pipeline.clickhouse import ClickHouseClient
@@ -134,7 +134,10 @@ def build_dashboard(
         log.warning("dashboard audit records go to ClickHouse only: %s", exc)
         audit_publisher = None
     trail = AuditTrail.from_settings(settings, client, audit_publisher)
-    guard = Guard(UserStore(client, db), SessionStore(client, db), trail, settings.audit.session_ttl_s)
+    svc = settings.services
+    guard = Guard(UserStore(client, db), SessionStore(client, db), trail, settings.audit.session_ttl_s,
+                  LoginPolicy(svc.login_max_failures, svc.login_max_failures_per_source, svc.login_failure_window_s,
+                              svc.login_lockout_s, svc.refusal_audit_window_s))
     dash = Dashboard(engine, guard, acknowledge, probe, secure_cookie=settings.services.dashboard_secure_cookie,
                      versions=versions, localizer=triton_localizer(settings))
     try:

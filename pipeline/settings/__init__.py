@@ -38,6 +38,8 @@ class KafkaSettings(BaseModel):
     topic_alarms: str = "linesight.alarms"
     # GMP audit trail (docs/audit.md): every audit record, keyed by chain.
     topic_audit: str = "linesight.audit"
+    # Signed audit seals (docs/audit.md): the trail's anchor outside the database, kept forever.
+    topic_audit_seals: str = "linesight.audit-seals"
     # Real-time alerts (docs/alerts.md): every alert change, keyed by alert id.
     topic_alerts: str = "linesight.alerts"
     # A small JPEG of every unit removed from the line (batch records, dashboards), keyed by unit.
@@ -129,12 +131,20 @@ class SimulatorSettings(BaseModel):
 class AuditSettings(BaseModel):
     """GMP audit trail and users (docs/audit.md)."""
 
-    # A seal record (the chain head's hash) closes a chain every N records or T seconds.
+    # A seal record (the chain head's hash) closes a chain every N records or T seconds; the sealer
+    # (`linesight audit seal --watch`) anchors a signed heartbeat seal of every chain every T seconds.
     seal_every: int = 1000
     seal_interval_s: float = 300.0
     session_ttl_s: float = 8 * 3600.0
     # Publishing from CLI actions to the audit topic waits at most this long (ClickHouse is the record).
     publish_timeout_s: float = 5.0
+    # The trail key (Ed25519, PEM): signs every append and every seal. Held by the services that
+    # append and seal, never by the database; unset: <state_dir>.audit/seal.key, created 0600.
+    seal_key_file: Path | None = Field(default=None, description="the audit trail's Ed25519 private key")
+    # Hex of the key's raw public half: what `audit verify` trusts (`linesight audit key` prints it).
+    seal_public_key: str | None = None
+    # Anchor folder (signed seals, append-only; unset: <state_dir>.audit/anchors): outside the state folder.
+    anchor_dir: Path | None = None
 
 
 class ServiceSettings(BaseModel):
@@ -164,6 +174,14 @@ class ServiceSettings(BaseModel):
     actuator_url: str | None = None
     # Session cookie only over HTTPS: set when a TLS-terminating reverse proxy serves the dashboard.
     dashboard_secure_cookie: bool = False
+    # Log-in lockout (pipeline.auth.guard): this many failures of one user name (or, second number,
+    # of one client address; behind a reverse proxy every client is the proxy) within the window
+    # lock it for login_lockout_s; repeated refusals are audited once per source and window, with a count.
+    login_max_failures: int = Field(default=5, ge=0)
+    login_max_failures_per_source: int = Field(default=20, ge=0)
+    login_failure_window_s: float = 900.0
+    login_lockout_s: float = 300.0
+    refusal_audit_window_s: float = 60.0
 
     def resolved_alerts_api_token(self) -> str:
         return read_secret(self.alerts_api_token, self.alerts_api_token_file)

@@ -42,7 +42,7 @@ def test_unauthenticated_requests_are_refused(site: Site) -> None:
     assert status == 401
     status, _, page = call(anon, site.url + "login", {"username": "olga", "password": "wrong"})
     assert status == 401 and "wrong password" in page.lower()
-    assert ("access.refused", "olga", "") in audit_actions(site)
+    assert ("access.refused", "olga", "127.0.0.1") in audit_actions(site)  # subject: the source
 
 
 def test_acknowledge_needs_csrf_and_permission_and_is_audited(site: Site) -> None:
@@ -112,3 +112,14 @@ def test_reject_heatmap_needs_login_and_triton_and_is_cached(site: Site) -> None
     frame, _ = site.engine.reject_image(kept["unit_id"])
     assert png.format == "PNG" and png.size == Image.open(io.BytesIO(frame)).size
     assert calls == [("tablet-round-white-10mm", 37)]  # scored once, then cached
+
+
+def test_failed_logins_lock_the_name_with_429(site: Site) -> None:
+    assert site.dash is not None
+    policy, anon = site.dash.guard.policy, opener()
+    statuses = [call(anon, site.url + "login", {"username": "mallory", "password": f"guess-{i}"})[0]
+                for i in range(policy.max_failures + 1)]
+    assert statuses == [401] * policy.max_failures + [429]
+    status, headers, page = call(anon, site.url + "login", {"username": "mallory", "password": "guess"})
+    assert status == 429 and int(headers["Retry-After"]) > 0 and "try again later" in page
+    assert ("session.lockout", "mallory", "127.0.0.1") in audit_actions(site)
