@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.audit.record import AuditRecord
+from pipeline.audit.seals import SealStatement
 from pipeline.kafka.clients import flush_or_raise, make_producer
 from pipeline.settings import Settings
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 class AuditPublisher:
     def __init__(self, settings: Settings, producer: Any = None, timeout_s: float | None = None) -> None:
         self.topic = settings.kafka.topic_audit
+        self.seal_topic = settings.kafka.topic_audit_seals
         self.timeout_s = timeout_s if timeout_s is not None else settings.audit.publish_timeout_s
         self._producer = producer or make_producer(
             settings.kafka, "linesight-audit", **{"message.timeout.ms": max(1000, int(self.timeout_s * 1000))}
@@ -29,6 +31,13 @@ class AuditPublisher:
     def publish(self, records: Sequence[AuditRecord]) -> None:
         for r in records:
             self._producer.produce(self.topic, key=r.chain.encode(), value=r.to_json())
+            self._producer.poll(0)
+
+    def publish_seals(self, statements: Sequence[SealStatement]) -> None:
+        """Signed seals onto the seal topic (unlimited retention): the anchor outside every LineSight
+        host's disks that `linesight audit verify --kafka-anchor` reads back."""
+        for s in statements:
+            self._producer.produce(self.seal_topic, key=s.chain.encode(), value=s.to_json())
             self._producer.poll(0)
 
     def flush(self) -> None:

@@ -31,7 +31,7 @@ DECISION_ACTION = "inspection.decision"
 # Field order of exports and of the ClickHouse table.
 FIELDS = (
     "chain", "seq", "time", "user", "role", "action", "subject", "old_value", "new_value", "reason",
-    "detail", "prev_hash", "record_hash",
+    "detail", "prev_hash", "record_hash", "trail_sig",
 )
 
 
@@ -87,6 +87,9 @@ class AuditRecord:
     detail: str  # canonical JSON text
     prev_hash: str
     record_hash: str = ""
+    # Ed25519 signature of record_hash by the trail key (pipeline.audit.seals), on the last record
+    # of each append; outside the hash (it signs it). Empty on the other records of the batch.
+    trail_sig: str = ""
 
     @property
     def record_id(self) -> str:
@@ -138,6 +141,7 @@ class AuditRecord:
             role=_text(row["role"]), action=_text(row["action"]), subject=_text(row["subject"]),
             old_value=_text(row["old_value"]), new_value=_text(row["new_value"]), reason=_text(row["reason"]),
             detail=_text(row["detail"]), prev_hash=_text(row["prev_hash"]), record_hash=_text(row["record_hash"]),
+            trail_sig=_text(row.get("trail_sig")),
         )
 
 

@@ -1,20 +1,23 @@
-"""The audit trail: append events to a chain, seal chains, publish and anchor the seals.
+"""The audit trail: append events to a chain, sign each append, seal chains, anchor the seals.
 
 One writer per chain (docs/audit.md): decision chains ``decisions/<line>/p<partition>`` are
 written only by the sink that owns that results partition, in offset order; the ``system``
 chain (every change and action) by short CLI actions that take an exclusive file lock under
-``state_dir/audit/<database>`` while they append. A seal (action ``audit.seal``) is appended after every
-``seal_every`` records of a chain, or when ``seal_interval_s`` passed since its last seal; it
-names the chain head's hash, and a copy of it goes to ``state_dir/audit/<database>/seals.jsonl`` (and the
-audit topic) as an anchor that `linesight audit verify` checks the table against.
+``state_dir/audit/<database>`` while they append. Each append signs its last record with the
+trail key (`pipeline.audit.seals`). A seal record (action ``audit.seal``) is appended after every
+``seal_every`` records of a chain, or when ``seal_interval_s`` passed since its last seal; every
+seal, and every heartbeat (`heartbeat`: a signed statement naming the head, appended to no chain),
+goes to the anchors outside the state folder that `linesight audit verify` checks the table against.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
+import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -26,16 +29,27 @@ from pipeline.audit.record import (
     SYSTEM_CHAIN,
     AuditEvent,
     AuditRecord,
+    format_time,
     make_record,
     utcnow,
 )
+from pipeline.audit.seals import AnchorFile, SealStatement, TrailKey, default_audit_dir, ensure_outside
 from pipeline.audit.store import AuditStore, Head
-from pipeline.audit.verify import VerifyReport, check_signatures, verify_chain
+from pipeline.audit.verify import Break, ChainReport, VerifyReport, check_signatures, verify_chain
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 class AuditTrail:
+    """Appends, seals and verifies the chains of one database.
+
+    The trail key (``key_file``, default ``<state_dir>.audit/seal.key``, created 0600 on first use)
+    and the anchor folder (default ``<state_dir>.audit/anchors``) must lie outside the state folder.
+    ``public_key`` (hex) pins the key verification trusts; unset, it is the key file's own.
+    """
+
     def __init__(
         self,
         client: ClickHouseClient,
@@ -46,6 +60,9 @@ class AuditTrail:
         seal_every: int = 1000,
         seal_interval_s: float = 300.0,
         clock: Callable[[], datetime] = utcnow,
+        key_file: Path | None = None,
+        public_key: str | None = None,
+        anchor_dir: Path | None = None,
     ) -> None:
         self.store = AuditStore(client, database)
         self.dir = Path(state_dir) / "audit" / database if state_dir is not None else None
@@ -53,19 +70,42 @@ class AuditTrail:
         self.seal_every = max(1, seal_every)
         self.seal_interval_s = seal_interval_s
         self.clock = clock
+        outside = default_audit_dir(state_dir) if state_dir is not None else None
+        self.key_file = key_file or (outside / "seal.key" if outside is not None else None)
+        anchors = anchor_dir or (outside / "anchors" if outside is not None else None)
+        for path, what in ((self.key_file, "key file"), (anchors, "anchor folder")):
+            if path is not None:
+                ensure_outside(path, state_dir, what)
+        self.anchor = AnchorFile(anchors, database) if anchors is not None else None
+        self.pinned = TrailKey.from_public_hex(public_key) if public_key else None
+        self._key: TrailKey | None = None
 
     @classmethod
     def from_settings(
         cls, settings: Settings, client: ClickHouseClient, publisher: AuditPublisher | None = None
     ) -> AuditTrail:
+        a = settings.audit
         return cls(
             client, settings.clickhouse.database, state_dir=settings.state_dir, publisher=publisher,
-            seal_every=settings.audit.seal_every, seal_interval_s=settings.audit.seal_interval_s,
+            seal_every=a.seal_every, seal_interval_s=a.seal_interval_s, key_file=a.seal_key_file,
+            public_key=a.seal_public_key, anchor_dir=a.anchor_dir,
         )
 
     @property
-    def anchor_path(self) -> Path | None:
-        return self.dir / "seals.jsonl" if self.dir is not None else None
+    def key(self) -> TrailKey | None:
+        """The signing key (loaded, or created, on first use); None without a key file."""
+        if self._key is None and self.key_file is not None:
+            key = TrailKey.load_or_create(self.key_file)
+            if self.pinned is not None and key.key_id != self.pinned.key_id:
+                raise ValueError(f"the trail key {self.key_file} (id {key.key_id}) is not the pinned "
+                                 f"audit.seal_public_key (id {self.pinned.key_id})")
+            self._key = key
+        return self._key
+
+    @property
+    def verify_key(self) -> TrailKey | None:
+        """What verification trusts: the pinned public key, else the key file's."""
+        return self.pinned or self.key
 
     @contextlib.contextmanager
     def _locked(self, chain: str) -> Iterator[None]:
@@ -95,6 +135,7 @@ class AuditTrail:
         out: dict[str, list[AuditRecord]] = {c: [] for c in events_by_chain}
         if not chains:
             return out
+        key = self.key
         with contextlib.ExitStack() as stack:
             for c in chains:
                 stack.enter_context(self._locked(c))
@@ -105,34 +146,77 @@ class AuditTrail:
             for c in chains:
                 head = heads.get(c) or Head(c, 0, GENESIS, 0, None, None)
                 seq, prev, unsealed = head.next_seq, head.hash, head.unsealed
+                batch: list[AuditRecord] = []
                 for ev in events_by_chain[c]:
                     rec = make_record(c, seq, prev, ev, now)
-                    out[c].append(rec)
-                    new.append(rec)
+                    batch.append(rec)
                     seq, prev, unsealed = seq + 1, rec.record_hash, unsealed + 1
                 since = head.last_seal_time or head.first_time or now
-                if unsealed >= self.seal_every or (now - since).total_seconds() >= self.seal_interval_s:
-                    seals.append(self._seal_record(c, seq, prev, unsealed, now))
+                sealed = unsealed >= self.seal_every or (now - since).total_seconds() >= self.seal_interval_s
+                if sealed:
+                    batch.append(self._seal_record(c, seq, prev, unsealed, now))
+                if key is not None:  # one signature covers the batch: the links chain it to its last record
+                    batch[-1] = replace(batch[-1], trail_sig=key.sign_record(batch[-1].record_hash))
+                out[c] = batch[:-1] if sealed else batch
+                new += out[c]
+                seals += batch[-1:] if sealed else []
             self.store.insert(new + seals)
-            self._anchor(seals)
-        self._publish(new + seals)
+            statements = self._anchor(seals, now)
+        self._publish(new + seals, statements)
         return out
 
     def seal(self, chains: Sequence[str] | None = None) -> list[AuditRecord]:
         """Seal every chain (or ``chains``) that has records after its last seal."""
         names = list(chains) if chains is not None else self.store.chains()
         seals: list[AuditRecord] = []
+        key = self.key
         with contextlib.ExitStack() as stack:
             for c in sorted(names):
                 stack.enter_context(self._locked(c))
             now = self.clock()
             for head in self.store.heads(sorted(names)).values():
                 if head.unsealed > 0:
-                    seals.append(self._seal_record(head.chain, head.next_seq, head.hash, head.unsealed, now))
+                    rec = self._seal_record(head.chain, head.next_seq, head.hash, head.unsealed, now)
+                    seals.append(rec if key is None else replace(rec, trail_sig=key.sign_record(rec.record_hash)))
             self.store.insert(seals)
-            self._anchor(seals)
-        self._publish(seals)
+            statements = self._anchor(seals, now)
+        self._publish(seals, statements)
         return seals
+
+    def heartbeat(self, chains: Sequence[str] | None = None) -> list[SealStatement]:
+        """A signed statement naming the head of every chain (or ``chains``), new records or not:
+        the periodic seal that makes a deleted tail visible. A head this trail did not sign (a record
+        added by SQL) is not sealed: that would vouch for it; `verify` names it."""
+        key = self.key
+        if key is None:
+            raise ValueError("no trail key: heartbeat seals need audit.seal_key_file")
+        now = self.clock()
+        names = sorted(chains) if chains is not None else self.store.chains()
+        statements: list[SealStatement] = []
+        for head in self.store.heads(names).values():
+            seq = head.next_seq - 1
+            found = self.store.get(head.chain, seq)
+            if len(found) != 1 or found[0].compute_hash() != found[0].record_hash \
+                    or not key.verify_record(found[0].record_hash, found[0].trail_sig):
+                log.error("audit chain %s not sealed: its head %s#%d is not a record this trail signed "
+                          "(run `linesight audit verify`)", head.chain, head.chain, seq)
+                continue
+            statements.append(SealStatement(head.chain, seq, found[0].record_hash, format_time(now), seq + 1,
+                                            key.key_id).signed(key))
+        self._store_anchor(statements)
+        self._publish([], statements)
+        return statements
+
+    def run_sealer(self, stop: threading.Event, interval_s: float | None = None) -> None:
+        """The sealing service: a heartbeat of every chain each ``interval_s`` (default
+        ``seal_interval_s``) until ``stop``; a failed round is logged and retried next time."""
+        while True:
+            try:
+                self.heartbeat()
+            except Exception:  # noqa: BLE001 - a sealer that dies leaves every later tail unsealed
+                log.exception("audit heartbeat seal failed")
+            if stop.wait(interval_s or self.seal_interval_s):
+                return
 
     def _seal_record(self, chain: str, seq: int, head_hash: str, count: int, now: datetime) -> AuditRecord:
         event = AuditEvent(
@@ -141,49 +225,82 @@ class AuditTrail:
         )
         return make_record(chain, seq, head_hash, event, now)
 
-    def _anchor(self, seals: Sequence[AuditRecord]) -> None:
-        path = self.anchor_path
-        if path is None or not seals:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            for s in seals:
-                f.write(json.dumps({"chain": s.chain, "seq": s.seq, "hash": s.record_hash}) + "\n")
+    def _anchor(self, seals: Sequence[AuditRecord], now: datetime) -> list[SealStatement]:
+        """The signed statements of seal records, stored in the anchor file."""
+        key = self.key
+        if key is None:
+            return []
+        statements = [SealStatement(s.chain, s.seq, s.record_hash, format_time(now), s.seq + 1, key.key_id).signed(key)
+                      for s in seals]
+        self._store_anchor(statements)
+        return statements
+
+    def _store_anchor(self, statements: Sequence[SealStatement]) -> None:
+        if self.anchor is not None:
+            self.anchor.append(statements)
+
+    def anchored(self, key: TrailKey | None = None) -> tuple[dict[str, dict[int, str]], list[Break]]:
+        """The anchored seals that verify with ``key`` (chain -> seq -> hash), and a break for each
+        one that does not (forged, altered, another key) or contradicts another."""
+        key = key or self.verify_key
+        statements, damaged = self.anchor.read() if self.anchor is not None else ([], [])
+        good: dict[str, dict[int, str]] = {}
+        bad = [Break("", "", "anchor", "a seal statement", "unreadable", msg) for msg in damaged]
+        for s in statements:
+            rid = f"{s.chain}#{s.head_seq}"
+            if key is None or not s.valid(key):
+                bad.append(Break(s.chain, rid, "anchor", f"signed by key {key.key_id if key else '-'}",
+                                 f"key {s.key_id}", f"anchored seal of {rid} at {s.time} does not verify with "
+                                 f"the trail key {key.key_id if key else '(none)'}: forged or altered"))
+                continue
+            known = good.setdefault(s.chain, {}).setdefault(s.head_seq, s.head_hash)
+            if known != s.head_hash:
+                bad.append(Break(s.chain, rid, "anchor", known, s.head_hash,
+                                 f"two signed seals name different hashes for {rid}: the chain was rewritten "
+                                 f"between them"))
+        return good, bad
 
     def anchors(self) -> dict[str, dict[int, str]]:
-        path = self.anchor_path
-        out: dict[str, dict[int, str]] = {}
-        if path is None or not path.is_file():
-            return out
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                doc = json.loads(line)
-                out.setdefault(doc["chain"], {})[int(doc["seq"])] = doc["hash"]
-        return out
+        return self.anchored()[0]
 
-    def _publish(self, records: Sequence[AuditRecord]) -> None:
-        if self.publisher is not None and records:
+    def _publish(self, records: Sequence[AuditRecord], statements: Sequence[SealStatement] = ()) -> None:
+        if self.publisher is not None and (records or statements):
             self.publisher.publish(records)
+            self.publisher.publish_seals(statements)
             self.publisher.flush()
 
     def verify(
         self, chain: str | None = None, time_from: datetime | None = None, time_to: datetime | None = None
     ) -> VerifyReport:
         """Check every chain (or ``chain``), in full or over a time range, and every signature."""
-        anchors = self.anchors()
+        key = self.verify_key
+        anchors, bad = self.anchored(key)
+        ranged = time_from is not None or time_to is not None
         report = VerifyReport()
         spans = self.store.read(chain, time_from, time_to)
-        for c in sorted(set(spans) | ({chain} if chain and not time_from and not time_to else set())):
+        for c in sorted(set(spans) | ({chain} if chain and not ranged else set())):
             records, before = spans.get(c, ([], None))
             start_seq = records[0].seq if records and before is not None else 0
             start_prev = before.record_hash if before is not None else GENESIS
-            report.chains.append(
-                verify_chain(c, records, start_seq=start_seq, start_prev=start_prev, anchors=anchors.get(c))
-            )
-        if not time_from and not time_to:  # anchored chains that vanished entirely
+            mine = anchors.get(c, {})
+            if ranged:  # seals after the span are not this check's business
+                last = max((r.seq for r in records), default=-1)
+                mine = {s: h for s, h in mine.items() if s <= last}
+            report.chains.append(verify_chain(c, records, start_seq=start_seq, start_prev=start_prev,
+                                              anchors=mine, key=key, to_head=not ranged))
+        if not ranged:  # anchored chains that vanished entirely
             for c in sorted(set(anchors) - set(spans)):
                 if chain is None or c == chain:
-                    report.chains.append(verify_chain(c, [], anchors=anchors[c]))
+                    report.chains.append(verify_chain(c, [], anchors=anchors[c], key=key))
+        for brk in bad:
+            if chain is not None and brk.chain != chain:
+                continue
+            target = next((r for r in report.chains if r.chain == brk.chain), None)
+            if target is None:
+                target = ChainReport(brk.chain or "(anchor)")
+                report.chains.append(target)
+            if target.broken is None:
+                target.broken = brk
         signatures = self.store.by_action(SIGN_ACTION)
         targets = self.store.by_ids([s.subject for s in signatures])
         checks = check_signatures(signatures, targets)

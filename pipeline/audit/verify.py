@@ -4,9 +4,11 @@ Per chain, records are taken in ``seq`` order (ties by hash, so a duplicated pla
 each must (1) hash to its stored ``record_hash`` (else it was changed), (2) sit at the next
 ``seq`` (a gap: records deleted; a repeat: a record inserted) and (3) carry its predecessor's
 hash as ``prev_hash`` (else something was deleted, inserted or moved before it). A seal must
-name the hash of the record it follows. Anchored seals (copies kept outside the table: the
-audit topic, `seals.jsonl`) must still be in the chain with the same hash, which catches a
-truncated tail or a chain rewritten from some point on. The first failure per chain is reported.
+name the hash of the record it follows. With the trail's public key, (4) every ``trail_sig``
+must verify and the chain's head must be covered by one (or by an anchored seal): records added
+or rehashed by SQL carry none that verifies. Anchored seals (signed statements kept outside the
+database and the state folder) must still be in the chain with the same hash, which catches a
+truncated tail. The first failure per chain is reported.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pipeline.audit.record import GENESIS, SEAL_ACTION, SIGN_ACTION, AuditRecord
+from pipeline.audit.seals import TrailKey
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class Break:
 
     chain: str
     record_id: str
-    kind: str  # changed | deleted | inserted | link | seal | anchor
+    kind: str  # changed | deleted | inserted | link | seal | signature | unsigned | anchor
     expected: str
     found: str
     message: str
@@ -37,6 +40,9 @@ class ChainReport:
     head_seq: int | None = None
     head_hash: str = ""
     seals: int = 0
+    # Newest record covered by an anchored signed seal: later records are in the window a
+    # truncation cannot be seen in (until the next seal).
+    sealed_seq: int | None = None
     broken: Break | None = None
 
     @property
@@ -75,8 +81,10 @@ class VerifyReport:
         for c in self.chains:
             span = f"seq {c.first_seq}..{c.head_seq}" if c.records else "empty"
             state = "ok" if c.ok else "BROKEN"
+            window = "" if c.sealed_seq is None or c.head_seq is None else \
+                f", signed seal at seq {c.sealed_seq} ({c.head_seq - c.sealed_seq} newer)"
             out.append(f"  {c.chain:<28} {state:<6} {c.records:>7} records ({span}), {c.seals} seal(s), "
-                       f"head {c.head_hash[:16] or '-'}")
+                       f"head {c.head_hash[:16] or '-'}{window}")
             if c.broken:
                 out.append(f"    first broken link: {c.broken.message}")
         if self.signatures:
@@ -91,7 +99,7 @@ class VerifyReport:
             "ok": self.ok,
             "chains": [
                 {"chain": c.chain, "ok": c.ok, "records": c.records, "first_seq": c.first_seq, "head_seq": c.head_seq,
-                 "head_hash": c.head_hash, "seals": c.seals,
+                 "head_hash": c.head_hash, "seals": c.seals, "sealed_seq": c.sealed_seq,
                  "broken": None if c.broken is None else c.broken.__dict__}
                 for c in self.chains
             ],
@@ -106,12 +114,17 @@ def verify_chain(
     start_seq: int = 0,
     start_prev: str = GENESIS,
     anchors: dict[int, str] | None = None,
+    key: TrailKey | None = None,
+    to_head: bool = False,
 ) -> ChainReport:
-    """Check ``records`` of one chain (any order); ``start_*``: where a partial range begins."""
+    """Check ``records`` of one chain (any order); ``start_*``: where a partial range begins.
+    ``anchors``: seq -> hash of the verified, anchored seals; ``key``: check ``trail_sig``s, and with
+    ``to_head`` (the records run to the chain's head) that the head is covered by one or by an anchor."""
     ordered = sorted(records, key=lambda r: (r.seq, r.record_hash))
     report = ChainReport(chain)
     expected_seq, expected_prev = start_seq, start_prev
     seen: dict[int, str] = {}
+    signed_to = start_seq - 1  # newest record covered by a valid trail signature
 
     def fail(r: AuditRecord, kind: str, expected: str, found: str, message: str) -> ChainReport:
         report.broken = Break(chain, r.record_id, kind, expected, found, message)
@@ -141,6 +154,12 @@ def verify_chain(
             if r.new_value != r.prev_hash:
                 return fail(r, "seal", r.prev_hash, r.new_value,
                             f"seal {r.record_id} names head {r.new_value}, expected {r.prev_hash}")
+        if key is not None and r.trail_sig:
+            if not key.verify_record(r.record_hash, r.trail_sig):
+                return fail(r, "signature", f"signed by key {key.key_id}", "a signature that does not verify",
+                            f"record {r.record_id}: its trail signature does not verify with key {key.key_id}: "
+                            f"it or a record before it was rewritten after it was signed")
+            signed_to = r.seq
         seen[r.seq] = r.record_hash
         expected_seq, expected_prev = r.seq + 1, r.record_hash
         report.head_seq, report.head_hash = r.seq, r.record_hash
@@ -152,10 +171,20 @@ def verify_chain(
             rid = f"{chain}#{seq}"
             report.broken = Break(
                 chain, rid, "anchor", anchored, found or "(missing)",
-                f"sealed record {rid} (anchored hash {anchored}) is "
-                + (f"gone: the chain ends at seq {report.head_seq}" if found is None else f"now {found}"),
+                f"signed seal names {rid} with hash {anchored}, but the record is "
+                + (f"gone: the chain ends at seq {report.head_seq} (tail truncated)" if found is None
+                   else f"now {found} (chain rewritten)"),
             )
-            break
+            return report
+        report.sealed_seq = seq
+    covered = max(signed_to, report.sealed_seq if report.sealed_seq is not None else -1)
+    if key is not None and to_head and report.head_seq is not None and covered < report.head_seq:
+        first = covered + 1
+        report.broken = Break(
+            chain, f"{chain}#{first}", "unsigned", f"signed by key {key.key_id}", "no trail signature",
+            f"record(s) {chain}#{first}..{report.head_seq} carry no trail signature of key {key.key_id} and no "
+            f"signed seal covers them: appended outside LineSight (forged), or their signature was removed",
+        )
     return report
 
 

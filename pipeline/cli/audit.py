@@ -157,11 +157,34 @@ def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit_seal(args: argparse.Namespace, settings: Settings) -> int:
+    import threading
+
+    chains = [args.chain] if args.chain else None
     with gmp_context(settings) as ctx:
-        seals = ctx.trail.seal([args.chain] if args.chain else None)
+        if args.watch:  # the sealing service: a signed heartbeat of every chain each interval
+            key = ctx.trail.key
+            print(f"sealing every {settings.audit.seal_interval_s:g} s, trail key {key.key_id if key else '-'}",
+                  flush=True)
+            ctx.trail.run_sealer(threading.Event())
+            return 0
+        seals = ctx.trail.seal(chains)
+        statements = ctx.trail.heartbeat(chains)
     for s in seals:
         print(f"sealed {s.chain} at {s.record_id}: head {s.new_value}")
-    print(f"{len(seals)} chain(s) sealed")
+    for st in statements:
+        print(f"anchored signed seal of {st.chain}#{st.head_seq} ({st.head_hash[:16]}), key {st.key_id}")
+    print(f"{len(seals)} chain(s) sealed, {len(statements)} head(s) anchored")
+    return 0
+
+
+def cmd_audit_key(args: argparse.Namespace, settings: Settings) -> int:
+    with gmp_context(settings) as ctx:
+        key = ctx.trail.verify_key
+    if key is None:
+        print("no trail key configured (audit.seal_key_file)", file=sys.stderr)
+        return 1
+    print(f"key id {key.key_id}\npublic key {key.public_hex}\n"
+          f"pin it: LINESIGHT_AUDIT__SEAL_PUBLIC_KEY={key.public_hex}")
     return 0
 
 
@@ -315,9 +338,13 @@ def register(sub: argparse._SubParsersAction, settings_of) -> None:  # noqa: ANN
     lst.add_argument("--action")
     lst.add_argument("--limit", type=int, default=20)
     lst.set_defaults(func=run(cmd_audit_list))
-    se = a.add_parser("seal", help="seal every chain with records after its last seal")
+    se = a.add_parser("seal", help="seal every chain with records after its last seal and anchor a signed "
+                      "seal of every head (--watch: every audit.seal_interval_s, the sealing service)")
     se.add_argument("--chain")
+    se.add_argument("--watch", action="store_true", help="run as the sealer until stopped")
     se.set_defaults(func=run(cmd_audit_seal))
+    a.add_parser("key", help="the trail key's id and public key (to pin in audit.seal_public_key)").set_defaults(
+        func=run(cmd_audit_key))
     e = a.add_parser("export", help="write every record (CSV or Parquet) and a manifest with hashes")
     e.add_argument("--out", type=Path, required=True, help="new folder")
     e.add_argument("--format", choices=["csv", "parquet"], default="csv")

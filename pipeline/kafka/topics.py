@@ -50,6 +50,8 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         (kafka.topic_gate_events, {}),
         (kafka.topic_alarms, {}),
         (kafka.topic_audit, {}),
+        # Signed seals are the trail's anchor: never expire (docs/audit.md).
+        (kafka.topic_audit_seals, {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}),
         (kafka.topic_alerts, {}),
         (kafka.topic_reject_images, {}),
         (kafka.topic_recipes, {"cleanup.policy": "compact"}),
