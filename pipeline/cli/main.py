@@ -12,8 +12,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from pipeline.analytics.reconciliation import BatchReconciliation
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -51,7 +55,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_demo(_settings(args), args.duration, workers=args.workers)
     print(report.to_json() if args.json else report.to_text())
-    return 0 if report.every_unit_has_one_verdict and report.every_reject_fired else 1
+    if report.gate is None:
+        return 1
+    _say_outage(report.gate)
+    # Fail-safe rejects are the pipeline working as promised; only a unit unaccounted for fails.
+    return 0 if report.gate.every_unit_accounted else 1
+
+
+def _say_outage(batch: BatchReconciliation) -> None:
+    """Say so (on stderr) when units were fail-safe rejected while alarms were raised."""
+    failsafe = batch.total("failsafe_rejected")
+    if failsafe and batch.alarms:
+        codes = ", ".join(sorted({a.code for a in batch.alarms}))
+        print(f"{failsafe} units were fail-safe rejected during the lot; alarms raised: {codes} "
+              "(an outage: rejected, not shipped)", file=sys.stderr)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -234,6 +251,7 @@ def cmd_report_batch(args: argparse.Namespace) -> int:
     finally:
         client.close()
     print(batch.to_json() if args.json else batch.to_text())
+    _say_outage(batch)
     return 0 if batch.every_unit_accounted else 1
 
 

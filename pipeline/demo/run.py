@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pipeline.actuation.plc.embedded import SERVICE as SERVICE_PLC
 from pipeline.actuation.plc.embedded import EmbeddedPlc
 from pipeline.analytics.run_report import RunReport, build_report
 from pipeline.audit.publish import BestEffortPublisher
@@ -21,8 +22,12 @@ from pipeline.audit.record import AuditEvent, os_user
 from pipeline.audit.trail import AuditTrail
 from pipeline.clickhouse import ClickHouseClient, connect
 from pipeline.demo.services import Services, running_services
+from pipeline.embedded.broker import SERVICE as SERVICE_BROKER
+from pipeline.embedded.process import Supervisor
 from pipeline.embedded.stack import EmbeddedStack
+from pipeline.embedded.triton import SERVICE as SERVICE_TRITON
 from pipeline.gateway.publisher import FramePublisher, run_simulated_line
+from pipeline.kafka.topics import ensure_topics
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,18 +41,52 @@ class DrainTimeout(RuntimeError):
     """Units were published but not all decided, stored and fired in time."""
 
 
+def supervise_stack(stack: EmbeddedStack, plc: EmbeddedPlc, resolved: Settings, supervisor: Supervisor) -> None:
+    """Restart the embedded broker, Triton and PLC simulator when they die.
+
+    Tansu keeps its log in memory: a restarted broker has lost every topic, offset and message
+    not yet consumed, so the topics are created again; units whose frames were lost are covered
+    by the PLC's reject-all (the watchdog) and appear as unaccounted, never as passed.
+    """
+    broker, triton = stack.broker, stack.triton
+    if broker is not None and broker.process is not None:
+        def restart_broker() -> None:
+            broker.stop()
+            broker.start()
+            ensure_topics(resolved)
+
+        supervisor.watch(SERVICE_BROKER, lambda: broker.process is not None and broker.process.alive, restart_broker)
+    if triton is not None and triton.process is not None:
+        def restart_triton() -> None:
+            triton.stop()
+            triton.start()
+
+        supervisor.watch(SERVICE_TRITON, lambda: triton.process is not None and triton.process.alive, restart_triton)
+    if plc.process is not None:
+        def restart_plc() -> None:
+            plc.stop()
+            plc.start()
+
+        supervisor.watch(SERVICE_PLC, lambda: plc.process is not None and plc.process.alive, restart_plc)
+
+
 @contextmanager
 def pipeline_stack(settings: Settings, workers: int = 1) -> Iterator[tuple[Settings, ClickHouseClient, Services]]:
-    """Stack (broker, Triton, the gate's PLC), ClickHouse schema and services, all ready;
-    everything stopped on exit."""
-    with EmbeddedStack(settings) as with_services, EmbeddedPlc(with_services) as resolved:
-        client = connect(resolved)
-        try:
-            client.apply_schema(resolved.clickhouse.database)
-            with running_services(resolved, client, workers) as services:
-                yield resolved, client, services
-        finally:
-            client.close()
+    """Stack (broker, Triton, the gate's PLC), ClickHouse schema and services, all ready and
+    supervised; everything stopped on exit."""
+    stack = EmbeddedStack(settings)
+    with stack as with_services:
+        plc = EmbeddedPlc(with_services)
+        with plc as resolved:
+            client = connect(resolved)
+            try:
+                client.apply_schema(resolved.clickhouse.database)
+                with running_services(resolved, client, workers) as services:
+                    assert services.supervisor is not None
+                    supervise_stack(stack, plc, resolved, services.supervisor)
+                    yield resolved, client, services
+            finally:
+                client.close()
 
 
 def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int, int, int, int]:

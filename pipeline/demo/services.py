@@ -4,6 +4,10 @@ Workers and the actuator run as child processes (`linesight worker`, `linesight 
 same commands production runs in containers; each is awaited through its readiness endpoint.
 With embedded chDB the sink runs in this process, because only one process may open a chDB
 data directory and the report and dashboard query it here.
+
+Everything started here is supervised (`pipeline.embedded.process.Supervisor`): a worker, the
+actuator or the sink that dies is restarted, and the outage is an alarm on ``linesight.alarms``
+(`StackAlarms`), raised while it is down and cleared when it is back, or at shutdown.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
+from pipeline.actuation.service import AlarmOutbox
 from pipeline.analytics.sink import run_sink
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.core.health import HealthState
-from pipeline.embedded.process import ManagedProcess, ServiceStartError
+from pipeline.core.times import now_ns
+from pipeline.embedded.process import ManagedProcess, ServiceChange, ServiceStartError, Supervisor, ensure_port_free
+from pipeline.kafka.clients import make_producer
 from pipeline.settings import Settings
+from pipeline.wire.messages import AlarmRecord
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +78,76 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def http_ready(url: str) -> Callable[[], bool]:
+def http_ready(url: str, pid: int | None = None, field_name: str = "worker") -> Callable[[], bool]:
+    """A readiness probe; with ``pid``, only the process we started counts (its id in the body's
+    ``field_name`` ends with ``-<pid>``): a stale process holding the port is not ready."""
+
     def probe() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
+                if response.status != 200:
+                    return False
+                if pid is None:
+                    return True
+                body = json.loads(response.read() or b"{}")
+                return str(body.get(field_name, "")).endswith(f"-{pid}")
+        except (urllib.error.URLError, OSError, ValueError):
             return False
 
     return probe
+
+
+DOWN_CODE = "service_down"
+
+
+class StackAlarms:
+    """Outages of supervised services as alarms on ``linesight.alarms``, independent of the
+    actuator (which may be the one down): raised when a service dies, cleared when it is back,
+    kept and re-sent while the broker itself is down, and closed with a reason at shutdown."""
+
+    def __init__(self, settings: Settings, source: str = "embedded-stack") -> None:
+        # Not idempotent: a restarted memory-only broker forgets producer ids.
+        producer = make_producer(settings.kafka, "linesight-stack-alarms",
+                                 **{"enable.idempotence": False, "message.timeout.ms": 5000})
+        self._outbox = AlarmOutbox(producer, settings.kafka.topic_alarms)
+        self._source = source
+        self._open: dict[str, AlarmRecord] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pump = threading.Thread(target=self._run, name="stack-alarms", daemon=True)
+        self._pump.start()
+
+    def on_change(self, change: ServiceChange) -> None:
+        with self._lock:
+            if not change.up:
+                if change.service in self._open:
+                    return
+                record = AlarmRecord(f"{self._source}:{change.service}:{change.at_ns}", DOWN_CODE, True, change.at_ns,
+                                     f"{change.service} is down ({change.reason}); restarting", self._source)
+                self._open[change.service] = record
+            else:
+                raised = self._open.pop(change.service, None)
+                if raised is None:
+                    return
+                record = AlarmRecord(raised.alarm_id, DOWN_CODE, False, raised.raised_ns, raised.reason, self._source,
+                                     cleared_ns=change.at_ns, clear_reason=change.reason)
+        self._outbox.publish(record)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Clear what is still open ("closed at shutdown") and send everything unsent."""
+        with self._lock:
+            still = list(self._open)
+        for service in still:
+            self.on_change(ServiceChange(service, True, "closed at shutdown: the stack stopped", now_ns()))
+        self._stop.set()
+        self._pump.join(5.0)
+        self._outbox.pump(timeout_s)
+        if self._outbox.unsent:
+            log.error("%d stack alarm records could not be published", self._outbox.unsent)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._outbox.pump()
 
 
 def linesight_command() -> list[str]:
@@ -103,6 +172,8 @@ class Services:
     threads: list[threading.Thread] = field(default_factory=list)
     alerts_health: HealthState | None = None
     dashboard_url: str | None = None
+    sink_stop: threading.Event = field(default_factory=threading.Event)  # this sink thread only
+    supervisor: Supervisor | None = None
 
     def worker_urls(self) -> list[str]:
         port = self.settings.stream.web_port
@@ -114,6 +185,7 @@ def start_worker(settings: Settings, index: int) -> ManagedProcess:
     worker_settings = settings.model_copy(
         update={"stream": settings.stream.model_copy(update={"web_port": port})}
     )
+    ensure_port_free(port, f"worker-{index}", setting="LINESIGHT_STREAM__WEB_PORT")
     proc = ManagedProcess(
         f"worker-{index}",
         [*linesight_command(), "worker"],
@@ -125,6 +197,8 @@ def start_worker(settings: Settings, index: int) -> ManagedProcess:
 
 
 def start_actuator(settings: Settings) -> ManagedProcess:
+    ensure_port_free(settings.services.actuator_health_port, "actuator",
+                     setting="LINESIGHT_SERVICES__ACTUATOR_HEALTH_PORT")
     proc = ManagedProcess(
         "actuator",
         [*linesight_command(), "actuator"],
@@ -135,21 +209,24 @@ def start_actuator(settings: Settings) -> ManagedProcess:
     return proc
 
 
-def start_sink_thread(settings: Settings, client: ClickHouseClient, services: Services) -> None:
+def start_sink_thread(settings: Settings, client: ClickHouseClient, services: Services) -> threading.Thread:
+    """The sink on a thread of this process; it ends on `Services.sink_stop` or an error, and the
+    supervisor starts a new one (consuming from the committed offsets: nothing is lost)."""
     health = HealthState("sink")
     services.sink_health = health
+    services.sink_stop = stop = threading.Event()
 
     def run() -> None:
         try:
-            run_sink(settings, client, services.stop_event, health)
-        except Exception:  # noqa: BLE001 - reported, and the stack stops on a dead sink
+            run_sink(settings, client, stop, health)
+        except Exception:  # noqa: BLE001 - reported; the supervisor restarts the sink
             log.exception("ClickHouse sink stopped with an error")
             health.tick(error="sink stopped with an error; see log")
-            services.stop_event.set()
 
     thread = threading.Thread(target=run, name="clickhouse-sink", daemon=True)
     thread.start()
     services.threads.append(thread)
+    return thread
 
 
 def wait_sink_ready(services: Services, timeout_s: float, health: HealthState | None = None) -> None:
@@ -167,13 +244,45 @@ def wait_sink_ready(services: Services, timeout_s: float, health: HealthState | 
     raise ServiceStartError(health.service, f"no partitions assigned within {timeout_s:.0f} s")
 
 
+def supervise_services(services: Services, client: ClickHouseClient, supervisor: Supervisor) -> None:
+    """Restart a dead worker, actuator or sink thread, each awaited ready again."""
+    settings = services.settings
+
+    def restart_process(index: int) -> Callable[[], None]:
+        def restart() -> None:
+            services.processes[index].stop(5.0, kill_expected=True)  # reap what the dead one left
+            if index < services.worker_count:
+                proc = start_worker(settings, index)
+                url = f"{services.worker_urls()[index]}/readyz"
+                services.processes[index] = proc
+                proc.wait_ready(http_ready(url, proc.pid, "worker"), READY_TIMEOUT_S)
+            else:
+                proc = start_actuator(settings)
+                services.processes[index] = proc
+                port = settings.services.actuator_health_port
+                proc.wait_ready(http_ready(f"http://127.0.0.1:{port}/readyz", proc.pid, "actuator"), READY_TIMEOUT_S)
+
+        return restart
+
+    for i, proc in enumerate(services.processes):
+        supervisor.watch(proc.name, lambda i=i: services.processes[i].alive, restart_process(i))  # type: ignore[misc]
+    sink = [t for t in services.threads if t.name == "clickhouse-sink"]
+
+    def restart_sink() -> None:
+        sink[0] = start_sink_thread(settings, client, services)
+        wait_sink_ready(services, READY_TIMEOUT_S)
+
+    supervisor.watch("sink", lambda: sink[0].is_alive(), restart_sink)
+
+
 @contextmanager
 def running_services(
     settings: Settings, client: ClickHouseClient, workers: int = 1
 ) -> Iterator[Services]:
-    """Start workers, actuator and sink; yield once all are ready; stop them all on exit."""
+    """Start workers, actuator and sink; yield once all are ready, supervised; stop them all on exit."""
     services = Services(settings, worker_count=workers)
     stops: list[Callable[[], None]] = []
+    alarms: StackAlarms | None = None
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     try:
         for i in range(workers):
@@ -190,19 +299,28 @@ def running_services(
         stops.append(dashboard.stop)
         services.dashboard_url = dashboard.url
         for i, proc in enumerate(services.processes[:workers]):
-            proc.wait_ready(http_ready(f"{services.worker_urls()[i]}/readyz"), READY_TIMEOUT_S)
+            proc.wait_ready(http_ready(f"{services.worker_urls()[i]}/readyz", proc.pid, "worker"), READY_TIMEOUT_S)
         actuator.wait_ready(
-            http_ready(f"http://127.0.0.1:{settings.services.actuator_health_port}/readyz"), READY_TIMEOUT_S
+            http_ready(f"http://127.0.0.1:{settings.services.actuator_health_port}/readyz", actuator.pid, "actuator"),
+            READY_TIMEOUT_S,
         )
         wait_sink_ready(services, READY_TIMEOUT_S)
         wait_sink_ready(services, READY_TIMEOUT_S, services.alerts_health)
+        alarms = StackAlarms(settings)
+        services.supervisor = Supervisor(alarms.on_change)
+        supervise_services(services, client, services.supervisor)
         yield services
     finally:
+        if services.supervisor is not None:
+            services.supervisor.stop()  # first: stopping the services is not an outage
+        if alarms is not None:
+            alarms.close()
         for stop in stops:
             stop()
         for proc in reversed(services.processes):
             proc.stop(30.0)
         services.stop_event.set()
+        services.sink_stop.set()
         for thread in services.threads:
             thread.join(timeout=30.0)
 

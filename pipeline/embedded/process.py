@@ -406,6 +406,12 @@ def _group_exists(pgid: int) -> bool:
     return False
 
 
+def live_processes() -> list[ManagedProcess]:
+    """The managed processes started and not stopped (fault injection finds its targets here)."""
+    with _live_lock:
+        return list(_live)
+
+
 @atexit.register
 def _stop_all_at_exit() -> None:
     """Last resort on interpreter exit: no server outlives the process that started it."""
