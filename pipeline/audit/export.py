@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.audit.record import FIELDS, AuditRecord, format_time, utcnow
+from pipeline.audit.seals import TrailKey
 from pipeline.audit.trail import AuditTrail
 from pipeline.audit.verify import VerifyReport, check_signatures, verify_chain
 from pipeline.core.hashing import sha256_file
@@ -57,13 +58,16 @@ def _pyarrow():  # noqa: ANN202
     return pa, pq
 
 
-def _check(records: list[AuditRecord], anchors: dict[str, dict[int, str]] | None = None) -> VerifyReport:
+def _check(
+    records: list[AuditRecord], anchors: dict[str, dict[int, str]] | None = None, key: TrailKey | None = None
+) -> VerifyReport:
+    """``key``: also check the trail signatures (at export; offline only the hashes and links)."""
     by_chain: dict[str, list[AuditRecord]] = {}
     for r in records:
         by_chain.setdefault(r.chain, []).append(r)
     report = VerifyReport()
     for c in sorted(by_chain):
-        report.chains.append(verify_chain(c, by_chain[c], anchors=(anchors or {}).get(c)))
+        report.chains.append(verify_chain(c, by_chain[c], anchors=(anchors or {}).get(c), key=key, to_head=True))
     report.signatures = check_signatures(records, {r.record_id: r for r in records})
     return report
 
@@ -78,7 +82,7 @@ def export_trail(trail: AuditTrail, out: Path, fmt: str = "csv") -> dict:
     records = [r for recs, _ in trail.store.read().values() for r in recs]
     name = f"audit_records.{fmt}"
     _write(records, out / name, fmt)
-    report = _check(records, trail.anchors())
+    report = _check(records, trail.anchors(), trail.verify_key)
     manifest = {
         "exported_utc": format_time(utcnow()),
         "format": fmt,
