@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import faust
 from faust.web import Request, Response, View
 from PIL import Image
+from tritonclient.grpc.aio import InferenceServerClient as TritonClient
 
 from pipeline.core.health import worker_id
 from pipeline.core.times import now_ns
 from pipeline.kafka.clients import bootstrap
 from pipeline.recipes.book import RecipeBook, RecipeFeed, load_defaults
+from pipeline.recipes.schema import Recipe
 from pipeline.settings import Settings
 from pipeline.wire.codec import encode_png
 from pipeline.wire.messages import Heartbeat
 from streams.processor import Frame, InspectionProcessor, Outgoing
+from streams.routing import recipe_steps
 from streams.transport import use_fetch_wait
 from streams.triton_client import TritonInspector
 
@@ -44,6 +48,41 @@ def _frame(event: Any) -> Frame:
         offset=message.offset,
         received_ns=now_ns(),
     )
+
+
+class ModelReadiness(Protocol):
+    """What the heartbeat asks Triton (tritonclient.grpc.aio's client answers it)."""
+
+    async def is_server_ready(self) -> bool: ...
+
+    async def is_model_ready(self, model_name: str) -> bool: ...
+
+    async def get_model_config(self, model_name: str, as_json: bool = ...) -> Any: ...
+
+
+def routed_models(product_models: dict[str, str], book: RecipeBook) -> set[str]:
+    """Every model this worker may send a frame to: the products' models and the lines' recipes'."""
+    recipes = [r for r in book.lines().values() if isinstance(r, Recipe)]
+    return set(product_models.values()) | {step.model for r in recipes for step in recipe_steps(r)}
+
+
+async def models_ready(client: ModelReadiness, models: Iterable[str]) -> bool:
+    """Triton is ready for this worker only when every model it routes to is, and every model
+    inside those ensembles: an unloaded classifier must raise the watchdog's fail-safe alarm,
+    which a server-liveness probe never did."""
+    if not await client.is_server_ready():
+        return False
+    todo, seen = sorted(models), set()
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        if not await client.is_model_ready(model):
+            return False
+        config = (await client.get_model_config(model, as_json=True)).get("config", {})
+        todo += [str(step["model_name"]) for step in config.get("ensemble_scheduling", {}).get("step", [])]
+    return True
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -72,7 +111,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=settings.kafka.session_timeout_ms / 1000,
         web_enabled=True,
         web_port=stream.web_port,
-        web_bind="0.0.0.0",
+        web_bind=stream.web_host,
         datadir=str(datadir),
     )
     frames = app.topic(settings.kafka.topic_frames, key_type=bytes, value_type=bytes)
@@ -127,7 +166,7 @@ def create_app(settings: Settings) -> faust.App:
             health["frames"] += len(batch)
             health["last_batch_ns"] = now_ns()
 
-    probe: TritonInspector | None = None
+    probe: TritonClient | None = None
     heartbeat_topic = settings.kafka.topic_heartbeats
     wd = settings.watchdog
 
@@ -137,8 +176,9 @@ def create_app(settings: Settings) -> faust.App:
         nonlocal probe
         try:
             if probe is None:
-                probe = TritonInspector(settings.triton)
-            triton_ready = await asyncio.wait_for(probe.is_ready(), wd.triton_probe_timeout_s)
+                probe = TritonClient(settings.triton.url or "")
+            triton_ready = await asyncio.wait_for(
+                models_ready(probe, routed_models(stream.product_models, recipes)), wd.triton_probe_timeout_s)
         except Exception as exc:  # noqa: BLE001 - unreachable or slow Triton: report it, keep beating
             log.debug("Triton readiness probe failed: %s", exc)
             triton_ready = False

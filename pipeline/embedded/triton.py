@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import sys
 import sysconfig
@@ -279,6 +280,31 @@ def triton_environment(base: dict[str, str] | None = None) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- server
 
+
+def model_control_key_path(settings: Settings) -> Path:
+    """Where the embedded server keeps the key of its model control for this state directory."""
+    return settings.state_dir / "triton_model_control.key"
+
+
+def model_control_key(settings: Settings) -> str:
+    """The key model control needs: the configured one, else the running embedded server's."""
+    configured = settings.triton.resolved_model_control_key()
+    if configured or settings.triton.url:
+        return configured
+    path = model_control_key_path(settings)
+    return path.read_text(encoding="utf-8").strip() if path.exists() else ""
+
+
+def _new_model_control_key(path: Path) -> str:
+    """A fresh key for one embedded run, readable only by this user (deploy reads it from here)."""
+    key = secrets.token_hex(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key + "\n")
+    os.chmod(path, 0o600)
+    return key
+
 _FAILED_LOAD = re.compile(r"failed to load '([^']+)'")
 
 
@@ -294,7 +320,8 @@ def _failed_models(log_text: str) -> list[str]:
 
 
 class TritonServer:
-    """tritonserver on 127.0.0.1 serving the derived repository; one process group."""
+    """tritonserver on 127.0.0.1 serving the derived repository; one process group. Its model
+    control answers only requests carrying `model_control_key` in the model control header."""
 
     def __init__(
         self,
@@ -351,6 +378,10 @@ class TritonServer:
             raise
         binary, _, _, _ = tritonserver_paths()
         backends = prepare_backend_directory(self.backend_path)
+        t = self.settings.triton
+        key = t.resolved_model_control_key() or _new_model_control_key(model_control_key_path(self.settings))
+        # Load/unload and the repository index only for callers with the key (pipeline.model.deploy).
+        restricted = f"model-repository:{t.model_control_header}={key}"
         argv = [
             str(binary),
             "--id", "linesight-embedded",
@@ -364,6 +395,8 @@ class TritonServer:
             "--log-verbose", "0",
             "--http-address", HOST, "--http-port", str(self.http_port),
             "--grpc-address", HOST, "--grpc-port", str(self.grpc_port),
+            "--http-restricted-api", restricted,
+            "--grpc-restricted-protocol", restricted,
             "--metrics-address", HOST, "--metrics-port", str(self.metrics_port),
             "--allow-gpu-metrics", "false",
             "--pinned-memory-pool-byte-size", "0",

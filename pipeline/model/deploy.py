@@ -154,12 +154,18 @@ class TritonTarget:
     url: str
     embedded: bool
     derived: Path
+    control_headers: dict[str, str] = field(default_factory=dict)  # gRPC metadata of Triton's model control
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TritonTarget:
+        from pipeline.embedded.triton import model_control_key
+
         t = settings.triton
         url = t.url or f"127.0.0.1:{t.embedded_grpc_port}"
-        return cls(url=url, embedded=not t.url, derived=settings.state_dir / "triton_repo")
+        key = model_control_key(settings)
+        return cls(url=url, embedded=not t.url, derived=settings.state_dir / "triton_repo",
+                   # tritonserver expects a restricted gRPC protocol's key under this prefix
+                   control_headers={f"triton-grpc-protocol-{t.model_control_header}": key} if key else {})
 
     def client(self) -> Any:
         import tritonclient.grpc as grpcclient
@@ -175,7 +181,7 @@ class TritonTarget:
             return False
 
     def ready_versions(self, model: str) -> list[int]:
-        index = self.client().get_model_repository_index(as_json=True).get("models", [])
+        index = self.client().get_model_repository_index(headers=self.control_headers, as_json=True).get("models", [])
         return sorted(
             int(m["version"])
             for m in index
@@ -206,7 +212,7 @@ def _switch(target: TritonTarget, source: Path, model: str, version: int) -> Non
 
     rebuild_derived_model(source, target.derived, model)
     client = target.client()
-    client.load_model(model, client_timeout=LOAD_TIMEOUT_S)
+    client.load_model(model, headers=target.control_headers, client_timeout=LOAD_TIMEOUT_S)
     deadline = time.monotonic() + CONFIRM_TIMEOUT_S
     last = "no answer"
     while True:

@@ -76,6 +76,15 @@ class TritonSettings(BaseModel):
     request_timeout_s: float = 30.0
     # Frames of one batch travel in one gRPC message; Triton's default cap is 4 MB.
     max_grpc_message_bytes: int = 64 * 1024 * 1024
+    # Model control (load/unload, the repository index) only with this header carrying the key
+    # (tritonserver --http-restricted-api / --grpc-restricted-protocol model-repository). The
+    # embedded server makes a new key at each start unless one is set (pipeline.embedded.triton).
+    model_control_header: str = "linesight-model-control"
+    model_control_key: SecretStr | None = None
+    model_control_key_file: Path | None = Field(default=None, description="file holding the model control key")
+
+    def resolved_model_control_key(self) -> str:
+        return read_secret(self.model_control_key, self.model_control_key_file)
 
 
 class ClickHouseSettings(BaseModel):
@@ -105,6 +114,8 @@ class StreamSettings(BaseModel):
     # Longest a consumer fetch may wait at the broker (Faust's fixed 1500 ms adds latency on Tansu).
     fetch_max_wait_ms: int = 100
     web_port: int = 16066
+    # The Faust web server (/healthz, /readyz, and Faust's own unauthenticated pages): loopback by default.
+    web_host: str = "127.0.0.1"
     # product id -> Triton model (ensemble) that inspects it
     product_models: dict[str, str] = {"tablet-round-white-10mm": "tablet_inspector"}
     # Recipes (docs/recipes.md): folder of recipe files, and the recipe each line starts with
