@@ -2,7 +2,8 @@
 
 Kept free of Faust so the decision logic is tested without a broker. The rule that matters: every
 frame yields exactly one result. A frame that cannot be inspected (bad metadata, unknown product,
-corrupt image, Triton failure) is dead-lettered with its reason and its unit is rejected
+an image of implausible size, corrupt, or with nothing to inspect in it: blank, overexposed,
+dark; Triton failure) is dead-lettered with its reason and its unit is rejected
 (`cause="failsafe"`): in pharma a unit that was not inspected is never shipped.
 
 Which inspections judge a frame is `streams.routing` (the line's recipe, else the product's
@@ -27,7 +28,7 @@ from pipeline.inspections.kinds import CLASSIFIER, JudgeContext, judge
 from pipeline.recipes.book import RecipeBook
 from pipeline.recipes.schema import Recipe
 from pipeline.settings import Settings
-from pipeline.wire.codec import thumbnail_jpeg
+from pipeline.wire.codec import nothing_to_inspect, thumbnail_jpeg
 from pipeline.wire.messages import (
     H_CAMERA,
     H_CAPTURE_NS,
@@ -37,6 +38,7 @@ from pipeline.wire.messages import (
     H_PRODUCT,
     H_UNIT,
     H_VERDICT,
+    MAX_TEXT_CHARS,
     FrameMeta,
     Headers,
     InspectionResult,
@@ -45,6 +47,7 @@ from pipeline.wire.messages import (
     check_image_bytes,
     dead_letter_headers,
     header_value,
+    safe_unit_id,
 )
 from streams.routing import RecipeRefusal, Step, plan_for
 from streams.triton_client import Failed, Measured, MeasureOutcome, ModelInfo, Scored, ScoreOutcome, UnknownModelError
@@ -61,6 +64,8 @@ class Frame:
     partition: int
     offset: int
     received_ns: int
+    # The broker's (create/log-append) time of the message; None: judge capture time by received_ns.
+    timestamp_ns: int | None = None
 
     @property
     def source(self) -> str:
@@ -131,11 +136,15 @@ class InspectionProcessor:
     async def process(self, frames: list[Frame]) -> list[Outgoing]:
         out: list[Outgoing] = []
         plans: list[Plan] = []
-        for frame in frames:
+        # Decoding thumbnails is CPU work (PIL releases the GIL): off the event loop.
+        blank = await asyncio.to_thread(lambda: [_nothing_to_inspect(f.value) for f in frames])
+        for frame, nothing in zip(frames, blank, strict=True):
             meta: FrameMeta | None = None
             try:
-                meta = FrameMeta.from_headers(frame.headers)
+                meta = FrameMeta.from_headers(frame.headers, ref_ns=frame.timestamp_ns or frame.received_ns)
                 check_image_bytes(frame.value)
+                if nothing:
+                    raise MessageError(nothing)
                 recipe, steps = plan_for(meta, self._models, self._recipes)
             except RecipeRefusal as exc:
                 out += self._failsafe(frame, meta, str(exc), stage="recipe", recipe=self._recipe_ref(meta))
@@ -277,9 +286,10 @@ class InspectionProcessor:
     def _failsafe(
         self, frame: Frame, meta: FrameMeta | None, reason: str, stage: str, model: str = "", recipe: str = ""
     ) -> list[Outgoing]:
-        # Without parsable metadata, keep whatever identity the frame does carry.
-        h = lambda name: header_value(frame.headers, name)  # noqa: E731
-        unit = meta.unit_id if meta else (h(H_UNIT) or _key(frame) or frame.source)
+        # Without parsable metadata, keep whatever identity the frame does carry (bounded; an
+        # unusable unit id becomes the surrogate the actuator admits the unit by).
+        h = lambda name: header_value(frame.headers, name)[:MAX_TEXT_CHARS]  # noqa: E731
+        unit = meta.unit_id if meta else safe_unit_id(header_value(frame.headers, H_UNIT) or _key(frame) or frame.source)
         now = now_ns()
         result = InspectionResult(
             unit_id=unit,
@@ -348,6 +358,18 @@ class InspectionProcessor:
         )
         # Keyed by line: one line's rejects stay in order for its gate.
         return Outgoing(self._kafka.topic_rejects, result.line.encode(), command.to_json())
+
+
+def _nothing_to_inspect(data: bytes | None) -> str:
+    """Why this frame's image cannot be inspected ('' when it can be sent to inference): refused
+    at the edge (implausible size, not PNG/JPEG, undecodable) or nothing to inspect in it
+    (blank, overexposed, dark). Never `pass` for such a frame: it is fail-safe rejected."""
+    if not data:
+        return ""  # check_image_bytes names it
+    try:
+        return nothing_to_inspect(data) or ""
+    except ValueError as exc:
+        return str(exc)
 
 
 def _image_sha256(frame: Frame) -> str:

@@ -17,6 +17,7 @@ class AlarmCode(StrEnum):
     BAD_COMMAND = "bad_command"  # malformed command/result, unknown line, unusable timing
     UNKNOWN_UNIT = "unknown_unit"  # a command for a unit the camera never captured
     UNTIMED_UNIT = "untimed_unit"  # a captured unit the actuator cannot time (no line, bad count)
+    DUPLICATE_UNIT = "duplicate_unit"  # a unit id captured twice (other capture time): both rejected
     NOT_REJECTED = "unit_not_rejected"  # fire failed / window missed: the unit may have passed
     # the PLC gate
     UNREACHABLE = "plc_unreachable"

@@ -3,8 +3,11 @@
 It keeps every known unit until its fire time (from `pipeline.actuation.timing_model`) and then
 does exactly one thing: fire (verdict reject; no verdict in time = ``late``; fail-safe active)
 or let it pass. Units are reject-by-default once admitted: a unit whose verdict never comes is
-rejected. Duplicate commands are idempotent; unknown lines and malformed commands are refused
-with a reason (`Decision`), never raised. Every unit ends in exactly one `GateEvent`.
+rejected, and any reject for a unit wins over an earlier pass until the unit is at the gate.
+Duplicate commands and redelivered captures are idempotent; a second capture of a known unit id
+(another capture time) is a `CONFLICT`: both units are rejected. Unknown lines and malformed
+commands are refused with a reason (`Decision`), never raised. Every unit ends in exactly one
+`GateEvent`.
 
 Times are epoch nanoseconds (the frames' ``capture_ns``) read from an injectable `Clock`, so
 tests drive time deterministically with `ManualClock`.
@@ -26,6 +29,7 @@ from pipeline.actuation.timing_model import GateTiming, LineTimingModel, UnitRef
 from pipeline.core.aio import cancel_and_wait
 from pipeline.core.times import NS_PER_MS, NS_PER_S
 from pipeline.settings.actuation import LineTimingSettings
+from pipeline.wire.messages import MAX_UNIT_ID_CHARS, unit_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class DecisionKind(StrEnum):
     SCHEDULED = "scheduled"  # reject will fire at the unit's fire time
     ACCEPTED = "accepted"  # admitted, or a pass verdict recorded
     DUPLICATE = "duplicate"  # the unit already has this (or a stronger) decision: nothing new
+    CONFLICT = "conflict"  # a second capture of a known unit id: both units rejected, alarm
     LATE = "late"  # verdict after the cutoff: the unit is fail-safe rejected (if still possible)
     REFUSED = "refused"  # unknown line, malformed command, unusable timing
 
@@ -125,6 +130,8 @@ class GateCommand:
         unit_id, line, capture_ns = get("unit_id"), get("line"), get("capture_ns")
         if not isinstance(unit_id, str) or not unit_id.strip():
             raise ValueError("command without a unit id")
+        if problem := unit_id_problem(unit_id):  # the gate could not be told to remove it
+            raise ValueError(problem)
         if not isinstance(line, str) or not line.strip():
             raise ValueError("command without a line")
         if isinstance(capture_ns, bool) or not isinstance(capture_ns, int) or capture_ns <= 0:
@@ -151,6 +158,7 @@ class _Pending:
     cause: str = FireCause.MODEL
     verdict_ns: int | None = None
     admitted: bool = False
+    reason: str = ""  # why a fail-safe reject was forced (e.g. a duplicate unit id)
 
 
 @dataclass
@@ -188,8 +196,9 @@ class RejectScheduler:
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._heap: list[tuple[int, int, tuple[str, str]]] = []
         self._seq = 0
-        # finished units -> whether they had a verdict in time (for duplicate vs late answers)
-        self._done: OrderedDict[tuple[str, str], bool] = OrderedDict()
+        # finished units -> (whether they had a verdict in time, capture time): duplicate vs late
+        # answers, and a redelivered capture vs a second capture of the same unit id
+        self._done: OrderedDict[tuple[str, str], tuple[bool, int]] = OrderedDict()
         self._dirty_lines: set[str] = set()
         self._wake = asyncio.Event()
         self._fire_tasks: set[asyncio.Task[None]] = set()
@@ -209,7 +218,10 @@ class RejectScheduler:
                 pending.admitted = True  # its verdict came first: now the camera saw it too
                 return self._decide(DecisionKind.ACCEPTED, unit, "admitted after its verdict", pending.timing)
             if pending is not None or key in self._done:
-                return self._decide(DecisionKind.DUPLICATE, unit, "unit already known")
+                first = pending.ref.capture_ns if pending is not None else self._done[key][1]
+                if unit.capture_ns == first:  # the same capture, redelivered
+                    return self._decide(DecisionKind.DUPLICATE, unit, "unit already known")
+                return self._second_capture(unit, pending, first)
             model = self._model_for(unit)
             if isinstance(model, Decision):
                 return model
@@ -219,6 +231,26 @@ class RejectScheduler:
         except Exception as exc:  # a bug here must not stop the line's scheduler
             log.exception("admit failed for %r", unit)
             return self._refuse(getattr(unit, "line", ""), getattr(unit, "unit_id", ""), f"internal error: {exc}")
+
+    def _second_capture(self, unit: UnitRef, first: _Pending | None, first_ns: int) -> Decision:
+        """Another unit under a known unit id: no verdict can tell which unit it is about, so the
+        first (if not yet at the gate) and this one are both rejected. This one is tracked under
+        the surrogate id ``<unit id>~<capture ns>`` (a redelivery of it is then a duplicate)."""
+        reason = (f"unit id {unit.unit_id!r} captured again at {unit.capture_ns} "
+                  f"(first at {first_ns}): both units rejected")
+        if first is not None:
+            first.action, first.cause, first.reason = Action.REJECT, FireCause.FAILSAFE, reason
+        surrogate = f"{unit.unit_id[: MAX_UNIT_ID_CHARS - 21]}~{unit.capture_ns}"
+        second = UnitRef(unit.line, surrogate, unit.capture_ns, unit.encoder_count, unit.lot)
+        decision = self.admit(second)
+        pending = self._pending.get((unit.line, surrogate))
+        if decision.kind is DecisionKind.ACCEPTED and pending is not None:
+            pending.action, pending.cause, pending.reason = Action.REJECT, FireCause.FAILSAFE, reason
+        elif decision.kind is DecisionKind.REFUSED:
+            reason += f"; the second cannot be tracked: {decision.reason}"
+        elif decision.kind is DecisionKind.DUPLICATE:
+            return decision  # this second capture was itself redelivered
+        return self._decide(DecisionKind.CONFLICT, unit, reason, decision.timing)
 
     def submit(self, raw: Any) -> Decision:
         """A verdict (reject or pass) for a unit; see `GateCommand.parse` for accepted shapes."""
@@ -301,7 +333,7 @@ class RejectScheduler:
         key = (unit.line, unit.unit_id)
         now = self._clock.now_ns()
         if key in self._done:
-            if self._done[key]:
+            if self._done[key][0]:
                 return self._decide(DecisionKind.DUPLICATE, unit, "unit already acted on")
             return self._decide(DecisionKind.LATE, unit, "verdict after the unit's deadline; it was fail-safe rejected")
         pending = self._pending.get(key)
@@ -311,8 +343,10 @@ class RejectScheduler:
                 return model
             pending = self._track(model, unit)
         if pending.action is not None:
-            if command.action is Action.REJECT and pending.action is Action.PASS and now <= pending.timing.verdict_cutoff_ns:
-                pending.action, pending.cause = Action.REJECT, command.cause  # when in doubt, reject
+            if command.action is Action.REJECT and pending.action is Action.PASS:
+                # When in doubt, reject: any reject wins over a pass while the unit is not yet at
+                # the gate (still pending), even after the cutoff (firing is at the fire time).
+                pending.action, pending.cause = Action.REJECT, command.cause
                 return self._decide(DecisionKind.SCHEDULED, unit, "pass upgraded to reject", pending.timing)
             return self._decide(DecisionKind.DUPLICATE, unit, f"unit already has a {pending.action} verdict", pending.timing)
         if now > pending.timing.verdict_cutoff_ns:
@@ -375,7 +409,7 @@ class RejectScheduler:
         while (nxt := self._next_fire_at()) is not None and nxt <= now:
             _, _, key = heapq.heappop(self._heap)
             p = self._pending.pop(key)
-            self._remember(key, p.verdict_ns is not None)
+            self._remember(key, p.verdict_ns is not None, p.ref.capture_ns)
             must_fire = p.action is not Action.PASS or self.fail_safe
             if must_fire and now > p.timing.window_end_ns:
                 # Firing now would hit the next unit; the caller must alarm (unit left unrejected).
@@ -388,7 +422,7 @@ class RejectScheduler:
             elif p.action is None:
                 self._start_fire(p, FireCause.LATE, now)
             elif p.action is Action.REJECT:
-                self._start_fire(p, p.cause, now)
+                self._start_fire(p, p.cause, now, p.reason)
             elif self.fail_safe:
                 self._start_fire(p, FireCause.FAILSAFE, now, self.fail_safe_reason)
             else:
@@ -415,8 +449,8 @@ class RejectScheduler:
                       p.admitted, _action(p), p.ref.capture_ns)
         )
 
-    def _remember(self, key: tuple[str, str], had_verdict: bool) -> None:
-        self._done[key] = had_verdict
+    def _remember(self, key: tuple[str, str], had_verdict: bool, capture_ns: int) -> None:
+        self._done[key] = (had_verdict, capture_ns)
         if len(self._done) > self._memory:
             self._done.popitem(last=False)
 

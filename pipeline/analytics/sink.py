@@ -289,9 +289,11 @@ class ClickHouseSink:
             table, to_row = self.routes[topic]
             try:
                 row = to_row(m)
-            except (MessageError, ValueError, TypeError, KeyError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any message the sink cannot use (a bad field, a
+                # timestamp no datetime holds) is a dead letter with its reason, never a dead sink
                 log.warning("undecodable message at %s: %s", _source(m), exc)
-                table, row = "dead_letters", undecodable_row(m, f"sink could not decode: {exc}")
+                reason = str(exc) if isinstance(exc, MessageError) else f"{type(exc).__name__}: {exc}"
+                table, row = "dead_letters", undecodable_row(m, f"sink could not decode: {reason}"[:4000])
             tables[table].append(row)
             # The first message's timestamp tells this topic's incarnation apart from an earlier one
             # whose offsets started at 0 too (a re-created topic, a fresh embedded broker): equal

@@ -19,6 +19,10 @@ def datetime_from_ns(ns: int) -> datetime:
     """UTC datetime of an epoch-nanosecond timestamp (microsecond precision, like DateTime64(6)).
 
     Integer arithmetic, so a timestamp converts exactly (a float of ``ns / 1e9`` loses the last
-    microseconds of today's epoch times).
+    microseconds of today's epoch times). A timestamp beyond what a datetime holds raises
+    ValueError (not OverflowError), so decoders and sinks handle it as the bad input it is.
     """
-    return _EPOCH + timedelta(microseconds=ns // 1000)
+    try:
+        return _EPOCH + timedelta(microseconds=ns // 1000)
+    except (OverflowError, TypeError) as exc:
+        raise ValueError(f"timestamp {ns!r} ns is outside the datetime range: {exc}") from None

@@ -2,8 +2,9 @@
 
 Training calls `prepare_pil` on rendered or loaded images; Triton's `tablet_preprocess` python
 model calls `prepare_image` on the encoded frame bytes. Both end in the same code, so the model
-never sees a different input in production than in training. Only numpy and PIL: this module
-is imported inside Triton's python backend stub.
+never sees a different input in production than in training. Only numpy and PIL (and
+`pipeline.wire.codec`, which needs no more): this module is imported inside Triton's python
+backend stub, Python 3.10.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import io
 
 import numpy as np
 from PIL import Image
+
+from pipeline.wire.codec import check_frame_size
 
 # The simulated camera delivers 160 x 160 frames: the model sees them at full resolution.
 MODEL_INPUT_SIZE = 160
@@ -23,8 +26,9 @@ PIXEL_STD = 0.25
 def prepare_image(data: bytes | bytearray | memoryview, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
     """Decode PNG/JPEG bytes into the model input: float32 [3, size, size], normalised.
 
-    Raises ValueError with the reason when the bytes are empty, not an image, truncated or
-    corrupt, so a caller can fail that one frame and keep going.
+    Raises ValueError with the reason when the bytes are empty, not an image, of an implausible
+    size (`check_frame_size`, before decoding), truncated or corrupt, so a caller can fail that
+    one frame and keep going.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError(f"image must be bytes, got {type(data).__name__}")
@@ -36,6 +40,7 @@ def prepare_image(data: bytes | bytearray | memoryview, size: int = MODEL_INPUT_
         raise ValueError(f"not a readable image ({len(data)} bytes): {exc}") from None
     if img.format not in ("PNG", "JPEG"):
         raise ValueError(f"image format {img.format} is not PNG or JPEG")
+    check_frame_size(img.width, img.height, len(data))  # from the header, before decoding
     try:
         img.load()
     except Exception as exc:  # truncated or corrupt pixel data

@@ -8,10 +8,16 @@ never a crash.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import re
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from pipeline.core.times import NS_PER_S
 
 Verdict = Literal["pass", "reject", "review"]
 Cause = Literal["model", "failsafe"]
@@ -39,9 +45,68 @@ IMAGE_CONTENT_TYPES = ("image/png", "image/jpeg")
 
 Headers = Sequence[tuple[str, bytes | None]]
 
+# Edge limits (issue 13). The unit id is what the reject gate is told to remove: the OPC UA gate
+# takes at most 256 characters, so a longer id is refused here, not at fire time.
+MAX_UNIT_ID_CHARS = 256
+MAX_TEXT_CHARS = 256  # line, camera, lot
+MAX_HEADER_BYTES = 4096  # any one header value, before decoding it
+PRODUCT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+/-]*(?: [A-Za-z0-9._+/-]+)*")
+MAX_PRODUCT_CHARS = 128
+# Wire timestamps are int64 epoch ns (Kafka, ClickHouse DateTime64): anything else is nonsense.
+MAX_EPOCH_NS = 2**63 - 1
+# A frame's capture time against the broker's (or receiver's) time of the message: a camera
+# clock a little ahead is tolerated, one far ahead or a frame hours old is not a live unit.
+CAPTURE_MAX_AHEAD_NS = 5 * NS_PER_S
+CAPTURE_MAX_AGE_NS = 3600 * NS_PER_S
+
 
 class MessageError(ValueError):
     """A message that cannot be processed; the text is the dead-letter reason."""
+
+
+def text_problem(name: str, value: object, max_chars: int = MAX_TEXT_CHARS) -> str | None:
+    """Why `value` is not an identifier-like text field (None when fine): a non-empty printable
+    string without surrounding spaces, at most `max_chars` characters."""
+    if not isinstance(value, str):
+        return f"{name} must be a string, got {type(value).__name__}"
+    if not value:
+        return f"without a {name}"
+    if len(value) > max_chars:
+        return f"{name} has {len(value)} characters (at most {max_chars})"
+    if not value.isprintable():
+        return f"{name} {value[:40]!r} has control or non-printable characters"
+    if value != value.strip():
+        return f"{name} {value[:40]!r} has leading or trailing spaces"
+    return None
+
+
+def unit_id_problem(value: object) -> str | None:
+    """Why `value` cannot name a unit at the reject gate (None when it can)."""
+    return text_problem("unit id", value, MAX_UNIT_ID_CHARS)
+
+
+def safe_unit_id(value: str) -> str:
+    """`value` when it is a usable unit id, else a stable surrogate (``invalid-<sha256[:16]>``).
+
+    A frame with an unusable id is still a unit on the belt: the worker's fail-safe reject and
+    the actuator's admission both name it by this surrogate, so the two meet at the gate."""
+    if unit_id_problem(value) is None:
+        return value
+    return "invalid-" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def timestamp_problem(name: str, ns: int, ref_ns: int | None = None) -> str | None:
+    """Why epoch-ns `ns` is not a plausible time (None when it is). With `ref_ns` (the broker's
+    time of the message), it must also lie within ``CAPTURE_MAX_AGE_NS`` before and
+    ``CAPTURE_MAX_AHEAD_NS`` after it."""
+    if not 0 < ns <= MAX_EPOCH_NS:
+        return f"{name} {ns} is not an epoch-ns time (1..{MAX_EPOCH_NS})"
+    if ref_ns is not None and ref_ns > 0:
+        if ns > ref_ns + CAPTURE_MAX_AHEAD_NS:
+            return f"{name} is {(ns - ref_ns) / NS_PER_S:.3g} s ahead of the broker time (clock skew?)"
+        if ns < ref_ns - CAPTURE_MAX_AGE_NS:
+            return f"{name} is {(ref_ns - ns) / NS_PER_S:.3g} s before the broker time (stale frame)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -74,46 +139,81 @@ class FrameMeta:
 
     @classmethod
     def from_headers(
-        cls, headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
+        cls,
+        headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None,
+        ref_ns: int | None = None,
     ) -> FrameMeta:
-        """Parse frame headers; raise `MessageError` naming every missing or bad field."""
+        """Parse and validate frame headers; raise `MessageError` naming the first bad field.
+
+        The one validation of frame metadata at the edge (worker and actuator): identity fields
+        (unit id <= ``MAX_UNIT_ID_CHARS`` printable, product syntax), content type, and a capture
+        time that is an int64 epoch-ns time and, given `ref_ns` (the message's broker time),
+        within the capture window around it. A header repeated with different values is refused:
+        which one counts would be a guess."""
         items = headers.items() if isinstance(headers, Mapping) else (headers or [])
         values: dict[str, str] = {}
-        for key, raw in items:
-            if raw is None:
-                continue
-            try:
-                values[key] = raw.decode() if isinstance(raw, bytes) else str(raw)
-            except UnicodeDecodeError:
-                raise MessageError(f"header {key!r} is not UTF-8") from None
+        try:
+            for key, raw in items:
+                if raw is None:
+                    continue
+                if len(raw) > MAX_HEADER_BYTES:
+                    raise MessageError(f"header {key!r} is {len(raw)} long (at most {MAX_HEADER_BYTES})")
+                try:
+                    value = raw.decode() if isinstance(raw, bytes) else str(raw)
+                except UnicodeDecodeError:
+                    raise MessageError(f"header {key!r} is not UTF-8") from None
+                if values.setdefault(key, value) != value:
+                    raise MessageError(f"header {key!r} is repeated with different values")
+        except (TypeError, ValueError) as exc:  # not (name, value) pairs at all
+            if isinstance(exc, MessageError):
+                raise
+            raise MessageError(f"malformed headers: {exc}") from None
         missing = [h for h in REQUIRED_FRAME_HEADERS if not values.get(h, "").strip()]
         if missing:
             raise MessageError(f"missing metadata: {', '.join(missing)}")
-        try:
-            capture_ns = int(values[H_CAPTURE_NS])
-        except ValueError:
-            raise MessageError(f"{H_CAPTURE_NS} is not an integer: {values[H_CAPTURE_NS]!r}") from None
-        if capture_ns <= 0:
-            raise MessageError(f"{H_CAPTURE_NS} must be positive, got {capture_ns}")
-        encoder_count: int | None = None
-        if values.get(H_ENCODER, "").strip():
-            try:
-                encoder_count = int(values[H_ENCODER])
-            except ValueError:
-                raise MessageError(f"{H_ENCODER} is not an integer: {values[H_ENCODER]!r}") from None
+        capture_ns = _header_int(values, H_CAPTURE_NS)
+        assert capture_ns is not None  # required above
+        encoder_count = _header_int(values, H_ENCODER)
         content_type = values.get(H_CONTENT_TYPE, "image/png")
         if content_type not in IMAGE_CONTENT_TYPES:
-            raise MessageError(f"unsupported content-type {content_type!r}")
+            raise MessageError(f"unsupported content-type {content_type[:80]!r}")
+        product = values[H_PRODUCT]
+        problem = (
+            unit_id_problem(values[H_UNIT])
+            or text_problem(H_LINE, values[H_LINE])
+            or text_problem(H_CAMERA, values[H_CAMERA])
+            or (text_problem(H_LOT, values[H_LOT]) if values.get(H_LOT) else None)
+            or (None if len(product) <= MAX_PRODUCT_CHARS and PRODUCT_ID.fullmatch(product)
+                else f"{H_PRODUCT} {product[:40]!r} is not a product id")
+            or timestamp_problem(H_CAPTURE_NS, capture_ns, ref_ns)
+            or (f"{H_ENCODER} {encoder_count} is out of range"
+                if encoder_count is not None and not 0 <= encoder_count <= MAX_EPOCH_NS else None)
+        )
+        if problem:
+            raise MessageError(problem)
         return cls(
             unit_id=values[H_UNIT],
             line=values[H_LINE],
             camera=values[H_CAMERA],
-            product=values[H_PRODUCT],
+            product=product,
             capture_ns=capture_ns,
             content_type=content_type,
             lot=values.get(H_LOT, ""),
             encoder_count=encoder_count,
         )
+
+
+def _header_int(values: Mapping[str, str], name: str) -> int | None:
+    """An integer header (None when absent); short decimal digits only, so a 10 kB number is
+    refused before `int` parses it."""
+    text = values.get(name, "").strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"-?[0-9]+", text[:100]):
+        raise MessageError(f"{name} is not an integer: {text[:40]!r}")
+    if len(text) > 20:
+        raise MessageError(f"{name} {text[:24]}... is out of range ({len(text)} digits)")
+    return int(text)
 
 
 def check_image_bytes(data: bytes | None) -> None:
@@ -138,9 +238,11 @@ class JsonMessage:
     def from_json(cls: type[_J], data: bytes | str | None) -> _J:
         if not data:
             raise MessageError(f"empty {cls.__name__}")
+        if not isinstance(data, (bytes, str)):
+            raise MessageError(f"{cls.__name__} must be bytes or text, got {type(data).__name__}")
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise MessageError(f"{cls.__name__} is not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise MessageError(f"{cls.__name__} must be a JSON object")
@@ -151,10 +253,69 @@ class JsonMessage:
         missing = sorted(required - doc.keys())
         if missing:
             raise MessageError(f"{cls.__name__} misses {', '.join(missing)}")
+        hints = _field_types(cls)
+        for name in names & doc.keys():
+            problem = _type_problem(doc[name], hints.get(name, Any))
+            if problem is None and name == "unit_id":
+                problem = unit_id_problem(doc[name])
+            elif problem is None and name.endswith("_ns") and isinstance(doc[name], int):
+                problem = None if 0 <= doc[name] <= MAX_EPOCH_NS else f"{doc[name]} is not an epoch-ns time"
+            if problem:
+                raise MessageError(f"bad {cls.__name__}.{name}: {problem}")
         try:
             return cls(**{k: v for k, v in doc.items() if k in names})
         except TypeError as exc:
             raise MessageError(f"bad {cls.__name__}: {exc}") from None
+
+
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """A message class's resolved field types (the annotations are strings here), once."""
+    if cls not in _FIELD_TYPES:
+        _FIELD_TYPES[cls] = get_type_hints(cls)
+    return _FIELD_TYPES[cls]
+
+
+def _type_problem(value: object, hint: Any) -> str | None:
+    """Why a decoded JSON `value` does not fit the field type `hint` (None when it does).
+
+    Strict where a wrong type would surface later as a crash: bool is not an int, ints are
+    int64, floats are finite (JSON's NaN/Infinity extensions are refused)."""
+    origin = get_origin(hint)
+    if hint is Any or hint is object:
+        return None
+    if origin is Literal:
+        return None if value in get_args(hint) else f"{str(value)[:40]!r} is not one of {get_args(hint)}"
+    if origin in (Union, types.UnionType):
+        problems = [_type_problem(value, arm) for arm in get_args(hint)]
+        return None if None in problems else " or ".join(p for p in problems if p)
+    if hint is type(None):
+        return None if value is None else "not null"
+    if hint is bool:
+        return None if isinstance(value, bool) else f"{type(value).__name__} is not a boolean"
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{type(value).__name__} is not an integer"
+        return None if -MAX_EPOCH_NS - 1 <= value <= MAX_EPOCH_NS else "integer out of int64 range"
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{type(value).__name__} is not a number"
+        return None if math.isfinite(value) and abs(value) < 1e308 else f"{value} is not a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else f"{type(value).__name__} is not a string"
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"{type(value).__name__} is not an object"
+        _, item = get_args(hint)
+        return next((f"[{k[:40]!r}] {p}" for k, v in value.items() if (p := _type_problem(v, item))), None)
+    if origin is list:
+        if not isinstance(value, list):
+            return f"{type(value).__name__} is not a list"
+        (item,) = get_args(hint)
+        return next((f"[{i}] {p}" for i, v in enumerate(value) if (p := _type_problem(v, item))), None)
+    return None  # a type this check does not know: the dataclass takes it as is
 
 
 @dataclass(frozen=True)

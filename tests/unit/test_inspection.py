@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.settings import Settings
+from pipeline.wire.codec import encode_png
 from pipeline.wire.messages import H_DLQ_REASON, FrameMeta, RejectCommand, header_value
 from streams.processor import Frame, InspectionProcessor
 from streams.routing import ensemble_for
 from streams.triton_client import Failed, ModelInfo, Scored, ScoreOutcome, UnknownModelError, parse_classes, verdict_for
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 32
+# A real, textured frame: the worker decodes a thumbnail of every frame (nothing to inspect?).
+# The scripted score rides after the PNG's end, where decoders do not look.
+PNG = encode_png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
 INFO = ModelInfo("tablet_inspector", "tablet_classifier", {3: ("good", "crack", "chip")})
 
 
@@ -188,11 +193,7 @@ def test_classes_parameter_parses_per_version() -> None:
 async def test_removed_units_leave_a_small_jpeg_for_the_batch_record() -> None:
     import io
 
-    import numpy as np
-    from PIL import Image
-
     from pipeline.imaging.tablets import render_tablet
-    from pipeline.wire.codec import encode_png
     from pipeline.wire.messages import H_DEFECT, H_LOT, H_UNIT, H_VERDICT
 
     settings = Settings()
