@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, cast
 
 from confluent_kafka import Message, Producer
@@ -82,6 +83,52 @@ class _Seen:
         return key in self._keys
 
 
+class AlarmOutbox:
+    """Alarm records kept until the broker has acknowledged them.
+
+    An outage alarm is raised exactly while the broker may be down, and a memory-only broker that
+    restarts loses what it had: each record is re-sent (``pump``, from a ticker) until its delivery
+    is confirmed. The ``alarms`` table keeps one row per alarm id and revision, so a re-send is
+    harmless. A record whose delivery is still unreported stays in flight (not sent twice).
+    """
+
+    def __init__(self, producer: Producer, topic: str) -> None:
+        self._topic, self._producer = topic, producer
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, bool], AlarmRecord] = {}  # (alarm id, active) -> record
+        self._in_flight: set[tuple[str, bool]] = set()
+
+    def publish(self, record: AlarmRecord) -> None:
+        with self._lock:
+            self._pending[(record.alarm_id, record.active)] = record
+        self.pump()
+
+    @property
+    def unsent(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def pump(self, timeout_s: float = 0.0) -> None:
+        """Send what is not in flight; serve delivery reports (wait up to ``timeout_s``)."""
+        with self._lock:
+            due = [(key, rec) for key, rec in self._pending.items() if key not in self._in_flight]
+            self._in_flight.update(key for key, _ in due)
+        for key, record in due:
+            try:
+                self._producer.produce(self._topic, key=record.code.encode(), value=record.to_json(),
+                                       on_delivery=partial(self._delivered, key))
+            except Exception:  # noqa: BLE001 - queue full (broker down a long time): next pump
+                with self._lock:
+                    self._in_flight.discard(key)
+        self._producer.flush(timeout_s) if timeout_s > 0 else self._producer.poll(0)
+
+    def _delivered(self, key: tuple[str, bool], err: object, _msg: object) -> None:
+        with self._lock:
+            self._in_flight.discard(key)
+            if err is None:
+                self._pending.pop(key, None)
+
+
 class Actuator:
     """The actuator's logic, fed batches by the consumer loop. `start` before, `stop` after."""
 
@@ -97,6 +144,7 @@ class Actuator:
             self._lines = {self._line: self._lines[self._line]}
         self._producer = producer
         self.name = f"actuator-{worker_id()}"
+        self._alarms_out = AlarmOutbox(producer, settings.kafka.topic_alarms)
         wd = settings.watchdog
         self._wd = wd
         # Refuses a timeout that would let a unit reach the gate before reject-all (the numbers).
@@ -148,6 +196,10 @@ class Actuator:
         if self._ticker is not None:
             self._ticker.join(5.0)
         self.actuation.stop()
+        # An alarm left open would overlap every later lot: close it, saying why.
+        for code in list(self.active_alarms()):
+            self._on_alarm(AlarmEvent(code, False, "closed at shutdown: the actuator stopped", now_ns()))
+        self._alarms_out.pump(10.0)
         self._producer.flush(10.0)
 
     # ---- the consumer loop's batch handler
@@ -173,7 +225,8 @@ class Actuator:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             alarms = sorted(self._open)
-        return dict(self.counters) | {"alarms": alarms, "fail_safe": self.actuation.fail_safe}
+        return dict(self.counters) | {"alarms": alarms, "fail_safe": self.actuation.fail_safe, "actuator": self.name,
+                                      "unsent_alarms": self._alarms_out.unsent}
 
     # ---- admissions
 
@@ -361,6 +414,7 @@ class Actuator:
                 self._producer.produce(self._kafka.topic_heartbeats, key=self.name.encode(), value=beat.to_json())
                 self._producer.poll(0)
                 self._release_held()
+                self._alarms_out.pump()
             except Exception:  # noqa: BLE001 - a full queue (broker down) must not end the ticker
                 log.exception("actuator heartbeat failed")
 
@@ -423,11 +477,7 @@ class Actuator:
         (log.error if event.active else log.warning)(
             "alarm %s %s: %s", event.code, "RAISED" if event.active else "cleared", event.reason
         )
-        try:
-            self._producer.produce(self._kafka.topic_alarms, key=event.code.encode(), value=record.to_json())
-            self._producer.poll(0)
-        except Exception:  # noqa: BLE001
-            log.exception("could not publish alarm %s", event.code)
+        self._alarms_out.publish(record)  # kept and re-sent until the broker has it
 
     def _bad_input(self, code: str, reason: str) -> None:
         """Log, count, and hold the code's alarm until no occurrence for ``bad_input_hold_s``."""
@@ -468,7 +518,8 @@ class _ArmingHealth(HealthState):
         self._assigned = False
 
     def tick(self, **counters: Any) -> None:
-        self._inner.tick(**counters)
+        # The loop ticks on every poll, batch or not: /healthz shows fail-safe while the broker is down.
+        self._inner.tick(**(self._actuator.snapshot() | counters))
         if self._assigned and self._actuator.heard_self and not self._inner.snapshot()["ready"]:
             self._inner.set_ready(True)
 
