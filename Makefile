@@ -9,13 +9,14 @@ RATE ?= 20
 RECIPE ?=
 MODEL := triton_models/tablet_classifier/1/model.onnx
 
-.PHONY: install model demo up test test-unit typecheck clean-state help
+.PHONY: install model demo up test test-unit typecheck chaos clean-state help
 
 help:
 	@echo "make demo   set up .venv, train the model if absent, run a simulated line (DURATION=$(DURATION) s;"
 	@echo "           RECIPE=vial-2r-clear-5ml | blister-2x5-round-white | carton-label-gs1 for other products)"
 	@echo "make test   run the test suite: tests/unit, then tests/e2e (end-to-end on the embedded stack)"
 	@echo "make test-unit  only tests/unit: no services, no trained model needed (fast)"
+	@echo "make chaos  kill each embedded service mid-lot and account for every unit (docs/faults.md; minutes)"
 	@echo "make typecheck  mypy over pipeline/ and streams/ (part of make test)"
 	@echo "make model  train the tablet model into triton_models/ if absent"
 
@@ -35,6 +36,9 @@ model: $(MODEL)
 
 demo: install model
 	$(LINESIGHT) demo --duration $(DURATION) --rate $(RATE) $(if $(RECIPE),--recipe $(RECIPE))
+
+chaos: install
+	$(PY) benchmarks/chaos.py
 
 up: install model
 	$(LINESIGHT) up --rate $(RATE)
