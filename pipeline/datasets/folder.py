@@ -107,8 +107,11 @@ def _check_path(root: Path, rel: str) -> tuple[Path | None, str | None]:
 
 def _check_image(path: Path) -> str | None:
     """Why this image file cannot be used (None when it is a readable 8-bit PNG/JPEG)."""
-    if not path.is_file():
-        return "image file not found"
+    try:
+        if not path.is_file():
+            return "image file not found"
+    except (OSError, ValueError) as exc:  # a name too long for the file system, NUL in it: not a file
+        return f"image path cannot name a file: {exc}"
     try:
         data = path.read_bytes()
     except OSError as exc:
