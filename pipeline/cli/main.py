@@ -94,7 +94,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     # The schema is applied by `linesight db init` (an admin); the sink's user may only insert.
     client = connect(settings)
     health = HealthState("sink")
-    server = serve_health(health, settings.services.sink_health_port)
+    server = serve_health(health, settings.services.sink_health_port, settings.services.health_host)
     try:
         run_sink(settings, client, _stop_on_signals(), health)
     finally:
@@ -109,7 +109,7 @@ def cmd_actuator(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     health = HealthState("actuator")
-    server = serve_health(health, settings.services.actuator_health_port)
+    server = serve_health(health, settings.services.actuator_health_port, settings.services.health_host)
     try:
         run_actuator(settings, _stop_on_signals(), health)
     finally:

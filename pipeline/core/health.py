@@ -41,8 +41,11 @@ class HealthState:
             return {"service": self.service, "alive": alive, "ready": self._ready and alive} | self._counters
 
 
-def serve_health(state: HealthState, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    """Serve the state on a daemon thread; returns the server (call `.shutdown()` to stop)."""
+def serve_health(state: HealthState, port: int, host: str) -> ThreadingHTTPServer:
+    """Serve the state on a daemon thread; returns the server (call `.shutdown()` to stop).
+
+    ``host`` has no default: the endpoints are unauthenticated, so each caller binds where its
+    probes come from (``services.health_host``, loopback unless configured)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server API

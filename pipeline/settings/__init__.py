@@ -166,6 +166,9 @@ class ServiceSettings(BaseModel):
     actuator_line: str | None = Field(default=None, description="fire only for this line")
     sink_health_port: int = 16070
     actuator_health_port: int = 16071
+    # Address the sink's and actuator's /healthz and /readyz listen on (open endpoints): loopback
+    # unless another host or container probes them (compose: the dashboard's health panel).
+    health_host: str = "127.0.0.1"
     # Alert service and operator dashboard (docs/alerts.md), run by the stack process.
     alerts_group: str = "linesight-alerts"
     alerts_interval_s: float = 10.0

@@ -441,6 +441,34 @@ def test_healthcheck_passes_and_fails_against_the_real_health_endpoint(name: str
     assert probe(free_port()) != 0, "nothing listening must fail the healthcheck"
 
 
+def test_open_endpoints_listen_beyond_loopback_only_where_another_container_probes_them(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/healthz and /readyz carry no auth: a healthcheck runs inside its own container, so only a
+    service another container reads (the dashboard's health panel) listens on 0.0.0.0."""
+    dash = settings_from(env_of(services["dashboard"]), monkeypatch).services
+    probed = {urlsplit(url or "").hostname for url in (dash.sink_url, dash.actuator_url)}
+    assert probed == {"sink", "actuator"}
+    for name in ("sink", "actuator"):
+        host = settings_from(env_of(services[name]), monkeypatch).services.health_host
+        assert host == "0.0.0.0", f"{name}: the dashboard probes it from its own container"
+        assert "ports" not in services[name], f"{name}: its health port stays on the compose network"
+    for name in APP_SERVICES - {"sink", "actuator"}:
+        settings = settings_from(env_of(services[name]), monkeypatch)
+        assert settings.services.health_host == "127.0.0.1", name
+        assert settings.stream.web_host == "127.0.0.1", f"{name}: Faust's web pages stay on loopback"
+
+
+def test_health_endpoint_binds_the_configured_host_loopback_by_default() -> None:
+    assert Settings().services.health_host == "127.0.0.1"
+    server = serve_health(HealthState("sink"), free_port(), Settings().services.health_host)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_workers_scale_as_one_consumer_group(services: dict[str, Any], raw: dict[str, Any]) -> None:
     worker = services["worker"]
     assert "container_name" not in worker and "ports" not in worker, "fixed names/ports prevent --scale"
