@@ -34,7 +34,18 @@ from streams.triton_client import TritonInspector
 log = logging.getLogger(__name__)
 
 
+def _broker_ns(timestamp_s: float | None) -> int | None:
+    """The message's broker time (Kafka create or log-append time; Faust gives seconds from the
+    record's milliseconds) in epoch ns, or None when the record has none."""
+    if not timestamp_s or timestamp_s <= 0:
+        return None
+    return round(timestamp_s * 1000) * 1_000_000
+
+
 def _frame(event: Any) -> Frame:
+    """The frame as the processor judges it. Its capture time is checked against the broker time,
+    not the receive time: a backlog consumed hours late (after an outage) is still inspected and
+    recorded, while a capture time far from when the frame was published is refused."""
     message = event.message
     headers = message.headers or []
     if isinstance(headers, dict):
@@ -47,6 +58,7 @@ def _frame(event: Any) -> Frame:
         partition=message.partition,
         offset=message.offset,
         received_ns=now_ns(),
+        timestamp_ns=_broker_ns(getattr(message, "timestamp", None)),
     )
 
 

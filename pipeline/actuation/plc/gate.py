@@ -38,10 +38,9 @@ from pipeline.actuation.gate import BadGateCommand, FireResult, GateError
 from pipeline.actuation.timing_model import UnitRef
 from pipeline.core.aio import cancel_and_wait
 from pipeline.settings.actuation import PlcNodeIds, PlcSettings, SecurityMode, SecurityPolicy
+from pipeline.wire.messages import MAX_UNIT_ID_CHARS
 
 log = logging.getLogger(__name__)
-
-_MAX_UNIT_ID = 256
 
 
 class GateState(StrEnum):
@@ -175,7 +174,7 @@ class OpcUaGate:
 
     async def fire(self, unit_id: str) -> FireResult:
         """Command the gate to remove ``unit_id`` and wait for the PLC's confirmation."""
-        if not isinstance(unit_id, str) or not unit_id.strip() or len(unit_id) > _MAX_UNIT_ID:
+        if not isinstance(unit_id, str) or not unit_id.strip() or len(unit_id) > MAX_UNIT_ID_CHARS:
             return FireResult(False, str(unit_id)[:64], error=BadGateCommand(f"unusable unit id {unit_id!r}"))
         async with self._fire_lock:
             client, nodes = self._client, self._nodes
