@@ -43,6 +43,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 APP_DOCKERFILE = ROOT / "infra" / "docker" / "app.Dockerfile"
 TRITON_DOCKERFILE = ROOT / "infra" / "docker" / "triton.Dockerfile"
+TRITON_ENTRYPOINT = ROOT / "infra" / "docker" / "triton-entrypoint.sh"
 CH_DIR = ROOT / "infra" / "clickhouse"
 CH_USERS_XML = CH_DIR / "users.d" / "linesight.xml"
 CH_ENTRYPOINT = CH_DIR / "entrypoint.sh"
@@ -79,6 +80,7 @@ SECRET_PATH_VARS = (
     "PLC_PASSWORD_FILE",
     "PLC_CLIENT_CERTIFICATE_FILE",
     "PLC_CLIENT_PRIVATE_KEY_FILE",
+    "TRITON_MODEL_CONTROL_KEY_FILE",
 )
 # Plant facts compose also refuses to guess: the gate's PLC and each line's geometry.
 REQUIRED_VARS = {"PLC_ENDPOINT": "opc.tcp://plc.test:4840", "LINESIGHT_LINES": '{"line-1": {"camera_to_gate_mm": 400}}'}
@@ -529,6 +531,88 @@ def test_triton_reserves_a_gpu_and_loads_the_mounted_models(services: dict[str, 
     assert "/v2/health/ready" in " ".join(healthcheck_command(triton))
 
 
+# Services that ask Triton for model control: `models deploy|rollback|list` run as the worker, and
+# the dashboard reads the served versions from the repository index.
+MODEL_CONTROL = {"worker", "dashboard"}
+TRITON_KEY = "/run/secrets/triton_model_control_key"
+
+
+def networks_of(service: Mapping[str, Any]) -> set[str]:
+    nets = service.get("networks") or ["default"]
+    return set(nets) if isinstance(nets, list) else set(nets)
+
+
+def test_triton_model_control_needs_the_key_from_its_secret(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    triton = services["triton"]
+    assert triton["entrypoint"] == ["/bin/bash", "/linesight/triton-entrypoint.sh"]
+    assert "./infra/docker/triton-entrypoint.sh:/linesight/triton-entrypoint.sh:ro" in triton["volumes"]
+    assert triton["secrets"] == ["triton_model_control_key"]
+    command = " ".join(str(c) for c in triton["command"])
+    assert "restricted" not in command and "--model-control-mode=explicit" in command
+    for name in MODEL_CONTROL:
+        env = env_of(services[name])
+        assert env["LINESIGHT_TRITON__MODEL_CONTROL_KEY_FILE"] == TRITON_KEY, name
+        assert "triton_model_control_key" in services[name]["secrets"], f"{name} does not mount the key"
+        assert settings_from(env, monkeypatch).triton.model_control_key_file == Path(TRITON_KEY)
+    holders = {n for n, s in services.items() if "triton_model_control_key" in (s.get("secrets") or [])}
+    assert holders == MODEL_CONTROL | {"triton"}, "only Triton and the services that deploy hold the key"
+
+
+def test_triton_entrypoint_adds_the_restricted_flags_with_the_key_or_refuses_to_start(
+    services: dict[str, Any], tmp_path: Path
+) -> None:
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not available")
+    key_file, marker, nxt = tmp_path / "key", tmp_path / "args", tmp_path / "next.sh"
+    nxt.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {marker}\n')
+    nxt.chmod(0o755)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TRITON_INIT_KEY_FILE": str(key_file),
+           "TRITON_INIT_NEXT": str(nxt)}
+    command = [str(c) for c in services["triton"]["command"]]
+
+    def start() -> subprocess.CompletedProcess[str]:
+        marker.unlink(missing_ok=True)
+        return subprocess.run([bash, str(TRITON_ENTRYPOINT), *command], env=env, capture_output=True, text=True,
+                              timeout=30)
+
+    key = "0123456789abcdef" * 4
+    key_file.write_text(f"  {key}\n")
+    result = start()
+    assert result.returncode == 0, result.stderr
+    args = marker.read_text().splitlines()
+    header = Settings().triton.model_control_header  # what deploy sends (pipeline/model/deploy.py)
+    restricted = f"model-repository:{header}={key}"
+    assert args == [*command, f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
+    assert key not in result.stdout + result.stderr, "the key is never logged"
+    for bad in ("short-key", "x" * 40 + ",metadata:other=1", ""):
+        key_file.write_text(bad)
+        result = start()
+        assert result.returncode != 0 and not marker.exists(), bad
+    key_file.unlink()
+    result = start()
+    assert result.returncode != 0 and not marker.exists() and "missing" in result.stderr
+
+
+def test_triton_is_reachable_only_by_the_services_that_use_it(
+    services: dict[str, Any], compose: dict[str, Any], raw: dict[str, Any]
+) -> None:
+    networks = compose["networks"]
+    assert networks["inference"]["internal"] is True, "no route out of the inference network"
+    assert networks_of(services["triton"]) == {"inference", "triton-metrics"}
+    on = {net: {n for n, s in services.items() if net in networks_of(s)} for net in ("inference", "triton-metrics")}
+    assert on["inference"] == {"triton"} | MODEL_CONTROL
+    assert on["triton-metrics"] == {"triton"}, "the metrics bridge carries Triton alone"
+    for name in MODEL_CONTROL:
+        assert "default" in networks_of(services[name]), f"{name} still needs Kafka and ClickHouse"
+    # Published: the metrics port only, on loopback unless TRITON_METRICS_BIND says otherwise.
+    assert raw["services"]["triton"]["ports"] == ["${TRITON_METRICS_BIND:-127.0.0.1}:${TRITON_METRICS_PORT:-8002}:8002"]
+    flags = " ".join(str(c) for c in services["triton"]["command"])
+    assert not re.search(r"--(http|grpc|metrics)-port", flags), "Triton's default ports are the documented ones"
+
+
 def test_triton_image_adds_the_preprocessing_dependencies(services: dict[str, Any]) -> None:
     instructions = dockerfile_instructions(TRITON_DOCKERFILE)
     args = dict(a.split("=", 1) for i, a in instructions if i == "ARG" and "=" in a)
@@ -813,7 +897,7 @@ def test_alerts_and_dashboard_run_as_their_own_services(services: dict[str, Any]
     assert {"alerts", "clickhouse", "db-init"} <= set(dash["depends_on"])
     # The alert service needs no ClickHouse account; both share the API token secret.
     assert set(alerts["secrets"]) == {"alerts_api_token"}
-    assert set(dash["secrets"]) == {"clickhouse_dashboard_password", "alerts_api_token"}
+    assert set(dash["secrets"]) == {"clickhouse_dashboard_password", "alerts_api_token", "triton_model_control_key"}
     assert "ports" not in alerts, "the alert API stays on the compose network"
 
     a_env, d_env = env_of(alerts), env_of(dash)
