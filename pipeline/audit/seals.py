@@ -22,9 +22,11 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -177,3 +179,26 @@ class AnchorFile:
             except (ValueError, KeyError, TypeError) as exc:
                 bad.append(f"{self.path}:{n}: not a seal statement ({exc})")
         return out, bad
+
+
+class Sealer(Protocol):
+    """What the sealing service drives (`pipeline.audit.trail.AuditTrail`, which imports this module)."""
+
+    def seal(self, chains: Sequence[str] | None = None) -> Sequence[object]: ...
+
+    def heartbeat(self, chains: Sequence[str] | None = None) -> list[SealStatement]: ...
+
+    def run_sealer(self, stop: threading.Event, interval_s: float | None = None) -> None: ...
+
+
+def run_sealing_service(trail: Sealer, stop: threading.Event, interval_s: float | None = None) -> list[SealStatement]:
+    """The sealer (`linesight audit seal --watch`, the embedded stack, the compose service): a signed
+    heartbeat of every chain each interval until ``stop``, then a final seal, so what was appended
+    up to the shutdown is sealed and anchored too. Returns the final heartbeat's statements."""
+    trail.run_sealer(stop, interval_s)
+    try:
+        trail.seal()
+        return trail.heartbeat()
+    except Exception:  # noqa: BLE001 - the records stay; the next sealer's first round anchors them
+        log.exception("final audit seal failed")
+        return []

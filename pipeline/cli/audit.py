@@ -157,7 +157,10 @@ def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit_seal(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
     import threading
+
+    from pipeline.audit.seals import run_sealing_service
 
     chains = [args.chain] if args.chain else None
     with gmp_context(settings) as ctx:
@@ -165,7 +168,11 @@ def cmd_audit_seal(args: argparse.Namespace, settings: Settings) -> int:
             key = ctx.trail.key
             print(f"sealing every {settings.audit.seal_interval_s:g} s, trail key {key.key_id if key else '-'}",
                   flush=True)
-            ctx.trail.run_sealer(threading.Event())
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):  # docker stop: the final seal, then exit
+                signal.signal(sig, lambda *_: stop.set())
+            final = run_sealing_service(ctx.trail, stop)
+            print(f"stopped; final seal anchored {len(final)} head(s)", flush=True)
             return 0
         seals = ctx.trail.seal(chains)
         statements = ctx.trail.heartbeat(chains)

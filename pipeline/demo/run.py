@@ -19,6 +19,7 @@ from pipeline.actuation.plc.embedded import EmbeddedPlc
 from pipeline.analytics.run_report import RunReport, build_report
 from pipeline.audit.publish import BestEffortPublisher
 from pipeline.audit.record import AuditEvent, os_user
+from pipeline.audit.seals import SealStatement, run_sealing_service
 from pipeline.audit.trail import AuditTrail
 from pipeline.clickhouse import ClickHouseClient, connect
 from pipeline.demo.services import Services, running_services
@@ -37,8 +38,41 @@ DRAIN_TIMEOUT_S = 180.0
 FIRE_RECORD_GRACE_S = 10.0
 
 
+SERVICE_SEALER = "audit-sealer"
+
+
 class DrainTimeout(RuntimeError):
     """Units were published but not all decided, stored and fired in time."""
+
+
+class EmbeddedSealer:
+    """The audit sealer (`run_sealing_service`) on a thread of this process, like the sink: only
+    this process may open chDB. `start` again after a crash (the supervisor does); `stop` ends
+    it with the final seal and returns that seal's statements."""
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self.trail = trail
+        self.final: list[SealStatement] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name=SERVICE_SEALER, daemon=True)
+        self._thread.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        self.final = run_sealing_service(self.trail, stop)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout_s: float = 60.0) -> list[SealStatement]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        return self.final
 
 
 def supervise_stack(stack: EmbeddedStack, plc: EmbeddedPlc, resolved: Settings, supervisor: Supervisor) -> None:
@@ -73,19 +107,24 @@ def supervise_stack(stack: EmbeddedStack, plc: EmbeddedPlc, resolved: Settings, 
 @contextmanager
 def pipeline_stack(settings: Settings, workers: int = 1) -> Iterator[tuple[Settings, ClickHouseClient, Services]]:
     """Stack (broker, Triton, the gate's PLC), ClickHouse schema and services, all ready and
-    supervised; everything stopped on exit."""
+    supervised, and the audit sealer; everything stopped on exit, the sealer last (after the
+    services, so its final seal covers the sink's last records; the broker still takes it)."""
     stack = EmbeddedStack(settings)
     with stack as with_services:
         plc = EmbeddedPlc(with_services)
         with plc as resolved:
             client = connect(resolved)
+            sealer = EmbeddedSealer(AuditTrail.from_settings(resolved, client, BestEffortPublisher(resolved)))
             try:
                 client.apply_schema(resolved.clickhouse.database)
                 with running_services(resolved, client, workers) as services:
                     assert services.supervisor is not None
                     supervise_stack(stack, plc, resolved, services.supervisor)
+                    sealer.start()
+                    services.supervisor.watch(SERVICE_SEALER, lambda: sealer.alive, sealer.start)
                     yield resolved, client, services
             finally:
+                sealer.stop()
                 client.close()
 
 
