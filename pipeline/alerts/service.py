@@ -21,14 +21,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
-from confluent_kafka import KafkaException, Message, Producer
+from confluent_kafka import KafkaException, Message
 
 from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.alerts.record import AlertRecord
 from pipeline.alerts.reference import CardReferences
 from pipeline.core.health import HealthState
 from pipeline.core.times import now_ns
-from pipeline.kafka.clients import bootstrap, flush_or_raise, make_consumer, make_producer
+from pipeline.kafka.clients import RenewingProducer, bootstrap, flush_or_raise, make_consumer
 from pipeline.kafka.commit_loop import run_batches
 from pipeline.settings import Settings
 from pipeline.wire.messages import FrameMeta, Heartbeat, InspectionResult, MessageError
@@ -44,11 +44,12 @@ def alert_config(settings: Settings) -> AlertConfig:
 
 
 class AlertPublisher:
-    """Produces alert records and waits for the broker's acknowledgement of each."""
+    """Produces alert records and waits for the broker's acknowledgement of each (re-sent by a new
+    producer when the broker lost this one's id: `RenewingProducer`)."""
 
-    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+    def __init__(self, settings: Settings, producer: RenewingProducer | None = None) -> None:
         self.topic = settings.kafka.topic_alerts
-        self.producer = producer or make_producer(
+        self.producer = producer or RenewingProducer(
             settings.kafka, "linesight-alerts", logger=logging.getLogger("linesight.alerts.librdkafka")
         )
         self._errors: list[str] = []

@@ -15,12 +15,11 @@ from datetime import UTC, datetime
 from typing import Literal, cast
 
 import numpy as np
-from confluent_kafka import Producer
 
 from pipeline.core.times import now_ns
 from pipeline.datasets.folder import Dataset
 from pipeline.imaging.catalog import sample_product
-from pipeline.kafka.clients import flush_or_raise, make_producer
+from pipeline.kafka.clients import RenewingProducer, flush_or_raise
 from pipeline.settings import Settings
 from pipeline.wire.codec import encode_png
 from pipeline.wire.messages import FrameMeta, GroundTruth
@@ -42,11 +41,17 @@ class PublishStats:
 
 
 class FramePublisher:
-    """Publishes frames and their ground truth; refuses frames over the size limit."""
+    """Publishes frames and their ground truth; refuses frames over the size limit.
 
-    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+    A frame not yet acknowledged when the broker loses the producer's id (a restarted memory-only
+    broker) is re-sent by a new producer (`RenewingProducer`), with its original capture time: the
+    actuator judges it against that time (a unit already past the gate is a ``missed`` or late
+    reject, never a pass), and a frame stored twice is the same capture (idempotent downstream).
+    """
+
+    def __init__(self, settings: Settings, producer: RenewingProducer | None = None) -> None:
         self._kafka = settings.kafka
-        self._producer = producer or make_producer(settings.kafka, "linesight-camera")
+        self._producer = producer or RenewingProducer(settings.kafka, "linesight-camera")
         self.stats = PublishStats()
         self._errors: list[str] = []
         self.connect()
@@ -65,12 +70,8 @@ class FramePublisher:
             self.stats.refused += 1
             return False
         key = meta.unit_id.encode()
-        # confluent-kafka types `headers` as an invariant List of str | bytes | None values, so it
-        # refuses this (valid) list of bytes values.
         self._producer.produce(
-            self._kafka.topic_frames, key=key, value=image,
-            headers=meta.to_headers(),  # type: ignore[arg-type]
-            on_delivery=self._delivered,
+            self._kafka.topic_frames, key=key, value=image, headers=meta.to_headers(), on_delivery=self._delivered,
         )
         if truth is not None:
             self._producer.produce(self._kafka.topic_truth, key=key, value=truth.to_json(), on_delivery=self._delivered)

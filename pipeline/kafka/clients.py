@@ -1,16 +1,24 @@
 """confluent-kafka clients configured from settings, with safe defaults.
 
-Producers are idempotent with acks=all; consumers never auto-commit (offsets are committed by
-the caller only after its outputs are acknowledged).
+Producers are idempotent with acks=all; a service that keeps one running uses `RenewingProducer`,
+which outlives a broker that forgot its producer id. Consumers never auto-commit (offsets are
+committed by the caller only after its outputs are acknowledged).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from pipeline.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 
 def bootstrap(kafka: KafkaSettings) -> str:
@@ -61,8 +69,141 @@ def make_consumer(kafka: KafkaSettings, group_id: str, client_id: str, **overrid
     return Consumer(conf | overrides)
 
 
-def flush_or_raise(producer: Producer, timeout_s: float) -> None:
+def flush_or_raise(producer: Producer | RenewingProducer, timeout_s: float) -> None:
     """Flush and fail loudly when anything is left unsent: never commit past lost output."""
     left = producer.flush(timeout_s)
     if left:
         raise KafkaException(f"{left} messages still unsent after {timeout_s:.0f} s")
+
+
+# Errors after which the broker may have come back without this producer's id: a memory-only
+# broker (the embedded Tansu) answers the old id with UNKNOWN_PRODUCER_ID forever, and librdkafka
+# retries it until `message.timeout.ms` rather than reporting anything.
+_CONNECTION_LOST = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+
+def _is_fatal(err: KafkaError) -> bool:
+    # `produce` on a producer in its fatal state raises _FATAL without the fatal flag set.
+    return err.fatal() or err.code() == KafkaError._FATAL
+
+
+@dataclass
+class _Unacked:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+    on_delivery: DeliveryCallback | None
+
+
+class RenewingProducer:
+    """An idempotent producer that replaces itself when its producer id may be gone.
+
+    Why: a fatal error (librdkafka's idempotence errors) ends a confluent-kafka producer for good,
+    and a broker that restarted without its state (Tansu keeps none) leaves it retrying an unknown
+    producer id until every message times out. So the producer is replaced by a new one (a new id)
+    on a fatal error at once, and after a lost connection once ``stall_s`` passed without any
+    acknowledgement. Every message not yet acknowledged is kept and re-sent, in order, by the new
+    producer: delivery is at least once (a message whose acknowledgement was lost may be stored
+    twice; every consumer here is idempotent under redelivery). ``on_delivery`` is called once per
+    message: on its acknowledgement, or on an error a new producer would not cure (too large,
+    timed out). Use from one thread at a time, like the producer it wraps.
+    """
+
+    def __init__(self, kafka: KafkaSettings, client_id: str, stall_s: float = 2.0,
+                 factory: Callable[..., Producer] | None = None, **overrides: Any) -> None:
+        self.client_id = client_id
+        self._make = partial(factory or make_producer, kafka, client_id, **overrides)
+        self._stall_s = stall_s
+        self._unacked: dict[int, _Unacked] = {}
+        self._seq = 0
+        self._generation = 0
+        self._fatal: KafkaError | None = None
+        self._lost_at: float | None = None  # monotonic time of a lost connection not yet disproved
+        self.renewals = 0
+        self._producer = self._new()
+
+    def _new(self) -> Producer:
+        return self._make(error_cb=partial(self._on_error, self._generation))
+
+    def _on_error(self, generation: int, err: KafkaError) -> None:
+        if generation != self._generation:
+            return
+        if _is_fatal(err):
+            self._fatal = err
+        elif err.code() in _CONNECTION_LOST and self._lost_at is None:
+            self._lost_at = time.monotonic()
+
+    def _on_delivery(self, generation: int, seq: int, err: KafkaError | None, msg: Message) -> None:
+        if generation != self._generation:
+            return  # a replaced producer's report: the message was handed to its successor
+        if err is None:
+            self._lost_at = None  # the broker knows this producer: nothing to renew
+        elif _is_fatal(err) or self._fatal is not None:
+            self._fatal = self._fatal or err
+            return  # kept: re-sent by the next producer
+        sent = self._unacked.pop(seq, None)
+        if sent is not None and sent.on_delivery is not None:
+            sent.on_delivery(err, msg)
+
+    def _send(self, seq: int, m: _Unacked) -> None:
+        self._producer.produce(m.topic, key=m.key, value=m.value, headers=m.headers,
+                               on_delivery=partial(self._on_delivery, self._generation, seq))
+
+    def _renew_if_needed(self) -> None:
+        lost = self._lost_at is not None and time.monotonic() - self._lost_at >= self._stall_s
+        if self._fatal is None and not lost:
+            return
+        reason = f"fatal error {self._fatal}" if self._fatal is not None else (
+            f"no acknowledgement {self._stall_s:.1f} s after the broker connection was lost")
+        old = self._producer
+        self._generation += 1
+        self._fatal, self._lost_at = None, None
+        old.purge(in_queue=True, in_flight=True)  # its reports are never served: nothing is polled on it
+        self._producer = self._new()
+        self.renewals += 1
+        log.warning("producer %s replaced (%s): re-sending %d unacknowledged messages",
+                    self.client_id, reason, len(self._unacked))
+        for seq, m in sorted(self._unacked.items()):
+            self._send(seq, m)
+
+    def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+                headers: Any = None, on_delivery: DeliveryCallback | None = None) -> None:
+        """Queue one message (BufferError when the local queue is full, as `Producer.produce`)."""
+        self._renew_if_needed()
+        self._seq += 1
+        m = _Unacked(topic, key, value, headers, on_delivery)
+        try:
+            self._send(self._seq, m)
+        except KafkaException as exc:
+            if not exc.args or not isinstance(exc.args[0], KafkaError) or not _is_fatal(exc.args[0]):
+                raise
+            self._fatal = exc.args[0]
+            self._unacked[self._seq] = m
+            self._renew_if_needed()
+            return
+        self._unacked[self._seq] = m
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        self._producer.poll(timeout_s)
+        self._renew_if_needed()
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for every message's acknowledgement, renewing the producer when
+        needed; return how many are still unacknowledged."""
+        deadline = time.monotonic() + timeout_s
+        while self._unacked:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._producer.flush(min(left, 0.1))
+            self._renew_if_needed()
+        return len(self._unacked)
+
+    def __len__(self) -> int:
+        return len(self._unacked)
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        return self._producer.list_topics(topic, timeout=timeout)

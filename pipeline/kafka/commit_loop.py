@@ -5,6 +5,12 @@ handler writes its outputs (ClickHouse insert, produced messages flushed) and on
 returns are the batch's offsets committed, synchronously. A handler
 exception stops the service loudly without committing, so the batch is redelivered on restart
 (sinks are idempotent under redelivery).
+
+A commit refused because the group no longer knows this member's generation (a rebalance, or a
+memory-only broker that restarted and forgot the group) is not fatal: the batch's outputs are
+written, so the loop goes on while librdkafka re-joins, and the batch may come again. A partition
+whose offsets start over (its log was re-created) ends the batch from the old log first, handled
+and not committed: its offsets mean nothing in the new log.
 """
 
 from __future__ import annotations
@@ -14,13 +20,21 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from pipeline.core.health import HealthState
 
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Sequence[Message]], None]
+
+# Commit errors that say the group's generation is gone, or its coordinator or topic is (a broker
+# that restarted without its state): re-joining cures them, and redelivery is harmless.
+GROUP_GONE = frozenset({
+    KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError._ASSIGNMENT_LOST, KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+})
 
 
 def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
@@ -37,6 +51,21 @@ def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
             raise RuntimeError(f"offset went backwards on {key}: {offset} after {previous}")
         high[key] = offset
     return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(high.items())]
+
+
+def commit_after_write(consumer: Consumer, messages: Sequence[Message], service: str) -> bool:
+    """Commit past `messages` (their outputs are written); False when the group's generation was
+    gone (logged), any other commit error raises."""
+    try:
+        consumer.commit(offsets=next_offsets(messages), asynchronous=False)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if err is None or err.code() not in GROUP_GONE:
+            raise
+        log.warning("%s: commit of %d messages refused (%s): re-joining the group; the batch may be redelivered",
+                    service, len(messages), err.name())
+        return False
+    return True
 
 
 def run_batches(
@@ -59,13 +88,16 @@ def run_batches(
         health.set_ready(False)
 
     pending: list[Message] = []
+    last: dict[tuple[str | None, int | None], int] = {}  # pending's last offset per partition
     first_at = 0.0
 
-    def flush() -> None:
+    def flush(commit: bool = True) -> None:
         handle(pending)
-        consumer.commit(offsets=next_offsets(pending), asynchronous=False)
+        if commit:
+            commit_after_write(consumer, pending, health.service)
         health.tick(processed=health.snapshot().get("processed", 0) + len(pending))
         pending.clear()
+        last.clear()
 
     consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
     try:
@@ -74,9 +106,15 @@ def run_batches(
             for m in consumer.consume(num_messages=room, timeout=poll_timeout_s):
                 err = m.error()
                 if err is None:
+                    where, offset = (m.topic(), m.partition()), m.offset() or 0
+                    if where in last and offset <= last[where]:  # offsets only increase within one log
+                        log.warning("%s: %s:%s starts over at offset %s: its log was re-created",
+                                    health.service, *where, offset)
+                        flush(commit=False)
                     if not pending:
                         first_at = time.monotonic()
                     pending.append(m)
+                    last[where] = offset
                 elif err.code() != KafkaError._PARTITION_EOF:
                     log.warning("%s consumer error: %s", health.service, err)
             if pending and (len(pending) >= max_batch or time.monotonic() - first_at >= max_wait_s):
