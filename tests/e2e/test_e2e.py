@@ -110,7 +110,7 @@ def test_pipeline_end_to_end(running: tuple[Settings, ClickHouseClient, Services
     )
     assert reasons[f"{lot}-alien"] == "unknown product 'unknown-sku' (no model 'unknown_sku_inspector')"
     assert reasons[f"{lot}-text"] == "frame is neither PNG nor JPEG"
-    assert reasons[f"{lot}-corrupt"].startswith("triton:")
+    assert reasons[f"{lot}-corrupt"].startswith("not a decodable PNG/JPEG image")  # refused before Triton
 
     # The frame without metadata: dead-lettered, its unit (from the key) fail-safe rejected and fired.
     nometa = f"{lot}-nometa"

@@ -31,7 +31,7 @@ from pipeline.actuation.plc.embedded import EmbeddedPlc
 from pipeline.analytics.reconciliation import build_reconciliation
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.demo.run import pipeline_stack, wait_drained
-from pipeline.demo.services import Services, http_ready, start_worker
+from pipeline.demo.services import Services, http_ready
 from pipeline.embedded.process import free_port
 from pipeline.embedded.triton import TritonServer
 from pipeline.gateway.publisher import FramePublisher, run_simulated_line
@@ -143,7 +143,9 @@ def test_no_unit_without_a_verdict_passes_when_the_worker_or_triton_dies(
         assert "worker" in raised[2]
         eventually(lambda: gate_count("outcome = 'fired' AND cause IN ('late', 'failsafe')", killed) >= 10, 30,
                    "units fail-safe rejected while the worker is dead")
-        services.processes[0] = start_worker(resolved, 0)
+        # The stack's supervisor restarts the worker by itself (a new process, awaited ready).
+        eventually(lambda: services.processes[0] is not worker and services.processes[0].alive, 120,
+                   "worker restarted by the supervisor")
         services.processes[0].wait_ready(http_ready(f"{services.worker_urls()[0]}/readyz"), 120)
         eventually(lambda: (a := alarm_since(killed)) is not None and a[1], 60, "alarm cleared after the restart")
         back = time.time_ns()

@@ -12,7 +12,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from pipeline.embedded.process import free_port
 from pipeline.kafka.clients import flush_or_raise, make_consumer, make_producer
 from pipeline.kafka.topics import TopicSetupError, ensure_topics, topic_specs
-from pipeline.settings import Settings
+from pipeline.settings import KafkaSettings, Settings
+
+TOPIC_FIELDS = [f for f in KafkaSettings.model_fields if f.startswith("topic_")]
 
 
 def _settings(embedded_settings: Settings, bootstrap: str, prefix: str) -> Settings:
@@ -24,10 +26,7 @@ def _settings(embedded_settings: Settings, bootstrap: str, prefix: str) -> Setti
                     "bootstrap_servers": bootstrap,
                     **{
                         f: f"{prefix}.{getattr(k, f)}"
-                        for f in ("topic_frames", "topic_results", "topic_rejects", "topic_deadletter",
-                                  "topic_truth", "topic_actuations", "topic_heartbeats", "topic_gate_events",
-                                  "topic_alarms", "topic_audit", "topic_alerts", "topic_reject_images",
-                                  "topic_recipes")
+                        for f in TOPIC_FIELDS
                     },
                 }
             )
@@ -40,7 +39,8 @@ def test_topic_specs_follow_settings(embedded_settings: Settings) -> None:
     specs = {s.name: s for s in topic_specs(k)}
     assert set(specs) == {k.topic_frames, k.topic_results, k.topic_rejects, k.topic_deadletter,
                           k.topic_truth, k.topic_actuations, k.topic_heartbeats, k.topic_gate_events,
-                          k.topic_alarms, k.topic_audit, k.topic_alerts, k.topic_reject_images, k.topic_recipes}
+                          k.topic_alarms, k.topic_audit, k.topic_audit_seals, k.topic_alerts, k.topic_reject_images,
+                          k.topic_recipes}
     assert specs[k.topic_recipes].config == {"cleanup.policy": "compact"}
     assert all(s.partitions == k.partitions and s.replication_factor == k.replication_factor for s in specs.values())
     big = int(specs[k.topic_frames].config["max.message.bytes"])
@@ -53,7 +53,7 @@ def test_ensure_topics_is_idempotent(broker: str, embedded_settings: Settings) -
     settings = _settings(embedded_settings, broker, f"t{uuid.uuid4().hex[:8]}")
     k = settings.kafka
     created = ensure_topics(settings)
-    assert len(created) == 13
+    assert len(created) == len(TOPIC_FIELDS) == 14
     assert ensure_topics(settings) == []  # existing topics are fine
 
     admin = AdminClient({"bootstrap.servers": broker})

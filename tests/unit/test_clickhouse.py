@@ -58,7 +58,7 @@ def test_split_statements_respects_quotes_and_comments() -> None:
     assert split_statements(sql) == ["CREATE TABLE a (s String DEFAULT ';') ENGINE=Memory", "SELECT 'it''s'"]
     statements = schema_statements("linesight_x", SCHEMA_PATH)
     assert statements[0] == "CREATE DATABASE IF NOT EXISTS linesight_x"
-    assert all("{db}" not in s for s in statements) and len(statements) == 18
+    assert all("{db}" not in s for s in statements) and len(statements) == 19
     with pytest.raises(ValueError):
         schema_statements("bad name; DROP")
 
@@ -89,7 +89,7 @@ def test_schema_applied(chdb_client: ChdbClient, embedded_settings: Settings) ->
         "actuations", "alarms", "alerts", "audit_records", "dead_letters", "gate_events", "ground_truth",
         "inspections", "reject_images", "sessions", "users",
     ]
-    assert chdb_client.apply_schema(db) == 18  # idempotent
+    assert chdb_client.apply_schema(db) == 19  # idempotent
 
 
 def test_insert_and_read_back_typed_values(chdb_client: ChdbClient) -> None:
