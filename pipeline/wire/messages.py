@@ -45,7 +45,7 @@ IMAGE_CONTENT_TYPES = ("image/png", "image/jpeg")
 
 Headers = Sequence[tuple[str, bytes | None]]
 
-# Edge limits (issue 13). The unit id is what the reject gate is told to remove: the OPC UA gate
+# Edge limits. The unit id is what the reject gate is told to remove: the OPC UA gate
 # takes at most 256 characters, so a longer id is refused here, not at fire time.
 MAX_UNIT_ID_CHARS = 256
 MAX_TEXT_CHARS = 256  # line, camera, lot
