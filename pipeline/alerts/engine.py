@@ -112,6 +112,8 @@ class AlertEngine:
         self.reference_scores: ScoreReferences = reference_scores or {}
         self.workers: dict[str, Heartbeat] = {}
         self.worker_seen_ns: dict[str, int] = {}
+        self.worker_first_ns: dict[str, int] = {}  # first heartbeat: tells a replacement (`_retire`)
+        self._replacements: set[str] = set()  # workers that already took a retired one's place
         self.rejects: deque[RejectView] = deque(maxlen=self.config.last_rejects)
         self._frames: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self.lock = threading.RLock()
@@ -218,6 +220,7 @@ class AlertEngine:
                 return []
             self.workers[hb.source] = hb
             self.worker_seen_ns[hb.source] = now_ns
+            self.worker_first_ns.setdefault(hb.source, now_ns)
             return self._health(now_ns)
 
     # ------------------------------------------------------------ time
@@ -259,8 +262,26 @@ class AlertEngine:
                 st.interval_start_ns = now_ns - now_ns % width
         return out
 
+    def _retire(self, now_ns: int, stale: int) -> None:
+        """Forget each silent worker that a worker first heard after its silence replaced (a
+        restarted worker has a new id: host and pid). Paired one to one, so a worker that died
+        without a replacement stays a problem: the alert clears when every component is back."""
+        silent = sorted((self.worker_seen_ns[s], s) for s in self.workers if now_ns - self.worker_seen_ns[s] > stale)
+        fresh = sorted((self.worker_first_ns[s], s) for s in self.workers
+                       if now_ns - self.worker_seen_ns[s] <= stale and s not in self._replacements)
+        for last_ns, source in silent:
+            newcomer = next((f for f in fresh if f[0] > last_ns), None)
+            if newcomer is None:
+                continue
+            fresh.remove(newcomer)
+            self._replacements.add(newcomer[1])
+            self._replacements.discard(source)
+            for table in (self.workers, self.worker_seen_ns, self.worker_first_ns):
+                table.pop(source, None)
+
     def _health(self, now_ns: int) -> list[AlertRecord]:
         stale = int(self.config.heartbeat_stale_s * 1e9)
+        self._retire(now_ns, stale)
         problems = []
         for source, hb in sorted(self.workers.items()):
             age = now_ns - self.worker_seen_ns[source]

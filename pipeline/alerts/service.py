@@ -107,9 +107,10 @@ class AlertService:
 
 def run_alert_service(service: AlertService, stop: threading.Event, health: HealthState) -> None:
     """Consume until `stop`, with the once-a-second ticker; commits after alerts are acknowledged."""
+    done = threading.Event()  # this run's ticker ends with it (a restarted run starts its own)
 
     def ticker() -> None:
-        while not stop.wait(1.0):
+        while not stop.wait(1.0) and not done.is_set():
             try:
                 service.tick()
             except Exception:  # noqa: BLE001 - logged; the next tick retries (the state is in memory)
@@ -117,31 +118,48 @@ def run_alert_service(service: AlertService, stop: threading.Event, health: Heal
 
     thread = threading.Thread(target=ticker, name="alerts-ticker", daemon=True)
     thread.start()
-    consumer = make_consumer(service.settings.kafka, service.settings.services.alerts_group, "linesight-alerts")
     try:
+        consumer = make_consumer(service.settings.kafka, service.settings.services.alerts_group, "linesight-alerts")
         run_batches(consumer, service.topics, service.handle, health, stop, max_batch=200, max_wait_s=0.05)
     finally:
+        done.set()
         thread.join(timeout=5.0)
+
+
+class AlertThread(threading.Thread):
+    """One run of the alert service's consumer on a thread. It ends on `stop` or an error (kept in
+    `health`); `restarted` starts a new run on the same engine and health, so the dashboard
+    reading them keeps its state: a supervisor restarts it like the sink thread."""
+
+    def __init__(self, service: AlertService, stop: threading.Event, health: HealthState) -> None:
+        super().__init__(name="alerts", daemon=True)
+        self.service, self.stop, self.health = service, stop, health
+
+    def run(self) -> None:
+        try:
+            run_alert_service(self.service, self.stop, self.health)
+        except Exception:  # noqa: BLE001 - reported in health; the owner restarts or stops
+            log.exception("alert service stopped with an error")
+            self.health.set_ready(False)
+            self.health.tick(error="alert service stopped with an error; see log")
+
+    def restarted(self) -> AlertThread:
+        self.health.tick(error="")
+        thread = AlertThread(self.service, self.stop, self.health)
+        thread.start()
+        return thread
 
 
 def start_alert_service(settings: Settings, stop: threading.Event, threads: list[threading.Thread],
                         publisher: AlertPublisher | None = None) -> tuple[AlertService, HealthState]:
-    """The one way to start the alert service: a thread consuming until `stop` (set on a crash,
-    so the process around it stops too). Await `health`'s ready before relying on it."""
+    """The one way to start the alert service: an `AlertThread` consuming until `stop`, appended
+    to `threads`. A crash ends the thread with the error in `health`: the embedded stack restarts
+    it, `linesight alerts` stops. Await `health`'s ready before relying on it."""
     engine = AlertEngine(alert_config(settings), CardReferences(settings.triton.model_repository),
                          lines=list(settings.lines))
     service = AlertService(settings, engine, publisher or AlertPublisher(settings))
     health = HealthState("alerts")
-
-    def run() -> None:
-        try:
-            run_alert_service(service, stop, health)
-        except Exception:  # noqa: BLE001 - reported; the process stops on a dead alert service
-            log.exception("alert service stopped with an error")
-            health.tick(error="alert service stopped with an error; see log")
-            stop.set()
-
-    thread = threading.Thread(target=run, name="alerts", daemon=True)
+    thread = AlertThread(service, stop, health)
     thread.start()
     threads.append(thread)
     return service, health
@@ -229,7 +247,7 @@ def serve_alerts_api(service: AlertService, health: HealthState, port: int, toke
 def run_alerts(settings: Settings, stop: threading.Event,
                started: Callable[[ThreadingHTTPServer], None] | None = None) -> None:
     """`linesight alerts`: the alert service and its API on ``services.alerts_health_port`` until
-    `stop` (set by a signal, or by the service itself when it dies)."""
+    `stop` (set by a signal) or until the service dies (no supervisor here: the container restarts)."""
     bootstrap(settings.kafka)  # no broker configured: one clear error before any thread starts
     threads: list[threading.Thread] = []
     service, health = start_alert_service(settings, stop, threads)
@@ -241,7 +259,8 @@ def run_alerts(settings: Settings, stop: threading.Event,
     try:
         if started is not None:
             started(server)
-        stop.wait()
+        while not stop.wait(0.5) and all(t.is_alive() for t in threads):
+            pass
     finally:
         stop.set()
         server.shutdown()

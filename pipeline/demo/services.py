@@ -6,7 +6,7 @@ With embedded chDB the sink runs in this process, because only one process may o
 data directory and the report and dashboard query it here.
 
 Everything started here is supervised (`pipeline.embedded.process.Supervisor`): a worker, the
-actuator or the sink that dies is restarted, and the outage is an alarm on ``linesight.alarms``
+actuator, the sink or the alert service thread that dies is restarted, and the outage is an alarm on ``linesight.alarms``
 (`StackAlarms`), raised while it is down and cleared when it is back, or at shutdown.
 """
 
@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 from pipeline.actuation.service import AlarmOutbox
+from pipeline.alerts.service import AlertThread
 from pipeline.analytics.sink import run_sink
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.core.health import HealthState
@@ -273,6 +274,22 @@ def supervise_services(services: Services, client: ClickHouseClient, supervisor:
         wait_sink_ready(services, READY_TIMEOUT_S)
 
     supervisor.watch("sink", lambda: sink[0].is_alive(), restart_sink)
+    supervise_alerts(services, supervisor)
+
+
+def supervise_alerts(services: Services, supervisor: Supervisor) -> None:
+    """Restart the alert service's thread on its engine (the dashboard's state stays) when it
+    dies, e.g. on a commit error a broker restart left behind; awaited ready again."""
+    alerts = [t for t in services.threads if isinstance(t, AlertThread)]
+    if not alerts:
+        return
+
+    def restart_alerts() -> None:
+        alerts[0] = alerts[0].restarted()
+        services.threads.append(alerts[0])
+        wait_sink_ready(services, READY_TIMEOUT_S, alerts[0].health)
+
+    supervisor.watch("alerts", lambda: alerts[0].is_alive(), restart_alerts)
 
 
 @contextmanager
