@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, cast
 
-from confluent_kafka import Message, Producer
+from confluent_kafka import Message
 
 from pipeline.actuation.alarms import AlarmCode, AlarmEvent
 from pipeline.actuation.gate import Gate
@@ -40,7 +40,7 @@ from pipeline.actuation.scheduler import Action, DecisionKind, GateCommand, Gate
 from pipeline.actuation.timing_model import UnitRef
 from pipeline.core.health import HealthState, worker_id
 from pipeline.core.times import NS_PER_S, now_ns
-from pipeline.kafka.clients import flush_or_raise, make_consumer, make_producer
+from pipeline.kafka.clients import RenewingProducer, flush_or_raise, make_consumer
 from pipeline.kafka.commit_loop import run_batches
 from pipeline.settings import Settings
 from pipeline.settings.actuation import LineTimingSettings
@@ -89,10 +89,11 @@ class AlarmOutbox:
     An outage alarm is raised exactly while the broker may be down, and a memory-only broker that
     restarts loses what it had: each record is re-sent (``pump``, from a ticker) until its delivery
     is confirmed. The ``alarms`` table keeps one row per alarm id and revision, so a re-send is
-    harmless. A record whose delivery is still unreported stays in flight (not sent twice).
+    harmless. A record whose delivery is still unreported stays in flight (not sent twice); the
+    producer itself re-sends what a replaced producer had in flight.
     """
 
-    def __init__(self, producer: Producer, topic: str) -> None:
+    def __init__(self, producer: RenewingProducer, topic: str) -> None:
         self._topic, self._producer = topic, producer
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, bool], AlarmRecord] = {}  # (alarm id, active) -> record
@@ -130,9 +131,14 @@ class AlarmOutbox:
 
 
 class Actuator:
-    """The actuator's logic, fed batches by the consumer loop. `start` before, `stop` after."""
+    """The actuator's logic, fed batches by the consumer loop. `start` before, `stop` after.
 
-    def __init__(self, settings: Settings, producer: Producer, gate: Gate | None = None) -> None:
+    Its gate events, actuations, heartbeats and alarms go through one `RenewingProducer`: a broker
+    that restarted without its state (the embedded Tansu) would otherwise leave them unsent, and
+    a unit without a gate record is unaccounted. The consumer commits only after `handle` flushed.
+    """
+
+    def __init__(self, settings: Settings, producer: RenewingProducer, gate: Gate | None = None) -> None:
         """``gate``: None drives the PLC when ``plc.enabled`` (the default), else a simulated gate."""
         self._settings = settings
         self._kafka = settings.kafka
@@ -376,9 +382,7 @@ class Actuator:
             self._kafka.topic_deadletter,
             key=m.key(),
             value=m.value(),
-            # confluent-kafka types `headers` as an invariant List of str | bytes | None values, so
-            # it refuses a list of bytes values; the consumed headers are (name, bytes | None) pairs.
-            headers=dead_letter_headers(  # type: ignore[arg-type]
+            headers=dead_letter_headers(
                 cast("list[tuple[str, bytes | None]] | None", m.headers()), reason, "actuator", source
             ),
         )
@@ -543,7 +547,7 @@ def run_actuator(
 ) -> None:
     """Consume frames, verdicts and heartbeats until `stop`; drive the gate (None: the PLC when
     ``plc.enabled``, else the in-process simulated gate)."""
-    producer = make_producer(settings.kafka, "linesight-actuator")
+    producer = RenewingProducer(settings.kafka, "linesight-actuator")
     actuator = Actuator(settings, producer, gate)
     actuator.start()
     k = settings.kafka

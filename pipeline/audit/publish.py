@@ -13,20 +13,24 @@ from typing import Any
 
 from pipeline.audit.record import AuditRecord
 from pipeline.audit.seals import SealStatement
-from pipeline.kafka.clients import flush_or_raise, make_producer
+from pipeline.kafka.clients import RenewingProducer, flush_or_raise
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class AuditPublisher:
-    def __init__(self, settings: Settings, producer: Any = None, timeout_s: float | None = None) -> None:
+    """The sink flushes it before committing a batch: a `RenewingProducer`, so a broker that
+    restarted without this producer's id gets the records re-sent rather than stopping the sink."""
+
+    def __init__(self, settings: Settings, producer: RenewingProducer | None = None,
+                 timeout_s: float | None = None) -> None:
         self.topic = settings.kafka.topic_audit
         self.seal_topic = settings.kafka.topic_audit_seals
         self.timeout_s = timeout_s if timeout_s is not None else settings.audit.publish_timeout_s
-        self._producer = producer or make_producer(
-            settings.kafka, "linesight-audit", **{"message.timeout.ms": max(1000, int(self.timeout_s * 1000))}
-        )
+        # Records not acknowledged within the publish timeout are reported, not waited on for minutes.
+        conf: dict[str, Any] = {"message.timeout.ms": max(1000, int(self.timeout_s * 1000))}
+        self._producer = producer or RenewingProducer(settings.kafka, "linesight-audit", **conf)
 
     def publish(self, records: Sequence[AuditRecord]) -> None:
         for r in records:

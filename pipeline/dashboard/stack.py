@@ -34,7 +34,7 @@ from pipeline.dashboard.app import Dashboard, DashboardServer
 from pipeline.dashboard.localize import triton_localizer
 from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
 from pipeline.embedded.process import ServiceStartError
-from pipeline.kafka.clients import client_config, make_producer
+from pipeline.kafka.clients import RenewingProducer, client_config
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -126,9 +126,10 @@ def build_dashboard(
     db = settings.clickhouse.database
     try:
         # Best effort: a broker outage must not lock operators out; ClickHouse stays the record.
-        audit_publisher: AuditPublisher | None = BestEffortPublisher(settings, make_producer(
+        conf: dict[str, Any] = {"message.timeout.ms": max(1000, int(settings.audit.publish_timeout_s * 1000))}
+        audit_publisher: AuditPublisher | None = BestEffortPublisher(settings, RenewingProducer(
             settings.kafka, "linesight-dashboard-audit", logger=logging.getLogger("linesight.dashboard.librdkafka"),
-            **{"message.timeout.ms": max(1000, int(settings.audit.publish_timeout_s * 1000))},
+            **conf,
         ))
     except Exception as exc:  # noqa: BLE001 - ClickHouse stays the record
         log.warning("dashboard audit records go to ClickHouse only: %s", exc)

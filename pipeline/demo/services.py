@@ -35,7 +35,7 @@ from pipeline.clickhouse import ClickHouseClient
 from pipeline.core.health import HealthState
 from pipeline.core.times import now_ns
 from pipeline.embedded.process import ManagedProcess, ServiceChange, ServiceStartError, Supervisor, ensure_port_free
-from pipeline.kafka.clients import make_producer
+from pipeline.kafka.clients import RenewingProducer
 from pipeline.settings import Settings
 from pipeline.wire.messages import AlarmRecord
 
@@ -107,9 +107,10 @@ class StackAlarms:
     kept and re-sent while the broker itself is down, and closed with a reason at shutdown."""
 
     def __init__(self, settings: Settings, source: str = "embedded-stack") -> None:
-        # Not idempotent: a restarted memory-only broker forgets producer ids.
-        producer = make_producer(settings.kafka, "linesight-stack-alarms",
-                                 **{"enable.idempotence": False, "message.timeout.ms": 5000})
+        # Not idempotent (a restarted memory-only broker forgets producer ids), and renewed after a
+        # stall like every long-lived producer.
+        conf: dict[str, Any] = {"enable.idempotence": False, "message.timeout.ms": 5000}
+        producer = RenewingProducer(settings.kafka, "linesight-stack-alarms", **conf)
         self._outbox = AlarmOutbox(producer, settings.kafka.topic_alarms)
         self._source = source
         self._open: dict[str, AlarmRecord] = {}

@@ -8,6 +8,7 @@ committed by the caller only after its outputs are acknowledged).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,7 +110,9 @@ class RenewingProducer:
     producer: delivery is at least once (a message whose acknowledgement was lost may be stored
     twice; every consumer here is idempotent under redelivery). ``on_delivery`` is called once per
     message: on its acknowledgement, or on an error a new producer would not cure (too large,
-    timed out). Use from one thread at a time, like the producer it wraps.
+    timed out), outside the producer's lock. Thread-safe like the producer it wraps (the actuator
+    produces from its gate, ticker and consumer threads): its state is guarded by a lock that is
+    never held while waiting on the broker, so a flush on one thread does not stall the others.
     """
 
     def __init__(self, kafka: KafkaSettings, client_id: str, stall_s: float = 2.0,
@@ -123,28 +126,31 @@ class RenewingProducer:
         self._fatal: KafkaError | None = None
         self._lost_at: float | None = None  # monotonic time of a lost connection not yet disproved
         self.renewals = 0
+        self._lock = threading.RLock()
         self._producer = self._new()
 
     def _new(self) -> Producer:
         return self._make(error_cb=partial(self._on_error, self._generation))
 
     def _on_error(self, generation: int, err: KafkaError) -> None:
-        if generation != self._generation:
-            return
-        if _is_fatal(err):
-            self._fatal = err
-        elif err.code() in _CONNECTION_LOST and self._lost_at is None:
-            self._lost_at = time.monotonic()
+        with self._lock:
+            if generation != self._generation:
+                return
+            if _is_fatal(err):
+                self._fatal = err
+            elif err.code() in _CONNECTION_LOST and self._lost_at is None:
+                self._lost_at = time.monotonic()
 
     def _on_delivery(self, generation: int, seq: int, err: KafkaError | None, msg: Message) -> None:
-        if generation != self._generation:
-            return  # a replaced producer's report: the message was handed to its successor
-        if err is None:
-            self._lost_at = None  # the broker knows this producer: nothing to renew
-        elif _is_fatal(err) or self._fatal is not None:
-            self._fatal = self._fatal or err
-            return  # kept: re-sent by the next producer
-        sent = self._unacked.pop(seq, None)
+        with self._lock:
+            if generation != self._generation:
+                return  # a replaced producer's report: the message was handed to its successor
+            if err is None:
+                self._lost_at = None  # the broker knows this producer: nothing to renew
+            elif _is_fatal(err) or self._fatal is not None:
+                self._fatal = self._fatal or err
+                return  # kept: re-sent by the next producer
+            sent = self._unacked.pop(seq, None)
         if sent is not None and sent.on_delivery is not None:
             sent.on_delivery(err, msg)
 
@@ -153,6 +159,7 @@ class RenewingProducer:
                                on_delivery=partial(self._on_delivery, self._generation, seq))
 
     def _renew_if_needed(self) -> None:
+        """Call with the lock held."""
         lost = self._lost_at is not None and time.monotonic() - self._lost_at >= self._stall_s
         if self._fatal is None and not lost:
             return
@@ -161,7 +168,7 @@ class RenewingProducer:
         old = self._producer
         self._generation += 1
         self._fatal, self._lost_at = None, None
-        old.purge(in_queue=True, in_flight=True)  # its reports are never served: nothing is polled on it
+        old.purge(in_queue=True, in_flight=True)  # its reports, if served, are ignored (old generation)
         self._producer = self._new()
         self.renewals += 1
         log.warning("producer %s replaced (%s): re-sending %d unacknowledged messages",
@@ -172,38 +179,48 @@ class RenewingProducer:
     def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
                 headers: Any = None, on_delivery: DeliveryCallback | None = None) -> None:
         """Queue one message (BufferError when the local queue is full, as `Producer.produce`)."""
-        self._renew_if_needed()
-        self._seq += 1
-        m = _Unacked(topic, key, value, headers, on_delivery)
-        try:
-            self._send(self._seq, m)
-        except KafkaException as exc:
-            if not exc.args or not isinstance(exc.args[0], KafkaError) or not _is_fatal(exc.args[0]):
-                raise
-            self._fatal = exc.args[0]
-            self._unacked[self._seq] = m
+        with self._lock:
             self._renew_if_needed()
-            return
-        self._unacked[self._seq] = m
+            self._seq += 1
+            m = _Unacked(topic, key, value, headers, on_delivery)
+            try:
+                self._send(self._seq, m)
+            except KafkaException as exc:
+                if not exc.args or not isinstance(exc.args[0], KafkaError) or not _is_fatal(exc.args[0]):
+                    raise
+                self._fatal = exc.args[0]
+                self._unacked[self._seq] = m
+                self._renew_if_needed()
+                return
+            self._unacked[self._seq] = m
 
     def poll(self, timeout_s: float = 0.0) -> None:
-        self._producer.poll(timeout_s)
-        self._renew_if_needed()
+        with self._lock:
+            producer = self._producer
+        producer.poll(timeout_s)  # serves reports, which take the lock
+        with self._lock:
+            self._renew_if_needed()
 
     def flush(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for every message's acknowledgement, renewing the producer when
         needed; return how many are still unacknowledged."""
         deadline = time.monotonic() + timeout_s
-        while self._unacked:
+        while True:
+            with self._lock:
+                if not self._unacked:
+                    return 0
+                producer = self._producer
             left = deadline - time.monotonic()
             if left <= 0:
-                break
-            self._producer.flush(min(left, 0.1))
-            self._renew_if_needed()
-        return len(self._unacked)
+                with self._lock:
+                    return len(self._unacked)
+            producer.flush(min(left, 0.1))
+            with self._lock:
+                self._renew_if_needed()
 
     def __len__(self) -> int:
-        return len(self._unacked)
+        with self._lock:
+            return len(self._unacked)
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
         return self._producer.list_topics(topic, timeout=timeout)

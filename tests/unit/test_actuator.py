@@ -12,12 +12,14 @@ from functools import partial
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError
 from support import eventually
 
 from pipeline.actuation.gate import SimulatedGate
 from pipeline.actuation.service import Actuator
 from pipeline.core.times import now_ns
 from pipeline.embedded.process import free_port
+from pipeline.kafka.clients import RenewingProducer
 from pipeline.settings import Settings
 from pipeline.settings.actuation import LineTimingSettings, WatchdogSettings
 from pipeline.wire.messages import AlarmRecord, FrameMeta, GateEventRecord, Heartbeat, InspectionResult, RejectCommand
@@ -296,3 +298,76 @@ def test_encoder_timed_line_holds_a_verdict_until_its_frame_and_alarms_an_unknow
     actuator.handle([result(s, "ghost", "reject", t, line="line-e")])
     until(lambda: (actuator.handle([]), "unknown_unit" in actuator.active_alarms())[1], what="unknown unit alarm")
     assert "frame never arrived" in actuator.active_alarms()["unknown_unit"]
+
+
+class BrokerSide:
+    """What a `RenewingProducer` wraps: acknowledges what it was given on poll/flush while
+    ``acks``; with ``acks`` off it stands for a producer whose id the broker forgot (no answer)."""
+
+    def __init__(self, error_cb: Any, **_: Any) -> None:
+        self.error_cb = error_cb
+        self.acks = True
+        self.purged = False
+        self.sent: list[tuple[str, bytes | None, Any]] = []
+        self._served = 0
+        self._lock = threading.Lock()
+
+    def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None, headers: Any = None,
+                on_delivery: Any = None) -> None:
+        with self._lock:
+            self.sent.append((topic, value, on_delivery))
+
+    def poll(self, _timeout: float = 0) -> int:
+        with self._lock:
+            due = self.sent[self._served:] if self.acks else []
+            self._served += len(due)
+        for _, _, report in due:
+            report(None, None)
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        self.poll()
+        if not self.acks:
+            time.sleep(timeout)
+        return 0
+
+    def purge(self, in_queue: bool = True, in_flight: bool = True) -> None:
+        self.purged = True
+
+    def on(self, topic: str) -> list[bytes | None]:
+        with self._lock:
+            return [v for t, v, _ in self.sent if t == topic]
+
+
+def test_gate_events_the_broker_never_acknowledged_are_resent_by_a_renewed_producer_before_the_commit() -> None:
+    """A broker restart that forgets the actuator's producer id: the gate events produced meanwhile
+    are re-sent, in order, by the next producer, and the consumer loop's flush (before its commit)
+    returns only when they are acknowledged."""
+    s = settings()
+    made: list[BrokerSide] = []
+
+    def factory(_kafka: Any, _client_id: str, **conf: Any) -> BrokerSide:
+        made.append(BrokerSide(**conf))
+        return made[-1]
+
+    producer = RenewingProducer(s.kafka, "linesight-actuator", stall_s=1.0, factory=factory)  # type: ignore[arg-type]
+    actuator = Actuator(s, producer, SimulatedGate())
+    actuator.start()
+    try:
+        t = now_ns()
+        actuator.handle([frame(s, "u-pass", t), frame(s, "u-silent", t), result(s, "u-pass", "pass", t)])
+        first = made[0]
+        first.acks = False  # the broker restarted without its state ...
+        first.error_cb(KafkaError(KafkaError._TRANSPORT, "connection lost"))  # ... after a lost connection
+        until(lambda: len(first.on(s.kafka.topic_gate_events)) == 2, what="gate events on the old producer")
+        assert len(made) == 1 and len(producer) >= 3  # two gate events and an actuation, unacknowledged
+        actuator.handle([])  # what the consumer loop runs before committing
+        assert len(producer) == 0 and producer.renewals == 1 and first.purged
+        second = made[1]
+        resent = [GateEventRecord.from_json(v) for v in second.on(s.kafka.topic_gate_events)]
+        assert {(e.unit_id, e.outcome) for e in resent} == {("u-pass", "passed"), ("u-silent", "fired")}
+        assert [json.loads(v or b"")["unit_id"] for v in second.on(s.kafka.topic_actuations)] == ["u-silent"]
+        order = [(topic, json.loads(v or b"").get("unit_id")) for topic, v, _ in second.sent if topic != s.kafka.topic_heartbeats]
+        assert order.index((s.kafka.topic_gate_events, "u-silent")) < order.index((s.kafka.topic_actuations, "u-silent"))
+    finally:
+        actuator.stop()
