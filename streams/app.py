@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import faust
@@ -97,6 +97,43 @@ async def models_ready(client: ModelReadiness, models: Iterable[str]) -> bool:
     return True
 
 
+# (topic, key, value, headers) -> a future resolved by the broker's acknowledgement.
+Send = Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable["asyncio.Future[Any]"]]
+
+
+async def publish_acknowledged(send: Send, outgoing: list[Outgoing], retry_s: float = 0.5,
+                               give_up_s: float = 60.0) -> None:
+    """Send a batch's outputs and wait until the broker acknowledged every one.
+
+    Why retry: a broker that restarted without its state (the embedded Tansu) fails sends in
+    flight (aiokafka's UnknownError, not ready), and an exception here would end the Faust agent
+    for good while the worker's heartbeat goes on, so its partitions would never be inspected
+    again. The failed outputs are sent again (at least once: consumers are idempotent) until
+    ``give_up_s``; then the error ends the agent loudly. The inputs are acknowledged only after.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + give_up_s
+    todo = outgoing
+    while True:
+        results: list[Any] = []
+        for o in todo:
+            try:
+                results.append(await send(o.topic, o.key, o.value, o.headers))
+            except Exception as exc:  # noqa: BLE001 - refused before queueing: retried like a failed send
+                results.append(exc)
+        futures = [r for r in results if not isinstance(r, BaseException)]
+        acked = iter(await asyncio.gather(*futures, return_exceptions=True))
+        outcomes = [r if isinstance(r, BaseException) else next(acked) for r in results]
+        failed = [(o, r) for o, r in zip(todo, outcomes, strict=True) if isinstance(r, BaseException)]
+        if not failed:
+            return
+        if loop.time() >= deadline:
+            raise failed[0][1]
+        log.warning("%d of %d outputs not acknowledged (%r): sending them again", len(failed), len(todo), failed[0][1])
+        await asyncio.sleep(retry_s)
+        todo = [o for o, _ in failed]
+
+
 def create_app(settings: Settings) -> faust.App:
     """Build the worker app for these settings (no module-level configuration)."""
     stream = settings.stream
@@ -138,12 +175,8 @@ def create_app(settings: Settings) -> faust.App:
     inspector: TritonInspector | None = None
     health: dict[str, Any] = {"batches": 0, "frames": 0, "last_batch_ns": 0, "warm": False}
 
-    async def publish(outgoing: list[Outgoing]) -> None:
-        producer = app.producer
-        pending = [
-            await producer.send(o.topic, o.key, o.value, None, None, o.headers) for o in outgoing
-        ]
-        await asyncio.gather(*pending)
+    async def send(topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
+        return await app.producer.send(topic, key, value, None, None, headers)
 
     async def warm_up(scorer: TritonInspector) -> None:
         """First inferences load lazily (gRPC channel, backend stubs): take that cost before
@@ -171,7 +204,7 @@ def create_app(settings: Settings) -> faust.App:
         async for batch in events.noack_take(stream.batch_size, within=stream.batch_window_s):  # type: ignore[attr-defined]
             outgoing = await processor.process([_frame(e) for e in batch])
             # Outputs must be confirmed by the broker before the inputs are acknowledged.
-            await publish(outgoing)
+            await publish_acknowledged(send, outgoing)
             for event in batch:
                 await events.ack(event)
             health["batches"] += 1
