@@ -15,7 +15,7 @@ from PIL import Image
 from support import Msg, eventually_async
 
 from pipeline.actuation.clock import ManualClock
-from pipeline.actuation.gate import FireResult, SimulatedGate
+from pipeline.actuation.gate import SimulatedGate
 from pipeline.actuation.scheduler import DecisionKind, FireCause, GateEvent, Outcome, RejectScheduler
 from pipeline.actuation.timing_model import UnitRef
 from pipeline.analytics.sink import ClickHouseSink
@@ -226,23 +226,13 @@ async def test_worker_rejects_refused_and_blank_frames_with_the_reason() -> None
 SPEED = LineTimingSettings(conveyor_speed_mm_s=250.0, camera_to_gate_mm=500.0, gate_window_mm=10.0, verdict_margin_ms=20.0)
 
 
-class NotingGate(SimulatedGate):
-    def __init__(self, clock: ManualClock) -> None:
-        super().__init__(clock)
-        self.noted: list[str] = []
-
-    async def fire_unit(self, unit: UnitRef, cause: str) -> FireResult:
-        self.noted.append(unit.unit_id)
-        return await super().fire_unit(unit, cause)
-
-
 def cmd(u: UnitRef, action: str) -> dict[str, object]:
     return {"unit_id": u.unit_id, "line": u.line, "capture_ns": u.capture_ns, "lot": u.lot, "action": action}
 
 
 async def test_second_capture_of_a_unit_id_rejects_both_and_is_a_conflict() -> None:
     clock = ManualClock()
-    gate = NotingGate(clock)
+    gate = SimulatedGate(clock)
     events: list[GateEvent] = []
     sched = RejectScheduler({"line-1": SPEED}, gate, clock=clock, on_event=events.append)
     sched.start()
@@ -259,7 +249,7 @@ async def test_second_capture_of_a_unit_id_rejects_both_and_is_a_conflict() -> N
         assert sched.submit(cmd(second, "pass")).kind is DecisionKind.DUPLICATE  # cannot unreject
         await clock.advance(3 * NS_PER_S)
         await eventually_async(lambda: len(events) == 2, timeout_s=5.0, what="both units at the gate", poll_s=0.005)
-        assert sorted(gate.noted) == ["u-7", f"u-7~{second.capture_ns}"]
+        assert sorted(gate.fired) == ["u-7", f"u-7~{second.capture_ns}"]
         assert all(e.outcome is Outcome.FIRED and e.cause == FireCause.FAILSAFE for e in events)
         assert all("both units rejected" in e.reason for e in events)
         # after the gate: a third capture is still an alarm, and that unit is still rejected
@@ -271,7 +261,7 @@ async def test_second_capture_of_a_unit_id_rejects_both_and_is_a_conflict() -> N
 
 async def test_reject_after_a_pass_and_after_the_cutoff_still_fires_before_the_gate() -> None:
     clock = ManualClock()
-    gate = NotingGate(clock)
+    gate = SimulatedGate(clock)
     events: list[GateEvent] = []
     sched = RejectScheduler({"line-1": SPEED}, gate, clock=clock, on_event=events.append)
     sched.start()
@@ -284,7 +274,7 @@ async def test_reject_after_a_pass_and_after_the_cutoff_still_fires_before_the_g
         assert sched.submit(cmd(u, "reject")).kind is DecisionKind.SCHEDULED
         await clock.advance(NS_PER_S)
         await eventually_async(lambda: len(events) == 1, timeout_s=5.0, what="the unit at the gate", poll_s=0.005)
-        assert gate.noted == ["u-9"] and events[0].outcome is Outcome.FIRED
+        assert gate.fired == ["u-9"] and events[0].outcome is Outcome.FIRED
         refused = sched.submit(cmd(UnitRef("line-1", "x" * 300, t0, None, "LOT"), "reject"))
         assert refused.kind is DecisionKind.REFUSED and "at most 256" in refused.reason
     finally:
