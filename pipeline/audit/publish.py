@@ -38,14 +38,19 @@ class AuditPublisher:
             self._producer.poll(0)
 
     def publish_seals(self, statements: Sequence[SealStatement]) -> None:
-        """Signed seals onto the seal topic (unlimited retention): the anchor outside every LineSight
-        host's disks that `linesight audit verify --kafka-anchor` reads back."""
+        """Signed seals onto the seal topic (unlimited retention): a copy of the anchor outside every
+        LineSight host's disks (`audit verify` reads the anchor file; reading the topic back is not
+        built yet)."""
         for s in statements:
             self._producer.produce(self.seal_topic, key=s.chain.encode(), value=s.to_json())
             self._producer.poll(0)
 
     def flush(self) -> None:
         flush_or_raise(self._producer, self.timeout_s)
+
+    def close(self) -> None:
+        """Release the producer's connections now (one-shot users; flush first)."""
+        self._producer.close()
 
 
 class BestEffortPublisher(AuditPublisher):

@@ -168,9 +168,13 @@ def wait_drained(
 
 def audit_line(resolved: Settings, client: ClickHouseClient, action: str, reason: str, **detail: object) -> None:
     """Record the simulated line's start or stop in the audit trail (system chain)."""
-    trail = AuditTrail.from_settings(resolved, client, BestEffortPublisher(resolved))
-    trail.record(AuditEvent(action, subject=resolved.simulator.line, user=os_user(), role="system",
-                            reason=reason, detail=dict(detail)))
+    publisher = BestEffortPublisher(resolved)
+    trail = AuditTrail.from_settings(resolved, client, publisher)
+    try:
+        trail.record(AuditEvent(action, subject=resolved.simulator.line, user=os_user(), role="system",
+                                reason=reason, detail=dict(detail)))
+    finally:
+        publisher.close()
 
 
 def run_demo(settings: Settings, duration_s: float, workers: int = 1) -> RunReport:

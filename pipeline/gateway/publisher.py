@@ -83,7 +83,7 @@ class FramePublisher:
     def close(self) -> None:
         """Deliver everything and release the connection; raise if any frame was lost."""
         flush_or_raise(self._producer, 30.0)
-        del self._producer  # librdkafka closes the connection when the handle goes
+        self._producer.close()
         if self._errors:
             raise RuntimeError(f"{len(self._errors)} frames were not delivered: {self._errors[0]}")
 

@@ -218,6 +218,14 @@ class RenewingProducer:
             with self._lock:
                 self._renew_if_needed()
 
+    def close(self) -> None:
+        """Let go of the producer, so librdkafka closes its connections now: the handle's error
+        callback refers back to this object, so dropping this object alone would leave the handle
+        (still connecting) to the garbage collector. Flush first; the object is unusable after."""
+        with self._lock:
+            self._generation += 1  # reports still served by the handle are ignored
+            del self._producer
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._unacked)

@@ -69,12 +69,15 @@ def test_renewing_producer_delivers_after_the_broker_forgot_its_id(own_broker: t
             producer.produce(topic, key=value, value=value,
                              on_delivery=lambda err, _m, v=value: acked.append(v) if err is None else None)
 
-    send(20, "before")
-    assert producer.flush(10.0) == 0 and producer.renewals == 0
-    kill_and_restart(tansu, settings)
-    send(20, "after")
-    assert producer.flush(DEADLINE_S) == 0, "the producer did not deliver again after the broker restart"
-    assert producer.renewals >= 1
+    try:
+        send(20, "before")
+        assert producer.flush(10.0) == 0 and producer.renewals == 0
+        kill_and_restart(tansu, settings)
+        send(20, "after")
+        assert producer.flush(DEADLINE_S) == 0, "the producer did not deliver again after the broker restart"
+        assert producer.renewals >= 1
+    finally:
+        producer.close()
     assert sorted(acked) == sorted([f"before-{i}".encode() for i in range(20)] + [f"after-{i}".encode() for i in range(20)])
 
 
@@ -116,6 +119,7 @@ def test_commit_loop_rides_through_a_broker_restart(own_broker: tuple[TansuBroke
             producer.poll(0)
             i += 1
         producer.flush(DEADLINE_S)
+        producer.close()
 
     consumer_thread = threading.Thread(target=loop, name="restart-test-consumer", daemon=True)
     consumer_thread.start()
