@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 from confluent_kafka import Message
+from support import eventually
 
 from pipeline.core.health import HealthState
 from pipeline.embedded.broker import TansuBroker
@@ -26,11 +26,7 @@ DEADLINE_S = 60.0
 
 
 def wait_for(what: str, done: Callable[[], bool], timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
-        threading.Event().wait(0.05)
+    eventually(done, timeout_s, what, poll_s=0.05)
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ silent has a replacement, and the stack restarts a dead alert service thread on 
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pytest
+from support import eventually
 
 from pipeline.alerts import service as alert_service
 from pipeline.alerts.engine import AlertConfig, AlertEngine
@@ -89,9 +89,7 @@ def test_the_stack_restarts_a_dead_alert_thread_on_the_same_engine(monkeypatch: 
     supervise_alerts(services, sup)
     services.threads[0].start()
     try:
-        deadline = time.monotonic() + 10.0
-        while sup.restarts.get("alerts", 0) < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually(lambda: sup.restarts.get("alerts", 0) >= 1, 10.0, "the alert thread restarted", poll_s=0.02)
         assert sup.restarts.get("alerts") == 1
         assert [(c.service, c.up) for c in changes] == [("alerts", False), ("alerts", True)]
         assert runs == [service, service] and health.snapshot()["ready"] and not health.snapshot()["error"]

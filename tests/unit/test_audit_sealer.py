@@ -3,8 +3,9 @@ of every chain while it runs, and a final seal at shutdown that covers what was 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+
+from support import eventually
 
 from pipeline.audit.record import SEAL_ACTION, SYSTEM_CHAIN, AuditEvent
 from pipeline.audit.trail import AuditTrail
@@ -26,14 +27,11 @@ def test_the_embedded_sealer_anchors_heartbeats_and_a_final_seal(chdb_client: Ch
     sealer = EmbeddedSealer(trail)
     sealer.start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # a heartbeat names each head, with nothing appended since
+        def heads_sealed() -> bool:  # a heartbeat names each head, with nothing appended since
             anchored = trail.anchors()
-            if all(anchored.get(c, {}).get(h.next_seq - 1) == h.hash for c, h in heads.items()):
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError(f"no heartbeat seal of the heads {heads} in {trail.anchors()}")
+            return all(anchored.get(c, {}).get(h.next_seq - 1) == h.hash for c, h in heads.items())
+
+        eventually(heads_sealed, 30, f"a heartbeat seal of the heads {heads}", poll_s=0.05)
         last = trail.record(AuditEvent("line.stop", subject="line-1", reason="test"))
     finally:
         final = sealer.stop()
