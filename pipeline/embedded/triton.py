@@ -38,6 +38,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from pipeline.embedded.process import ManagedProcess, ServiceStartError, ensure_port_free
 from pipeline.settings import Settings
+from pipeline.settings.secrets import read_secret
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ def model_control_key(settings: Settings) -> str:
     if configured or settings.triton.url:
         return configured
     path = model_control_key_path(settings)
-    return path.read_text(encoding="utf-8").strip() if path.exists() else ""
+    return read_secret(None, path) if path.exists() else ""
 
 
 def _new_model_control_key(path: Path) -> str:
