@@ -9,7 +9,8 @@ per fault runs one lot of a simulated line for --line-s seconds, kills the servi
 process; the sink thread is stopped) --kill-at-s seconds in, waits for the supervisor to bring it
 back (deadline), lets the lot settle, and prints one row from ClickHouse (the per-lot
 reconciliation): units captured, verdicts stored, fail-safe rejected, passed without a pass
-verdict (must be 0), lost from storage, duplicate rows (must be 0), time to recover. Tansu keeps
+verdict (must be 0; from the stored records, and from the PLC simulator's own log of what it
+released), lost from storage, duplicate rows (must be 0), time to recover. Tansu keeps
 its log in memory: after a broker kill, everything not yet consumed is gone (lost > 0 there; the
 PLC's reject-all covers those units at the gate). The suite stops itself (--deadline-s). Not a test.
 """
@@ -17,6 +18,7 @@ PLC's reject-all covers those units at the gate). The suite stops itself (--dead
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_actuation import bench_settings, publish_lot  # noqa: E402
 
 from pipeline.actuation.plc.embedded import SERVICE as PLC  # noqa: E402
+from pipeline.actuation.plc.embedded import gate_log_path  # noqa: E402
 from pipeline.analytics.reconciliation import build_reconciliation  # noqa: E402
 from pipeline.clickhouse import ClickHouseClient  # noqa: E402
 from pipeline.demo.run import pipeline_stack  # noqa: E402
@@ -57,6 +60,7 @@ class Row:
     verdicts: int
     failsafe: int
     passed_no_verdict: int
+    released_no_verdict: int
     unaccounted: int
     lost: int
     duplicates: int
@@ -66,15 +70,16 @@ class Row:
     @staticmethod
     def header() -> str:
         return ("| fault | published | captured (stored) | verdicts | fail-safe rejected | passed without pass verdict | "
-                "unaccounted | lost from storage | duplicate rows | restarted after s | fail-safe cleared after s |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|")
+                "released by the PLC without pass verdict | unaccounted | lost from storage | duplicate rows | "
+                "restarted after s | fail-safe cleared after s |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def line(self) -> str:
         def s(x: float | None) -> str:
             return "–" if x is None else f"{x:.1f}"
 
         return (f"| {self.fault} | {self.published} | {self.captured} | {self.verdicts} | {self.failsafe} | "
-                f"{self.passed_no_verdict} | {self.unaccounted} | {self.lost} | {self.duplicates} | "
+                f"{self.passed_no_verdict} | {self.released_no_verdict} | {self.unaccounted} | {self.lost} | {self.duplicates} | "
                 f"{s(self.restart_s)} | {s(self.clear_s)} |")
 
 
@@ -108,9 +113,18 @@ def settle(client: ClickHouseClient, db: str, lot: str, quiet_s: float, deadline
         time.sleep(0.5)
 
 
-def measure(client: ClickHouseClient, db: str, lot: str, fault: str, published: int, kill_ns: int,
+def released_by_plc(gate_log: Path, lot: str) -> set[str]:
+    """Units of ``lot`` the PLC simulator let through (its own record: what physically passed)."""
+    if not gate_log.exists():
+        return set()
+    records = (json.loads(line) for line in gate_log.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {r["unit_id"] for r in records if r.get("action") == "release" and str(r["unit_id"]).startswith(lot)}
+
+
+def measure(client: ClickHouseClient, resolved: Settings, lot: str, fault: str, published: int, kill_ns: int,
             restart_s: float | None) -> Row:
-    batch = build_reconciliation(client, db, lot)
+    db = resolved.clickhouse.database
+    batch = build_reconciliation(client, db, lot, positive_release=resolved.plc.positive_release)
     lines = batch.lines
     captured = sum(ln.captured for ln in lines)
     q = {"lot": lot}
@@ -124,9 +138,12 @@ def measure(client: ClickHouseClient, db: str, lot: str, fault: str, published: 
             WHERE code = 'pipeline_unhealthy' AND raised_time >= fromUnixTimestamp64Nano({{k:Int64}}, 'UTC')
               AND cleared_time IS NOT NULL""", {"k": kill_ns}).rows[0][0]
     clear_s = (cleared.timestamp() - kill_ns / 1e9) if cleared is not None else None
+    passes = {u for (u,) in client.query(
+        f"SELECT unit_id FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND verdict = 'pass'", q).rows}
+    released = released_by_plc(gate_log_path(resolved), lot)
     return Row(
-        fault, published, captured, int(verdicts), sum(ln.failsafe_late + ln.failsafe_other for ln in lines),
-        sum(ln.passed_without_pass_verdict for ln in lines),
+        fault, published, captured, int(verdicts), sum(ln.failsafe_rejected for ln in lines),
+        sum(ln.passed_without_pass_verdict for ln in lines), len(released - passes),
         sum(ln.fire_failed + ln.missed + ln.no_gate_event for ln in lines),
         published - int(truth), int(dup_i) + int(dup_g), restart_s, clear_s,
     )
@@ -160,7 +177,7 @@ def run_fault(fault: str, resolved: Settings, client: ClickHouseClient, services
     travel_s = max(t.camera_to_gate_mm / t.conveyor_speed_mm_s for t in resolved.lines.values())
     time.sleep(travel_s)  # the last unit reaches the gate
     settle(client, resolved.clickhouse.database, lot, quiet_s=6.0, deadline=time.monotonic() + 90)
-    return measure(client, resolved.clickhouse.database, lot, fault, result.get("published", 0), kill_ns, restart_s)
+    return measure(client, resolved, lot, fault, result.get("published", 0), kill_ns, restart_s)
 
 
 def main() -> int:
@@ -206,7 +223,7 @@ def main() -> int:
     print("\n" + Row.header())
     for row in rows:
         print(row.line())
-    bad = [r.fault for r in rows if r.passed_no_verdict or r.duplicates or r.restart_s is None]
+    bad = [r.fault for r in rows if r.passed_no_verdict or r.released_no_verdict or r.duplicates or r.restart_s is None]
     if bad:
         print(f"chaos: FAILED for {', '.join(bad)}", flush=True)
     return 1 if bad or len(rows) < len(faults) else 0

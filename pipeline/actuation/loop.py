@@ -186,7 +186,8 @@ class ActuationLoop:
         self._stopped = asyncio.Event()
         gate = self._given_gate
         if gate is None:
-            gate = OpcUaGate(self._plc, on_alarm=self._alarm) if self._plc.enabled else SimulatedGate()
+            gate = (OpcUaGate(self._plc, on_alarm=self._alarm) if self._plc.enabled
+                    else SimulatedGate(positive_release=self._plc.positive_release))
         self.gate = gate
         await gate.start()
         self.scheduler = RejectScheduler(self._lines, gate, on_event=self._on_event, on_refusal=self._on_refusal)

@@ -2,7 +2,7 @@
 
 It keeps every known unit until its fire time (from `pipeline.actuation.timing_model`) and then
 does exactly one thing: fire (verdict reject; no verdict in time = ``late``; fail-safe active)
-or let it pass. Units are reject-by-default once admitted: a unit whose verdict never comes is
+or let it pass (on a positive-release gate: release it; a unit not released is rejected). Units are reject-by-default once admitted: a unit whose verdict never comes is
 rejected, and any reject for a unit wins over an earlier pass until the unit is at the gate.
 Duplicate commands and redelivered captures are idempotent; a second capture of a known unit id
 (another capture time) is a `CONFLICT`: both units are rejected. Unknown lines and malformed
@@ -18,7 +18,7 @@ import asyncio
 import heapq
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -411,12 +411,21 @@ class RejectScheduler:
             p = self._pending.pop(key)
             self._remember(key, p.verdict_ns is not None, p.ref.capture_ns)
             must_fire = p.action is not Action.PASS or self.fail_safe
-            if must_fire and now > p.timing.window_end_ns:
+            if self._gate.positive_release and now > p.timing.window_end_ns:
+                # Too late to act: a release now could let the next unit through; the diverter
+                # rejects this one by default, which is what a must-fire unit needed anyway.
+                late_ms = (now - p.timing.window_end_ns) / NS_PER_MS
+                cause = self._fire_cause(p) if must_fire else FireCause.FAILSAFE
+                reason = f"gate window closed {late_ms:.1f} ms before acting: not released, rejected by default"
+                log.warning("unit %s/%s: %s", p.ref.line, p.ref.unit_id, reason)
+                self._emit(GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, Outcome.FIRED, cause, p.timing, p.verdict_ns, now, None,
+                                     reason, p.admitted, _action(p), p.ref.capture_ns))
+            elif must_fire and now > p.timing.window_end_ns:
                 # Firing now would hit the next unit; the caller must alarm (unit left unrejected).
                 late_ms = (now - p.timing.window_end_ns) / NS_PER_MS
                 reason = f"gate window closed {late_ms:.1f} ms before the reject could fire"
                 log.error("missed reject of %s/%s: %s", p.ref.line, p.ref.unit_id, reason)
-                cause = p.cause if p.action is Action.REJECT else (FireCause.LATE if p.action is None else FireCause.FAILSAFE)
+                cause = self._fire_cause(p)
                 self._emit(GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, Outcome.MISSED, cause, p.timing, p.verdict_ns, now, None, reason,
                                      p.admitted, _action(p), p.ref.capture_ns))
             elif p.action is None:
@@ -425,14 +434,45 @@ class RejectScheduler:
                 self._start_fire(p, p.cause, now, p.reason)
             elif self.fail_safe:
                 self._start_fire(p, FireCause.FAILSAFE, now, self.fail_safe_reason)
+            elif self._gate.positive_release:
+                self._start_task(self._do_release(p, now))
             else:
                 self._emit(GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, Outcome.PASSED, p.cause, p.timing, p.verdict_ns, now,
                                      admitted=p.admitted, action=_action(p), capture_ns=p.ref.capture_ns))
 
+    @staticmethod
+    def _fire_cause(p: _Pending) -> str:
+        """Why a unit that is not passing is removed: its reject's cause, or late / fail-safe."""
+        if p.action is Action.REJECT:
+            return p.cause
+        return FireCause.LATE if p.action is None else FireCause.FAILSAFE
+
     def _start_fire(self, p: _Pending, cause: str, now: int, reason: str = "") -> None:
-        task = asyncio.get_running_loop().create_task(self._do_fire(p, cause, now, reason))
+        self._start_task(self._do_fire(p, cause, now, reason))
+
+    def _start_task(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._fire_tasks.add(task)
         task.add_done_callback(self._fire_tasks.discard)
+
+    async def _do_release(self, p: _Pending, acted: int) -> None:
+        """Positive release of a unit with a pass verdict; a release that fails leaves the unit on
+        the reject path (rejected by default), recorded as a fail-safe reject with the reason."""
+        try:
+            report = await self._gate.release_unit(p.ref)
+            ok, fired_ns, why = bool(report.ok), report.fired_ns, report.reason
+        except Exception as exc:  # a gate driver bug: the unit stays on the reject path
+            log.exception("gate driver raised releasing %s/%s", p.ref.line, p.ref.unit_id)
+            ok, fired_ns, why = False, None, f"gate driver error: {exc!r}"
+        if ok:
+            event = GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, Outcome.PASSED, p.cause, p.timing, p.verdict_ns, acted,
+                              fired_ns, admitted=p.admitted, action=_action(p), capture_ns=p.ref.capture_ns)
+        else:
+            log.error("release of %s/%s failed: %s", p.ref.line, p.ref.unit_id, why)
+            event = GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, Outcome.FIRED, FireCause.FAILSAFE, p.timing, p.verdict_ns,
+                              acted, None, f"release failed ({why}): rejected by default", p.admitted, _action(p),
+                              p.ref.capture_ns)
+        self._emit(event)
 
     async def _do_fire(self, p: _Pending, cause: str, acted: int, reason: str) -> None:
         try:

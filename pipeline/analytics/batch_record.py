@@ -74,9 +74,12 @@ class BatchRecord:
         return 100.0 * self.reconciliation.total("inspected_passed") / self.captured if self.captured else 0.0
 
 
-def build_batch_record(client: ClickHouseClient, database: str, lot: str, trail: AuditTrail) -> BatchRecord:
+def build_batch_record(
+    client: ClickHouseClient, database: str, lot: str, trail: AuditTrail, *, positive_release: bool = False
+) -> BatchRecord:
+    """``positive_release``: see `build_reconciliation` (``plc.gate_mode``)."""
     db, p = database, {"lot": lot}
-    rec = build_reconciliation(client, db, lot)
+    rec = build_reconciliation(client, db, lot, positive_release=positive_release)
     counts = client.query(
         f"SELECT count() AS n, countIf(verdict = 'pass') AS passed FROM {db}.inspections FINAL WHERE lot = {{lot:String}}",
         p,
@@ -97,6 +100,7 @@ def build_batch_record(client: ClickHouseClient, database: str, lot: str, trail:
         ("model (reject or review verdict)", rec.total("inspected_rejected")),
         ("fail-safe: late verdict", rec.total("failsafe_late")),
         ("fail-safe: not inspectable / pipeline unhealthy", rec.total("failsafe_other")),
+        ("fail-safe: never released (positive release; no gate record)", rec.total("not_released")),
         ("operator override", len(overrides)),
     ]
     decisions = {

@@ -2,7 +2,9 @@
 
 Per line, every captured unit is inspected-passed, inspected-rejected (the model's reject or
 review), or fail-safe rejected (late: no verdict before its cutoff; failsafe: not inspectable,
-or the pipeline was unhealthy), and nothing is left unaccounted; with the alarms of the
+or the pipeline was unhealthy; on a positive-release gate, not released: a unit with no gate
+record, e.g. while the actuator was down, was never released, so the diverter rejected it), and
+nothing is left unaccounted; with the alarms of the
 batch's time. `linesight report batch LOT` prints it.
 """
 
@@ -28,16 +30,18 @@ class LineReconciliation:
     failsafe_other: int  # fired: not inspectable (worker's fail-safe verdict) or pipeline unhealthy
     fire_failed: int  # the PLC did not confirm the fire: the unit may have passed
     missed: int  # the gate window had closed before the actuator could act
-    no_gate_event: int  # known unit with no gate record at all (actuator never saw it)
+    no_gate_event: int  # known unit with no gate record at all (actuator never saw it): may have passed
     passed_without_pass_verdict: int  # must be 0: passed although no pass verdict is stored
     not_captured: int  # commands for units the camera never captured (fired anyway)
     late_verdicts: int  # units whose verdict did come, but after the cutoff (subset of failsafe_late)
     margin_p50_ms: float  # verdict-to-fire-time margin of units with a verdict in time
     margin_min_ms: float
+    # Positive release: units with no gate record, never released, so rejected by the diverter.
+    not_released: int = 0
 
     @property
     def failsafe_rejected(self) -> int:
-        return self.failsafe_late + self.failsafe_other
+        return self.failsafe_late + self.failsafe_other + self.not_released
 
     @property
     def accounted(self) -> int:
@@ -77,7 +81,7 @@ class BatchReconciliation:
 
     def as_dict(self) -> dict:
         keys = ("captured", "inspected_passed", "inspected_rejected", "review", "failsafe_rejected", "failsafe_late",
-                "failsafe_other", "fire_failed", "missed", "no_gate_event", "unaccounted",
+                "failsafe_other", "not_released", "fire_failed", "missed", "no_gate_event", "unaccounted",
                 "passed_without_pass_verdict", "not_captured", "late_verdicts")
         return {
             "lot": self.lot,
@@ -109,7 +113,8 @@ class BatchReconciliation:
                 f"    inspected, passed        {r.inspected_passed:>8}",
                 f"    inspected, rejected      {r.inspected_rejected:>8}  (of them review {r.review})",
                 f"    fail-safe rejected       {r.failsafe_rejected:>8}  (late {r.failsafe_late}, of which verdict "
-                f"after the cutoff {r.late_verdicts}; not inspectable or pipeline unhealthy {r.failsafe_other})",
+                f"after the cutoff {r.late_verdicts}; not inspectable or pipeline unhealthy {r.failsafe_other}; "
+                f"never released {r.not_released})",
                 f"    unaccounted              {r.unaccounted:>8}  (fire not confirmed {r.fire_failed}, window "
                 f"missed {r.missed}, never at the gate {r.no_gate_event})",
                 f"    passed without a pass verdict {r.passed_without_pass_verdict}; commands for uncaptured units "
@@ -125,8 +130,14 @@ class BatchReconciliation:
         return "\n".join(out)
 
 
-def build_reconciliation(client: ClickHouseClient, database: str, lot: str) -> BatchReconciliation:
-    """Per line, what the reject gate did with each unit of ``lot`` (see `LineReconciliation`)."""
+def build_reconciliation(
+    client: ClickHouseClient, database: str, lot: str, *, positive_release: bool = False
+) -> BatchReconciliation:
+    """Per line, what the reject gate did with each unit of ``lot`` (see `LineReconciliation`).
+
+    ``positive_release``: the gate rejects what it is not told to release (``plc.gate_mode``), so a
+    unit with no gate record was rejected; otherwise it may have passed and is unaccounted.
+    """
     db, q = database, "{lot:String}"
     units = f"""(SELECT line, unit_id FROM {db}.gate_events FINAL WHERE lot = {q}
                  UNION DISTINCT SELECT line, unit_id FROM {db}.inspections FINAL WHERE lot = {q}
@@ -156,18 +167,15 @@ def build_reconciliation(client: ClickHouseClient, database: str, lot: str) -> B
             GROUP BY u.line ORDER BY u.line""",
         {"lot": lot},
     ).named()
-    lines = [
-        LineReconciliation(
-            line=str(r["line"]),
-            **{k: int(r[k] or 0) for k in (
-                "captured", "inspected_passed", "inspected_rejected", "review", "failsafe_late", "failsafe_other",
-                "fire_failed", "missed", "no_gate_event", "passed_without_pass_verdict", "not_captured",
-                "late_verdicts")},
-            margin_p50_ms=_num(r["margin_p50"]),
-            margin_min_ms=_num(r["margin_min"]),
-        )
-        for r in rows
-    ]
+    lines = []
+    for r in rows:
+        counts = {k: int(r[k] or 0) for k in (
+            "captured", "inspected_passed", "inspected_rejected", "review", "failsafe_late", "failsafe_other",
+            "fire_failed", "missed", "no_gate_event", "passed_without_pass_verdict", "not_captured", "late_verdicts")}
+        not_released = counts["no_gate_event"] if positive_release else 0
+        counts["no_gate_event"] -= not_released
+        lines.append(LineReconciliation(line=str(r["line"]), **counts, margin_p50_ms=_num(r["margin_p50"]),
+                                        margin_min_ms=_num(r["margin_min"]), not_released=not_released))
     alarms = client.query(
         f"""WITH span AS (
                 SELECT min(coalesce(capture_time, window_start)) AS t0, max(acted_time) AS t1

@@ -106,7 +106,7 @@ class RunReport:
         return "\n".join(lines)
 
 
-def build_report(client: ClickHouseClient, database: str, lot: str) -> RunReport:
+def build_report(client: ClickHouseClient, database: str, lot: str, *, positive_release: bool = False) -> RunReport:
     db, q = database, "{lot:String}"  # bound server-side, never spliced into the SQL
     truth = f"(SELECT unit_id, label, defect FROM {db}.ground_truth FINAL WHERE lot = {q})"
     verdicts = f"(SELECT unit_id, verdict, cause, inspected FROM {db}.inspections FINAL WHERE lot = {q})"
@@ -183,7 +183,7 @@ def build_report(client: ClickHouseClient, database: str, lot: str) -> RunReport
         rejected_not_fired=int(not_fired["n"]),
         fired_not_rejected=int(fired_passed["n"]),
         model_versions=sorted(timing["versions"] or []),
-        gate=build_reconciliation(client, db, lot),
+        gate=build_reconciliation(client, db, lot, positive_release=positive_release),
         **recipe_sections(client, db, lot),
     )
 

@@ -237,13 +237,15 @@ def cmd_report_batch(args: argparse.Namespace) -> int:
     settings = _settings(args)
     client = connect(settings)
     try:
-        batch = build_reconciliation(client, settings.clickhouse.database, args.lot)
+        batch = build_reconciliation(client, settings.clickhouse.database, args.lot,
+                                     positive_release=settings.plc.positive_release)
         if args.pdf or args.html:  # the batch record for QA release (pipeline/batch_report.py)
             from pipeline.analytics.batch_record import build_batch_record, render_html, render_pdf
             from pipeline.audit.trail import AuditTrail
 
             record = build_batch_record(client, settings.clickhouse.database, args.lot,
-                                        AuditTrail.from_settings(settings, client))
+                                        AuditTrail.from_settings(settings, client),
+                                        positive_release=settings.plc.positive_release)
             for path, render in ((args.pdf, render_pdf), (args.html, render_html)):
                 if path:
                     render(record, path)

@@ -188,7 +188,7 @@ def run_demo(settings: Settings, duration_s: float, workers: int = 1) -> RunRepo
                    published=publisher.stats.published)
         db = resolved.clickhouse.database
         wait_drained(client, db, lot, publisher.stats.published, services.stop_event)
-        return build_report(client, db, lot)
+        return build_report(client, db, lot, positive_release=resolved.plc.positive_release)
 
 
 def run_up(settings: Settings, workers: int = 1) -> None:

@@ -33,6 +33,20 @@ class SecurityMode(StrEnum):
     SIGN_AND_ENCRYPT = "SignAndEncrypt"
 
 
+class GateMode(StrEnum):
+    """What the gate does with a unit LineSight says nothing about.
+
+    ``release`` (positive release, the default): the diverter sends every unit to reject unless
+    LineSight releases it with a pulse at its fire time, so a dead actuator, a lost command or a
+    unit never heard of is rejected. ``reject``: the diverter passes every unit unless LineSight
+    fires a reject; units at the gate between an actuator's death and the PLC's reject-all
+    (host heartbeat timeout) pass unrejected. Use it only for a gate that cannot do otherwise.
+    """
+
+    RELEASE = "release"
+    REJECT = "reject"
+
+
 class PlcNodeIds(BaseModel):
     """String NodeIds of the gate's PLC tags (``ns=<index>;s=<name>`` or ``ns=<index>;i=<n>``).
 
@@ -43,7 +57,11 @@ class PlcNodeIds(BaseModel):
     # sequence is the trigger (a pulse), so the same unit id written twice is still two commands.
     reject_unit: str = "ns=2;s=LineSight.Gate.RejectUnit"
     reject_seq: str = "ns=2;s=LineSight.Gate.RejectSeq"
-    # Written by the PLC when the gate has fired: which unit/sequence, and the PLC's time.
+    # Positive release (``gate_mode = release``): the unit to let through and its sequence number.
+    release_unit: str = "ns=2;s=LineSight.Gate.ReleaseUnit"
+    release_seq: str = "ns=2;s=LineSight.Gate.ReleaseSeq"
+    # Written by the PLC when the gate has acted (fired a reject, or released a unit): which
+    # unit/sequence, and the PLC's time.
     fired_unit: str = "ns=2;s=LineSight.Gate.FiredUnit"
     fired_seq: str = "ns=2;s=LineSight.Gate.FiredSeq"
     fired_at: str = "ns=2;s=LineSight.Gate.FiredAt"
@@ -66,11 +84,15 @@ class PlcSettings(BaseModel):
         default=None,
         description="opc.tcp://host:port/path of the gate's PLC; unset starts the embedded PLC simulator",
     )
+    gate_mode: GateMode = Field(
+        default=GateMode.RELEASE,
+        description="release: reject unless released (positive release); reject: pass unless rejected",
+    )
     # The embedded PLC simulator (`pipeline.actuation.plc.simulator`) when no endpoint is set.
     embedded_port: int = 14840
     embedded_startup_timeout_s: float = Field(default=30.0, gt=0)
-    # The simulator goes reject-all when the actuator's host heartbeat is silent this long. Units
-    # at the gate within this after the actuator dies are not covered: keep it short.
+    # The simulator goes reject-all when the actuator's host heartbeat is silent this long. With
+    # ``gate_mode = reject``, units at the gate within this after the actuator dies pass.
     embedded_host_heartbeat_timeout_s: float = Field(default=1.0, gt=0)
     nodes: PlcNodeIds = PlcNodeIds()
     security_policy: SecurityPolicy = SecurityPolicy.NONE
@@ -88,7 +110,7 @@ class PlcSettings(BaseModel):
     password_file: Path | None = Field(default=None, description="file holding the PLC password")
     connect_timeout_s: float = Field(default=3.0, gt=0)
     request_timeout_s: float = Field(default=1.0, gt=0)
-    # The PLC confirms a fire by writing fired_seq; no confirmation within this is an alarm.
+    # The PLC confirms a fire or release by writing fired_seq; none within this is an alarm.
     confirm_timeout_s: float = Field(default=0.5, gt=0)
     confirm_poll_s: float = Field(default=0.005, gt=0)
     heartbeat_poll_s: float = Field(default=0.25, gt=0)
@@ -106,6 +128,11 @@ class PlcSettings(BaseModel):
         if not none_policy and (self.certificate is None or self.private_key is None):
             raise ValueError(f"security policy {self.security_policy} needs certificate and private_key")
         return self
+
+    @property
+    def positive_release(self) -> bool:
+        """The gate rejects every unit not released (`GateMode.RELEASE`)."""
+        return self.gate_mode is GateMode.RELEASE
 
     def resolved_password(self) -> str:
         return read_secret(self.password, self.password_file)

@@ -173,13 +173,15 @@ def test_no_unit_without_a_verdict_passes_when_the_worker_or_triton_dies(
     wait_drained(client, db, lot, published, services.stop_event, timeout_s=120)
 
     # Every unit accounted for; every rejection here is a fail-safe one (the model passes all).
-    rec = build_reconciliation(client, db, lot)
+    assert resolved.plc.positive_release  # the default gate: rejects whatever is not released
+    rec = build_reconciliation(client, db, lot, positive_release=True)
     (r,) = rec.lines
     assert rec.every_unit_accounted, rec.to_text()
     assert r.captured == published and r.unaccounted == 0, rec.to_text()
     assert r.inspected_rejected == 0 and r.inspected_passed + r.failsafe_rejected == published, rec.to_text()
     assert r.failsafe_late >= 10 and r.failsafe_rejected >= 20, rec.to_text()
-    assert r.fire_failed == r.missed == r.no_gate_event == r.passed_without_pass_verdict == 0, rec.to_text()
+    assert r.fire_failed == r.missed == r.no_gate_event == r.not_released == r.passed_without_pass_verdict == 0, \
+        rec.to_text()
 
     # No unit passed without a pass verdict that reached the actuator before its cutoff ...
     assert scalar(
@@ -191,14 +193,15 @@ def test_no_unit_without_a_verdict_passes_when_the_worker_or_triton_dies(
             AND NOT (outcome = 'fired' AND cause IN ('late', 'failsafe'))""") == 0
     # Units whose (pass) verdict came after the worker's restart, too late, were rejected anyway.
     assert r.late_verdicts > 0, rec.to_text()
-    # Every fire in the records is one the PLC confirmed, and the PLC fired nothing else for the lot.
-    fired_rows = client.query(
-        f"SELECT unit_id FROM {db}.gate_events FINAL WHERE lot = {{lot:String}} AND outcome = 'fired'", {"lot": lot}
+    # Every pass in the records is a release the PLC confirmed, and the PLC released nothing else
+    # for the lot (positive release: every other unit stayed on the reject path).
+    passed_rows = client.query(
+        f"SELECT unit_id FROM {db}.gate_events FINAL WHERE lot = {{lot:String}} AND outcome = 'passed'", {"lot": lot}
     ).rows
-    plc_fired = [json.loads(x) for x in fired_log.read_text().splitlines()]
-    lot_fires = [f for f in plc_fired if f["unit_id"].startswith(lot)]
-    assert sorted(f["unit_id"] for f in lot_fires) == sorted(u for (u,) in fired_rows)
-    assert any(f["reject_all"] for f in lot_fires)  # the PLC was told to reject all while blind
+    plc_log = [json.loads(x) for x in fired_log.read_text().splitlines()]
+    lot_actions = [f for f in plc_log if f["unit_id"].startswith(lot)]
+    assert sorted(f["unit_id"] for f in lot_actions if f["action"] == "release") == sorted(u for (u,) in passed_rows)
+    assert not [f for f in lot_actions if f["action"] == "reject"]  # rejecting needs no command
 
     # Both outages alarmed and cleared, and the report lists them.
     # (Only this run's: an earlier test's stack may have stopped with its own alarm still open.)

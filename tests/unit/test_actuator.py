@@ -21,7 +21,7 @@ from pipeline.core.times import now_ns
 from pipeline.embedded.process import free_port
 from pipeline.kafka.clients import RenewingProducer
 from pipeline.settings import Settings
-from pipeline.settings.actuation import LineTimingSettings, WatchdogSettings
+from pipeline.settings.actuation import GateMode, LineTimingSettings, WatchdogSettings
 from pipeline.wire.messages import AlarmRecord, FrameMeta, GateEventRecord, Heartbeat, InspectionResult, RejectCommand
 
 # 0.4 s from camera to gate; a verdict must arrive 20 ms before the fire time.
@@ -259,12 +259,16 @@ def test_bad_input_is_logged_alarmed_and_never_stops_the_actuator(make: Any) -> 
     assert gate_events(producer, s)["fine"].outcome == "passed"
 
 
-def test_unreachable_plc_is_an_alarm_and_its_units_are_reported_not_rejected(make: Any) -> None:
+def _unreachable_plc(mode: GateMode) -> Settings:
     base = settings()
-    s = base.model_copy(update={"plc": base.plc.model_copy(update={
-        "enabled": True, "endpoint": f"opc.tcp://127.0.0.1:{free_port()}/linesight/plc",
+    return base.model_copy(update={"plc": base.plc.model_copy(update={
+        "enabled": True, "endpoint": f"opc.tcp://127.0.0.1:{free_port()}/linesight/plc", "gate_mode": mode,
         "connect_timeout_s": 0.3, "reconnect_initial_s": 0.1, "reconnect_max_s": 0.2,
     })})
+
+
+def test_unreachable_plc_is_an_alarm_and_its_units_are_reported_not_rejected(make: Any) -> None:
+    s = _unreachable_plc(GateMode.REJECT)
     actuator, producer = make(s)
     until(lambda: "plc_unreachable" in actuator.active_alarms(), what="plc_unreachable alarm")
     t = now_ns()
@@ -275,6 +279,22 @@ def test_unreachable_plc_is_an_alarm_and_its_units_are_reported_not_rejected(mak
     until(lambda: "unit_not_rejected" in actuator.active_alarms(), what="unit_not_rejected alarm")
     assert "quarantine lot LOT-A" in actuator.active_alarms()["unit_not_rejected"]
     assert producer.on(s.kafka.topic_actuations) == []
+
+
+def test_unreachable_positive_release_plc_rejects_every_unit_by_default(make: Any) -> None:
+    """With positive release an unreachable PLC cannot release: the pass unit is recorded as
+    rejected by default (fail-safe, with the release's failure), the reject needs no command."""
+    s = _unreachable_plc(GateMode.RELEASE)
+    actuator, producer = make(s)
+    until(lambda: "plc_unreachable" in actuator.active_alarms(), what="plc_unreachable alarm")
+    t = now_ns()
+    actuator.handle([frame(s, "bad", t), reject(s, "bad", t), frame(s, "good", t), result(s, "good", "pass", t)])
+    until(lambda: {"bad", "good"} <= set(gate_events(producer, s)), what="gate events")
+    events = gate_events(producer, s)
+    assert (events["bad"].outcome, events["bad"].cause) == ("fired", "model")
+    assert (events["good"].outcome, events["good"].cause) == ("fired", "failsafe")
+    assert "release failed" in events["good"].reason and "PlcUnreachable" in events["good"].reason
+    assert "unit_not_rejected" not in actuator.active_alarms()
 
 
 def test_encoder_timed_line_holds_a_verdict_until_its_frame_and_alarms_an_unknown_unit(make: Any) -> None:

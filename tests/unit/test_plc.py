@@ -31,7 +31,7 @@ from pipeline.actuation.timing_model import UnitRef
 from pipeline.actuation.watchdog import Watchdog
 from pipeline.embedded.process import free_port
 from pipeline.settings import Settings
-from pipeline.settings.actuation import LineTimingSettings, PlcNodeIds, PlcSettings, SecurityMode, SecurityPolicy
+from pipeline.settings.actuation import GateMode, LineTimingSettings, PlcNodeIds, PlcSettings, SecurityMode, SecurityPolicy
 
 # One event loop and one simulated PLC for the module: an asyncua server takes ~2 s to build.
 pytestmark = [pytest.mark.timeout(60), pytest.mark.asyncio(loop_scope="module")]
@@ -47,6 +47,7 @@ async def shared_plc() -> AsyncIterator[PlcSimulator]:
 async def plc(shared_plc: PlcSimulator) -> AsyncIterator[PlcSimulator]:
     await shared_plc.reset_faults()
     shared_plc.fired.clear()
+    shared_plc.released.clear()
     yield shared_plc
     await shared_plc.reset_faults()
 
@@ -235,11 +236,13 @@ async def test_basic256sha256_sign_and_encrypt(tmp_path: Path) -> None:
             await insecure.stop()
 
 
-async def test_scheduler_drives_the_opcua_gate_once_per_unit_on_time(plc: PlcSimulator) -> None:
-    """Scheduler + real OPC UA gate: rejects and late units fire once each, passes do not."""
+@pytest.mark.parametrize("mode", [GateMode.REJECT, GateMode.RELEASE])
+async def test_scheduler_drives_the_opcua_gate_once_per_unit_on_time(plc: PlcSimulator, mode: GateMode) -> None:
+    """Scheduler + real OPC UA gate: rejects and late units fire once each, passes do not; with
+    positive release, exactly the pass units are released and nothing else reaches the PLC."""
     timing = LineTimingSettings(conveyor_speed_mm_s=1000.0, camera_to_gate_mm=150.0, gate_window_mm=100.0, verdict_margin_ms=10.0)
     events: list[GateEvent] = []
-    gate = OpcUaGate(fast_plc(plc.endpoint))
+    gate = OpcUaGate(fast_plc(plc.endpoint, gate_mode=mode))
     await gate.start()
     assert await gate.wait_connected(10)
     sched = RejectScheduler({"line-1": timing}, gate, on_event=events.append)
@@ -262,7 +265,11 @@ async def test_scheduler_drives_the_opcua_gate_once_per_unit_on_time(plc: PlcSim
     by = {e.unit_id: e for e in events}
     assert {u for u, e in by.items() if e.outcome is Outcome.FIRED} == {"u0", "u2", "u4", "u5"}
     assert by["u5"].cause == "late" and by["u1"].outcome is Outcome.PASSED
-    assert sorted(f.unit_id for f in plc.fired) == ["u0", "u2", "u4", "u5"]
+    if mode is GateMode.REJECT:
+        assert sorted(f.unit_id for f in plc.fired) == ["u0", "u2", "u4", "u5"] and plc.released == []
+    else:
+        assert plc.fired == [] and [(f.unit_id, f.action) for f in plc.released] == [("u1", "release"), ("u3", "release")]
+        assert by["u1"].fired_ns is not None
     assert all(e.in_window for e in events), [(e.unit_id, e.acted_ns - e.timing.deadline_ns) for e in events]
 
 
@@ -310,7 +317,7 @@ async def test_actuation_loop_thread_drives_the_plc(plc: PlcSimulator) -> None:
 
     events: list[GateEvent] = []
     timing = LineTimingSettings(conveyor_speed_mm_s=1000.0, camera_to_gate_mm=200.0, gate_window_mm=100.0)
-    actuation = ActuationLoop(fast_plc(plc.endpoint), {"line-1": timing}, on_event=events.append)
+    actuation = ActuationLoop(fast_plc(plc.endpoint, gate_mode=GateMode.REJECT), {"line-1": timing}, on_event=events.append)
     await asyncio.to_thread(actuation.start)
     try:
         await eventually(lambda: actuation.gate is not None and actuation.gate.state is GateState.CONNECTED)
@@ -322,3 +329,28 @@ async def test_actuation_loop_thread_drives_the_plc(plc: PlcSimulator) -> None:
         assert [f.unit_id for f in plc.fired] == ["t-1"]
     finally:
         await asyncio.to_thread(actuation.stop)
+
+
+async def test_positive_release_under_reject_all_releases_nothing(plc: PlcSimulator) -> None:
+    """A PLC in reject-all refuses releases, also when the scheduler does not know it (the PLC
+    decided alone): the pass unit stays on the reject path, recorded as rejected by default."""
+    timing = LineTimingSettings(conveyor_speed_mm_s=1000.0, camera_to_gate_mm=150.0, gate_window_mm=100.0)
+    events: list[GateEvent] = []
+    gate = OpcUaGate(fast_plc(plc.endpoint, gate_mode=GateMode.RELEASE))
+    await gate.start()
+    assert await gate.wait_connected(10)
+    await gate.set_fail_safe(True)  # behind the scheduler's back
+    await eventually(lambda: plc.reject_all, what="PLC reject-all")
+    sched = RejectScheduler({"line-1": timing}, gate, on_event=events.append)
+    sched.start()
+    try:
+        unit = UnitRef("line-1", "good-1", time.time_ns(), lot="L1")
+        sched.admit(unit)
+        sched.submit({"unit_id": unit.unit_id, "line": unit.line, "capture_ns": unit.capture_ns, "action": "pass"})
+        await eventually(lambda: len(events) == 1, what="gate event")
+    finally:
+        await sched.stop()
+        await gate.stop()
+    assert (events[0].outcome, events[0].cause) == (Outcome.FIRED, "failsafe")
+    assert "release failed" in events[0].reason and "PlcNoConfirmation" in events[0].reason
+    assert [(f.unit_id, f.action) for f in plc.released] == [("good-1", "release_refused")]

@@ -97,15 +97,27 @@ def test_reconciliation_counts_every_unit_once(chdb_client: ChdbClient, embedded
     assert [(a.code, a.cleared is not None) for a in rec.alarms] == [("plc_unreachable", False), ("pipeline_unhealthy", True)]
     text = rec.to_text()
     assert "every unit accounted for: FAILED" in text and "fire not confirmed 1" in text and "STILL ACTIVE" in text
+    # On a positive-release gate the unit the gate never saw was never released: rejected.
+    released = build_reconciliation(chdb_client, embedded_settings.clickhouse.database, stored, positive_release=True)
+    two = released.lines[1]
+    assert (two.no_gate_event, two.not_released, two.failsafe_rejected, two.unaccounted) == (0, 1, 1, 1)
+    assert "never released 1" in released.to_text()
 
 
 def test_report_batch_command(chdb_client: ChdbClient, embedded_settings: Settings, stored: str,
                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("LINESIGHT_STATE_DIR", str(embedded_settings.state_dir))
     monkeypatch.delenv("LINESIGHT_CLICKHOUSE__URL", raising=False)
-    assert main(["report", "batch", stored, "--json"]) == 1  # line-2 has unaccounted units
+    # line-2's unconfirmed fire is unaccounted; its unit with no gate record was never released
+    # (the default gate does positive release), so it is a fail-safe reject.
+    assert main(["report", "batch", stored, "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
-    assert doc["totals"]["captured"] == 10 and doc["totals"]["unaccounted"] == 2
-    assert doc["totals"]["failsafe_rejected"] == 4 and doc["every_unit_accounted"] is False
+    assert doc["totals"]["captured"] == 10 and doc["totals"]["unaccounted"] == 1
+    assert doc["totals"]["not_released"] == 1 and doc["totals"]["no_gate_event"] == 0
+    assert doc["totals"]["failsafe_rejected"] == 5 and doc["every_unit_accounted"] is False
+    monkeypatch.setenv("LINESIGHT_PLC__GATE_MODE", "reject")  # a gate that passes by default
+    assert main(["report", "batch", stored, "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["totals"]["unaccounted"] == 2 and doc["totals"]["failsafe_rejected"] == 4
     assert main(["report", "batch", "NO-SUCH-LOT"]) == 1
     assert "no units recorded for this lot" in capsys.readouterr().out

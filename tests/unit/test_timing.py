@@ -274,6 +274,60 @@ async def test_reject_that_cannot_fire_inside_the_window_is_reported_missed() ->
         await r.scheduler.stop()
 
 
+async def test_positive_release_releases_only_pass_verdicts_at_the_gate() -> None:
+    """Positive release: a pass verdict in time is released at the fire time; a reject, a unit
+    without a verdict and every unit under fail-safe are not released (rejected by default)."""
+    clock = ManualClock()
+    gate = SimulatedGate(clock, positive_release=True)
+    events: list[GateEvent] = []
+    sched = RejectScheduler({"line-1": SPEED}, gate, clock=clock, on_event=events.append)
+    sched.start()
+    try:
+        t0 = clock.now_ns()
+        good, bad, silent = unit(1, t0), unit(2, t0), unit(3, t0)
+        for u in (good, bad, silent):
+            sched.admit(u)
+        sched.submit(cmd(good, "pass"))
+        sched.submit(cmd(bad, "reject"))
+        await clock.advance_to(t0 + 3 * NS_PER_S)
+        await eventually(lambda: len(events) == 3)
+        by = {e.unit_id: e for e in events}
+        assert gate.released == ["u1"] and sorted(gate.fired) == ["u2", "u3"]
+        assert by["u1"].outcome is Outcome.PASSED and by["u1"].fired_ns == t0 + 2 * NS_PER_S
+        assert (by["u3"].outcome, by["u3"].cause) == (Outcome.FIRED, FireCause.LATE)
+        # Fail-safe: a pass verdict is not released.
+        t1 = clock.now_ns()
+        later = unit(4, t1)
+        sched.admit(later)
+        sched.submit(cmd(later, "pass"))
+        sched.set_fail_safe(True, "worker silent")
+        await clock.advance_to(t1 + 3 * NS_PER_S)
+        await eventually(lambda: len(events) == 4)
+        assert gate.released == ["u1"] and events[-1].cause == FireCause.FAILSAFE
+    finally:
+        await sched.stop()
+
+
+async def test_positive_release_never_releases_after_the_window() -> None:
+    """A stalled actuator must not release late (it would let the next unit through): the unit
+    is recorded as rejected by default."""
+    clock = ManualClock()
+    gate = SimulatedGate(clock, positive_release=True)
+    events: list[GateEvent] = []
+    sched = RejectScheduler({"line-1": SPEED}, gate, clock=clock, on_event=events.append)
+    t0 = clock.now_ns()
+    sched.admit(unit(1, t0))
+    sched.submit(cmd(unit(1, t0), "pass"))
+    await clock.advance(3 * NS_PER_S)  # scheduler not running
+    sched.start()
+    try:
+        await eventually(lambda: len(events) == 1)
+        assert (events[0].outcome, events[0].cause) == (Outcome.FIRED, FireCause.FAILSAFE)
+        assert "not released" in events[0].reason and gate.released == []
+    finally:
+        await sched.stop()
+
+
 async def test_encoder_line_retimes_pending_units_when_the_belt_speeds_up() -> None:
     enc = LineTimingSettings(counts_per_mm=4.0, camera_to_gate_mm=500.0, conveyor_speed_mm_s=250.0,
                              gate_window_mm=10.0, verdict_margin_ms=0.0, encoder_rate_window_s=0.5)

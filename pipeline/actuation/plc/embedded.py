@@ -41,14 +41,21 @@ def probe_plc(endpoint: str, heartbeat_node: str, timeout_s: float = 2.0) -> boo
     return asyncio.run(_probe_async(endpoint, heartbeat_node, timeout_s))
 
 
+def gate_log_path(settings: Settings) -> Path:
+    """Where the embedded PLC simulator records what the gate did (what physically happened)."""
+    return settings.log_dir / "plc-gate.jsonl"
+
+
 class EmbeddedPlc:
     """``with EmbeddedPlc(settings) as resolved:`` — starts the simulator when no PLC is configured."""
 
     def __init__(self, settings: Settings, *, fired_log: Path | None = None) -> None:
+        """``fired_log``: the simulated gate's own record of every command it acted on (JSON lines:
+        unit, seq, time, reject-all, action); default ``<log_dir>/plc-gate.jsonl``."""
         self.settings = settings
         self.port = settings.plc.embedded_port
         self.log_path = settings.log_dir / "plc-simulator.log"
-        self.fired_log = fired_log
+        self.fired_log = fired_log or gate_log_path(settings)
         self.process: ManagedProcess | None = None
         self.startup_s: float | None = None
 
@@ -70,8 +77,7 @@ class EmbeddedPlc:
             sys.executable, "-m", "pipeline.actuation.plc.simulator", "--host", HOST, "--port", str(self.port),
             "--host-heartbeat-timeout", str(s.plc.embedded_host_heartbeat_timeout_s),
         ]
-        if self.fired_log is not None:
-            argv += ["--fired-log", str(self.fired_log)]
+        argv += ["--fired-log", str(self.fired_log)]
         self.process = ManagedProcess(SERVICE, argv, None, self.log_path)
         self.process.start()
         try:

@@ -2,10 +2,13 @@
 
 The gate handshake, tag by tag (node ids are settings, see `PlcNodeIds`):
 
-1. LineSight writes ``reject_unit`` (String) and ``reject_seq`` (Int64) in ONE write request.
-   The new sequence number is the trigger, so re-rejecting the same unit id is still a command.
-2. The PLC fires and writes ``fired_unit``, ``fired_seq`` and ``fired_at`` (DateTime, PLC clock).
-   The client polls until ``fired_seq`` equals its sequence: that is the confirmation.
+1. LineSight writes ``reject_unit`` (String) and ``reject_seq`` (Int64) in ONE write request
+   (positive release, ``plc.gate_mode = release``: ``release_unit`` and ``release_seq`` for each
+   passed unit; a rejected unit gets no command, the diverter's default is reject). The new
+   sequence number is the trigger, so commanding the same unit id again is still a command.
+2. The PLC acts and writes ``fired_unit``, ``fired_seq`` and ``fired_at`` (DateTime, PLC clock).
+   The client polls until ``fired_seq`` equals its sequence: that is the confirmation. Under
+   reject-all the PLC releases nothing (and confirms nothing).
 3. The PLC increments ``heartbeat``; LineSight increments ``host_heartbeat`` and writes
    ``fail_safe`` (reject-all request); the PLC reports ``reject_all`` (active reject-all).
 
@@ -66,6 +69,8 @@ class PlcNoConfirmation(GateError):
 class _Nodes:
     reject_unit: Node
     reject_seq: Node
+    release_unit: Node
+    release_seq: Node
     fired_unit: Node
     fired_seq: Node
     fired_at: Node
@@ -122,6 +127,7 @@ class OpcUaGate:
             )
         self._settings = settings
         self._on_alarm = on_alarm
+        self.positive_release = settings.positive_release
         self.state = GateState.STOPPED
         self.state_reason = ""
         self.alarms: dict[str, AlarmEvent] = {}  # active alarms by code
@@ -174,6 +180,28 @@ class OpcUaGate:
 
     async def fire(self, unit_id: str) -> FireResult:
         """Command the gate to remove ``unit_id`` and wait for the PLC's confirmation."""
+        return await self._command(unit_id, "reject", lambda n: (n.reject_unit, n.reject_seq))
+
+    async def release(self, unit_id: str) -> FireResult:
+        """Positive release: let ``unit_id`` through (the diverter rejects it otherwise) and wait
+        for the PLC's confirmation. A PLC in reject-all does not release and does not confirm."""
+        return await self._command(unit_id, "release", lambda n: (n.release_unit, n.release_seq))
+
+    async def fire_unit(self, unit: UnitRef, cause: str) -> FireResult:
+        """What `RejectScheduler` calls at a rejected unit's fire time. On a positive-release gate
+        the unit is rejected by not releasing it: nothing to send."""
+        if self.positive_release:
+            return FireResult(True, unit.unit_id)
+        return await self.fire(unit.unit_id)
+
+    async def release_unit(self, unit: UnitRef) -> FireResult:
+        """What `RejectScheduler` calls at a passed unit's fire time (positive release only)."""
+        if not self.positive_release:
+            return FireResult(False, unit.unit_id, error=BadGateCommand("gate_mode is reject: nothing to release"))
+        return await self.release(unit.unit_id)
+
+    async def _command(self, unit_id: str, what: str, pick: Callable[[_Nodes], tuple[Node, Node]]) -> FireResult:
+        """One handshake: write the unit and a new sequence number in one request, await ``fired_seq``."""
         if not isinstance(unit_id, str) or not unit_id.strip() or len(unit_id) > MAX_UNIT_ID_CHARS:
             return FireResult(False, str(unit_id)[:64], error=BadGateCommand(f"unusable unit id {unit_id!r}"))
         async with self._fire_lock:
@@ -184,29 +212,26 @@ class OpcUaGate:
             self._seq += 1
             seq = self._seq
             s = self._settings
+            unit_node, seq_node = pick(nodes)
             try:
                 statuses = await asyncio.wait_for(
                     client.write_values(
-                        [nodes.reject_unit, nodes.reject_seq],
+                        [unit_node, seq_node],
                         [ua.Variant(unit_id, ua.VariantType.String), ua.Variant(seq, ua.VariantType.Int64)],
                         raise_on_partial_error=False,
                     ),
                     s.request_timeout_s,
                 )
             except _LINK_ERRORS as exc:
-                return self._link_failure(unit_id, seq, f"writing reject of {unit_id}: {_describe(exc)}")
+                return self._link_failure(unit_id, seq, f"writing {what} of {unit_id}: {_describe(exc)}")
             bad = [st for st in statuses if not st.is_good()]
             if bad:
                 names = ", ".join(sorted({st.name for st in bad}))
-                error = PlcWriteRefused(f"PLC refused the reject write for {unit_id}: {names}")
+                error = PlcWriteRefused(f"PLC refused the {what} write for {unit_id}: {names}")
                 self._raise(AlarmCode.WRITE_REFUSED, error.reason)
                 return FireResult(False, unit_id, seq, error=error)
-            self._clear(AlarmCode.WRITE_REFUSED, "PLC accepts reject writes again")
+            self._clear(AlarmCode.WRITE_REFUSED, f"PLC accepts {what} writes again")
             return await self._await_confirmation(client, nodes, unit_id, seq)
-
-    async def fire_unit(self, unit: UnitRef, cause: str) -> FireResult:
-        """`pipeline.actuation.scheduler.FireFn` adapter: what `RejectScheduler` calls at the fire time."""
-        return await self.fire(unit.unit_id)
 
     async def set_fail_safe(self, active: bool) -> None:
         """Ask the PLC to reject everything (pipeline blind). Kept and re-sent after reconnects."""
@@ -326,15 +351,17 @@ class OpcUaGate:
         nodes = _Nodes(*(client.get_node(getattr(ids, name)) for name in _Nodes.__dataclass_fields__))
         # Every configured tag must exist: a wrong node id is an alarm now, not at the first reject.
         values = await client.read_attributes(list(vars(nodes).values()))
+        # A gate in one mode need not have the other mode's command tags.
+        unused = {"reject_unit", "reject_seq"} if self.positive_release else {"release_unit", "release_seq"}
         missing = [
             name for name, dv in zip(_Nodes.__dataclass_fields__, values, strict=True)
-            if dv.StatusCode is not None and not dv.StatusCode.is_good()
+            if name not in unused and dv.StatusCode is not None and not dv.StatusCode.is_good()
         ]
         if missing:
             raise LookupError("PLC lacks the configured tags: " + ", ".join(f"{m}={getattr(ids, m)}" for m in missing))
         by_name = {name: dv.Value.Value if dv.Value is not None else None for name, dv in zip(_Nodes.__dataclass_fields__, values, strict=True)}
         # Sequence numbers must be new to the PLC, also across actuator restarts.
-        known = [v for v in (by_name["reject_seq"], by_name["fired_seq"]) if isinstance(v, int)]
+        known = [v for v in (by_name[n] for n in ("reject_seq", "release_seq", "fired_seq")) if isinstance(v, int)]
         self._seq = max([self._seq, *known])
         self._nodes = nodes
 

@@ -1,8 +1,9 @@
 """An asyncua server that plays the reject gate's PLC, for tests and the demo.
 
 It exposes exactly the tags `pipeline.actuation.plc.gate` drives (`PlcNodeIds`), and behaves like the
-PLC program would: a write of ``reject_seq`` fires the gate and sets the confirmation tags
-(unit, sequence, PLC time); ``heartbeat`` counts up; reject-all turns on when LineSight asks for
+PLC program would: a write of ``reject_seq`` fires the gate, a write of ``release_seq`` releases the
+unit (positive release; refused under reject-all), and either sets the confirmation tags (unit,
+sequence, PLC time); ``heartbeat`` counts up; reject-all turns on when LineSight asks for
 it or when LineSight's own heartbeat stops. Tests can make it refuse writes, stop confirming,
 freeze its heartbeat, or go offline and come back (same port, same state).
 
@@ -42,6 +43,8 @@ NAMESPACE_URI = "urn:linesight:plc-simulator"
 _TAGS: dict[str, tuple[ua.VariantType, Any, bool]] = {
     "reject_unit": (ua.VariantType.String, "", True),
     "reject_seq": (ua.VariantType.Int64, 0, True),
+    "release_unit": (ua.VariantType.String, "", True),
+    "release_seq": (ua.VariantType.Int64, 0, True),
     "fired_unit": (ua.VariantType.String, "", False),
     "fired_seq": (ua.VariantType.Int64, 0, False),
     "fired_at": (ua.VariantType.DateTime, datetime(1970, 1, 1, tzinfo=UTC), False),
@@ -52,14 +55,18 @@ _TAGS: dict[str, tuple[ua.VariantType, Any, bool]] = {
 }
 
 
+_COMMAND_TAGS = ("reject_unit", "reject_seq", "release_unit", "release_seq")
+
+
 @dataclass(frozen=True)
 class FiredRecord:
-    """One gate firing as the PLC saw it."""
+    """One gate command as the PLC saw it: a reject fired, a release, or a release refused."""
 
     unit_id: str
     seq: int
     fired_ns: int
-    reject_all: bool  # reject-all was active when it fired
+    reject_all: bool  # reject-all was active when it came
+    action: str = "reject"  # "reject" | "release" | "release_refused" (under reject-all)
 
 
 class _PasswordUsers(UserManager):
@@ -111,7 +118,8 @@ class PlcSimulator:
         self._heartbeat_frozen = False
         self._offline = False
         self._host_beat_at = time.monotonic()
-        self.fired: list[FiredRecord] = []
+        self.fired: list[FiredRecord] = []  # rejects fired
+        self.released: list[FiredRecord] = []  # positive release: units let through, or refused
         self.writes_refused = 0
         # One JSON line per fire (unit, seq, time, reject-all): what the gate did, for tests that
         # run the simulator as a separate process and check the PLC's side independently.
@@ -254,7 +262,7 @@ class PlcSimulator:
     async def _apply_refusal(self) -> None:
         if self._server is None:
             return
-        for name in ("reject_unit", "reject_seq"):
+        for name in _COMMAND_TAGS:
             await self._server.get_node(self._nodeids[name]).set_writable(not self._refuse_writes)
 
     async def _on_write(self, event: ServerItemCallback, _dispatcher: Any) -> None:
@@ -269,7 +277,7 @@ class PlcSimulator:
             if name is None or wv.AttributeId != AttributeIds.Value:
                 continue
             if not status.is_good():
-                if name in ("reject_unit", "reject_seq"):
+                if name in _COMMAND_TAGS:
                     self.writes_refused += 1
                 continue
             value = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
@@ -281,16 +289,29 @@ class PlcSimulator:
             await self._update_reject_all()
         if "reject_seq" in written:
             await self._fire(str(self._values["reject_unit"]), int(written["reject_seq"]))
+        if "release_seq" in written:
+            await self._release(str(self._values["release_unit"]), int(written["release_seq"]))
 
     async def _fire(self, unit_id: str, seq: int) -> None:
-        now = datetime.now(UTC)
         record = FiredRecord(unit_id, seq, time.time_ns(), self.reject_all)
         self.fired.append(record)
+        await self._acted(record)
+
+    async def _release(self, unit_id: str, seq: int) -> None:
+        """Positive release: under reject-all the diverter stays on reject, and nothing is confirmed."""
+        refused = self.reject_all
+        record = FiredRecord(unit_id, seq, time.time_ns(), refused, "release_refused" if refused else "release")
+        self.released.append(record)
+        await self._acted(record, confirm=not refused)
+
+    async def _acted(self, record: FiredRecord, confirm: bool = True) -> None:
+        now = datetime.now(UTC)
         if self._fired_log is not None:
             with open(self._fired_log, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(asdict(record)) + "\n")
-        if not self._confirm:
+        if not (confirm and self._confirm):
             return
+        unit_id, seq = record.unit_id, record.seq
         await self._set("fired_unit", unit_id)
         await self._set("fired_at", now)
         await self._set("fired_seq", seq)  # last: a client seeing the seq sees unit and time too
