@@ -96,7 +96,7 @@ def main() -> None:
         publisher.close()
         publish_s = time.perf_counter() - t0
         wait_drained(client, resolved.clickhouse.database, lot, args.units, services.stop_event, timeout_s=900)
-        report = build_report(client, resolved.clickhouse.database, lot)
+        report = build_report(client, resolved.clickhouse.database, lot, positive_release=resolved.plc.positive_release)
 
     ratio = report.throughput_units_per_s / bare["frames_per_s"]
     print()
