@@ -110,7 +110,9 @@ class RenewingProducer:
     producer: delivery is at least once (a message whose acknowledgement was lost may be stored
     twice; every consumer here is idempotent under redelivery). ``on_delivery`` is called once per
     message: on its acknowledgement, or on an error a new producer would not cure (too large,
-    timed out), outside the producer's lock. Thread-safe like the producer it wraps (the actuator
+    timed out), outside the producer's lock. A message that fails so without an ``on_delivery`` is
+    counted by the next `flush` as not delivered, so `flush_or_raise` never lets a caller commit
+    past it. Thread-safe like the producer it wraps (the actuator
     produces from its gate, ticker and consumer threads): its state is guarded by a lock that is
     never held while waiting on the broker, so a flush on one thread does not stall the others.
     """
@@ -125,6 +127,7 @@ class RenewingProducer:
         self._generation = 0
         self._fatal: KafkaError | None = None
         self._lost_at: float | None = None  # monotonic time of a lost connection not yet disproved
+        self._failed = 0  # messages without on_delivery that ended in an error, since the last flush
         self.renewals = 0
         self._lock = threading.RLock()
         self._producer = self._new()
@@ -151,6 +154,9 @@ class RenewingProducer:
                 self._fatal = self._fatal or err
                 return  # kept: re-sent by the next producer
             sent = self._unacked.pop(seq, None)
+            if sent is not None and err is not None and sent.on_delivery is None:
+                self._failed += 1
+                log.error("producer %s: message to %s not delivered: %s", self.client_id, sent.topic, err)
         if sent is not None and sent.on_delivery is not None:
             sent.on_delivery(err, msg)
 
@@ -203,20 +209,26 @@ class RenewingProducer:
 
     def flush(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for every message's acknowledgement, renewing the producer when
-        needed; return how many are still unacknowledged."""
+        needed; return how many are still unacknowledged, plus those (without ``on_delivery``) that
+        failed since the last flush."""
         deadline = time.monotonic() + timeout_s
         while True:
             with self._lock:
                 if not self._unacked:
-                    return 0
+                    return self._take_failed()
                 producer = self._producer
             left = deadline - time.monotonic()
             if left <= 0:
                 with self._lock:
-                    return len(self._unacked)
+                    return len(self._unacked) + self._take_failed()
             producer.flush(min(left, 0.1))
             with self._lock:
                 self._renew_if_needed()
+
+    def _take_failed(self) -> int:
+        """Call with the lock held: each failure is reported by one flush."""
+        failed, self._failed = self._failed, 0
+        return failed
 
     def close(self) -> None:
         """Let go of the producer, so librdkafka closes its connections now: the handle's error

@@ -142,6 +142,18 @@ def test_errors_a_new_producer_cannot_cure_reach_the_caller_once() -> None:
     assert producer.flush(0.2) == 0 and reports == [(b"a", too_large)] and len(factory.made) == 1
 
 
+def test_a_message_without_callback_that_fails_is_reported_by_the_next_flush() -> None:
+    """No silent loss: a timed-out message nobody listens for makes `flush` (and so
+    `flush_or_raise`, before any commit) say it was not delivered, once."""
+    producer, factory, _ = renewing()
+    first = factory.made[0]
+    first.acks = False
+    producer.produce("t", value=b"a")
+    first.sent[0][1](KafkaError(KafkaError._MSG_TIMED_OUT, "timed out"), None)
+    assert producer.flush(0.2) == 1 and len(producer) == 0
+    assert producer.flush(0.2) == 0
+
+
 class ScriptedConsumer:
     """Hands out scripted batches; commits fail with the scripted errors, in order."""
 
