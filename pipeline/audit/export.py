@@ -1,11 +1,13 @@
 """Audit export for auditors, verifiable offline (docs/audit.md).
 
-``linesight audit export --out DIR`` writes every record (CSV or Parquet, all fields as stored)
-and ``manifest.json``: the sha256 and record count of each file, each chain's record count, head
-seq and head hash, and the verification result at export time; ``manifest.json.sha256`` holds
-the manifest's own hash, for the auditor to note elsewhere. ``linesight audit verify-export DIR``
-needs no database: it rechecks the file hashes, every chain (the same code as `audit verify`),
-the signatures, and that the chains end where the manifest says.
+``linesight audit export --out DIR`` writes every record (CSV or Parquet, all fields as stored),
+``seals.jsonl`` (the anchored signed seal statements) and ``manifest.json``: the sha256 and count
+of each file, each chain's record count, head seq and head hash, the trail's public key and the
+verification result at export time; ``manifest.json.sha256`` holds the manifest's own hash, for
+the auditor to note elsewhere. ``linesight audit verify-export DIR [--public-key HEX]`` needs no
+database: it rechecks the file hashes, every chain (the same code as `audit verify`), every
+record's trail signature and every seal statement with the public key (the one given, else the
+one in the manifest), the electronic signatures, and that the chains end where the manifest says.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.audit.record import FIELDS, AuditRecord, format_time, utcnow
-from pipeline.audit.seals import TrailKey
+from pipeline.audit.seals import SealStatement, TrailKey
 from pipeline.audit.trail import AuditTrail
-from pipeline.audit.verify import VerifyReport, check_signatures, verify_chain
+from pipeline.audit.verify import VerifyReport, adoptions_from, check_signatures, verify_chain
 from pipeline.core.hashing import sha256_file
 
 MANIFEST = "manifest.json"
+SEALS = "seals.jsonl"
 
 
 def _write(records: list[AuditRecord], path: Path, fmt: str) -> None:
@@ -59,15 +62,18 @@ def _pyarrow():  # noqa: ANN202
 
 
 def _check(
-    records: list[AuditRecord], anchors: dict[str, dict[int, str]] | None = None, key: TrailKey | None = None
+    records: list[AuditRecord], anchors: dict[str, dict[int, str]] | None = None, key: TrailKey | None = None,
+    statement_seqs: dict[str, set[int]] | None = None,
 ) -> VerifyReport:
-    """``key``: also check the trail signatures (at export; offline only the hashes and links)."""
+    """``key``: also check the trail signatures (without it only the hashes and links)."""
     by_chain: dict[str, list[AuditRecord]] = {}
     for r in records:
         by_chain.setdefault(r.chain, []).append(r)
+    adoptions = adoptions_from(records)
     report = VerifyReport()
     for c in sorted(by_chain):
-        report.chains.append(verify_chain(c, by_chain[c], anchors=(anchors or {}).get(c), key=key, to_head=True))
+        report.chains.append(verify_chain(c, by_chain[c], anchors=(anchors or {}).get(c), key=key, to_head=True,
+                                          adoption=adoptions.get(c), statement_seqs=(statement_seqs or {}).get(c, ())))
     report.signatures = check_signatures(records, {r.record_id: r for r in records})
     return report
 
@@ -79,15 +85,22 @@ def export_trail(trail: AuditTrail, out: Path, fmt: str = "csv") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists():
         raise FileExistsError(f"{out / MANIFEST} exists: export into a new folder")
+    # The seals first: one anchored after the records were read would name a record not exported.
+    statements, _ = trail.anchor.read() if trail.anchor is not None else ([], [])
+    anchors = trail.anchors()
     records = [r for recs, _ in trail.store.read().values() for r in recs]
     name = f"audit_records.{fmt}"
     _write(records, out / name, fmt)
-    report = _check(records, trail.anchors(), trail.verify_key)
+    (out / SEALS).write_bytes(b"".join(s.to_json() + b"\n" for s in statements))
+    key = trail.verify_key
+    report = _check(records, anchors, key, _seqs(statements))
     manifest = {
         "exported_utc": format_time(utcnow()),
         "format": fmt,
         "hash": "sha256 over the canonical JSON of each record incl. prev_hash (docs/audit.md)",
         "files": [{"name": name, "sha256": sha256_file(out / name), "records": len(records)}],
+        "seals": {"name": SEALS, "sha256": sha256_file(out / SEALS), "statements": len(statements)},
+        "trail_key": None if key is None else {"key_id": key.key_id, "public_key": key.public_hex},
         "chains": {
             c.chain: {"records": c.records, "head_seq": c.head_seq, "head_hash": c.head_hash, "seals": c.seals}
             for c in report.chains
@@ -104,6 +117,7 @@ def export_trail(trail: AuditTrail, out: Path, fmt: str = "csv") -> dict:
 class ExportCheck:
     problems: list[str] = field(default_factory=list)
     report: VerifyReport | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -111,13 +125,70 @@ class ExportCheck:
 
     def to_text(self) -> str:
         head = f"export: {'OK' if self.ok else 'FAILED'}"
-        lines = [head] + [f"  {p}" for p in self.problems]
+        lines = [head] + [f"  {p}" for p in self.problems] + [f"  note: {n}" for n in self.notes]
         if self.report is not None:
             lines.append(self.report.to_text())
         return "\n".join(lines)
 
 
-def verify_export(folder: Path) -> ExportCheck:
+def _seqs(statements: list[SealStatement]) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {}
+    for s in statements:
+        out.setdefault(s.chain, set()).add(s.head_seq)
+    return out
+
+
+def _export_key(manifest: dict, public_key: str | None, check: ExportCheck) -> TrailKey | None:
+    """The key to check signatures with: the one the auditor gives, else the manifest's."""
+    listed = manifest.get("trail_key") or {}
+    if public_key:
+        key = TrailKey.from_public_hex(public_key)
+        if listed and listed.get("key_id") != key.key_id:
+            check.problems.append(f"the export names trail key {listed.get('key_id')}, the given public key is "
+                                  f"{key.key_id}: signed by another key")
+        check.notes.append(f"signatures checked with the given public key (key id {key.key_id})")
+        return key
+    if listed.get("public_key"):
+        key = TrailKey.from_public_hex(str(listed["public_key"]))
+        check.notes.append(f"signatures checked with the public key in the export (key id {key.key_id}); compare it "
+                           f"with the key pinned at the site, or give it with --public-key")
+        return key
+    check.notes.append("trail signatures NOT checked: the export holds no public key; give it with --public-key")
+    return None
+
+
+def _export_seals(folder: Path, manifest: dict, key: TrailKey | None, check: ExportCheck) -> list[SealStatement]:
+    spec = manifest.get("seals")
+    if not spec:
+        return []
+    path = folder / spec["name"]
+    if not path.is_file():
+        check.problems.append(f"{spec['name']}: missing")
+        return []
+    digest = sha256_file(path)
+    if digest != spec["sha256"]:
+        check.problems.append(f"{spec['name']}: sha256 {digest}, manifest says {spec['sha256']}")
+    statements: list[SealStatement] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            statements.append(SealStatement.from_json(line))
+        except (ValueError, KeyError, TypeError) as exc:
+            check.problems.append(f"{spec['name']}:{n}: not a seal statement ({exc})")
+    if len(statements) != spec.get("statements", len(statements)):
+        check.problems.append(f"{spec['name']}: {len(statements)} statements, manifest says {spec['statements']}")
+    if key is not None:
+        for s in statements:
+            if not s.valid(key):
+                check.problems.append(f"seal statement of {s.chain}#{s.head_seq} at {s.time} does not verify with "
+                                      f"the trail key {key.key_id}: forged or altered")
+    return statements
+
+
+def verify_export(folder: Path, public_key: str | None = None) -> ExportCheck:
+    """``public_key`` (hex): check the trail signatures and seals with it (else with the key the
+    manifest lists; an export without one is checked by hashes and links only, and says so)."""
     folder = Path(folder)
     check = ExportCheck()
     try:
@@ -142,7 +213,18 @@ def verify_export(folder: Path) -> ExportCheck:
         if len(rows) != f["records"]:
             check.problems.append(f"{f['name']}: {len(rows)} records, manifest says {f['records']}")
         records += rows
-    check.report = _check(records)
+    key = _export_key(manifest, public_key, check)
+    statements = _export_seals(folder, manifest, key, check)
+    anchors: dict[str, dict[int, str]] = {}
+    for s in statements:
+        if key is not None and s.valid(key):
+            known = anchors.setdefault(s.chain, {}).setdefault(s.head_seq, s.head_hash)
+            if known != s.head_hash:
+                check.problems.append(f"two signed seals name different hashes for {s.chain}#{s.head_seq}")
+    check.report = _check(records, anchors, key, _seqs(statements))
+    for c in check.report.chains:
+        if c.broken is not None:
+            check.problems.append(f"first broken link: {c.broken.record_id} ({c.broken.kind})")
     found = {c.chain: c for c in check.report.chains}
     for chain, want in sorted(manifest.get("chains", {}).items()):
         got = found.get(chain)

@@ -27,6 +27,8 @@ SYSTEM_CHAIN = "system"
 SEAL_ACTION = "audit.seal"
 SIGN_ACTION = "audit.signature"
 DECISION_ACTION = "inspection.decision"
+# A QA user vouched for a chain's unsigned prefix written before signing began (docs/audit.md).
+ADOPT_ACTION = "audit.adopt_legacy"
 
 # Field order of exports and of the ClickHouse table.
 FIELDS = (

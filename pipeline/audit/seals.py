@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -167,18 +167,29 @@ class AnchorFile:
 
     def read(self) -> tuple[list[SealStatement], list[str]]:
         """The statements, and a note for each line that is not one (a damaged anchor)."""
+        statements, bad, _ = self.read_from(0)
+        return statements, bad
+
+    def read_from(self, offset: int) -> tuple[list[SealStatement], list[str], int]:
+        """The complete lines after byte ``offset``: statements, damaged-line notes, and the offset
+        after the last complete line (to read on from)."""
         if not self.path.is_file():
-            return [], []
+            return [], [], offset
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
         out: list[SealStatement] = []
         bad: list[str] = []
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+        first = data[:end].decode("utf-8", errors="replace").splitlines()
+        for n, line in enumerate(first, 1):
             if not line.strip():
                 continue
             try:
                 out.append(SealStatement.from_json(line))
             except (ValueError, KeyError, TypeError) as exc:
                 bad.append(f"{self.path}:{n}: not a seal statement ({exc})")
-        return out, bad
+        return out, bad, offset + end
 
 
 class Sealer(Protocol):
@@ -188,14 +199,20 @@ class Sealer(Protocol):
 
     def heartbeat(self, chains: Sequence[str] | None = None) -> list[SealStatement]: ...
 
-    def run_sealer(self, stop: threading.Event, interval_s: float | None = None) -> None: ...
+    def run_sealer(self, stop: threading.Event, interval_s: float | None = None,
+                   each_round: Callable[[int | None], None] | None = None) -> None: ...
 
 
-def run_sealing_service(trail: Sealer, stop: threading.Event, interval_s: float | None = None) -> list[SealStatement]:
+def run_sealing_service(
+    trail: Sealer, stop: threading.Event, interval_s: float | None = None,
+    each_round: Callable[[int | None], None] | None = None,
+) -> list[SealStatement]:
     """The sealer (`linesight audit seal --watch`, the embedded stack, the compose service): a signed
     heartbeat of every chain each interval until ``stop``, then a final seal, so what was appended
-    up to the shutdown is sealed and anchored too. Returns the final heartbeat's statements."""
-    trail.run_sealer(stop, interval_s)
+    up to the shutdown is sealed and anchored too. Returns the final heartbeat's statements.
+    ``each_round(n)``: after every round (n heads anchored, None if it failed): the compose service
+    copies the seal topic into its anchor file and writes its health status there."""
+    trail.run_sealer(stop, interval_s, each_round)
     try:
         trail.seal()
         return trail.heartbeat()

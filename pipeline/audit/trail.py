@@ -17,12 +17,13 @@ import fcntl
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
 from pipeline.audit.publish import AuditPublisher
 from pipeline.audit.record import (
+    ADOPT_ACTION,
     GENESIS,
     SEAL_ACTION,
     SIGN_ACTION,
@@ -31,15 +32,34 @@ from pipeline.audit.record import (
     AuditRecord,
     format_time,
     make_record,
+    parse_time,
     utcnow,
 )
 from pipeline.audit.seals import AnchorFile, SealStatement, TrailKey, default_audit_dir, ensure_outside
 from pipeline.audit.store import AuditStore, Head
-from pipeline.audit.verify import Break, ChainReport, VerifyReport, check_signatures, verify_chain
+from pipeline.audit.verify import (
+    Break,
+    ChainReport,
+    VerifyReport,
+    adoptions_from,
+    check_signatures,
+    verify_chain,
+)
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TopicSeals:
+    """The statements read from the seal topic ``name`` (`pipeline.audit.sealtopic`), the messages
+    that were not statements, and how old a statement may be before it must be in the anchor file."""
+
+    name: str
+    statements: list[SealStatement] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+    grace_s: float = 660.0
 
 
 class AuditTrail:
@@ -207,16 +227,50 @@ class AuditTrail:
         self._publish([], statements)
         return statements
 
-    def run_sealer(self, stop: threading.Event, interval_s: float | None = None) -> None:
+    def run_sealer(
+        self, stop: threading.Event, interval_s: float | None = None,
+        each_round: Callable[[int | None], None] | None = None,
+    ) -> None:
         """The sealing service: a heartbeat of every chain each ``interval_s`` (default
-        ``seal_interval_s``) until ``stop``; a failed round is logged and retried next time."""
+        ``seal_interval_s``) until ``stop``; a failed round is logged and retried next time.
+        ``each_round(n)`` after every round: n heads anchored, None when the round failed."""
         while True:
+            anchored: int | None = None
             try:
-                self.heartbeat()
+                anchored = len(self.heartbeat())
             except Exception:  # noqa: BLE001 - a sealer that dies leaves every later tail unsealed
                 log.exception("audit heartbeat seal failed")
+            if each_round is not None:
+                try:
+                    each_round(anchored)
+                except Exception:  # noqa: BLE001 - the mirror or status file must not stop the sealing
+                    log.exception("audit sealer round hook failed")
             if stop.wait(interval_s or self.seal_interval_s):
                 return
+
+    def adopt_legacy(
+        self, chain: str, head_seq: int, head_hash: str, user: str, role: str, reason: str,
+    ) -> tuple[AuditRecord, SealStatement]:
+        """``user`` vouches for ``chain``'s unsigned prefix ``#0..head_seq`` (written before signing
+        began): an ``audit.adopt_legacy`` record in the ``system`` chain (who, when, why, how many
+        records, the prefix head's hash), signed like every append, and a signed seal statement of
+        that head in the anchors. `verify` then accepts the prefix and names the adoption."""
+        key = self.key
+        if key is None:
+            raise ValueError("no trail key: adopting a legacy prefix needs audit.seal_key_file")
+        found = self.store.get(chain, head_seq)
+        if len(found) != 1 or found[0].record_hash != head_hash or found[0].compute_hash() != head_hash:
+            raise ValueError(f"{chain}#{head_seq} is not the record with hash {head_hash}: verify the trail again")
+        count = head_seq + 1
+        rec = self.record(AuditEvent(
+            ADOPT_ACTION, subject=chain, user=user, role=role, new_value=head_hash, reason=reason,
+            detail={"chain": chain, "unsigned_records": count, "prefix_head_seq": head_seq,
+                    "prefix_head_hash": head_hash, "key_id": key.key_id},
+        ))
+        statement = SealStatement(chain, head_seq, head_hash, format_time(self.clock()), count, key.key_id).signed(key)
+        self._store_anchor([statement])
+        self._publish([], [statement])
+        return rec, statement
 
     def _seal_record(self, chain: str, seq: int, head_hash: str, count: int, now: datetime) -> AuditRecord:
         event = AuditEvent(
@@ -239,11 +293,23 @@ class AuditTrail:
         if self.anchor is not None:
             self.anchor.append(statements)
 
-    def anchored(self, key: TrailKey | None = None) -> tuple[dict[str, dict[int, str]], list[Break]]:
+    def anchored(
+        self, key: TrailKey | None = None, topic: TopicSeals | None = None,
+    ) -> tuple[dict[str, dict[int, str]], list[Break]]:
         """The anchored seals that verify with ``key`` (chain -> seq -> hash), and a break for each
-        one that does not (forged, altered, another key) or contradicts another."""
+        one that does not (forged, altered, another key) or contradicts another. With ``topic``, the
+        statements read from the seal topic count as anchored too."""
         key = key or self.verify_key
         statements, damaged = self.anchor.read() if self.anchor is not None else ([], [])
+        if topic is not None:
+            statements = statements + topic.statements
+            damaged = damaged + topic.damaged
+        return self._check_statements(statements, damaged, key)
+
+    @staticmethod
+    def _check_statements(
+        statements: Sequence[SealStatement], damaged: Sequence[str], key: TrailKey | None,
+    ) -> tuple[dict[str, dict[int, str]], list[Break]]:
         good: dict[str, dict[int, str]] = {}
         bad = [Break("", "", "anchor", "a seal statement", "unreadable", msg) for msg in damaged]
         for s in statements:
@@ -263,18 +329,69 @@ class AuditTrail:
     def anchors(self) -> dict[str, dict[int, str]]:
         return self.anchored()[0]
 
+    def _statement_seqs(self, topic: TopicSeals | None) -> dict[str, set[int]]:
+        """chain -> every seq an anchored statement names, valid or not."""
+        statements, _ = self.anchor.read() if self.anchor is not None else ([], [])
+        out: dict[str, set[int]] = {}
+        for s in [*statements, *(topic.statements if topic is not None else [])]:
+            out.setdefault(s.chain, set()).add(s.head_seq)
+        return out
+
     def _publish(self, records: Sequence[AuditRecord], statements: Sequence[SealStatement] = ()) -> None:
         if self.publisher is not None and (records or statements):
             self.publisher.publish(records)
             self.publisher.publish_seals(statements)
             self.publisher.flush()
 
+    def compare_anchor_copies(self, topic: TopicSeals, key: TrailKey | None = None) -> tuple[list[str], list[str]]:
+        """The anchor file against the seal topic: (mismatches, notes). A signed statement on the topic
+        but not in the file is a mismatch (lines dropped from the file) once it is older than
+        ``topic.grace_s`` (the sealer copies the topic into its file every interval); one in the file
+        but not on the topic is a note (published while the broker was down, or a memory-only broker
+        restarted). Statements that do not verify are reported as anchor breaks, not here."""
+        key = key or self.verify_key
+        in_file, _ = self.anchor.read() if self.anchor is not None else ([], [])
+        where = str(self.anchor.path) if self.anchor is not None else "(no anchor file)"
+        file_ids = {s.to_json() for s in in_file}
+        topic_ids = {s.to_json() for s in topic.statements}
+        now = self.clock()
+        mismatches: list[str] = []
+        notes: list[str] = []
+        pending = 0
+        for s in topic.statements:
+            if s.to_json() in file_ids or key is None or not s.valid(key):
+                continue
+            try:
+                age = (now - parse_time(s.time)).total_seconds()
+            except ValueError:
+                age = float("inf")
+            if age < topic.grace_s:
+                pending += 1
+                continue
+            mismatches.append(f"signed seal of {s.chain}#{s.head_seq} ({s.head_hash[:16]}, {s.time}) is on the topic "
+                              f"{topic.name} but not in the anchor file {where}: lines dropped from the anchor file")
+            file_ids.add(s.to_json())  # once per statement
+        if pending:
+            notes.append(f"{pending} signed seal(s) on the topic {topic.name} newer than {topic.grace_s:g} s are "
+                         f"not in the anchor file yet (the sealer copies them every interval)")
+        missing = [s for s in in_file if s.to_json() not in topic_ids and key is not None and s.valid(key)]
+        if missing:
+            first = ", ".join(f"{s.chain}#{s.head_seq} at {s.time}" for s in missing[:3])
+            notes.append(f"{len(missing)} signed seal(s) in the anchor file are not on the topic {topic.name} "
+                         f"(e.g. {first}): published while the broker was down, or the broker lost them "
+                         f"(the embedded broker keeps topics in memory only)")
+        return mismatches, notes
+
     def verify(
-        self, chain: str | None = None, time_from: datetime | None = None, time_to: datetime | None = None
+        self, chain: str | None = None, time_from: datetime | None = None, time_to: datetime | None = None,
+        topic: TopicSeals | None = None,
     ) -> VerifyReport:
-        """Check every chain (or ``chain``), in full or over a time range, and every signature."""
+        """Check every chain (or ``chain``), in full or over a time range, and every signature;
+        with ``topic``, against the seal topic's statements too (and compare the two anchor copies)."""
         key = self.verify_key
-        anchors, bad = self.anchored(key)
+        anchors, bad = self.anchored(key, topic)
+        named = self._statement_seqs(topic)
+        adoptions = adoptions_from(self.store.by_action(ADOPT_ACTION))
         ranged = time_from is not None or time_to is not None
         report = VerifyReport()
         spans = self.store.read(chain, time_from, time_to)
@@ -287,11 +404,20 @@ class AuditTrail:
                 last = max((r.seq for r in records), default=-1)
                 mine = {s: h for s, h in mine.items() if s <= last}
             report.chains.append(verify_chain(c, records, start_seq=start_seq, start_prev=start_prev,
-                                              anchors=mine, key=key, to_head=not ranged))
+                                              anchors=mine, key=key, to_head=not ranged,
+                                              adoption=adoptions.get(c), statement_seqs=named.get(c, ())))
         if not ranged:  # anchored chains that vanished entirely
             for c in sorted(set(anchors) - set(spans)):
                 if chain is None or c == chain:
                     report.chains.append(verify_chain(c, [], anchors=anchors[c], key=key))
+        if self.anchor is not None:
+            report.anchor_sources.append(f"anchor file {self.anchor.path}")
+        if topic is not None:
+            report.anchor_sources.append(f"topic {topic.name}: {len(topic.statements)} statement(s)")
+            report.anchor_findings, report.anchor_notes = self.compare_anchor_copies(topic, key)
+            if chain is not None:
+                tag = f"{chain}#"
+                report.anchor_findings = [f for f in report.anchor_findings if tag in f]
         for brk in bad:
             if chain is not None and brk.chain != chain:
                 continue

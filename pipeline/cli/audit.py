@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.audit.publish import BestEffortPublisher
-from pipeline.audit.record import AuditEvent
-from pipeline.audit.trail import AuditTrail
+from pipeline.audit.record import ADOPT_ACTION, SYSTEM_CHAIN, AuditEvent
+from pipeline.audit.trail import AuditTrail, TopicSeals
 from pipeline.auth.guard import AccessDenied, Guard, Principal
 from pipeline.auth.roles import LOGGABLE_ACTIONS, ROLES
 from pipeline.auth.sessions import SessionStore
@@ -44,7 +44,10 @@ def gmp_context(settings: Settings) -> Iterator[Context]:
     client = connect(settings)
     try:
         db = settings.clickhouse.database
-        client.apply_schema(db)
+        if settings.clickhouse.url:  # a server: db-init applied the schema; least-privilege accounts may not
+            client.use_database(db)
+        else:
+            client.apply_schema(db)
         publisher = None
         if settings.audit.publish_timeout_s > 0:
             try:
@@ -100,16 +103,70 @@ def _time(text: str) -> datetime:
 # ----------------------------------------------------------------------------- audit
 
 
+def read_topic_seals(settings: Settings, timeout_s: float) -> TopicSeals:
+    """Every statement on the seal topic (raises `SealTopicError` when it cannot be read to its end)."""
+    from pipeline.audit.sealtopic import read_seal_topic
+
+    topic = settings.kafka.topic_audit_seals
+    statements, damaged = read_seal_topic(settings.kafka, topic, timeout_s)
+    # The sealer copies the topic into its anchor file every interval: younger statements may be missing there.
+    return TopicSeals(topic, statements, damaged, grace_s=2 * settings.audit.seal_interval_s + 60)
+
+
 def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.audit.sealtopic import SealTopicError
+
+    use_topic = args.seals_from_kafka if args.seals_from_kafka is not None else bool(settings.kafka.bootstrap_servers)
+    topic: TopicSeals | None = None
+    topic_error = ""
+    if use_topic:
+        try:
+            topic = read_topic_seals(settings, args.kafka_timeout)
+        except (SealTopicError, RuntimeError) as exc:
+            topic_error = str(exc)
     with gmp_context(settings) as ctx:
         report = ctx.trail.verify(args.chain, _time(args.time_from) if args.time_from else None,
-                                  _time(args.time_to) if args.time_to else None)
+                                  _time(args.time_to) if args.time_to else None, topic=topic)
+    if not use_topic:
+        report.anchor_notes.append(f"the seal topic {settings.kafka.topic_audit_seals} was not read "
+                                   f"({'--no-seals-from-kafka' if args.seals_from_kafka is False else 'no broker configured'})")
+    if topic_error:
+        report.anchor_findings.append(f"the seal topic {settings.kafka.topic_audit_seals} could not be read: "
+                                      f"{topic_error} (--no-seals-from-kafka checks the anchor file only)")
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.to_text())
     brk = report.first_break
     if brk is not None:
         print(f"linesight audit verify: first broken link: {brk.record_id}: expected {brk.expected}, "
               f"found {brk.found}", file=sys.stderr)
+    elif report.anchor_findings:
+        print(f"linesight audit verify: anchor mismatch: {report.anchor_findings[0]}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def cmd_audit_adopt_legacy(args: argparse.Namespace, settings: Settings) -> int:
+    """Vouch for every chain's unsigned prefix written before signing began (docs/audit.md)."""
+    with gmp_context(settings) as ctx:
+        who = ctx.guard.authorize(login(ctx, args, ADOPT_ACTION, args.chain or ""), "audit.sign", args.chain or "")
+        if not (args.reason or "").strip():
+            raise ctx.guard.refuse(who.username, who.role, ADOPT_ACTION, args.chain or "", "a reason is required")
+        report = ctx.trail.verify(args.chain)
+        legacy = [c for c in report.chains if c.broken is not None and c.broken.kind == "legacy"]
+        others = [c for c in report.chains if c.broken is not None and c.broken.kind != "legacy"]
+        for c in others:
+            print(f"not adoptable: {c.chain}: {c.broken.message if c.broken else ''}", file=sys.stderr)
+        if not legacy:
+            print("no unsigned legacy prefix to adopt" + (f" in {args.chain}" if args.chain else ""))
+            return 1 if others else 0
+        legacy.sort(key=lambda c: (c.chain != SYSTEM_CHAIN, c.chain))  # the system chain first: it takes the records
+        for c in legacy:
+            head_seq = c.legacy_records - 1
+            (head,) = ctx.trail.store.get(c.chain, head_seq)
+            rec, st = ctx.trail.adopt_legacy(c.chain, head_seq, head.record_hash, who.username, who.role, args.reason)
+            print(f"adopted {c.chain}#0..{head_seq} ({c.legacy_records} unsigned record(s), head {head.record_hash[:16]}) "
+                  f"at {rec.record_id} by {who.username} ({who.role}); signed seal anchored, key {st.key_id}")
+        after = ctx.trail.verify(args.chain)
+    print(after.to_text())
+    return 0 if after.ok else 1
 
 
 def cmd_audit_sign(args: argparse.Namespace, settings: Settings) -> int:
@@ -171,7 +228,7 @@ def cmd_audit_seal(args: argparse.Namespace, settings: Settings) -> int:
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):  # docker stop: the final seal, then exit
                 signal.signal(sig, lambda *_: stop.set())
-            final = run_sealing_service(ctx.trail, stop)
+            final = run_sealing_service(ctx.trail, stop, each_round=_sealer_round(ctx.trail, settings, args))
             print(f"stopped; final seal anchored {len(final)} head(s)", flush=True)
             return 0
         seals = ctx.trail.seal(chains)
@@ -182,6 +239,37 @@ def cmd_audit_seal(args: argparse.Namespace, settings: Settings) -> int:
         print(f"anchored signed seal of {st.chain}#{st.head_seq} ({st.head_hash[:16]}), key {st.key_id}")
     print(f"{len(seals)} chain(s) sealed, {len(statements)} head(s) anchored")
     return 0
+
+
+def _sealer_round(trail: AuditTrail, settings: Settings, args: argparse.Namespace):  # noqa: ANN202
+    """After each sealing round: copy the seal topic into the anchor file (when a broker is
+    configured and not --no-mirror) and write the status file the compose healthcheck reads."""
+    import os
+    import time
+
+    from pipeline.audit.sealtopic import SealMirror, SealTopicReader
+
+    key = trail.key
+    mirror = None
+    if settings.kafka.bootstrap_servers and not args.no_mirror and trail.anchor is not None and key is not None:
+        mirror = SealMirror(SealTopicReader(settings.kafka, settings.kafka.topic_audit_seals), trail.anchor, key)
+        print(f"copying {settings.kafka.topic_audit_seals} into {trail.anchor.path} every round", flush=True)
+
+    def each_round(anchored: int | None) -> None:
+        status: dict[str, object] = {"time": time.time(), "ok": anchored is not None, "anchored": anchored,
+                                     "interval_s": settings.audit.seal_interval_s}
+        if mirror is not None:
+            try:
+                status["copied_from_topic"] = mirror()
+            except Exception as exc:  # noqa: BLE001 - the broker is down: the heartbeats go on, the file too
+                log.warning("could not copy the seal topic into the anchor file: %s", exc)
+                status["topic_error"] = str(exc)
+        if args.status_file is not None:
+            tmp = args.status_file.with_name(args.status_file.name + ".tmp")
+            tmp.write_text(json.dumps(status), encoding="utf-8")
+            os.replace(tmp, args.status_file)
+
+    return each_round
 
 
 def cmd_audit_key(args: argparse.Namespace, settings: Settings) -> int:
@@ -214,7 +302,10 @@ def cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_audit_verify_export(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.audit.export import verify_export
 
-    check = verify_export(args.folder)
+    public = args.public_key
+    if public and public.startswith("@"):
+        public = Path(public[1:]).read_text(encoding="utf-8").strip()
+    check = verify_export(args.folder, public or settings.audit.seal_public_key)
     print(check.to_text())
     return 0 if check.ok else 1
 
@@ -323,7 +414,21 @@ def register(sub: argparse._SubParsersAction, settings_of) -> None:  # noqa: ANN
     v.add_argument("--to", dest="time_to", metavar="T", help="UTC ISO time: verify records up to T")
     v.add_argument("--chain", help="only this chain (system, decisions/LINE/pN)")
     v.add_argument("--json", action="store_true")
+    k = v.add_mutually_exclusive_group()
+    k.add_argument("--seals-from-kafka", dest="seals_from_kafka", action="store_true", default=None,
+                   help="also check against every signed seal on the seal topic and compare it with the anchor "
+                        "file (default when a broker is configured; a topic that cannot be read fails)")
+    k.add_argument("--no-seals-from-kafka", dest="seals_from_kafka", action="store_false",
+                   help="check against the anchor file only")
+    v.add_argument("--kafka-timeout", type=float, default=30.0, metavar="S",
+                   help="read the seal topic to its end within S seconds (default 30)")
     v.set_defaults(func=run(cmd_audit_verify))
+    ad = a.add_parser("adopt-legacy", help="vouch for the unsigned records written before signing began: a signed "
+                      "audit.adopt_legacy record and an anchored seal of each legacy prefix (qa)")
+    ad.add_argument("--chain", help="only this chain (default: every chain verify reports as legacy)")
+    ad.add_argument("--reason", required=True, help="why the prefix is trusted (review, change control)")
+    add_auth_args(ad)
+    ad.set_defaults(func=run(cmd_audit_adopt_legacy))
     s = a.add_parser("sign", help="electronically sign a record (password re-entered, meaning stated)")
     s.add_argument("record", metavar="RECORD", help="record id CHAIN#SEQ (see `audit list`)")
     s.add_argument("--meaning", required=True, choices=["reviewed", "approved"])
@@ -349,6 +454,10 @@ def register(sub: argparse._SubParsersAction, settings_of) -> None:  # noqa: ANN
                       "seal of every head (--watch: every audit.seal_interval_s, the sealing service)")
     se.add_argument("--chain")
     se.add_argument("--watch", action="store_true", help="run as the sealer until stopped")
+    se.add_argument("--status-file", type=Path, help="--watch: write each round's status here (healthcheck)")
+    se.add_argument("--no-mirror", action="store_true",
+                    help="--watch: do not copy the seal topic into the anchor file (default: copy when a broker "
+                         "is configured)")
     se.set_defaults(func=run(cmd_audit_seal))
     a.add_parser("key", help="the trail key's id and public key (to pin in audit.seal_public_key)").set_defaults(
         func=run(cmd_audit_key))
@@ -360,6 +469,9 @@ def register(sub: argparse._SubParsersAction, settings_of) -> None:  # noqa: ANN
     e.set_defaults(func=run(cmd_audit_export))
     ve = a.add_parser("verify-export", help="verify an export folder offline (no database)")
     ve.add_argument("folder", type=Path, metavar="DIR")
+    ve.add_argument("--public-key", metavar="HEX|@FILE",
+                    help="the trail's public key (`linesight audit key`) to check the signatures and seals with "
+                         "(default: audit.seal_public_key, else the key the export lists)")
     ve.set_defaults(func=run(cmd_audit_verify_export))
 
     p = sub.add_parser("users", help="users and roles (operator, qa, admin)")
