@@ -17,8 +17,9 @@ OVERLAY="$USERS_D/zz-linesight-passwords.xml"
 MIN_LENGTH=12
 
 # user name -> secret file name (as in docker-compose.yml `secrets:`)
-USERS=(linesight_admin linesight_writer linesight_reader linesight_dashboard)
-SECRETS=(clickhouse_admin_password clickhouse_writer_password clickhouse_reader_password clickhouse_dashboard_password)
+USERS=(linesight_admin linesight_writer linesight_reader linesight_dashboard linesight_auditsealer)
+SECRETS=(clickhouse_admin_password clickhouse_writer_password clickhouse_reader_password clickhouse_dashboard_password
+         clickhouse_auditsealer_password)
 
 fail() {
     echo "linesight-clickhouse: $*" >&2

@@ -50,11 +50,13 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --system --gid "${APP_UID}" linesight \
     && useradd --system --uid "${APP_UID}" --gid linesight --home-dir /var/lib/linesight \
         --no-create-home --shell /usr/sbin/nologin linesight \
-    && install -d -o linesight -g linesight -m 0750 /var/lib/linesight
+    && install -d -o linesight -g linesight -m 0750 /var/lib/linesight \
+    && install -d -o linesight -g linesight -m 0700 /var/lib/linesight-anchors
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
 USER linesight
-# State (Faust data dir, logs) lives here, writable by the service user only.
+# State (Faust data dir, logs) lives here, writable by the service user only. The audit anchors
+# (/var/lib/linesight-anchors, outside the state folder) are the auditsealer's volume.
 WORKDIR /var/lib/linesight
 ENTRYPOINT ["linesight"]
 CMD ["--help"]

@@ -405,7 +405,11 @@ def register(sub: argparse._SubParsersAction, settings_of) -> None:  # noqa: ANN
     """Add the ``audit`` and ``users`` commands; ``settings_of(args)`` gives the Settings."""
 
     def run(fn):  # noqa: ANN001, ANN202
-        return lambda args: fn(args, settings_of(args))
+        def handler(args: argparse.Namespace) -> int:
+            return fn(args, settings_of(args))
+
+        handler.__name__ = handler.__qualname__ = fn.__name__  # what the command runs (tests/unit/test_compose.py)
+        return handler
 
     p = sub.add_parser("audit", help="GMP audit trail: verify, sign, log an action, seal, export")
     a = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")

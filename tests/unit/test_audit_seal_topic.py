@@ -147,7 +147,12 @@ def test_the_sealer_copies_the_topic_into_its_anchor_file(
     mirror = SealMirror(SealTopicReader(settings.kafka, settings.kafka.topic_audit_seals), sealer_file, trail.key,
                         timeout_s=20)
     copied: list[int] = []
-    eventually(lambda: copied.append(mirror()) or sum(copied) == len(theirs), 30, "the topic copied")
+
+    def all_copied() -> bool:
+        copied.append(mirror())
+        return sum(copied) == len(theirs)
+
+    eventually(all_copied, 30, "the topic copied")
     assert {s.to_json() for s in sealer_file.read()[0]} == {s.to_json() for s in theirs}
     assert mirror() == 0  # nothing twice
 
