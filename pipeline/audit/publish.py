@@ -39,8 +39,8 @@ class AuditPublisher:
 
     def publish_seals(self, statements: Sequence[SealStatement]) -> None:
         """Signed seals onto the seal topic (unlimited retention): a copy of the anchor outside every
-        LineSight host's disks (`audit verify` reads the anchor file; reading the topic back is not
-        built yet)."""
+        LineSight host's disks, which `audit verify` reads back (`pipeline.audit.sealtopic`) and the
+        sealer copies into its anchor file."""
         for s in statements:
             self._producer.produce(self.seal_topic, key=s.chain.encode(), value=s.to_json())
             self._producer.poll(0)
