@@ -49,7 +49,7 @@ CH_USERS_XML = CH_DIR / "users.d" / "linesight.xml"
 CH_ENTRYPOINT = CH_DIR / "entrypoint.sh"
 
 ONE_SHOT = {"topics-init", "db-init"}
-APP_SERVICES = {"topics-init", "db-init", "worker", "sink", "actuator", "alerts", "dashboard", "camera"}
+APP_SERVICES = {"topics-init", "db-init", "worker", "sink", "actuator", "alerts", "dashboard", "camera", "auditsealer"}
 REQUIRED_SERVICES = APP_SERVICES | {"kafka", "triton", "clickhouse", "grafana"}
 LONG_RUNNING = REQUIRED_SERVICES - ONE_SHOT
 # service -> (health-port environment variable, the Settings section and field it sets)
@@ -68,6 +68,7 @@ CLI_HANDLERS = {
     "alerts": "cmd_alerts",
     "dashboard": "cmd_dashboard",
     "camera": "cmd_camera",
+    "auditsealer": "cmd_audit_seal",
 }
 # The variables compose refuses to run without (${VAR:?...}): dummy secret paths in the tests.
 SECRET_PATH_VARS = (
@@ -81,6 +82,8 @@ SECRET_PATH_VARS = (
     "PLC_CLIENT_CERTIFICATE_FILE",
     "PLC_CLIENT_PRIVATE_KEY_FILE",
     "TRITON_MODEL_CONTROL_KEY_FILE",
+    "AUDIT_TRAIL_KEY_FILE",
+    "CLICKHOUSE_AUDITSEALER_PASSWORD_FILE",
 )
 # Plant facts compose also refuses to guess: the gate's PLC and each line's geometry.
 REQUIRED_VARS = {"PLC_ENDPOINT": "opc.tcp://plc.test:4840", "LINESIGHT_LINES": '{"line-1": {"camera_to_gate_mm": 400}}'}
@@ -897,7 +900,8 @@ def test_alerts_and_dashboard_run_as_their_own_services(services: dict[str, Any]
     assert {"alerts", "clickhouse", "db-init"} <= set(dash["depends_on"])
     # The alert service needs no ClickHouse account; both share the API token secret.
     assert set(alerts["secrets"]) == {"alerts_api_token"}
-    assert set(dash["secrets"]) == {"clickhouse_dashboard_password", "alerts_api_token", "triton_model_control_key"}
+    assert set(dash["secrets"]) == {"clickhouse_dashboard_password", "alerts_api_token", "triton_model_control_key",
+                                    "audit_trail_key"}
     assert "ports" not in alerts, "the alert API stays on the compose network"
 
     a_env, d_env = env_of(alerts), env_of(dash)
