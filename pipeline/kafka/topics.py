@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from pipeline.kafka.clients import bootstrap, client_config
 from pipeline.settings import KafkaSettings, Settings
@@ -75,6 +75,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                 "Kafka topic %s on %s has %d partitions, settings say %d (left as is)",
                 spec.name, brokers, len(existing[spec.name].partitions), spec.partitions,
             )
+    _warn_config_drift(admin, [s for s in specs if s.name in existing and s.config], brokers, timeout_s)
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         return []
@@ -96,3 +97,27 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
             raise TopicSetupError(f"cannot create Kafka topic {name!r} on {brokers}: {exc}") from exc
     log.info("created Kafka topics on %s: %s", brokers, ", ".join(sorted(created)))
     return sorted(created)
+
+
+def _warn_config_drift(admin: AdminClient, specs: list[TopicSpec], brokers: str, timeout_s: float) -> None:
+    """An existing topic keeps its configuration (a topic auto-created before LineSight set it up
+    has the broker's default retention: the seal topic would then expire the trail's anchors).
+    Say so loudly, with the fix; altering a plant's broker is its IT's decision."""
+    if not specs:
+        return
+    try:
+        futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs],
+                                         request_timeout=timeout_s)
+        described = {res.name: future.result(timeout=timeout_s) for res, future in futures.items()}
+    except Exception as exc:  # noqa: BLE001 - a broker without DescribeConfigs: nothing to compare
+        log.info("cannot read topic configs on %s to compare them with the settings: %s", brokers, exc)
+        return
+    for spec in specs:
+        have = described.get(spec.name, {})
+        wrong = {k: v for k, v in spec.config.items() if k in have and have[k].value != v}
+        if wrong:
+            now = ", ".join(f"{k}={have[k].value}" for k in sorted(wrong))
+            fix = ",".join(f"{k}={v}" for k, v in sorted(wrong.items()))
+            log.warning("Kafka topic %s on %s has %s, LineSight needs %s (created before LineSight set it up?); fix: "
+                        "kafka-configs.sh --bootstrap-server %s --alter --entity-type topics --entity-name %s "
+                        "--add-config %s", spec.name, brokers, now, fix, brokers, spec.name, fix)
