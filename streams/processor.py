@@ -80,6 +80,14 @@ class Outgoing:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _ImageJob:
+    """A reject thumbnail still to render: `process` renders them all at once, off the event loop."""
+
+    frame: Frame
+    result: InspectionResult
+
+
 class Scorer(Protocol):
     async def model_info(self, model: str, refresh: bool = False) -> ModelInfo: ...
 
@@ -134,7 +142,22 @@ class InspectionProcessor:
         self._recipes = recipes
 
     async def process(self, frames: list[Frame]) -> list[Outgoing]:
+        decided = await self._process(frames)
+        jobs = [o for o in decided if isinstance(o, _ImageJob)]
+        if not jobs:
+            return cast("list[Outgoing]", decided)
+        # Decoding a frame for its thumbnail is CPU work (PIL releases the GIL): off the event loop.
+        images = iter(await asyncio.to_thread(lambda: [self._render_image(j) for j in jobs]))
         out: list[Outgoing] = []
+        for o in decided:
+            if isinstance(o, _ImageJob):
+                out += next(images)
+            else:
+                out.append(o)
+        return out
+
+    async def _process(self, frames: list[Frame]) -> list[Outgoing | _ImageJob]:
+        out: list[Outgoing | _ImageJob] = []
         plans: list[Plan] = []
         # Decoding thumbnails is CPU work (PIL releases the GIL): off the event loop.
         blank = await asyncio.to_thread(lambda: [_nothing_to_inspect(f.value) for f in frames])
@@ -150,7 +173,9 @@ class InspectionProcessor:
                 out += self._failsafe(frame, meta, str(exc), stage="recipe", recipe=self._recipe_ref(meta))
                 continue
             except MessageError as exc:
-                out += self._failsafe(frame, meta, str(exc), stage="validate")
+                # The frame itself is refused or shows nothing: no thumbnail (it would show
+                # nothing either, and a flood of such frames must not cost a decode each).
+                out += self._failsafe(frame, meta, str(exc), stage="validate", image=False)
                 continue
             plans.append(Plan(frame, meta, recipe, steps))
 
@@ -186,7 +211,7 @@ class InspectionProcessor:
             return [Failed(f"inference unavailable: {type(exc).__name__}: {exc}")] * len(plans), "inference"
         return list(measured), "inference"
 
-    def _decide(self, plan: Plan, steps: list[tuple[Step, object, str]]) -> list[Outgoing]:
+    def _decide(self, plan: Plan, steps: list[tuple[Step, object, str]]) -> list[Outgoing | _ImageJob]:
         frame, meta = plan.frame, plan.meta
         ref = plan.recipe.ref if plan.recipe else ""
         d = FrameVerdict()
@@ -249,7 +274,7 @@ class InspectionProcessor:
             return None, [Failed(reason) for _ in group], "inference"
         return info, outcomes, "inference"
 
-    def _verdict(self, frame: Frame, meta: FrameMeta, d: FrameVerdict, recipe: str) -> list[Outgoing]:
+    def _verdict(self, frame: Frame, meta: FrameMeta, d: FrameVerdict, recipe: str) -> list[Outgoing | _ImageJob]:
         result = InspectionResult(
             unit_id=meta.unit_id,
             line=meta.line,
@@ -276,16 +301,17 @@ class InspectionProcessor:
             parts=d.parts,
             reasons=d.reasons,
         )
-        out = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), result.to_json())]
+        out: list[Outgoing | _ImageJob] = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), result.to_json())]
         if d.verdict != "pass":  # `review` units leave the line too; a person decides on them
             who = recipe or f"{result.model_name} v{result.model_version}"
             out.append(self._reject(result, f"{who}: {'; '.join(d.reasons) or d.defect}"))
-            out += self._reject_image(frame, result)
+            out.append(_ImageJob(frame, result))
         return out
 
     def _failsafe(
-        self, frame: Frame, meta: FrameMeta | None, reason: str, stage: str, model: str = "", recipe: str = ""
-    ) -> list[Outgoing]:
+        self, frame: Frame, meta: FrameMeta | None, reason: str, stage: str, model: str = "", recipe: str = "",
+        image: bool = True,
+    ) -> list[Outgoing | _ImageJob]:
         # Without parsable metadata, keep whatever identity the frame does carry (bounded; an
         # unusable unit id becomes the surrogate the actuator admits the unit by).
         h = lambda name: header_value(frame.headers, name)[:MAX_TEXT_CHARS]  # noqa: E731
@@ -323,11 +349,12 @@ class InspectionProcessor:
             dead,
             Outgoing(self._kafka.topic_results, unit.encode(), result.to_json()),
             self._reject(result, f"not inspected: {reason}"),
-            *self._reject_image(frame, result),
+            *([_ImageJob(frame, result)] if image else []),
         ]
 
-    def _reject_image(self, frame: Frame, result: InspectionResult) -> list[Outgoing]:
+    def _render_image(self, job: _ImageJob) -> list[Outgoing]:
         """A small JPEG of a unit leaving the line, for the batch record (none if undecodable)."""
+        frame, result = job.frame, job.result
         if not self._image_px or not frame.value:
             return []
         jpeg = thumbnail_jpeg(frame.value, self._image_px)

@@ -219,6 +219,9 @@ async def test_worker_rejects_refused_and_blank_frames_with_the_reason() -> None
     assert sorted(rejects) == sorted(u for u in by_unit if u != "good")
     reasons = [header_value(o.headers, H_DLQ_REASON) for o in out if o.topic == k.topic_deadletter]
     assert len(reasons) == len(frames) - 1 and all(reasons)
+    # A refused or blank frame gets no reject thumbnail: it would show nothing, and a flood of
+    # them must not cost a decode each.
+    assert not [o for o in out if o.topic == k.topic_reject_images]
 
 
 # ---------------------------------------------------------------------------------- the actuator
