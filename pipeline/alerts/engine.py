@@ -10,14 +10,12 @@ and the frames are needed here anyway for the reject thumbnails.
 
 from __future__ import annotations
 
-import io
 import threading
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
 
 from pipeline.alerts.detectors import (
     DriftDetector,
@@ -30,7 +28,9 @@ from pipeline.alerts.detectors import (
     quality_problems,
 )
 from pipeline.alerts.record import AlertBook, AlertRecord
+from pipeline.core.times import NS_PER_S
 from pipeline.inspections.label import SerialTracker
+from pipeline.wire.codec import open_frame
 from pipeline.wire.messages import FrameMeta, Heartbeat, InspectionResult
 
 
@@ -44,6 +44,11 @@ class AlertConfig:
     drift_baseline_n: int = 300
     drift_window: int = 200
     quality_every: int = 1             # analyse every k-th frame of a camera
+    # ... and at most this many per second per camera: exposure and focus drift over seconds, and
+    # a flood of (malformed) frames must not make the alert service decode each one.
+    quality_max_per_s: float = 10.0
+    quality_max_px: int = 512          # frames are reduced to this longest side before the analysis
+    frames_kept_bytes: int = 64 << 20  # recent frames kept for reject views, by total size
     refresh_every_s: float = 30.0
     last_rejects: int = 12
     throughput_window_s: float = 10.0
@@ -116,6 +121,9 @@ class AlertEngine:
         self._replacements: set[str] = set()  # workers that already took a retired one's place
         self.rejects: deque[RejectView] = deque(maxlen=self.config.last_rejects)
         self._frames: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self._frames_bytes = 0
+        self._quality_at: dict[tuple[str, str], int] = {}  # (line, camera) -> last analysis (ns)
+        self.quality_analysed = 0
         self.lock = threading.RLock()
         self.serials = SerialTracker()  # GS1 serial numbers per line and lot (duplicate_serial)
         self.version = 0  # bumped on every change; the dashboard's SSE stream watches it
@@ -135,15 +143,10 @@ class AlertEngine:
             st = self._line(meta.line)
             st.last_frame_ns = now_ns
             st.frames_seen += 1
-            self._frames[meta.unit_id] = (image, meta.content_type)
-            while len(self._frames) > 256:
-                self._frames.popitem(last=False)
+            self._keep_frame(meta.unit_id, image, meta.content_type)
             out = self.book.set(meta.line, "frames_missing", False, now_ns)
-            if st.frames_seen % max(1, self.config.quality_every) == 0:
-                try:
-                    gray = np.asarray(Image.open(io.BytesIO(image)).convert("L"))
-                except Exception:  # noqa: BLE001 - undecodable frames are the worker's dead letters
-                    gray = None
+            if self._quality_due(st, meta, now_ns):
+                gray = self._gray(image)
                 if gray is not None and gray.size:
                     q = frame_quality(gray)
                     states = st.quality.observe(quality_problems(q, self.config.limits))
@@ -155,6 +158,40 @@ class AlertEngine:
                                          f"camera {meta.camera} sends identical frames", 0.0)
             self.version += 1
             return out
+
+    def _keep_frame(self, unit_id: str, image: bytes, content_type: str) -> None:
+        old = self._frames.pop(unit_id, None)
+        self._frames_bytes -= len(old[0]) if old else 0
+        self._frames[unit_id] = (image, content_type)
+        self._frames_bytes += len(image)
+        while self._frames and (len(self._frames) > 256 or self._frames_bytes > self.config.frames_kept_bytes):
+            _, (dropped, _) = self._frames.popitem(last=False)
+            self._frames_bytes -= len(dropped)
+
+    def _quality_due(self, st: LineState, meta: FrameMeta, now_ns: int) -> bool:
+        cfg = self.config
+        if st.frames_seen % max(1, cfg.quality_every):
+            return False
+        key = (meta.line, meta.camera)
+        last = self._quality_at.get(key)
+        if last is not None and cfg.quality_max_per_s > 0 and now_ns - last < NS_PER_S / cfg.quality_max_per_s:
+            return False
+        self._quality_at[key] = now_ns
+        self.quality_analysed += 1
+        return True
+
+    def _gray(self, image: bytes) -> np.ndarray | None:
+        """The frame in grey, at most ``quality_max_px`` a side; None when it is not a usable frame
+        (refused from its header before decoding, or undecodable: the worker dead-letters it)."""
+        try:
+            with open_frame(image) as img:
+                side = self.config.quality_max_px
+                img.draft("L", (side, side))  # JPEG decodes at reduced size directly
+                gray = img.convert("L")
+            gray.thumbnail((side, side))
+            return np.asarray(gray)
+        except Exception:  # noqa: BLE001
+            return None
 
     def on_result(self, r: InspectionResult, now_ns: int) -> list[AlertRecord]:
         with self.lock:

@@ -127,8 +127,8 @@ def test_engine_raises_and_clears_run_missing_frames_and_health() -> None:
     eng = AlertEngine(AlertConfig(run_length=4, missing_after_s=5, heartbeat_stale_s=3))
     png = encode_png(sample_unit(np.random.default_rng(0), PRODUCT, 0.0)[0])
     t = 100 * S
-    for i in range(3):
-        eng.on_frame(FrameMeta(f"u{i}", "line-1", "cam-1", PRODUCT, t), png, t)
+    for i in range(3):  # a camera at 5 frames/s
+        eng.on_frame(FrameMeta(f"u{i}", "line-1", "cam-1", PRODUCT, t), png, t + i * S // 5)
     assert any(a.kind == "frames_frozen" for a in eng.book.active.values())  # same bytes 3 times
     out = []
     for i in range(4):
@@ -151,6 +151,20 @@ def test_engine_raises_and_clears_run_missing_frames_and_health() -> None:
         raised += eng.on_frame(FrameMeta(f"d{i}", "line-1", f"cam-{i}", PRODUCT, t), dark, t + 11 * S)
     kinds = {a.kind for a in raised}
     assert "image_dark" in kinds and "frames_missing" in kinds  # missing cleared by the new frames
+
+
+def test_a_flood_of_frames_is_sampled_and_huge_frames_are_never_decoded() -> None:
+    """Image quality is analysed at most `quality_max_per_s` times per camera, on a reduced grey
+    copy; a frame refused from its header (over 4096x4096) is never decoded."""
+    eng = AlertEngine(AlertConfig(quality_max_per_s=10))
+    png = encode_png(sample_unit(np.random.default_rng(0), PRODUCT, 0.0)[0])
+    t = 100 * S
+    for i in range(100):  # 100 frames in one second from one camera
+        eng.on_frame(FrameMeta(f"u{i}", "line-1", "cam-1", PRODUCT, t), png, t + i * S // 100)
+    assert eng.quality_analysed == 10
+    assert eng._gray(encode_png(Image.new("L", (4100, 4100)))) is None  # noqa: SLF001 - refused unread
+    big = eng._gray(encode_png(Image.new("L", (2000, 1000), 128)))  # noqa: SLF001
+    assert big is not None and big.shape == (256, 512)
 
 
 def test_a_configured_line_that_never_sends_is_missing() -> None:
