@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_actuation import bench_settings, publish_lot  # noqa: E402
+from tables import md_header, md_row  # noqa: E402
 
 from pipeline.actuation.plc.embedded import SERVICE as PLC  # noqa: E402
 from pipeline.actuation.plc.embedded import gate_log_path  # noqa: E402
@@ -67,20 +68,21 @@ class Row:
     restart_s: float | None
     clear_s: float | None
 
+    COLUMNS = ("fault", "published", "captured (stored)", "verdicts", "fail-safe rejected", "passed without pass verdict",
+               "released by the PLC without pass verdict", "unaccounted", "lost from storage", "duplicate rows",
+               "restarted after s", "fail-safe cleared after s")
+
     @staticmethod
     def header() -> str:
-        return ("| fault | published | captured (stored) | verdicts | fail-safe rejected | passed without pass verdict | "
-                "released by the PLC without pass verdict | unaccounted | lost from storage | duplicate rows | "
-                "restarted after s | fail-safe cleared after s |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|")
+        return md_header(Row.COLUMNS)
 
     def line(self) -> str:
         def s(x: float | None) -> str:
             return "–" if x is None else f"{x:.1f}"
 
-        return (f"| {self.fault} | {self.published} | {self.captured} | {self.verdicts} | {self.failsafe} | "
-                f"{self.passed_no_verdict} | {self.released_no_verdict} | {self.unaccounted} | {self.lost} | {self.duplicates} | "
-                f"{s(self.restart_s)} | {s(self.clear_s)} |")
+        return md_row((self.fault, self.published, self.captured, self.verdicts, self.failsafe, self.passed_no_verdict,
+                       self.released_no_verdict, self.unaccounted, self.lost, self.duplicates, s(self.restart_s),
+                       s(self.clear_s)))
 
 
 def inject(fault: str, services: Services) -> str:
@@ -203,12 +205,8 @@ def main() -> int:
     timer.start()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="linesight-chaos-") as tmp:
-        settings = bench_settings(args, Path(tmp))
-        settings = settings.model_copy(update={"stream": settings.stream.model_copy(
-            update={"web_port": _two_free_ports()})})
-        rng = np.random.default_rng(3)
-        sim = settings.simulator
-        frames = [encode_png(sample_unit(rng, sim.product, sim.defect_rate)[0]) for _ in range(50)]
+        settings = stack_settings(args, Path(tmp), workers=2)
+        frames = line_frames(settings)
         started = time.monotonic()
         try:
             with pipeline_stack(settings, workers=2) as (resolved, client, services):
@@ -227,6 +225,26 @@ def main() -> int:
     if bad:
         print(f"chaos: FAILED for {', '.join(bad)}", flush=True)
     return 1 if bad or len(rows) < len(faults) else 0
+
+
+def stack_settings(args: argparse.Namespace, tmp: Path, workers: int) -> Settings:
+    """`bench_settings` with every port free, also the dashboard's and each worker's web port
+    (another stack on this host may hold the defaults)."""
+    from pipeline.embedded.process import free_port
+
+    settings = bench_settings(args, tmp)
+    update: dict[str, object] = {
+        "services": settings.services.model_copy(update={"dashboard_port": free_port()})}
+    if workers > 1:
+        update["stream"] = settings.stream.model_copy(update={"web_port": _two_free_ports()})
+    return settings.model_copy(update=update)
+
+
+def line_frames(settings: Settings, n: int = 50) -> list[bytes]:
+    """Encoded frames of the simulated line's product, published in turn."""
+    rng = np.random.default_rng(3)
+    sim = settings.simulator
+    return [encode_png(sample_unit(rng, sim.product, sim.defect_rate)[0]) for _ in range(n)]
 
 
 def _two_free_ports() -> int:

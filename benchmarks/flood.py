@@ -53,16 +53,16 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_actuation import bench_settings, publish_lot  # noqa: E402
-from chaos import _two_free_ports, settle  # noqa: E402
+from bench_actuation import publish_lot  # noqa: E402
+from chaos import line_frames, settle, stack_settings  # noqa: E402
+from tables import md_header, md_row  # noqa: E402
 
 from pipeline.analytics.reconciliation import build_reconciliation  # noqa: E402
 from pipeline.clickhouse import ClickHouseClient  # noqa: E402
 from pipeline.core.times import NS_PER_S, now_ns  # noqa: E402
 from pipeline.demo.run import pipeline_stack  # noqa: E402
 from pipeline.demo.services import Services  # noqa: E402
-from pipeline.embedded.process import free_port, live_processes  # noqa: E402
-from pipeline.imaging.tablets import sample_unit  # noqa: E402
+from pipeline.embedded.process import live_processes  # noqa: E402
 from pipeline.kafka.clients import flush_or_raise, make_producer  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 from pipeline.wire.codec import MAX_FRAME_PIXELS, encode_jpeg, encode_png  # noqa: E402
@@ -202,18 +202,19 @@ class Phase:
     malformed_pass: int = 0
     malformed_gate_passed: int = 0
 
+    COLUMNS = ("phase", "real units published", "verdicts", "p50 ms", "p95 ms", "p99 ms", "max ms", "late at gate",
+               "missed at gate", "unaccounted", "passed without pass verdict", "real units dead-lettered",
+               "malformed sent", "malformed dead-lettered", "malformed with a pass verdict", "malformed passed the gate")
+
     @staticmethod
     def header() -> str:
-        return ("| phase | real units published | verdicts | p50 ms | p95 ms | p99 ms | max ms | late at gate | "
-                "missed at gate | unaccounted | passed without pass verdict | real units dead-lettered | "
-                "malformed sent | malformed dead-lettered | malformed with a pass verdict | malformed passed the gate |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        return md_header(Phase.COLUMNS)
 
     def line(self) -> str:
-        return (f"| {self.name} | {self.published} | {self.verdicts} | {self.p50:.0f} | {self.p95:.0f} | {self.p99:.0f} "
-                f"| {self.max:.0f} | {self.late} | {self.missed} | {self.unaccounted} | {self.passed_no_verdict} | "
-                f"{self.dead_lettered_real} | {self.malformed_sent} | {self.malformed_dead} | {self.malformed_pass} | "
-                f"{self.malformed_gate_passed} |")
+        return md_row((self.name, self.published, self.verdicts, f"{self.p50:.0f}", f"{self.p95:.0f}", f"{self.p99:.0f}",
+                       f"{self.max:.0f}", self.late, self.missed, self.unaccounted, self.passed_no_verdict,
+                       self.dead_lettered_real, self.malformed_sent, self.malformed_dead, self.malformed_pass,
+                       self.malformed_gate_passed))
 
 
 def measure(client: ClickHouseClient, db: str, phase: Phase) -> None:
@@ -322,16 +323,9 @@ def main() -> int:
     crash_count, crash_notes = -1, ["not measured"]
     reasons: list[tuple[str, str, int]] = []
     with tempfile.TemporaryDirectory(prefix="linesight-flood-") as tmp:
-        settings = bench_settings(args, Path(tmp))
-        # Another stack on this host may hold the default dashboard port.
-        settings = settings.model_copy(update={"services": settings.services.model_copy(
-            update={"dashboard_port": free_port()})})
-        if args.workers > 1:
-            settings = settings.model_copy(update={"stream": settings.stream.model_copy(
-                update={"web_port": _two_free_ports()})})
-        rng = np.random.default_rng(3)
+        settings = stack_settings(args, Path(tmp), args.workers)
         sim = settings.simulator
-        frames = [encode_png(sample_unit(rng, sim.product, sim.defect_rate)[0]) for _ in range(50)]
+        frames = line_frames(settings)
         started = time.monotonic()
         try:
             with pipeline_stack(settings, workers=args.workers) as (resolved, client, services):
