@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
+import pytest
+
+from pipeline.clickhouse import ClickHouseClient
 from pipeline.model import repository
 from pipeline.settings import Settings
 from pipeline.settings.actuation import PlcSettings
@@ -84,3 +88,15 @@ def fast_plc(endpoint: str, **kw: object) -> PlcSettings:
     )
     base.update(kw)
     return PlcSettings.model_validate(base)
+
+
+def cli_database(prefix: str, settings: Settings, client: ClickHouseClient, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database that the in-process CLI (``pipeline.cli.main``) uses: the test's state
+    folder, no ClickHouse server, audit records not waiting for a broker."""
+    db = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    client.apply_schema(db)
+    monkeypatch.setenv("LINESIGHT_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("LINESIGHT_CLICKHOUSE__DATABASE", db)
+    monkeypatch.setenv("LINESIGHT_AUDIT__PUBLISH_TIMEOUT_S", "0")
+    monkeypatch.delenv("LINESIGHT_CLICKHOUSE__URL", raising=False)
+    return db

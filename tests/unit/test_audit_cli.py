@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import cli_database
 
 from pipeline.audit.record import AuditEvent
 from pipeline.audit.trail import AuditTrail
@@ -24,19 +25,12 @@ def gmp(
     embedded_settings: Settings, chdb_client: ChdbClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[str, AuditTrail, list[str]]]:
     """A fresh database with a QA user; the in-process CLI uses it. Yields (db, trail, auth args)."""
-    db = f"gmp_{uuid.uuid4().hex[:8]}"
-    chdb_client.apply_schema(db)
-    state = tmp_path / "state"
-    monkeypatch.setenv("LINESIGHT_STATE_DIR", str(embedded_settings.state_dir))
-    monkeypatch.setenv("LINESIGHT_CLICKHOUSE__DATABASE", db)
-    monkeypatch.setenv("LINESIGHT_AUDIT__PUBLISH_TIMEOUT_S", "0")
+    db = cli_database("gmp", embedded_settings, chdb_client, monkeypatch)
     monkeypatch.setenv("LINESIGHT_AUDIT__SEAL_EVERY", "5")
-    monkeypatch.delenv("LINESIGHT_CLICKHOUSE__URL", raising=False)
     UserStore(chdb_client, db).add("quinn", "qa", "quinn-pass-1", "test")
     UserStore(chdb_client, db).add("otto", "operator", "otto-pass-1", "test")
     (tmp_path / "q.pw").write_text("quinn-pass-1\n")
     (tmp_path / "o.pw").write_text("otto-pass-1\n")
-    del state
     trail = AuditTrail(chdb_client, db, state_dir=embedded_settings.state_dir, seal_every=5)
     yield db, trail, ["--user", "quinn", "--password-file", str(tmp_path / "q.pw")]
 

@@ -6,11 +6,11 @@ adoption. Changing an adopted record is still caught."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import cli_database
 
 from pipeline.audit.record import ADOPT_ACTION, SEAL_ACTION, SYSTEM_CHAIN, AuditEvent
 from pipeline.audit.trail import AuditTrail
@@ -28,12 +28,7 @@ def legacy(
 ) -> Iterator[tuple[str, AuditTrail, list[str]]]:
     """A database whose system chain (4 records + an unsigned seal) and one decision chain (5
     records + an unsigned seal) were written by a trail without a key; then the signed trail."""
-    db = f"legacy_{uuid.uuid4().hex[:8]}"
-    chdb_client.apply_schema(db)
-    monkeypatch.setenv("LINESIGHT_STATE_DIR", str(embedded_settings.state_dir))
-    monkeypatch.setenv("LINESIGHT_CLICKHOUSE__DATABASE", db)
-    monkeypatch.setenv("LINESIGHT_AUDIT__PUBLISH_TIMEOUT_S", "0")
-    monkeypatch.delenv("LINESIGHT_CLICKHOUSE__URL", raising=False)
+    db = cli_database("legacy", embedded_settings, chdb_client, monkeypatch)
     monkeypatch.delenv("LINESIGHT_KAFKA__BOOTSTRAP_SERVERS", raising=False)
     old = AuditTrail(chdb_client, db, seal_every=4)  # no state folder, no key: the pre-signing trail
     assert old.key is None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support import cli_database
 
 from pipeline.audit.record import DECISION_ACTION, SEAL_ACTION, AuditEvent, AuditRecord
 from pipeline.audit.seals import SealStatement, TrailKey, default_audit_dir
@@ -68,13 +68,8 @@ def scene(
 ) -> Iterator[Scene]:
     """A decision chain: units u0..u5 (a seal record after them, #6), then u6..u8 (#7..9), then a
     heartbeat seal naming #9; the in-process CLI sees the same database and key."""
-    db = f"tamper_{uuid.uuid4().hex[:8]}"
-    chdb_client.apply_schema(db)
-    monkeypatch.setenv("LINESIGHT_STATE_DIR", str(embedded_settings.state_dir))
-    monkeypatch.setenv("LINESIGHT_CLICKHOUSE__DATABASE", db)
-    monkeypatch.setenv("LINESIGHT_AUDIT__PUBLISH_TIMEOUT_S", "0")
+    db = cli_database("tamper", embedded_settings, chdb_client, monkeypatch)
     monkeypatch.setenv("LINESIGHT_AUDIT__SEAL_EVERY", "4")
-    monkeypatch.delenv("LINESIGHT_CLICKHOUSE__URL", raising=False)
     trail = AuditTrail(chdb_client, db, state_dir=embedded_settings.state_dir, seal_every=4)
     chain = "decisions/line-1/p0"
 

@@ -4,13 +4,13 @@ The CLI runs in-process against the session's chDB directory, in a database of i
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import cli_database
 
 from pipeline.audit.record import utcnow
 from pipeline.audit.trail import AuditTrail
@@ -30,12 +30,7 @@ def gmp_db(
     embedded_settings: Settings, chdb_client: ChdbClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
     """A fresh database (no users yet) that the in-process CLI uses."""
-    db = f"gmp_{uuid.uuid4().hex[:8]}"
-    chdb_client.apply_schema(db)
-    monkeypatch.setenv("LINESIGHT_STATE_DIR", str(embedded_settings.state_dir))
-    monkeypatch.setenv("LINESIGHT_CLICKHOUSE__DATABASE", db)
-    monkeypatch.setenv("LINESIGHT_AUDIT__PUBLISH_TIMEOUT_S", "0")
-    monkeypatch.delenv("LINESIGHT_CLICKHOUSE__URL", raising=False)
+    db = cli_database("gmp", embedded_settings, chdb_client, monkeypatch)
     yield db
 
 

@@ -31,7 +31,14 @@ from pipeline.actuation.timing_model import UnitRef
 from pipeline.actuation.watchdog import Watchdog
 from pipeline.embedded.process import free_port
 from pipeline.settings import Settings
-from pipeline.settings.actuation import GateMode, LineTimingSettings, PlcNodeIds, PlcSettings, SecurityMode, SecurityPolicy
+from pipeline.settings.actuation import (
+    GateMode,
+    LineTimingSettings,
+    PlcNodeIds,
+    PlcSettings,
+    SecurityMode,
+    SecurityPolicy,
+)
 
 # One event loop and one simulated PLC for the module: an asyncua server takes ~2 s to build.
 pytestmark = [pytest.mark.timeout(60), pytest.mark.asyncio(loop_scope="module")]
