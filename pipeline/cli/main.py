@@ -18,6 +18,7 @@ from pipeline.settings import Settings
 
 if TYPE_CHECKING:
     from pipeline.analytics.reconciliation import BatchReconciliation
+    from pipeline.model.release import AcceptanceCriteria
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -165,6 +166,50 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_acceptance(
+    settings: Settings, product: str, mode: str, recipe: str | None
+) -> tuple[AcceptanceCriteria | None, str]:
+    """(AcceptanceCriteria or None for the mode's defaults, where they come from) for `linesight train`.
+
+    `recipe`: a recipe id (in `settings.stream.recipes_dir`) or a recipe file; it must judge
+    `product`. Without one, the recipes of `product` in the recipes folder: the one that names
+    `[acceptance]` (several naming different criteria: refused, choose with --recipe); none: the
+    mode's defaults (docs/models.md, Release gate).
+    """
+    import tomllib
+
+    from pipeline.recipes.schema import load_recipe
+
+    folder = Path(settings.stream.recipes_dir)
+    if recipe:
+        path = Path(recipe) if recipe.endswith(".toml") or Path(recipe).is_file() else folder / f"{recipe}.toml"
+        chosen = load_recipe(path)
+        if chosen.product != product:
+            raise ValueError(f"recipe {chosen.ref} ({path}) judges product {chosen.product!r}, not {product!r}")
+        criteria = chosen.acceptance(mode)
+        if criteria is None:
+            return None, f"defaults for {mode} mode (recipe {chosen.ref}, {path}, names no [acceptance])"
+        return criteria, f"recipe {chosen.ref} ({path}) [acceptance], {mode} mode"
+    mine = []
+    for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+        try:
+            named = tomllib.loads(path.read_text(encoding="utf-8")).get("product")
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            named = None  # not this command's to judge: `linesight recipes validate` reports it
+        if named == product:
+            mine.append((path, load_recipe(path)))  # a recipe of this product that does not validate: refused
+    naming = [(path, r, r.acceptance(mode)) for path, r in mine if r.acceptance(mode) is not None]
+    if len({c for _, _, c in naming}) > 1:
+        raise ValueError(f"recipes {', '.join(r.ref for _, r, _ in naming)} of product {product!r} name different "
+                         "acceptance criteria: choose one with --recipe")
+    if naming:
+        path, chosen, criteria = naming[0]
+        return criteria, f"recipe {chosen.ref} ({path}) [acceptance], {mode} mode"
+    said = (f"recipe {', '.join(r.ref for _, r in mine)} names no [acceptance]" if mine
+            else f"no recipe of product {product!r} in {folder}")
+    return None, f"defaults for {mode} mode ({said}; docs/models.md, Release gate)"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.model.train import train_model
 
@@ -173,6 +218,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)
     settings = _settings(args)
+    acceptance, acceptance_source = train_acceptance(settings, args.product, args.mode, args.acceptance_recipe)
     result = train_model(
         args.repository or settings.triton.model_repository,
         args.product,
@@ -186,9 +232,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         mapping=settings.stream.product_models,
         progress=not args.quiet,
         base=args.base,
+        acceptance=acceptance,
+        acceptance_source=acceptance_source,
     )
-    print(result.summary())
-    return 0
+    print(result.report())
+    return result.exit_code  # 0: deployable version released; 3: released, not deployable
 
 
 def cmd_dataset_shift(args: argparse.Namespace) -> int:
@@ -288,9 +336,26 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_deploy(args: argparse.Namespace) -> int:
-    from pipeline.cli.audit import cmd_models_change
+    from pipeline.cli.audit import cmd_models_change, gmp_context, login
+    from pipeline.model.release import release_model
 
-    return cmd_models_change(args, _settings(args), "deploy")
+    if not args.override_gate:
+        return cmd_models_change(args, _settings(args), "deploy")
+    # A version that failed its release gate: the same log-in, permission, reason and signature as
+    # any deploy, signed `approved`; the audit record names the criteria it failed.
+    settings = _settings(args)
+    with gmp_context(settings) as ctx:
+        who = login(ctx, args, "model.deploy", args.target)
+        result, record, signature = release_model(
+            settings, ctx.trail, ctx.guard, who, "deploy", args.target, args.version, args.reason or "",
+            args.meaning, override_gate=True,
+        )
+    print(result.to_text())  # type: ignore[attr-defined]
+    failed = record.detail_dict().get("gate_override", {}).get("failed_criteria", [])
+    print(f"  release gate OVERRIDDEN: the version failed {'; '.join(failed)}")
+    print(f"  audit record {record.record_id} ({record.record_hash[:16]}), signed {args.meaning} by "
+          f"{who.username} ({who.role}): {signature.record_id}")
+    return 0
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
@@ -378,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "version or model directory; 'auto' (default): the shipped model with --data "
                    "(none for simulator training); 'none': from scratch")
     p.add_argument("--repository", type=Path, help="Triton model repository (default: settings)")
+    p.add_argument("--recipe", dest="acceptance_recipe", metavar="RECIPE",  # not a line's recipe (_settings)
+                   help="recipe (id in the recipes folder, or a .toml file) whose [acceptance] "
+                   "criteria judge the version (default: the product's recipe naming them, else the mode's "
+                   "defaults; docs/models.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -433,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("target", metavar="PRODUCT", help="product id (or classifier model name)")
     m.add_argument("--version", type=int, required=True, help="version directory to make live")
     m.add_argument("--reason", help="why (required; kept in deployments.jsonl and the audit trail)")
+    m.add_argument("--override-gate", action="store_true",
+                   help="deploy a version that failed its release gate (QA, signed 'approved', with --reason; "
+                        "the audit record names the failed criteria)")
     add_model_auth_args(m)
     m.set_defaults(func=cmd_models_deploy)
     m = models.add_parser("rollback", help="return to the version live before the current one")

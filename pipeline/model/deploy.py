@@ -5,7 +5,9 @@ The live version is the classifier config's `version_policy` (docs/models.md). A
 1. refuses a version that is not releasable: missing, no model card, parity check not passed,
    `model.onnx` no longer the file the card's sha256 names (changed after release), no class
    names in the config, or an artifact whose own MODEL_VERSION/THRESHOLDS disagree with its
-   directory and card;
+   directory and card; and a version whose card says it failed its release gate
+   (`release_gate`, pipeline.model.release), naming the failed criteria, unless the deploy
+   overrides the gate (`override_gate`: the entry and the audit record name the criteria);
 2. sets `version_policy` to the version and, when a Triton answers (``triton.url``, else the
    embedded server's ports), rebuilds that model's directory of the embedded server's derived
    repository and asks Triton to load the model (explicit model control). Triton loads the new
@@ -65,6 +67,23 @@ def card_onnx_sha256(card: dict[str, Any]) -> str | None:
     if isinstance(onnx, dict) and onnx.get("sha256"):
         return str(onnx["sha256"])
     return card.get("onnx_sha256")
+
+
+def gate_of(card: dict[str, Any]) -> dict[str, Any] | None:
+    """The card's release-gate record, or None for a version released before release gating."""
+    gate = card.get("release_gate")
+    return gate if isinstance(gate, dict) else None
+
+
+def gate_failures(card: dict[str, Any]) -> list[str]:
+    """The criteria a version failed at release ([] when it passed or was released before gating)."""
+    gate = gate_of(card)
+    if gate is None:
+        return []
+    failed = [str(f) for f in gate.get("failed") or []]
+    if gate.get("deployable") is not True and not failed:
+        failed = ["the model card's release gate does not record the version as deployable"]
+    return failed
 
 
 def _artifact_problems(path: Path, version: int, card: dict[str, Any]) -> list[str]:
@@ -313,14 +332,29 @@ def rollback_target(repo: Path, classifier: str) -> int:
 
 def deploy(
     settings: Settings, product: str, version: int, reason: str = "", action: str = "deploy",
-    user: str | None = None,
+    user: str | None = None, override_gate: bool = False,
 ) -> DeployResult:
-    """Make `version` the live classifier version of `product` (see the module docstring)."""
+    """Make `version` the live classifier version of `product` (see the module docstring).
+
+    `override_gate`: deploy a version that failed its release gate (its failed criteria are
+    recorded in the deployment entry as ``gate_override``); refused for a version that passed.
+    """
     repo = Path(settings.triton.model_repository)
     product, classifier = resolve_classifier(settings, product)
     problems = deploy_problems(repo, classifier, version)
     if problems:
         raise DeployError(f"refusing to {action} {classifier} version {version}: " + "; ".join(problems))
+    # A rollback returns to a version that was live before (through the gate or an audited override).
+    failed = gate_failures(repo_mod.read_card(repo, classifier, version)) if action == "deploy" else []
+    if failed and not override_gate:
+        raise DeployError(
+            f"refusing to {action} {classifier} version {version}: it failed its release gate ("
+            + "; ".join(failed) + "): train a better version, or deploy this one anyway with --override-gate, "
+            "a reason and a QA signature (audited with the failed criteria)"
+        )
+    if override_gate and not failed:
+        raise DeployError(f"{classifier} version {version} passed its release gate (or predates gating): "
+                          "there is nothing to override; deploy it without --override-gate")
     target = TritonTarget.from_settings(settings)
     with _locked(repo, classifier):
         config_file = repo_mod.config_path(repo, classifier)
@@ -337,6 +371,8 @@ def deploy(
             "user": user or os_user(),
             "reason": reason,
         }
+        if failed:
+            entry["gate_override"] = failed
         if previous == version and action == "deploy":
             return DeployResult(action, product, classifier, previous, version, f"version {version} is already live; nothing changed")
         repo_mod.set_live_version(config, version)
@@ -392,6 +428,8 @@ class VersionRow:
     served: bool | None  # None: Triton not reachable
     deployable: bool
     problems: list[str]
+    gate: str = "not recorded"  # "passed", "failed", or "not recorded" (released before release gating)
+    gate_failures: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -441,6 +479,8 @@ def list_models(settings: Settings, check: bool = True) -> list[ClassifierRow]:
                 card = {}
             review, reject = card_thresholds(card)
             problems = deploy_problems(repo, classifier, v) if check else []
+            failed = gate_failures(card)
+            gate = "not recorded" if gate_of(card) is None else ("failed" if failed else "passed")
             versions.append(
                 VersionRow(
                     version=v,
@@ -453,8 +493,10 @@ def list_models(settings: Settings, check: bool = True) -> list[ClassifierRow]:
                     created_utc=card.get("created_utc"),
                     live=v == live,
                     served=(v in served) if served is not None else None,
-                    deployable=not problems,
+                    deployable=not problems and not failed,
                     problems=problems,
+                    gate=gate,
+                    gate_failures=failed,
                 )
             )
         rows.append(ClassifierRow(classifier, product, ensemble, live, served, triton, versions))
@@ -483,8 +525,16 @@ def listing_text(rows: list[ClassifierRow]) -> str:
                 f"  {v.version:<7}  {'*' if v.live else '':<4}  {served:<6}  {v.mode or '-':<10}  "
                 f"{fmt(v.review_threshold, '.4g'):<6}  {fmt(v.reject_threshold, '.4g'):<6}  "
                 f"{rate(v.detection_rate):<9}  {rate(v.false_reject_rate):<7}  {fmt(v.auroc, '.4f'):<6}  "
-                f"{v.created_utc or '-':<25}  {'yes' if v.deployable else 'no: ' + '; '.join(v.problems)}"
+                f"{v.created_utc or '-':<25}  {_deployable_text(v)}"
             )
         if not r.versions:
             out.append("  (no released versions)")
     return "\n".join(out)
+
+
+def _deployable_text(v: VersionRow) -> str:
+    """yes / no with every reason: release-gate failures first, then artifact problems."""
+    if v.deployable:
+        return "yes" + (" (release gate not recorded: released before gating)" if v.gate == "not recorded" else "")
+    reasons = [f"release gate failed: {f}" for f in v.gate_failures] + v.problems
+    return "no: " + "; ".join(reasons)

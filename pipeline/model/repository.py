@@ -191,6 +191,20 @@ def set_live_version(config: mc.ModelConfig, version: int) -> None:
     config.version_policy.specific.versions.append(int(version))
 
 
+def clear_live_version(config: mc.ModelConfig) -> None:
+    """No live version: `version_policy { specific { } }` names none (a product whose only
+    versions failed their release gate; `live_version` is None). Never Triton's default policy,
+    which would serve the newest version."""
+    config.version_policy.Clear()
+    config.version_policy.specific.SetInParent()
+
+
+def names_no_version(config: mc.ModelConfig) -> bool:
+    """The policy `clear_live_version` writes: `specific` with no version (not Triton's default)."""
+    policy = config.version_policy
+    return policy.WhichOneof("policy_choice") == "specific" and not policy.specific.versions
+
+
 # ----------------------------------------------------------------------------- deployments
 
 

@@ -13,8 +13,13 @@
    false-reject target rests on hundreds of good units, not a few dozen;
 4. export ONNX with the thresholds and version baked in as constants, prove onnxruntime
    reproduces torch on the validation set (a failed check writes nothing);
-5. write model.onnx, model_card.json/.md and training_images.sha256 into a staging directory
-   and rename it to `<classifier>/<V>/` (docs/models.md).
+5. judge the version's validation figures against the acceptance criteria (the product's
+   recipe's, else the mode's defaults; pipeline.model.release): the release gate, in the card;
+6. write model.onnx, model_card.json/.md and training_images.sha256 into a staging directory
+   and rename it to `<classifier>/<V>/` (docs/models.md). A product's first version becomes
+   live only when it passed the release gate (so does the first to pass after versions that all
+   failed it); a version that failed it is written but not deployable (`linesight models
+   deploy` refuses it without `--override-gate`).
 
 Same data, seed and thread count: same model (deterministic algorithms).
 """
@@ -50,6 +55,7 @@ from pipeline.model.export import OPSET, ParityReport, check_parity, export_onnx
 from pipeline.model.fit import TRAIN_THREADS, FitConfig, deterministic_torch, fit, predict, steps_per_epoch
 from pipeline.model.net import DEFAULT_WIDTHS, TabletNet
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, PIXEL_MEAN, PIXEL_STD
+from pipeline.model.release import EXIT_NOT_DEPLOYABLE, AcceptanceCriteria, GateResult, default_acceptance, judge
 from pipeline.model.training_sets import DATASET_VAL_FRACTION, count_defects, dataset_sets, simulated_sets
 from pipeline.settings import PROJECT_ROOT
 
@@ -100,21 +106,57 @@ class TrainResult:
     mode: str
     classes: tuple[str, ...]
     thresholds: tuple[float, float]  # review, reject
-    live: bool
+    live: bool  # this version became live (it passed its gate and the product had no live version)
     validation: dict[str, Any]
     parity: ParityReport
     wall_time_s: float
+    gate: GateResult | None = None
+    live_version: int | None = None  # the product's live version after this training (None: none)
+
+    @property
+    def deployable(self) -> bool:
+        """The version passed its release gate."""
+        return self.gate is None or self.gate.deployable
+
+    @property
+    def exit_code(self) -> int:
+        """`linesight train`'s exit status: 0 deployable, EXIT_NOT_DEPLOYABLE (3) released but not."""
+        return 0 if self.deployable else EXIT_NOT_DEPLOYABLE
 
     def summary(self) -> str:
         v = self.validation
+        if not self.deployable:
+            state = ", NOT DEPLOYABLE: it failed its release gate"
+        elif self.live:
+            state = ", live"
+        else:
+            state = ", deployable, not live: deploy it with linesight models deploy"
         return (
-            f"{self.model} version {self.version} ({self.mode}, product {self.product}"
-            f"{', live' if self.live else ', not live: deploy it with linesight models deploy'}): "
+            f"{self.model} version {self.version} ({self.mode}, product {self.product}{state}): "
             f"thresholds review {self.thresholds[0]:.4g} / reject {self.thresholds[1]:.4g}; validation "
             f"detection {_pct(v.get('detection_rate'))} at false-reject {_pct(v.get('false_reject_rate'))} "
             f"(review {_pct(v.get('review_rate'))}, AUROC {_num(v.get('auroc'))}); parity max diff "
             f"{self.parity.max_abs_diff_score:.2g}; {self.wall_time_s:.0f} s -> {self.version_dir}"
         )
+
+    def report(self) -> str:
+        """Every acceptance criterion with its figure, what to do next when the version is not
+        deployable, and the summary as the last line (scripts read the version directory there)."""
+        lines = [] if self.gate is None else self.gate.lines()
+        if self.deployable:
+            return "\n".join([*lines, self.summary()])
+        live = (f"the live version stays {self.live_version}" if self.live_version is not None else
+                f"product {self.product} has NO live version (nothing was live before and this version failed "
+                f"the gate: nothing inspects this product until a version is deployed)")
+        lines += [
+            f"version {self.version} is written but not deployable; {live}.",
+            "next: improve the data or the training and train again (a deployable version of a product "
+            "with no live version becomes live), or, if QA accepts these figures, deploy it anyway: "
+            f"linesight models deploy {self.product} --version {self.version} --override-gate "
+            "--reason '...' --user QA_USER (audited and signed with the failed criteria)",
+            self.summary(),
+        ]
+        return "\n".join(lines)
 
 
 def _pct(v: Any) -> str:
@@ -243,6 +285,8 @@ def train_model(
     mapping: dict[str, str] | None = None,
     parity_tolerance: float | None = None,
     base: str | Path | None = "auto",
+    acceptance: AcceptanceCriteria | None = None,
+    acceptance_source: str | None = None,
 ) -> TrainResult:
     """Train, calibrate, export, parity-check and release the next version of `product`'s classifier.
 
@@ -255,11 +299,21 @@ def train_model(
     model (if `make model` has produced it; it learnt defects on the product and on the assorted
     tablet family, so it transfers to new products); without `data` (rendered training, `make
     model` itself): none. "none" or None: from scratch.
+
+    `acceptance`: the criteria of the release gate (`acceptance_source` says where they come
+    from, e.g. the product's recipe); None: the mode's defaults (`DEFAULT_ACCEPTANCE`). The
+    version is written either way; it becomes live only if it passed the gate and the product has
+    no live version (its first version, or after versions that all failed their gate).
     """
     started = time.perf_counter()
     repo = Path(repo)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if acceptance is None:
+        acceptance = default_acceptance(mode)
+        acceptance_source = acceptance_source or (f"defaults for {mode} mode (no recipe names acceptance "
+                                                  "criteria; docs/models.md, Release gate)")
+    acceptance_source = acceptance_source or "given to train_model"
     if not 0.0 < target_frr < 0.5:
         raise ValueError(f"target false-reject rate must be in (0, 0.5), got {target_frr}")
     if not 0.0 < reject_frr_fraction <= 1.0:
@@ -387,15 +441,34 @@ def train_model(
         timings["export_parity_s"] = time.perf_counter() - t
 
         metrics = validation_metrics(final_out["SCORE"][:, 0], final_out["CLASS_PROBS"], val, *thresholds)
+        gate = judge(metrics, acceptance, acceptance_source,
+                     on=f"the validation set ({metrics['n']} units: {metrics['n_good']} good, "
+                        f"{metrics['n_defect']} defective), at this version's own thresholds")
+        _log(progress, "\n".join(gate.lines()))
         timings["wall_time_s"] = time.perf_counter() - started
         card = _model_card(target, mode, classes, thresholds, calibration, metrics, parity, data_info, cfg,
                            timings, onnx_path, n_folds, base_model)
+        card["deployable"] = gate.deployable
+        card["release_gate"] = gate.as_dict()
         card["score_reference"] = score_reference(final_out["SCORE"][:, 0], val.is_defect)
         (stage / layout.CARD_JSON).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (stage / layout.CARD_MD).write_text(model_card_markdown(card), encoding="utf-8")
         hashes = sorted(set(train.image_sha256) | set(val.image_sha256))
         (stage / layout.TRAINING_HASHES).write_text("".join(h + "\n" for h in hashes), encoding="ascii")
-        version_dir = triton_repo.install(target, config, stage, list(classes))
+        # Only a deployable version becomes live on its own, and only where nothing is live: the
+        # product's first version, or the first to pass after versions that all failed the gate.
+        no_live = target.make_live or layout.names_no_version(config)
+        make_live = no_live and gate.deployable
+        if no_live and not gate.deployable:
+            # The product keeps no live version (the policy may still name this version number:
+            # the committed config before `make model`).
+            layout.clear_live_version(config)
+        version_dir = triton_repo.install(replace(target, make_live=make_live), config, stage, list(classes))
+        if target.new_product and not make_live:
+            # A new product's classifier config is made naming this version live: name none.
+            new_config = layout.read_config(repo, target.models.classifier)
+            layout.clear_live_version(new_config)
+            layout.write_config(repo, target.models.classifier, new_config)
     wall = time.perf_counter() - started
     result = TrainResult(
         model=target.models.classifier,
@@ -408,10 +481,12 @@ def train_model(
         mode=mode,
         classes=tuple(classes),
         thresholds=thresholds,
-        live=target.make_live,
+        live=make_live,
         validation=metrics,
         parity=parity,
         wall_time_s=wall,
+        gate=gate,
+        live_version=layout.live_version(layout.read_config(repo, target.models.classifier)),
     )
     _log(progress, result.summary())
     return result
@@ -515,6 +590,7 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"- Created: {card['created_utc']} by {card['code_version']}; training took {card['wall_time_s']:.0f} s",
         f"- ONNX: opset {card['onnx']['opset']}, sha256 `{card['onnx']['sha256']}`",
         "",
+        *_gate_markdown(card),
         "## Decision",
         "",
         f"- Review threshold {card['thresholds']['review']:.6g}, reject threshold {card['thresholds']['reject']:.6g}.",
@@ -568,6 +644,30 @@ def model_card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _gate_markdown(card: dict[str, Any]) -> list[str]:
+    """The card's "Release gate" section: deployable or not, each criterion and its figure."""
+    g = card.get("release_gate")
+    if not isinstance(g, dict):
+        return []
+    lines = [
+        "## Release gate",
+        "",
+        ("**Deployable**: every acceptance criterion passed." if g["deployable"] else
+         "**NOT DEPLOYABLE**: failed " + "; ".join(g["failed"]) + ". This version never becomes live on its own; "
+         "`linesight models deploy` refuses it unless QA overrides the gate (`--override-gate`, reason, signature)."),
+        "",
+        f"Criteria: {g['criteria_source']}; measured on {g['on']}.",
+        "",
+        "| criterion | metric | measured | limit | result |",
+        "|---|---|---|---|---|",
+    ]
+    for c in g["criteria"]:
+        shown = _num if c["metric"] == "auroc" else _pct
+        lines.append(f"| `{c['criterion']}` | {c['metric']} | {shown(c['measured'])} | {c['comparison']} "
+                     f"{shown(c['limit'])} | {'pass' if c['passed'] else '**FAIL**'} |")
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.model.train`: train one product's model into a model repository."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -587,8 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     result = train_model(args.out, args.product, data=args.data, mode=args.mode, seed=args.seed,
                          train_count=args.count, epochs=args.epochs, folds=args.folds, target_frr=args.target_frr,
                          base=args.base)
-    print(result.summary())
-    return 0
+    print(result.report())
+    return result.exit_code
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.inspections import kinds
 from pipeline.inspections.base import InspectionParams, validation_problems
+from pipeline.model.release import AcceptanceCriteria, default_acceptance
 
 RECIPE_ID = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
@@ -50,6 +51,38 @@ class InspectionSpec(BaseModel):
         return v
 
 
+class AcceptanceLimits(BaseModel):
+    """Acceptance criteria of a model version's validation (rates as fractions in [0, 1])."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_detection: float | None = Field(None, ge=0.0, le=1.0)
+    max_false_reject: float | None = Field(None, ge=0.0, le=1.0)
+    max_review: float | None = Field(None, ge=0.0, le=1.0)
+    min_auroc: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class AcceptanceSpec(AcceptanceLimits):
+    """`[acceptance]`: what a trained version of the product's classifier must show to be
+    deployable (docs/recipes.md). Keys here apply to every training mode; `[acceptance.supervised]`
+    and `[acceptance.good-only]` override them for one mode; anything not named keeps the mode's
+    default (pipeline.model.release.DEFAULT_ACCEPTANCE)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    supervised: AcceptanceLimits | None = None
+    good_only: AcceptanceLimits | None = Field(None, alias="good-only")
+
+    def criteria(self, mode: str) -> AcceptanceCriteria:
+        """The criteria a `mode` training is judged by: defaults, then these keys, then the mode's."""
+        values = default_acceptance(mode).as_dict()
+        per_mode = {"supervised": self.supervised, "good-only": self.good_only}.get(mode)
+        for layer in (self, per_mode):
+            if layer is not None:
+                values |= {k: getattr(layer, k) for k in AcceptanceLimits.model_fields if getattr(layer, k) is not None}
+        return AcceptanceCriteria(**values)
+
+
 class RecipeDoc(BaseModel):
     """The file as written (before the per-kind parameter check)."""
 
@@ -60,6 +93,7 @@ class RecipeDoc(BaseModel):
     product: str = Field(min_length=1, max_length=128)
     description: str = ""
     inspection: list[InspectionSpec] = Field(min_length=1)
+    acceptance: AcceptanceSpec | None = None
 
 
 class Recipe:
@@ -70,7 +104,7 @@ class Recipe:
         self.params = params
         # What the measurement models receive as PARAMS with every frame: serialised once here.
         self.params_json = {name: p.model_dump_json().encode() for name, p in params.items()}
-        canonical = json.dumps(doc.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         self.sha256 = hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
@@ -95,7 +129,12 @@ class Recipe:
         return list(self.doc.inspection)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.doc.model_dump(mode="json")
+        # A recipe without acceptance criteria keeps the content hash it had before they existed.
+        return self.doc.model_dump(mode="json", exclude={"acceptance"} if self.doc.acceptance is None else None)
+
+    def acceptance(self, mode: str) -> AcceptanceCriteria | None:
+        """The acceptance criteria of a `mode` training of this product (None: the recipe names none)."""
+        return None if self.doc.acceptance is None else self.doc.acceptance.criteria(mode)
 
     def __repr__(self) -> str:
         return f"Recipe({self.ref}, product={self.product!r}, sha256={self.sha256[:12]})"
