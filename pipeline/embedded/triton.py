@@ -61,6 +61,9 @@ class DerivedRepository:
     path: Path
     models: list[str] = field(default_factory=list)
     converted: list[str] = field(default_factory=list)  # onnxruntime models served by python
+    # model -> why it is not served: a classifier with no live version (its trained versions all
+    # failed the release gate) and the ensembles that use it; their units are fail-safe rejected.
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- derived repository
@@ -119,10 +122,16 @@ def build_derived_repository(
     target.mkdir(parents=True)
     (target / DERIVED_MARKER).write_text(f"derived from {source}; rebuilt at every start\n")
     repo = DerivedRepository(path=target)
-    for model_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    dirs = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    configs = {d.name: _read_config(d / "config.pbtxt") if (d / "config.pbtxt").is_file() else None for d in dirs}
+    repo.skipped = _not_live(dirs, configs)
+    for name, why in repo.skipped.items():
+        log.warning("%s: not served: %s", name, why)
+    for model_dir in dirs:
         name = model_dir.name
-        config_path = model_dir / "config.pbtxt"
-        config = _read_config(config_path) if config_path.is_file() else None
+        config = configs[name]
+        if name in repo.skipped:
+            continue
         repo.models.append(name)
         if config is None or not _is_onnxruntime(config):
             (target / name).symlink_to(model_dir, target_is_directory=True)
@@ -130,6 +139,27 @@ def build_derived_repository(
         _derive_onnx_model(model_dir, config, target / name, onnx_model_py)
         repo.converted.append(name)
     return repo
+
+
+def _not_live(dirs: list[Path], configs: dict[str, mc.ModelConfig | None]) -> dict[str, str]:
+    """Classifiers that were trained but name no live version (every version failed its release
+    gate: docs/models.md; the rule of `pipeline.model.repository.names_no_version`, a layer up),
+    and the ensembles with a step on one of them."""
+    skipped: dict[str, str] = {}
+    for d in dirs:
+        config = configs[d.name]
+        if (config is not None and _is_onnxruntime(config) and _version_dirs(d)
+                and config.version_policy.WhichOneof("policy_choice") == "specific"
+                and not config.version_policy.specific.versions):
+            skipped[d.name] = "no live version (no trained version passed its release gate; see `linesight models list`)"
+    for d in dirs:
+        config = configs[d.name]
+        if config is None or config.platform != "ensemble":
+            continue
+        steps = {step.model_name for step in config.ensemble_scheduling.step}
+        if blocked := sorted(steps & set(skipped)):
+            skipped[d.name] = f"uses {', '.join(blocked)}, which has no live version"
+    return skipped
 
 
 def _policy_versions(config: mc.ModelConfig, available: list[int]) -> list[int]:

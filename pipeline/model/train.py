@@ -464,11 +464,6 @@ def train_model(
             # the committed config before `make model`).
             layout.clear_live_version(config)
         version_dir = triton_repo.install(replace(target, make_live=make_live), config, stage, list(classes))
-        if target.new_product and not make_live:
-            # A new product's classifier config is made naming this version live: name none.
-            new_config = layout.read_config(repo, target.models.classifier)
-            layout.clear_live_version(new_config)
-            layout.write_config(repo, target.models.classifier, new_config)
     wall = time.perf_counter() - started
     result = TrainResult(
         model=target.models.classifier,

@@ -2,8 +2,8 @@
 
 Training never edits files in place: a version's files are written into a staging directory
 inside the repository (same file system) and renamed into `<classifier>/<V>/` in one step, then
-the classifier's config gets the version's classes (and, for a product's first version, its
-live version). A product without models gets `<slug>_inspector` and `<slug>_classifier`, made
+the classifier's config gets the version's classes (and, for a product's first version that
+passed its release gate, its live version; one that failed leaves the product with none). A product without models gets `<slug>_inspector` and `<slug>_classifier`, made
 from the committed `tablet_inspector` / `tablet_classifier` configs, each renamed into place
 whole. A failure before the rename leaves the repository as it was. The layout itself (names,
 configs, versions) is `pipeline.model.repository`'s.
@@ -37,7 +37,7 @@ class Target:
     models: layout.ProductModels
     version: int
     new_product: bool  # neither model exists yet: both are created from the templates
-    make_live: bool  # the classifier has no released version: this one becomes live
+    make_live: bool  # nothing is live: this version becomes live (training clears it when the gate fails)
 
     @property
     def version_dir(self) -> Path:
@@ -126,7 +126,10 @@ def _classifier_config(template: mc.ModelConfig, target: Target, classes: list[s
         del config.parameters[layout.CLASSES_PARAM]
     layout.set_parameter(config, layout.PRODUCT_PARAM, target.models.product)
     layout.set_classes(config, target.version, classes)
-    layout.set_live_version(config, target.version)
+    if target.make_live:  # a new product's first version goes live only if it passed its release gate
+        layout.set_live_version(config, target.version)
+    else:
+        layout.clear_live_version(config)
     return config
 
 

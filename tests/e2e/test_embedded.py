@@ -341,6 +341,23 @@ def test_missing_artifact_says_train_the_model(tmp_path: Path) -> None:
         build_derived_repository(src, tmp_path / "derived")
 
 
+def test_a_classifier_with_no_live_version_is_not_served_nor_its_ensembles(tmp_path: Path) -> None:
+    """Every trained version failed its release gate (`version_policy { specific { } }`): the stack
+    starts without that classifier and the ensembles using it (their units are fail-safe
+    rejected by the worker), instead of refusing to start."""
+    src = tmp_path / "models"
+    write_sum_model(src)
+    write_ensemble(src)
+    cfg = src / "tiny_sum" / "config.pbtxt"
+    config = _parse(cfg)
+    config.version_policy.Clear()
+    config.version_policy.specific.SetInParent()
+    cfg.write_text(text_format.MessageToString(config))
+    repo = build_derived_repository(src, tmp_path / "derived")
+    assert repo.models == [] and set(repo.skipped) == {"tiny_sum", "tiny_pipeline"}
+    assert "no live version" in repo.skipped["tiny_sum"] and "tiny_sum" in repo.skipped["tiny_pipeline"]
+
+
 def test_derived_repository_follows_the_live_version(tmp_path: Path) -> None:
     """The derived config keeps version_policy (Triton loads the live version only); a deploy
     rebuilds one model's directory in place; a version being written is not required."""
