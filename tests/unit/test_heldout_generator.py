@@ -21,7 +21,7 @@ from benchmarks.heldout.generate import generate  # noqa: E402
 from benchmarks.heldout.products import PRODUCTS  # noqa: E402
 from pipeline.datasets.folder import load_dataset  # noqa: E402
 
-N = 24
+N = 16  # per product: 8 defective, two of each class
 
 
 @pytest.fixture(scope="module")
