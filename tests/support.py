@@ -5,9 +5,11 @@ tablet classifier is."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -100,3 +102,16 @@ def cli_database(prefix: str, settings: Settings, client: ClickHouseClient, monk
     monkeypatch.setenv("LINESIGHT_AUDIT__PUBLISH_TIMEOUT_S", "0")
     monkeypatch.delenv("LINESIGHT_CLICKHOUSE__URL", raising=False)
     return db
+
+
+COMMITTED_REPOSITORY = Path(__file__).resolve().parents[1] / "triton_models"
+
+
+def untrained_repository(dst: Path) -> Path:
+    """A copy of the committed model repository: its configs and python models, no trained
+    classifier version (what a fresh checkout has before `make model`)."""
+    src = COMMITTED_REPOSITORY
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("[0-9]*", "__pycache__", ".train-*", ".*.tmp-*"))
+    for model in ("tablet_inspector", "tablet_preprocess"):
+        shutil.copytree(src / model / "1", dst / model / "1", ignore=shutil.ignore_patterns("__pycache__"))
+    return dst

@@ -9,14 +9,13 @@ live, its card naming the failed criteria, and `linesight train` exits 3.
 from __future__ import annotations
 
 import json
-import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from contract_models import add_version, model_repository, repo_settings
-from support import cli_database
+from support import cli_database, untrained_repository
 
 from pipeline.audit.record import SIGN_ACTION
 from pipeline.audit.trail import AuditTrail
@@ -40,7 +39,6 @@ from pipeline.settings import PROJECT_ROOT, Settings
 
 ROUND = "tablet-round-white-10mm"
 OVAL = "tablet-oval-yellow-14mm"
-COMMITTED = PROJECT_ROOT / "triton_models"
 RECIPE = (PROJECT_ROOT / "recipes" / f"{ROUND}.toml").read_text()
 # The vial the issue's tester saw released as live: thresholds review 0.9992 / reject 1.0.
 VIAL = {"n": 150, "n_good": 75, "n_defect": 75, "auroc": 0.989, "detection_rate": 0.6533,
@@ -209,11 +207,7 @@ def test_the_override_needs_qa_a_reason_and_is_audited_and_signed(
 @pytest.fixture()
 def repo(tmp_path: Path) -> Path:
     """The committed model repository: configs only, no trained versions."""
-    dst = tmp_path / "triton_models"
-    shutil.copytree(COMMITTED, dst, ignore=shutil.ignore_patterns("[0-9]*", "__pycache__", ".train-*", ".*.tmp-*"))
-    for model in ("tablet_inspector", "tablet_preprocess"):
-        shutil.copytree(COMMITTED / model / "1", dst / model / "1", ignore=shutil.ignore_patterns("__pycache__"))
-    return dst
+    return untrained_repository(tmp_path / "triton_models")
 
 
 @pytest.fixture(scope="module")

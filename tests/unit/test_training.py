@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from support import untrained_repository
 
 from pipeline.datasets.folder import DatasetError
 from pipeline.imaging.generate import generate_dataset
@@ -42,11 +43,7 @@ FAST = {"epochs": 1, "folds": 2, "progress": False, "mapping": {ROUND: "tablet_i
 @pytest.fixture()
 def repo(tmp_path: Path) -> Path:
     """The committed model repository: configs only, no trained versions."""
-    dst = tmp_path / "triton_models"
-    shutil.copytree(REPO, dst, ignore=shutil.ignore_patterns("[0-9]*", "__pycache__", ".train-*", ".*.tmp-*"))
-    for model in ("tablet_inspector", "tablet_preprocess"):
-        shutil.copytree(REPO / model / "1", dst / model / "1", ignore=shutil.ignore_patterns("__pycache__"))
-    return dst
+    return untrained_repository(tmp_path / "triton_models")
 
 
 @pytest.fixture(scope="module")
