@@ -18,13 +18,13 @@ import asyncio
 import heapq
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from pipeline.actuation.clock import Clock, SystemClock
-from pipeline.actuation.gate import Gate
+from pipeline.actuation.gate import FireResult, Gate
 from pipeline.actuation.timing_model import GateTiming, LineTimingModel, UnitRef
 from pipeline.core.aio import cancel_and_wait
 from pipeline.core.times import NS_PER_MS, NS_PER_S
@@ -458,12 +458,7 @@ class RejectScheduler:
     async def _do_release(self, p: _Pending, acted: int) -> None:
         """Positive release of a unit with a pass verdict; a release that fails leaves the unit on
         the reject path (rejected by default), recorded as a fail-safe reject with the reason."""
-        try:
-            report = await self._gate.release_unit(p.ref)
-            ok, fired_ns, why = bool(report.ok), report.fired_ns, report.reason
-        except Exception as exc:  # a gate driver bug: the unit stays on the reject path
-            log.exception("gate driver raised releasing %s/%s", p.ref.line, p.ref.unit_id)
-            ok, fired_ns, why = False, None, f"gate driver error: {exc!r}"
+        ok, fired_ns, why = await self._gate_report(p, "releasing", self._gate.release_unit(p.ref))
         if ok:
             event = GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, Outcome.PASSED, p.cause, p.timing, p.verdict_ns, acted,
                               fired_ns, admitted=p.admitted, action=_action(p), capture_ns=p.ref.capture_ns)
@@ -475,12 +470,7 @@ class RejectScheduler:
         self._emit(event)
 
     async def _do_fire(self, p: _Pending, cause: str, acted: int, reason: str) -> None:
-        try:
-            report = await self._gate.fire_unit(p.ref, cause)
-            ok, fired_ns, why = bool(report.ok), report.fired_ns, report.reason
-        except Exception as exc:  # a gate driver bug is a failed fire, not a dead scheduler
-            log.exception("gate driver raised firing %s/%s", p.ref.line, p.ref.unit_id)
-            ok, fired_ns, why = False, None, f"gate driver error: {exc!r}"
+        ok, fired_ns, why = await self._gate_report(p, "firing", self._gate.fire_unit(p.ref, cause))
         outcome = Outcome.FIRED if ok else Outcome.FIRE_FAILED
         if not ok:
             log.error("reject of %s/%s (%s) failed: %s", p.ref.line, p.ref.unit_id, cause, why)
@@ -488,6 +478,17 @@ class RejectScheduler:
             GateEvent(p.ref.line, p.ref.unit_id, p.ref.lot, outcome, cause, p.timing, p.verdict_ns, acted, fired_ns, why or reason,
                       p.admitted, _action(p), p.ref.capture_ns)
         )
+
+    @staticmethod
+    async def _gate_report(p: _Pending, doing: str, call: Awaitable[FireResult]) -> tuple[bool, int | None, str]:
+        """(ok, gate time, reason) of one gate command: a gate driver bug is a failed command (the
+        unit is rejected, or reported not rejected), not a dead scheduler."""
+        try:
+            report = await call
+            return bool(report.ok), report.fired_ns, report.reason
+        except Exception as exc:
+            log.exception("gate driver raised %s %s/%s", doing, p.ref.line, p.ref.unit_id)
+            return False, None, f"gate driver error: {exc!r}"
 
     def _remember(self, key: tuple[str, str], had_verdict: bool, capture_ns: int) -> None:
         self._done[key] = (had_verdict, capture_ns)
