@@ -77,8 +77,10 @@ def model_repository(work: Path) -> Path:
 
 def train(data: Path, product: str, mode: str, repo: Path, timeout_s: float) -> tuple[Path, float, str]:
     """Run `pipeline.cli train`; returns the version directory, wall time and its summary line."""
+    spec = PRODUCTS[product]  # what the product's plant declares about it, as a recipe's [model] would
     cmd = [sys.executable, "-m", "pipeline.cli", "train", "--data", str(data), "--product", product,
-           "--mode", mode, "--seed", str(TRAIN_SEED), "--repository", str(repo), "--quiet"]
+           "--mode", mode, "--seed", str(TRAIN_SEED), "--repository", str(repo), "--quiet",
+           "--invariance", spec.invariance, "--smallest-defect-px", f"{spec.smallest_defect_px:g}"]
     print("$ " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(1.0, timeout_s))
@@ -100,13 +102,13 @@ def evaluate(onnx: Path, data: Path, product: str, row: Row) -> None:
     from pipeline.datasets.folder import load_dataset
     from pipeline.model.data import load_images, supervised_classes
     from pipeline.model.evaluate_offline import detection_at_frr, inspection_metrics
-    from pipeline.model.export import onnx_outputs
+    from pipeline.model.export import input_geometry, onnx_outputs
 
     ds = load_dataset(data, product)
     with (data / "labels.csv").open(encoding="utf-8") as f:
         subtle_of = {r["image"]: r["subtle"] == "1" for r in csv.DictReader(f)}
     images = [(ds.relative(r), r.image.read_bytes(), r.defect) for r in ds.rows]
-    s = load_images(images, classes=supervised_classes([r.defect for r in ds.rows]))
+    s = load_images(images, input_geometry(onnx), classes=supervised_classes([r.defect for r in ds.rows]))
     out = onnx_outputs(onnx, s.x)
     scores = out["SCORE"][:, 0]
     review, reject = (float(v) for v in out["THRESHOLDS"][0])

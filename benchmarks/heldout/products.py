@@ -21,7 +21,9 @@ Renderer = Callable[[np.random.Generator, "str | None", bool], Array]
 
 @dataclass(frozen=True)
 class ProductSpec:
-    """A held-out product: id, image size (width, height), defect classes, which can be subtle."""
+    """A held-out product: id, image size (width, height), defect classes, which can be subtle,
+    and what its plant would declare about it when training (`linesight train --invariance`,
+    `--smallest-defect-px`: how units face the camera, the smallest defect in frame pixels)."""
 
     product: str
     width: int
@@ -29,6 +31,8 @@ class ProductSpec:
     defects: tuple[str, ...]
     subtle_classes: tuple[str, ...]
     render: Renderer
+    invariance: str
+    smallest_defect_px: float
 
 
 def _light(rng: np.random.Generator, theta: float) -> tuple[float, float, float]:
@@ -303,16 +307,18 @@ PRODUCTS: dict[str, ProductSpec] = {
     for s in (
         ProductSpec("heldout-tablet-biconvex-scored-white", 200, 200,
                     ("chip", "crack", "discoloration", "contamination"),
-                    ("chip", "crack", "discoloration", "contamination"), render_scored_tablet),
+                    ("chip", "crack", "discoloration", "contamination"), render_scored_tablet,
+                    "any-orientation", 1.5),
         ProductSpec("heldout-tablet-oval-coloured", 200, 200,
                     ("chip", "crack", "discoloration", "contamination"),
-                    ("chip", "crack", "discoloration", "contamination"), render_oval_tablet),
+                    ("chip", "crack", "discoloration", "contamination"), render_oval_tablet,
+                    "any-orientation", 1.5),
         ProductSpec("heldout-capsule-two-tone", 256, 128,
                     ("dent", "crack", "missing-cap-half", "contamination"),
-                    ("dent", "crack", "contamination"), render_capsule),
+                    ("dent", "crack", "contamination"), render_capsule, "lying", 1.5),
         ProductSpec("heldout-vial-2ml-upright", 96, 192,
                     ("low-fill", "particle", "missing-cap", "crack"),
-                    ("low-fill", "particle", "missing-cap", "crack"), render_vial),
+                    ("low-fill", "particle", "missing-cap", "crack"), render_vial, "upright", 1.0),
     )
 }
 

@@ -14,11 +14,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.cli.train_inputs import train_acceptance, train_declaration
+from pipeline.model.geometry import INVARIANCES
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
     from pipeline.analytics.reconciliation import BatchReconciliation
-    from pipeline.model.release import AcceptanceCriteria
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -166,50 +167,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_acceptance(
-    settings: Settings, product: str, mode: str, recipe: str | None
-) -> tuple[AcceptanceCriteria | None, str]:
-    """(AcceptanceCriteria or None for the mode's defaults, where they come from) for `linesight train`.
-
-    `recipe`: a recipe id (in `settings.stream.recipes_dir`) or a recipe file; it must judge
-    `product`. Without one, the recipes of `product` in the recipes folder: the one that names
-    `[acceptance]` (several naming different criteria: refused, choose with --recipe); none: the
-    mode's defaults (docs/models.md, Release gate).
-    """
-    import tomllib
-
-    from pipeline.recipes.schema import load_recipe
-
-    folder = Path(settings.stream.recipes_dir)
-    if recipe:
-        path = Path(recipe) if recipe.endswith(".toml") or Path(recipe).is_file() else folder / f"{recipe}.toml"
-        chosen = load_recipe(path)
-        if chosen.product != product:
-            raise ValueError(f"recipe {chosen.ref} ({path}) judges product {chosen.product!r}, not {product!r}")
-        criteria = chosen.acceptance(mode)
-        if criteria is None:
-            return None, f"defaults for {mode} mode (recipe {chosen.ref}, {path}, names no [acceptance])"
-        return criteria, f"recipe {chosen.ref} ({path}) [acceptance], {mode} mode"
-    mine = []
-    for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
-        try:
-            named = tomllib.loads(path.read_text(encoding="utf-8")).get("product")
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            named = None  # not this command's to judge: `linesight recipes validate` reports it
-        if named == product:
-            mine.append((path, load_recipe(path)))  # a recipe of this product that does not validate: refused
-    naming = [(path, r, r.acceptance(mode)) for path, r in mine if r.acceptance(mode) is not None]
-    if len({c for _, _, c in naming}) > 1:
-        raise ValueError(f"recipes {', '.join(r.ref for _, r, _ in naming)} of product {product!r} name different "
-                         "acceptance criteria: choose one with --recipe")
-    if naming:
-        path, chosen, criteria = naming[0]
-        return criteria, f"recipe {chosen.ref} ({path}) [acceptance], {mode} mode"
-    said = (f"recipe {', '.join(r.ref for _, r in mine)} names no [acceptance]" if mine
-            else f"no recipe of product {product!r} in {folder}")
-    return None, f"defaults for {mode} mode ({said}; docs/models.md, Release gate)"
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.model.train import train_model
 
@@ -219,6 +176,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     settings = _settings(args)
     acceptance, acceptance_source = train_acceptance(settings, args.product, args.mode, args.acceptance_recipe)
+    declared = train_declaration(settings, args.product, args.acceptance_recipe)
+    invariance, invariance_source = declared.invariance, declared.invariance_source
+    if args.invariance:
+        invariance, invariance_source = args.invariance, "linesight train --invariance"
     result = train_model(
         args.repository or settings.triton.model_repository,
         args.product,
@@ -234,6 +195,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         base=args.base,
         acceptance=acceptance,
         acceptance_source=acceptance_source,
+        invariance=invariance,
+        invariance_source=invariance_source,
+        smallest_defect_px=args.smallest_defect_px or declared.smallest_defect_px,
     )
     print(result.report())
     return result.exit_code  # 0: deployable version released; 3: released, not deployable
@@ -445,8 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", type=Path, help="Triton model repository (default: settings)")
     p.add_argument("--recipe", dest="acceptance_recipe", metavar="RECIPE",  # not a line's recipe (_settings)
                    help="recipe (id in the recipes folder, or a .toml file) whose [acceptance] "
-                   "criteria judge the version (default: the product's recipe naming them, else the mode's "
-                   "defaults; docs/models.md)")
+                   "criteria judge the version and whose [model] table declares the product's invariance "
+                   "(default: the product's recipe naming them, else the mode's defaults; docs/models.md)")
+    p.add_argument("--invariance", choices=list(INVARIANCES),
+                   help="flips/turns under which the product's images stay plausible: any-orientation (tumbling "
+                   "tablets), lying (capsules), upright (vials), fixed (labels); overrides the recipe's [model] "
+                   "invariance (default: the recipe's, else none assumed: fixed)")
+    p.add_argument("--smallest-defect-px", type=float, metavar="PX",
+                   help="smallest defect to keep visible, in frame pixels: a new product's input is never "
+                   "scaled so far that it shrinks under 1.5 px (default: the recipe's [model] smallest_defect_px)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -1,7 +1,9 @@
 """Batched training augmentation on preprocessed tensors (torch, seeded).
 
 Each transform mimics a nuisance the line really has, so the classifier learns the defect and
-not the frame: flips and quarter turns (units land in any orientation), small shifts (timing of
+not the frame: the flips and quarter turns of the product's declared invariance (`views`,
+pipeline.model.geometry: all eight for tablets, a left-right mirror for an upright vial, none
+for a label), small shifts (timing of
 the trigger), brightness/contrast and colour gain (lamp ageing, lot tint), blur (focus, motion)
 and noise (sensor gain). Geometric transforms are lossless (no resampling). All randomness comes
 from the given `torch.Generator`.
@@ -35,10 +37,14 @@ def augment(
     light: tuple[float, float] | None = None,
     blur_max: float = 0.5,
     blur_chance: float = 0.2,
+    views: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Randomly transformed copy of a batch x [N, 3, S, S] (normalised model inputs).
+    """Randomly transformed copy of a batch x [N, 3, H, W] (normalised model inputs).
 
-    `mask` [N, M, M] (defect masks at any resolution) gets the same geometric transforms.
+    `views`: the flips/turns allowed (the first `views` of `dihedral_views`): 1 none, 2 a
+    left-right mirror, 4 mirrors either way (and so half turns), 8 also quarter turns (square
+    inputs only). `mask` [N, M, K] (defect masks at any resolution) gets the same geometric
+    transforms.
     Consecutive runs of `group` images get identical transforms and noise, so counterfactual
     pairs (group=2) still differ only by their defect after augmentation.
 
@@ -47,7 +53,11 @@ def augment(
     strongest blur, as a blend factor towards the 3x3 binomial blur (0..1) and beyond 1 towards
     that blur applied twice (sigma ~1.1 px), for a `blur_chance` fraction of the images.
     """
-    n, _, s, _ = x.shape
+    n, _, s, width = x.shape
+    if views not in (1, 2, 4, 8):
+        raise ValueError(f"views must be 1, 2, 4 or 8, got {views}")
+    if views == 8 and s != width:
+        raise ValueError(f"quarter turns need a square input, got {s} x {width}")
     if n % group:
         raise ValueError(f"batch of {n} is not made of whole groups of {group}")
     k = n // group
@@ -59,7 +69,7 @@ def augment(
     def chance(p: float) -> torch.Tensor:
         return (torch.rand(k, generator=g) < p).repeat_interleave(group)
 
-    flip_h, flip_v = chance(0.5), chance(0.5)
+    flip_h, flip_v = chance(0.5 if views >= 2 else 0.0), chance(0.5 if views >= 4 else 0.0)
     x = torch.where(flip_h[:, None, None, None], x.flip(3), x)
     x = torch.where(flip_v[:, None, None, None], x.flip(2), x)
     if mask is not None:
@@ -68,7 +78,7 @@ def augment(
 
     # Quarter turns and whole-pixel shifts: lossless, so 1 px cracks stay as crisp as the camera
     # made them (the renderer already turns units to any angle).
-    turns = (torch.rand(k, generator=g) * 4).long().clamp(max=3).repeat_interleave(group)
+    turns = (torch.rand(k, generator=g) * 4).long().clamp(max=3).repeat_interleave(group) * int(views == 8)
     shifts = (torch.rand((k, 2), generator=g) * (2 * max_shift_px + 1)).long() - int(max_shift_px)
     shifts = shifts.repeat_interleave(group, dim=0)
     x = x.clone()

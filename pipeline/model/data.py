@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipeline.imaging.products import DEFECT_CLASSES
 from pipeline.imaging.tablets import draw_unit, render_tablet_with_mask
-from pipeline.model.preprocess import MODEL_INPUT_SIZE, prepare_image, prepare_pil
+from pipeline.model.preprocess import MODEL_INPUT_SIZE, Size, hw, prepare_image, prepare_pil
 from pipeline.wire.codec import encode_png
 
 # Class order of every supervised model: `good` first, then defect names sorted (docs/models.md).
@@ -168,16 +168,17 @@ def _coarse_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 def load_images(
     images: Sequence[tuple[str, bytes, str]],
-    size: int = MODEL_INPUT_SIZE,
+    size: Size = MODEL_INPUT_SIZE,
     source: str = "",
     classes: Sequence[str] = CLASSES,
 ) -> LabelledImages:
-    """Preprocess (name, encoded bytes, defect-or-'none') triples exactly as serving does.
+    """Preprocess (name, encoded bytes, defect-or-'none') triples exactly as serving does, at the
+    input geometry `size` (S or (height, width)).
 
     Raises ValueError listing every image that cannot be decoded or whose defect class the
     model does not know.
     """
-    x = np.empty((len(images), 3, size, size), dtype=np.float32)
+    x = np.empty((len(images), 3, *hw(size)), dtype=np.float32)
     y = np.empty(len(images), dtype=np.int64)
     classes = tuple(classes)
     problems: list[str] = []

@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 
 from pipeline.model.net import CLASSES, ServingModel, TabletNet
+from pipeline.model.preprocess import Size, hw
 
 OPSET = 17
 INPUT_NAME = "INPUT"
@@ -50,18 +51,18 @@ class ParityReport:
 def export_onnx(
     net: TabletNet,
     path: Path,
-    size: int,
+    size: Size,
     views: int = 8,
     *,
     num_classes: int | None = None,
     thresholds: tuple[float, float] | None = None,
     version: int | None = None,
 ) -> None:
-    """Write INPUT [N, 3, S, S] -> SCORE [N, 1], CLASS_PROBS [N, C] (opset 17, dynamic N), plus
-    THRESHOLDS [N, 2] and MODEL_VERSION [N, 1] constants when `thresholds` is given."""
+    """Write INPUT [N, 3, H, W] (`size`: S or (H, W)) -> SCORE [N, 1], CLASS_PROBS [N, C] (opset 17,
+    dynamic N), plus THRESHOLDS [N, 2] and MODEL_VERSION [N, 1] constants when `thresholds` is given."""
     model = ServingModel(net, views, num_classes, thresholds, version).eval()
     names = list(SERVED_NAMES if thresholds is not None else OUTPUT_NAMES)
-    dummy = torch.zeros(2, 3, size, size)
+    dummy = torch.zeros(2, 3, *hw(size))
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of the dynamo one, which needs
         # onnxscript (not a project dependency); its output is checked below and for parity.
@@ -84,7 +85,15 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-def check_signature(path: Path, size: int, num_classes: int = len(CLASSES), with_constants: bool = True) -> None:
+def input_geometry(path: Path) -> tuple[int, int]:
+    """(height, width) of an exported classifier's INPUT: what its inputs must be prepared at."""
+    dims = _dims({i.name: i for i in onnx.load(str(path)).graph.input}[INPUT_NAME])
+    if len(dims) != 4 or not all(isinstance(d, int) for d in dims[2:]):
+        raise ValueError(f"{path}: {INPUT_NAME} is {dims}, expected [batch, 3, H, W]")
+    return int(dims[2]), int(dims[3])
+
+
+def check_signature(path: Path, size: Size, num_classes: int = len(CLASSES), with_constants: bool = True) -> None:
     """Raise ValueError unless the graph has exactly the inputs/outputs Triton's config declares."""
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
@@ -97,8 +106,9 @@ def check_signature(path: Path, size: int, num_classes: int = len(CLASSES), with
     outputs = {o.name: o for o in g.output}
     if list(inputs) != [INPUT_NAME]:
         problems.append(f"inputs are {list(inputs)}, expected [{INPUT_NAME!r}]")
-    elif inputs[INPUT_NAME].type.tensor_type.elem_type != fp32 or _dims(inputs[INPUT_NAME])[1:] != [3, size, size]:
-        problems.append(f"{INPUT_NAME} is {_dims(inputs[INPUT_NAME])}, expected [batch, 3, {size}, {size}] FP32")
+    elif inputs[INPUT_NAME].type.tensor_type.elem_type != fp32 or _dims(inputs[INPUT_NAME])[1:] != [3, *hw(size)]:
+        problems.append(f"{INPUT_NAME} is {_dims(inputs[INPUT_NAME])}, expected [batch, 3, {hw(size)[0]}, "
+                        f"{hw(size)[1]}] FP32")
     expected = {"SCORE": (1, fp32), "CLASS_PROBS": (num_classes, fp32)}
     if with_constants:
         expected.update({"THRESHOLDS": (2, fp32), "MODEL_VERSION": (1, i64)})

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from pipeline.model.augment import augment
 from pipeline.model.base import adapt_norm, init_from_base
 from pipeline.model.data import LabelledImages
-from pipeline.model.net import ServingModel, TabletNet
+from pipeline.model.net import SEG_STRIDE, ServingModel, TabletNet
 from pipeline.model.synthetic import synthesize_batch
 
 TRAIN_THREADS = 2
@@ -56,6 +56,9 @@ class FitConfig:
     # Supervised on unpaired data: this many (good, synthetic anomaly) pairs join every batch,
     # labelled with a training-only extra class that is not served (0 = off).
     aux_pairs: int = 0
+    # The flips/turns augmentation may use: the product's declared invariance
+    # (pipeline.model.geometry; 8 = every flip and quarter turn, 1 = none).
+    views: int = 8
 
 
 @contextlib.contextmanager
@@ -125,7 +128,6 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True, desc: str 
         mininterval=0.5 if sys.stderr.isatty() else 30.0,
         file=sys.stderr,
     )
-    mask_cells = x_all.shape[-1] // 8
     net.train()
     for epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=g) if good_only else _epoch_order(n, train.paired, g)
@@ -138,7 +140,7 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True, desc: str 
             pairs: list[torch.Tensor] = []  # [k, 2] positions (defective, twin) in the batch
             if good_only:
                 pairs.append(_pairs_block(0, len(sel)))
-                xs, ms = _synthetic_pairs(x_all[goods[sel]], g, cfg, mask_cells)
+                xs, ms = _synthetic_pairs(x_all[goods[sel]], g, cfg)
                 parts_x.append(xs)
                 parts_y.append(torch.tensor([1, 0] * len(sel)))
                 parts_m.append(ms)
@@ -148,7 +150,7 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True, desc: str 
                 paired = train.paired and len(sel) % 2 == 0
                 if cfg.augment:
                     xb, mb = augment(xb, g, mb, group=2 if paired else 1, blur_max=cfg.blur_max,
-                                     blur_chance=cfg.blur_chance)
+                                     blur_chance=cfg.blur_chance, views=cfg.views)
                 if paired:
                     whole = (sel[0::2] % 2 == 0) & (sel[1::2] == sel[0::2] + 1)
                     pairs.append(_pairs_block(0, len(sel) // 2)[whole])
@@ -157,7 +159,7 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True, desc: str 
                 parts_m.append(mb)
                 if aux:
                     pick = goods[torch.randint(0, len(goods), (aux,), generator=g)]
-                    xs, ms = _synthetic_pairs(x_all[pick], g, cfg, mask_cells)
+                    xs, ms = _synthetic_pairs(x_all[pick], g, cfg)
                     pairs.append(_pairs_block(len(sel), aux))
                     parts_x.append(xs)
                     parts_y.append(torch.tensor([num_classes - 1, 0] * aux))
@@ -191,15 +193,16 @@ def _pairs_block(offset: int, k: int) -> torch.Tensor:
     return torch.stack([first, first + 1], dim=1)
 
 
-def _synthetic_pairs(good: torch.Tensor, g: torch.Generator, cfg: FitConfig, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(anomaly, good) pairs interleaved [2k, 3, S, S] with masks [2k, cells, cells].
+def _synthetic_pairs(good: torch.Tensor, g: torch.Generator, cfg: FitConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(anomaly, good) pairs interleaved [2k, 3, H, W] with masks [2k, H/8, W/8] (the
+    segmentation head's cells).
 
     The good image is augmented first so the anomaly sits on the transformed unit; both rows of
     a pair then share every nuisance.
     """
     if cfg.augment:
-        good, _ = augment(good, g, blur_max=cfg.blur_max, blur_chance=cfg.blur_chance)
-    anomalous, masks = synthesize_batch(good, g, good.shape[-1] // cells)
+        good, _ = augment(good, g, blur_max=cfg.blur_max, blur_chance=cfg.blur_chance, views=cfg.views)
+    anomalous, masks = synthesize_batch(good, g, SEG_STRIDE)
     x = torch.stack([anomalous, good], dim=1).flatten(0, 1)
     m = torch.stack([masks, torch.zeros_like(masks)], dim=1).flatten(0, 1)
     return x, m
@@ -227,7 +230,7 @@ def _epoch_order(n: int, paired: bool, g: torch.Generator) -> torch.Tensor:
 def predict(
     net: TabletNet, x: np.ndarray, views: int = 8, batch_size: int = 64, num_classes: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """SCORE [N] and CLASS_PROBS [N, C] of the serving model for inputs x [N, 3, S, S]."""
+    """SCORE [N] and CLASS_PROBS [N, C] of the serving model for inputs x [N, 3, H, W]."""
     model = ServingModel(net, views, num_classes).eval()
     scores, probs = [], []
     for i in range(0, len(x), batch_size):

@@ -61,11 +61,11 @@ def evaluate_folder(onnx_path: Path, data: Path, product: str) -> dict[str, obje
     """
     from pipeline.datasets.folder import load_dataset
     from pipeline.model.data import load_images, supervised_classes
-    from pipeline.model.export import onnx_outputs
+    from pipeline.model.export import input_geometry, onnx_outputs
 
     ds = load_dataset(data, product)
     images = [(ds.relative(r), r.image.read_bytes(), r.defect) for r in ds.rows]
-    s = load_images(images, classes=supervised_classes([r.defect for r in ds.rows]))
+    s = load_images(images, input_geometry(Path(onnx_path)), classes=supervised_classes([r.defect for r in ds.rows]))
     out = onnx_outputs(Path(onnx_path), s.x)
     scores = out["SCORE"][:, 0]
     review, reject = (float(v) for v in out["THRESHOLDS"][0])

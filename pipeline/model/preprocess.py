@@ -16,15 +16,26 @@ from PIL import Image
 
 from pipeline.wire.codec import check_frame_size
 
-# The simulated camera delivers 160 x 160 frames: the model sees them at full resolution.
+# The simulated camera delivers 160 x 160 frames: the model sees them at full resolution. A
+# product whose frames have another shape gets its own input geometry (pipeline.model.geometry).
 MODEL_INPUT_SIZE = 160
+# An input geometry: an int S for S x S, or (height, width).
+Size = int | tuple[int, int]
 # Fixed normalisation (not dataset statistics): maps 0..255 to [-2, 2].
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.25
 
 
-def prepare_image(data: bytes | bytearray | memoryview, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
-    """Decode PNG/JPEG bytes into the model input: float32 [3, size, size], normalised.
+def hw(size: Size) -> tuple[int, int]:
+    """(height, width) of an input geometry given as S or (height, width)."""
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h < 8 or w < 8:
+        raise ValueError(f"input geometry must be at least 8 x 8, got {h} x {w}")
+    return h, w
+
+
+def prepare_image(data: bytes | bytearray | memoryview, size: Size = MODEL_INPUT_SIZE) -> np.ndarray:
+    """Decode PNG/JPEG bytes into the model input: float32 [3, H, W] (`size`), normalised.
 
     Raises ValueError with the reason when the bytes are empty, not an image, of an implausible
     size (`check_frame_size`, before decoding), truncated or corrupt, so a caller can fail that
@@ -48,16 +59,17 @@ def prepare_image(data: bytes | bytearray | memoryview, size: int = MODEL_INPUT_
     return prepare_pil(img, size)
 
 
-def prepare_pil(img: Image.Image, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
-    """Model input from a decoded image: RGB, resized to size x size, float32 CHW normalised.
+def prepare_pil(img: Image.Image, size: Size = MODEL_INPUT_SIZE) -> np.ndarray:
+    """Model input from a decoded image: RGB, resized to the input geometry (H, W), float32 CHW
+    normalised.
 
-    Non-square images are scaled to a square (the whole unit stays in view).
+    The whole frame is scaled to the geometry (the whole unit stays in view); a product's
+    geometry keeps its frames' aspect (pipeline.model.geometry), so this only changes scale.
     """
-    if size < 8:
-        raise ValueError(f"size must be >= 8, got {size}")
+    h, w = hw(size)
     rgb = img.convert("RGB")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    if rgb.size != (w, h):
+        rgb = rgb.resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(rgb, dtype=np.float32)
     arr = (arr * (1.0 / 255.0) - PIXEL_MEAN) * (1.0 / PIXEL_STD)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

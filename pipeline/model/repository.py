@@ -27,6 +27,8 @@ DEPLOYMENTS_FILE = "deployments.jsonl"
 ONNX_PLATFORM = "onnxruntime_onnx"
 CLASSES_PARAM = "classes"
 PRODUCT_PARAM = "product"
+# The product's declared invariance (pipeline.model.geometry), recorded at its first training.
+INVARIANCE_PARAM = "invariance"
 
 
 class RepositoryError(ValueError):

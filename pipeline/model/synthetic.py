@@ -11,7 +11,7 @@ learns "deviates from good", not one camera's rendering of four named defects.
 - `shade`: a local smooth darkening or brightening;
 - `bite`: a piece of the unit's outline replaced by the background (an edge bite).
 
-All work on normalised model inputs (torch tensors [3, S, S]) with a `torch.Generator`, and
+All work on normalised model inputs (torch tensors [3, H, W]) with a `torch.Generator`, and
 return the changed image and its mask (1 where the image was changed) so the model's
 segmentation head gets dense supervision. Anomalies are placed on the unit: the foreground is
 whatever differs from the frame border's median colour.
@@ -43,14 +43,14 @@ def background(x: torch.Tensor) -> torch.Tensor:
 
 
 def foreground(x: torch.Tensor) -> torch.Tensor:
-    """Bool [S, S]: pixels that differ clearly from the border colour (the unit)."""
+    """Bool [H, W]: pixels that differ clearly from the border colour (the unit)."""
     smooth = F.avg_pool2d(x[None], 5, 1, 2, count_include_pad=False)[0]
     d = (smooth - background(x)).abs().sum(0)
     fg = d > max(0.6, 0.5 * float(torch.quantile(d.flatten(), 0.99)))
     if int(fg.sum()) < 16:  # flat frame: anywhere but the border
         fg = torch.zeros_like(fg)
-        s = x.shape[-1]
-        fg[s // 4 : 3 * s // 4, s // 4 : 3 * s // 4] = True
+        h, w = x.shape[-2:]
+        fg[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = True
     return fg
 
 
@@ -66,14 +66,15 @@ def _center(fg: torch.Tensor, g: torch.Generator, inner: bool = True) -> tuple[i
     return int(idx[k, 0]), int(idx[k, 1])
 
 
-def _grid(s: int) -> tuple[torch.Tensor, torch.Tensor]:
-    r = torch.arange(s, dtype=torch.float32)
-    return r[:, None].expand(s, s), r[None, :].expand(s, s)
+def _grid(hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    h, w = hw
+    return (torch.arange(h, dtype=torch.float32)[:, None].expand(h, w),
+            torch.arange(w, dtype=torch.float32)[None, :].expand(h, w))
 
 
-def _blob_mask(s: int, cy: int, cx: int, radius: float, g: torch.Generator) -> torch.Tensor:
-    """Soft irregular blob [S, S] in [0, 1] around (cy, cx)."""
-    yy, xx = _grid(s)
+def _blob_mask(hw: tuple[int, int], cy: int, cx: int, radius: float, g: torch.Generator) -> torch.Tensor:
+    """Soft irregular blob [H, W] in [0, 1] around (cy, cx)."""
+    yy, xx = _grid(hw)
     ang = torch.atan2(yy - cy, xx - cx)
     r = torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
     wobble = torch.zeros_like(ang)
@@ -83,8 +84,8 @@ def _blob_mask(s: int, cy: int, cx: int, radius: float, g: torch.Generator) -> t
     return torch.clamp((edge - r) / 1.5 + 0.5, 0.0, 1.0)
 
 
-def _stroke_mask(s: int, cy: int, cx: int, g: torch.Generator) -> torch.Tensor:
-    yy, xx = _grid(s)
+def _stroke_mask(hw: tuple[int, int], cy: int, cx: int, g: torch.Generator) -> torch.Tensor:
+    yy, xx = _grid(hw)
     n = _randint(g, 2, 5)
     length = _rand(g, 8.0, 30.0)
     ang = _rand(g, 0.0, 2 * math.pi)
@@ -93,7 +94,7 @@ def _stroke_mask(s: int, cy: int, cx: int, g: torch.Generator) -> torch.Tensor:
         ang += _rand(g, -0.8, 0.8)
         step = length / n
         pts.append((pts[-1][0] + step * math.sin(ang), pts[-1][1] + step * math.cos(ang)))
-    dist = torch.full((s, s), 1e9)
+    dist = torch.full(hw, 1e9)
     for (y0, x0), (y1, x1) in zip(pts[:-1], pts[1:], strict=True):
         dy, dx = y1 - y0, x1 - x0
         t = (((yy - y0) * dy + (xx - x0) * dx) / max(dy * dy + dx * dx, 1e-6)).clamp(0, 1)
@@ -104,14 +105,16 @@ def _stroke_mask(s: int, cy: int, cx: int, g: torch.Generator) -> torch.Tensor:
 
 
 def synthesize(x: torch.Tensor, g: torch.Generator, kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One anomalous copy of a good image x [3, S, S] and its soft mask [S, S]."""
-    s = x.shape[-1]
+    """One anomalous copy of a good image x [3, H, W] and its soft mask [H, W]."""
+    hw = (int(x.shape[-2]), int(x.shape[-1]))
+    h, w = hw
     kind = kind or KINDS[int(torch.randint(0, len(KINDS), (1,), generator=g))]
     fg = foreground(x)
-    scale = s / 160.0
+    scale = math.sqrt(h * w) / 160.0
     if kind == "patch":
         ph, pw = _randint(g, int(6 * scale) + 2, int(20 * scale) + 2), _randint(g, int(6 * scale) + 2, int(20 * scale) + 2)
-        sy, sx = _randint(g, 0, s - ph), _randint(g, 0, s - pw)
+        ph, pw = min(ph, min(h, w) // 2), min(pw, min(h, w) // 2)
+        sy, sx = _randint(g, 0, h - ph), _randint(g, 0, w - pw)
         patch = x[:, sy : sy + ph, sx : sx + pw]
         patch = torch.rot90(patch, _randint(g, 0, 3), dims=(1, 2))
         if _rand(g) < 0.5:
@@ -119,8 +122,8 @@ def synthesize(x: torch.Tensor, g: torch.Generator, kind: str | None = None) -> 
         patch = patch * _rand(g, 0.7, 1.3) + torch.empty(3, 1, 1).uniform_(-0.4, 0.4, generator=g)
         ph, pw = patch.shape[1:]
         cy, cx = _center(fg, g)
-        y0, x0 = min(max(cy - ph // 2, 0), s - ph), min(max(cx - pw // 2, 0), s - pw)
-        m = torch.zeros(s, s)
+        y0, x0 = min(max(cy - ph // 2, 0), h - ph), min(max(cx - pw // 2, 0), w - pw)
+        m = torch.zeros(h, w)
         m[y0 : y0 + ph, x0 : x0 + pw] = 1.0
         canvas = x.clone()
         canvas[:, y0 : y0 + ph, x0 : x0 + pw] = patch
@@ -128,18 +131,18 @@ def synthesize(x: torch.Tensor, g: torch.Generator, kind: str | None = None) -> 
         out = x + alpha * (canvas - x)
     elif kind == "blob":
         cy, cx = _center(fg, g)
-        m = _blob_mask(s, cy, cx, _rand(g, 1.5, 7.0) * scale, g)
+        m = _blob_mask(hw, cy, cx, _rand(g, 1.5, 7.0) * scale, g)
         colour = torch.empty(3, 1, 1).uniform_(-2.0, 2.0, generator=g)
         alpha = m * _rand(g, 0.35, 1.0)
         out = x + alpha * (colour - x)
     elif kind == "stroke":
         cy, cx = _center(fg, g)
-        m = _stroke_mask(s, cy, cx, g)
+        m = _stroke_mask(hw, cy, cx, g)
         delta = _rand(g, 0.4, 1.5) * (1.0 if _rand(g) < 0.3 else -1.0)
         out = x + m * delta
     elif kind == "shade":
         cy, cx = _center(fg, g)
-        yy, xx = _grid(s)
+        yy, xx = _grid(hw)
         sigma = _rand(g, 2.5, 8.0) * scale
         bump = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma * sigma))
         tint = 1.0 + torch.empty(3, 1, 1).uniform_(-0.15, 0.15, generator=g)
@@ -154,7 +157,7 @@ def synthesize(x: torch.Tensor, g: torch.Generator, kind: str | None = None) -> 
             return synthesize(x, g, "blob")
         k = int(torch.randint(0, len(idx), (1,), generator=g))
         cy, cx = int(idx[k, 0]), int(idx[k, 1])
-        m = _blob_mask(s, cy, cx, _rand(g, 2.5, 8.0) * scale, g) * fg.float()
+        m = _blob_mask(hw, cy, cx, _rand(g, 2.5, 8.0) * scale, g) * fg.float()
         fill = background(x) + 0.05 * torch.randn(x.shape, generator=g)
         out = x + m * (fill - x)
     else:
@@ -163,7 +166,7 @@ def synthesize(x: torch.Tensor, g: torch.Generator, kind: str | None = None) -> 
 
 
 def synthesize_batch(x: torch.Tensor, g: torch.Generator, mask_stride: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anomalous copies of a batch of good images [N, 3, S, S] and their coarse masks [N, S/k, S/k]."""
+    """Anomalous copies of a batch of good images [N, 3, H, W] and their coarse masks [N, H/k, W/k]."""
     outs, masks = [], []
     for i in range(x.shape[0]):
         o, m = synthesize(x[i], g)

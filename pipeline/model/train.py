@@ -53,10 +53,26 @@ from pipeline.model.evaluate_offline import (
 )
 from pipeline.model.export import OPSET, ParityReport, check_parity, export_onnx, onnx_outputs
 from pipeline.model.fit import TRAIN_THREADS, FitConfig, deterministic_torch, fit, predict, steps_per_epoch
+from pipeline.model.geometry import (
+    UNDECLARED,
+    InputGeometry,
+    Invariance,
+    choose_geometry,
+    fixed_geometry,
+)
+from pipeline.model.geometry import (
+    invariance as invariance_named,
+)
 from pipeline.model.net import DEFAULT_WIDTHS, TabletNet
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, PIXEL_MEAN, PIXEL_STD
 from pipeline.model.release import EXIT_NOT_DEPLOYABLE, AcceptanceCriteria, GateResult, default_acceptance, judge
-from pipeline.model.training_sets import DATASET_VAL_FRACTION, count_defects, dataset_sets, simulated_sets
+from pipeline.model.training_sets import (
+    DATASET_VAL_FRACTION,
+    count_defects,
+    dataset_frame_sizes,
+    dataset_sets,
+    simulated_sets,
+)
 from pipeline.settings import PROJECT_ROOT
 
 MODES = ("supervised", "good-only")
@@ -84,8 +100,8 @@ MIN_EXCEEDANCES = 3
 CALIBRATION_VARIANTS = 6
 CALIBRATION_LIGHT_GAIN = (0.75, 1.25)
 CALIBRATION_BLUR_MAX = 1.5
-# Flips/quarter turns averaged inside the served graph (see ServingModel).
-SERVING_VIEWS = 8
+# Rendered training (`make model`): the simulator renders its units at any angle.
+SIMULATOR_INVARIANCE = "any-orientation"
 # Validation images on which torch and onnxruntime must agree (torch with 8 views is slow on CPU).
 PARITY_IMAGES = 128
 # Supervised training on unpaired data adds this many (good, synthetic anomaly) pairs per batch.
@@ -175,27 +191,61 @@ def _log(progress: bool, msg: str) -> None:
 # ----------------------------------------------------------------------------- data
 
 
+# ----------------------------------------------------------------------------- declaration
+
+
+def _invariance(name: str | None, source: str | None, config: Any, target: triton_repo.Target,
+                data: Path | None) -> tuple[Invariance, str]:
+    """The product's invariance and who declared it (never assumed for a dataset folder)."""
+    if name:
+        return invariance_named(name), source or "given to train_model"
+    recorded = None if target.new_product else layout.parameter(config, layout.INVARIANCE_PARAM)
+    if recorded:
+        return invariance_named(recorded), (f"recorded in {target.models.classifier}'s config "
+                                            f"(parameter {layout.INVARIANCE_PARAM}) by an earlier training")
+    if data is None:
+        return invariance_named(SIMULATOR_INVARIANCE), "the simulator renders its units at any angle"
+    return invariance_named(UNDECLARED), ("nothing declared (no recipe [model] invariance, no --invariance): "
+                                          "no flip or turn assumed")
+
+
+def _geometry(target: triton_repo.Target, config: Any, data: Path | None, product: str,
+              smallest_defect_px: float | None) -> InputGeometry:
+    """The input geometry: an existing classifier's own; a new product's from its frames."""
+    if data is None:
+        return fixed_geometry(MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE),
+                              f"rendered frames are {MODEL_INPUT_SIZE}x{MODEL_INPUT_SIZE}")
+    sizes = dataset_frame_sizes(Path(data), product)
+    if target.new_product:
+        return choose_geometry(sizes, smallest_defect_px)
+    h, w = triton_repo.input_hw(config)
+    chosen = choose_geometry(sizes, smallest_defect_px)
+    return fixed_geometry(h, w, chosen.frame, f"fixed by {target.models.classifier}'s config since its first "
+                                              f"version (for these frames alone: {chosen.height}x{chosen.width})")
+
+
 # ----------------------------------------------------------------------------- scoring
 
 
-def _scores(net: TabletNet, x: np.ndarray, num_classes: int, work: Path, name: str) -> dict[str, np.ndarray]:
-    """onnxruntime outputs of the scoring graph (no constants) of `net` on x."""
+def _scores(net: TabletNet, x: np.ndarray, num_classes: int, work: Path, name: str, views: int) -> dict[str, np.ndarray]:
+    """onnxruntime outputs of the scoring graph (no constants, `views` test-time views) of `net` on x."""
     path = work / f"{name}.onnx"
-    export_onnx(net, path, MODEL_INPUT_SIZE, SERVING_VIEWS, num_classes=num_classes)
+    export_onnx(net, path, (int(x.shape[2]), int(x.shape[3])), views, num_classes=num_classes)
     try:
         return onnx_outputs(path, x)
     finally:
         path.unlink(missing_ok=True)
 
 
-def nuisance_variants(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k seeded copies of each image of x under another session's nuisances ([k * N, 3, S, S])."""
+def nuisance_variants(x: np.ndarray, k: int, seed: int, views: int = 8) -> np.ndarray:
+    """k seeded copies of each image of x under another session's nuisances ([k * N, 3, H, W]),
+    turned only as the product's invariance allows (`views`)."""
     if k <= 0 or len(x) == 0:
         return np.empty((0, *x.shape[1:]), dtype=np.float32)
     g = torch.Generator().manual_seed(int(seed) * 7919 + 0xCA1)
     xt = torch.from_numpy(np.ascontiguousarray(x))
-    return np.concatenate([augment(xt, g, light=CALIBRATION_LIGHT_GAIN, blur_max=CALIBRATION_BLUR_MAX)[0].numpy()
-                           for _ in range(k)])
+    return np.concatenate([augment(xt, g, light=CALIBRATION_LIGHT_GAIN, blur_max=CALIBRATION_BLUR_MAX,
+                                   views=views)[0].numpy() for _ in range(k)])
 
 
 def _folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
@@ -287,6 +337,9 @@ def train_model(
     base: str | Path | None = "auto",
     acceptance: AcceptanceCriteria | None = None,
     acceptance_source: str | None = None,
+    invariance: str | None = None,
+    invariance_source: str | None = None,
+    smallest_defect_px: float | None = None,
 ) -> TrainResult:
     """Train, calibrate, export, parity-check and release the next version of `product`'s classifier.
 
@@ -304,6 +357,13 @@ def train_model(
     from, e.g. the product's recipe); None: the mode's defaults (`DEFAULT_ACCEPTANCE`). The
     version is written either way; it becomes live only if it passed the gate and the product has
     no live version (its first version, or after versions that all failed their gate).
+
+    `invariance` (pipeline.model.geometry; `invariance_source` says who declared it): the flips
+    and turns the product's units may land in; it sets augmentation, calibration variants and the
+    served views. None: what the product's classifier config recorded at an earlier training,
+    else the simulator's for rendered training, else none assumed ("fixed").
+    `smallest_defect_px`: the smallest defect to keep visible, in frame pixels; with the frames'
+    shape it sets a new product's input geometry (an existing classifier keeps its own).
     """
     started = time.perf_counter()
     repo = Path(repo)
@@ -321,12 +381,9 @@ def train_model(
     if train_count < 2:
         raise ValueError(f"train_count must be >= 2, got {train_count}")
     target, config = triton_repo.plan(repo, product, mapping)
-    size = triton_repo.input_size(config)
-    if size != MODEL_INPUT_SIZE:
-        raise ValueError(
-            f"{layout.config_path(repo, config.name)} declares INPUT {size}x{size}, but the "
-            f"preprocessing makes {MODEL_INPUT_SIZE}x{MODEL_INPUT_SIZE}"
-        )
+    inv, invariance_source = _invariance(invariance, invariance_source, config, target, data)
+    geometry = _geometry(target, config, data, product, smallest_defect_px)
+    geometry.check(inv)
 
     base_model: BaseModel | None = None
     if base is not None and not (data is None and str(base) == "auto"):
@@ -336,10 +393,10 @@ def train_model(
     timings: dict[str, float] = {}
     _log(progress, f"{product}: preparing images ({'dataset ' + str(data) if data else 'simulator'}, {mode})")
     if data is None:
-        train, val, data_info = simulated_sets(product, mode, train_count, seed)
+        train, val, data_info = simulated_sets(product, mode, train_count, seed, geometry.height)
         n_folds = 0 if folds is None else folds
     else:
-        train, val, data_info = dataset_sets(Path(data), product, mode, seed, val_fraction)
+        train, val, data_info = dataset_sets(Path(data), product, mode, seed, val_fraction, geometry.hw)
         n_folds = DEFAULT_FOLDS if folds is None else folds
     if n_folds == 1 or n_folds < 0:
         raise ValueError(f"folds must be 0 (off) or >= 2, got {n_folds}")
@@ -349,7 +406,7 @@ def train_model(
     data_info["validation"]["classes"] = count_defects(val)
     _log(progress, f"train {data_info['train']['classes']}, validation {data_info['validation']['classes']}")
 
-    cfg = FitConfig(epochs=1, seed=seed, mode=mode,
+    cfg = FitConfig(epochs=1, seed=seed, mode=mode, views=inv.views,
                     aux_pairs=AUX_PAIRS if (mode == "supervised" and not train.paired) else 0)
     if epochs is None:
         epochs = DEFAULT_EPOCHS if data is None else int(np.clip(round(DATASET_STEPS / steps_per_epoch(train, cfg)),
@@ -361,6 +418,9 @@ def train_model(
         _log(progress, f"starting from base model {base_model.name} version {base_model.version} "
                        f"({base_model.onnx_path}, sha256 {base_model.sha256[:12]})")
     n_classes = len(classes)
+    views = inv.views
+    _log(progress, f"invariance {inv.name!r} ({invariance_source}): {views} view(s), {inv.transforms}; input "
+                   f"{geometry.height}x{geometry.width} ({geometry.reason})")
 
     with triton_repo.staging(repo) as stage, deterministic_torch():
         t = time.perf_counter()
@@ -372,15 +432,16 @@ def train_model(
         # good training images (fold models trained without them).
         t = time.perf_counter()
         n_variants = CALIBRATION_VARIANTS if data is not None else 0
-        variants = nuisance_variants(val.x[val.y == 0], n_variants, seed)
-        scored = _scores(net, np.concatenate([val.x, variants]), n_classes, stage, "scoring")
+        variants = nuisance_variants(val.x[val.y == 0], n_variants, seed, views)
+        scored = _scores(net, np.concatenate([val.x, variants]), n_classes, stage, "scoring", views)
         val_out = {k: v[: len(val)] for k, v in scored.items()}
         calib = [val_out["SCORE"][val.y == 0, 0]]
         pool_parts = [f"{calib[0].size} validation (final model)"]
         if n_variants:
             calib.append(scored["SCORE"][len(val):, 0])
             pool_parts.append(f"{calib[-1].size} nuisance variants of them ({n_variants} each: light x"
-                              f"{CALIBRATION_LIGHT_GAIN[0]}-{CALIBRATION_LIGHT_GAIN[1]}, blur, shift, flips/turns)")
+                              f"{CALIBRATION_LIGHT_GAIN[0]}-{CALIBRATION_LIGHT_GAIN[1]}, blur, shift, "
+                              f"{inv.transforms} ({inv.name}))")
         del scored, variants
         oof_info: dict[str, Any] = {"folds": n_folds}
         if n_folds:
@@ -390,7 +451,7 @@ def train_model(
                 fold_cfg = replace(cfg, seed=seed * 1000 + k + 1)
                 fold_net = fit(train.subset(rest), fold_cfg, progress=progress, desc=f"fold {k + 1}/{n_folds}",
                                base=None if base_model is None else base_model.onnx_path)
-                oof_scores[held] = _scores(fold_net, train.x[held], n_classes, stage, f"fold{k}")["SCORE"][:, 0]
+                oof_scores[held] = _scores(fold_net, train.x[held], n_classes, stage, f"fold{k}", views)["SCORE"][:, 0]
             good_oof = oof_scores[train.y == 0]
             calib.append(good_oof)
             pool_parts.append(f"{good_oof.size} out-of-fold training ({n_folds}-fold models)")
@@ -427,10 +488,10 @@ def train_model(
         # The released artifact: the same graph with THRESHOLDS and MODEL_VERSION constants.
         t = time.perf_counter()
         onnx_path = stage / layout.ONNX_FILE
-        export_onnx(net, onnx_path, MODEL_INPUT_SIZE, SERVING_VIEWS, num_classes=n_classes,
+        export_onnx(net, onnx_path, geometry.hw, views, num_classes=n_classes,
                     thresholds=thresholds, version=target.version)
         n_parity = min(len(val), PARITY_IMAGES)
-        torch_scores, torch_probs = predict(net, val.x[:n_parity], SERVING_VIEWS, num_classes=n_classes)
+        torch_scores, torch_probs = predict(net, val.x[:n_parity], views, num_classes=n_classes)
         parity_kwargs = {} if parity_tolerance is None else {"tolerance": parity_tolerance}
         parity = check_parity(onnx_path, val.x[:n_parity], torch_scores, torch_probs,
                               thresholds=thresholds, version=target.version, **parity_kwargs)
@@ -447,7 +508,7 @@ def train_model(
         _log(progress, "\n".join(gate.lines()))
         timings["wall_time_s"] = time.perf_counter() - started
         card = _model_card(target, mode, classes, thresholds, calibration, metrics, parity, data_info, cfg,
-                           timings, onnx_path, n_folds, base_model)
+                           timings, onnx_path, n_folds, base_model, inv, invariance_source, geometry)
         card["deployable"] = gate.deployable
         card["release_gate"] = gate.as_dict()
         card["score_reference"] = score_reference(final_out["SCORE"][:, 0], val.is_defect)
@@ -463,7 +524,8 @@ def train_model(
             # The product keeps no live version (the policy may still name this version number:
             # the committed config before `make model`).
             layout.clear_live_version(config)
-        version_dir = triton_repo.install(replace(target, make_live=make_live), config, stage, list(classes))
+        version_dir = triton_repo.install(replace(target, make_live=make_live), config, stage, list(classes),
+                                          geometry.hw, inv.name)
     wall = time.perf_counter() - started
     result = TrainResult(
         model=target.models.classifier,
@@ -515,8 +577,12 @@ def _model_card(
     timings: dict[str, float],
     onnx_file: Path,
     n_folds: int,
-    base_model: BaseModel | None = None,
+    base_model: BaseModel | None,
+    inv: Invariance,
+    invariance_source: str,
+    geometry: InputGeometry,
 ) -> dict[str, Any]:
+    views = inv.views
     return {
         "product": target.models.product,
         "model": target.models.classifier,
@@ -534,7 +600,10 @@ def _model_card(
             "THRESHOLDS": "[review, reject] constants of this version",
             "MODEL_VERSION": f"{target.version} (constant)",
         },
-        "test_time_views": SERVING_VIEWS,
+        "test_time_views": views,
+        "invariance": {"name": inv.name, "declared_by": invariance_source, "views": inv.views,
+                       "transforms": inv.transforms},
+        "input_geometry": geometry.as_dict(),
         "dataset": data_info,
         "validation": metrics,
         "parity": {**parity.as_dict(),
@@ -549,10 +618,10 @@ def _model_card(
                 f"re-expressed with this data's statistics, new head for {list(classes)}), then fine-tuned"
             ),
             "base_model": None if base_model is None else base_model.describe(),
-            "input": {"size": MODEL_INPUT_SIZE, "layout": "NCHW RGB float32",
+            "input": {"height": geometry.height, "width": geometry.width, "layout": "NCHW RGB float32",
                       "normalisation": f"(pixel/255 - {PIXEL_MEAN}) / {PIXEL_STD}"},
-            "augmentation": "flips, quarter turns, whole-pixel shifts <= 4 px, contrast, brightness, colour gain, "
-                            "blur, noise",
+            "augmentation": f"{inv.transforms} (invariance {inv.name}), whole-pixel shifts <= 4 px, contrast, "
+                            "brightness, colour gain, blur, noise",
             "synthetic_anomalies": (
                 "good-only: every batch pairs good images with synthetic anomalies made from them "
                 "(pasted patches, foreign-colour blobs, strokes, local shading, edge bites)"

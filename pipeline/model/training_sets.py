@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from pipeline.datasets.folder import DatasetError, dataset_hash, load_dataset
 from pipeline.imaging.products import ASSORTED_TABLETS, get_spec
@@ -26,7 +27,7 @@ from pipeline.model.data import (
     stratified_split,
     supervised_classes,
 )
-from pipeline.model.preprocess import MODEL_INPUT_SIZE
+from pipeline.model.preprocess import MODEL_INPUT_SIZE, Size
 
 MIN_GOOD_ONLY_IMAGES = 8
 TRAIN_SUBTLE_FRACTION = 0.5
@@ -39,25 +40,26 @@ ASSORTED_RATIO = 2.0
 TRAIN_STREAM, VAL_STREAM, ASSORTED_STREAM = 0, 1, 3
 
 
-def simulated_sets(product: str, mode: str, train_count: int, seed: int,
+def simulated_sets(product: str, mode: str, train_count: int, seed: int, size: int = MODEL_INPUT_SIZE,
                    assorted_ratio: float = ASSORTED_RATIO) -> tuple[LabelledImages, LabelledImages, dict[str, Any]]:
-    """Rendered training and validation sets of `product` and how they were made (model card)."""
+    """Rendered training and validation sets of `product` at `size` x `size` and how they were
+    made (model card)."""
     get_spec(product)  # ValueError naming the products the simulator knows
     val_count = max(30, train_count)
     assorted_count = 0
     if mode == "supervised":
         train = render_set(product, train_count, defect_rate=0.5, subtle_fraction=TRAIN_SUBTLE_FRACTION,
-                           seed=seed, stream=TRAIN_STREAM, paired=True)
+                           seed=seed, stream=TRAIN_STREAM, paired=True, size=size)
         assorted_count = 2 * int(round(assorted_ratio * train_count / 2))
         if assorted_count:
             train = concat_sets(train, render_set(
                 ASSORTED_TABLETS, assorted_count, defect_rate=0.5, subtle_fraction=TRAIN_SUBTLE_FRACTION,
-                seed=seed, stream=ASSORTED_STREAM, paired=True))
+                seed=seed, stream=ASSORTED_STREAM, paired=True, size=size))
     else:
         train = as_good_only(render_set(product, train_count, defect_rate=0.0, subtle_fraction=0.0,
-                                        seed=seed, stream=TRAIN_STREAM))
+                                        seed=seed, stream=TRAIN_STREAM, size=size))
     val = render_set(product, val_count, defect_rate=VAL_DEFECT_RATE,
-                     subtle_fraction=VAL_SUBTLE_FRACTION, seed=seed, stream=VAL_STREAM)
+                     subtle_fraction=VAL_SUBTLE_FRACTION, seed=seed, stream=VAL_STREAM, size=size)
     if mode == "good-only":
         val = as_good_only(val)
     info = {
@@ -79,10 +81,25 @@ def as_good_only(s: LabelledImages) -> LabelledImages:
     return replace(s, y=(s.y != 0).astype(np.int64), classes=GOOD_ONLY_CLASSES, truth=s.defect_names)
 
 
-def dataset_sets(data: Path, product: str, mode: str, seed: int, val_fraction: float = DATASET_VAL_FRACTION
-                 ) -> tuple[LabelledImages, LabelledImages, dict[str, Any]]:
-    """The product's rows of a dataset folder split per class (seeded) into training and
-    validation; DatasetError lists every bad row or why the rows cannot train `mode`."""
+def dataset_frame_sizes(data: Path, product: str) -> list[tuple[int, int]]:
+    """(width, height) of each of the product's frames in a dataset folder, from the image headers
+    (what the input geometry is chosen from); DatasetError lists every bad row."""
+    ds = load_dataset(data, product)
+    sizes: list[tuple[int, int]] = []
+    for r in ds.rows:
+        try:
+            with Image.open(r.image) as img:
+                sizes.append(img.size)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # undecodable: refused with its reason when the images are loaded
+    return sizes
+
+
+def dataset_sets(data: Path, product: str, mode: str, seed: int, val_fraction: float = DATASET_VAL_FRACTION,
+                 size: Size = MODEL_INPUT_SIZE) -> tuple[LabelledImages, LabelledImages, dict[str, Any]]:
+    """The product's rows of a dataset folder at input geometry `size`, split per class (seeded)
+    into training and validation; DatasetError lists every bad row or why the rows cannot train
+    `mode`."""
     ds = load_dataset(data, product)  # DatasetError lists every bad row
     defects = [r.defect for r in ds.rows]
     n_good = sum(1 for d in defects if d == "none")
@@ -103,7 +120,7 @@ def dataset_sets(data: Path, product: str, mode: str, seed: int, val_fraction: f
                                           f"good images of product {product!r}, found {n_good}")])
     images = [(ds.relative(r), r.image.read_bytes(), r.defect) for r in ds.rows]
     load_classes = supervised_classes(defects) if mode == "good-only" else classes
-    everything = load_images(images, MODEL_INPUT_SIZE, source=f"dataset {ds.root}", classes=load_classes)
+    everything = load_images(images, size, source=f"dataset {ds.root}", classes=load_classes)
     if mode == "supervised":
         train_idx, val_idx = stratified_split(everything.y, val_fraction, seed)
         train, val = everything.subset(train_idx), everything.subset(val_idx)

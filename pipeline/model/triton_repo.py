@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -26,6 +27,7 @@ from pipeline.model import repository as layout
 
 TEMPLATE_ENSEMBLE = "tablet_inspector"
 TEMPLATE_CLASSIFIER = "tablet_classifier"
+TEMPLATE_PREPROCESS = "tablet_preprocess"
 INPUT_NAME = "INPUT"
 
 
@@ -64,15 +66,22 @@ def code_version() -> str:
         return "unknown"
 
 
-def input_size(config: mc.ModelConfig) -> int:
-    """S of the INPUT dims [3, S, S] a classifier config declares."""
+def input_hw(config: mc.ModelConfig) -> tuple[int, int]:
+    """(H, W) of the INPUT dims [3, H, W] a classifier config declares: its input geometry."""
     for tensor in config.input:
         if tensor.name == INPUT_NAME:
             dims = list(tensor.dims)
-            if len(dims) != 3 or dims[0] != 3 or dims[1] != dims[2]:
-                raise layout.RepositoryError(f"model {config.name!r}: INPUT dims must be [3, S, S], got {dims}")
-            return int(dims[1])
+            if len(dims) != 3 or dims[0] != 3 or min(dims[1:]) < 8:
+                raise layout.RepositoryError(f"model {config.name!r}: INPUT dims must be [3, H, W], got {dims}")
+            return int(dims[1]), int(dims[2])
     raise layout.RepositoryError(f"model {config.name!r} declares no INPUT")
+
+
+def _set_dims(tensors: Any, name: str, hw: tuple[int, int]) -> None:
+    for tensor in tensors:
+        if tensor.name == name:
+            del tensor.dims[:]
+            tensor.dims.extend([3, *hw])
 
 
 def plan(repo: Path, product: str, mapping: dict[str, str] | None = None) -> tuple[Target, mc.ModelConfig]:
@@ -118,13 +127,19 @@ def _header(text: str) -> str:
     return "".join(f"# {line}\n" if line else "#\n" for line in text.splitlines())
 
 
-def _classifier_config(template: mc.ModelConfig, target: Target, classes: list[str]) -> mc.ModelConfig:
+def _classifier_config(template: mc.ModelConfig, target: Target, classes: list[str], hw: tuple[int, int],
+                       invariance: str | None) -> mc.ModelConfig:
     config = mc.ModelConfig()
     config.CopyFrom(template)
     config.name = target.models.classifier
     if layout.CLASSES_PARAM in config.parameters:
         del config.parameters[layout.CLASSES_PARAM]
     layout.set_parameter(config, layout.PRODUCT_PARAM, target.models.product)
+    _set_dims(config.input, INPUT_NAME, hw)
+    if invariance:
+        layout.set_parameter(config, layout.INVARIANCE_PARAM, invariance)
+    elif layout.INVARIANCE_PARAM in config.parameters:  # the template's product's, not this one's
+        del config.parameters[layout.INVARIANCE_PARAM]
     layout.set_classes(config, target.version, classes)
     if target.make_live:  # a new product's first version goes live only if it passed its release gate
         layout.set_live_version(config, target.version)
@@ -133,12 +148,33 @@ def _classifier_config(template: mc.ModelConfig, target: Target, classes: list[s
     return config
 
 
-def _ensemble_config(repo: Path, target: Target) -> mc.ModelConfig:
+def _output_hw(config: mc.ModelConfig) -> tuple[int, int]:
+    for tensor in config.output:
+        if tensor.name == INPUT_NAME and len(tensor.dims) == 3:
+            return int(tensor.dims[1]), int(tensor.dims[2])
+    raise layout.RepositoryError(f"model {config.name!r} declares no output {INPUT_NAME} [3, H, W]")
+
+
+def preprocess_name(product: str) -> str:
+    """The preprocessing model of a product whose input geometry is not the template's."""
+    return f"{layout.slug(product)}_preprocess"
+
+
+def _preprocess_config(repo: Path, target: Target, hw: tuple[int, int]) -> mc.ModelConfig:
+    config = layout.read_config(repo, TEMPLATE_PREPROCESS)
+    config.name = preprocess_name(target.models.product)
+    _set_dims(config.output, INPUT_NAME, hw)
+    return config
+
+
+def _ensemble_config(repo: Path, target: Target, preprocess: str) -> mc.ModelConfig:
     config = layout.read_config(repo, TEMPLATE_ENSEMBLE)
     config.name = target.models.ensemble
     for step in config.ensemble_scheduling.step:
         if step.model_name == TEMPLATE_CLASSIFIER:
             step.model_name = target.models.classifier
+        elif step.model_name == TEMPLATE_PREPROCESS:
+            step.model_name = preprocess
     if layout.PRODUCT_PARAM in config.parameters:
         layout.set_parameter(config, layout.PRODUCT_PARAM, target.models.product)
     return config
@@ -156,20 +192,30 @@ def _forget_unreleased(repo: Path, config: mc.ModelConfig) -> None:
         layout.set_classes(config, v, current[v])
 
 
-def install(target: Target, config: mc.ModelConfig, staged: Path, classes: list[str]) -> Path:
-    """Move the staged version files into `<classifier>/<V>/` and record the version's classes.
+def install(target: Target, config: mc.ModelConfig, staged: Path, classes: list[str],
+            hw: tuple[int, int] | None = None, invariance: str | None = None) -> Path:
+    """Move the staged version files into `<classifier>/<V>/` and record the version's classes
+    (and the product's declared `invariance`).
 
     `staged` holds model.onnx, the model cards and training_images.sha256; it is renamed (not
-    copied). Returns the version directory.
+    copied). `hw`: the version's input geometry; an existing classifier's must equal its config's;
+    a new product whose geometry is not the template preprocessing's gets its own
+    `<slug>_preprocess` (the template's code, its output dims) in its ensemble. Returns the
+    version directory.
     """
     repo, models = target.repo, target.models
     final = target.version_dir
+    hw = hw or input_hw(config)
     if final.exists():
         raise layout.RepositoryError(f"{final} appeared while training: versions are never overwritten")
     if not target.new_product:
+        if input_hw(config) != hw:
+            raise layout.RepositoryError(f"{models.classifier} takes INPUT {input_hw(config)}, the version is {hw}")
         config = mc.ModelConfig.FromString(config.SerializeToString())
         _forget_unreleased(repo, config)
         layout.set_classes(config, target.version, classes)
+        if invariance:
+            layout.set_parameter(config, layout.INVARIANCE_PARAM, invariance)
         if not layout.parameter(config, layout.PRODUCT_PARAM):
             layout.set_parameter(config, layout.PRODUCT_PARAM, models.product)
         if target.make_live:
@@ -182,16 +228,26 @@ def install(target: Target, config: mc.ModelConfig, staged: Path, classes: list[
             raise
         return final
 
-    # A new product: build both model directories beside the repository's models, then rename.
+    # A new product: build its model directories beside the repository's models, then rename.
+    template_hw = _output_hw(layout.read_config(repo, TEMPLATE_PREPROCESS))
+    own_preprocess = hw != template_hw and not layout.config_path(repo, models.ensemble).is_file()
+    preprocess = preprocess_name(models.product) if own_preprocess else TEMPLATE_PREPROCESS
+    if own_preprocess and (repo / preprocess).exists():
+        raise layout.RepositoryError(f"{repo / preprocess} exists but no ensemble {models.ensemble!r} uses it")
     built: list[Path] = []
     placed: list[Path] = []
     try:
         for name, cfg, note, version_files in (
-            (models.classifier, _classifier_config(config, target, classes),
+            (preprocess, _preprocess_config(repo, target, hw) if own_preprocess else None,
+             f"{preprocess}: decodes product {models.product}'s frames into its classifier's input\n"
+             f"[3, {hw[0]}, {hw[1]}] ({TEMPLATE_PREPROCESS}'s code; see docs/models.md, Input geometry).",
+             repo / TEMPLATE_PREPROCESS / "1"),
+            (models.classifier, _classifier_config(config, target, classes, hw, invariance),
              f"{models.classifier}: classifier of product {models.product}, trained by `linesight train`\n"
              f"(made from {TEMPLATE_CLASSIFIER}; see docs/models.md). version_policy names the live version.",
              staged),
-            (models.ensemble, _ensemble_config(repo, target) if not layout.config_path(repo, models.ensemble).is_file() else None,
+            (models.ensemble, _ensemble_config(repo, target, preprocess)
+             if not layout.config_path(repo, models.ensemble).is_file() else None,
              f"{models.ensemble}: inspection ensemble of product {models.product}\n"
              f"({TEMPLATE_ENSEMBLE}'s steps with {models.classifier}; see docs/models.md).",
              None),
@@ -204,7 +260,9 @@ def install(target: Target, config: mc.ModelConfig, staged: Path, classes: list[
             built.append(tmp)
             (tmp / layout.CONFIG_FILE).write_text(_header(note), encoding="utf-8")
             layout.write_config(repo, tmp_name, cfg)
-            if version_files is not None:
+            if version_files is not None and name == preprocess:
+                shutil.copytree(version_files, tmp / "1", ignore=shutil.ignore_patterns("__pycache__"))
+            elif version_files is not None:
                 os.rename(version_files, tmp / str(target.version))
             else:
                 (tmp / "1").mkdir()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.inspections import kinds
 from pipeline.inspections.base import InspectionParams, validation_problems
+from pipeline.model.geometry import INVARIANCES
 from pipeline.model.release import AcceptanceCriteria, default_acceptance
 
 RECIPE_ID = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -83,6 +84,24 @@ class AcceptanceSpec(AcceptanceLimits):
         return AcceptanceCriteria(**values)
 
 
+class ModelSpec(BaseModel):
+    """`[model]`: what the product's classifier must know about how its units face the camera
+    (pipeline.model.geometry, docs/recipes.md): the flips/turns under which a unit's image stays
+    a plausible image of it, and the smallest defect (in frame pixels) the input must keep."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    invariance: str | None = None
+    smallest_defect_px: float | None = Field(None, gt=0.0, le=10000.0)
+
+    @field_validator("invariance")
+    @classmethod
+    def _known_invariance(cls, v: str | None) -> str | None:
+        if v is not None and v not in INVARIANCES:
+            raise ValueError(f"unknown invariance {v!r}; known: {', '.join(INVARIANCES)}")
+        return v
+
+
 class RecipeDoc(BaseModel):
     """The file as written (before the per-kind parameter check)."""
 
@@ -94,6 +113,7 @@ class RecipeDoc(BaseModel):
     description: str = ""
     inspection: list[InspectionSpec] = Field(min_length=1)
     acceptance: AcceptanceSpec | None = None
+    model: ModelSpec | None = None
 
 
 class Recipe:
@@ -129,8 +149,10 @@ class Recipe:
         return list(self.doc.inspection)
 
     def to_dict(self) -> dict[str, Any]:
-        # A recipe without acceptance criteria keeps the content hash it had before they existed.
-        return self.doc.model_dump(mode="json", exclude={"acceptance"} if self.doc.acceptance is None else None)
+        # A recipe without acceptance criteria or a [model] table keeps the content hash it had
+        # before they existed.
+        absent = {k for k in ("acceptance", "model") if getattr(self.doc, k) is None}
+        return self.doc.model_dump(mode="json", exclude=absent or None)
 
     def acceptance(self, mode: str) -> AcceptanceCriteria | None:
         """The acceptance criteria of a `mode` training of this product (None: the recipe names none)."""

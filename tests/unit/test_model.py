@@ -150,7 +150,7 @@ def test_classifier_config_matches_code() -> None:
     # The platform line stands alone, so the embedded stack can swap it for the python backend.
     text = (REPO / "tablet_classifier/config.pbtxt").read_text()
     assert re.search(r'^platform: "onnxruntime_onnx"$', text, re.M)
-    assert triton_repo.input_size(cfg) == MODEL_INPUT_SIZE
+    assert triton_repo.input_hw(cfg) == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE)
 
 
 def test_committed_config_survives_a_rewrite_unchanged(tmp_path: Path) -> None:
@@ -210,14 +210,21 @@ def test_triton_preprocess_request_logic() -> None:
         model.decode_request(np.array(["text"], dtype=object))
 
 
-def test_triton_preprocess_reads_size_from_config() -> None:
+def test_triton_preprocess_reads_geometry_from_config() -> None:
+    """The geometry is the config's (a product with non-square frames has its own copy), and a
+    frame is decoded at exactly that height and width."""
     model = _load_preprocess_model()
     ok = {"output": [{"name": "INPUT", "dims": [3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE]}]}
-    assert model.input_size(ok) == MODEL_INPUT_SIZE
-    with pytest.raises(ValueError, match="trained on"):
-        model.input_size({"output": [{"name": "INPUT", "dims": [3, 64, 64]}]})
+    assert model.input_hw(ok) == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE)
+    assert model.input_hw({"output": [{"name": "INPUT", "dims": [3, 192, 96]}]}) == (192, 96)
+    frame = encode_png(Image.new("RGB", (96, 192), (40, 90, 200)))
+    batch = model.decode_request(np.array([frame], dtype=object).reshape(1, 1), (192, 96))
+    assert batch.shape == (1, 3, 192, 96)
+    assert np.array_equal(batch[0], prepare_image(frame, (192, 96)))
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        model.input_hw({"output": [{"name": "INPUT", "dims": [64, 64]}]})
     with pytest.raises(ValueError, match="no output"):
-        model.input_size({"output": []})
+        model.input_hw({"output": []})
 
 
 # -- training, export, parity -----------------------------------------------------------------

@@ -21,6 +21,7 @@ from pipeline.audit.record import SIGN_ACTION
 from pipeline.audit.trail import AuditTrail
 from pipeline.auth.users import UserStore
 from pipeline.cli.main import main, train_acceptance
+from pipeline.cli.train_inputs import Declaration, train_declaration
 from pipeline.clickhouse import ChdbClient
 from pipeline.embedded.process import free_port
 from pipeline.imaging.generate import generate_dataset
@@ -124,6 +125,26 @@ def test_train_takes_the_products_recipe_criteria_or_says_it_uses_the_defaults(t
     assert train_acceptance(settings, ROUND, "supervised", ROUND)[0] == criteria
     with pytest.raises(ValueError, match="judges product"):
         train_acceptance(settings, "tablet-oval-yellow-14mm", "supervised", str(folder / f"{ROUND}.toml"))
+
+
+def test_the_recipes_model_table_declares_the_invariance_training_uses(tmp_path: Path) -> None:
+    """`[model]` names how the product's units face the camera (issue 14); a wrong name is refused
+    with the known ones, and a recipe without the table keeps its content hash."""
+    plain = parse_recipe(_recipe(""))
+    declared = parse_recipe(_recipe('\n[model]\ninvariance = "upright"\nsmallest_defect_px = 1.0\n'))
+    assert "model" not in plain.to_dict() and declared.sha256 != plain.sha256
+    with pytest.raises(RecipeError) as exc:
+        parse_recipe(_recipe('\n[model]\ninvariance = "sideways"\nsmallest_defect_px = 0\n'))
+    assert "known: fixed, upright, lying, any-orientation" in str(exc.value)
+    assert "model.smallest_defect_px" in str(exc.value)
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    settings = Settings().model_copy(update={"stream": Settings().stream.model_copy(update={"recipes_dir": folder})})
+    assert train_declaration(settings, ROUND, None) == Declaration(None, None, None)
+    (folder / f"{ROUND}.toml").write_text(RECIPE + '\n[model]\ninvariance = "any-orientation"\nsmallest_defect_px = 2\n')
+    got = train_declaration(settings, ROUND, None)
+    assert (got.invariance, got.smallest_defect_px) == ("any-orientation", 2.0)
+    assert got.invariance_source is not None and got.invariance_source.startswith(f"recipe {ROUND}@v1 (")
 
 
 # ----------------------------------------------------------------------------- deploy

@@ -282,3 +282,52 @@ def test_training_starts_from_a_base_model_or_from_scratch(repo: Path, dataset: 
     with pytest.raises(ValueError, match="no such ONNX file"):
         train_model(repo, ROUND, data=dataset, base=repo / "missing", **FAST)
     assert not (repo / "tablet_classifier/3").exists()
+
+
+VIAL = "heldout-vial-2ml-upright"
+
+
+def test_a_non_square_upright_product_keeps_its_geometry_and_views(tmp_path: Path, repo: Path) -> None:
+    """An upright vial photographed from the side (96 x 192 frames): its classifier takes
+    [3, 192, 96] (not a squeezed square), averages only the mirror its declared invariance allows,
+    and gets its own preprocessing model with that geometry in its ensemble (issue 14)."""
+    from benchmarks.heldout.generate import generate
+
+    data = generate(tmp_path / "vial", [VIAL], 24, seed=3).parent
+    result = train_model(repo, VIAL, data=data, invariance="upright", invariance_source="the test", **FAST)
+    card = json.loads(result.card_path.read_text())
+    assert card["invariance"] == {"name": "upright", "declared_by": "the test", "views": 2,
+                                  "transforms": "mirror left-right"}
+    assert card["test_time_views"] == 2
+    assert (card["input_geometry"]["height"], card["input_geometry"]["width"]) == (192, 96)
+    sess = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[1:] == [3, 192, 96]
+    cfg = layout.read_config(repo, result.model)
+    assert [list(i.dims) for i in cfg.input] == [[3, 192, 96]]
+    assert layout.parameter(cfg, layout.INVARIANCE_PARAM) == "upright"
+    pre = layout.read_config(repo, "heldout_vial_2ml_upright_preprocess")
+    assert [list(o.dims) for o in pre.output] == [[3, 192, 96]]
+    assert (repo / "heldout_vial_2ml_upright_preprocess/1/model.py").read_bytes() == \
+        (repo / "tablet_preprocess/1/model.py").read_bytes()
+    ens = layout.read_config(repo, "heldout_vial_2ml_upright_inspector")
+    assert [s.model_name for s in ens.ensemble_scheduling.step] == ["heldout_vial_2ml_upright_preprocess", result.model]
+    # The next version keeps the geometry and the recorded invariance without being told again.
+    second = train_model(repo, VIAL, data=data, seed=2, **FAST)
+    card2 = json.loads(second.card_path.read_text())
+    assert card2["invariance"]["name"] == "upright" and "recorded" in card2["invariance"]["declared_by"]
+    assert card2["test_time_views"] == 2
+
+
+def test_an_undeclared_product_assumes_no_flip_and_quarter_turns_need_a_square(tmp_path: Path, repo: Path) -> None:
+    from benchmarks.heldout.generate import generate
+
+    data = generate(tmp_path / "vial", [VIAL], 12, seed=4).parent
+    before = _tree(repo)
+    with pytest.raises(ValueError, match="square"):
+        train_model(repo, VIAL, data=data, invariance="any-orientation", **FAST)
+    assert _tree(repo) == before
+    oval = generate_dataset(tmp_path / "oval", 16, [OVAL], 0.5, seed=5)
+    result = train_model(repo, OVAL, data=oval, **FAST)
+    card = json.loads(result.card_path.read_text())
+    assert card["invariance"]["name"] == "fixed" and "nothing declared" in card["invariance"]["declared_by"]
+    assert card["test_time_views"] == 1

@@ -1,11 +1,13 @@
 """Triton python-backend model `tablet_preprocess`: encoded frames -> classifier input.
 
-Each request carries IMAGE [B, 1] (PNG/JPEG bytes); the response carries INPUT [B, 3, S, S]
-made by `pipeline.model.preprocess.prepare_image`, the function training uses. A frame that
+Each request carries IMAGE [B, 1] (PNG/JPEG bytes); the response carries INPUT [B, 3, H, W]
+made by `pipeline.model.preprocess.prepare_image`, the function training uses, at the geometry
+this model's config declares (a product whose frames are not square gets its own copy of this
+model with its classifier's geometry: docs/models.md, Input geometry). A frame that
 cannot be decoded fails its own request with a message naming the item and the reason; the
 other requests of the batch and the model instance carry on.
 
-The per-request logic (`decode_request`, `input_size`) does not touch `pb_utils`, which only
+The per-request logic (`decode_request`, `input_hw`) does not touch `pb_utils`, which only
 exists inside Triton, so it is unit-tested directly.
 """
 
@@ -19,10 +21,10 @@ from typing import Any
 import numpy as np
 
 try:
-    from pipeline.model.preprocess import MODEL_INPUT_SIZE, prepare_image
+    from pipeline.model.preprocess import MODEL_INPUT_SIZE, Size, hw, prepare_image
 except ImportError:  # backend environment without the package installed: use this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from pipeline.model.preprocess import MODEL_INPUT_SIZE, prepare_image
+    from pipeline.model.preprocess import MODEL_INPUT_SIZE, Size, hw, prepare_image
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -33,29 +35,24 @@ OUTPUT_NAME = "INPUT"
 INPUT_NAME = "IMAGE"
 
 
-def input_size(model_config: dict[str, Any]) -> int:
-    """S from this model's output dims [3, S, S]; ValueError if the config disagrees with the code."""
+def input_hw(model_config: dict[str, Any]) -> tuple[int, int]:
+    """(H, W) from this model's output dims [3, H, W]; ValueError naming what is wrong."""
     for out in model_config.get("output", []):
         if out.get("name") == OUTPUT_NAME:
             dims = [int(d) for d in out.get("dims", [])]
-            if len(dims) != 3 or dims[0] != 3 or dims[1] != dims[2]:
-                raise ValueError(f"output {OUTPUT_NAME} dims must be [3, S, S], got {dims}")
-            if dims[1] != MODEL_INPUT_SIZE:
-                raise ValueError(
-                    f"output {OUTPUT_NAME} is {dims[1]}x{dims[2]} but the classifier is trained on "
-                    f"{MODEL_INPUT_SIZE}x{MODEL_INPUT_SIZE} (pipeline.model.preprocess.MODEL_INPUT_SIZE)"
-                )
-            return dims[1]
+            if len(dims) != 3 or dims[0] != 3:
+                raise ValueError(f"output {OUTPUT_NAME} dims must be [3, H, W], got {dims}")
+            return hw((dims[1], dims[2]))
     raise ValueError(f"model config has no output named {OUTPUT_NAME}")
 
 
-def decode_request(images: np.ndarray, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
-    """All frames of one request -> float32 [B, 3, size, size].
+def decode_request(images: np.ndarray, size: Size = MODEL_INPUT_SIZE) -> np.ndarray:
+    """All frames of one request -> float32 [B, 3, H, W] (`size`: S or (H, W)).
 
     Raises ValueError naming every item that is not decodable PNG/JPEG bytes.
     """
     items = np.asarray(images, dtype=object).reshape(-1)
-    out = np.empty((len(items), 3, size, size), dtype=np.float32)
+    out = np.empty((len(items), 3, *hw(size)), dtype=np.float32)
     problems: list[str] = []
     for i, item in enumerate(items):
         if not isinstance(item, (bytes, bytearray)):
@@ -74,7 +71,7 @@ class TritonPythonModel:
     """Triton entry points; all work is in `decode_request`."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        self.size = input_size(json.loads(args["model_config"]))
+        self.size = input_hw(json.loads(args["model_config"]))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
