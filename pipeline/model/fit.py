@@ -59,6 +59,8 @@ class FitConfig:
     # The flips/turns augmentation may use: the product's declared invariance
     # (pipeline.model.geometry; 8 = every flip and quarter turn, 1 = none).
     views: int = 8
+    # TabletNet's pooling ("mean" or "mean+max"; pipeline.model.net).
+    pool: str = "mean"
 
 
 @contextlib.contextmanager
@@ -101,7 +103,7 @@ def fit(train: LabelledImages, cfg: FitConfig, progress: bool = True, desc: str 
     g = torch.Generator().manual_seed(cfg.seed)
     aux = 0 if good_only else cfg.aux_pairs
     num_classes = len(train.classes) + (1 if aux else 0)
-    net = TabletNet(num_classes=num_classes)
+    net = TabletNet(num_classes=num_classes, pool=cfg.pool)
     if base is not None:
         init_from_base(net, base)
         adapt_norm(net, train.x[: 256])

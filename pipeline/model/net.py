@@ -30,13 +30,25 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     )
 
 
+POOLINGS = ("mean", "mean+max")
+
+
 class TabletNet(nn.Module):
-    """Small CNN: image [N, 3, S, S] -> class logits [N, len(CLASSES)] (S a multiple of 16)."""
+    """Small CNN: image [N, 3, H, W] -> class logits [N, len(CLASSES)] (H, W multiples of 16).
+
+    `pool`: how the last feature map becomes the head's input. `mean` (the shipped model): the
+    average over the unit; `mean+max` also passes each feature's strongest cell, so a defect that
+    lights up one cell of 72 (a 1 px particle in a vial) is not averaged away.
+    """
 
     def __init__(
-        self, widths: tuple[int, int, int, int, int] = DEFAULT_WIDTHS, num_classes: int = len(CLASSES)
+        self, widths: tuple[int, int, int, int, int] = DEFAULT_WIDTHS, num_classes: int = len(CLASSES),
+        pool: str = "mean",
     ):
         super().__init__()
+        if pool not in POOLINGS:
+            raise ValueError(f"pool must be one of {', '.join(POOLINGS)}, got {pool!r}")
+        self.pool = pool
         a, b, c, d, e = widths
         self.local = nn.Sequential(  # -> [N, d, S/8, S/8]
             _conv(3, a, stride=2),
@@ -51,17 +63,21 @@ class TabletNet(nn.Module):
         self.context = nn.Sequential(nn.MaxPool2d(2), _conv(d, e), _conv(e, e))  # -> S/16
         self.seg = nn.Conv2d(d, 1, 1)
         self.dropout = nn.Dropout(0.2)
-        self.head = nn.Linear(e, num_classes)
+        self.head = nn.Linear(e * (2 if pool == "mean+max" else 1), num_classes)
+
+    def _pooled(self, f: torch.Tensor) -> torch.Tensor:
+        mean = f.mean(dim=(2, 3))
+        return mean if self.pool == "mean" else torch.cat([mean, f.amax(dim=(2, 3))], dim=1)
 
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class logits and defect-mask logits [N, S/8, S/8]."""
+        """Class logits and defect-mask logits [N, H/8, W/8]."""
         local = self.local(x)
         f = self.context(local)
-        return self.head(self.dropout(f.mean(dim=(2, 3)))), self.seg(local)[:, 0]
+        return self.head(self.dropout(self._pooled(f))), self.seg(local)[:, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.context(self.local(x))
-        return self.head(self.dropout(f.mean(dim=(2, 3))))
+        return self.head(self.dropout(self._pooled(f)))
 
 
 def dihedral_views(x: torch.Tensor, views: int) -> list[torch.Tensor]:

@@ -66,6 +66,8 @@ from pipeline.model.geometry import (
 from pipeline.model.net import DEFAULT_WIDTHS, TabletNet
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, PIXEL_MEAN, PIXEL_STD
 from pipeline.model.release import EXIT_NOT_DEPLOYABLE, AcceptanceCriteria, GateResult, default_acceptance, judge
+from pipeline.model.search import DATASET_CANDIDATES, SEARCH_BUDGET_S, Candidate
+from pipeline.model.search import search as search_candidates
 from pipeline.model.training_sets import (
     DATASET_VAL_FRACTION,
     count_defects,
@@ -340,6 +342,7 @@ def train_model(
     invariance: str | None = None,
     invariance_source: str | None = None,
     smallest_defect_px: float | None = None,
+    search: bool = True,
 ) -> TrainResult:
     """Train, calibrate, export, parity-check and release the next version of `product`'s classifier.
 
@@ -364,6 +367,10 @@ def train_model(
     else the simulator's for rendered training, else none assumed ("fixed").
     `smallest_defect_px`: the smallest defect to keep visible, in frame pixels; with the frames'
     shape it sets a new product's input geometry (an existing classifier keeps its own).
+
+    `search` (dataset folders): fit the candidates of `pipeline.model.search` within its time
+    budget and keep the one validation prefers (`epochs`, when given, replaces every candidate's
+    schedule); False, or rendered training: one fit as configured.
     """
     started = time.perf_counter()
     repo = Path(repo)
@@ -408,6 +415,7 @@ def train_model(
 
     cfg = FitConfig(epochs=1, seed=seed, mode=mode, views=inv.views,
                     aux_pairs=AUX_PAIRS if (mode == "supervised" and not train.paired) else 0)
+    epochs_given = epochs
     if epochs is None:
         epochs = DEFAULT_EPOCHS if data is None else int(np.clip(round(DATASET_STEPS / steps_per_epoch(train, cfg)),
                                                                  MIN_EPOCHS, MAX_EPOCHS))
@@ -422,18 +430,39 @@ def train_model(
     _log(progress, f"invariance {inv.name!r} ({invariance_source}): {views} view(s), {inv.transforms}; input "
                    f"{geometry.height}x{geometry.width} ({geometry.reason})")
 
+    if data is None or not search:
+        candidates: tuple[Candidate, ...] = (Candidate("as configured", base_model is not None, "mean", 1.0),)
+    else:
+        # A base named explicitly is what the user wants fine-tuned: no from-scratch candidates.
+        explicit_base = base_model is not None and str(base) != "auto"
+        candidates = tuple(c if epochs_given is None else replace(c, epochs_factor=1.0)
+                           for c in DATASET_CANDIDATES if c.from_base or not explicit_base)
+
     with triton_repo.staging(repo) as stage, deterministic_torch():
         t = time.perf_counter()
-        _log(progress, f"fitting {mode} model: {len(train)} images, {cfg.epochs} epochs")
-        net = fit(train, cfg, progress=progress, base=None if base_model is None else base_model.onnx_path)
+        n_variants = CALIBRATION_VARIANTS if data is not None else 0
+        variants = nuisance_variants(val.x[val.y == 0], n_variants, seed, views)
+        scoring_x = np.concatenate([val.x, variants])
+        del variants
+
+        def fit_one(c_cfg: FitConfig, from_base: bool) -> TabletNet:
+            _log(progress, f"fitting {mode} model: {len(train)} images, {c_cfg.epochs} epochs, {c_cfg.pool} pooling, "
+                           + ("from the base model" if from_base else "from scratch"))
+            return fit(train, c_cfg, progress=progress,
+                       base=base_model.onnx_path if (from_base and base_model is not None) else None)
+
+        fitted = search_candidates(
+            candidates, train, val, cfg, fit_one,
+            lambda net: _scores(net, scoring_x, n_classes, stage, "scoring", views),
+            lambda pool: calibrate(pool, target_frr)[0], len(scoring_x) - len(val),
+            has_base=base_model is not None, log=lambda m: _log(progress, m))
+        net, cfg, scored = fitted.net, fitted.cfg, fitted.scored
+        chosen_base = base_model if next(tr.candidate.from_base for tr in fitted.tried if tr.status == "chosen") else None
         timings["fit_s"] = time.perf_counter() - t
 
         # Calibration scores: the validation set's (final model), plus out-of-fold scores of the
         # good training images (fold models trained without them).
         t = time.perf_counter()
-        n_variants = CALIBRATION_VARIANTS if data is not None else 0
-        variants = nuisance_variants(val.x[val.y == 0], n_variants, seed, views)
-        scored = _scores(net, np.concatenate([val.x, variants]), n_classes, stage, "scoring", views)
         val_out = {k: v[: len(val)] for k, v in scored.items()}
         calib = [val_out["SCORE"][val.y == 0, 0]]
         pool_parts = [f"{calib[0].size} validation (final model)"]
@@ -442,7 +471,7 @@ def train_model(
             pool_parts.append(f"{calib[-1].size} nuisance variants of them ({n_variants} each: light x"
                               f"{CALIBRATION_LIGHT_GAIN[0]}-{CALIBRATION_LIGHT_GAIN[1]}, blur, shift, "
                               f"{inv.transforms} ({inv.name}))")
-        del scored, variants
+        del scored
         oof_info: dict[str, Any] = {"folds": n_folds}
         if n_folds:
             oof_scores = np.full(len(train), np.nan)
@@ -450,7 +479,7 @@ def train_model(
                 rest = np.setdiff1d(np.arange(len(train)), held)
                 fold_cfg = replace(cfg, seed=seed * 1000 + k + 1)
                 fold_net = fit(train.subset(rest), fold_cfg, progress=progress, desc=f"fold {k + 1}/{n_folds}",
-                               base=None if base_model is None else base_model.onnx_path)
+                               base=None if chosen_base is None else chosen_base.onnx_path)
                 oof_scores[held] = _scores(fold_net, train.x[held], n_classes, stage, f"fold{k}", views)["SCORE"][:, 0]
             good_oof = oof_scores[train.y == 0]
             calib.append(good_oof)
@@ -508,7 +537,14 @@ def train_model(
         _log(progress, "\n".join(gate.lines()))
         timings["wall_time_s"] = time.perf_counter() - started
         card = _model_card(target, mode, classes, thresholds, calibration, metrics, parity, data_info, cfg,
-                           timings, onnx_path, n_folds, base_model, inv, invariance_source, geometry)
+                           timings, onnx_path, n_folds, chosen_base, inv, invariance_source, geometry)
+        card["model_search"] = {
+            "budget_s": SEARCH_BUDGET_S, "seconds": round(fitted.seconds, 1),
+            "criterion": "validation detection of the gate at each candidate's own review threshold (calibrated "
+                         "like the release), then AUROC; chosen on the validation split the release gate then "
+                         "reads (a few candidates, not a sweep)",
+            "candidates": [tr.as_dict() for tr in fitted.tried],
+        }
         card["deployable"] = gate.deployable
         card["release_gate"] = gate.as_dict()
         card["score_reference"] = score_reference(final_out["SCORE"][:, 0], val.is_defect)
@@ -611,7 +647,7 @@ def _model_card(
                    "on": "validation set", "compared": "torch vs onnxruntime, SCORE and CLASS_PROBS"},
         "training": {
             **asdict(cfg),
-            "architecture": f"TabletNet widths={list(DEFAULT_WIDTHS)}",
+            "architecture": f"TabletNet widths={list(DEFAULT_WIDTHS)}, {cfg.pool} pooling",
             "initialisation": (
                 "from scratch (seeded)" if base_model is None else
                 f"network weights of base model {base_model.name} version {base_model.version} (BatchNorms "
@@ -704,8 +740,23 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"- Synthetic anomalies: {card['training']['synthetic_anomalies']}",
         f"- Phases (s): {card['timings_s']}",
         "",
+        *_search_markdown(card),
     ]
     return "\n".join(lines)
+
+
+def _search_markdown(card: dict[str, Any]) -> list[str]:
+    """The card's "Model choice" section: every candidate tried and how validation judged it."""
+    m = card.get("model_search")
+    if not isinstance(m, dict) or len(m["candidates"]) < 2:
+        return []
+    lines = ["## Model choice", "", f"Criterion: {m['criterion']}. Budget {m['budget_s']:.0f} s, used "
+             f"{m['seconds']:.0f} s.", "", "| candidate | epochs | status | detection | false rejects | AUROC | s |",
+             "|---|---|---|---|---|---|---|"]
+    for c in m["candidates"]:
+        lines.append(f"| {c['candidate']} | {c['epochs']} | {c['status']} | {_pct(c['validation_detection'])} | "
+                     f"{_pct(c['validation_false_reject'])} | {_num(c['validation_auroc'])} | {c['seconds']:.0f} |")
+    return lines + [""]
 
 
 def _gate_markdown(card: dict[str, Any]) -> list[str]:
