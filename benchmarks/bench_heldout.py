@@ -83,7 +83,8 @@ def train(data: Path, product: str, mode: str, repo: Path, timeout_s: float) -> 
            "--invariance", spec.invariance, "--smallest-defect-px", f"{spec.smallest_defect_px:g}"]
     print("$ " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(1.0, timeout_s))
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          timeout=None if math.isinf(timeout_s) else max(1.0, timeout_s))
     wall = time.perf_counter() - t
     # 0: a deployable version; 3 (where the release gate exists): written but not deployable
     lines = proc.stdout.strip().splitlines()

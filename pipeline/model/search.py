@@ -5,7 +5,7 @@ about defects on tablets, a network trained from scratch owes nothing to tablets
 keeps a 1 px particle from being averaged away, a longer schedule helps a product far from the
 base. So a dataset training fits candidates in order of expected worth, each judged on the
 validation split exactly as the release gate will judge the version (detection of the gate at
-thresholds calibrated on that candidate's own good scores, then AUROC), skips a candidate whose
+thresholds calibrated on that candidate's own good scores, then its false rejects, then AUROC), skips a candidate whose
 projected time would overrun the budget, keeps the best and records the comparison in the model
 card. The choice is made on the validation split the gate then reads, a mild optimism (a few
 candidates, not a sweep) that the model card states.
@@ -78,8 +78,8 @@ class Tried:
                 "review_threshold": num(self.review_threshold)}
 
     @property
-    def key(self) -> tuple[float, float]:
-        return (self.detection, self.auroc)
+    def key(self) -> tuple[float, float, float]:
+        return (self.detection, -self.false_reject, self.auroc)
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,9 @@ def search(
 
 
 def _better(a: Tried, b: Tried) -> bool:
-    """Higher gate detection; at equal detection, higher AUROC (nan counts as lowest)."""
-    def k(t: Tried) -> tuple[float, float]:
-        return tuple(-1.0 if np.isnan(v) else v for v in t.key)  # type: ignore[return-value]
+    """Higher gate detection; at equal detection, fewer false rejects, then higher AUROC (nan
+    counts as worst)."""
+    def k(t: Tried) -> tuple[float, ...]:
+        return tuple(-2.0 if np.isnan(v) else v for v in t.key)
 
     return k(a) > k(b)

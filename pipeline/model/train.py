@@ -541,7 +541,7 @@ def train_model(
         card["model_search"] = {
             "budget_s": SEARCH_BUDGET_S, "seconds": round(fitted.seconds, 1),
             "criterion": "validation detection of the gate at each candidate's own review threshold (calibrated "
-                         "like the release), then AUROC; chosen on the validation split the release gate then "
+                         "like the release), then fewer false rejects, then AUROC; chosen on the validation split the release gate then "
                          "reads (a few candidates, not a sweep)",
             "candidates": [tr.as_dict() for tr in fitted.tried],
         }
