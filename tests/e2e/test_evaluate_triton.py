@@ -85,3 +85,45 @@ def test_evaluate_through_embedded_triton(tmp_path: Path, embedded_settings: Set
         if abs(score - reject) > 1e-5 and abs(score - review) > 1e-5:
             assert r["verdict"] == expected
     json.dumps(result.as_dict())  # the --json output is serialisable
+
+
+VIAL = "heldout-vial-2ml-upright"
+
+
+def test_a_non_square_product_is_served_at_its_own_geometry(tmp_path: Path, embedded_settings: Settings) -> None:
+    """An upright vial (96 x 192 frames) trained into a repository next to the project's models is
+    served by the real Triton through its own preprocessing model at [3, 192, 96]: every score
+    Triton returns is the score onnxruntime gives the same version offline (issue 14)."""
+    from benchmarks.heldout.generate import generate
+    from pipeline.model.data import load_images, supervised_classes
+    from pipeline.model.export import input_geometry, onnx_outputs
+    from pipeline.model.heldout import evaluate_folder
+    from pipeline.model.release import AcceptanceCriteria
+    from pipeline.model.train import train_model
+
+    data = generate(tmp_path / "vial", [VIAL], 16, seed=5).parent
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for model_dir in PROJECT_REPO.iterdir():
+        if model_dir.is_dir() and not model_dir.name.startswith("."):
+            (repo / model_dir.name).symlink_to(model_dir, target_is_directory=True)
+    trained = train_model(repo, VIAL, data=data, invariance="upright", base="none", epochs=1, search=False,
+                          progress=False, acceptance=AcceptanceCriteria(min_detection=0.0, max_false_reject=1.0))
+    assert trained.live and (repo / "heldout_vial_2ml_upright_preprocess").is_dir()
+
+    settings = embedded_settings.model_copy(
+        update={"triton": embedded_settings.triton.model_copy(update={"model_repository": repo})}
+    )
+    result = evaluate(settings, data, VIAL, tmp_path / "pred.csv", f"{trained.model}:1")
+    assert result.model_version == 1 and result.metrics["unscored"] == 0
+    with open(tmp_path / "pred.csv", newline="", encoding="utf-8") as f:
+        served = {r["image"]: float(r["score"]) for r in csv.DictReader(f)}
+    offline = evaluate_folder(trained.onnx_path, data, VIAL)
+    assert offline["thresholds"] == list(trained.thresholds)
+    ds = load_dataset(data, VIAL)
+    assert input_geometry(trained.onnx_path) == (192, 96)
+    x = load_images([(ds.relative(r), r.image.read_bytes(), r.defect) for r in ds.rows], (192, 96),
+                    classes=supervised_classes([r.defect for r in ds.rows])).x
+    scores = onnx_outputs(trained.onnx_path, x)["SCORE"][:, 0]
+    for row, s in zip(ds.rows, scores, strict=True):
+        assert served[ds.relative(row)] == pytest.approx(float(s), abs=1e-4)
