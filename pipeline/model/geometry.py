@@ -57,7 +57,7 @@ INVARIANCES: dict[str, Invariance] = {
 UNDECLARED = "fixed"  # nothing declared: nothing assumed
 
 
-def invariance(name: str) -> Invariance:
+def named_invariance(name: str) -> Invariance:
     """The invariance named `name`; ValueError listing the known names."""
     try:
         return INVARIANCES[name]

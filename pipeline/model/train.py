@@ -54,14 +54,13 @@ from pipeline.model.evaluate_offline import (
 from pipeline.model.export import OPSET, ParityReport, check_parity, export_onnx, onnx_outputs
 from pipeline.model.fit import TRAIN_THREADS, FitConfig, deterministic_torch, fit, predict, steps_per_epoch
 from pipeline.model.geometry import (
+    ASPECT_TOLERANCE,
     UNDECLARED,
     InputGeometry,
     Invariance,
     choose_geometry,
     fixed_geometry,
-)
-from pipeline.model.geometry import (
-    invariance as invariance_named,
+    named_invariance,
 )
 from pipeline.model.net import DEFAULT_WIDTHS, TabletNet
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, PIXEL_MEAN, PIXEL_STD
@@ -190,9 +189,6 @@ def _log(progress: bool, msg: str) -> None:
         print(f"[train] {msg}", file=sys.stderr, flush=True)
 
 
-# ----------------------------------------------------------------------------- data
-
-
 # ----------------------------------------------------------------------------- declaration
 
 
@@ -200,14 +196,14 @@ def _invariance(name: str | None, source: str | None, config: Any, target: trito
                 data: Path | None) -> tuple[Invariance, str]:
     """The product's invariance and who declared it (never assumed for a dataset folder)."""
     if name:
-        return invariance_named(name), source or "given to train_model"
+        return named_invariance(name), source or "given to train_model"
     recorded = None if target.new_product else layout.parameter(config, layout.INVARIANCE_PARAM)
     if recorded:
-        return invariance_named(recorded), (f"recorded in {target.models.classifier}'s config "
+        return named_invariance(recorded), (f"recorded in {target.models.classifier}'s config "
                                             f"(parameter {layout.INVARIANCE_PARAM}) by an earlier training")
     if data is None:
-        return invariance_named(SIMULATOR_INVARIANCE), "the simulator renders its units at any angle"
-    return invariance_named(UNDECLARED), ("nothing declared (no recipe [model] invariance, no --invariance): "
+        return named_invariance(SIMULATOR_INVARIANCE), "the simulator renders its units at any angle"
+    return named_invariance(UNDECLARED), ("nothing declared (no recipe [model] invariance, no --invariance): "
                                           "no flip or turn assumed")
 
 
@@ -222,6 +218,10 @@ def _geometry(target: triton_repo.Target, config: Any, data: Path | None, produc
         return choose_geometry(sizes, smallest_defect_px)
     h, w = triton_repo.input_hw(config)
     chosen = choose_geometry(sizes, smallest_defect_px)
+    fh, fw = chosen.frame
+    if abs((fw / fh) / (w / h) - 1.0) > ASPECT_TOLERANCE:
+        raise ValueError(f"{product}'s frames are {fw}x{fh}, but {target.models.classifier} takes {w}x{h} inputs "
+                         "(another shape: they would be squeezed); a new camera view is a new product")
     return fixed_geometry(h, w, chosen.frame, f"fixed by {target.models.classifier}'s config since its first "
                                               f"version (for these frames alone: {chosen.height}x{chosen.width})")
 

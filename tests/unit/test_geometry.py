@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.model.augment import augment
-from pipeline.model.geometry import INVARIANCES, choose_geometry, invariance
+from pipeline.model.geometry import INVARIANCES, choose_geometry, named_invariance
 from pipeline.model.net import dihedral_views
 
 
@@ -40,10 +40,10 @@ def test_frames_of_different_shapes_are_refused() -> None:
 def test_invariances_name_their_views_and_quarter_turns_need_a_square() -> None:
     assert {n: i.views for n, i in INVARIANCES.items()} == {"fixed": 1, "upright": 2, "lying": 4, "any-orientation": 8}
     with pytest.raises(ValueError, match="known: fixed, upright, lying, any-orientation"):
-        invariance("sideways")
+        named_invariance("sideways")
     with pytest.raises(ValueError, match="square"):
-        choose_geometry([(96, 192)]).check(invariance("any-orientation"))
-    choose_geometry([(96, 192)]).check(invariance("lying"))  # mirrors and half turns keep the shape
+        choose_geometry([(96, 192)]).check(named_invariance("any-orientation"))
+    choose_geometry([(96, 192)]).check(named_invariance("lying"))  # mirrors and half turns keep the shape
 
 
 def _top_heavy(n: int, h: int = 32, w: int = 16) -> torch.Tensor:

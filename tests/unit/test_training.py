@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from PIL import Image
 from support import untrained_repository
 
 from pipeline.datasets.folder import DatasetError
@@ -316,6 +317,15 @@ def test_a_non_square_upright_product_keeps_its_geometry_and_views(tmp_path: Pat
     card2 = json.loads(second.card_path.read_text())
     assert card2["invariance"]["name"] == "upright" and "recorded" in card2["invariance"]["declared_by"]
     assert card2["test_time_views"] == 2
+    # Frames of another shape for the same classifier would be squeezed: refused, nothing written.
+    square = tmp_path / "square"
+    shutil.copytree(data, square)
+    for png in square.rglob("*.png"):
+        Image.open(png).resize((96, 96)).save(png)
+    before = _tree(repo)
+    with pytest.raises(ValueError, match="would be squeezed"):
+        train_model(repo, VIAL, data=square, **FAST)
+    assert _tree(repo) == before
 
 
 def test_an_undeclared_product_assumes_no_flip_and_quarter_turns_need_a_square(tmp_path: Path, repo: Path) -> None:
