@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from pipeline.model.net import CLASSES, ServingModel, TabletNet
+from pipeline.model.net import CLASSES, Classifier, ServingModel
 from pipeline.model.preprocess import Size, hw
 
 OPSET = 17
@@ -49,7 +49,7 @@ class ParityReport:
 
 
 def export_onnx(
-    net: TabletNet,
+    net: Classifier,
     path: Path,
     size: Size,
     views: int = 8,

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from pipeline.model.augment import augment
 from pipeline.model.base import adapt_norm, init_from_base
 from pipeline.model.data import LabelledImages
-from pipeline.model.net import SEG_STRIDE, ServingModel, TabletNet
+from pipeline.model.net import SEG_STRIDE, Classifier, ServingModel, TabletNet
 from pipeline.model.synthetic import synthesize_batch
 
 TRAIN_THREADS = 2
@@ -230,7 +230,7 @@ def _epoch_order(n: int, paired: bool, g: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(
-    net: TabletNet, x: np.ndarray, views: int = 8, batch_size: int = 64, num_classes: int | None = None
+    net: Classifier, x: np.ndarray, views: int = 8, batch_size: int = 64, num_classes: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """SCORE [N] and CLASS_PROBS [N, C] of the serving model for inputs x [N, 3, H, W]."""
     model = ServingModel(net, views, num_classes).eval()

@@ -80,6 +80,28 @@ class TabletNet(nn.Module):
         return self.head(self.dropout(self._pooled(f)))
 
 
+class NetEnsemble(nn.Module):
+    """Several trained networks as one: their logits averaged (a small ensemble, chosen by the
+    model search only when validation prefers it over each member: it costs one network per
+    member at inference)."""
+
+    def __init__(self, nets: list[TabletNet]):
+        super().__init__()
+        if len(nets) < 2:
+            raise ValueError(f"an ensemble needs at least 2 networks, got {len(nets)}")
+        widths = {n.head.out_features for n in nets}
+        if len(widths) != 1:
+            raise ValueError(f"ensemble members disagree on their logits: {sorted(widths)}")
+        self.nets = nn.ModuleList(nets)
+        self.head = nets[0].head  # out_features: what ServingModel serves by default
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([n(x) for n in self.nets]).mean(dim=0)
+
+
+Classifier = TabletNet | NetEnsemble
+
+
 def dihedral_views(x: torch.Tensor, views: int) -> list[torch.Tensor]:
     """The first `views` (1, 2, 4 or 8) of the 8 flips/quarter turns of a batch [N, C, H, W]."""
     if views not in (1, 2, 4, 8):
@@ -106,7 +128,7 @@ class ServingModel(nn.Module):
 
     def __init__(
         self,
-        net: TabletNet,
+        net: Classifier,
         views: int = 8,
         num_classes: int | None = None,
         thresholds: tuple[float, float] | None = None,

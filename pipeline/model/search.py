@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.model.data import LabelledImages
 from pipeline.model.evaluate_offline import auroc
 from pipeline.model.fit import FitConfig, steps_per_epoch
-from pipeline.model.net import TabletNet
+from pipeline.model.net import Classifier, NetEnsemble, TabletNet
 
 # Whole search (every candidate's fit and validation scoring) on 2 cores: the issue's budget
 # for 600 images is 15 minutes, of which data loading, calibration, export and parity take ~2.
@@ -86,11 +86,18 @@ class Tried:
 class Fitted:
     """The chosen network, its validation-and-variants scores, and the whole comparison."""
 
-    net: TabletNet
-    cfg: FitConfig
+    net: Classifier
+    cfg: FitConfig  # the chosen network's (an ensemble's: its best member's)
     scored: dict[str, np.ndarray]
     tried: list[Tried]
     seconds: float
+
+    @property
+    def architecture(self) -> str:
+        if isinstance(self.net, NetEnsemble):
+            return (f"ensemble of {len(self.net.nets)} TabletNets (logits averaged): "
+                    + ", ".join(f"{n.pool} pooling" for n in self.net.nets if isinstance(n, TabletNet)))
+        return f"TabletNet, {self.cfg.pool} pooling"
 
 
 def search(
@@ -99,7 +106,7 @@ def search(
     val: LabelledImages,
     cfg: FitConfig,
     fit_one: Callable[[FitConfig, bool], TabletNet],
-    score: Callable[[TabletNet], dict[str, np.ndarray]],
+    score: Callable[[Classifier], dict[str, np.ndarray]],
     review_threshold: Callable[[np.ndarray], float],
     n_variant_scores: int,
     budget_s: float = SEARCH_BUDGET_S,
@@ -112,13 +119,14 @@ def search(
     the validation images followed by `n_variant_scores` nuisance variants of the good ones;
     `review_threshold(good_scores)` is the training's own calibration. The first candidate that
     can run always runs; a later one is skipped when the time per optimiser step measured so far
-    says it would end past `budget_s`.
+    says it would end past `budget_s`. With two or more fitted, the two best averaged (a small
+    ensemble, twice the inference cost) are judged the same way and kept only when better.
     """
     started = time.perf_counter()
     tried: list[Tried] = []
-    best: tuple[Tried, TabletNet, FitConfig, dict[str, np.ndarray]] | None = None
+    best: tuple[Tried, Classifier, FitConfig, dict[str, np.ndarray]] | None = None
+    fitted: list[tuple[Tried, TabletNet, FitConfig]] = []
     per_step_s: float | None = None
-    is_defect = val.y != 0
     for cand in candidates:
         c_cfg = cand.config(cfg)
         if cand.from_base and not has_base:
@@ -137,29 +145,53 @@ def search(
         scored = score(net)
         seconds = time.perf_counter() - t
         per_step_s = seconds / max(1, steps)  # scoring included: it scales with the candidate too
-        s = scored["SCORE"][:, 0]
-        val_s = s[: len(val)]
-        good_pool = np.concatenate([val_s[~is_defect], s[len(val): len(val) + n_variant_scores]])
-        review = review_threshold(good_pool)
-        tr = Tried(cand, "fitted", c_cfg.epochs, seconds,
-                   auroc(val_s, is_defect) if is_defect.any() and (~is_defect).any() else float("nan"),
-                   float((val_s[is_defect] > review).mean()) if is_defect.any() else float("nan"),
-                   float((val_s[~is_defect] > review).mean()) if (~is_defect).any() else float("nan"), review)
+        tr = _judge(cand, c_cfg.epochs, seconds, scored, val, n_variant_scores, review_threshold)
         tried.append(tr)
+        fitted.append((tr, net, c_cfg))
         log(f"candidate '{cand.name}': validation detection {100 * tr.detection:.2f} % at false-reject "
             f"{100 * tr.false_reject:.2f} %, AUROC {tr.auroc:.4f}, {seconds:.0f} s")
         if best is None or _better(tr, best[0]):
             best = (tr, net, c_cfg, scored)
     if best is None:
         raise ValueError("no candidate could be trained: " + "; ".join(f"{t.candidate.name}: {t.status}" for t in tried))
+    if len(fitted) >= 2:
+        ranked = sorted(fitted, key=lambda f: _rank(f[0]), reverse=True)[:2]
+        t = time.perf_counter()
+        ens = NetEnsemble([ranked[0][1], ranked[1][1]])
+        cand = Candidate(f"ensemble of the 2 best: {ranked[0][0].candidate.name} + {ranked[1][0].candidate.name}",
+                         ranked[0][0].candidate.from_base or ranked[1][0].candidate.from_base,
+                         f"{ranked[0][2].pool} + {ranked[1][2].pool}")
+        scored = score(ens)
+        tr = _judge(cand, ranked[0][2].epochs + ranked[1][2].epochs, time.perf_counter() - t, scored, val,
+                    n_variant_scores, review_threshold)
+        tried.append(tr)
+        log(f"candidate '{cand.name}': validation detection {100 * tr.detection:.2f} % at false-reject "
+            f"{100 * tr.false_reject:.2f} %, AUROC {tr.auroc:.4f}")
+        if _better(tr, best[0]):
+            best = (tr, ens, ranked[0][2], scored)
     best[0].status = "chosen"
     return Fitted(best[1], best[2], best[3], tried, time.perf_counter() - started)
 
 
-def _better(a: Tried, b: Tried) -> bool:
+def _judge(cand: Candidate, epochs: int, seconds: float, scored: dict[str, np.ndarray], val: LabelledImages,
+           n_variant_scores: int, review_threshold: Callable[[np.ndarray], float]) -> Tried:
+    """A fitted candidate's validation figures at its own calibrated review threshold."""
+    is_defect = val.y != 0
+    s = scored["SCORE"][:, 0]
+    val_s = s[: len(val)]
+    good_pool = np.concatenate([val_s[~is_defect], s[len(val): len(val) + n_variant_scores]])
+    review = review_threshold(good_pool)
+    return Tried(cand, "fitted", epochs, seconds,
+                 auroc(val_s, is_defect) if is_defect.any() and (~is_defect).any() else float("nan"),
+                 float((val_s[is_defect] > review).mean()) if is_defect.any() else float("nan"),
+                 float((val_s[~is_defect] > review).mean()) if (~is_defect).any() else float("nan"), review)
+
+
+def _rank(t: Tried) -> tuple[float, ...]:
     """Higher gate detection; at equal detection, fewer false rejects, then higher AUROC (nan
     counts as worst)."""
-    def k(t: Tried) -> tuple[float, ...]:
-        return tuple(-2.0 if np.isnan(v) else v for v in t.key)
+    return tuple(-2.0 if np.isnan(v) else v for v in t.key)
 
-    return k(a) > k(b)
+
+def _better(a: Tried, b: Tried) -> bool:
+    return _rank(a) > _rank(b)

@@ -62,7 +62,7 @@ from pipeline.model.geometry import (
     fixed_geometry,
     named_invariance,
 )
-from pipeline.model.net import DEFAULT_WIDTHS, TabletNet
+from pipeline.model.net import DEFAULT_WIDTHS, Classifier, TabletNet
 from pipeline.model.preprocess import MODEL_INPUT_SIZE, PIXEL_MEAN, PIXEL_STD
 from pipeline.model.release import EXIT_NOT_DEPLOYABLE, AcceptanceCriteria, GateResult, default_acceptance, judge
 from pipeline.model.search import DATASET_CANDIDATES, SEARCH_BUDGET_S, Candidate
@@ -229,7 +229,7 @@ def _geometry(target: triton_repo.Target, config: Any, data: Path | None, produc
 # ----------------------------------------------------------------------------- scoring
 
 
-def _scores(net: TabletNet, x: np.ndarray, num_classes: int, work: Path, name: str, views: int) -> dict[str, np.ndarray]:
+def _scores(net: Classifier, x: np.ndarray, num_classes: int, work: Path, name: str, views: int) -> dict[str, np.ndarray]:
     """onnxruntime outputs of the scoring graph (no constants, `views` test-time views) of `net` on x."""
     path = work / f"{name}.onnx"
     export_onnx(net, path, (int(x.shape[2]), int(x.shape[3])), views, num_classes=num_classes)
@@ -537,7 +537,8 @@ def train_model(
         _log(progress, "\n".join(gate.lines()))
         timings["wall_time_s"] = time.perf_counter() - started
         card = _model_card(target, mode, classes, thresholds, calibration, metrics, parity, data_info, cfg,
-                           timings, onnx_path, n_folds, chosen_base, inv, invariance_source, geometry)
+                           timings, onnx_path, n_folds, chosen_base, inv, invariance_source, geometry,
+                           fitted.architecture)
         card["model_search"] = {
             "budget_s": SEARCH_BUDGET_S, "seconds": round(fitted.seconds, 1),
             "criterion": "validation detection of the gate at each candidate's own review threshold (calibrated "
@@ -617,6 +618,7 @@ def _model_card(
     inv: Invariance,
     invariance_source: str,
     geometry: InputGeometry,
+    architecture: str,
 ) -> dict[str, Any]:
     views = inv.views
     return {
@@ -647,7 +649,7 @@ def _model_card(
                    "on": "validation set", "compared": "torch vs onnxruntime, SCORE and CLASS_PROBS"},
         "training": {
             **asdict(cfg),
-            "architecture": f"TabletNet widths={list(DEFAULT_WIDTHS)}, {cfg.pool} pooling",
+            "architecture": f"{architecture}, widths {list(DEFAULT_WIDTHS)}",
             "initialisation": (
                 "from scratch (seeded)" if base_model is None else
                 f"network weights of base model {base_model.name} version {base_model.version} (BatchNorms "

@@ -4,13 +4,15 @@ candidate that would overrun the budget is skipped with the reason, every one is
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.model.data import LabelledImages
-from pipeline.model.fit import FitConfig
-from pipeline.model.net import TabletNet
+from pipeline.model.export import export_onnx, onnx_predict
+from pipeline.model.fit import FitConfig, predict
+from pipeline.model.net import NetEnsemble, TabletNet
 from pipeline.model.search import Candidate, search
 
 A = Candidate("a: base, mean", True, "mean", 1.0)
@@ -28,7 +30,7 @@ def _sets(n_good: int = 20, n_defect: int = 20) -> tuple[LabelledImages, Labelle
 def _scorer(quality: dict[str, float], val: LabelledImages, n_variants: int):
     """Scores whose separation is the candidate's `quality` (share of defects above every good)."""
     def score(net: TabletNet) -> dict[str, np.ndarray]:
-        q = quality[net.pool]
+        q = quality[getattr(net, "pool", "ensemble")]
         rng = np.random.default_rng(0)
         good = rng.uniform(0.0, 0.5, int((val.y == 0).sum()) + n_variants)
         n_def = int((val.y != 0).sum())
@@ -47,10 +49,13 @@ def test_the_candidate_validation_prefers_is_kept_and_all_are_recorded() -> None
         return TabletNet(pool=cfg.pool, num_classes=2)
 
     out = search([A, B, C], train, val, FitConfig(epochs=5), fit_one,
-                 _scorer({"mean": 0.6, "mean+max": 0.9}, val, 10), lambda pool: float(np.quantile(pool, 0.99)), 10)
+                 _scorer({"mean": 0.6, "mean+max": 0.9, "ensemble": 0.85}, val, 10),
+                 lambda pool: float(np.quantile(pool, 0.99)), 10)
     assert fits == [(5, True, "mean"), (10, True, "mean+max"), (10, False, "mean+max")]
-    assert [t.status for t in out.tried] == ["fitted", "chosen", "fitted"]  # B first of the equals
-    assert out.net.pool == "mean+max" and out.cfg.epochs == 10
+    # B first of the equals; the ensemble of the two best (B + C) was judged and is not better.
+    assert [t.status for t in out.tried] == ["fitted", "chosen", "fitted", "fitted"]
+    assert out.tried[3].candidate.name.startswith("ensemble of the 2 best: b: ") and "+ c: " in out.tried[3].candidate.name
+    assert isinstance(out.net, TabletNet) and out.net.pool == "mean+max" and out.cfg.epochs == 10
     chosen = out.tried[1]
     assert chosen.detection == pytest.approx(0.9) and chosen.false_reject <= 0.05
     assert out.tried[0].as_dict()["validation_detection"] == pytest.approx(0.6)
@@ -74,3 +79,18 @@ def test_no_base_and_over_budget_candidates_are_skipped_with_the_reason() -> Non
     with pytest.raises(ValueError, match="no candidate could be trained"):
         search([A], train, val, FitConfig(epochs=1), slow_fit, _scorer({"mean": 1.0}, val, 0),
                lambda pool: float(pool.max()), 0, has_base=False)
+
+
+def test_an_ensemble_is_kept_when_validation_prefers_it_and_serves_as_one_graph(tmp_path: Path) -> None:
+    train, val = _sets()
+    out = search([A, B], train, val, FitConfig(epochs=1), lambda cfg, _b: TabletNet(pool=cfg.pool, num_classes=2),
+                 _scorer({"mean": 0.6, "mean+max": 0.7, "ensemble": 0.8}, val, 0), lambda pool: float(pool.max()), 0)
+    assert [t.status for t in out.tried] == ["fitted", "fitted", "chosen"]
+    assert isinstance(out.net, NetEnsemble) and "ensemble of 2 TabletNets" in out.architecture
+    # The averaged logits export as one graph that onnxruntime reproduces.
+    x = np.random.default_rng(0).normal(size=(3, 3, 32, 16)).astype(np.float32)
+    export_onnx(out.net, tmp_path / "e.onnx", (32, 16), views=2, num_classes=2)
+    torch_scores, _ = predict(out.net, x, 2, num_classes=2)
+    assert np.allclose(onnx_predict(tmp_path / "e.onnx", x)[0], torch_scores, atol=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        NetEnsemble([TabletNet()])
