@@ -2,15 +2,19 @@
 
 `train_model` is the whole build step behind `linesight train` and `make model`:
 
-1. data: the product's rows of a dataset folder (docs/datasets.md), split
-   deterministically (seeded, per class) into training and validation; or, without a folder,
-   units rendered by the simulator (counterfactual pairs with defect masks of the product and
-   of the assorted tablet family, used by `make model`; pipeline/model/training_sets.py);
+1. data: the product's rows of a dataset folder (docs/datasets.md) at the product's input
+   geometry (pipeline.model.geometry: the frames' aspect, full resolution within a budget),
+   split deterministically (seeded, per class) into training and validation; or, without a
+   folder, units rendered by the simulator (counterfactual pairs with defect masks of the
+   product and of the assorted tablet family, used by `make model`;
+   pipeline/model/training_sets.py);
 2. fit `TabletNet` (`supervised`: the labelled classes; `good-only`: good images against
-   generic synthetic anomalies made from them, classes good/anomaly);
-3. calibrate two thresholds on good units' scores of the ONNX artifact itself: the validation
-   set's, plus out-of-fold scores of every good training image (k-fold) so that a 1 %
-   false-reject target rests on hundreds of good units, not a few dozen;
+   generic synthetic anomalies made from them, classes good/anomaly), turning units only as the
+   product's declared invariance allows; for a dataset folder, the candidates of
+   pipeline.model.search within its time budget, keeping the one validation prefers;
+3. calibrate two thresholds on good units' scores of the ONNX artifact itself (the served views
+   of the invariance): the validation set's and their nuisance variants, plus, with folds,
+   out-of-fold scores of every good training image;
 4. export ONNX with the thresholds and version baked in as constants, prove onnxruntime
    reproduces torch on the validation set (a failed check writes nothing);
 5. judge the version's validation figures against the acceptance criteria (the product's
