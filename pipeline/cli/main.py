@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invariance", choices=list(INVARIANCES),
                    help="flips/turns under which the product's images stay plausible: any-orientation (tumbling "
                    "tablets), lying (capsules), upright (vials), fixed (labels); overrides the recipe's [model] "
-                   "invariance (default: the recipe's, else none assumed: fixed)")
+                   "invariance (default: the recipe's, else what the product's classifier recorded at its first training, "
+                   "else none assumed: fixed)")
     p.add_argument("--smallest-defect-px", type=float, metavar="PX",
                    help="smallest defect to keep visible, in frame pixels: a new product's input is never "
                    "scaled so far that it shrinks under 1.5 px (default: the recipe's [model] smallest_defect_px)")
