@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.model.data import LabelledImages
-from pipeline.model.evaluate_offline import auroc
+from pipeline.model.evaluate_offline import inspection_metrics
 from pipeline.model.fit import FitConfig, steps_per_epoch
 from pipeline.model.net import Classifier, NetEnsemble, TabletNet
 
@@ -148,8 +148,7 @@ def search(
         tr = _judge(cand, c_cfg.epochs, seconds, scored, val, n_variant_scores, review_threshold)
         tried.append(tr)
         fitted.append((tr, net, c_cfg))
-        log(f"candidate '{cand.name}': validation detection {100 * tr.detection:.2f} % at false-reject "
-            f"{100 * tr.false_reject:.2f} %, AUROC {tr.auroc:.4f}, {seconds:.0f} s")
+        log(_report(tr))
         if best is None or _better(tr, best[0]):
             best = (tr, net, c_cfg, scored)
     if best is None:
@@ -165,8 +164,7 @@ def search(
         tr = _judge(cand, ranked[0][2].epochs + ranked[1][2].epochs, time.perf_counter() - t, scored, val,
                     n_variant_scores, review_threshold)
         tried.append(tr)
-        log(f"candidate '{cand.name}': validation detection {100 * tr.detection:.2f} % at false-reject "
-            f"{100 * tr.false_reject:.2f} %, AUROC {tr.auroc:.4f}")
+        log(_report(tr))
         if _better(tr, best[0]):
             best = (tr, ens, ranked[0][2], scored)
     best[0].status = "chosen"
@@ -179,12 +177,14 @@ def _judge(cand: Candidate, epochs: int, seconds: float, scored: dict[str, np.nd
     is_defect = val.y != 0
     s = scored["SCORE"][:, 0]
     val_s = s[: len(val)]
-    good_pool = np.concatenate([val_s[~is_defect], s[len(val): len(val) + n_variant_scores]])
-    review = review_threshold(good_pool)
-    return Tried(cand, "fitted", epochs, seconds,
-                 auroc(val_s, is_defect) if is_defect.any() and (~is_defect).any() else float("nan"),
-                 float((val_s[is_defect] > review).mean()) if is_defect.any() else float("nan"),
-                 float((val_s[~is_defect] > review).mean()) if (~is_defect).any() else float("nan"), review)
+    review = review_threshold(np.concatenate([val_s[~is_defect], s[len(val): len(val) + n_variant_scores]]))
+    m = inspection_metrics(val_s, is_defect, review)
+    return Tried(cand, "fitted", epochs, seconds, m.auroc, m.detection_rate, m.false_reject_rate, review)
+
+
+def _report(tr: Tried) -> str:
+    return (f"candidate '{tr.candidate.name}': validation detection {100 * tr.detection:.2f} % at false-reject "
+            f"{100 * tr.false_reject:.2f} %, AUROC {tr.auroc:.4f}, {tr.seconds:.0f} s")
 
 
 def _rank(t: Tried) -> tuple[float, ...]:
