@@ -102,6 +102,46 @@ class ModelSpec(BaseModel):
         return v
 
 
+STATION = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+
+class CameraFeatures(BaseModel):
+    """`[station.camera]`: the GenICam features the gateway sets on the station's camera before
+    acquiring (docs/cameras.md); a feature the camera lacks, or a value outside its range, stops
+    the gateway with the feature's name. Unset: the camera's own setting is kept."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pixel_format: str = Field(default="Mono8", pattern=r"^[A-Za-z0-9_]{1,32}$")
+    exposure_us: float | None = Field(default=None, gt=0.0, le=1e8)
+    gain: float | None = Field(default=None, ge=0.0, le=1000.0)
+    # Region of interest: offset x, offset y, width, height (sensor pixels).
+    roi: tuple[int, int, int, int] | None = None
+    # TriggerMode On with this TriggerSource ("Software" in tests, "Line0" wired to the line's
+    # photo-eye in production), or "off": free-running (no unit identity; tests of the camera only).
+    trigger_source: str = Field(default="Software", pattern=r"^(off|[A-Za-z0-9_]{1,32})$")
+    codec: str = Field(default="png", pattern=r"^(png|jpeg)$", description="how frames are encoded for the broker")
+    jpeg_quality: int = Field(default=95, ge=50, le=100)
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_positive(cls, v: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if v is not None and (v[0] < 0 or v[1] < 0 or v[2] <= 0 or v[3] <= 0):
+            raise ValueError(f"roi (x, y, width, height) needs x, y >= 0 and width, height > 0, got {list(v)}")
+        return v
+
+
+class StationSpec(BaseModel):
+    """`[[station]]`: one camera view of the unit and the inspections judged on its frames. A
+    recipe without stations has one implicit station running every inspection."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=STATION)
+    inspections: list[str] = Field(min_length=1, description="names of this recipe's [[inspection]] tables")
+    camera: CameraFeatures = CameraFeatures()
+
+
 class RecipeDoc(BaseModel):
     """The file as written (before the per-kind parameter check)."""
 
@@ -114,6 +154,7 @@ class RecipeDoc(BaseModel):
     inspection: list[InspectionSpec] = Field(min_length=1)
     acceptance: AcceptanceSpec | None = None
     model: ModelSpec | None = None
+    station: list[StationSpec] | None = None
 
 
 class Recipe:
@@ -151,8 +192,16 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         # A recipe without acceptance criteria or a [model] table keeps the content hash it had
         # before they existed.
-        absent = {k for k in ("acceptance", "model") if getattr(self.doc, k) is None}
+        absent = {k for k in ("acceptance", "model", "station") if getattr(self.doc, k) is None}
         return self.doc.model_dump(mode="json", exclude=absent or None)
+
+    @property
+    def stations(self) -> list[StationSpec]:
+        """The declared stations ([] for a one-camera recipe)."""
+        return list(self.doc.station or [])
+
+    def station(self, name: str) -> StationSpec | None:
+        return next((s for s in self.stations if s.name == name), None)
 
     def acceptance(self, mode: str) -> AcceptanceCriteria | None:
         """The acceptance criteria of a `mode` training of this product (None: the recipe names none)."""
@@ -196,9 +245,32 @@ def parse_recipe(data: dict[str, Any], source: str = "<recipe>", repository: Pat
             problems.append(f"{where}.params: {exc}")
         if repository is not None and not (repository / spec.model / "config.pbtxt").is_file():
             problems.append(f"{where}.model: no model {spec.model!r} in the model repository {repository}")
+    problems += _station_problems(doc)
     if problems:
         raise RecipeError(source, problems)
     return Recipe(doc, params)
+
+
+def _station_problems(doc: RecipeDoc) -> list[str]:
+    """Stations name existing inspections, once each; with stations, every inspection has one."""
+    if doc.station is None:
+        return []
+    problems: list[str] = []
+    known = {spec.name for spec in doc.inspection}
+    seen: set[str] = set()
+    used: set[str] = set()
+    for i, station in enumerate(doc.station):
+        if station.name in seen:
+            problems.append(f"station[{i}].name: {station.name!r} is used twice")
+        seen.add(station.name)
+        for name in station.inspections:
+            if name not in known:
+                problems.append(f"station[{i}].inspections: no [[inspection]] named {name!r} (known: {', '.join(sorted(known))})")
+        used |= set(station.inspections)
+    unused = sorted(known - used)
+    if doc.station and unused:
+        problems.append(f"station: inspections {', '.join(unused)} belong to no station (every inspection runs on one)")
+    return problems
 
 
 def load_recipe(path: Path, repository: Path | None = None) -> Recipe:

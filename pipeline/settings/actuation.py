@@ -143,6 +143,21 @@ class PlcSettings(BaseModel):
         return read_secret(None, self.private_key_password_file) or None
 
 
+class StationSettings(BaseModel):
+    """One inspection station of a multi-station line (docs/cameras.md): its camera, named by
+    serial number, and where along the conveyor that camera sees a unit.
+
+    A unit gets its id at the line's trigger point (the infeed photo-eye and encoder latch, where
+    `LineTimingSettings.camera_to_gate_mm` is measured from); the station's camera sees it
+    `offset_mm` further on. Frames are matched to units by that position, and a unit is released
+    only when every station of its line passed it.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    camera: str = Field(min_length=1, max_length=64, description="the GenICam camera's serial number")
+    offset_mm: float = Field(default=0.0, ge=0, description="downstream of the line's trigger point")
+
+
 class LineTimingSettings(BaseModel):
     """Where and when a unit captured by the line's camera is at the reject gate.
 
@@ -168,6 +183,26 @@ class LineTimingSettings(BaseModel):
     # Encoder mode: how often pending deadlines are re-evaluated against the latest encoder rate.
     encoder_recheck_ms: float = Field(default=20.0, gt=0)
     encoder_rate_window_s: float = Field(default=1.0, gt=0)
+    # Multi-station lines (docs/cameras.md): empty = one camera, one frame per unit (as before).
+    stations: list[StationSettings] = []
+
+    @model_validator(mode="after")
+    def _stations_consistent(self) -> LineTimingSettings:
+        names = [s.name for s in self.stations]
+        cameras = [s.camera for s in self.stations]
+        twice = sorted({n for n in names if names.count(n) > 1} | {c for c in cameras if cameras.count(c) > 1})
+        if twice:
+            raise ValueError(f"stations: each station and camera once per line; repeated: {', '.join(twice)}")
+        beyond = [s.name for s in self.stations if s.offset_mm >= self.camera_to_gate_mm]
+        if beyond:
+            raise ValueError(
+                f"stations {', '.join(beyond)}: offset_mm must be short of camera_to_gate_mm "
+                f"({self.camera_to_gate_mm} mm, the trigger point to the gate)"
+            )
+        return self
+
+    def station(self, name: str) -> StationSettings | None:
+        return next((s for s in self.stations if s.name == name), None)
 
     def min_travel_to_fire_s(self) -> float:
         """Seconds from capture to the fire time at the nominal speed (``conveyor_speed_mm_s``).

@@ -32,6 +32,11 @@ H_CONTENT_TYPE = "content-type"
 H_LOT = "ls-lot"
 # Optional: the conveyor encoder count at capture (encoder-timed lines, see docs/actuation.md).
 H_ENCODER = "ls-encoder-count"
+# Optional, from a GenICam camera (docs/cameras.md): the inspection station the frame belongs to,
+# the camera's own frame (block) id and its timestamp (ns, the camera's clock).
+H_STATION = "ls-station"
+H_FRAME_ID = "ls-frame-id"
+H_CAMERA_TS = "ls-camera-ts-ns"
 # Reject images (linesight.reject-images): the verdict and class the image documents.
 H_VERDICT = "ls-verdict"
 H_DEFECT = "ls-defect"
@@ -50,6 +55,8 @@ Headers = Sequence[tuple[str, bytes | None]]
 MAX_UNIT_ID_CHARS = 256
 MAX_TEXT_CHARS = 256  # line, camera, lot
 MAX_HEADER_BYTES = 4096  # any one header value, before decoding it
+# A station name (line configuration and recipe): short, lower case, safe in a SQL value and a path.
+STATION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 PRODUCT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+/-]*(?: [A-Za-z0-9._+/-]+)*")
 MAX_PRODUCT_CHARS = 128
 # Wire timestamps are int64 epoch ns (Kafka, ClickHouse DateTime64): anything else is nonsense.
@@ -121,6 +128,11 @@ class FrameMeta:
     content_type: str = "image/png"
     lot: str = ""
     encoder_count: int | None = None
+    # Multi-station lines: which station's camera took the frame ("" on a one-camera line);
+    # `camera` then holds the camera's serial number.
+    station: str = ""
+    frame_id: int | None = None
+    camera_ts_ns: int | None = None
 
     def to_headers(self) -> list[tuple[str, bytes]]:
         headers = [
@@ -135,6 +147,12 @@ class FrameMeta:
             headers.append((H_LOT, self.lot))
         if self.encoder_count is not None:
             headers.append((H_ENCODER, str(self.encoder_count)))
+        if self.station:
+            headers.append((H_STATION, self.station))
+        if self.frame_id is not None:
+            headers.append((H_FRAME_ID, str(self.frame_id)))
+        if self.camera_ts_ns is not None:
+            headers.append((H_CAMERA_TS, str(self.camera_ts_ns)))
         return [(k, v.encode()) for k, v in headers]
 
     @classmethod
@@ -174,6 +192,9 @@ class FrameMeta:
         capture_ns = _header_int(values, H_CAPTURE_NS)
         assert capture_ns is not None  # required above
         encoder_count = _header_int(values, H_ENCODER)
+        frame_id = _header_int(values, H_FRAME_ID)
+        camera_ts_ns = _header_int(values, H_CAMERA_TS)
+        station = values.get(H_STATION, "")
         content_type = values.get(H_CONTENT_TYPE, "image/png")
         if content_type not in IMAGE_CONTENT_TYPES:
             raise MessageError(f"unsupported content-type {content_type[:80]!r}")
@@ -188,6 +209,9 @@ class FrameMeta:
             or timestamp_problem(H_CAPTURE_NS, capture_ns, ref_ns)
             or (f"{H_ENCODER} {encoder_count} is out of range"
                 if encoder_count is not None and not 0 <= encoder_count <= MAX_EPOCH_NS else None)
+            or (None if not station or STATION_NAME.fullmatch(station) else f"{H_STATION} {station[:40]!r} is not a station name")
+            or (f"{H_FRAME_ID} {frame_id} is out of range" if frame_id is not None and frame_id < 0 else None)
+            or (f"{H_CAMERA_TS} {camera_ts_ns} is out of range" if camera_ts_ns is not None and camera_ts_ns < 0 else None)
         )
         if problem:
             raise MessageError(problem)
@@ -200,6 +224,9 @@ class FrameMeta:
             content_type=content_type,
             lot=values.get(H_LOT, ""),
             encoder_count=encoder_count,
+            station=station,
+            frame_id=frame_id,
+            camera_ts_ns=camera_ts_ns,
         )
 
 
@@ -353,6 +380,8 @@ class InspectionResult(JsonMessage):
     parts: list[dict[str, object]] = field(default_factory=list)
     # One line per failing check (measured value and the tolerance it broke).
     reasons: list[str] = field(default_factory=list)
+    # The station whose frame this judges ("" on a one-camera line); see `UnitVerdict`.
+    station: str = ""
 
 
 @dataclass(frozen=True)
