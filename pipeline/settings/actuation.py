@@ -72,6 +72,18 @@ class PlcNodeIds(BaseModel):
     # Written by LineSight: request reject-all (pipeline unhealthy). Read back: reject-all active.
     fail_safe: str = "ns=2;s=LineSight.Gate.FailSafe"
     reject_all: str = "ns=2;s=LineSight.Gate.RejectAllActive"
+    # The line, read by the camera gateway (`pipeline.gateway.triggers.PlcLineSignals`); all
+    # written by the PLC. The conveyor encoder's count (Int64, counting up as the belt runs).
+    encoder_count: str = "ns=2;s=LineSight.Line.EncoderCount"
+    # Infeed triggers (photo-eye at the trigger point, encoder count latched in hardware): the
+    # number of triggers so far, and a ring of the latest latches. Trigger n (n = 1, 2, ...) is
+    # in slot n mod len(ring): ``trigger_latches[slot]`` its encoder count, ``trigger_latch_ids
+    # [slot]`` n itself, written before ``trigger_count`` becomes n. A poll that reads all three
+    # in one request loses no trigger while fewer than len(ring) come between polls, and knows
+    # how many it lost when more do; a slot whose id is not n is a torn read or an overwrite.
+    trigger_count: str = "ns=2;s=LineSight.Line.TriggerCount"
+    trigger_latches: str = "ns=2;s=LineSight.Line.TriggerLatch"
+    trigger_latch_ids: str = "ns=2;s=LineSight.Line.TriggerLatchId"
 
 
 class PlcSettings(BaseModel):

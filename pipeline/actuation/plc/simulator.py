@@ -7,7 +7,14 @@ sequence, PLC time); ``heartbeat`` counts up; reject-all turns on when LineSight
 it or when LineSight's own heartbeat stops. Tests can make it refuse writes, stop confirming,
 freeze its heartbeat, or go offline and come back (same port, same state).
 
-    python -m pipeline.actuation.plc.simulator --port 4840
+It also plays the line (`run_line`): a conveyor at a speed (``encoder_count`` advances at speed x
+counts per mm) with units entering at a pitch; each unit passing the trigger point latches the
+encoder count into the trigger ring (``trigger_count``, ``trigger_latches``, ``trigger_latch_ids``,
+see `PlcNodeIds`), exactly as a PLC's high-speed counter with a latch input would, and hooks
+(`on_unit_at`) run when a unit reaches a given distance downstream (where a test or the demo
+software-triggers that station's camera).
+
+    python -m pipeline.actuation.plc.simulator --port 4840 [--line-speed 250 --counts-per-mm 10 --pitch-mm 50]
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +60,12 @@ _TAGS: dict[str, tuple[ua.VariantType, Any, bool]] = {
     "host_heartbeat": (ua.VariantType.Int64, 0, True),
     "fail_safe": (ua.VariantType.Boolean, False, True),
     "reject_all": (ua.VariantType.Boolean, False, False),
+    "encoder_count": (ua.VariantType.Int64, 0, False),
+    "trigger_count": (ua.VariantType.Int64, 0, False),
+    "trigger_latches": (ua.VariantType.Int64, [], False),  # arrays: sized by ``trigger_ring``
+    "trigger_latch_ids": (ua.VariantType.Int64, [], False),
 }
+_RING_TAGS = ("trigger_latches", "trigger_latch_ids")
 
 
 _COMMAND_TAGS = ("reject_unit", "reject_seq", "release_unit", "release_seq")
@@ -67,6 +80,38 @@ class FiredRecord:
     fired_ns: int
     reject_all: bool  # reject-all was active when it came
     action: str = "reject"  # "reject" | "release" | "release_refused" (under reject-all)
+
+
+@dataclass(frozen=True)
+class UnitPassage:
+    """A simulated unit at a point of the line: the argument of an `PlcSimulator.on_unit_at` hook."""
+
+    unit: int  # 0-based: the unit's place in its `PlcSimulator.run_line` run
+    trigger: int  # the PLC's trigger number for it (``trigger_count`` once it was latched)
+    trigger_position: int  # encoder count latched when it passed the trigger point
+    offset_mm: float  # where it is now, downstream of the trigger point
+    position: int  # encoder count now
+
+
+UnitHook = Callable[[UnitPassage], None]
+
+
+@dataclass
+class _Run:
+    """One `PlcSimulator.run_line`: unit k passes the trigger point at belt travel first_mm + k * pitch_mm."""
+
+    pitch_mm: float
+    first_mm: float
+    units: int | None
+    entered: int = 0  # units latched so far
+    first_trigger: int = 0  # trigger number of unit 0
+
+
+@dataclass
+class _Hook:
+    offset_mm: float
+    hook: UnitHook
+    next_unit: int = 0
 
 
 class _PasswordUsers(UserManager):
@@ -101,6 +146,9 @@ class PlcSimulator:
         private_key: Path | None = None,
         allow_insecure: bool = True,
         fired_log: Path | None = None,
+        trigger_ring: int = 32,
+        encoder_start: int = 0,
+        encoder_publish_s: float = 0.01,
     ) -> None:
         self.port, self.host, self.path = port, host, path
         self.node_ids = nodes or PlcNodeIds()
@@ -110,6 +158,22 @@ class PlcSimulator:
         self._certificate, self._private_key = certificate, private_key
         self._allow_insecure = allow_insecure
         self._values: dict[str, Any] = {name: spec[1] for name, spec in _TAGS.items()}
+        if trigger_ring < 1:
+            raise ValueError(f"trigger_ring must be >= 1, got {trigger_ring}")
+        for name in _RING_TAGS:
+            self._values[name] = [0] * trigger_ring
+        self._values["encoder_count"] = encoder_start
+        # The line: belt travel is piecewise linear in time, anchored at the last speed change.
+        self._encoder_start = encoder_start
+        self._encoder_publish_s = encoder_publish_s
+        self._counts_per_mm = 1.0  # the encoder's resolution, set by `run_line`
+        self._speed_mm_s = 0.0
+        self._anchor_ns = time.monotonic_ns()
+        self._anchor_mm = 0.0
+        self._run: _Run | None = None
+        self._hooks: list[_Hook] = []
+        self._line_task: asyncio.Task[None] | None = None
+        self._line_changed = asyncio.Event()
         self._server: Server | None = None
         self._nodeids: dict[str, ua.NodeId] = {}
         self._ticker: asyncio.Task[None] | None = None
@@ -124,6 +188,7 @@ class PlcSimulator:
         # One JSON line per fire (unit, seq, time, reject-all): what the gate did, for tests that
         # run the simulator as a separate process and check the PLC's side independently.
         self._fired_log = fired_log
+        self._latched: list[int] = []
 
     @property
     def endpoint(self) -> str:
@@ -140,6 +205,20 @@ class PlcSimulator:
     @property
     def heartbeat(self) -> int:
         return int(self._values["heartbeat"])
+
+    @property
+    def encoder_count(self) -> int:
+        """The line's encoder count now (what a read of ``encoder_count`` returns)."""
+        return self._count_at(self._travel_mm(time.monotonic_ns()))
+
+    @property
+    def trigger_count(self) -> int:
+        return int(self._values["trigger_count"])
+
+    @property
+    def trigger_positions(self) -> list[int]:
+        """Encoder counts latched for this simulator's triggers so far, in order (for tests)."""
+        return list(self._latched)
 
     async def __aenter__(self) -> PlcSimulator:
         await self.start()
@@ -172,6 +251,7 @@ class PlcSimulator:
             server.set_identity_tokens([ua.UserNameIdentityToken])
         await self._build_address_space(server)
         server.subscribe_server_callback(CallbackType.PostWrite, self._on_write)
+        server.subscribe_server_callback(CallbackType.PreRead, self._on_read)
         await server.start()
         self._server = server
         self._host_beat_at = time.monotonic()
@@ -182,6 +262,8 @@ class PlcSimulator:
     async def stop(self) -> None:
         await cancel_and_wait(self._ticker)
         self._ticker = None
+        await cancel_and_wait(self._line_task)
+        self._line_task = None
         server, self._server = self._server, None
         self._offline = False
         if server is not None:
@@ -241,6 +323,155 @@ class PlcSimulator:
         self.watch_host_heartbeat(None)
         await self._set("fail_safe", False)
         await self._update_reject_all()
+
+    # ---- the line
+
+    async def run_line(
+        self,
+        speed_mm_s: float,
+        *,
+        counts_per_mm: float,
+        pitch_mm: float,
+        units: int | None = None,
+        first_unit_mm: float | None = None,
+    ) -> None:
+        """Run the conveyor at ``speed_mm_s`` with a unit entering every ``pitch_mm`` of belt
+        (``units`` of them; None: without end), the first ``first_unit_mm`` of travel from now
+        (default: one pitch). Replaces any previous run; the encoder count carries on."""
+        if speed_mm_s < 0 or counts_per_mm <= 0 or pitch_mm <= 0:
+            raise ValueError(f"line needs speed >= 0, counts_per_mm > 0, pitch_mm > 0 "
+                             f"(got {speed_mm_s}, {counts_per_mm}, {pitch_mm})")
+        now = time.monotonic_ns()
+        await self._advance(now)
+        travel = self._travel_mm(now)
+        if counts_per_mm != self._counts_per_mm:  # keep the count continuous across runs
+            self._encoder_start = self._count_at(travel) - math.floor(travel * counts_per_mm)
+            self._counts_per_mm = counts_per_mm
+        first = travel + (pitch_mm if first_unit_mm is None else first_unit_mm)
+        self._run = _Run(pitch_mm, first, units, first_trigger=self.trigger_count + 1)
+        for hook in self._hooks:
+            hook.next_unit = 0
+        self._set_speed(now, speed_mm_s)
+        if self._line_task is None or self._line_task.done():
+            self._line_task = asyncio.get_running_loop().create_task(self._line(), name="plc-sim-line")
+
+    def set_line_speed(self, speed_mm_s: float) -> None:
+        """Change the belt speed (0: stopped); positions, units and triggers carry on."""
+        if speed_mm_s < 0:
+            raise ValueError(f"speed must be >= 0, got {speed_mm_s}")
+        self._set_speed(time.monotonic_ns(), speed_mm_s)
+
+    async def stop_line(self) -> None:
+        """Stop the belt and end the run: no more units, no more hooks."""
+        now = time.monotonic_ns()
+        await self._advance(now)
+        self._set_speed(now, 0.0)
+        self._run = None
+        await cancel_and_wait(self._line_task)
+        self._line_task = None
+
+    def on_unit_at(self, offset_mm: float, hook: UnitHook) -> None:
+        """Call ``hook`` each time a unit reaches ``offset_mm`` downstream of the trigger point
+        (0: the trigger point, just after its latch). Runs in the simulator's event loop."""
+        if offset_mm < 0:
+            raise ValueError(f"offset_mm must be >= 0, got {offset_mm}")
+        entry = _Hook(offset_mm, hook)
+        run = self._run
+        if run is not None:  # from the first unit that has not reached it yet
+            past = self._travel_mm(time.monotonic_ns()) - run.first_mm - offset_mm
+            entry.next_unit = max(0, int(past // run.pitch_mm) + 1)
+        self._hooks.append(entry)
+        self._line_changed.set()
+
+    def _travel_mm(self, now_ns: int) -> float:
+        return self._anchor_mm + self._speed_mm_s * (now_ns - self._anchor_ns) / 1e9
+
+    def _count_at(self, travel_mm: float) -> int:
+        return self._encoder_start + math.floor(travel_mm * self._counts_per_mm)
+
+    def _set_speed(self, now_ns: int, speed_mm_s: float) -> None:
+        self._anchor_mm = self._travel_mm(now_ns)
+        self._anchor_ns = now_ns
+        self._speed_mm_s = speed_mm_s
+        self._line_changed.set()
+
+    async def _advance(self, now_ns: int) -> None:
+        """Bring the PLC's line tags up to ``now_ns``: latch every unit that passed the trigger
+        point, run every hook whose point a unit passed, in belt order, then the encoder count."""
+        travel = self._travel_mm(now_ns)
+        run = self._run
+        while run is not None:
+            events: list[tuple[float, int, _Hook | None]] = []
+            if run.units is None or run.entered < run.units:
+                events.append((run.first_mm + run.entered * run.pitch_mm, run.entered, None))
+            for hook in self._hooks:
+                if hook.next_unit < run.entered:
+                    events.append((run.first_mm + hook.next_unit * run.pitch_mm + hook.offset_mm, hook.next_unit, hook))
+            if not events:
+                break
+            at, unit, which = min(events, key=lambda e: (e[0], e[2] is not None))
+            if at > travel:
+                break
+            latched = self._count_at(run.first_mm + unit * run.pitch_mm)
+            if which is None:
+                await self._latch(latched)
+                run.entered += 1
+                continue
+            which.next_unit += 1
+            passage = UnitPassage(unit, run.first_trigger + unit, latched, which.offset_mm, self._count_at(at))
+            try:
+                which.hook(passage)
+            except Exception:
+                log.exception("line hook at %s mm failed for unit %d", which.offset_mm, unit)
+        await self._set("encoder_count", self._count_at(travel))
+
+    async def _latch(self, position: int) -> None:
+        """One infeed trigger: the ring slot first, the counter last (see `PlcNodeIds`)."""
+        n = self.trigger_count + 1
+        ring = len(self._values["trigger_latches"])
+        latches, ids = list(self._values["trigger_latches"]), list(self._values["trigger_latch_ids"])
+        latches[n % ring], ids[n % ring] = position, n
+        await self._set("trigger_latches", latches)
+        await self._set("trigger_latch_ids", ids)
+        await self._set("trigger_count", n)
+        self._latched.append(position)
+
+    def _next_event_s(self, now_ns: int) -> float | None:
+        """Seconds until the next latch or hook at the present speed; None: none will come."""
+        run = self._run
+        if run is None or self._speed_mm_s <= 0:
+            return None
+        pending: list[float] = []
+        if run.units is None or run.entered < run.units:
+            pending.append(run.first_mm + run.entered * run.pitch_mm)
+        total = run.entered if run.units is None else run.units
+        pending += [
+            run.first_mm + h.next_unit * run.pitch_mm + h.offset_mm for h in self._hooks if h.next_unit < total
+        ]
+        if not pending:
+            return None
+        return max(0.0, (min(pending) - self._travel_mm(now_ns)) / self._speed_mm_s)
+
+    async def _line(self) -> None:
+        """Wakes at each latch or hook time (recomputed on every speed change), and every few ms
+        while the belt moves so that ``encoder_count`` also advances for subscribers."""
+        while True:
+            self._line_changed.clear()
+            now = time.monotonic_ns()
+            await self._advance(now)
+            wait = self._next_event_s(now)
+            if self._speed_mm_s > 0:
+                wait = min(wait, self._encoder_publish_s) if wait is not None else self._encoder_publish_s
+            try:
+                await asyncio.wait_for(self._line_changed.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def _on_read(self, event: ServerItemCallback, _dispatcher: Any) -> None:
+        """A read sees the line as it is at that instant, like a PLC's counter read, not as of the
+        simulator's last wake-up."""
+        if self._run is not None and event.is_external:
+            await self._advance(time.monotonic_ns())
 
     # ---- internals
 
@@ -345,10 +576,14 @@ class PlcSimulator:
                 self._values[name] = dv.Value.Value
 
 
-async def _serve(port: int, host: str, host_heartbeat_timeout_s: float | None, fired_log: Path | None) -> None:
+async def _serve(
+    port: int, host: str, host_heartbeat_timeout_s: float | None, fired_log: Path | None, line: argparse.Namespace
+) -> None:
     async with PlcSimulator(
         port, host=host, host_heartbeat_timeout_s=host_heartbeat_timeout_s, fired_log=fired_log
     ) as plc:
+        if line.line_speed is not None:
+            await plc.run_line(line.line_speed, counts_per_mm=line.counts_per_mm, pitch_mm=line.pitch_mm)
         print(f"PLC simulator on {plc.endpoint} (Ctrl-C to stop)", flush=True)
         await asyncio.Event().wait()
 
@@ -360,11 +595,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host-heartbeat-timeout", type=float, default=None,
                         help="go reject-all when LineSight's heartbeat is silent this many seconds")
     parser.add_argument("--fired-log", type=Path, default=None, help="append one JSON line per gate fire")
+    parser.add_argument("--line-speed", type=float, default=None,
+                        help="run the simulated line at this many mm/s from the start (units enter without end)")
+    parser.add_argument("--counts-per-mm", type=float, default=10.0, help="the simulated line's encoder resolution")
+    parser.add_argument("--pitch-mm", type=float, default=50.0, help="belt length between entering units")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncua").setLevel(logging.WARNING)  # INFO is thousands of address-space lines
     try:
-        asyncio.run(_serve(args.port, args.host, args.host_heartbeat_timeout, args.fired_log))
+        asyncio.run(_serve(args.port, args.host, args.host_heartbeat_timeout, args.fired_log, args))
     except KeyboardInterrupt:
         pass
 
