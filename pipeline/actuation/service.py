@@ -12,6 +12,13 @@ The actuator consumes four topics (its own consumer group, so it sees every part
   heartbeat coming back through the broker proves the broker. The `Watchdog` turns silence
   into the ``pipeline_unhealthy`` alarm and reject-all (scheduler and PLC).
 
+On a line that declares stations (``lines.<line>.stations``, docs/actuation.md) a unit is seen by
+several cameras: `pipeline.actuation.stations.StationUnits` admits it from its first station frame
+(timed from that station's offset), combines the stations' results (a pass is submitted only when
+every declared station passed; any reject at once) and, when the gate decided it, the actuator
+publishes its one `UnitVerdict` (``linesight.unit-verdicts``) naming the rejecting or missing
+stations.
+
 The gate is the PLC behind `pipeline.actuation.plc.gate.OpcUaGate` (``plc.enabled``, the default); the
 in-process `SimulatedGate` only when ``plc.enabled = false`` is configured. Every unit's fate is
 published as a `GateEventRecord` (ClickHouse ``gate_events``: the per-lot reconciliation), every
@@ -28,6 +35,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any, cast
 
@@ -37,6 +45,7 @@ from pipeline.actuation.alarms import AlarmCode, AlarmEvent
 from pipeline.actuation.gate import Gate
 from pipeline.actuation.loop import ActuationLoop
 from pipeline.actuation.scheduler import Action, DecisionKind, GateCommand, GateEvent, Outcome
+from pipeline.actuation.stations import FrameKind, StationUnits
 from pipeline.actuation.timing_model import UnitRef
 from pipeline.core.health import HealthState, worker_id
 from pipeline.core.times import NS_PER_S, now_ns
@@ -49,6 +58,8 @@ from pipeline.wire.messages import (
     H_ENCODER,
     H_LINE,
     H_LOT,
+    H_PRODUCT,
+    H_STATION,
     H_UNIT,
     Actuation,
     AlarmRecord,
@@ -170,6 +181,7 @@ class Actuator:
         self._open: dict[str, tuple[str, int, str]] = {}  # alarm code -> (id, raised_ns, reason)
         self._held: dict[str, float] = {}  # bad-input alarm code -> monotonic time of the last occurrence
         self._admitted = _Seen()
+        self._stations = StationUnits(self._lines)
         # Verdicts for units not admitted yet, on encoder lines (their timing needs the frame's count).
         self._parked: OrderedDict[tuple[str, str], tuple[GateCommand, float]] = OrderedDict()
         self.counters: Counter[str] = Counter()
@@ -257,7 +269,28 @@ class Actuator:
             ref = fallback
         if self._line and ref.line != self._line:
             return None
+        if self._stations.declares(ref.line):
+            return self._station_frame(m, ref)
         return ref
+
+    def _station_frame(self, m: Message, ref: UnitRef) -> UnitRef | None:
+        """A multi-station line's frame: the unit's first is admitted, timed from its station;
+        other stations' frames of a known unit are no second capture; an undeclared station is
+        bad input."""
+        headers = cast("list[tuple[str, bytes | None]]", m.headers() or [])
+        station = header_value(headers, H_STATION)
+        kind = self._stations.frame(ref.line, ref.unit_id, station, ref.capture_ns,
+                                    header_value(headers, H_PRODUCT), ref.lot)
+        self.counters[f"station_frame_{kind}"] += 1
+        if kind is FrameKind.UNDECLARED:
+            self._refused(m, f"frame of unit {ref.unit_id!r} from station {station[:40]!r}, which line {ref.line!r} "
+                             f"does not declare (stations: {', '.join(self._stations.names(ref.line))})")
+            return None
+        if kind in (FrameKind.OTHER_STATION, FrameKind.REDELIVERED):
+            return None
+        spec = self._stations.station(ref.line, station)
+        assert spec is not None  # declared (not UNDECLARED)
+        return replace(ref, offset_mm=spec.offset_mm)
 
     def _admit_all(self, refs: list[UnitRef]) -> None:
         unparked: list[tuple[GateCommand, Message | None]] = []
@@ -330,15 +363,24 @@ class Actuator:
             line = self._resolve_line("")
         if self._line and line != self._line:
             return None
+        given: dict[str, Any] = {"line": line, "action": action, "encoder_count": None}
+        defect, offset_mm = str(verdict.defect)[:100], 0.0
+        if self._stations.declares(line):
+            station = self._station_verdict(m, verdict, line)
+            if station is None:
+                return None
+            given["action"], given["cause"], defect, offset_mm = station
         try:
-            command = GateCommand.parse(verdict, line=line, action=action, encoder_count=None)
+            command = GateCommand.parse(verdict, **given)
         except ValueError as exc:
             self.counters[f"verdict_{DecisionKind.REFUSED}"] += 1
             self._refused(m, f"refused command for unit {verdict.unit_id!r} line {line!r}: malformed command: {exc}")
             return None
+        if offset_mm:
+            command = replace(command, unit=replace(command.unit, offset_mm=offset_mm))
         key = (command.unit.line, command.unit.unit_id)
         if command.action is Action.REJECT:
-            self._defects[key] = str(verdict.defect)[:100]
+            self._defects[key] = defect
             if len(self._defects) > 100_000:
                 self._defects.popitem(last=False)
         timing = self._lines.get(command.unit.line)
@@ -348,6 +390,28 @@ class Actuator:
             self.counters["verdicts_parked"] += 1
             return None
         return command
+
+    def _station_verdict(
+        self, m: Message, verdict: InspectionResult | RejectCommand, line: str
+    ) -> tuple[Action, str, str, float] | None:
+        """On a multi-station line: (action, cause, defect, station offset) to submit, or None while
+        the unit waits for its other stations (or the result is refused: undeclared station)."""
+        if isinstance(verdict, RejectCommand):  # the gateway's or a worker's: rejects as on any line
+            if verdict.cause == "failsafe":
+                self._stations.command(line, verdict.unit_id, verdict.reason)
+            spec = self._stations.station_of_camera(line, verdict.camera)
+            return Action.REJECT, verdict.cause, str(verdict.defect)[:100], spec.offset_mm if spec else 0.0
+        spec = self._stations.station(line, verdict.station)
+        if spec is None:
+            self._refused(m, f"result of unit {verdict.unit_id!r} from station {verdict.station[:40]!r}, which line "
+                             f"{line!r} does not declare (stations: {', '.join(self._stations.names(line))})")
+            return None
+        combined = self._stations.result(verdict)
+        if combined is None:
+            self.counters["station_results_held"] += 1
+            return None
+        action = Action.PASS if combined.verdict == "pass" else Action.REJECT
+        return action, combined.cause, combined.defect[:100], spec.offset_mm
 
     def _submit_all(self, submits: list[tuple[GateCommand, Message | None]]) -> None:
         decisions = self.actuation.submit_many([command for command, _ in submits])
@@ -434,6 +498,11 @@ class Actuator:
             reason = (f"the PLC fired {(e.fired_ns - t.window_end_ns) / 1e6:.1f} ms after the gate window closed "
                       f"(scheduler acted {(e.acted_ns - t.fire_at_ns) / 1e6:.1f} ms after the fire time)")
         self.counters[f"gate_{outcome}_{e.cause}"] += 1
+        unit_verdict = None
+        if self._stations.declares(e.line):  # one verdict per unit, naming its stations
+            unit_verdict = self._stations.close(e.line, e.unit_id, released=outcome is Outcome.PASSED,
+                                                cause=str(e.cause), decided_ns=e.acted_ns, gate_reason=reason)
+            reason = unit_verdict.reason
         record = GateEventRecord(
             unit_id=e.unit_id, line=e.line, lot=e.lot, outcome=str(outcome), cause=str(e.cause),
             admitted=e.admitted, deadline_ns=t.deadline_ns, fire_at_ns=t.fire_at_ns, cutoff_ns=t.verdict_cutoff_ns,
@@ -444,6 +513,8 @@ class Actuator:
         key = e.unit_id.encode()
         try:
             self._producer.produce(self._kafka.topic_gate_events, key=key, value=record.to_json())
+            if unit_verdict is not None:
+                self._producer.produce(self._kafka.topic_unit_verdicts, key=key, value=unit_verdict.to_json())
             if outcome is Outcome.FIRED:
                 actuation = Actuation(
                     unit_id=e.unit_id, line=e.line, lot=e.lot, cause=str(e.cause),

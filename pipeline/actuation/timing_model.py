@@ -29,6 +29,9 @@ class UnitRef:
     capture_ns: int
     encoder_count: int | None = None
     lot: str = ""
+    # Multi-station lines: how far downstream of the line's trigger point the capturing station
+    # saw the unit (its `StationSettings.offset_mm`); the unit is that much closer to the gate.
+    offset_mm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -101,14 +104,15 @@ class LineTimingModel:
     def timing(self, unit: UnitRef) -> GateTiming:
         s = self.settings
         if self._encoder is None:
-            travel_ns = round(s.camera_to_gate_mm / s.conveyor_speed_mm_s * NS_PER_S)
+            travel_ns = round((s.camera_to_gate_mm - unit.offset_mm) / s.conveyor_speed_mm_s * NS_PER_S)
             deadline = unit.capture_ns + travel_ns
             half_window = round(s.gate_window_mm / 2 / s.conveyor_speed_mm_s * NS_PER_S)
         else:
             if unit.encoder_count is None:
                 raise TimingError(f"line {self.line} is encoder-timed but unit {unit.unit_id} has no encoder count")
             assert s.counts_per_mm is not None
-            deadline = self._encoder.time_of(unit.encoder_count + self._offset_counts)
+            to_gate = self._offset_counts - round(unit.offset_mm * s.counts_per_mm)
+            deadline = self._encoder.time_of(unit.encoder_count + to_gate)
             rate = max(self._encoder.counts_per_s(), 1e-6)
             half_window = round(s.gate_window_mm / 2 * s.counts_per_mm / rate * NS_PER_S)
         fire_at = deadline - self._lead_ns

@@ -55,6 +55,7 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         (kafka.topic_alerts, {}),
         (kafka.topic_reject_images, {}),
         (kafka.topic_recipes, {"cleanup.policy": "compact"}),
+        (kafka.topic_unit_verdicts, {}),
     ]
     return [TopicSpec(n, kafka.partitions, kafka.replication_factor, dict(c)) for n, c in names]
 

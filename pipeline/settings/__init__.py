@@ -46,6 +46,8 @@ class KafkaSettings(BaseModel):
     topic_reject_images: str = "linesight.reject-images"
     # Recipe activations (docs/recipes.md): compacted, keyed by line, read in full by every worker.
     topic_recipes: str = "linesight.recipes"
+    # One verdict per unit of a multi-station line (docs/actuation.md), keyed by unit id.
+    topic_unit_verdicts: str = "linesight.unit-verdicts"
     partitions: int = 3
     replication_factor: int = 1
     # Frames above this size are refused by the gateway (Kafka's default message cap is 1 MB).
@@ -166,6 +168,7 @@ class ServiceSettings(BaseModel):
     actuator_line: str | None = Field(default=None, description="fire only for this line")
     sink_health_port: int = 16070
     actuator_health_port: int = 16071
+    gateway_health_port: int = 16073
     # Address the sink's and actuator's /healthz and /readyz listen on (open endpoints): loopback
     # unless another host or container probes them (compose: the dashboard's health panel).
     health_host: str = "127.0.0.1"

@@ -492,6 +492,30 @@ class GateEventRecord(JsonMessage):
 
 
 @dataclass(frozen=True)
+class UnitVerdict(JsonMessage):
+    """A multi-station unit's one verdict (topic ``linesight.unit-verdicts``, keyed by unit id):
+    published by the actuator once per unit, when the gate decided its fate (docs/actuation.md).
+
+    verdict: pass (every declared station passed and the gate released it), review (the worst
+    station verdict is review, all present) or reject. cause: as the gate event's (model, late,
+    failsafe). stations: one entry per station result received, in the line's station order:
+    {station, verdict, score, defect, model_version, camera}; missing: declared stations with no
+    result by the cutoff.
+    """
+
+    unit_id: str
+    line: str
+    lot: str
+    product: str
+    verdict: Verdict
+    cause: str
+    decided_ns: int
+    stations: list[dict[str, str | float | None]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class AlarmRecord(JsonMessage):
     """An alarm raised (``active``) or cleared. The clear carries the raise's id and time."""
 
