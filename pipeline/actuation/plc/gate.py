@@ -33,14 +33,15 @@ from typing import Any
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.node import Node
-from asyncua.crypto import security_policies
-from asyncua.ua.uaerrors import UaError
 
 from pipeline.actuation.alarms import AlarmCode, AlarmEvent
 from pipeline.actuation.gate import BadGateCommand, FireResult, GateError
 from pipeline.actuation.timing_model import UnitRef
 from pipeline.core.aio import cancel_and_wait
-from pipeline.settings.actuation import PlcNodeIds, PlcSettings, SecurityMode, SecurityPolicy
+from pipeline.core.opcua import LINK_ERRORS as _LINK_ERRORS
+from pipeline.core.opcua import close_session, make_client, open_session
+from pipeline.core.opcua import describe as _describe
+from pipeline.settings.actuation import PlcNodeIds, PlcSettings
 from pipeline.wire.messages import MAX_UNIT_ID_CHARS
 
 log = logging.getLogger(__name__)
@@ -80,19 +81,6 @@ class _Nodes:
     reject_all: Node
 
 
-_POLICIES: dict[SecurityPolicy, type[security_policies.SecurityPolicy]] = {
-    SecurityPolicy.BASIC256SHA256: security_policies.SecurityPolicyBasic256Sha256,
-    SecurityPolicy.AES128_SHA256_RSAOAEP: security_policies.SecurityPolicyAes128Sha256RsaOaep,
-    SecurityPolicy.AES256_SHA256_RSAPSS: security_policies.SecurityPolicyAes256Sha256RsaPss,
-}
-_MODES = {
-    SecurityMode.SIGN: ua.MessageSecurityMode.Sign,
-    SecurityMode.SIGN_AND_ENCRYPT: ua.MessageSecurityMode.SignAndEncrypt,
-}
-# What a broken/unreachable connection looks like from asyncua.
-_LINK_ERRORS = (OSError, ConnectionError, TimeoutError, UaError, EOFError)
-
-
 def validate_node_ids(nodes: PlcNodeIds) -> None:
     """Fail fast (ValueError) on a node id string asyncua cannot parse: a settings typo."""
     for name, value in nodes.model_dump().items():
@@ -100,11 +88,6 @@ def validate_node_ids(nodes: PlcNodeIds) -> None:
             ua.NodeId.from_string(value)
         except Exception as exc:
             raise ValueError(f"plc.nodes.{name}: bad NodeId {value!r}: {exc}") from None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _to_ns(value: Any) -> int | None:
@@ -323,30 +306,11 @@ class OpcUaGate:
                 return
 
     def _make_client(self) -> Client:
-        s = self._settings
-        assert s.endpoint is not None
-        client = Client(s.endpoint, timeout=s.request_timeout_s, watchdog_intervall=max(s.heartbeat_poll_s, 0.5))
-        client.application_uri = s.application_uri
-        client.name = client.description = "LineSight reject actuator"
-        client.session_timeout = 60_000
-        if s.username:
-            client.set_user(s.username)
-            client.set_password(s.resolved_password())
-        return client
+        return make_client(self._settings, "LineSight reject actuator")
 
     async def _open(self, client: Client) -> None:
         s = self._settings
-        if s.security_policy is not SecurityPolicy.NONE:
-            assert s.certificate is not None and s.private_key is not None
-            await client.set_security(
-                _POLICIES[s.security_policy],
-                str(s.certificate),
-                str(s.private_key),
-                s.resolved_private_key_password(),
-                str(s.server_certificate) if s.server_certificate else None,
-                _MODES[s.security_mode],
-            )
-        await client.connect()
+        await open_session(client, s)
         ids = s.nodes
         nodes = _Nodes(*(client.get_node(getattr(ids, name)) for name in _Nodes.__dataclass_fields__))
         # Every configured tag must exist: a wrong node id is an alarm now, not at the first reject.
@@ -433,14 +397,7 @@ class OpcUaGate:
             self._raise(AlarmCode.WRITE_REFUSED, f"PLC refused reject-all={wanted}: {status.name}")
 
     async def _close(self, client: Client) -> None:
-        try:
-            await asyncio.wait_for(client.disconnect(), self._settings.request_timeout_s)
-        except Exception as exc:  # the link is already gone; nothing more to clean up remotely
-            log.debug("PLC disconnect: %s", _describe(exc))
-            try:
-                client.disconnect_socket()
-            except Exception:
-                pass
+        await close_session(client, self._settings.request_timeout_s)
 
     async def _sleep_or_stop(self, delay_s: float) -> bool:
         try:
