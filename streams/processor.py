@@ -300,6 +300,7 @@ class InspectionProcessor:
             measurements=d.measurements,
             parts=d.parts,
             reasons=d.reasons,
+            station=meta.station,
         )
         out: list[Outgoing | _ImageJob] = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), result.to_json())]
         if d.verdict != "pass":  # `review` units leave the line too; a person decides on them
@@ -338,6 +339,7 @@ class InspectionProcessor:
             error=reason,
             image_sha256=_image_sha256(frame),
             recipe=recipe,
+            station=meta.station if meta else "",
         )
         dead = Outgoing(
             self._kafka.topic_deadletter,

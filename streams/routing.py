@@ -3,7 +3,9 @@
 Kept apart from the decision logic so the routing rules (docs/recipes.md, docs/models.md) read
 in one place: a line with a recipe runs exactly that recipe's inspections, and a frame of a
 product that recipe does not know is refused (dead-lettered, fail-safe rejected); a line with
-no recipe sends each product to its inspection ensemble by convention.
+no recipe sends each product to its inspection ensemble by convention. A recipe that declares
+stations runs on each frame only the inspections of the frame's station (header ls-station); a
+frame from a station the recipe does not declare, or naming none, is refused likewise.
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ def plan_for(meta: FrameMeta, models: dict[str, str], book: RecipeBook | None) -
             f"product {meta.product!r} is not in recipe {entry.ref} of line {meta.line!r} "
             f"(which runs {entry.product!r})"
         )
+    if entry.stations:
+        if entry.station(meta.station) is None:
+            raise RecipeRefusal(
+                f"station {meta.station!r} is not in recipe {entry.ref} of line {meta.line!r} "
+                f"(its stations: {', '.join(s.name for s in entry.stations)})"
+            )
+        return entry, station_steps(entry, meta.station)
     return entry, recipe_steps(entry)
 
 
@@ -68,3 +77,11 @@ def recipe_steps(recipe: Recipe) -> tuple[Step, ...]:
         for spec in recipe.inspections
     )
 
+
+
+@lru_cache(maxsize=256)
+def station_steps(recipe: Recipe, station: str) -> tuple[Step, ...]:
+    """The steps of one declared station of a recipe (its `[[station]]` inspections)."""
+    spec = recipe.station(station)
+    names = set(spec.inspections) if spec is not None else set()
+    return tuple(step for step in recipe_steps(recipe) if step.name in names)

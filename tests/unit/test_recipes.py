@@ -13,8 +13,8 @@ from pipeline.inspections.base import InspectionParams, Judgement, Measurement
 from pipeline.recipes.book import RecipeBook, Refused, load_defaults
 from pipeline.recipes.schema import RecipeError, load_recipe, parse_recipe
 from pipeline.settings import PROJECT_ROOT, Settings
-from pipeline.wire.messages import H_DLQ_REASON, RecipeActivation, header_value
-from streams.processor import InspectionProcessor
+from pipeline.wire.messages import H_DLQ_REASON, FrameMeta, RecipeActivation, header_value
+from streams.processor import Frame, InspectionProcessor
 from streams.triton_client import Failed, Measured
 
 REPO = PROJECT_ROOT / "triton_models"
@@ -208,3 +208,46 @@ async def test_classifier_recipe_routes_to_its_model_and_stamps_the_recipe() -> 
     assert scorer.models == ["tablet_inspector"]
     assert results["u1"]["verdict"] == "reject" and results["u1"]["recipe"] == "tablets@v2"
     assert results["u1"]["reasons"] and results["u2"]["verdict"] == "pass" and results["u2"]["reasons"] == []
+
+
+# ------------------------------------------------------------------ stations (one camera view each)
+STATIONED = {
+    "id": "gauged-tablets", "version": 1, "product": "tablet-round-white-10mm",
+    "inspection": [{"name": "appearance", "kind": "classifier", "model": "tablet_inspector"},
+                   {"name": "level", "kind": "gauge", "model": "gauge_model", "params": {"min_level": 2.0}}],
+    "station": [{"name": "side", "inspections": ["appearance"]}, {"name": "top", "inspections": ["level"]}],
+}
+
+
+def station_frame(unit: str, image: bytes, station: str, offset: int) -> Frame:
+    meta = FrameMeta(unit, "line-1", f"S-{station}", "tablet-round-white-10mm", 1_000, "image/png", "LOT-7",
+                     station=station)
+    return Frame(unit.encode(), image, meta.to_headers(), "frames", 0, offset, 2_000)
+
+
+async def test_a_station_frame_runs_only_its_stations_inspections_and_an_undeclared_station_is_refused(
+    gauge_kind: None,
+) -> None:
+    settings = Settings()
+    k = settings.kafka
+    book = RecipeBook()
+    book.apply(b"line-1", _activation(STATIONED))
+    assert [s.name for s in book.get("line-1").stations] == ["side", "top"]
+    scorer = MeasuringScorer()
+    frames = [
+        station_frame("u1", PNG + b"score=0.1", "side", 0),  # classifier only (no level= in it)
+        station_frame("u1", PNG + b"level=1.5", "top", 1),  # gauge only
+        station_frame("u2", PNG + b"score=0.1", "bottom", 2),  # not a station of the recipe
+        frame("u3", PNG + b"score=0.1", offset=3),  # names no station
+    ]
+    out = await InspectionProcessor(settings, scorer, worker="w1", recipes=book).process(frames)
+    results = [json.loads(o.value) for o in by_topic(out, k.topic_results)]
+    assert [(r["unit_id"], r["station"], r["verdict"], r["cause"]) for r in results] == [
+        ("u2", "bottom", "reject", "failsafe"), ("u3", "", "reject", "failsafe"),
+        ("u1", "side", "pass", "model"), ("u1", "top", "reject", "model")]
+    assert scorer.models == ["tablet_inspector"] and scorer.params == [{"min_level": 2.0}]
+    assert results[2]["model_name"] == "tablet_classifier" and results[3]["model_name"] == "gauge_model"
+    dead = sorted(header_value(o.headers, H_DLQ_REASON) for o in by_topic(out, k.topic_deadletter))
+    assert dead == ["station '' is not in recipe gauged-tablets@v1 of line 'line-1' (its stations: side, top)",
+                    "station 'bottom' is not in recipe gauged-tablets@v1 of line 'line-1' (its stations: side, top)"]
+    assert sorted(json.loads(o.value)["unit_id"] for o in by_topic(out, k.topic_rejects)) == ["u1", "u2", "u3"]
