@@ -6,13 +6,16 @@
 
 CREATE DATABASE IF NOT EXISTS {db};
 
--- One row per inspected (or fail-safe rejected) unit. verdict: pass, reject, or review (the gate
--- removes the unit and a person decides); model_version is the version that judged it.
+-- One row per inspected (or fail-safe rejected) frame: one per unit on a one-camera line, one per
+-- station frame on a multi-station line (station names it; '' on a one-camera line). verdict:
+-- pass, reject, or review (the gate removes the unit and a person decides); model_version is the
+-- version that judged it. The unit's own verdict on a multi-station line: unit_verdicts.
 CREATE TABLE IF NOT EXISTS {db}.inspections
 (
     unit_id        String,
     line           LowCardinality(String),
     camera         LowCardinality(String),
+    station        LowCardinality(String),
     product        LowCardinality(String),
     lot            String,
     verdict        LowCardinality(String),
@@ -42,7 +45,7 @@ CREATE TABLE IF NOT EXISTS {db}.inspections
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(capture_time)
-ORDER BY (line, unit_id)
+ORDER BY (line, unit_id, station)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Databases created before the grey zone existed gain its column (idempotent).
@@ -53,6 +56,40 @@ ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS measurements Map(String, F
 ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS measured_text Map(String, String) AFTER measurements;
 ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS parts String AFTER measured_text;
 ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS reasons Array(String) AFTER parts;
+-- ... and the station (multi-station lines), which joins the sorting key: one row per station frame.
+-- ClickHouse lets a column join the key only in the ALTER that adds it, and only without a default
+-- expression (a String's implicit default is ''); on a table that has it, both parts change nothing.
+ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS station LowCardinality(String) AFTER camera,
+    MODIFY ORDER BY (line, unit_id, station);
+
+-- One row per unit of a multi-station line (docs/actuation.md): its verdict (pass only when every
+-- declared station passed it), the gate's cause (model | late | failsafe), every station's result
+-- and the stations with no result by the cutoff. Read the stations with ARRAY JOIN stations.
+CREATE TABLE IF NOT EXISTS {db}.unit_verdicts
+(
+    unit_id        String,
+    line           LowCardinality(String),
+    lot            String,
+    product        LowCardinality(String),
+    verdict        LowCardinality(String),
+    cause          LowCardinality(String),
+    decided_time   DateTime64(6, 'UTC'),    -- when the gate acted on the unit
+    stations       Nested(
+        station        LowCardinality(String),
+        verdict        LowCardinality(String),
+        score          Nullable(Float32),
+        defect         LowCardinality(String),
+        model_version  LowCardinality(String),
+        camera         LowCardinality(String)
+    ),
+    missing        Array(LowCardinality(String)),  -- declared stations with no result by the cutoff
+    reason         String,
+    stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(decided_time)
+ORDER BY (line, unit_id)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Every reject the gate fired.
 CREATE TABLE IF NOT EXISTS {db}.actuations

@@ -1,4 +1,4 @@
-"""ClickHouse sink: results, ground truth, actuations, gate events, alarms and dead letters into
+"""ClickHouse sink: results, unit verdicts, ground truth, actuations, gate events, alarms and dead letters into
 analytics tables, and every inspection decision into the GMP audit trail (docs/audit.md).
 
 Inserts are bulk (one insert per table per batch) and idempotent under redelivery: each insert
@@ -47,6 +47,7 @@ from pipeline.wire.messages import (
     GroundTruth,
     InspectionResult,
     MessageError,
+    UnitVerdict,
     header_value,
 )
 
@@ -72,6 +73,7 @@ def inspection_row(m: Message, r: InspectionResult) -> Row:
         "unit_id": r.unit_id,
         "line": r.line,
         "camera": r.camera,
+        "station": r.station,
         "product": r.product,
         "lot": r.lot,
         "verdict": r.verdict,
@@ -96,6 +98,29 @@ def inspection_row(m: Message, r: InspectionResult) -> Row:
         "reasons": list(r.reasons),
         "kafka_partition": m.partition(),
         "kafka_offset": m.offset(),
+    }
+
+
+def unit_verdict_row(m: Message) -> Row:
+    """One ``unit_verdicts`` row: the stations as the table's Nested columns (parallel arrays)."""
+    v = UnitVerdict.from_json(m.value())
+    column = lambda name: [s.get(name) for s in v.stations]  # noqa: E731
+    return {
+        "unit_id": v.unit_id,
+        "line": v.line,
+        "lot": v.lot,
+        "product": v.product,
+        "verdict": v.verdict,
+        "cause": v.cause,
+        "decided_time": datetime_from_ns(v.decided_ns),
+        "stations.station": [str(x or "") for x in column("station")],
+        "stations.verdict": [str(x or "") for x in column("verdict")],
+        "stations.score": [x if isinstance(x, (int, float)) else None for x in column("score")],
+        "stations.defect": [str(x or "") for x in column("defect")],
+        "stations.model_version": [str(x or "") for x in column("model_version")],
+        "stations.camera": [str(x or "") for x in column("camera")],
+        "missing": list(v.missing),
+        "reason": v.reason,
     }
 
 
@@ -260,6 +285,7 @@ class ClickHouseSink:
             k.topic_alarms: ("alarms", alarm_row),
             k.topic_alerts: ("alerts", alert_row),
             k.topic_reject_images: ("reject_images", reject_image_row),
+            k.topic_unit_verdicts: ("unit_verdicts", unit_verdict_row),
         }
         self.rows_written = 0
         self.audit = AuditTrail.from_settings(settings, client, audit_publisher)

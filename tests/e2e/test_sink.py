@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
@@ -14,7 +15,7 @@ from pipeline.core.times import now_ns
 from pipeline.kafka.clients import client_config, make_producer
 from pipeline.kafka.topics import ensure_topics
 from pipeline.settings import Settings
-from pipeline.wire.messages import Actuation, GroundTruth, InspectionResult
+from pipeline.wire.messages import Actuation, GroundTruth, InspectionResult, UnitVerdict
 
 
 def _settings(embedded_settings: Settings, broker: str) -> Settings:
@@ -116,3 +117,51 @@ def test_dedup_token_tells_a_new_topic_incarnation_from_an_old_one(
     sink.write([actuation("second-run-unit", 2_000)])  # same offset, new incarnation: stored
     rows = chdb_client.query(f"SELECT unit_id FROM {db}.actuations ORDER BY unit_id").rows
     assert [r[0] for r in rows] == ["first-run-unit", "second-run-unit"]
+
+
+def test_station_frames_and_unit_verdicts_are_stored_one_row_each(
+    embedded_settings: Settings, chdb_client: ChdbClient
+) -> None:
+    """A multi-station unit: one ``inspections`` row per station frame, one ``unit_verdicts`` row
+    per unit with every station's result and the missing ones; a redelivery changes nothing."""
+    from confluent_kafka import TIMESTAMP_CREATE_TIME
+
+    db = f"st_{uuid.uuid4().hex[:8]}"
+    chdb_client.apply_schema(db)
+    settings = embedded_settings.model_copy(
+        update={"clickhouse": embedded_settings.clickhouse.model_copy(update={"database": db})}
+    )
+    sink = ClickHouseSink(settings, chdb_client)
+    k = settings.kafka
+
+    def message(topic: str, offset: int, value: bytes) -> Message:
+        return Message(topic=topic, partition=0, offset=offset, value=value, timestamp=(TIMESTAMP_CREATE_TIME, 1_000))
+
+    side, top = (replace(_result("u1", "L"), station=s, camera=f"S-{s}", verdict="pass", defect="none")
+                 for s in ("side", "top"))
+    verdicts = [
+        UnitVerdict("u1", "line-1", "L", "vial", "pass", "model", now_ns(), stations=[
+            {"station": "side", "verdict": "pass", "score": 0.1, "defect": "none", "model_version": "3", "camera": "S-side"},
+            {"station": "top", "verdict": "pass", "score": None, "defect": "none", "model_version": "2", "camera": "S-top"},
+        ], reason="every station passed"),
+        UnitVerdict("u2", "line-1", "L", "vial", "reject", "late", now_ns(), stations=[
+            {"station": "side", "verdict": "pass", "score": 0.2, "defect": "none", "model_version": "3", "camera": "S-side"},
+        ], missing=["top"], reason="no verdict from station top by the cutoff"),
+    ]
+    batch = [message(k.topic_results, 0, side.to_json()), message(k.topic_results, 1, top.to_json())] + [
+        message(k.topic_unit_verdicts, i, v.to_json()) for i, v in enumerate(verdicts)]
+    sink.write(batch)
+    sink.write(batch)  # redelivered
+    frames = chdb_client.query(f"SELECT unit_id, station, camera FROM {db}.inspections ORDER BY station").rows
+    assert frames == [("u1", "side", "S-side"), ("u1", "top", "S-top")]
+    rows = chdb_client.query(
+        f"""SELECT unit_id, verdict, cause, stations.station, stations.verdict, stations.score,
+                   stations.model_version, missing, reason
+            FROM {db}.unit_verdicts FINAL ORDER BY unit_id"""
+    ).rows
+    assert [r[:5] for r in rows] == [("u1", "pass", "model", ["side", "top"], ["pass", "pass"]),
+                                     ("u2", "reject", "late", ["side"], ["pass"])]
+    assert rows[0][5][1] is None and rows[0][6] == ["3", "2"] and rows[1][7] == ["top"]
+    assert "station top" in rows[1][8]
+    assert chdb_client.query(f"SELECT count() FROM {db}.unit_verdicts").scalar() == 2
+    assert chdb_client.query(f"SELECT count() FROM {db}.dead_letters").scalar() == 0

@@ -40,7 +40,7 @@ def test_topic_specs_follow_settings(embedded_settings: Settings) -> None:
     assert set(specs) == {k.topic_frames, k.topic_results, k.topic_rejects, k.topic_deadletter,
                           k.topic_truth, k.topic_actuations, k.topic_heartbeats, k.topic_gate_events,
                           k.topic_alarms, k.topic_audit, k.topic_audit_seals, k.topic_alerts, k.topic_reject_images,
-                          k.topic_recipes}
+                          k.topic_recipes, k.topic_unit_verdicts}
     assert specs[k.topic_recipes].config == {"cleanup.policy": "compact"}
     assert all(s.partitions == k.partitions and s.replication_factor == k.replication_factor for s in specs.values())
     big = int(specs[k.topic_frames].config["max.message.bytes"])

@@ -58,7 +58,7 @@ def test_split_statements_respects_quotes_and_comments() -> None:
     assert split_statements(sql) == ["CREATE TABLE a (s String DEFAULT ';') ENGINE=Memory", "SELECT 'it''s'"]
     statements = schema_statements("linesight_x", SCHEMA_PATH)
     assert statements[0] == "CREATE DATABASE IF NOT EXISTS linesight_x"
-    assert all("{db}" not in s for s in statements) and len(statements) == 19
+    assert all("{db}" not in s for s in statements) and len(statements) == 21
     with pytest.raises(ValueError):
         schema_statements("bad name; DROP")
 
@@ -87,9 +87,33 @@ def test_schema_applied(chdb_client: ChdbClient, embedded_settings: Settings) ->
     )
     assert [r[0] for r in tables.rows] == [
         "actuations", "alarms", "alerts", "audit_records", "dead_letters", "gate_events", "ground_truth",
-        "inspections", "reject_images", "sessions", "users",
+        "inspections", "reject_images", "sessions", "unit_verdicts", "users",
     ]
-    assert chdb_client.apply_schema(db) == 19  # idempotent
+    assert chdb_client.apply_schema(db) == 21  # idempotent
+
+
+def test_an_inspections_table_from_before_stations_gains_the_station_in_its_key(chdb_client: ChdbClient) -> None:
+    """An existing database is migrated by the schema's ALTERs: its one-camera rows keep
+    station '', and station frames of one unit become rows of their own."""
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    chdb_client.command(f"CREATE DATABASE {db}")
+    chdb_client.command(f"""CREATE TABLE {db}.inspections (unit_id String, line LowCardinality(String),
+        camera LowCardinality(String), product LowCardinality(String), lot String, verdict LowCardinality(String),
+        cause LowCardinality(String), inspected Bool, defect LowCardinality(String), score Nullable(Float32),
+        threshold Nullable(Float32), model_name LowCardinality(String), model_version LowCardinality(String),
+        capture_time DateTime64(6, 'UTC'), received_time DateTime64(6, 'UTC'), inferred_time DateTime64(6, 'UTC'),
+        worker LowCardinality(String), error String, class_scores Map(String, Float32), kafka_partition UInt32,
+        kafka_offset UInt64) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(capture_time) ORDER BY (line, unit_id)""")
+    old = _inspection("u0")
+    old.pop("review_threshold", None)
+    chdb_client.insert_json_rows(f"{db}.inspections", [old])
+    chdb_client.apply_schema(db)
+    chdb_client.apply_schema(db)  # twice: idempotent
+    key = chdb_client.query(f"SELECT sorting_key FROM system.tables WHERE database = '{db}' AND name = 'inspections'")
+    assert key.scalar() == "line, unit_id, station"
+    chdb_client.insert_json_rows(f"{db}.inspections", [_inspection("u1", station="side"), _inspection("u1", station="top")])
+    rows = chdb_client.query(f"SELECT unit_id, station FROM {db}.inspections FINAL ORDER BY unit_id, station").rows
+    assert rows == [("u0", ""), ("u1", "side"), ("u1", "top")]
 
 
 def test_insert_and_read_back_typed_values(chdb_client: ChdbClient) -> None:
