@@ -196,6 +196,8 @@ th { background: #eee; } .ok { color: #060; font-weight: bold; } .bad { color: #
 <tr><th>inspected, passed</th><td>{{ rec.total('inspected_passed') }}</td></tr>
 <tr><th>yield</th><td>{{ '%.2f' % r.yield_pct }} %</td></tr>
 <tr><th>every unit accounted for</th><td class="{{ 'ok' if rec.every_unit_accounted else 'bad' }}">{{ 'yes' if rec.every_unit_accounted else 'NO' }} (unaccounted {{ rec.total('unaccounted') }})</td></tr></table>
+{% set stationed = rec.lines | selectattr('stations') | list %}{% if stationed %}<h2>Stations</h2><table><tr><th>line</th><th>station</th><th>frames judged</th><th>passed</th><th>rejected</th><th>review</th><th>units without its verdict</th></tr>
+{% for ln in stationed %}{% for c in ln.stations %}<tr><td>{{ ln.line }}</td><td>{{ c.station }}</td><td>{{ c.judged }}</td><td>{{ c.passed }}</td><td>{{ c.rejected }}</td><td>{{ c.review }}</td><td>{{ c.missing }}</td></tr>{% endfor %}{% endfor %}</table>{% endif %}
 <h2>Rejects by cause</h2><table><tr><th>cause</th><th>units</th></tr>
 {% for c, n in r.rejects_by_cause %}<tr><td>{{ c }}</td><td>{{ n }}</td></tr>{% endfor %}</table>
 <h2>Rejects by defect class (model verdicts reject/review, fail-safe: uninspected)</h2><table><tr><th>class</th><th>units</th></tr>
@@ -339,6 +341,10 @@ def render_pdf(r: BatchRecord, path: Path) -> None:
         table(["line", "captured", "passed", "rejected by model", "fail-safe rejected"],
               [[ln.line, ln.captured, ln.inspected_passed, ln.inspected_rejected, ln.failsafe_rejected]
                for ln in rec.lines])
+    if any(ln.stations for ln in rec.lines):  # multi-station lines: each station on its own
+        table(["line", "station", "frames judged", "passed", "rejected", "review", "units without it"],
+              [[ln.line, c.station, c.judged, c.passed, c.rejected, c.review, c.missing]
+               for ln in rec.lines for c in ln.stations])
 
     h2("2. Rejects by cause and by defect class")
     table(["cause", "units"], [[c, n] for c, n in r.rejects_by_cause], (130, 40))

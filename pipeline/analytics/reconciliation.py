@@ -5,7 +5,9 @@ review), or fail-safe rejected (late: no verdict before its cutoff; failsafe: no
 or the pipeline was unhealthy; on a positive-release gate, not released: a unit with no gate
 record, e.g. while the actuator was down, was never released, so the diverter rejected it), and
 nothing is left unaccounted; with the alarms of the
-batch's time. `linesight report batch LOT` prints it.
+batch's time. On a multi-station line (docs/actuation.md) a unit counts once, by its worst station
+verdict, and each station gets its own counts (frames judged, passed, rejected, review; units it
+left without a verdict by the cutoff, from ``unit_verdicts``). `linesight report batch LOT` prints it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from pipeline.clickhouse import ClickHouseClient
+
+
+@dataclass(frozen=True)
+class StationCounts:
+    """One station of a multi-station line: its frames of the lot, and the units it missed."""
+
+    station: str
+    judged: int  # station frames with a result
+    passed: int
+    rejected: int  # reject verdicts, fail-safe ones included
+    review: int
+    missing: int  # units with no result from this station by their cutoff
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,7 @@ class LineReconciliation:
     margin_min_ms: float
     # Positive release: units with no gate record, never released, so rejected by the diverter.
     not_released: int = 0
+    stations: list[StationCounts] = field(default_factory=list)  # multi-station lines only
 
     @property
     def failsafe_rejected(self) -> int:
@@ -88,7 +103,8 @@ class BatchReconciliation:
             "every_unit_accounted": self.every_unit_accounted,
             "totals": {k: self.total(k) for k in keys},
             "lines": [
-                asdict(r) | {"failsafe_rejected": r.failsafe_rejected, "unaccounted": r.unaccounted} for r in self.lines
+                {k: v for k, v in asdict(r).items() if k != "stations" or v}  # one-camera lines: as before
+                | {"failsafe_rejected": r.failsafe_rejected, "unaccounted": r.unaccounted} for r in self.lines
             ],
             "alarms": [
                 {
@@ -121,6 +137,10 @@ class BatchReconciliation:
                 f"{r.not_captured}",
                 f"    verdict-to-fire margin   p50 {r.margin_p50_ms:.0f} ms, min {r.margin_min_ms:.0f} ms",
             ]
+            if r.stations:
+                out.append(f"    {'station':<20} {'judged':>8} {'passed':>8} {'rejected':>8} {'review':>8} {'missing':>8}")
+                out += [f"    {c.station:<20} {c.judged:>8} {c.passed:>8} {c.rejected:>8} {c.review:>8} {c.missing:>8}"
+                        for c in r.stations]
         if not self.lines:
             out.append("  no units recorded for this lot")
         out.append(f"  alarms during the lot     {len(self.alarms):>8}")
@@ -144,7 +164,9 @@ def build_reconciliation(
                  UNION DISTINCT SELECT line, unit_id FROM {db}.ground_truth FINAL WHERE lot = {q})"""
     gate = f"""(SELECT line, unit_id, outcome, cause, verdict AS action, admitted, verdict_time, margin_ms
                 FROM {db}.gate_events FINAL WHERE lot = {q})"""
-    verdicts = f"(SELECT line, unit_id, verdict FROM {db}.inspections FINAL WHERE lot = {q})"
+    # One verdict per unit: a multi-station unit has a row per station frame, its worst counts.
+    verdicts = f"""(SELECT line, unit_id, {_RANKS}[max(indexOf({_RANKS}, verdict))] AS verdict
+                    FROM {db}.inspections FINAL WHERE lot = {q} GROUP BY line, unit_id)"""
     rows = client.query(
         f"""SELECT u.line AS line,
                    count() AS captured,
@@ -167,6 +189,7 @@ def build_reconciliation(
             GROUP BY u.line ORDER BY u.line""",
         {"lot": lot},
     ).named()
+    stations = _station_counts(client, db, lot)
     lines = []
     for r in rows:
         counts = {k: int(r[k] or 0) for k in (
@@ -175,7 +198,8 @@ def build_reconciliation(
         not_released = counts["no_gate_event"] if positive_release else 0
         counts["no_gate_event"] -= not_released
         lines.append(LineReconciliation(line=str(r["line"]), **counts, margin_p50_ms=_num(r["margin_p50"]),
-                                        margin_min_ms=_num(r["margin_min"]), not_released=not_released))
+                                        margin_min_ms=_num(r["margin_min"]), not_released=not_released,
+                                        stations=stations.get(str(r["line"]), [])))
     alarms = client.query(
         f"""WITH span AS (
                 SELECT min(coalesce(capture_time, window_start)) AS t0, max(acted_time) AS t1
@@ -189,6 +213,33 @@ def build_reconciliation(
         {"lot": lot},
     ).rows
     return BatchReconciliation(lot, lines, [AlarmEntry(str(a[0]), a[1], a[2], str(a[3]), str(a[4]), str(a[5])) for a in alarms])
+
+
+_RANKS = "['pass', 'review', 'reject']"
+
+
+def _station_counts(client: ClickHouseClient, db: str, lot: str) -> dict[str, list[StationCounts]]:
+    """Per line, per station: the lot's station frames by verdict, and the units each station
+    left without a result (``unit_verdicts.missing``). Empty for one-camera lines."""
+    rows = client.query(
+        f"""SELECT line, station, sum(judged) AS judged, sum(passed) AS passed, sum(rejected) AS rejected,
+                   sum(review) AS review, sum(missing) AS missing
+            FROM (
+                SELECT line, station, 1 AS judged, verdict = 'pass' AS passed, verdict = 'reject' AS rejected,
+                       verdict = 'review' AS review, 0 AS missing
+                FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND station != ''
+                UNION ALL
+                SELECT line, arrayJoin(missing) AS station, 0, 0, 0, 0, 1
+                FROM {db}.unit_verdicts FINAL WHERE lot = {{lot:String}}
+            )
+            GROUP BY line, station ORDER BY line, station""",
+        {"lot": lot},
+    ).named()
+    out: dict[str, list[StationCounts]] = {}
+    for r in rows:
+        out.setdefault(str(r["line"]), []).append(StationCounts(
+            str(r["station"]), *(int(r[k] or 0) for k in ("judged", "passed", "rejected", "review", "missing"))))
+    return out
 
 
 def _num(value: object) -> float:

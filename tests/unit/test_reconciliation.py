@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
 import pytest
 from support import Msg
@@ -16,7 +17,7 @@ from pipeline.analytics.sink import ClickHouseSink
 from pipeline.cli.main import main
 from pipeline.clickhouse import ChdbClient
 from pipeline.settings import Settings
-from pipeline.wire.messages import AlarmRecord, GateEventRecord, GroundTruth, InspectionResult
+from pipeline.wire.messages import AlarmRecord, GateEventRecord, GroundTruth, InspectionResult, UnitVerdict
 
 S = 1_000_000_000
 
@@ -121,3 +122,48 @@ def test_report_batch_command(chdb_client: ChdbClient, embedded_settings: Settin
     assert doc["totals"]["unaccounted"] == 2 and doc["totals"]["failsafe_rejected"] == 4
     assert main(["report", "batch", "NO-SUCH-LOT"]) == 1
     assert "no units recorded for this lot" in capsys.readouterr().out
+
+
+def test_a_multi_station_line_counts_each_unit_once_and_each_station_on_its_own(
+    chdb_client: ChdbClient, embedded_settings: Settings, capsys: pytest.CaptureFixture[str],
+) -> None:
+    lot = f"ST-{uuid.uuid4().hex[:6]}"
+    k = embedded_settings.kafka
+    t0 = 1_700_000_100 * S
+    base = uuid.uuid4().int % 10**9
+    msgs: list[Msg] = []
+
+    def add(topic: str, value: bytes) -> None:
+        msgs.append(Msg(topic, value, base + len(msgs)))
+
+    plan = [  # unit, gate outcome, cause, action, side verdict, top verdict (None: no top result)
+        ("ok", "passed", "model", "pass", "pass", "pass"),
+        ("bad", "fired", "model", "reject", "pass", "reject"),
+        ("odd", "fired", "model", "reject", "review", "pass"),
+        ("miss", "fired", "late", "", "pass", None),
+    ]
+    for i, (unit, outcome, cause, action, side, top) in enumerate(plan):
+        t = t0 + i * S // 10
+        add(k.topic_gate_events, _gate(unit, lot, outcome, cause, t, action, line="line-s").to_json())
+        for station, verdict in (("side", side), ("top", top)):
+            if verdict:
+                add(k.topic_results, replace(_result(unit, lot, verdict, t, line="line-s"), station=station).to_json())
+        missing = [] if top else ["top"]
+        add(k.topic_unit_verdicts, UnitVerdict(unit, "line-s", lot, "p", "reject" if outcome == "fired" else "pass",
+                                               cause, t + S, missing=missing).to_json())
+    add(k.topic_results, _result("one", lot, "pass", t0).to_json())  # a one-camera line in the same lot
+    add(k.topic_gate_events, _gate("one", lot, "passed", "model", t0, "pass").to_json())
+    ClickHouseSink(embedded_settings, chdb_client).write(msgs)  # type: ignore[arg-type]
+
+    rec = build_reconciliation(chdb_client, embedded_settings.clickhouse.database, lot)
+    one, st = rec.lines
+    assert (st.line, st.captured, st.inspected_passed, st.inspected_rejected, st.review) == ("line-s", 4, 1, 2, 1)
+    assert (st.failsafe_late, st.late_verdicts, st.unaccounted, st.passed_without_pass_verdict) == (1, 1, 0, 0)
+    assert [(c.station, c.judged, c.passed, c.rejected, c.review, c.missing) for c in st.stations] == [
+        ("side", 4, 3, 0, 1, 0), ("top", 3, 2, 1, 0, 1)]
+    assert one.stations == [] and "stations" not in rec.as_dict()["lines"][0]
+    assert rec.as_dict()["lines"][1]["stations"][1] == {
+        "station": "top", "judged": 3, "passed": 2, "rejected": 1, "review": 0, "missing": 1}
+    text = rec.to_text()
+    assert "    station                judged   passed rejected   review  missing" in text
+    assert "    top                         3        2        1        0        1" in text
