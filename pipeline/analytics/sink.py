@@ -300,7 +300,8 @@ class ClickHouseSink:
         partition = m.partition()
         assert partition is not None  # consumed messages carry their partition
         chain = decision_chain(result.line, partition)
-        self._decisions[chain].append((result.unit_id, decision_event(result, _source(m))))
+        event = decision_event(result, _source(m))
+        self._decisions[chain].append((event.subject, event))  # a unit, or a unit's station frame
         return row
 
     def write(self, messages: Sequence[Message]) -> None:

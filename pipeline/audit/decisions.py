@@ -4,7 +4,8 @@ The sink calls `decision_events` for the results it stores. Chain ``decisions/<l
 has exactly one writer (the sink consumer that owns the partition) and a defined order (Kafka
 offsets). Results are keyed by unit id, so a unit always lands in the same partition and chain:
 a redelivered or republished result of a unit already in its chain is skipped (same unit, same
-record, no second link).
+record, no second link). On a multi-station line each station's frame is a decision of its own:
+its subject is ``<unit id>@<station>``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def decision_event(r: InspectionResult, source: str) -> AuditEvent:
     why = ("; ".join(r.reasons) or f"{r.cause}: {r.defect}") if r.verdict != "pass" else r.cause
     return AuditEvent(
         action=DECISION_ACTION,
-        subject=r.unit_id,
+        subject=f"{r.unit_id}@{r.station}" if r.station else r.unit_id,
         user=f"worker:{r.worker}" if r.worker else "worker",
         role="system",
         new_value=r.verdict,
@@ -34,7 +35,7 @@ def decision_event(r: InspectionResult, source: str) -> AuditEvent:
             "verdict": r.verdict, "cause": r.cause, "inspected": r.inspected, "defect": r.defect,
             "score": r.score, "threshold": r.threshold, "review_threshold": r.review_threshold,
             "model_name": r.model_name, "model_version": r.model_version, "image_sha256": r.image_sha256,
-            "capture_ns": r.capture_ns, "source": source,
+            "capture_ns": r.capture_ns, "source": source, **({"station": r.station} if r.station else {}),
             # Recipe-judged units: which recipe, what was measured, per-pocket verdicts.
             **({"recipe": r.recipe, "measurements": r.measurements, "parts": r.parts} if r.recipe else {}),
         },

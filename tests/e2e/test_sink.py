@@ -165,3 +165,7 @@ def test_station_frames_and_unit_verdicts_are_stored_one_row_each(
     assert "station top" in rows[1][8]
     assert chdb_client.query(f"SELECT count() FROM {db}.unit_verdicts").scalar() == 2
     assert chdb_client.query(f"SELECT count() FROM {db}.dead_letters").scalar() == 0
+    # Each station frame is an audited decision of its own, recorded once.
+    subjects = chdb_client.query(
+        f"SELECT subject FROM {db}.audit_records WHERE action = 'inspection.decision' ORDER BY subject").rows
+    assert subjects == [("u1@side",), ("u1@top",)]
