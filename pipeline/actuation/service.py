@@ -259,6 +259,7 @@ class Actuator:
     def _unit_of(self, m: Message) -> UnitRef | None:
         """The captured unit a frame stands for (None: not this actuator's, or no identity)."""
         headers = m.headers() or []
+        broken = False
         try:
             meta = FrameMeta.from_headers(headers, ref_ns=_broker_ns(m))
             ref = UnitRef(meta.line, meta.unit_id, meta.capture_ns, meta.encoder_count, meta.lot)
@@ -266,19 +267,22 @@ class Actuator:
             fallback = self._fallback_unit(m, str(exc))
             if fallback is None:
                 return None
-            ref = fallback
+            ref, broken = fallback, True
         if self._line and ref.line != self._line:
             return None
         if self._stations.declares(ref.line):
-            return self._station_frame(m, ref)
+            return self._station_frame(m, ref, broken)
         return ref
 
-    def _station_frame(self, m: Message, ref: UnitRef) -> UnitRef | None:
+    def _station_frame(self, m: Message, ref: UnitRef, broken: bool) -> UnitRef | None:
         """A multi-station line's frame: the unit's first is admitted, timed from its station;
         other stations' frames of a known unit are no second capture; an undeclared station is
-        bad input."""
+        bad input. A frame with broken metadata and no usable station is still a unit on the
+        belt: admitted as such frames are on any line (the worker fail-safe rejects it)."""
         headers = cast("list[tuple[str, bytes | None]]", m.headers() or [])
         station = header_value(headers, H_STATION)
+        if broken and self._stations.station(ref.line, station) is None:
+            return ref
         kind = self._stations.frame(ref.line, ref.unit_id, station, ref.capture_ns,
                                     header_value(headers, H_PRODUCT), ref.lot)
         self.counters[f"station_frame_{kind}"] += 1

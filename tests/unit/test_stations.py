@@ -203,3 +203,15 @@ def test_same_station_second_capture_conflicts_and_an_undeclared_station_is_refu
     events = until(lambda: (e := gate_events(producer, s)) and len(e) == 2 and e, what="u1 and its second capture")
     assert all(e.outcome == "fired" and e.cause == "failsafe" for e in events.values())
     assert "u2" not in events  # an undeclared station's frame is no unit
+
+
+def test_a_station_frame_with_broken_metadata_is_still_a_unit_on_the_belt(make: Any) -> None:
+    s = two_station_settings()
+    actuator, producer = make(s, SimulatedGate())
+    # No station header, and an empty product: the metadata does not parse.
+    headers = [(k, b"" if k == "ls-product" else v) for k, v in station_frame(s, "u1", "top", now_ns()).headers() or []
+               if k != "ls-station"]
+    actuator.handle([FakeMessage(s.kafka.topic_frames, b"\x89PNG", b"u1", headers)])
+    assert actuator.counters["admit_bad_metadata"] == 1 and actuator.counters["admit_accepted"] == 1
+    event = until(lambda: gate_events(producer, s).get("u1"), what="u1 at the gate")
+    assert (event.outcome, event.cause) == ("fired", "late") and producer.on(s.kafka.topic_deadletter) == []
