@@ -53,7 +53,7 @@ def test_ensure_topics_is_idempotent(broker: str, embedded_settings: Settings) -
     settings = _settings(embedded_settings, broker, f"t{uuid.uuid4().hex[:8]}")
     k = settings.kafka
     created = ensure_topics(settings)
-    assert len(created) == len(TOPIC_FIELDS) == 14
+    assert len(created) == len(TOPIC_FIELDS) == 15
     assert ensure_topics(settings) == []  # existing topics are fine
 
     admin = AdminClient({"bootstrap.servers": broker})
