@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.analytics.reconciliation import BatchReconciliation, build_reconciliation
+from pipeline.analytics.reconciliation import BatchReconciliation, build_reconciliation, unit_verdicts_sql
 from pipeline.analytics.run_report import recipe_sections
 from pipeline.audit.record import DECISION_ACTION, SIGN_ACTION, SYSTEM_CHAIN
 from pipeline.audit.trail import AuditTrail
@@ -81,7 +81,7 @@ def build_batch_record(
     db, p = database, {"lot": lot}
     rec = build_reconciliation(client, db, lot, positive_release=positive_release)
     counts = client.query(
-        f"SELECT count() AS n, countIf(verdict = 'pass') AS passed FROM {db}.inspections FINAL WHERE lot = {{lot:String}}",
+        f"SELECT count() AS n, countIf(verdict = 'pass') AS passed FROM ({unit_verdicts_sql(db)})",  # units
         p,
     ).named()[0]
     by_class = client.query(

@@ -164,9 +164,7 @@ def build_reconciliation(
                  UNION DISTINCT SELECT line, unit_id FROM {db}.ground_truth FINAL WHERE lot = {q})"""
     gate = f"""(SELECT line, unit_id, outcome, cause, verdict AS action, admitted, verdict_time, margin_ms
                 FROM {db}.gate_events FINAL WHERE lot = {q})"""
-    # One verdict per unit: a multi-station unit has a row per station frame, its worst counts.
-    verdicts = f"""(SELECT line, unit_id, {_RANKS}[max(indexOf({_RANKS}, verdict))] AS verdict
-                    FROM {db}.inspections FINAL WHERE lot = {q} GROUP BY line, unit_id)"""
+    verdicts = f"({unit_verdicts_sql(db)})"
     rows = client.query(
         f"""SELECT u.line AS line,
                    count() AS captured,
@@ -215,7 +213,12 @@ def build_reconciliation(
     return BatchReconciliation(lot, lines, [AlarmEntry(str(a[0]), a[1], a[2], str(a[3]), str(a[4]), str(a[5])) for a in alarms])
 
 
-_RANKS = "['pass', 'review', 'reject']"
+def unit_verdicts_sql(db: str) -> str:
+    """SELECT line, unit_id, verdict of each unit of lot ``{lot:String}`` from ``inspections``: a
+    multi-station unit has a row per station frame, and its worst verdict is the unit's."""
+    ranks = "['pass', 'review', 'reject']"
+    return f"""SELECT line, unit_id, {ranks}[max(indexOf({ranks}, verdict))] AS verdict
+               FROM {db}.inspections FINAL WHERE lot = {{lot:String}} GROUP BY line, unit_id"""
 
 
 def _station_counts(client: ClickHouseClient, db: str, lot: str) -> dict[str, list[StationCounts]]:
