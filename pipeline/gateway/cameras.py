@@ -189,20 +189,14 @@ class GenICamCamera:
         # One flag per session: a lost device's late signal must not mark a reopened camera lost.
         self._lost = lost = threading.Event()
         try:
-            device = self._camera.get_device()
-            if hasattr(device, "is_controller") and not device.is_controller():
-                raise CameraError(f"camera {self.serial}: another application controls it (monitor access only)")
-            device.connect("control-lost", lambda *_: self._on_control_lost(lost))
-            self._apply_features()
-            self._stream = self._camera.create_stream(None, None)
-            if self._stream is None:
-                raise CameraError(f"camera {self.serial}: no stream channel")
-            payload = self._camera.get_payload()
-            for _ in range(self.buffers):
-                self._stream.push_buffer(aravis.Buffer.new_allocate(payload))
-        except BaseException:
+            self._configure(lost)
+        except (CameraError, CameraConfigError) as exc:
             self.close()
-            raise
+            # Without the frames below: their locals hold the Aravis device, which must go now.
+            raise exc.with_traceback(None) from None
+        except Exception as exc:
+            self.close()
+            raise CameraError(f"camera {self.serial}: configuring failed: {exc}").with_traceback(None) from None
         if self.info.protocol == "GigEVision":
             self._watch_stop = threading.Event()
             self._watch = threading.Thread(
@@ -220,6 +214,19 @@ class GenICamCamera:
             self.info.address,
             self.features,
         )
+
+    def _configure(self, lost: threading.Event) -> None:
+        device = self._camera.get_device()
+        if hasattr(device, "is_controller") and not device.is_controller():
+            raise CameraError(f"camera {self.serial}: another application controls it (monitor access only)")
+        device.connect("control-lost", lambda *_: self._on_control_lost(lost))
+        self._apply_features()
+        self._stream = self._camera.create_stream(None, None)
+        if self._stream is None:
+            raise CameraError(f"camera {self.serial}: no stream channel")
+        payload = self._camera.get_payload()
+        for _ in range(self.buffers):
+            self._stream.push_buffer(self._aravis.Buffer.new_allocate(payload))
 
     def _apply_features(self) -> None:
         f = self.features
