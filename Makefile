@@ -25,6 +25,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 (CPU) is taken from the machine's wheel cache; see README.
 	$(PY) -m pip install -q -e '.[embedded,train,dev]'
+	# GigE Vision cameras (Aravis, docs/cameras.md): PyGObject builds from source against Debian's
+	# GObject introspection and cairo headers; tests/unit/test_cameras.py needs it.
+	@if ! $(PY) -c 'import gi' 2>/dev/null && ! pkg-config --exists gobject-introspection-1.0 cairo 2>/dev/null; then \
+		echo "The gige extra builds PyGObject from source and needs: apt-get install libgirepository1.0-dev libcairo2-dev pkg-config" >&2; \
+		exit 1; \
+	fi
+	$(PY) -m pip install -q -e '.[gige]'
 	touch $@
 
 install: $(VENV)/.installed
