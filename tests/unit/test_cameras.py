@@ -106,7 +106,9 @@ def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("fmt", ["RGB8", "Mono8", "BayerRG8"])
 def test_a_rendered_unit_travels_over_gvsp_unchanged(fakes: list[FakeGigECamera], fmt: str) -> None:
     units = [
-        np.asarray(sample_product(np.random.default_rng(n), "tablet-round-white-10mm", 0.5, "LOT1", n, date.today()).image)
+        np.asarray(
+            sample_product(np.random.default_rng(n), "tablet-round-white-10mm", 0.5, "LOT1", n, date.today()).image
+        )
         for n in range(3)
     ]
     h, w = units[0].shape[:2]
@@ -267,5 +269,22 @@ def test_an_unplugged_camera_is_noticed_and_reopened_when_back(fakes: list[FakeG
         cam.open()
         cam.start()
         assert cam.connected and triggered_frame(cam).complete
+    finally:
+        cam.close()
+
+
+def test_a_line0_pulse_gives_one_frame_when_the_recipe_wires_the_photo_eye(fakes: list[FakeGigECamera]) -> None:
+    sn = serial()
+    fake = fake_camera(fakes, sn, 64, 48)
+    cam = opened(sn, trigger_source="Line0")
+    try:
+        cam.start()
+        cam.software_trigger()  # not the camera's trigger source now: ignored, as by a plant camera
+        assert cam.next_frame(0.3) is None
+        for _ in range(2):
+            fake.line_trigger()
+            frame = cam.next_frame(2.0)
+            assert frame is not None and frame.complete
+            assert cam.next_frame(0.2) is None
     finally:
         cam.close()
