@@ -39,6 +39,7 @@ PROBE_FAILURES = 3  # consecutive unanswered reads: the camera is gone (~0.6-1 s
 _GVCP_PORT = 3956
 _REG_CCP = 0x0A00
 _POP_SLICE_S = 0.05  # next_frame waits in slices this long, to notice a lost camera while waiting
+_DEVICE_LIST = threading.Lock()  # Aravis's device list is process-wide: one discovery at a time
 _RELATIVE_TOLERANCE = 0.02  # read-back of float features: cameras quantise (line time, gain steps)
 
 
@@ -98,17 +99,18 @@ def load_aravis() -> Any:
 def list_cameras() -> list[CameraInfo]:
     """Every GenICam camera Aravis discovers now (GigE Vision discovery waits about a second)."""
     aravis = load_aravis()
-    aravis.update_device_list()
-    return [
-        CameraInfo(
-            serial=aravis.get_device_serial_nbr(i) or "",
-            model=aravis.get_device_model(i) or "",
-            vendor=aravis.get_device_vendor(i) or "",
-            protocol=aravis.get_device_protocol(i) or "",
-            address=aravis.get_device_address(i) or "",
-        )
-        for i in range(aravis.get_n_devices())
-    ]
+    with _DEVICE_LIST:
+        aravis.update_device_list()
+        return [
+            CameraInfo(
+                serial=aravis.get_device_serial_nbr(i) or "",
+                model=aravis.get_device_model(i) or "",
+                vendor=aravis.get_device_vendor(i) or "",
+                protocol=aravis.get_device_protocol(i) or "",
+                address=aravis.get_device_address(i) or "",
+            )
+            for i in range(aravis.get_n_devices())
+        ]
 
 
 def _release(doomed: list[Any]) -> None:
@@ -160,30 +162,32 @@ class GenICamCamera:
         """Find the camera by serial (discovery repeats until `timeout_s`), take control, apply
         and verify every feature the recipe sets, and prepare the stream's buffers."""
         if self._camera is not None:
-            return
+            if not self._lost.is_set():
+                return
+            self.close()  # a lost camera: look for it again
         aravis = self._aravis = load_aravis()
         deadline = time.monotonic() + timeout_s
-        seen: list[str] = []
         while True:
-            aravis.update_device_list()
-            found = [i for i in range(aravis.get_n_devices()) if aravis.get_device_serial_nbr(i) == self.serial]
-            if found:
-                break
-            seen = [aravis.get_device_serial_nbr(i) for i in range(aravis.get_n_devices())]
+            with _DEVICE_LIST:
+                aravis.update_device_list()
+                serials = [aravis.get_device_serial_nbr(i) for i in range(aravis.get_n_devices())]
+                if self.serial in serials:
+                    i = serials.index(self.serial)
+                    self.info = CameraInfo(
+                        serial=self.serial,
+                        model=aravis.get_device_model(i) or "",
+                        vendor=aravis.get_device_vendor(i) or "",
+                        protocol=aravis.get_device_protocol(i) or "",
+                        address=aravis.get_device_address(i) or "",
+                    )
+                    device_id = aravis.get_device_id(i)
+                    break
             if time.monotonic() >= deadline:
                 raise CameraError(
-                    f"camera {self.serial} not found within {timeout_s:g} s; found: {', '.join(seen) or 'none'}"
+                    f"camera {self.serial} not found within {timeout_s:g} s; found: {', '.join(serials) or 'none'}"
                 )
-        i = found[0]
-        self.info = CameraInfo(
-            serial=self.serial,
-            model=aravis.get_device_model(i) or "",
-            vendor=aravis.get_device_vendor(i) or "",
-            protocol=aravis.get_device_protocol(i) or "",
-            address=aravis.get_device_address(i) or "",
-        )
         try:
-            self._camera = aravis.Camera.new(aravis.get_device_id(i))
+            self._camera = aravis.Camera.new(device_id)
         except Exception as exc:
             raise CameraError(f"camera {self.serial} at {self.info.address}: cannot open: {exc}") from exc
         # One flag per session: a lost device's late signal must not mark a reopened camera lost.

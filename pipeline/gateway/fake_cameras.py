@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib
 import logging
 import random
 import select
@@ -186,25 +187,30 @@ class FakeGigECamera:
         if self._thread is not None:
             return
         aravis = load_aravis()
-        gio = __import__("gi.repository.Gio", fromlist=["Gio"])
-        fake = aravis.FakeCamera.new(self.serial)
+        gio = importlib.import_module("gi.repository.Gio")  # importable once Aravis is
         sensor_w, sensor_h = aravis.FAKE_CAMERA_SENSOR_WIDTH, aravis.FAKE_CAMERA_SENSOR_HEIGHT
         if not (0 < self.width <= sensor_w and 0 < self.height <= sensor_h):
             raise ValueError(f"fake camera frames are at most {sensor_w}x{sensor_h}, got {self.width}x{self.height}")
+        fake = aravis.FakeCamera.new(self.serial)
         fake.write_register(_REG_WIDTH, self.width)
         fake.write_register(_REG_HEIGHT, self.height)
         fake.write_register(_REG_PIXEL_FORMAT, PIXEL_FORMATS[self.pixel_format])
-        gvcp, address = self._bind_free_address()
-        gvsp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        gvsp.bind((address, 0))
-        gvsp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        _DiscoveryResponder.join(self)  # answers for this camera once its GVCP socket exists
+        try:
+            gvcp, address = self._bind_free_address()
+            gvsp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            gvsp.bind((address, 0))
+            gvsp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        except BaseException:
+            _DiscoveryResponder.leave(self)
+            raise
         fake.set_inet_address(gio.InetAddress.new_from_string(address))
-        self._fake, self._gvcp, self._gvsp, self.address = fake, gvcp, gvsp, address
-        self._controller, self._frame_id, self._next_frame_ns = None, 0, 0
+        self._fake, self.address, self._controller, self._frame_id, self._next_frame_ns = fake, address, None, 0, 0
+        with self._lock:
+            self._gvcp, self._gvsp = gvcp, gvsp
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, name=f"fake-gige-{self.serial}", daemon=True)
         self._thread.start()
-        _DiscoveryResponder.join(self)
 
     def stop(self) -> None:
         """Disappear (a camera unplugged): no GVCP answers, no GVSP packets. Idempotent."""
