@@ -4,15 +4,24 @@ GVSP streaming through Aravis (docs/cameras.md). Needs the `gige` extra."""
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
 from collections.abc import Iterator
 from datetime import date
+from typing import Any
 
 import numpy as np
 import pytest
 
-from pipeline.gateway.cameras import CameraConfigError, CameraError, GenICamCamera, list_cameras, load_aravis
+from pipeline.gateway.cameras import (
+    AcquiredFrame,
+    CameraConfigError,
+    CameraError,
+    GenICamCamera,
+    list_cameras,
+    load_aravis,
+)
 from pipeline.gateway.fake_cameras import FakeGigECamera
 from pipeline.gateway.pixels import decode, demosaic, encode_frame, encode_raw, mosaic
 from pipeline.imaging.catalog import sample_product
@@ -28,7 +37,8 @@ def _aravis() -> None:
 
 
 def serial() -> str:
-    return f"LS{next(_serials):04d}"
+    """Unique on the machine: another process's fake cameras must not answer for ours."""
+    return f"T{os.getpid()}-{next(_serials)}"
 
 
 def noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -44,20 +54,20 @@ def fakes() -> Iterator[list[FakeGigECamera]]:
         fake.stop()
 
 
-def fake_camera(fakes: list[FakeGigECamera], *args: object, **kwargs: object) -> FakeGigECamera:
-    fake = FakeGigECamera(*args, **kwargs)  # type: ignore[arg-type]
+def fake_camera(fakes: list[FakeGigECamera], serial_: str, width: int, height: int, **kwargs: Any) -> FakeGigECamera:
+    fake = FakeGigECamera(serial_, width, height, **kwargs)
     fakes.append(fake)
     fake.start()
     return fake
 
 
-def opened(serial_: str, **features: object) -> GenICamCamera:
-    cam = GenICamCamera(serial_, CameraFeatures(**features))  # type: ignore[arg-type]
+def opened(serial_: str, **features: Any) -> GenICamCamera:
+    cam = GenICamCamera(serial_, CameraFeatures(**features))
     cam.open(timeout_s=5.0)
     return cam
 
 
-def triggered_frame(cam: GenICamCamera, timeout_s: float = 2.0):  # type: ignore[no-untyped-def]
+def triggered_frame(cam: GenICamCamera, timeout_s: float = 2.0) -> AcquiredFrame:
     cam.software_trigger()
     frame = cam.next_frame(timeout_s)
     assert frame is not None, "no frame within the deadline after a software trigger"
@@ -148,7 +158,7 @@ def test_cameras_are_opened_by_serial_among_several(fakes: list[FakeGigECamera])
             cam.start()
             before = time.time_ns()
             frame = triggered_frame(cam)
-            assert frame.serial == sn and np.array_equal(frame.image, images[sn])
+            assert frame.serial == sn and frame.image is not None and np.array_equal(frame.image, images[sn])
             assert frame.frame_id >= 1
             # The camera's clock (the fake's is the host's) and the host's arrival time, in ns.
             assert abs(frame.camera_ts_ns - before) < 2e9 and abs(frame.system_ts_ns - before) < 2e9
@@ -170,11 +180,11 @@ def test_cameras_are_opened_by_serial_among_several(fakes: list[FakeGigECamera])
     ],
 )
 def test_a_feature_the_camera_cannot_take_is_refused_by_name(
-    fakes: list[FakeGigECamera], features: dict[str, object], feature: str, message: str
+    fakes: list[FakeGigECamera], features: dict[str, Any], feature: str, message: str
 ) -> None:
     sn = serial()
     fake_camera(fakes, sn, 64, 64)
-    cam = GenICamCamera(sn, CameraFeatures(**features))  # type: ignore[arg-type]
+    cam = GenICamCamera(sn, CameraFeatures(**features))
     with pytest.raises(CameraConfigError, match=f"^{feature}: {message}") as err:
         cam.open()
     assert err.value.feature == feature
@@ -198,7 +208,7 @@ def test_features_are_applied_and_read_back(fakes: list[FakeGigECamera]) -> None
         cam.start()
         frame = triggered_frame(cam)
         assert (frame.width, frame.height) == (128, 96)
-        assert np.array_equal(frame.image, scene[8:104, 16:144])  # the region of the scene
+        assert frame.image is not None and np.array_equal(frame.image, scene[8:104, 16:144])  # the scene's region
     finally:
         cam.close()
 
@@ -227,7 +237,7 @@ def test_lost_packets_make_incomplete_frames(fakes: list[FakeGigECamera]) -> Non
     cam = opened(sn, trigger_source="off")  # free-running, 25 frames/s
     try:
         cam.start()
-        frames = []
+        frames: list[AcquiredFrame] = []
         deadline = time.monotonic() + 15.0
         while len(frames) < 12 and time.monotonic() < deadline:
             frame = cam.next_frame(1.0)
@@ -258,7 +268,7 @@ def test_an_unplugged_camera_is_noticed_and_reopened_when_back(fakes: list[FakeG
         with pytest.raises(CameraError, match="stopped answering"):
             while True:
                 cam.next_frame(0.1)
-        assert time.monotonic() - gone < 1.5
+        assert time.monotonic() - gone < 2.0  # about 1 s; slack for a loaded 2-core machine
         assert not cam.connected and cam.stats.errors >= 1
         with pytest.raises(CameraError):
             cam.software_trigger()
