@@ -173,7 +173,7 @@ class PlcSimulator:
         self._run: _Run | None = None
         self._hooks: list[_Hook] = []
         self._line_task: asyncio.Task[None] | None = None
-        self._line_changed = asyncio.Event()
+        self._line_lock = asyncio.Lock()  # one `_advance` at a time: reads and the line task both run it
         self._server: Server | None = None
         self._nodeids: dict[str, ua.NodeId] = {}
         self._ticker: asyncio.Task[None] | None = None
@@ -362,11 +362,12 @@ class PlcSimulator:
         self._set_speed(time.monotonic_ns(), speed_mm_s)
 
     async def stop_line(self) -> None:
-        """Stop the belt and end the run: no more units, no more hooks."""
+        """Stop the belt and end the run: no more units; the hooks are removed."""
         now = time.monotonic_ns()
         await self._advance(now)
         self._set_speed(now, 0.0)
         self._run = None
+        self._hooks.clear()
         await cancel_and_wait(self._line_task)
         self._line_task = None
 
@@ -381,7 +382,6 @@ class PlcSimulator:
             past = self._travel_mm(time.monotonic_ns()) - run.first_mm - offset_mm
             entry.next_unit = max(0, int(past // run.pitch_mm) + 1)
         self._hooks.append(entry)
-        self._line_changed.set()
 
     def _travel_mm(self, now_ns: int) -> float:
         return self._anchor_mm + self._speed_mm_s * (now_ns - self._anchor_ns) / 1e9
@@ -393,11 +393,14 @@ class PlcSimulator:
         self._anchor_mm = self._travel_mm(now_ns)
         self._anchor_ns = now_ns
         self._speed_mm_s = speed_mm_s
-        self._line_changed.set()
 
     async def _advance(self, now_ns: int) -> None:
         """Bring the PLC's line tags up to ``now_ns``: latch every unit that passed the trigger
         point, run every hook whose point a unit passed, in belt order, then the encoder count."""
+        async with self._line_lock:
+            await self._advance_locked(now_ns)
+
+    async def _advance_locked(self, now_ns: int) -> None:
         travel = self._travel_mm(now_ns)
         run = self._run
         while run is not None:
@@ -453,19 +456,13 @@ class PlcSimulator:
         return max(0.0, (min(pending) - self._travel_mm(now_ns)) / self._speed_mm_s)
 
     async def _line(self) -> None:
-        """Wakes at each latch or hook time (recomputed on every speed change), and every few ms
-        while the belt moves so that ``encoder_count`` also advances for subscribers."""
+        """Wakes at each latch or hook time and at least every ``encoder_publish_s``, so that
+        ``encoder_count`` advances for subscribers too and a speed change is followed within that."""
         while True:
-            self._line_changed.clear()
             now = time.monotonic_ns()
             await self._advance(now)
             wait = self._next_event_s(now)
-            if self._speed_mm_s > 0:
-                wait = min(wait, self._encoder_publish_s) if wait is not None else self._encoder_publish_s
-            try:
-                await asyncio.wait_for(self._line_changed.wait(), wait)
-            except TimeoutError:
-                pass
+            await asyncio.sleep(self._encoder_publish_s if wait is None else min(wait, self._encoder_publish_s))
 
     async def _on_read(self, event: ServerItemCallback, _dispatcher: Any) -> None:
         """A read sees the line as it is at that instant, like a PLC's counter read, not as of the
