@@ -40,7 +40,9 @@ class EncoderClock:
 
     Extrapolation is bounded (``max_extrapolation_s``): when the samples stop (PLC link lost) the
     positions stop too (None), so frames can no longer be matched and their units are rejected
-    rather than guessed. History is bounded in time and count.
+    rather than guessed. History is bounded in time and count. The belt runs forward: a count
+    going back is a reset of the counter (PLC restart), which starts the history afresh (`resets`),
+    so no position is ever interpolated across it.
     """
 
     def __init__(
@@ -57,12 +59,18 @@ class EncoderClock:
         self._max_samples = max_samples
         self._t: list[int] = []
         self._c: list[int] = []
+        self.resets = 0
 
     def add(self, t_ns: int, count: int) -> None:
         """A sample: the encoder read ``count`` at host time ``t_ns``. Samples not newer than the
         last one are ignored (a late reply must not bend the line backwards)."""
         if self._t and t_ns <= self._t[-1]:
             return
+        if self._c and count < self._c[-1]:
+            log.warning("encoder count went back (%d -> %d): counter reset, positions start afresh", self._c[-1], count)
+            self._t.clear()
+            self._c.clear()
+            self.resets += 1
         self._t.append(t_ns)
         self._c.append(count)
         cut = bisect.bisect_left(self._t, t_ns - self._history_ns)
