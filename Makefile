@@ -7,13 +7,16 @@ DURATION ?= 60
 RATE ?= 20
 # A recipe of recipes/ (e.g. RECIPE=vial-2r-clear-5ml): the simulated line makes its product.
 RECIPE ?=
+# CAMERAS=gige: a two-station line acquired over GigE Vision from fake cameras (docs/cameras.md).
+CAMERAS ?= simulated
 MODEL := triton_models/tablet_classifier/1/model.onnx
 
 .PHONY: install model demo up test test-unit typecheck chaos clean-state help
 
 help:
 	@echo "make demo   set up .venv, train the model if absent, run a simulated line (DURATION=$(DURATION) s;"
-	@echo "           RECIPE=vial-2r-clear-5ml | blister-2x5-round-white | carton-label-gs1 for other products)"
+	@echo "           RECIPE=vial-2r-clear-5ml | blister-2x5-round-white | carton-label-gs1 for other products;"
+	@echo "           CAMERAS=gige: both faces of each tablet over GigE Vision, fake cameras, one verdict per unit)"
 	@echo "make test   run the test suite: tests/unit, then tests/e2e (end-to-end on the embedded stack)"
 	@echo "make test-unit  only tests/unit: no services, no trained model needed (fast)"
 	@echo "make chaos  kill each embedded service mid-lot and account for every unit (docs/faults.md; minutes)"
@@ -42,7 +45,7 @@ $(MODEL): | $(VENV)/.installed
 model: $(MODEL)
 
 demo: install model
-	$(LINESIGHT) demo --duration $(DURATION) --rate $(RATE) $(if $(RECIPE),--recipe $(RECIPE))
+	$(LINESIGHT) demo --duration $(DURATION) --rate $(RATE) --cameras $(CAMERAS) $(if $(RECIPE),--recipe $(RECIPE))
 
 chaos: install
 	$(PY) benchmarks/chaos.py

@@ -106,10 +106,22 @@ class RunReport:
         return "\n".join(lines)
 
 
+def unit_verdicts_subquery(client: ClickHouseClient, db: str, lot: str) -> str:
+    """(unit_id, verdict, cause, inspected) per unit of lot ``{lot:String}``: a one-camera unit's
+    result, or a multi-station unit's own verdict (``unit_verdicts``: inspected when every
+    station judged it in time; a unit missing a station or decided late counts as fail-safe)."""
+    multi = client.query(f"SELECT count() FROM {db}.unit_verdicts FINAL WHERE lot = {{lot:String}}", {"lot": lot})
+    if not int(multi.rows[0][0]):
+        return f"(SELECT unit_id, verdict, cause, inspected FROM {db}.inspections FINAL WHERE lot = {{lot:String}})"
+    return f"""(SELECT unit_id, verdict, if(cause = 'model', 'model', 'failsafe') AS cause,
+                       cause = 'model' AND empty(missing) AS inspected
+                FROM {db}.unit_verdicts FINAL WHERE lot = {{lot:String}})"""
+
+
 def build_report(client: ClickHouseClient, database: str, lot: str, *, positive_release: bool = False) -> RunReport:
     db, q = database, "{lot:String}"  # bound server-side, never spliced into the SQL
     truth = f"(SELECT unit_id, label, defect FROM {db}.ground_truth FINAL WHERE lot = {q})"
-    verdicts = f"(SELECT unit_id, verdict, cause, inspected FROM {db}.inspections FINAL WHERE lot = {q})"
+    verdicts = unit_verdicts_subquery(client, db, lot)
     fired = f"(SELECT unit_id FROM {db}.actuations FINAL WHERE lot = {q})"
     fired_on_model = f"(SELECT unit_id FROM {db}.actuations FINAL WHERE lot = {q} AND cause = 'model')"
 
@@ -149,7 +161,7 @@ def build_report(client: ClickHouseClient, database: str, lot: str, *, positive_
     several = one(
         f"""SELECT count() AS n FROM (
                 SELECT unit_id FROM {db}.inspections WHERE lot = {q}
-                GROUP BY unit_id HAVING uniqExact(verdict, cause) > 1)"""
+                GROUP BY unit_id, station HAVING uniqExact(verdict, cause) > 1)"""
     )
     not_fired = one(
         f"SELECT count() AS n FROM {verdicts} WHERE verdict != 'pass' AND unit_id NOT IN {fired}"
@@ -192,7 +204,7 @@ def recipe_sections(client: ClickHouseClient, db: str, lot: str) -> dict:
     """Recipes, measurement spread and duplicate serials of a lot (empty for classifier-only lots)."""
     p = {"lot": lot}
     recipes = client.query(
-        f"""SELECT recipe, count() AS n FROM {db}.inspections FINAL
+        f"""SELECT recipe, uniqExact(unit_id) AS n FROM {db}.inspections FINAL
             WHERE lot = {{lot:String}} AND recipe != '' GROUP BY recipe ORDER BY recipe""", p).rows
     measurements = client.query(
         f"""SELECT key AS name, count() AS n, avg(value) AS mean, min(value) AS min, max(value) AS max,

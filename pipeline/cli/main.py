@@ -53,7 +53,12 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo.run import run_demo
+    if args.cameras == "gige":
+        if args.recipe:
+            raise SystemExit("--cameras gige runs its own two-station tablet recipe; leave out --recipe")
+        from pipeline.demo.gige import run_gige_demo as run_demo
+    else:
+        from pipeline.demo.run import run_demo
 
     report = run_demo(_settings(args), args.duration, workers=args.workers)
     print(report.to_json() if args.json else report.to_text())
@@ -331,6 +336,7 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli.audit import add_model_auth_args
     from pipeline.cli.audit import register as register_gmp_commands
+    from pipeline.cli.gateway import register as register_gateway_commands
     from pipeline.cli.recipes import register as register_recipe_commands
 
     parser = argparse.ArgumentParser(
@@ -348,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="inspection worker processes")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--recipe", help="run a line of this recipe's product (recipes/RECIPE.toml)")
+    p.add_argument("--cameras", choices=("simulated", "gige"), default="simulated",
+                   help="gige: a two-station tablet line photographed by fake GigE Vision cameras through the "
+                   "camera gateway (docs/cameras.md)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("up", help="run the stack and a simulated line until Ctrl-C")
@@ -487,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_gmp_commands(sub, _settings)  # audit, users (docs/audit.md)
     register_recipe_commands(sub, _settings)  # recipes (docs/recipes.md)
+    register_gateway_commands(sub, _settings, _stop_on_signals)  # gateway, cameras (docs/cameras.md)
     return parser
 
 
@@ -496,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("aiokafka", "faust", "mode", "urllib3"):
+    for noisy in ("aiokafka", "asyncua", "faust", "mode", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)

@@ -133,8 +133,10 @@ def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int
     row = client.query(
         f"""SELECT
               (SELECT count() FROM {db}.ground_truth FINAL WHERE lot = {q}) AS truth,
-              (SELECT count() FROM {db}.inspections FINAL WHERE lot = {q}) AS decided,
-              (SELECT countIf(verdict != 'pass') FROM {db}.inspections FINAL WHERE lot = {q}) AS rejected,
+              (SELECT uniqExact(unit_id) FROM (
+                  SELECT unit_id FROM {db}.inspections FINAL WHERE lot = {q}
+                  UNION ALL SELECT unit_id FROM {db}.unit_verdicts FINAL WHERE lot = {q})) AS decided,
+              (SELECT uniqExactIf(unit_id, verdict != 'pass') FROM {db}.inspections FINAL WHERE lot = {q}) AS rejected,
               (SELECT count() FROM {db}.actuations FINAL WHERE lot = {q}) AS fired,
               (SELECT count() FROM {db}.gate_events FINAL WHERE lot = {q}) AS at_gate""",
         {"lot": lot},

@@ -22,7 +22,7 @@ from pipeline.imaging.catalog import sample_product
 from pipeline.kafka.clients import RenewingProducer, flush_or_raise
 from pipeline.settings import Settings
 from pipeline.wire.codec import encode_png
-from pipeline.wire.messages import FrameMeta, GroundTruth
+from pipeline.wire.messages import FrameMeta, GroundTruth, RejectCommand, dead_letter_headers
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,37 @@ class FramePublisher:
             self._kafka.topic_frames, key=key, value=image, headers=meta.to_headers(), on_delivery=self._delivered,
         )
         if truth is not None:
-            self._producer.produce(self._kafka.topic_truth, key=key, value=truth.to_json(), on_delivery=self._delivered)
-            self.stats.defects += truth.label == "defect"
+            self.truth(truth)
         self._producer.poll(0)
         self.stats.published += 1
         return True
+
+    def truth(self, truth: GroundTruth) -> None:
+        """What a unit really is (simulated lines, replays): reports score verdicts against it."""
+        self._producer.produce(self._kafka.topic_truth, key=truth.unit_id.encode(), value=truth.to_json(),
+                               on_delivery=self._delivered)
+        self.stats.defects += truth.label == "defect"
+
+    def reject(self, command: RejectCommand) -> None:
+        """A fail-safe reject from the gateway itself (a station that saw nothing usable)."""
+        # Keyed by line, as the worker's: one line's rejects stay in order for its gate.
+        self._producer.produce(
+            self._kafka.topic_rejects, key=command.line.encode(), value=command.to_json(), on_delivery=self._delivered
+        )
+        self._producer.poll(0)
+
+    def dead_letter(self, meta: FrameMeta, image: bytes, reason: str, stage: str) -> None:
+        """Keep a frame no unit can take, with why (the dead-letter topic, as the worker's)."""
+        log.warning("dead-lettered frame of %s: %s", meta.line, reason)
+        headers = dead_letter_headers(meta.to_headers(), reason, stage, f"camera {meta.camera}")
+        self._producer.produce(
+            self._kafka.topic_deadletter,
+            key=meta.unit_id.encode(),
+            value=image,
+            headers=headers,
+            on_delivery=self._delivered,
+        )
+        self._producer.poll(0)
 
     def close(self) -> None:
         """Deliver everything and release the connection; raise if any frame was lost."""

@@ -78,6 +78,7 @@ class EmbeddedPlc:
             "--host-heartbeat-timeout", str(s.plc.embedded_host_heartbeat_timeout_s),
         ]
         argv += ["--fired-log", str(self.fired_log)]
+        argv += self._line_args()
         self.process = ManagedProcess(SERVICE, argv, None, self.log_path)
         self.process.start()
         try:
@@ -91,6 +92,17 @@ class EmbeddedPlc:
         print(f"plc: embedded simulator at {self.endpoint}, ready in {self.startup_s:.1f} s, log {self.log_path}",
               file=sys.stderr, flush=True)
         return s.model_copy(update={"plc": s.plc.model_copy(update={"endpoint": self.endpoint})})
+
+    def _line_args(self) -> list[str]:
+        """A simulated line with stations gets its conveyor played by the PLC: encoder and infeed
+        trigger latches (docs/cameras.md), units entering at the simulator's rate."""
+        s = self.settings
+        timing = s.lines.get(s.simulator.line)
+        if timing is None or not timing.stations or timing.counts_per_mm is None:
+            return []
+        pitch_mm = timing.conveyor_speed_mm_s / s.simulator.rate_per_s
+        return ["--line-speed", str(timing.conveyor_speed_mm_s), "--counts-per-mm", str(timing.counts_per_mm),
+                "--pitch-mm", str(pitch_mm)]
 
     def stop(self) -> None:
         if self.process is not None:
