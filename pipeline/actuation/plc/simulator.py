@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -188,7 +189,7 @@ class PlcSimulator:
         # One JSON line per fire (unit, seq, time, reject-all): what the gate did, for tests that
         # run the simulator as a separate process and check the PLC's side independently.
         self._fired_log = fired_log
-        self._latched: list[int] = []
+        self._latched: deque[int] = deque(maxlen=65_536)  # bounded: a demo line runs without end
 
     @property
     def endpoint(self) -> str:
@@ -217,7 +218,7 @@ class PlcSimulator:
 
     @property
     def trigger_positions(self) -> list[int]:
-        """Encoder counts latched for this simulator's triggers so far, in order (for tests)."""
+        """Encoder counts latched for the latest triggers (up to 65536), in order (for tests)."""
         return list(self._latched)
 
     async def __aenter__(self) -> PlcSimulator:
@@ -257,6 +258,8 @@ class PlcSimulator:
         self._host_beat_at = time.monotonic()
         await self._apply_refusal()
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="plc-sim-heartbeat")
+        if self._run is not None and (self._line_task is None or self._line_task.done()):
+            self._line_task = asyncio.get_running_loop().create_task(self._line(), name="plc-sim-line")
         log.info("PLC simulator listening on %s", self.endpoint)
 
     async def stop(self) -> None:
@@ -356,7 +359,8 @@ class PlcSimulator:
             self._line_task = asyncio.get_running_loop().create_task(self._line(), name="plc-sim-line")
 
     def set_line_speed(self, speed_mm_s: float) -> None:
-        """Change the belt speed (0: stopped); positions, units and triggers carry on."""
+        """Change the belt speed (0: stopped); positions, units and triggers carry on (without a
+        run the belt moves empty)."""
         if speed_mm_s < 0:
             raise ValueError(f"speed must be >= 0, got {speed_mm_s}")
         self._set_speed(time.monotonic_ns(), speed_mm_s)
@@ -467,7 +471,7 @@ class PlcSimulator:
     async def _on_read(self, event: ServerItemCallback, _dispatcher: Any) -> None:
         """A read sees the line as it is at that instant, like a PLC's counter read, not as of the
         simulator's last wake-up."""
-        if self._run is not None and event.is_external:
+        if event.is_external and (self._run is not None or self._speed_mm_s > 0):
             await self._advance(time.monotonic_ns())
 
     # ---- internals
