@@ -113,7 +113,16 @@ class UnitTracker:
     # ---- events
 
     def on_trigger(self, position: int, trigger_ns: int) -> TrackedUnit:
-        """A unit passed the trigger point at encoder ``position``: it gets the next id."""
+        """A unit passed the trigger point at encoder ``position``: it gets the next id.
+
+        Triggers come in position order; one behind the last means the encoder count was reset
+        (PLC restart): the units in flight can no longer be placed, so each station still awaited
+        is missed (reported by the next `due`)."""
+        last = next(reversed(self._open.values())).unit.position if self._open else None
+        if last is not None and position < last:
+            for entry in self._open.values():
+                self._drop(entry, f"encoder went back from {last} to {position} (counter reset): unit can no longer be placed")
+            self._open.clear()
         seq = self._next_seq
         self._next_seq += 1
         self._triggers += 1
@@ -121,14 +130,7 @@ class UnitTracker:
         self._open[seq] = _Open(unit)
         while len(self._open) > self._max_in_flight:
             # Never silently forgotten: whatever the oldest unit still awaited is reported missing.
-            oldest = self._open.pop(next(iter(self._open)))
-            for station in self._offsets:
-                if station not in oldest.done:
-                    self._counts[station].missing += 1
-                    self._evicted.append(StationMiss(
-                        oldest.unit, station,
-                        f"station {station}: dropped from tracking ({self._max_in_flight} units in flight)",
-                    ))
+            self._drop(self._open.pop(next(iter(self._open))), f"dropped from tracking ({self._max_in_flight} units in flight)")
         return unit
 
     def on_frame(self, station: str, position: int) -> TrackedUnit | None:
@@ -219,6 +221,13 @@ class UnitTracker:
         if counts is None:
             raise KeyError(f"line {self.line!r} has no station {station!r} (stations: {', '.join(self._offsets)})")
         return counts
+
+    def _drop(self, entry: _Open, why: str) -> None:
+        """Stop tracking a unit: every station still awaited is missed (reported by `due`)."""
+        for station in self._offsets:
+            if station not in entry.done:
+                self._counts[station].missing += 1
+                self._evicted.append(StationMiss(entry.unit, station, f"station {station}: {why}"))
 
     def _nearest(self, station: str, position: int) -> _Open | None:
         """The unit whose expected position at ``station`` is nearest ``position``, within tolerance."""

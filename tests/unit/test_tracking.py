@@ -160,6 +160,18 @@ def test_memory_is_bounded_and_overflowed_units_are_reported_not_forgotten() -> 
     assert t.due(0) == []
 
 
+def test_an_encoder_reset_misses_every_unit_in_flight_at_the_stations_still_awaited() -> None:
+    t = tracker()
+    a = t.on_trigger(50_000, 0)
+    b = t.on_trigger(51_000, 0)
+    assert t.on_frame("top", 53_000) == a
+    c = t.on_trigger(100, 0)  # the PLC restarted: counts start again
+    misses = t.due(0)
+    assert [(m.unit, m.station) for m in misses] == [(a, "side"), (a, "bottom"), (b, "top"), (b, "side"), (b, "bottom")]
+    assert all("counter reset" in m.reason for m in misses)
+    assert t.stats.in_flight == 1 and t.on_frame("top", 3100) == c
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="no stations"):
         tracker(station_offsets={})
