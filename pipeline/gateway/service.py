@@ -109,6 +109,12 @@ def station_cameras(
     timing = settings.lines.get(line)
     if timing is None or not timing.stations:
         raise GatewayConfigError([f"line {line!r} declares no stations (lines.{line}.stations)"])
+    if not settings.plc.positive_release:
+        # The gateway is not watched by the actuator: if it dies, units reach the gate unheard of.
+        raise GatewayConfigError([
+            f"line {line!r}: a multi-station line needs a positive-release gate (plc.gate_mode = release); "
+            "with gate_mode = reject a unit the gateway never saw would pass"
+        ])
     if timing.counts_per_mm is None:
         raise GatewayConfigError(
             [f"line {line!r}: stations are matched by encoder position; set lines.{line}.counts_per_mm"]
