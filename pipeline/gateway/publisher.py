@@ -51,7 +51,8 @@ class FramePublisher:
 
     def __init__(self, settings: Settings, producer: RenewingProducer | None = None) -> None:
         self._kafka = settings.kafka
-        self._producer = producer or RenewingProducer(settings.kafka, "linesight-camera")
+        # Not `producer or ...`: a RenewingProducer with nothing in flight has len() 0, so it is falsy.
+        self._producer = producer if producer is not None else RenewingProducer(settings.kafka, "linesight-camera")
         self.stats = PublishStats()
         self._errors: list[str] = []
         self.connect()
