@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.alerts.cameras import CameraLimits, CameraMonitor
 from pipeline.alerts.detectors import (
     DriftDetector,
     FrozenDetector,
@@ -31,7 +32,7 @@ from pipeline.alerts.record import AlertBook, AlertRecord
 from pipeline.core.times import NS_PER_S
 from pipeline.inspections.label import SerialTracker
 from pipeline.wire.codec import open_frame
-from pipeline.wire.messages import FrameMeta, Heartbeat, InspectionResult
+from pipeline.wire.messages import CameraStatus, FrameMeta, Heartbeat, InspectionResult
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class AlertConfig:
     last_rejects: int = 12
     throughput_window_s: float = 10.0
     limits: QualityLimits = QualityLimits()
+    cameras: CameraLimits = CameraLimits()  # camera_lost, camera_rate_drift, camera_timestamp_gap
 
 
 @dataclass
@@ -98,6 +100,7 @@ class LineState:
         self.drift: dict[str, DriftDetector] = {}
         self.quality = QualityDetector()
         self.frozen = FrozenDetector()
+        self.cameras = CameraMonitor(self.config.cameras)  # the gateway's station cameras
 
 
 class ScoreReferences(Protocol):
@@ -260,6 +263,26 @@ class AlertEngine:
             self.worker_first_ns.setdefault(hb.source, now_ns)
             return self._health(now_ns)
 
+    def on_camera_status(self, status: CameraStatus, now_ns: int) -> list[AlertRecord]:
+        """A station camera's status from the gateway: lost at once, rate drift, missed exposures."""
+        with self.lock:
+            st = self._line(status.line)
+            st.cameras.observe(status, now_ns)
+            out = self._camera_alerts(st, now_ns)
+            self.version += 1
+            return out
+
+    def _camera_alerts(self, st: LineState, now_ns: int) -> list[AlertRecord]:
+        mon = st.cameras
+        if not mon.cameras:
+            return []
+        lost, drifting, gapped = mon.lost(now_ns), mon.drifting(), mon.gapped(now_ns)
+        return (self.book.set(st.line, "camera_lost", bool(lost), now_ns, "critical", "; ".join(lost), len(lost))
+                + self.book.set(st.line, "camera_rate_drift", bool(drifting), now_ns, "warning",
+                                "; ".join(drifting), len(drifting))
+                + self.book.set(st.line, "camera_timestamp_gap", bool(gapped), now_ns, "warning",
+                                "; ".join(gapped), len(gapped)))
+
     # ------------------------------------------------------------ time
     def tick(self, now_ns: int) -> list[AlertRecord]:
         """Time-driven checks: missing frames, stale heartbeats, the p-chart interval."""
@@ -273,6 +296,7 @@ class AlertEngine:
                 what = "no frame" if st.last_frame_ns else "no frame yet"
                 out += self.book.set(st.line, "frames_missing", silent > limit, now_ns, "critical",
                                      f"{what} from {st.line} for {silent / 1e9:.0f} s", silent / 1e9)
+                out += self._camera_alerts(st, now_ns)
             out += self._health(now_ns)
             if out:
                 self.version += 1
@@ -363,6 +387,7 @@ class AlertEngine:
                     "models": dict(sorted(st.models.items())),
                     "recipe": st.recipe,
                     "last_measurements": st.last_measurements,
+                    "cameras": st.cameras.view(now_ns),
                     "pchart_interval_s": self.config.interval_s,
                     "pchart_min_baseline": self.config.pchart_min_baseline,
                     "pchart": [

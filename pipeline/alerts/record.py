@@ -30,6 +30,9 @@ KINDS = (
     "frames_missing",    # a line that stopped sending frames
     "pipeline_health",   # a worker / Triton / broker heartbeat stale or unhealthy
     "duplicate_serial",  # a label serial number seen twice in one lot (GS1 serialisation)
+    "camera_lost",       # a station camera disconnected, or its gateway status silent
+    "camera_rate_drift",  # a camera's frames per unit away from one, sustained
+    "camera_timestamp_gap",  # consecutive camera timestamps more than 1.5 unit intervals apart
 )
 
 

@@ -1,6 +1,7 @@
-"""The alert service: consumes frames, results and heartbeats, runs the `AlertEngine`, publishes
-every alert change to ``linesight.alerts`` (the ClickHouse sink stores them in ``alerts``), and
-commits its offsets only after the broker acknowledged those alerts (`run_batches`).
+"""The alert service: consumes frames, results, heartbeats and the camera gateway's camera
+statuses, runs the `AlertEngine`, publishes every alert change to ``linesight.alerts`` (the
+ClickHouse sink stores them in ``alerts``), and commits its offsets only after the broker
+acknowledged those alerts (`run_batches`).
 
 A ticker thread runs the time-driven checks (a line that stopped sending frames, stale worker
 heartbeats, the p-chart interval) once a second, so silence raises an alert even when no message
@@ -23,6 +24,7 @@ from urllib.parse import unquote
 
 from confluent_kafka import KafkaException, Message
 
+from pipeline.alerts.cameras import CameraLimits
 from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.alerts.record import AlertRecord
 from pipeline.alerts.reference import CardReferences
@@ -31,7 +33,7 @@ from pipeline.core.times import now_ns
 from pipeline.kafka.clients import RenewingProducer, bootstrap, flush_or_raise, make_consumer
 from pipeline.kafka.commit_loop import run_batches
 from pipeline.settings import Settings
-from pipeline.wire.messages import FrameMeta, Heartbeat, InspectionResult, MessageError
+from pipeline.wire.messages import CameraStatus, FrameMeta, Heartbeat, InspectionResult, MessageError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,13 @@ def alert_config(settings: Settings) -> AlertConfig:
     s = settings.services
     return AlertConfig(interval_s=s.alerts_interval_s, run_length=s.alerts_run_length,
                        missing_after_s=s.alerts_missing_after_s,
-                       heartbeat_stale_s=max(6.0, 3 * settings.watchdog.heartbeat_interval_s))
+                       heartbeat_stale_s=max(6.0, 3 * settings.watchdog.heartbeat_interval_s),
+                       cameras=CameraLimits(silent_s=s.alerts_camera_silent_s,
+                                            rate_window_s=s.alerts_camera_rate_window_s,
+                                            rate_tolerance=s.alerts_camera_rate_tolerance,
+                                            rate_sustain_s=s.alerts_camera_rate_sustain_s,
+                                            gap_factor=s.alerts_camera_gap_factor,
+                                            gap_clear_s=s.alerts_camera_gap_clear_s))
 
 
 class AlertPublisher:
@@ -78,7 +86,7 @@ class AlertService:
         self.settings = settings
         self.engine = engine
         self.publisher = publisher
-        self.topics = [k.topic_frames, k.topic_results, k.topic_heartbeats]
+        self.topics = [k.topic_frames, k.topic_results, k.topic_heartbeats, k.topic_camera_status]
 
     def handle(self, messages: Sequence[Message]) -> None:
         k = self.settings.kafka
@@ -92,6 +100,8 @@ class AlertService:
                     out += self.engine.on_result(InspectionResult.from_json(m.value()), now)
                 elif m.topic() == k.topic_heartbeats:
                     out += self.engine.on_heartbeat(Heartbeat.from_json(m.value()), now)
+                elif m.topic() == k.topic_camera_status:
+                    out += self.engine.on_camera_status(CameraStatus.from_json(m.value()), now)
             except MessageError as exc:  # the worker and sink dead-letter these; alerts skip them
                 log.debug("alerts skip %s:%s:%s: %s", m.topic(), m.partition(), m.offset(), exc)
         self.publisher.publish(out)

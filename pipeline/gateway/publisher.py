@@ -22,7 +22,7 @@ from pipeline.imaging.catalog import sample_product
 from pipeline.kafka.clients import RenewingProducer, flush_or_raise
 from pipeline.settings import Settings
 from pipeline.wire.codec import encode_png
-from pipeline.wire.messages import FrameMeta, GroundTruth, RejectCommand, dead_letter_headers
+from pipeline.wire.messages import CameraStatus, FrameMeta, GroundTruth, RejectCommand, dead_letter_headers
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,12 @@ class FramePublisher:
         self._producer.produce(
             self._kafka.topic_rejects, key=command.line.encode(), value=command.to_json(), on_delivery=self._delivered
         )
+        self._producer.poll(0)
+
+    def status(self, status: CameraStatus) -> None:
+        """A station camera's health (`pipeline.gateway.camera_status`), keyed by its serial."""
+        self._producer.produce(self._kafka.topic_camera_status, key=status.camera.encode(), value=status.to_json(),
+                               on_delivery=self._delivered)
         self._producer.poll(0)
 
     def dead_letter(self, meta: FrameMeta, image: bytes, reason: str, stage: str) -> None:

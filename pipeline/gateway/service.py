@@ -20,10 +20,12 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pipeline.core.times import NS_PER_MS, now_ns
+from pipeline.gateway.camera_status import CameraStatusReporter
 from pipeline.gateway.cameras import AcquiredFrame, CameraConfigError, CameraError, GenICamCamera
 from pipeline.gateway.pixels import encode_frame
 from pipeline.gateway.publisher import FramePublisher
@@ -171,7 +173,15 @@ class Gateway:
         self._due_triggers: list[tuple[int, str]] = []  # (encoder position, station) to fire at
         self.stats = GatewayStats(stations={s.station: CameraSide() for s in stations})
         self._threads: list[threading.Thread] = []
+        # Software triggers go out from a thread per station: a trigger to a camera that stopped
+        # answering blocks in Aravis's GVCP retries (5 x 500 ms), which must stall neither this
+        # event loop (line signals, frames, the other stations' triggers) nor another station.
+        self._triggerers = {
+            s.station: ThreadPoolExecutor(1, thread_name_prefix=f"trigger-{s.station}") for s in stations
+        }
         self._on_unit = on_unit  # told of every unit as it gets its id (the demo's ground truth)
+        # Camera health for the alert service and the dashboard (docs/cameras.md).
+        self.camera_status = CameraStatusReporter(line, stations, self._encoder, publisher.status)
 
     def open(self) -> None:
         """Open every camera and apply the recipe's features; refuse with every problem at once."""
@@ -212,6 +222,8 @@ class Gateway:
             for miss in self._tracker.due(_BEYOND_EVERY_WINDOW):
                 self._failsafe(miss, f"{miss.reason} (gateway stopped)")
         finally:
+            for triggerer in self._triggerers.values():
+                await asyncio.to_thread(triggerer.shutdown, True, cancel_futures=True)
             halt.set()
             await self._signals.stop()
             for t in self._threads:
@@ -227,6 +239,7 @@ class Gateway:
                 continue
             unit = self._tracker.on_trigger(trigger.position, trigger.trigger_ns)
             self.stats.units += 1
+            self.camera_status.on_trigger(trigger)
             if self._on_unit is not None:
                 self._on_unit(unit)
             self._due_triggers += [
@@ -239,10 +252,13 @@ class Gateway:
             except queue.Empty:
                 break
             self._on_frame(self._stations[station], frame)
+            self.camera_status.on_frame(station, frame)
         judged_to = self._encoder.position_at(now_ns() - self._latency_ns)
         if judged_to is not None:
             for miss in self._tracker.due(judged_to):
                 self._failsafe(miss)
+        self.camera_status.publish_due(now_ns(), self.stats.stations, self._tracker.stats, self.stats.units,
+                                       {name: s.camera.connected for name, s in self._stations.items()})
 
     @property
     def tracking(self) -> TrackerStats:
@@ -298,13 +314,16 @@ class Gateway:
             if position > now:
                 keep.append((position, station))
                 continue
-            s = self._stations[station]
-            try:
-                s.camera.software_trigger()
-                self.stats.stations[station].software_triggers += 1
-            except CameraError as exc:  # no frame will come: the tracker misses the unit
-                log.warning("station %s: software trigger failed: %s", station, exc)
+            self._triggerers[station].submit(self._software_trigger, self._stations[station])
         self._due_triggers = keep
+
+    def _software_trigger(self, s: StationCamera) -> None:
+        """On the station's trigger thread."""
+        try:
+            s.camera.software_trigger()
+            self.stats.stations[s.station].software_triggers += 1
+        except CameraError as exc:  # no frame will come: the tracker misses the unit
+            log.warning("station %s: software trigger failed: %s", s.station, exc)
 
     def _on_frame(self, s: StationCamera, frame: AcquiredFrame) -> None:
         stats = self.stats.stations[s.station]

@@ -56,6 +56,7 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         (kafka.topic_reject_images, {}),
         (kafka.topic_recipes, {"cleanup.policy": "compact"}),
         (kafka.topic_unit_verdicts, {}),
+        (kafka.topic_camera_status, {}),
     ]
     return [TopicSpec(n, kafka.partitions, kafka.replication_factor, dict(c)) for n, c in names]
 

@@ -48,6 +48,8 @@ class KafkaSettings(BaseModel):
     topic_recipes: str = "linesight.recipes"
     # One verdict per unit of a multi-station line (docs/actuation.md), keyed by unit id.
     topic_unit_verdicts: str = "linesight.unit-verdicts"
+    # Station camera health from the camera gateway (docs/cameras.md), keyed by camera serial.
+    topic_camera_status: str = "linesight.camera-status"
     partitions: int = 3
     replication_factor: int = 1
     # Frames above this size are refused by the gateway (Kafka's default message cap is 1 MB).
@@ -177,6 +179,22 @@ class ServiceSettings(BaseModel):
     alerts_interval_s: float = 10.0
     alerts_run_length: int = 8
     alerts_missing_after_s: float = 5.0
+    # Camera health (docs/alerts.md). The gateway sends a camera's status every 0.25 s: four
+    # missed in a row is a gateway that died with the camera (a lost camera is reported at once).
+    alerts_camera_silent_s: float = 1.0
+    # Frames against units over this window: a triggered camera takes exactly one frame per unit,
+    # so a sustained difference is a camera missing triggers or free-running; the window keeps the
+    # +-1 unit of counting (and the lag of a station downstream of the trigger) within tolerance.
+    alerts_camera_rate_window_s: float = 5.0
+    alerts_camera_rate_tolerance: float = 0.1
+    # The drift must last this long (a speed change reaches a downstream station seconds later).
+    alerts_camera_rate_sustain_s: float = 5.0
+    # Consecutive camera timestamps further apart than this many unit intervals: a missed
+    # exposure (one missed exposure is 2; trigger jitter stays well under 1.5).
+    alerts_camera_gap_factor: float = 1.5
+    # A gap alert clears after this long without another one: a single missed exposure is an
+    # event a person should see, not a blink on the screen.
+    alerts_camera_gap_clear_s: float = 10.0
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 16080
     # Production (`linesight alerts` / `linesight dashboard` as separate services, docs/deployment.md):

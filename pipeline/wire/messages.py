@@ -463,6 +463,45 @@ class Heartbeat(JsonMessage):
 
 
 @dataclass(frozen=True)
+class CameraStatus(JsonMessage):
+    """One station camera's health, from the camera gateway (``linesight.camera-status``, keyed by
+    camera serial): every ``STATUS_INTERVAL_S`` and at once when the camera is lost or back.
+
+    Counters are cumulative since the gateway started, so a lost message costs nothing and the
+    alert service takes rates over any window it wants (docs/cameras.md, "Alerts and dashboard").
+    """
+
+    line: str
+    station: str
+    camera: str  # serial number
+    connected: bool
+    frames: int  # frames the camera delivered, complete or not
+    units: int  # units the line's trigger point gave an id (the rate the camera must keep)
+    fps: float  # frames per second over the last second
+    units_per_s: float  # the line's units per second over the same second
+    incomplete: int  # incomplete frames (tracker)
+    missing: int  # units that left this station's window with no frame
+    unexpected: int  # good frames in no unit's window
+    reconnects: int
+    last_frame_ns: int  # host time of the last frame's arrival, 0 before the first
+    # The largest interval between consecutive camera timestamps since the last status, and what
+    # it should have been: the time the belt took then to move one unit pitch (0: not measured).
+    ts_gap_ns: int
+    expected_gap_ns: int
+    sent_ns: int
+
+    def __post_init__(self) -> None:
+        problem = (
+            text_problem("line", self.line) or text_problem("camera", self.camera)
+            or (None if STATION_NAME.fullmatch(self.station) else f"station {self.station[:40]!r} is not a station name")
+            or next((f"{n} {getattr(self, n)} is negative" for n in ("frames", "units", "fps", "units_per_s",
+                     "incomplete", "missing", "unexpected", "reconnects") if getattr(self, n) < 0), None)
+        )
+        if problem:
+            raise MessageError(f"bad CameraStatus: {problem}")
+
+
+@dataclass(frozen=True)
 class GateEventRecord(JsonMessage):
     """What physically happened to one unit at the reject gate: exactly one per captured unit.
 
