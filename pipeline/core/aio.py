@@ -1,4 +1,4 @@
-"""asyncio helpers shared by the gate client, its simulator and the reject scheduler."""
+"""asyncio helpers shared by the gate client, its simulator, the reject scheduler and the line signals."""
 
 from __future__ import annotations
 
@@ -14,3 +14,12 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until `event` is set, at most `timeout_s`: True when it was set (a stop while backing off)."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout_s)
+    except TimeoutError:
+        return False
+    return True

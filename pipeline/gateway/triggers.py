@@ -25,7 +25,7 @@ from typing import Any
 from asyncua.client.client import Client
 from asyncua.common.node import Node
 
-from pipeline.core.aio import cancel_and_wait
+from pipeline.core.aio import cancel_and_wait, wait_event
 from pipeline.core.opcua import LINK_ERRORS, close_session, describe, make_client, open_session
 from pipeline.settings.actuation import PlcSettings
 
@@ -296,7 +296,7 @@ class PlcLineSignals:
                 self._set_state(
                     LineSignalsState.UNREACHABLE, f"cannot read the line from PLC {s.endpoint}: {describe(exc)}"
                 )
-                if await self._sleep_or_stop(delay):
+                if await wait_event(self._stop, delay):
                     return
                 delay = min(delay * 2, s.reconnect_max_s)
                 continue
@@ -316,7 +316,7 @@ class PlcLineSignals:
                 return
             self.stats.reconnects += 1
             self._set_state(LineSignalsState.UNREACHABLE, reason)
-            if await self._sleep_or_stop(delay):
+            if await wait_event(self._stop, delay):
                 return
 
     async def _open(self, client: Client) -> list[Node]:
@@ -402,13 +402,6 @@ class PlcLineSignals:
         except asyncio.QueueFull:  # bounded memory: a consumer that stopped taking loses units
             self.stats.lost += 1
             log.error("trigger %s dropped: %d triggers nobody took", trigger.number, self._queue.maxsize)
-
-    async def _sleep_or_stop(self, delay_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._stop.wait(), delay_s)
-        except TimeoutError:
-            return False
-        return True
 
     def _set_state(self, state: LineSignalsState, reason: str) -> None:
         if state is not self.state:

@@ -37,7 +37,7 @@ from asyncua.common.node import Node
 from pipeline.actuation.alarms import AlarmCode, AlarmEvent
 from pipeline.actuation.gate import BadGateCommand, FireResult, GateError
 from pipeline.actuation.timing_model import UnitRef
-from pipeline.core.aio import cancel_and_wait
+from pipeline.core.aio import cancel_and_wait, wait_event
 from pipeline.core.opcua import LINK_ERRORS as _LINK_ERRORS
 from pipeline.core.opcua import close_session, make_client, open_session
 from pipeline.core.opcua import describe as _describe
@@ -274,7 +274,7 @@ class OpcUaGate:
                 reason = f"cannot connect to PLC {s.endpoint}: {_describe(exc)}"
                 self._set_state(GateState.UNREACHABLE, reason)
                 self._raise(AlarmCode.UNREACHABLE, reason)
-                if await self._sleep_or_stop(delay):
+                if await wait_event(self._stop, delay):
                     return
                 delay = min(delay * 2, s.reconnect_max_s)
                 continue
@@ -302,7 +302,7 @@ class OpcUaGate:
                 return
             self._set_state(GateState.UNREACHABLE, reason)
             self._raise(AlarmCode.UNREACHABLE, reason)
-            if await self._sleep_or_stop(delay):
+            if await wait_event(self._stop, delay):
                 return
 
     def _make_client(self) -> Client:
@@ -398,13 +398,6 @@ class OpcUaGate:
 
     async def _close(self, client: Client) -> None:
         await close_session(client, self._settings.request_timeout_s)
-
-    async def _sleep_or_stop(self, delay_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._stop.wait(), delay_s)
-        except TimeoutError:
-            return False
-        return True
 
     def _set_state(self, state: GateState, reason: str) -> None:
         if state is not self.state:
