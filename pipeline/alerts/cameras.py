@@ -118,11 +118,10 @@ class CameraMonitor:
                 for c in self.cameras.values() if c.gap_at_ns and now_ns - c.gap_at_ns < clear]
 
     def view(self, now_ns: int) -> list[dict[str, object]]:
-        """The dashboard's camera panel rows, by station."""
+        """The dashboard's camera panel rows, one per station camera."""
         rows: list[dict[str, object]] = []
         silent = self.limits.silent_s * NS_PER_S
-        for station in sorted(self.cameras):
-            c = self.cameras[station]
+        for c in self.cameras.values():  # in the gateway's station order (the line's)
             s = c.status
             rows.append({
                 "station": s.station, "camera": s.camera,

@@ -126,3 +126,56 @@ def test_operator_session_in_headless_chromium(
     finally:
         feed.close()
         server.stop()
+
+
+def test_camera_panel_in_headless_chromium(browser: webdriver.Chrome, chdb_client: ChdbClient, tmp_path: Path) -> None:
+    """Each line card shows its station cameras (the gateway's camera status); a lost one stands
+    out and its camera_lost alert is in the alert table."""
+    import threading
+
+    from pipeline.core.times import now_ns
+    from pipeline.wire.messages import CameraStatus
+
+    shots = Path(os.environ.get("LINESIGHT_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    site, server = make_site(chdb_client, tmp_path)
+    feed = SimulatedFeed(site.engine, rate_per_s=10, defect_rate=0.05, seed=3).start()
+    stop = threading.Event()
+    lost_at = now_ns() - 12_000_000_000
+
+    def gateway() -> None:  # what the camera gateway sends, every 0.25 s
+        n = 0
+        while not stop.wait(0.25):
+            n += 1
+            t = now_ns()
+            for status in (
+                CameraStatus("line-1", "top", "LSDEMO-TOP-01", True, 400 + n * 2, 400 + n * 2, 9.9, 10.0, 1, 2, 0, 0,
+                             t - 40_000_000, 100_000_000, 100_000_000, t),
+                CameraStatus("line-1", "bottom", "LSDEMO-BOT-01", False, 310, 400 + n * 2, 0.0, 10.0, 0, 7 + n, 0, 1,
+                             lost_at, 0, 0, t),
+            ):
+                site.engine.on_camera_status(status, t)
+
+    pusher = threading.Thread(target=gateway, daemon=True)
+    pusher.start()
+    try:
+        browser.get(site.url)
+        browser.find_element(By.ID, "username").send_keys("olga")
+        browser.find_element(By.ID, "password").send_keys("olga-pass-123")
+        browser.find_element(By.ID, "login-submit").click()
+        wait_for("the camera panel", lambda: browser.find_elements(By.CSS_SELECTOR, "table.cameras tr[data-station]"))
+        top = "[data-line='line-1'] table.cameras tr[data-station='top']"
+        bottom = "[data-line='line-1'] table.cameras tr[data-station='bottom']"
+        assert "LSDEMO-TOP-01" in text_of(browser, top) and "connected" in text_of(browser, top + " td:nth-child(3)")
+        assert text_of(browser, top + " .fps") == "9.9/s" and text_of(browser, top + " .drops") == "3"
+        assert text_of(browser, bottom + " td:nth-child(3)") == "LOST"
+        assert "s ago" in text_of(browser, bottom + " .last-frame") and text_of(browser, bottom + " .reconnects") == "1"
+        assert "lost" in str(browser.find_element(By.CSS_SELECTOR, bottom).get_attribute("class"))
+        wait_for("the camera_lost alert", lambda: alert_rows(browser, "camera_lost"))
+        assert "bottom (LSDEMO-BOT-01) disconnected" in alert_rows(browser, "camera_lost")[0].text
+        browser.save_screenshot(str(shots / "dashboard-cameras.png"))
+    finally:
+        stop.set()
+        pusher.join(timeout=5)
+        feed.close()
+        server.stop()

@@ -71,8 +71,28 @@ function renderLines(lines) {
         "model live", el("span", { class: "models" }, models),
         "recipe", el("span", { class: "recipe" }, l.recipe || "none (product routing)"),
         "last measured", el("span", { class: "measured" }, measured)),
+      ...(l.cameras && l.cameras.length ? [cameraPanel(l.cameras)] : []),
       pchart(l)));
   }
+}
+// The line's station cameras (the gateway's camera status, through the alert service).
+const age = (s) => (s == null ? "never" : s < 1 ? "now" : s < 120 ? `${s.toFixed(0)} s ago` : `${(s / 60).toFixed(0)} min ago`);
+function cameraPanel(cams) {
+  const rows = cams.map((c) => el("tr", { class: c.connected ? "" : "lost", "data-station": c.station, "data-camera": c.camera },
+    el("td", {}, c.station), el("td", { class: "serial" }, c.camera),
+    el("td", {}, el("span", { class: "badge " + (c.connected ? "ok" : "bad") }, c.connected ? "connected" : "LOST")),
+    el("td", { class: "fps" + (c.drift != null ? " warn-text" : ""), title: `line: ${c.units_per_s.toFixed(1)} units/s` },
+      `${c.fps.toFixed(1)}/s`),
+    el("td", { class: "drops" + (c.drops ? " warn-text" : ""), title: `incomplete ${c.incomplete}, missing ${c.missing}` },
+      c.drops),
+    el("td", { class: "last-frame" }, age(c.last_frame_age_s)),
+    el("td", { class: "reconnects" }, c.reconnects)));
+  const rate = Math.max(...cams.map((c) => c.units_per_s));
+  return el("table", { class: "cameras" },
+    el("caption", {}, `Cameras (line ${rate.toFixed(1)} units/s; drops: incomplete + missing frames)`),
+    el("thead", {}, el("tr", {}, ...["Station", "Camera", "State", "Frame rate", "Drops", "Last frame", "Reconnects"]
+      .map((h) => el("th", {}, h)))),
+    el("tbody", {}, ...rows));
 }
 function renderAlerts(alerts) {
   const body = document.querySelector("#alerts tbody");
