@@ -266,7 +266,7 @@ async def test_station_frames_find_their_units_through_speed_changes(plc: PlcSim
     tracker = UnitTracker("l1", "LOT9", {n: round(mm * cpm) for n, mm in stations_mm.items()}, round(pitch * cpm / 2))
     try:
         n = 24
-        await plc.run_line(400, counts_per_mm=cpm, pitch_mm=pitch, units=n)
+        await plc.run_line(250, counts_per_mm=cpm, pitch_mm=pitch, units=n)
         units = {}
         matched: dict[tuple[str, int], str] = {}
         done = 0
@@ -291,8 +291,8 @@ async def test_station_frames_find_their_units_through_speed_changes(plc: PlcSim
             return done == n * len(stations_mm)
 
         await eventually(lambda: pump() or len(frames) >= n, what="first units at the stations")
-        plc.set_line_speed(500)  # tolerance 200 counts: 40 ms of event-loop lag at this speed
-        await eventually(lambda: pump() or len(frames) >= 2 * n, what="units at 500 mm/s")
+        plc.set_line_speed(300)  # tolerance 200 counts: 67 ms of event-loop lag at this speed (a loaded 2-core CI)
+        await eventually(lambda: pump() or len(frames) >= 2 * n, what="units at 300 mm/s")
         plc.set_line_speed(0)
         await eventually(lambda: pump() or done == len(frames), what="frames so far matched, line stopped")
         plc.set_line_speed(150)
