@@ -4,7 +4,8 @@ clock; the caller passes every time).
 - ``camera_lost``: the gateway reports the camera disconnected (raised on that message, so
   within a second of the camera layer noticing), or its status went silent for longer than
   `CameraLimits.silent_s` (the gateway died with it; checked by the alert service's 1 s ticker);
-  cleared by a status saying it is connected.
+  cleared by a status saying it is connected, or by the gateway's last status as it stops
+  (``running=False``: the camera is no longer watched, by design).
 - ``camera_rate_drift``: frames against the line's units over a window differ by more than a
   tolerance, for a sustained time. A triggered camera takes exactly one frame per unit, so this
   is a camera missing triggers, triggered twice, or free-running at its own rate.
@@ -63,6 +64,9 @@ class CameraMonitor:
 
     def observe(self, s: CameraStatus, now_ns: int) -> None:
         lim = self.limits
+        if not s.running:  # the gateway stopped: nothing to expect from this camera (not lost)
+            self.cameras.pop(s.station, None)
+            return
         cam = self.cameras.get(s.station)
         if cam is None or cam.status.camera != s.camera:
             cam = self.cameras[s.station] = CameraHealth(s, now_ns)

@@ -274,8 +274,6 @@ class AlertEngine:
 
     def _camera_alerts(self, st: LineState, now_ns: int) -> list[AlertRecord]:
         mon = st.cameras
-        if not mon.cameras:
-            return []
         lost, drifting, gapped = mon.lost(now_ns), mon.drifting(), mon.gapped(now_ns)
         return (self.book.set(st.line, "camera_lost", bool(lost), now_ns, "critical", "; ".join(lost), len(lost))
                 + self.book.set(st.line, "camera_rate_drift", bool(drifting), now_ns, "warning",

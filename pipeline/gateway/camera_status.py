@@ -134,6 +134,20 @@ class CameraStatusReporter:
             sent.append(status)
         return sent
 
+    def publish_final(self, now_ns: int, counters: Mapping[str, CameraCounters], tracking: TrackerStats,
+                      units: int) -> None:
+        """The gateway stops: a last status of every camera with ``running=False``, so that the
+        alert service stops expecting statuses instead of calling the cameras lost."""
+        for station, cam in self._cameras.items():
+            c = counters[station]
+            t = tracking.stations.get(station, StationStats())
+            self._send(CameraStatus(
+                line=self._line, station=station, camera=cam.serial, connected=c.connected, frames=c.frames,
+                units=units, fps=0.0, units_per_s=0.0, incomplete=t.incomplete, missing=t.missing,
+                unexpected=t.unexpected, reconnects=c.reconnects, last_frame_ns=c.last_frame_ns,
+                ts_gap_ns=0, expected_gap_ns=0, sent_ns=now_ns, running=False,
+            ))
+
     @staticmethod
     def _rates(cam: _Camera, now_ns: int, frames: int, units: int) -> tuple[float, float]:
         cam.samples.append((now_ns, frames, units))

@@ -229,6 +229,8 @@ class Gateway:
             for t in self._threads:
                 await asyncio.to_thread(t.join, 2.0)
             self.close()
+            # Cameras no longer watched by design, not lost: the alert service stops expecting them.
+            self.camera_status.publish_final(now_ns(), self.stats.stations, self._tracker.stats, self.stats.units)
         return self.stats
 
     def step(self, new_units: bool = True) -> None:

@@ -489,6 +489,7 @@ class CameraStatus(JsonMessage):
     ts_gap_ns: int
     expected_gap_ns: int
     sent_ns: int
+    running: bool = True  # False: the gateway's last status as it stops (the camera is no longer watched)
 
     def __post_init__(self) -> None:
         problem = (

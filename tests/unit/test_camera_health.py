@@ -91,6 +91,15 @@ def test_a_silent_camera_status_is_a_lost_camera_after_a_second() -> None:
     assert active(engine, "camera_lost") is None
 
 
+def test_a_stopping_gateway_is_no_lost_camera() -> None:
+    engine = AlertEngine()
+    engine.on_camera_status(status(T0, connected=False), T0)
+    (cleared,) = engine.on_camera_status(status(T0 + S, connected=False, running=False), T0 + S)
+    assert (cleared.kind, cleared.state) == ("camera_lost", "cleared")
+    assert [r for r in engine.tick(T0 + 10 * S) if r.kind.startswith("camera")] == []  # silence expected now
+    assert engine.snapshot(T0 + 10 * S)["lines"][0]["cameras"] == []
+
+
 def feed(engine: AlertEngine, start_ns: int, seconds: float, fps: float, units_per_s: float = 10.0,
          frames0: float = 0, units0: float = 0) -> tuple[float, float, list[AlertRecord]]:
     """Statuses every 0.25 s with frames and units growing at the given rates."""

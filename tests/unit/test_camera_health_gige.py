@@ -120,6 +120,12 @@ def test_an_unplugged_camera_raises_camera_lost_within_a_second_and_clears_when_
         status = sink.statuses[-1]
         assert status.connected and status.reconnects == 1
         print(f"camera_lost raised {raised_after:.2f} s after unplugging, cleared {cleared_after:.2f} s after replugging")
+        stop.set()
+        runner.join(timeout=30)
+        # The gateway's last status says it stopped watching: its silence is no lost camera.
+        assert not sink.statuses[-1].running
+        engine.tick(now_ns() + 5_000_000_000)
+        assert (LINE, "camera_lost") not in engine.book.active
     finally:
         stop.set()
         runner.join(timeout=30)
