@@ -169,7 +169,8 @@ class Gateway:
         self._encoder = signals.clock
         # Frames still in flight when a unit leaves a station's window: judge the window this late.
         self._latency_ns = round(frame_latency_ms * NS_PER_MS)
-        self._frames: queue.Queue[tuple[str, AcquiredFrame]] = queue.Queue(maxsize=1024)
+        # (station, frame, its encoded bytes and content type: None when the frame is not usable)
+        self._frames: queue.Queue[tuple[str, AcquiredFrame, tuple[bytes, str] | None]] = queue.Queue(maxsize=1024)
         self._due_triggers: list[tuple[int, str]] = []  # (encoder position, station) to fire at
         self.stats = GatewayStats(stations={s.station: CameraSide() for s in stations})
         self._threads: list[threading.Thread] = []
@@ -250,10 +251,10 @@ class Gateway:
         self._fire_software_triggers()
         while True:
             try:
-                station, frame = self._frames.get_nowait()
+                station, frame, encoded = self._frames.get_nowait()
             except queue.Empty:
                 break
-            self._on_frame(self._stations[station], frame)
+            self._on_frame(self._stations[station], frame, encoded)
             self.camera_status.on_frame(station, frame)
         judged_to = self._encoder.position_at(now_ns() - self._latency_ns)
         if judged_to is not None:
@@ -303,7 +304,10 @@ class Gateway:
                 log.warning("station %s camera %s reconnected", s.station, s.serial)
                 continue
             if frame is not None:
-                self._frames.put((s.station, frame))
+                # Encoded here, on the camera's own thread: PNG/JPEG encoding releases the GIL, so the
+                # stations encode in parallel and the event loop (triggers, matching) never waits on it.
+                encoded = encode_frame(frame.image, s.features) if frame.complete and frame.image is not None else None
+                self._frames.put((s.station, frame, encoded))
 
     def _fire_software_triggers(self) -> None:
         if not self._due_triggers:
@@ -327,7 +331,7 @@ class Gateway:
         except CameraError as exc:  # no frame will come: the tracker misses the unit
             log.warning("station %s: software trigger failed: %s", s.station, exc)
 
-    def _on_frame(self, s: StationCamera, frame: AcquiredFrame) -> None:
+    def _on_frame(self, s: StationCamera, frame: AcquiredFrame, encoded: tuple[bytes, str] | None) -> None:
         stats = self.stats.stations[s.station]
         stats.frames += 1
         stats.last_frame_ns = frame.system_ts_ns
@@ -337,8 +341,8 @@ class Gateway:
         position = self._encoder.position_at(host_ns)
         if position is None:  # no encoder around that time (PLC link lost): whose frame is unknown
             reason = f"station {s.station}: frame {frame.frame_id} at a time with no encoder reading"
-            if frame.complete and frame.image is not None:
-                image, content_type = encode_frame(frame.image, s.features)
+            if encoded is not None:
+                image, content_type = encoded
                 meta = FrameMeta(f"{self._line}-unplaced-{s.station}-{frame.frame_id}", self._line, s.serial,
                                  self._recipe.product, host_ns, content_type, self._lot,
                                  station=s.station, frame_id=frame.frame_id, camera_ts_ns=frame.camera_ts_ns)
@@ -346,13 +350,13 @@ class Gateway:
             else:
                 log.warning("%s (incomplete: %s)", reason, frame.status)
             return
-        if not frame.complete or frame.image is None:
+        if not frame.complete or frame.image is None or encoded is None:
             miss = self._tracker.on_bad_frame(s.station, position, f"frame {frame.frame_id} {frame.status}")
             if miss is not None:
                 self._failsafe(miss)
             return
         unit = self._tracker.on_frame(s.station, position)
-        image, content_type = encode_frame(frame.image, s.features)
+        image, content_type = encoded
         meta = FrameMeta(
             unit.unit_id if unit is not None else f"{self._line}-unexpected-{s.station}-{frame.frame_id}",
             self._line,
