@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -31,6 +31,12 @@ def new_lot(line: str) -> str:
     """Line and UTC start time, at most 20 characters: a valid GS1 batch/lot (AI 10) to print."""
     stamp = f"{datetime.now(UTC):%y%m%d-%H%M%S}"
     return f"{line[: 20 - len(stamp) - 1]}-{stamp}"
+
+
+# Frames go out at once (librdkafka's linger.ms is 5 for every producer here): each frame's verdict
+# races its unit to the reject gate, and a frame (tens of KiB) gains nothing from waiting for a
+# batch; while a request is in flight librdkafka batches what queued meanwhile anyway.
+PRODUCER_CONFIG: dict[str, Any] = {"linger.ms": 0}
 
 
 @dataclass
@@ -52,7 +58,9 @@ class FramePublisher:
     def __init__(self, settings: Settings, producer: RenewingProducer | None = None) -> None:
         self._kafka = settings.kafka
         # Not `producer or ...`: a RenewingProducer with nothing in flight has len() 0, so it is falsy.
-        self._producer = producer if producer is not None else RenewingProducer(settings.kafka, "linesight-camera")
+        self._producer = (
+            producer if producer is not None else RenewingProducer(settings.kafka, "linesight-camera", **PRODUCER_CONFIG)
+        )
         self.stats = PublishStats()
         self._errors: list[str] = []
         self.connect()
