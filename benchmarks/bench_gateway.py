@@ -62,7 +62,7 @@ from benchmarks.tables import md_header, md_row  # noqa: E402
 from pipeline.embedded.process import free_port  # noqa: E402
 from pipeline.embedded.stack import EmbeddedStack  # noqa: E402
 from pipeline.gateway.cameras import AcquiredFrame, GenICamCamera  # noqa: E402
-from pipeline.gateway.publisher import FramePublisher, new_lot  # noqa: E402
+from pipeline.gateway.publisher import PRODUCER_CONFIG, FramePublisher, new_lot  # noqa: E402
 from pipeline.gateway.service import Gateway, station_cameras  # noqa: E402
 from pipeline.gateway.tracking import TrackedUnit  # noqa: E402
 from pipeline.gateway.triggers import PlcLineSignals  # noqa: E402
@@ -221,8 +221,9 @@ def timed_camera_factory(timings: Timings, station_of: dict[str, str]) -> Callab
 class TimedProducer(RenewingProducer):
     """The gateway's producer, unchanged, with each frame's broker acknowledgement timed."""
 
-    def __init__(self, settings: Settings, timings: Timings) -> None:
-        super().__init__(settings.kafka, "linesight-camera")
+    def __init__(self, settings: Settings, timings: Timings, linger_ms: float | None) -> None:
+        config: dict[str, Any] = PRODUCER_CONFIG | ({} if linger_ms is None else {"linger.ms": linger_ms})
+        super().__init__(settings.kafka, "linesight-camera", **config)
         self._timings = timings
         self._frames_topic = settings.kafka.topic_frames
 
@@ -245,13 +246,13 @@ class TimedProducer(RenewingProducer):
 
 
 class TimedPublisher(FramePublisher):
-    """The gateway's publisher, unchanged, with each frame's produce() return and broker ack timed.
+    """The gateway's publisher (its producer configuration), with each frame's produce() return and ack timed.
 
     Delivery reports are served by a thread of ours (`poll(0.001)`) so that an ack is timed when it
     arrives, not at the gateway's next publish."""
 
-    def __init__(self, settings: Settings, timings: Timings) -> None:
-        self._timed = TimedProducer(settings, timings)
+    def __init__(self, settings: Settings, timings: Timings, linger_ms: float | None = None) -> None:
+        self._timed = TimedProducer(settings, timings, linger_ms)
         super().__init__(settings, self._timed)
         self._timings = timings
         self._halt = threading.Event()
@@ -410,7 +411,7 @@ def _measure(settings: Settings, recipe: Recipe, args: argparse.Namespace, rate:
              offsets: list[float], serials: list[str], names: list[str], conn: Connection,
              broker_pid: int | None) -> Run:
     timings = Timings()
-    publisher = TimedPublisher(settings, timings)
+    publisher = TimedPublisher(settings, timings, args.linger_ms)
     signals = PlcLineSignals(settings.plc)
 
     def on_unit(unit: TrackedUnit) -> None:
@@ -514,6 +515,8 @@ def main() -> None:
     p.add_argument("--codec", default="png", choices=["png", "jpeg"])
     p.add_argument("--pitch-mm", type=float, default=25.0, help="belt between two units")
     p.add_argument("--tolerance-mm", type=float, default=10.0, help="frame to expected unit position")
+    p.add_argument("--linger-ms", type=float, default=None,
+                   help="the producer's linger.ms (default: the gateway's, pipeline.gateway.publisher.PRODUCER_CONFIG)")
     p.add_argument("--sweep", action="store_true", help="find the highest rate with zero lost frames")
     p.add_argument("--max-rate", type=float, default=80.0)
     p.add_argument("--steps", type=int, default=3, help="bisection steps after the first failing rate")
