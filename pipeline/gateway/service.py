@@ -320,11 +320,22 @@ class Gateway:
             if position > now:
                 keep.append((position, station))
                 continue
-            self._triggerers[station].submit(self._software_trigger, self._stations[station])
+            self._triggerers[station].submit(self._software_trigger, self._stations[station], now_ns())
         self._due_triggers = keep
 
-    def _software_trigger(self, s: StationCamera) -> None:
-        """On the station's trigger thread."""
+    def _software_trigger(self, s: StationCamera, due_ns: int) -> None:
+        """On the station's trigger thread. A trigger that waited there longer than frames may
+        take (behind one to a camera that stopped answering) is dropped: fired now, its frame would
+        show whatever is at the station by then; the tracker misses the unit instead."""
+        waited_ns = now_ns() - due_ns
+        if waited_ns > self._latency_ns:
+            log.warning("station %s: software trigger dropped, %.0f ms late", s.station, waited_ns / NS_PER_MS)
+            return
+        if not self.stats.stations[s.station].connected:
+            # Lost, or being opened again: a trigger now would be latched by the camera and fired
+            # when its acquisition restarts, a frame of no unit's.
+            log.debug("station %s: camera not acquiring, no software trigger", s.station)
+            return
         try:
             s.camera.software_trigger()
             self.stats.stations[s.station].software_triggers += 1
