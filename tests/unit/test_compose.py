@@ -49,7 +49,9 @@ CH_USERS_XML = CH_DIR / "users.d" / "linesight.xml"
 CH_ENTRYPOINT = CH_DIR / "entrypoint.sh"
 
 ONE_SHOT = {"topics-init", "db-init"}
-APP_SERVICES = {"topics-init", "db-init", "worker", "sink", "actuator", "alerts", "dashboard", "camera", "auditsealer"}
+APP_SERVICES = {
+    "topics-init", "db-init", "worker", "sink", "actuator", "alerts", "dashboard", "camera", "auditsealer", "gateway",
+}
 REQUIRED_SERVICES = APP_SERVICES | {"kafka", "triton", "clickhouse", "grafana"}
 LONG_RUNNING = REQUIRED_SERVICES - ONE_SHOT
 # service -> (health-port environment variable, the Settings section and field it sets)
@@ -58,6 +60,7 @@ HEALTH_PORTS = {
     "sink": ("LINESIGHT_SERVICES__SINK_HEALTH_PORT", ("services", "sink_health_port")),
     "actuator": ("LINESIGHT_SERVICES__ACTUATOR_HEALTH_PORT", ("services", "actuator_health_port")),
     "alerts": ("LINESIGHT_SERVICES__ALERTS_HEALTH_PORT", ("services", "alerts_health_port")),
+    "gateway": ("LINESIGHT_SERVICES__GATEWAY_HEALTH_PORT", ("services", "gateway_health_port")),
 }
 CLI_HANDLERS = {
     "topics-init": "cmd_topics",
@@ -69,6 +72,7 @@ CLI_HANDLERS = {
     "dashboard": "cmd_dashboard",
     "camera": "cmd_camera",
     "auditsealer": "cmd_audit_seal",
+    "gateway": "cmd_gateway",
 }
 # The variables compose refuses to run without (${VAR:?...}): dummy secret paths in the tests.
 SECRET_PATH_VARS = (
@@ -255,7 +259,9 @@ def run_docker_compose(args: list[str], env_extra: Mapping[str, str], tmp_path: 
 
 
 @needs_docker_compose
-@pytest.mark.parametrize("profile_args", [[], ["--profile", "simulator"]], ids=["default", "simulator"])
+@pytest.mark.parametrize(
+    "profile_args", [[], ["--profile", "simulator"], ["--profile", "cameras"]], ids=["default", "simulator", "cameras"]
+)
 def test_docker_compose_validates_the_file(profile_args: list[str], tmp_path: Path) -> None:
     secrets = {}
     for name in SECRET_PATH_VARS:
@@ -330,7 +336,10 @@ def test_restart_policies(services: dict[str, Any]) -> None:
 
 def test_only_the_camera_is_behind_the_simulator_profile(services: dict[str, Any]) -> None:
     assert services["camera"].get("profiles") == ["simulator"]
-    others = [n for n, s in services.items() if n != "camera" and s.get("profiles")]
+    # The camera gateway is a production service, but only a host wired to the line's cameras can
+    # run it (it acquires from them): it starts with `--profile cameras` there and nowhere else.
+    assert services["gateway"].get("profiles") == ["cameras"]
+    others = [n for n, s in services.items() if n not in ("camera", "gateway") and s.get("profiles")]
     assert not others, f"production services must start by default: {others}"
 
 
@@ -346,7 +355,9 @@ def test_app_services_run_the_app_image_as_linesight_commands(services: dict[str
         assert service.get("init") is True, f"{name}: needs an init process to forward SIGTERM"
         images.add(service["image"])
         args = parser.parse_args([str(a) for a in service["command"]])
-        assert args.func.__name__ == CLI_HANDLERS[name], f"{name}: {service['command']}"
+        # Some subcommands bind their handler in a lambda (settings, stop signals): it names the handler.
+        called = {args.func.__name__, *args.func.__code__.co_names}
+        assert CLI_HANDLERS[name] in called, f"{name}: {service['command']}"
     assert len(images) == 1, f"one app image for every service, got {images}"
     camera = parser.parse_args([str(a) for a in services["camera"]["command"]])
     assert camera.duration == 0 and camera.rate > 0
@@ -392,6 +403,11 @@ def test_services_reach_kafka_triton_and_clickhouse_by_service_name(
     for name in ("worker", "sink", "actuator", "topics-init", "camera"):
         settings = settings_from(env_of(services[name]), monkeypatch)
         assert settings.kafka.bootstrap_servers == internal, f"{name}: {settings.kafka.bootstrap_servers}"
+    # The gateway runs on the host's network (GigE Vision discovery is a broadcast on the camera
+    # network, which a bridged container never sees), where the name `kafka` does not resolve: it
+    # takes the EXTERNAL listener, at the address the broker advertises there.
+    gateway = settings_from(env_of(services["gateway"]), monkeypatch)
+    assert gateway.kafka.bootstrap_servers == advertised["EXTERNAL"]
 
     worker = settings_from(env_of(services["worker"]), monkeypatch)
     assert worker.triton.url == f"triton:{grpc_port}"
@@ -732,14 +748,16 @@ def test_clickhouse_users_have_least_privilege(services: dict[str, Any], monkeyp
     assert env_of(services["db-init"])["LINESIGHT_CLICKHOUSE__USERNAME"] == "linesight_admin"
     for name in APP_SERVICES - {"db-init"}:
         assert "clickhouse_admin_password" not in services[name].get("secrets", []), name
-    for name in ("worker", "actuator", "alerts", "camera", "topics-init"):
+    for name in ("worker", "actuator", "alerts", "camera", "topics-init", "gateway"):
         assert not [s for s in services[name].get("secrets", []) if s.startswith("clickhouse_")], (
             f"{name} uses no ClickHouse account"
         )
-    # Only the actuator talks to the gate's PLC, so only it holds the PLC credentials.
+    # Only the actuator (the gate) and the camera gateway (the line's encoder and trigger latches)
+    # talk to the PLC, so only they hold the PLC credentials.
     for name in APP_SERVICES:
         plc = {s for s in services[name].get("secrets", []) if s.startswith("plc_")}
-        assert plc == ({"plc_password", "plc_client_certificate", "plc_client_private_key"} if name == "actuator" else set()), name
+        expected = {"plc_password", "plc_client_certificate", "plc_client_private_key"}
+        assert plc == (expected if name in ("actuator", "gateway") else set()), name
 
 
 def test_clickhouse_entrypoint_turns_the_secrets_into_password_hashes(
@@ -995,3 +1013,45 @@ def test_dashboard_clickhouse_account_reads_and_writes_only_sessions_and_audit(
 
     assert TABLE == "audit_records" and "insert_json_rows" in inspect.getsource(AuditStore.insert)
     assert ".sessions" in inspect.getsource(SessionStore.__init__)
+
+
+# --------------------------------------------------------------------------- camera gateway
+
+
+def test_gateway_runs_on_the_host_network_with_the_line_plc_and_published_kafka(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway, actuator, kafka = services["gateway"], services["actuator"], services["kafka"]
+    assert gateway.get("network_mode") == "host", "GigE Vision discovery is a broadcast: no bridged network"
+    assert "networks" not in gateway and "ports" not in gateway  # neither applies on the host's network
+    # Kafka's EXTERNAL listener is published on the host at the port the gateway dials.
+    bootstrap = settings_from(env_of(gateway), monkeypatch).kafka.bootstrap_servers or ""
+    host_port = bootstrap.rsplit(":", 1)[1]
+    published = [p.rsplit(":", 2) for p in kafka["ports"]]
+    assert any(container == "29092" and port == host_port for _bind, port, container in published), published
+    # The same PLC, account and line geometry as the gate; the stations come from LINESIGHT_LINES.
+    env, gate_env = env_of(gateway), env_of(actuator)
+    for key in ("LINESIGHT_PLC__ENDPOINT", "LINESIGHT_PLC__SECURITY_POLICY", "LINESIGHT_PLC__SECURITY_MODE",
+                "LINESIGHT_PLC__CERTIFICATE", "LINESIGHT_PLC__PRIVATE_KEY", "LINESIGHT_PLC__USERNAME",
+                "LINESIGHT_PLC__PASSWORD_FILE", "LINESIGHT_LINES"):
+        assert env[key] == gate_env[key], key
+    assert set(gateway["secrets"]) == {"plc_client_certificate", "plc_client_private_key", "plc_password"}
+    # Health on the host's loopback only: on the host network 0.0.0.0 would be the plant network.
+    assert settings_from(env, monkeypatch).services.health_host == "127.0.0.1"
+    command = [str(a) for a in gateway["command"]]
+    assert command[:2] == ["gateway", "--line"] and command[2]
+    assert "./recipes:/app/recipes:ro" in gateway["volumes"]
+
+
+def test_gateway_image_has_the_gige_extra_and_the_libraries_pygobject_needs() -> None:
+    instructions = dockerfile_instructions(APP_DOCKERFILE)
+    runs = [a for i, a in instructions if i == "RUN"]
+    stages = " ".join(a for i, a in instructions if i == "FROM").split()
+    assert "AS" in stages or "as" in stages, "a build stage and a runtime stage"
+    text = " ".join(runs)
+    assert "optional-dependencies" in text and "gige" in text, "the gige extra (Aravis, PyGObject) is installed"
+    for package in ("libgirepository1.0-dev", "libcairo2-dev", "pkg-config"):  # PyGObject builds from source
+        assert package in text, package
+    for package in ("libgirepository-1.0-1", "libglib2.0-0", "gir1.2-glib-2.0"):  # at run time
+        assert package in text, package
+    assert "load_aravis" in text, "the image checks that Aravis loads"
