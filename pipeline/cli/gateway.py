@@ -8,8 +8,13 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from pipeline.core.health import HealthState
+    from pipeline.gateway.service import Gateway, GatewayStats
 
 SettingsFor = Callable[[argparse.Namespace], Settings]
 
@@ -25,6 +30,25 @@ def cmd_cameras(args: argparse.Namespace, settings: Settings) -> int:
     for c in cameras:
         print(f"{c.serial:<20} {c.vendor} {c.model} ({c.protocol}, {c.address})")
     return 0
+
+
+async def run_with_health(gateway: Gateway, stop: threading.Event, health: HealthState,
+                          every_s: float = 1.0) -> GatewayStats:
+    """The gateway until `stop`, ticking `health` from the gateway's own event loop, so /healthz
+    goes stale (503, the container's healthcheck fails) when that loop stalls or has ended."""
+
+    async def beat() -> None:
+        while True:
+            s = gateway.stats
+            health.tick(units=s.units, failsafe_rejects=s.failsafe_rejects,
+                        cameras_connected=sum(c.connected for c in s.stations.values()))
+            await asyncio.sleep(every_s)
+
+    task = asyncio.get_running_loop().create_task(beat(), name="gateway-health")
+    try:
+        return await gateway.run(stop)
+    finally:
+        task.cancel()
 
 
 def cmd_gateway(args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
@@ -53,7 +77,7 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings, stop: threading.Ev
         health.set_ready(True)
         if args.duration:
             threading.Timer(args.duration, stop.set).start()
-        stats = asyncio.run(gateway.run(stop))
+        stats = asyncio.run(run_with_health(gateway, stop, health))
     finally:
         server.shutdown()
         publisher.close()
