@@ -1031,7 +1031,8 @@ def test_gateway_runs_on_the_host_network_with_the_line_plc_and_published_kafka(
     assert any(container == "29092" and port == host_port for _bind, port, container in published), published
     # The same PLC, account and line geometry as the gate; the stations come from LINESIGHT_LINES.
     env, gate_env = env_of(gateway), env_of(actuator)
-    for key in ("LINESIGHT_PLC__ENDPOINT", "LINESIGHT_PLC__SECURITY_POLICY", "LINESIGHT_PLC__SECURITY_MODE",
+    for key in ("LINESIGHT_PLC__ENDPOINT", "LINESIGHT_PLC__GATE_MODE", "LINESIGHT_PLC__SECURITY_POLICY",
+                "LINESIGHT_PLC__SECURITY_MODE",
                 "LINESIGHT_PLC__CERTIFICATE", "LINESIGHT_PLC__PRIVATE_KEY", "LINESIGHT_PLC__USERNAME",
                 "LINESIGHT_PLC__PASSWORD_FILE", "LINESIGHT_LINES"):
         assert env[key] == gate_env[key], key
