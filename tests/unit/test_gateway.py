@@ -359,7 +359,14 @@ async def test_a_camera_unplugged_mid_run_is_rejected_for_while_gone_and_acquire
     assert side.reconnects >= 1 and side.connected
     # The other station saw every unit, through the outage.
     assert set(rec.published("bottom")) == set(ids) and rec.rejected("bottom") == {}
-    assert rec.dead == []
+    # At most one frame of no unit's, from the camera that came back: Aravis retries a trigger write
+    # that was on its way when the camera went (5 x 500 ms); the restarted camera may take the retry
+    # and fire it once acquisition starts again (a frame between units, or in a unit's window: then
+    # the unit's own frame, the second, is the one left over).
+    assert len(rec.dead) <= 1 and all(
+        m.station == "top" and reason.endswith("matches no unit") and m.frame_id in (1, 2)
+        for m, _, reason, _ in rec.dead
+    ), [(m.frame_id, reason) for m, _, reason, _ in rec.dead]
 
 
 async def test_a_frame_no_unit_expected_is_dead_lettered_with_its_reason(plc: PlcSimulator) -> None:
