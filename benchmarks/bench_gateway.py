@@ -301,6 +301,7 @@ class Run:
     fps: float = 0.0
     wall_s: float = 0.0
     gw_cpu_ms: float = 0.0  # per frame
+    idle_ms_s: float = 0.0  # gateway CPU per second with the belt stopped
     line_cpu_ms: float = 0.0  # cameras + PLC simulator, per frame
     plc_cpu_ms: float = 0.0
     broker_cpu_ms: float = 0.0
@@ -317,7 +318,9 @@ class Run:
     def row(self) -> list[object]:
         return [self.rate_cell(), self.stations, self.units, f"{self.published}/{self.expected}",
                 f"{self.incomplete}/{self.missing}/{self.unexpected}/{self.failsafe}/{self.dead_letters}",
-                f"{self.fps:.1f}", f"{self.gw_cpu_ms:.2f}", f"{self.line_cpu_ms:.2f} ({self.plc_cpu_ms:.2f})",
+                f"{self.fps:.1f}", f"{self.gw_cpu_ms:.2f}", f"{self.idle_ms_s:.0f}",
+                f"{self.gw_cpu_ms - self.idle_ms_s * self.wall_s / max(1, self.published):.2f}",
+                f"{self.line_cpu_ms:.2f} ({self.plc_cpu_ms:.2f})",
                 f"{self.broker_cpu_ms:.2f}"]
 
     def latency_row(self) -> list[object]:
@@ -330,6 +333,7 @@ class Run:
 
 COLUMNS = ["units/s", "stations", "units", "frames published/expected",
            "incomplete/missing/unexpected/failsafe/dead-letter", "frames/s held", "gateway CPU ms/frame",
+           "gateway CPU idle ms/s", "gateway CPU ms/frame over idle",
            "line CPU ms/frame (of which PLC sim)", "broker CPU ms/frame"]
 # Stages of trigger->acked: the camera's GVCP trigger to the frame's first packet at the host, its
 # assembly by Aravis until the gateway's reader took it, then queue wait + match + encode + produce.
@@ -430,6 +434,9 @@ def _measure(settings: Settings, recipe: Recipe, args: argparse.Namespace, rate:
             stop.set()
             raise RuntimeError(f"the gateway did not reach the PLC: {signals.state_reason}")
         await asyncio.sleep(0.5)  # encoder samples for the clock
+        idle0 = time.process_time()  # the gateway with the belt stopped: PLC polls, event loop, watchdogs
+        await asyncio.sleep(1.0)
+        run.idle_ms_s = (time.process_time() - idle0) * 1000
         window["cpu0"], window["broker0"] = time.process_time(), _proc_cpu_s(broker_pid)
         conn.send(("go", speed, args.pitch_mm, units))
         if await asyncio.to_thread(conn.recv) != "running":
@@ -517,10 +524,14 @@ def main() -> None:
     p.add_argument("--tolerance-mm", type=float, default=10.0, help="frame to expected unit position")
     p.add_argument("--linger-ms", type=float, default=None,
                    help="the producer's linger.ms (default: the gateway's, pipeline.gateway.publisher.PRODUCER_CONFIG)")
+    p.add_argument("--switch-interval-ms", type=float, default=None,
+                   help="sys.setswitchinterval of the gateway process (default: Python's, 5 ms)")
     p.add_argument("--sweep", action="store_true", help="find the highest rate with zero lost frames")
     p.add_argument("--max-rate", type=float, default=80.0)
     p.add_argument("--steps", type=int, default=3, help="bisection steps after the first failing rate")
     args = p.parse_args()
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncua").setLevel(logging.ERROR)
 
