@@ -61,7 +61,7 @@ class AlertPublisher:
 
     def __init__(self, settings: Settings, producer: RenewingProducer | None = None) -> None:
         self.topic = settings.kafka.topic_alerts
-        self.producer = producer or RenewingProducer(
+        self.producer = producer if producer is not None else RenewingProducer(
             settings.kafka, "linesight-alerts", logger=logging.getLogger("linesight.alerts.librdkafka")
         )
         self._errors: list[str] = []
