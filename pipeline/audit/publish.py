@@ -30,7 +30,9 @@ class AuditPublisher:
         self.timeout_s = timeout_s if timeout_s is not None else settings.audit.publish_timeout_s
         # Records not acknowledged within the publish timeout are reported, not waited on for minutes.
         conf: dict[str, Any] = {"message.timeout.ms": max(1000, int(self.timeout_s * 1000))}
-        self._producer = producer if producer is not None else RenewingProducer(settings.kafka, "linesight-audit", **conf)
+        self._producer = (
+            producer if producer is not None else RenewingProducer(settings.kafka, "linesight-audit", **conf)
+        )
 
     def publish(self, records: Sequence[AuditRecord]) -> None:
         for r in records:
