@@ -337,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli.audit import add_model_auth_args
     from pipeline.cli.audit import register as register_gmp_commands
     from pipeline.cli.gateway import register as register_gateway_commands
+    from pipeline.cli.knapp import register as register_knapp_commands
     from pipeline.cli.recipes import register as register_recipe_commands
 
     parser = argparse.ArgumentParser(
@@ -497,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_gmp_commands(sub, _settings)  # audit, users (docs/audit.md)
     register_recipe_commands(sub, _settings)  # recipes (docs/recipes.md)
     register_gateway_commands(sub, _settings, _stop_on_signals)  # gateway, cameras (docs/cameras.md)
+    register_knapp_commands(sub, _settings)  # knapp run|simulate (docs/validation.md)
     return parser
 
 
