@@ -46,6 +46,7 @@ from pipeline.wire.messages import (
     RejectCommand,
     check_image_bytes,
     dead_letter_headers,
+    header_purpose,
     header_value,
     safe_unit_id,
 )
@@ -301,6 +302,7 @@ class InspectionProcessor:
             parts=d.parts,
             reasons=d.reasons,
             station=meta.station,
+            purpose=meta.purpose,
         )
         out: list[Outgoing | _ImageJob] = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), result.to_json())]
         if d.verdict != "pass":  # `review` units leave the line too; a person decides on them
@@ -340,6 +342,7 @@ class InspectionProcessor:
             image_sha256=_image_sha256(frame),
             recipe=recipe,
             station=meta.station if meta else "",
+            purpose=meta.purpose if meta else header_purpose(frame.headers),
         )
         dead = Outgoing(
             self._kafka.topic_deadletter,

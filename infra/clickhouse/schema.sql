@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS {db}.inspections
     measured_text  Map(String, String),      -- measured text (gtin, lot, expiry, serial of a label)
     parts          String,                   -- per-pocket verdicts, JSON [{index, verdict, defect, reason}]
     reasons        Array(String),            -- one line per failing check
+    purpose        LowCardinality(String),   -- '' production; 'challenge': a challenge unit, never production
     kafka_partition UInt32,
     kafka_offset   UInt64,
     stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
@@ -61,6 +62,9 @@ ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS reasons Array(String) AFTE
 -- expression (a String's implicit default is ''); on a table that has it, both parts change nothing.
 ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS station LowCardinality(String) AFTER camera,
     MODIFY ORDER BY (line, unit_id, station);
+-- ... and the frame's purpose (docs/validation.md, "Challenge runs"): challenge units are kept
+-- out of every production count by `purpose = ''` (the column's default for older rows).
+ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER reasons;
 
 -- One row per unit of a multi-station line (docs/actuation.md): its verdict (pass only when every
 -- declared station passed it), the gate's cause (model | late | failsafe), every station's result
@@ -103,12 +107,14 @@ CREATE TABLE IF NOT EXISTS {db}.actuations
     command_time   DateTime64(6, 'UTC'),
     fired_time     DateTime64(6, 'UTC'),
     actuator       LowCardinality(String),
+    purpose        LowCardinality(String),   -- '' production; 'challenge'
     stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(fired_time)
 ORDER BY (line, unit_id)
 SETTINGS non_replicated_deduplication_window = 1000;
+ALTER TABLE {db}.actuations ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER actuator;
 
 -- What simulators and labelled replays know about each unit (never shown to the model).
 CREATE TABLE IF NOT EXISTS {db}.ground_truth
@@ -121,12 +127,14 @@ CREATE TABLE IF NOT EXISTS {db}.ground_truth
     defect         LowCardinality(String),
     capture_time   DateTime64(6, 'UTC'),
     source         LowCardinality(String),
+    purpose        LowCardinality(String),   -- '' production; 'challenge'
     stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(capture_time)
 ORDER BY (line, unit_id)
 SETTINGS non_replicated_deduplication_window = 1000;
+ALTER TABLE {db}.ground_truth ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER source;
 
 -- Frames that could not be inspected, with the reason (their units were fail-safe rejected).
 CREATE TABLE IF NOT EXISTS {db}.dead_letters
@@ -170,12 +178,43 @@ CREATE TABLE IF NOT EXISTS {db}.gate_events
     margin_ms      Nullable(Float64) MATERIALIZED dateDiff('microsecond', verdict_time, fire_at_time) / 1000.0,
     reason         String,
     actuator       LowCardinality(String),
+    purpose        LowCardinality(String),   -- '' production; 'challenge'
     stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(deadline_time)
 ORDER BY (line, unit_id)
 SETTINGS non_replicated_deduplication_window = 1000;
+ALTER TABLE {db}.gate_events ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER actuator;
+
+-- Challenge runs (docs/validation.md): one row per run of a recipe's challenge set through a live
+-- line at the start or end of a lot; `failures` lists every unit that broke a criterion.
+CREATE TABLE IF NOT EXISTS {db}.challenge_runs
+(
+    run_id         String,
+    line           LowCardinality(String),
+    lot            String,
+    phase          LowCardinality(String),   -- when in the lot: start | end
+    recipe         LowCardinality(String),   -- id@vN
+    set_id         String,                   -- the recipe's [challenge] set
+    set_sha256     String,                   -- its dataset hash
+    units          UInt32,
+    defects        UInt32,
+    defects_rejected UInt32,
+    good           UInt32,
+    good_removed   UInt32,
+    good_review    UInt32,
+    passed         Bool,
+    failures       Array(String),
+    user           String,
+    started_time   DateTime64(6, 'UTC'),
+    finished_time  DateTime64(6, 'UTC'),
+    audit_record   String,                   -- the signed challenge.run record (CHAIN#SEQ)
+    signature      String,                   -- its e-signature record
+    stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (line, lot, run_id);
 
 -- Operator alarms with raise and clear times (PLC unreachable, pipeline unhealthy, bad commands).
 -- The clear replaces its raise (revision 1 over 0) and carries the raise's time and reason.

@@ -70,6 +70,7 @@ from pipeline.wire.messages import (
     MessageError,
     RejectCommand,
     dead_letter_headers,
+    header_purpose,
     header_value,
     safe_unit_id,
     timestamp_problem,
@@ -187,6 +188,9 @@ class Actuator:
         self.counters: Counter[str] = Counter()
         # (line, unit) -> defect class of its reject verdict, for the actuation record.
         self._defects: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # (line, unit) -> purpose of an admitted non-production frame (challenge units), so its
+        # gate event and actuation say so and reports leave it out of production counts.
+        self._purposes: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._max_beat_age_ns = round(max(timeouts.values(), default=3.0) * NS_PER_S)
@@ -270,6 +274,11 @@ class Actuator:
             ref, broken = fallback, True
         if self._line and ref.line != self._line:
             return None
+        purpose = header_purpose(cast("list[tuple[str, bytes | None]]", headers))
+        if purpose:
+            self._purposes[(ref.line, ref.unit_id)] = purpose
+            if len(self._purposes) > 100_000:
+                self._purposes.popitem(last=False)
         if self._stations.declares(ref.line):
             return self._station_frame(m, ref, broken)
         return ref
@@ -503,6 +512,7 @@ class Actuator:
                       f"(scheduler acted {(e.acted_ns - t.fire_at_ns) / 1e6:.1f} ms after the fire time)")
         self.counters[f"gate_{outcome}_{e.cause}"] += 1
         unit_verdict = None
+        purpose = self._purposes.pop((e.line, e.unit_id), "")
         if self._stations.declares(e.line):  # one verdict per unit, naming its stations
             unit_verdict = self._stations.close(e.line, e.unit_id, released=outcome is Outcome.PASSED,
                                                 cause=str(e.cause), decided_ns=e.acted_ns, gate_reason=reason)
@@ -512,7 +522,7 @@ class Actuator:
             admitted=e.admitted, deadline_ns=t.deadline_ns, fire_at_ns=t.fire_at_ns, cutoff_ns=t.verdict_cutoff_ns,
             window_start_ns=t.window_start_ns, window_end_ns=t.window_end_ns, acted_ns=e.acted_ns,
             actuator=self.name, verdict_ns=e.verdict_ns, fired_ns=e.fired_ns, verdict=e.action or "",
-            reason=reason, capture_ns=e.capture_ns,
+            reason=reason, capture_ns=e.capture_ns, purpose=purpose,
         )
         key = e.unit_id.encode()
         try:
@@ -524,7 +534,7 @@ class Actuator:
                     unit_id=e.unit_id, line=e.line, lot=e.lot, cause=str(e.cause),
                     defect=self._defects.pop((e.line, e.unit_id), "") or "uninspected",
                     capture_ns=e.capture_ns or t.deadline_ns, command_issued_ns=e.verdict_ns or e.acted_ns,
-                    fired_ns=e.fired_ns or e.acted_ns, actuator=self.name,
+                    fired_ns=e.fired_ns or e.acted_ns, actuator=self.name, purpose=purpose,
                 )
                 self._producer.produce(self._kafka.topic_actuations, key=key, value=actuation.to_json())
         except Exception:  # noqa: BLE001 - BufferError with the broker down: logged, the gate acted

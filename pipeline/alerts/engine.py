@@ -55,6 +55,8 @@ class AlertConfig:
     throughput_window_s: float = 10.0
     limits: QualityLimits = QualityLimits()
     cameras: CameraLimits = CameraLimits()  # camera_lost, camera_rate_drift, camera_timestamp_gap
+    # challenge_overdue: production this long after a changeover or deploy without a passed challenge.
+    challenge_grace_s: float = 900.0
 
 
 @dataclass
@@ -93,6 +95,11 @@ class LineState:
     recipe: str = ""  # the recipe of the line's latest result
     last_measurements: dict[str, float | int | str | bool] = field(default_factory=dict)
     serial_lot: str = ""  # the lot whose serials are being checked (duplicate_serial)
+    # What judges the line's units (recipe, model versions): a change is a changeover or deploy,
+    # after which a challenge is due (since `challenge_due_ns`, 0: none due).
+    judged_by: str = ""
+    challenge_due_ns: int = 0
+    challenge_due_why: str = ""
 
     def __post_init__(self) -> None:
         self.pchart = PChart(min_baseline=self.config.pchart_min_baseline)
@@ -142,6 +149,8 @@ class AlertEngine:
 
     # ------------------------------------------------------------ inputs
     def on_frame(self, meta: FrameMeta, image: bytes, now_ns: int) -> list[AlertRecord]:
+        if meta.purpose:  # a challenge set's image, not this camera's view of production
+            return []
         with self.lock:
             st = self._line(meta.line)
             st.last_frame_ns = now_ns
@@ -200,7 +209,11 @@ class AlertEngine:
         with self.lock:
             cfg = self.config
             st = self._line(r.line)
+            self._judged_by(st, r, now_ns)
+            if r.purpose:  # challenge units never count as production (rates, runs, drift, serials)
+                return []
             out = self._roll_interval(st, now_ns)
+            out += self._challenge_overdue(st, now_ns)
             rejected = r.verdict != "pass"
             st.total += 1
             st.last_result_ns = now_ns
@@ -237,6 +250,34 @@ class AlertEngine:
                                          det.last_psi)
             self.version += 1
             return out
+
+    def _judged_by(self, st: LineState, r: InspectionResult, now_ns: int) -> None:
+        """A new recipe or model version judging the line (changeover, deploy): a challenge is due."""
+        if not (r.inspected and r.model_version):
+            return  # fail-safe results name no judge
+        judged_by = f"{r.recipe or r.product} {r.model_name}:{r.model_version}"
+        if st.judged_by and judged_by != st.judged_by and not st.challenge_due_ns:
+            st.challenge_due_ns = now_ns
+            st.challenge_due_why = f"{st.judged_by} -> {judged_by}"
+        st.judged_by = judged_by
+
+    def _challenge_overdue(self, st: LineState, now_ns: int) -> list[AlertRecord]:
+        if not st.challenge_due_ns or now_ns - st.challenge_due_ns <= self.config.challenge_grace_s * NS_PER_S:
+            return []
+        late = (now_ns - st.challenge_due_ns) / NS_PER_S
+        return self.book.set(st.line, "challenge_overdue", True, now_ns, "warning",
+                             f"production for {late:.0f} s since {st.challenge_due_why} without a passed challenge "
+                             f"run (grace {self.config.challenge_grace_s:.0f} s)", late)
+
+    def on_challenge(self, line: str, passed: bool, now_ns: int) -> list[AlertRecord]:
+        """A challenge run's signed result (the audit topic): a passed one clears what is due."""
+        with self.lock:
+            st = self._line(line)
+            if not passed:
+                return []
+            st.challenge_due_ns, st.challenge_due_why = 0, ""
+            self.version += 1
+            return self.book.set(line, "challenge_overdue", False, now_ns)
 
     def _serial(self, st: LineState, r: InspectionResult, now_ns: int) -> list[AlertRecord]:
         """GS1 serialisation: a serial printed twice in a lot is a counterfeit or a printer fault.

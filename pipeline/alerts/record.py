@@ -33,6 +33,7 @@ KINDS = (
     "camera_lost",       # a station camera disconnected, or its gateway status silent
     "camera_rate_drift",  # a camera's frames per unit away from one, sustained
     "camera_timestamp_gap",  # consecutive camera timestamps more than 1.5 unit intervals apart
+    "challenge_overdue",  # production went on past the grace period after a changeover or deploy, no passed challenge
 )
 
 

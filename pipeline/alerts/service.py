@@ -28,6 +28,7 @@ from pipeline.alerts.cameras import CameraLimits
 from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.alerts.record import AlertRecord
 from pipeline.alerts.reference import CardReferences
+from pipeline.audit.record import CHALLENGE_RUN_ACTION, SYSTEM_CHAIN
 from pipeline.core.health import HealthState
 from pipeline.core.times import now_ns
 from pipeline.kafka.clients import RenewingProducer, bootstrap, flush_or_raise, make_consumer
@@ -52,7 +53,8 @@ def alert_config(settings: Settings) -> AlertConfig:
                                             rate_tolerance=s.alerts_camera_rate_tolerance,
                                             rate_sustain_s=s.alerts_camera_rate_sustain_s,
                                             gap_factor=s.alerts_camera_gap_factor,
-                                            gap_clear_s=s.alerts_camera_gap_clear_s))
+                                            gap_clear_s=s.alerts_camera_gap_clear_s),
+                       challenge_grace_s=s.alerts_challenge_grace_s)
 
 
 class AlertPublisher:
@@ -90,7 +92,9 @@ class AlertService:
         self.settings = settings
         self.engine = engine
         self.publisher = publisher
-        self.topics = [k.topic_frames, k.topic_results, k.topic_heartbeats, k.topic_camera_status]
+        # The audit topic for signed challenge runs (they clear challenge_overdue): only the system
+        # chain's records are read, the inspection decisions (keyed by their own chains) are skipped.
+        self.topics = [k.topic_frames, k.topic_results, k.topic_heartbeats, k.topic_camera_status, k.topic_audit]
 
     def handle(self, messages: Sequence[Message]) -> None:
         k = self.settings.kafka
@@ -106,9 +110,21 @@ class AlertService:
                     out += self.engine.on_heartbeat(Heartbeat.from_json(m.value()), now)
                 elif m.topic() == k.topic_camera_status:
                     out += self.engine.on_camera_status(CameraStatus.from_json(m.value()), now)
+                elif m.topic() == k.topic_audit and m.key() == SYSTEM_CHAIN.encode():
+                    out += self._audit_record(m.value(), now)
             except MessageError as exc:  # the worker and sink dead-letter these; alerts skip them
                 log.debug("alerts skip %s:%s:%s: %s", m.topic(), m.partition(), m.offset(), exc)
         self.publisher.publish(out)
+
+    def _audit_record(self, value: bytes | None, now: int) -> list[AlertRecord]:
+        """A signed challenge run clears its line's challenge_overdue when it passed."""
+        try:
+            doc = json.loads(value or b"")
+        except ValueError:
+            return []
+        if not isinstance(doc, dict) or doc.get("action") != CHALLENGE_RUN_ACTION or not isinstance(doc.get("subject"), str):
+            return []
+        return self.engine.on_challenge(doc["subject"], doc.get("new_value") == "passed", now)
 
     def tick(self) -> None:
         self.publisher.publish(self.engine.tick(now_ns()))

@@ -6,6 +6,10 @@ the model versions that judged the lot with their release records and electronic
 and the audit-trail verification of the chains that hold the lot's decisions (and the system
 chain). Sample rejects are shown with the small JPEG the worker keeps of every unit it removes
 (`reject_images`) next to the image sha256 the audit trail holds for the full frame.
+
+The lot's start and end challenge runs head the record in their own section (their units never
+count as production); a lot whose start or end challenge is missing or failed says RELEASE
+REFUSED with the reason (docs/validation.md), and `report batch --release` exits 3 for it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.analytics.challenges import LotChallenge, lot_challenges, release_refusals
 from pipeline.analytics.reconciliation import BatchReconciliation, build_reconciliation, unit_verdicts_sql
 from pipeline.analytics.run_report import recipe_sections
 from pipeline.audit.record import DECISION_ACTION, SIGN_ACTION, SYSTEM_CHAIN
@@ -64,6 +69,13 @@ class BatchRecord:
     recipes: list[tuple[str, int]] = field(default_factory=list)
     measurements: list[dict] = field(default_factory=list)
     duplicate_serials: list[dict] = field(default_factory=list)
+    # The lot's start and end challenge runs (docs/validation.md); their own units, never production.
+    challenges: list[LotChallenge] = field(default_factory=list)
+
+    @property
+    def release_refusals(self) -> list[str]:
+        """Why the lot must not be released (a start or end challenge missing or failed)."""
+        return release_refusals(self.challenges)
 
     @property
     def captured(self) -> int:
@@ -86,13 +98,13 @@ def build_batch_record(
     ).named()[0]
     by_class = client.query(
         f"""SELECT defect, count() AS n FROM {db}.inspections FINAL
-            WHERE lot = {{lot:String}} AND verdict != 'pass' GROUP BY defect ORDER BY n DESC, defect""",
+            WHERE lot = {{lot:String}} AND purpose = '' AND verdict != 'pass' GROUP BY defect ORDER BY n DESC, defect""",
         p,
     ).rows
     overrides = client.query(
         f"""SELECT subject AS unit, user, role, old_value, new_value, reason FROM {trail.store.table}
             WHERE action = 'unit.override'
-              AND subject IN (SELECT unit_id FROM {db}.inspections FINAL WHERE lot = {{lot:String}})
+              AND subject IN (SELECT unit_id FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND purpose = '')
             ORDER BY time""",
         p,
     ).named()
@@ -113,11 +125,11 @@ def build_batch_record(
             p,
         ).named()
     }
-    sample_units = f"""SELECT unit_id FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND verdict != 'pass'
+    sample_units = f"""SELECT unit_id FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND purpose = '' AND verdict != 'pass'
                        ORDER BY capture_time LIMIT {SAMPLE_IMAGES}"""
     samples = client.query(
         f"""SELECT unit_id, line, verdict, cause, defect, score, model_version, error
-            FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND unit_id IN ({sample_units})
+            FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND purpose = '' AND unit_id IN ({sample_units})
             ORDER BY capture_time""",
         p,
     ).named()
@@ -146,14 +158,14 @@ def build_batch_record(
         passed=int(counts["passed"]), rejects_by_class=[(str(a), int(b)) for a, b in by_class],
         rejects_by_cause=by_cause, samples=samples, models=_models(client, db, lot, trail),
         verification=verification, decisions_audited=len(decisions), overrides=overrides,
-        **recipe_sections(client, db, lot),
+        challenges=lot_challenges(client, db, lot), **recipe_sections(client, db, lot),
     )
 
 
 def _models(client: ClickHouseClient, db: str, lot: str, trail: AuditTrail) -> list[ModelRelease]:
     used = client.query(
         f"""SELECT model_name, model_version, count() AS n FROM {db}.inspections FINAL
-            WHERE lot = {{lot:String}} AND model_version != '' GROUP BY model_name, model_version
+            WHERE lot = {{lot:String}} AND purpose = '' AND model_version != '' GROUP BY model_name, model_version
             ORDER BY model_name, model_version""",
         {"lot": lot},
     ).rows
@@ -191,6 +203,10 @@ th { background: #eee; } .ok { color: #060; font-weight: bold; } .bad { color: #
 </style></head><body>
 <h1>Batch record &mdash; lot {{ r.lot }}</h1>
 <p>Generated {{ r.generated.strftime('%Y-%m-%d %H:%M:%S') }} UTC by LineSight.</p>
+<p id="release" class="{{ 'bad' if r.release_refusals else 'ok' }}">{{ 'RELEASE REFUSED: ' ~ (r.release_refusals | join('; ')) if r.release_refusals else 'Challenge runs: start and end passed' }}</p>
+<h2 id="challenges">Challenge runs (challenge units, not counted as production)</h2><table><tr><th>when</th><th>result</th><th>line</th><th>recipe</th><th>set sha256</th><th>defects rejected</th><th>good removed</th><th>good in review</th><th>by</th><th>finished (UTC)</th><th>audit record</th><th>signature</th><th>failures</th></tr>
+{% for c in r.challenges %}{% if c.run %}<tr><td>{{ c.phase }}</td><td class="{{ 'ok' if c.passed else 'bad' }}">{{ 'passed' if c.passed else 'FAILED' }}</td><td>{{ c.run.line }}</td><td>{{ c.run.recipe }}</td><td class="mono">{{ c.run.set_sha256[:16] }}</td><td>{{ c.run.defects_rejected }}/{{ c.run.defects }}</td><td>{{ c.run.good_removed }}/{{ c.run.good }}</td><td>{{ c.run.good_review }}/{{ c.run.good }}</td><td>{{ c.run.user }}</td><td>{{ c.run.finished_time.strftime('%Y-%m-%d %H:%M:%S') }}</td><td class="mono">{{ c.run.audit_record }}</td><td class="mono">{{ c.run.signature }}</td><td>{{ c.run.failures | join('; ') or 'none' }}</td></tr>
+{% else %}<tr><td>{{ c.phase }}</td><td class="bad" colspan="12">MISSING</td></tr>{% endif %}{% endfor %}</table>
 <h2>Yield</h2>
 <table><tr><th>units captured</th><td>{{ r.captured }}</td></tr>
 <tr><th>inspected, passed</th><td>{{ rec.total('inspected_passed') }}</td></tr>
@@ -331,6 +347,20 @@ def render_pdf(r: BatchRecord, path: Path) -> None:
     accounted = rec.every_unit_accounted
     para(f"Every unit accounted for at the reject gate: {'yes' if accounted else 'NO'}",
          (0, 110, 0) if accounted else (170, 0, 0), "B")
+    refused = r.release_refusals
+    para("RELEASE REFUSED: " + "; ".join(refused) if refused else "Challenge runs: start and end passed",
+         (170, 0, 0) if refused else (0, 110, 0), "B")
+    h2("Challenge runs (challenge units, not counted as production)")
+    table(["when", "result", "recipe", "defects rejected", "good removed", "good review", "by", "finished (UTC)",
+           "audit record / signature"],
+          [[c.phase, "passed" if c.passed else "FAILED", c.run["recipe"], f"{c.run['defects_rejected']}/{c.run['defects']}",
+            f"{c.run['good_removed']}/{c.run['good']}", f"{c.run['good_review']}/{c.run['good']}", c.run["user"],
+            f"{c.run['finished_time']:%Y-%m-%d %H:%M:%S}", f"{c.run['audit_record']} / {c.run['signature']}"]
+           if c.run else [c.phase, "MISSING", "", "", "", "", "", "", ""] for c in r.challenges],
+          (12, 16, 28, 16, 16, 16, 14, 30, 42))
+    for c in r.challenges:
+        if c.run and c.run["failures"]:
+            para(f"{c.phase} challenge failures: " + "; ".join(c.run["failures"]), (170, 0, 0))
 
     h2("1. Yield")
     table(["units captured", "inspected, passed", "rejected (all causes)", "unaccounted", "yield"],

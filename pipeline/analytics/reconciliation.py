@@ -159,11 +159,11 @@ def build_reconciliation(
     unit with no gate record was rejected; otherwise it may have passed and is unaccounted.
     """
     db, q = database, "{lot:String}"
-    units = f"""(SELECT line, unit_id FROM {db}.gate_events FINAL WHERE lot = {q}
-                 UNION DISTINCT SELECT line, unit_id FROM {db}.inspections FINAL WHERE lot = {q}
-                 UNION DISTINCT SELECT line, unit_id FROM {db}.ground_truth FINAL WHERE lot = {q})"""
+    units = f"""(SELECT line, unit_id FROM {db}.gate_events FINAL WHERE lot = {q} AND purpose = ''
+                 UNION DISTINCT SELECT line, unit_id FROM {db}.inspections FINAL WHERE lot = {q} AND purpose = ''
+                 UNION DISTINCT SELECT line, unit_id FROM {db}.ground_truth FINAL WHERE lot = {q} AND purpose = '')"""
     gate = f"""(SELECT line, unit_id, outcome, cause, verdict AS action, admitted, verdict_time, margin_ms
-                FROM {db}.gate_events FINAL WHERE lot = {q})"""
+                FROM {db}.gate_events FINAL WHERE lot = {q} AND purpose = '')"""
     verdicts = f"({unit_verdicts_sql(db)})"
     rows = client.query(
         f"""SELECT u.line AS line,
@@ -201,10 +201,10 @@ def build_reconciliation(
     alarms = client.query(
         f"""WITH span AS (
                 SELECT min(coalesce(capture_time, window_start)) AS t0, max(acted_time) AS t1
-                FROM {db}.gate_events FINAL WHERE lot = {q})
+                FROM {db}.gate_events FINAL WHERE lot = {q} AND purpose = '')
             SELECT code, raised_time, cleared_time, reason, clear_reason, source
             FROM {db}.alarms FINAL
-            WHERE (SELECT count() FROM {db}.gate_events FINAL WHERE lot = {q}) > 0
+            WHERE (SELECT count() FROM {db}.gate_events FINAL WHERE lot = {q} AND purpose = '') > 0
               AND raised_time <= (SELECT t1 FROM span)
               AND (cleared_time IS NULL OR cleared_time >= (SELECT t0 FROM span))
             ORDER BY raised_time, code""",
@@ -218,7 +218,7 @@ def unit_verdicts_sql(db: str) -> str:
     multi-station unit has a row per station frame, and its worst verdict is the unit's."""
     ranks = "['pass', 'review', 'reject']"
     return f"""SELECT line, unit_id, {ranks}[max(indexOf({ranks}, verdict))] AS verdict
-               FROM {db}.inspections FINAL WHERE lot = {{lot:String}} GROUP BY line, unit_id"""
+               FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND purpose = '' GROUP BY line, unit_id"""
 
 
 def _station_counts(client: ClickHouseClient, db: str, lot: str) -> dict[str, list[StationCounts]]:
@@ -230,10 +230,10 @@ def _station_counts(client: ClickHouseClient, db: str, lot: str) -> dict[str, li
             FROM (
                 SELECT line, station, 1 AS judged, verdict = 'pass' AS passed, verdict = 'reject' AS rejected,
                        verdict = 'review' AS review, 0 AS missing
-                FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND station != ''
+                FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND purpose = '' AND station != ''
                 UNION ALL
                 SELECT line, arrayJoin(missing) AS station, 0, 0, 0, 0, 1
-                FROM {db}.unit_verdicts FINAL WHERE lot = {{lot:String}}
+                FROM {db}.unit_verdicts FINAL WHERE lot = {{lot:String}} AND unit_id NOT IN (SELECT unit_id FROM {db}.inspections WHERE lot = {{lot:String}} AND purpose != '')
             )
             GROUP BY line, station ORDER BY line, station""",
         {"lot": lot},

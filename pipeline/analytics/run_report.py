@@ -110,20 +110,20 @@ def unit_verdicts_subquery(client: ClickHouseClient, db: str, lot: str) -> str:
     """(unit_id, verdict, cause, inspected) per unit of lot ``{lot:String}``: a one-camera unit's
     result, or a multi-station unit's own verdict (``unit_verdicts``: inspected when every
     station judged it in time; a unit missing a station or decided late counts as fail-safe)."""
-    multi = client.query(f"SELECT count() FROM {db}.unit_verdicts FINAL WHERE lot = {{lot:String}}", {"lot": lot})
+    multi = client.query(f"SELECT count() FROM {db}.unit_verdicts FINAL WHERE lot = {{lot:String}} AND unit_id NOT IN (SELECT unit_id FROM {db}.inspections WHERE lot = {{lot:String}} AND purpose != '')", {"lot": lot})
     if not int(multi.rows[0][0]):
-        return f"(SELECT unit_id, verdict, cause, inspected FROM {db}.inspections FINAL WHERE lot = {{lot:String}})"
+        return f"(SELECT unit_id, verdict, cause, inspected FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND purpose = '')"
     return f"""(SELECT unit_id, verdict, if(cause = 'model', 'model', 'failsafe') AS cause,
                        cause = 'model' AND empty(missing) AS inspected
-                FROM {db}.unit_verdicts FINAL WHERE lot = {{lot:String}})"""
+                FROM {db}.unit_verdicts FINAL WHERE lot = {{lot:String}} AND unit_id NOT IN (SELECT unit_id FROM {db}.inspections WHERE lot = {{lot:String}} AND purpose != ''))"""
 
 
 def build_report(client: ClickHouseClient, database: str, lot: str, *, positive_release: bool = False) -> RunReport:
     db, q = database, "{lot:String}"  # bound server-side, never spliced into the SQL
-    truth = f"(SELECT unit_id, label, defect FROM {db}.ground_truth FINAL WHERE lot = {q})"
+    truth = f"(SELECT unit_id, label, defect FROM {db}.ground_truth FINAL WHERE lot = {q} AND purpose = '')"
     verdicts = unit_verdicts_subquery(client, db, lot)
-    fired = f"(SELECT unit_id FROM {db}.actuations FINAL WHERE lot = {q})"
-    fired_on_model = f"(SELECT unit_id FROM {db}.actuations FINAL WHERE lot = {q} AND cause = 'model')"
+    fired = f"(SELECT unit_id FROM {db}.actuations FINAL WHERE lot = {q} AND purpose = '')"
+    fired_on_model = f"(SELECT unit_id FROM {db}.actuations FINAL WHERE lot = {q} AND purpose = '' AND cause = 'model')"
 
     def one(sql: str) -> dict:
         return client.query(sql, {"lot": lot}).named()[0]
@@ -148,7 +148,7 @@ def build_report(client: ClickHouseClient, database: str, lot: str, *, positive_
                    max(latency_ms) AS max_ms,
                    dateDiff('microsecond', min(capture_time), max(inferred_time)) / 1e6 AS span_s,
                    groupUniqArray(concat(model_name, ':', model_version)) AS versions
-            FROM {db}.inspections FINAL WHERE lot = {q} AND inspected"""
+            FROM {db}.inspections FINAL WHERE lot = {q} AND purpose = '' AND inspected"""
     )
     scored = one(
         f"""SELECT countIf(t.label = 'defect' AND v.verdict = 'pass') AS escaped,
@@ -160,7 +160,7 @@ def build_report(client: ClickHouseClient, database: str, lot: str, *, positive_
     unknown = one(f"SELECT count() AS n FROM {verdicts} WHERE unit_id NOT IN (SELECT unit_id FROM {truth})")
     several = one(
         f"""SELECT count() AS n FROM (
-                SELECT unit_id FROM {db}.inspections WHERE lot = {q}
+                SELECT unit_id FROM {db}.inspections WHERE lot = {q} AND purpose = ''
                 GROUP BY unit_id, station HAVING uniqExact(verdict, cause) > 1)"""
     )
     not_fired = one(
@@ -213,7 +213,7 @@ def recipe_sections(client: ClickHouseClient, db: str, lot: str) -> dict:
             WHERE lot = {{lot:String}} AND inspected GROUP BY key ORDER BY key""", p).named()
     duplicates = client.query(
         f"""SELECT measured_text['serial'] AS serial, count() AS n, arraySort(groupArray(unit_id)) AS units
-            FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND measured_text['serial'] != ''
+            FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND purpose = '' AND measured_text['serial'] != ''
             GROUP BY serial HAVING n > 1 ORDER BY serial""", p).named()
     return {
         "recipes": [(str(a), int(b)) for a, b in recipes],

@@ -96,6 +96,7 @@ def inspection_row(m: Message, r: InspectionResult) -> Row:
         "measured_text": {k: v for k, v in r.measurements.items() if isinstance(v, str)},
         "parts": json.dumps(r.parts, separators=(",", ":")) if r.parts else "",
         "reasons": list(r.reasons),
+        "purpose": r.purpose,
         "kafka_partition": m.partition(),
         "kafka_offset": m.offset(),
     }
@@ -135,6 +136,7 @@ def truth_row(m: Message) -> Row:
         "defect": t.defect,
         "capture_time": datetime_from_ns(t.capture_ns),
         "source": t.source,
+        "purpose": t.purpose,
     }
 
 
@@ -150,6 +152,7 @@ def actuation_row(m: Message) -> Row:
         "command_time": datetime_from_ns(a.command_issued_ns),
         "fired_time": datetime_from_ns(a.fired_ns),
         "actuator": a.actuator,
+        "purpose": a.purpose,
     }
 
 
@@ -178,6 +181,7 @@ def gate_event_row(m: Message) -> Row:
         "fired_time": _opt_time(e.fired_ns),
         "reason": e.reason,
         "actuator": e.actuator,
+        "purpose": e.purpose,
     }
 
 

@@ -27,6 +27,8 @@ SYSTEM_CHAIN = "system"
 SEAL_ACTION = "audit.seal"
 SIGN_ACTION = "audit.signature"
 DECISION_ACTION = "inspection.decision"
+# A signed challenge run's result (docs/validation.md); the alert service reads it off the audit topic.
+CHALLENGE_RUN_ACTION = "challenge.run"
 # A QA user vouched for a chain's unsigned prefix written before signing began (docs/audit.md).
 ADOPT_ACTION = "audit.adopt_legacy"
 

@@ -16,6 +16,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "qa": frozenset({
         "audit.verify", "audit.export", "audit.sign", "model.deploy", "model.rollback",
         "threshold.change", "recipe.change", "recipe.activate", "alarm.acknowledge", "unit.override",
+        # Challenge runs are e-signed by whoever runs them (audit.sign): QA (docs/validation.md).
+        "challenge.register", "challenge.run",
     }),
     "admin": frozenset({
         "audit.verify", "audit.export", "user.add", "user.disable", "user.passwd",

@@ -20,6 +20,7 @@ from pipeline.settings import Settings
 
 if TYPE_CHECKING:
     from pipeline.analytics.reconciliation import BatchReconciliation
+    from pipeline.clickhouse import ClickHouseClient
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -267,11 +268,21 @@ def cmd_report_batch(args: argparse.Namespace) -> int:
                 if path:
                     render(record, path)
                     print(f"wrote {path}", file=sys.stderr)
+        refusals = _release_refusals(client, settings, args.lot) if args.release else []
     finally:
         client.close()
     print(batch.to_json() if args.json else batch.to_text())
     _say_outage(batch)
+    if refusals:  # the lot's start or end challenge is missing or failed (docs/validation.md)
+        print(f"release of lot {args.lot} refused: " + "; ".join(refusals), file=sys.stderr)
+        return 3
     return 0 if batch.every_unit_accounted else 1
+
+
+def _release_refusals(client: ClickHouseClient, settings: Settings, lot: str) -> list[str]:
+    from pipeline.analytics.challenges import lot_challenges, release_refusals
+
+    return release_refusals(lot_challenges(client, settings.clickhouse.database, lot))
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -336,6 +347,7 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli.audit import add_model_auth_args
     from pipeline.cli.audit import register as register_gmp_commands
+    from pipeline.cli.challenge import register as register_challenge_commands
     from pipeline.cli.gateway import register as register_gateway_commands
     from pipeline.cli.knapp import register as register_knapp_commands
     from pipeline.cli.recipes import register as register_recipe_commands
@@ -465,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print as JSON")
     r.add_argument("--pdf", type=Path, metavar="FILE", help="also write the batch record as PDF (docs/audit.md)")
     r.add_argument("--html", type=Path, metavar="FILE", help="also write the batch record as HTML")
+    r.add_argument("--release", action="store_true",
+                   help="release check: exit 3 when the lot's start or end challenge is missing or failed")
     r.set_defaults(func=cmd_report_batch)
 
     p = sub.add_parser("topics", help="Kafka topics")
@@ -498,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_gmp_commands(sub, _settings)  # audit, users (docs/audit.md)
     register_recipe_commands(sub, _settings)  # recipes (docs/recipes.md)
     register_gateway_commands(sub, _settings, _stop_on_signals)  # gateway, cameras (docs/cameras.md)
+    register_challenge_commands(sub, _settings)  # challenge register|run|status (docs/validation.md)
     register_knapp_commands(sub, _settings)  # knapp run|simulate (docs/validation.md)
     return parser
 

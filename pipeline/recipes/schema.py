@@ -142,6 +142,47 @@ class StationSpec(BaseModel):
     camera: CameraFeatures = CameraFeatures()
 
 
+SHA256_HEX = r"^[0-9a-f]{64}$"
+# When in a lot a challenge run is made (`linesight challenge run --when`).
+CHALLENGE_PHASES: tuple[str, ...] = ("start", "end")
+
+
+class ChallengeSpec(BaseModel):
+    """`[challenge]`: the recipe's challenge set and what a challenge run must show (docs/validation.md).
+
+    `set` is the id the set was registered under (`linesight challenge register`), `sha256` its
+    dataset hash: a set whose images or labels changed since the recipe was approved is refused.
+    Defect units must all be rejected (not a setting: a challenge that lets one through is failed);
+    good units removed are limited by a count or a fraction (not both; neither: none may be), good
+    units sent to review by a fraction."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    set: str = Field(pattern=RECIPE_ID)
+    sha256: str = Field(pattern=SHA256_HEX, description="dataset hash of the set (lower-case hex)")
+    every_defect_rejected: bool = True
+    max_good_removed: int | None = Field(None, ge=0)
+    max_good_removed_fraction: float | None = Field(None, ge=0.0, le=1.0)
+    max_review_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("every_defect_rejected")
+    @classmethod
+    def _required(cls, v: bool) -> bool:
+        if not v:
+            raise ValueError("must be true: every defect unit of a challenge set has to be rejected")
+        return v
+
+    def good_removed_limit(self, good: int) -> int:
+        """How many of `good` good units may be removed (rejected) in one run."""
+        if self.max_good_removed_fraction is not None:
+            return int(self.max_good_removed_fraction * good + 1e-9)
+        return self.max_good_removed or 0
+
+    def review_limit(self, good: int) -> int:
+        """How many of `good` good units may be sent to review in one run."""
+        return int(self.max_review_fraction * good + 1e-9)
+
+
 class RecipeDoc(BaseModel):
     """The file as written (before the per-kind parameter check)."""
 
@@ -155,6 +196,7 @@ class RecipeDoc(BaseModel):
     acceptance: AcceptanceSpec | None = None
     model: ModelSpec | None = None
     station: list[StationSpec] | None = None
+    challenge: ChallengeSpec | None = None
 
 
 class Recipe:
@@ -192,7 +234,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         # A recipe without acceptance criteria or a [model] table keeps the content hash it had
         # before they existed.
-        absent = {k for k in ("acceptance", "model", "station") if getattr(self.doc, k) is None}
+        absent = {k for k in ("acceptance", "model", "station", "challenge") if getattr(self.doc, k) is None}
         return self.doc.model_dump(mode="json", exclude=absent or None)
 
     @property
@@ -246,6 +288,9 @@ def parse_recipe(data: dict[str, Any], source: str = "<recipe>", repository: Pat
         if repository is not None and not (repository / spec.model / "config.pbtxt").is_file():
             problems.append(f"{where}.model: no model {spec.model!r} in the model repository {repository}")
     problems += _station_problems(doc)
+    if doc.challenge is not None and doc.challenge.max_good_removed is not None \
+            and doc.challenge.max_good_removed_fraction is not None:
+        problems.append("challenge: give max_good_removed (a count) or max_good_removed_fraction, not both")
     if problems:
         raise RecipeError(source, problems)
     return Recipe(doc, params)

@@ -195,6 +195,9 @@ class ServiceSettings(BaseModel):
     # A gap alert clears after this long without another one: a single missed exposure is an
     # event a person should see, not a blink on the screen.
     alerts_camera_gap_clear_s: float = 10.0
+    # challenge_overdue (docs/validation.md): production this long after a changeover or model
+    # deploy on a line with no passed challenge run since raises it.
+    alerts_challenge_grace_s: float = 900.0
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 16080
     # Production (`linesight alerts` / `linesight dashboard` as separate services, docs/deployment.md):

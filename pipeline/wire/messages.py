@@ -37,6 +37,11 @@ H_ENCODER = "ls-encoder-count"
 H_STATION = "ls-station"
 H_FRAME_ID = "ls-frame-id"
 H_CAMERA_TS = "ls-camera-ts-ns"
+# Optional: why the unit is on the line when it is not production. Only ``challenge`` (a known
+# unit of a recipe's challenge set, docs/validation.md) is defined; absent means production.
+H_PURPOSE = "ls-purpose"
+PURPOSE_CHALLENGE = "challenge"
+PURPOSES = ("", PURPOSE_CHALLENGE)
 # Reject images (linesight.reject-images): the verdict and class the image documents.
 H_VERDICT = "ls-verdict"
 H_DEFECT = "ls-defect"
@@ -133,6 +138,8 @@ class FrameMeta:
     station: str = ""
     frame_id: int | None = None
     camera_ts_ns: int | None = None
+    # "" for production; "challenge" for a challenge unit that never counts as production.
+    purpose: str = ""
 
     def to_headers(self) -> list[tuple[str, bytes]]:
         headers = [
@@ -153,6 +160,8 @@ class FrameMeta:
             headers.append((H_FRAME_ID, str(self.frame_id)))
         if self.camera_ts_ns is not None:
             headers.append((H_CAMERA_TS, str(self.camera_ts_ns)))
+        if self.purpose:
+            headers.append((H_PURPOSE, self.purpose))
         return [(k, v.encode()) for k, v in headers]
 
     @classmethod
@@ -195,6 +204,7 @@ class FrameMeta:
         frame_id = _header_int(values, H_FRAME_ID)
         camera_ts_ns = _header_int(values, H_CAMERA_TS)
         station = values.get(H_STATION, "")
+        purpose = values.get(H_PURPOSE, "")
         content_type = values.get(H_CONTENT_TYPE, "image/png")
         if content_type not in IMAGE_CONTENT_TYPES:
             raise MessageError(f"unsupported content-type {content_type[:80]!r}")
@@ -212,6 +222,7 @@ class FrameMeta:
             or (None if not station or STATION_NAME.fullmatch(station) else f"{H_STATION} {station[:40]!r} is not a station name")
             or (f"{H_FRAME_ID} {frame_id} is out of range" if frame_id is not None and frame_id < 0 else None)
             or (f"{H_CAMERA_TS} {camera_ts_ns} is out of range" if camera_ts_ns is not None and camera_ts_ns < 0 else None)
+            or (None if purpose in PURPOSES else f"{H_PURPOSE} {purpose[:40]!r} is not one of {PURPOSES[1:]}")
         )
         if problem:
             raise MessageError(problem)
@@ -227,6 +238,7 @@ class FrameMeta:
             station=station,
             frame_id=frame_id,
             camera_ts_ns=camera_ts_ns,
+            purpose=purpose,
         )
 
 
@@ -382,6 +394,8 @@ class InspectionResult(JsonMessage):
     reasons: list[str] = field(default_factory=list)
     # The station whose frame this judges ("" on a one-camera line); see `UnitVerdict`.
     station: str = ""
+    # The frame's purpose (`H_PURPOSE`): "challenge" units never count as production.
+    purpose: str = ""
 
 
 @dataclass(frozen=True)
@@ -413,6 +427,7 @@ class Actuation(JsonMessage):
     command_issued_ns: int
     fired_ns: int
     actuator: str
+    purpose: str = ""  # the unit's frame purpose ("challenge": not production)
 
 
 @dataclass(frozen=True)
@@ -427,6 +442,7 @@ class GroundTruth(JsonMessage):
     defect: str
     capture_ns: int
     source: str = "simulator"
+    purpose: str = ""  # "challenge" for a challenge set's unit (not production)
 
 
 @dataclass(frozen=True)
@@ -529,6 +545,7 @@ class GateEventRecord(JsonMessage):
     verdict: str = ""  # the action received in time: pass or reject ('' when none came in time)
     reason: str = ""
     capture_ns: int = 0
+    purpose: str = ""  # the admitted frame's purpose ("challenge": not production)
 
 
 @dataclass(frozen=True)
@@ -590,3 +607,12 @@ def header_value(headers: Headers | None, name: str) -> str:
             except UnicodeDecodeError:
                 return ""
     return ""
+
+
+def header_purpose(headers: Headers | None) -> str:
+    """A frame's purpose even when its other metadata is broken: a known value or "" (production).
+
+    A fail-safe rejected challenge unit stays a challenge unit; an unknown value counts as
+    production, so nothing is ever left out of production counts by a bad header."""
+    value = header_value(headers, H_PURPOSE)
+    return value if value in PURPOSES else ""

@@ -1,0 +1,256 @@
+"""Challenge runs (docs/validation.md): the criteria, the challenge marker on the wire, challenge
+units kept out of every production count, the batch record's section and release refusal, the
+recipe's [challenge] table, set registration checks and the challenge_overdue alert."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_batch_report as batch_case
+from support import Msg
+from test_batch_report import _gate, _result
+
+from pipeline.alerts.engine import AlertConfig, AlertEngine
+from pipeline.analytics.batch_record import build_batch_record, render_html, render_pdf
+from pipeline.analytics.challenges import lot_challenges, release_refusals
+from pipeline.analytics.reconciliation import build_reconciliation
+from pipeline.analytics.run_report import build_report
+from pipeline.analytics.sink import ClickHouseSink
+from pipeline.audit.trail import AuditTrail
+from pipeline.cli.main import main
+from pipeline.clickhouse import ChdbClient
+from pipeline.datasets.folder import Dataset, Row
+from pipeline.recipes.schema import RecipeError, parse_recipe
+from pipeline.settings import Settings
+from pipeline.validation.challenge import ChallengeResult, UnitOutcome, challenge_unit_id, judge, set_problems
+from pipeline.wire.messages import (
+    H_PURPOSE,
+    PURPOSE_CHALLENGE,
+    FrameMeta,
+    GroundTruth,
+    InspectionResult,
+    MessageError,
+    header_purpose,
+)
+
+S = 1_000_000_000
+SHA = "ab" * 32
+RECIPE: dict[str, Any] = {
+    "id": "tablets", "version": 1, "product": "tablet-round-white-10mm",
+    "inspection": [{"name": "appearance", "kind": "classifier", "model": "tablet_inspector"}],
+}
+
+
+@pytest.fixture()
+def lot_db(embedded_settings: Settings, chdb_client: ChdbClient) -> tuple[Settings, str]:
+    """The batch record tests' lot of 8 production units (test_batch_report.py)."""
+    return batch_case.lot_db.__wrapped__(embedded_settings, chdb_client)
+
+
+def _spec(**challenge: Any):  # noqa: ANN202
+    recipe = parse_recipe({**RECIPE, "challenge": {"set": "tablets", "sha256": SHA, **challenge}})
+    assert recipe.doc.challenge is not None
+    return recipe.doc.challenge
+
+
+# ----------------------------------------------------------------------------- criteria
+
+
+def _units(*specs: tuple[str, str, str, str, str]) -> list[UnitOutcome]:
+    return [UnitOutcome(f"L-CHstart-{i:04d}", label, "none" if label == "good" else "crack", verdict, cause, "", gate)
+            for i, (label, verdict, cause, gate, _) in enumerate(specs)]
+
+
+def test_every_defect_rejected_and_good_passed_is_a_pass() -> None:
+    units = _units(("defect", "reject", "model", "fired", ""), ("defect", "review", "model", "fired", ""),
+                   ("good", "pass", "model", "passed", ""), ("good", "pass", "model", "passed", ""))
+    counts, failures = judge(_spec(), units)
+    assert failures == []
+    assert counts | {} == {"units": 4, "defects": 2, "defects_rejected": 2, "good": 2, "good_removed": 0,
+                           "good_review": 0, "good_removed_limit": 0, "review_limit": 0}
+
+
+def test_a_defect_not_rejected_by_the_model_at_the_gate_fails() -> None:
+    units = _units(("defect", "pass", "model", "passed", ""),  # escaped
+                   ("defect", "reject", "failsafe", "fired", ""),  # removed, but the model never judged it
+                   ("defect", "reject", "model", "missed", ""),  # judged, but the gate missed it
+                   ("good", "pass", "model", "passed", ""))
+    counts, failures = judge(_spec(), units)
+    assert counts["defects_rejected"] == 0 and len(failures) == 3
+    assert "L-CHstart-0000 (crack): not rejected by the model at the gate (verdict pass" in failures[0]
+    assert "cause failsafe" in failures[1] and "gate missed" in failures[2]
+
+
+def test_good_units_removed_or_in_review_within_the_recipe_limits() -> None:
+    good = [("good", "pass", "model", "passed", "")] * 6
+    units = _units(("defect", "reject", "model", "fired", ""), *good[:3],
+                   ("good", "reject", "model", "fired", ""), ("good", "review", "model", "fired", ""),
+                   ("good", "review", "model", "fired", ""))
+    _, failures = judge(_spec(), units)  # defaults: none removed, none in review
+    assert failures == [f"1 good units removed (at most 0): {units[4].unit_id}",
+                        f"2 good units in review (at most 0): {units[5].unit_id}, {units[6].unit_id}"]
+    assert judge(_spec(max_good_removed=1, max_review_fraction=0.34), units)[1] == []  # 2 of 6 in review
+    assert judge(_spec(max_good_removed_fraction=0.2, max_review_fraction=0.34), units)[1] == []  # 1 of 6
+    assert len(judge(_spec(max_good_removed_fraction=0.1, max_review_fraction=0.5), units)[1]) == 1
+
+
+def test_a_unit_without_a_verdict_or_gate_event_fails_the_run() -> None:
+    units = _units(("defect", "", "", "", ""), ("good", "pass", "model", "", ""))
+    _, failures = judge(_spec(), units)
+    assert failures == ["L-CHstart-0000 (crack): no verdict stored", "L-CHstart-0000 (crack): no gate event",
+                        "L-CHstart-0001 (none): no gate event"]
+
+
+# ----------------------------------------------------------------------------- recipe [challenge]
+
+
+def test_challenge_table_validated_with_clear_errors_and_absent_keeps_the_hash() -> None:
+    plain = parse_recipe(dict(RECIPE))
+    with_table = parse_recipe({**RECIPE, "challenge": {"set": "tablets", "sha256": SHA}})
+    assert plain.sha256 != with_table.sha256 and "challenge" not in plain.to_dict()
+    assert plain.sha256 == parse_recipe(dict(RECIPE)).sha256
+    with pytest.raises(RecipeError) as err:
+        parse_recipe({**RECIPE, "challenge": {"set": "tablets", "sha256": "nothex", "every_defect_rejected": False,
+                                              "max_review_fraction": 1.5, "speed": 2}})
+    text = "; ".join(err.value.problems)
+    assert "challenge.sha256" in text and "challenge.every_defect_rejected" in text and "must be true" in text
+    assert "challenge.max_review_fraction" in text and "challenge.speed" in text
+    with pytest.raises(RecipeError, match="not both"):
+        parse_recipe({**RECIPE, "challenge": {"set": "tablets", "sha256": SHA, "max_good_removed": 1,
+                                              "max_good_removed_fraction": 0.1}})
+
+
+def test_a_set_missing_defect_classes_is_refused_with_the_list(tmp_path: Path) -> None:
+    recipe = parse_recipe(dict(RECIPE))
+    rows = (Row(tmp_path / "a.png", recipe.product, "defect", "crack"),
+            Row(tmp_path / "b.png", recipe.product, "defect", "scratch"),
+            Row(tmp_path / "c.png", "other-product", "defect", "crack"))
+    problems = set_problems(Dataset(tmp_path, rows), recipe, ["chip", "crack", "discoloration"])
+    assert problems == [
+        "units of other products than the recipe's 'tablet-round-white-10mm': other-product",
+        "missing defect classes of recipe tablets@v1: chip, discoloration",
+        "defect classes the recipe cannot reject: scratch (the recipe's: chip, crack, discoloration)",
+        "no good units",
+    ]
+
+
+# ----------------------------------------------------------------------------- the marker
+
+
+def test_challenge_marker_round_trip_and_old_messages_are_production() -> None:
+    meta = FrameMeta("LOT-CHstart-0001", "line-1", "cam-1", "tablet-round-white-10mm", 1_780_000_000 * S,
+                     lot="LOT", purpose=PURPOSE_CHALLENGE)
+    headers = meta.to_headers()
+    assert (H_PURPOSE, b"challenge") in headers
+    assert FrameMeta.from_headers(headers) == meta
+    production = dataclasses.replace(meta, purpose="")
+    assert all(k != H_PURPOSE for k, _ in production.to_headers())
+    assert FrameMeta.from_headers(production.to_headers()).purpose == ""
+    with pytest.raises(MessageError, match="ls-purpose 'calibration' is not one of"):
+        FrameMeta.from_headers([*production.to_headers(), (H_PURPOSE, b"calibration")])
+    assert header_purpose([(H_PURPOSE, b"challenge")]) == "challenge"
+    assert header_purpose([(H_PURPOSE, b"bogus")]) == ""  # unknown: counted as production, never hidden
+    result = _result("u1", "line-1", "LOT", "pass", "none", 1_780_000_000 * S)
+    marked = dataclasses.replace(result, purpose=PURPOSE_CHALLENGE)
+    assert InspectionResult.from_json(marked.to_json()).purpose == "challenge"
+    old = result.to_json().replace(b',"purpose":""', b"")
+    assert b"purpose" not in old and InspectionResult.from_json(old).purpose == ""
+    assert challenge_unit_id("LOT", "end", 7) == "LOT-CHend-0007"
+
+
+# ----------------------------------------------------------------------------- production counts
+
+
+def _store_challenge(settings: Settings, client: ChdbClient, lot: str, phase: str, t0: int,
+                     passed: bool = True) -> None:
+    """Challenge units of `lot` through the sink (marked), and their run's row."""
+    k, msgs = settings.kafka, list[Msg]()
+    for i, (label, verdict, defect) in enumerate([("defect", "reject", "crack"), ("defect", "reject", "chip"),
+                                                  ("good", "pass", "none")]):
+        unit, t = challenge_unit_id(lot, phase, i), t0 + i * S // 10
+        result = dataclasses.replace(_result(unit, "line-1", lot, verdict, defect, t), purpose=PURPOSE_CHALLENGE)
+        gate = dataclasses.replace(_gate(unit, "line-1", lot, "fired" if verdict != "pass" else "passed", "model", t,
+                                         "reject" if verdict != "pass" else "pass"), purpose=PURPOSE_CHALLENGE)
+        truth = GroundTruth(unit, "line-1", lot, "p", label, defect, t, "challenge:x.png",  # type: ignore[arg-type]
+                            purpose=PURPOSE_CHALLENGE)
+        for topic, value in ((k.topic_results, result.to_json()), (k.topic_gate_events, gate.to_json()),
+                             (k.topic_truth, truth.to_json())):
+            msgs.append(Msg(topic, value, 1000 + 10 * (phase == "end") * 100 + len(msgs)))
+    ClickHouseSink(settings, client).write(msgs)  # type: ignore[arg-type]
+    run = ChallengeResult(run_id=f"run-{phase}", line="line-1", lot=lot, phase=phase, recipe="tablets@v1",
+                          set_id="tablets", set_sha256=SHA, units=3, defects=2, defects_rejected=2 if passed else 1,
+                          good=1, good_removed=0, good_review=0, good_removed_limit=0, review_limit=0, passed=passed,
+                          failures=[] if passed else ["L-CHend-0001 (chip): not rejected"], user="quinn",
+                          started_ns=t0, finished_ns=t0 + S, audit_record="system#9", signature="system#10")
+    client.insert_json_rows(f"{settings.clickhouse.database}.challenge_runs", [run.row()])
+
+
+def test_challenge_units_never_count_as_production(lot_db: tuple[Settings, str], chdb_client: ChdbClient) -> None:
+    settings, lot = lot_db
+    db = settings.clickhouse.database
+    before = build_reconciliation(chdb_client, db, lot).as_dict()
+    report_before = build_report(chdb_client, db, lot).to_json()
+    _store_challenge(settings, chdb_client, lot, "start", 1_780_000_100 * S)
+    assert build_reconciliation(chdb_client, db, lot).as_dict() == before
+    assert build_report(chdb_client, db, lot).to_json() == report_before
+    stored = chdb_client.query(f"SELECT count() FROM {db}.inspections FINAL WHERE purpose = 'challenge'").rows
+    assert stored == [[3]] or stored == [(3,)]
+
+
+def test_batch_record_section_and_release_refused(
+    lot_db: tuple[Settings, str], chdb_client: ChdbClient, tmp_path: Path
+) -> None:
+    settings, lot = lot_db
+    db = settings.clickhouse.database
+    trail = AuditTrail.from_settings(settings, chdb_client)
+    assert release_refusals(lot_challenges(chdb_client, db, lot)) == ["start challenge missing", "end challenge missing"]
+    _store_challenge(settings, chdb_client, lot, "start", 1_780_000_100 * S)
+    _store_challenge(settings, chdb_client, lot, "end", 1_780_000_200 * S, passed=False)
+    record = build_batch_record(chdb_client, db, lot, trail)
+    assert record.captured == 8 and dict(record.rejects_by_class) == {"crack": 2, "chip": 1, "uninspected": 1}
+    assert [(c.phase, c.passed) for c in record.challenges] == [("start", True), ("end", False)]
+    assert record.release_refusals == ["end challenge failed (run run-end: L-CHend-0001 (chip): not rejected)"]
+    html, pdf = tmp_path / "lot.html", tmp_path / "lot.pdf"
+    render_html(record, html)
+    render_pdf(record, pdf)
+    text = html.read_text(encoding="utf-8")
+    assert "RELEASE REFUSED: end challenge failed" in text and "system#9" in text and "Challenge runs" in text
+    assert pdf.stat().st_size > 0
+    args = ["report", "batch", lot, "--release"]
+    env = {"LINESIGHT_CLICKHOUSE__DATABASE": db, "LINESIGHT_STATE_DIR": str(settings.state_dir)}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.delenv("LINESIGHT_CLICKHOUSE__URL", raising=False)
+        assert main(args) == 3
+        _store_challenge(settings, chdb_client, lot, "end", 1_780_000_300 * S)  # repeated, passed: the latest counts
+        assert main(args) == 0
+        assert main(["challenge", "status", "--lot", lot]) == 0
+
+
+# ----------------------------------------------------------------------------- alert
+
+
+def test_challenge_overdue_after_a_deploy_cleared_by_a_passed_challenge() -> None:
+    engine = AlertEngine(AlertConfig(challenge_grace_s=60.0))
+    t = 1_780_000_000 * S
+    r1 = _result("u1", "line-1", "LOT", "pass", "none", t)
+    v1 = dataclasses.replace(r1, model_version="1")
+    kinds = lambda records: [(r.kind, r.state) for r in records if r.kind == "challenge_overdue"]  # noqa: E731
+    assert kinds(engine.on_result(v1, t)) == []
+    # Version 2 judges the line (a deploy): due now; production within the grace raises nothing.
+    v2 = dataclasses.replace(r1, model_version="2")
+    assert kinds(engine.on_result(v2, t + S)) == []
+    assert kinds(engine.on_result(v2, t + 30 * S)) == []
+    # Challenge units are not production: they neither raise it nor count in the line's rates.
+    total = engine.lines["line-1"].total
+    assert kinds(engine.on_result(dataclasses.replace(v2, purpose=PURPOSE_CHALLENGE), t + 90 * S)) == []
+    assert engine.lines["line-1"].total == total
+    raised = kinds(engine.on_result(v2, t + 62 * S))
+    assert raised == [("challenge_overdue", "active")]
+    assert engine.on_challenge("line-1", False, t + 70 * S) == []  # a failed run clears nothing
+    assert kinds(engine.on_challenge("line-1", True, t + 80 * S)) == [("challenge_overdue", "cleared")]
+    assert kinds(engine.on_result(v2, t + 200 * S)) == []  # the same judge: nothing due
