@@ -372,11 +372,11 @@ def _observed(client: ClickHouseClient, db: str, lot: str, units: Sequence[str])
     """Per challenge unit of `units`: stored verdict, cause, predicted class and gate outcome."""
     ranks = "['pass', 'review', 'reject']"
     rows = client.query(
-        f"""SELECT u AS unit_id, v.verdict AS verdict, v.cause AS cause, v.defect AS defect, g.outcome AS gate
+        f"""SELECT u AS unit_id, v.worst AS verdict, v.how AS cause, v.predicted AS defect, g.outcome AS gate
             FROM (SELECT arrayJoin({{units:Array(String)}}) AS u) AS x
-            LEFT JOIN (SELECT unit_id, {ranks}[max(indexOf({ranks}, verdict))] AS verdict,
-                              if(countIf(cause != 'model') > 0, 'failsafe', 'model') AS cause,
-                              argMax(defect, indexOf({ranks}, verdict)) AS defect
+            LEFT JOIN (SELECT unit_id, {ranks}[max(indexOf({ranks}, verdict))] AS worst,
+                              if(countIf(cause != 'model') > 0, 'failsafe', 'model') AS how,
+                              argMax(defect, indexOf({ranks}, verdict)) AS predicted
                        FROM {db}.inspections FINAL
                        WHERE lot = {{lot:String}} AND purpose = '{PURPOSE_CHALLENGE}' AND unit_id IN {{units:Array(String)}}
                        GROUP BY unit_id) AS v ON v.unit_id = x.u

@@ -5,9 +5,12 @@ recipe's [challenge] table, set registration checks and the challenge_overdue al
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import test_batch_report as batch_case
 from support import Msg
@@ -178,7 +181,7 @@ def _store_challenge(settings: Settings, client: ChdbClient, lot: str, phase: st
                             purpose=PURPOSE_CHALLENGE)
         for topic, value in ((k.topic_results, result.to_json()), (k.topic_gate_events, gate.to_json()),
                              (k.topic_truth, truth.to_json())):
-            msgs.append(Msg(topic, value, 1000 + 10 * (phase == "end") * 100 + len(msgs)))
+            msgs.append(Msg(topic, value, next(_OFFSETS)))
     ClickHouseSink(settings, client).write(msgs)  # type: ignore[arg-type]
     run = ChallengeResult(run_id=f"run-{phase}", line="line-1", lot=lot, phase=phase, recipe="tablets@v1",
                           set_id="tablets", set_sha256=SHA, units=3, defects=2, defects_rejected=2 if passed else 1,
@@ -254,3 +257,128 @@ def test_challenge_overdue_after_a_deploy_cleared_by_a_passed_challenge() -> Non
     assert engine.on_challenge("line-1", False, t + 70 * S) == []  # a failed run clears nothing
     assert kinds(engine.on_challenge("line-1", True, t + 80 * S)) == [("challenge_overdue", "cleared")]
     assert kinds(engine.on_result(v2, t + 200 * S)) == []  # the same judge: nothing due
+
+
+# ----------------------------------------------------------------------------- register and run
+
+
+class _Line:
+    """A stand-in for the live line: what was published is judged (defects rejected, except the
+    units in `escape`) and stored through the real sink when the publisher closes."""
+
+    def __init__(self, settings: Settings, client: ChdbClient, escape: frozenset[str] = frozenset()) -> None:
+        self.settings, self.client, self.escape = settings, client, escape
+        self.frames: list[tuple[FrameMeta, GroundTruth]] = []
+
+    def __call__(self, settings: Settings) -> _Line:
+        return self
+
+    def publish(self, meta: FrameMeta, image: bytes, truth: GroundTruth | None = None) -> bool:
+        assert truth is not None and meta.purpose == PURPOSE_CHALLENGE and FrameMeta.from_headers(meta.to_headers())
+        self.frames.append((meta, truth))
+        return True
+
+    def close(self) -> None:
+        k, msgs = self.settings.kafka, list[Msg]()
+        for meta, truth in self.frames:
+            verdict = "reject" if truth.label == "defect" and truth.defect not in self.escape else "pass"
+            result = dataclasses.replace(_result(meta.unit_id, meta.line, meta.lot, verdict, truth.defect,
+                                                 meta.capture_ns), purpose=meta.purpose)
+            gate = dataclasses.replace(_gate(meta.unit_id, meta.line, meta.lot, "fired" if verdict != "pass" else "passed",
+                                             "model", meta.capture_ns, verdict), purpose=meta.purpose)
+            for topic, value in ((k.topic_results, result.to_json()), (k.topic_gate_events, gate.to_json()),
+                                 (k.topic_truth, truth.to_json())):
+                msgs.append(Msg(topic, value, next(_OFFSETS)))  # distinct offsets: no deduplicated insert
+        ClickHouseSink(self.settings, self.client).write(msgs)  # type: ignore[arg-type]
+
+
+_OFFSETS = itertools.count(10_000)
+
+
+@pytest.fixture()
+def qa(embedded_settings: Settings, chdb_client: ChdbClient, tmp_path: Path):  # noqa: ANN201
+    """A fresh database and state folder, a QA user, its guard and the trail."""
+    from pipeline.auth.guard import Guard, Principal
+    from pipeline.auth.sessions import SessionStore
+    from pipeline.auth.users import UserStore
+
+    db = f"chal_{uuid.uuid4().hex[:8]}"
+    chdb_client.apply_schema(db)
+    settings = embedded_settings.model_copy(update={
+        "state_dir": tmp_path / "state", "clickhouse": embedded_settings.clickhouse.model_copy(update={"database": db}),
+        "audit": embedded_settings.audit.model_copy(update={"publish_timeout_s": 0.0}),
+    })
+    users = UserStore(chdb_client, db)
+    users.add("quinn", "qa", "quinn-pass-123", "test")
+    users.add("olga", "operator", "olga-pass-123", "test")
+    trail = AuditTrail.from_settings(settings, chdb_client)
+    guard = Guard(users, SessionStore(chdb_client, db), trail, 60)
+    return settings, trail, guard, Principal("quinn", "qa"), Principal("olga", "operator")
+
+
+def _tablet_set(root: Path) -> Path:
+    from pipeline.datasets.folder import write_dataset
+    from pipeline.imaging.tablets import render_tablet
+    from pipeline.wire.codec import encode_png
+
+    rng, rows = np.random.default_rng(3), []
+    for i, defect in enumerate(["chip", "contamination", "crack", "discoloration", None, None]):
+        path = root / (defect or "good") / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_png(render_tablet(rng, "tablet-round-white-10mm", defect, size=64)))
+        rows.append(Row(path, "tablet-round-white-10mm", "defect" if defect else "good", defect or "none"))
+    write_dataset(root, rows)
+    return root
+
+
+def test_register_then_run_records_a_signed_result(qa, chdb_client: ChdbClient, tmp_path: Path) -> None:  # noqa: ANN001
+    from pipeline.auth.guard import AccessDenied
+    from pipeline.recipes.schema import load_recipe
+    from pipeline.validation.challenge import (
+        ChallengeError,
+        load_registry,
+        register_set,
+        registry_path,
+        run_challenge,
+    )
+
+    settings, trail, guard, quinn, olga = qa
+    db = settings.clickhouse.database
+    recipe = load_recipe(Path("recipes/tablet-round-white-10mm.toml"), settings.triton.model_repository)
+    data = _tablet_set(tmp_path / "set")
+    # Refusals lose nothing: no registry written, no audit record.
+    with pytest.raises(AccessDenied):
+        register_set(settings, trail, guard, olga, recipe, data, "set")
+    (data / "labels.csv").write_text("\n".join(x for x in (data / "labels.csv").read_text().splitlines()
+                                               if "crack" not in x) + "\n")
+    with pytest.raises(ChallengeError, match="missing defect classes of recipe tablet-round-white-10mm@v1: crack"):
+        register_set(settings, trail, guard, quinn, recipe, data, "set")
+    assert not registry_path(settings).exists()
+    _tablet_set(data)
+    entry, record, signature = register_set(settings, trail, guard, quinn, recipe, data, "CS-1")
+    assert load_registry(registry_path(settings))[recipe.id] == entry and entry.units == 6 and entry.defects == 4
+    assert signature.subject == record.record_id and record.new_value == entry.sha256
+
+    with_table = parse_recipe({**recipe.to_dict(), "challenge": {"set": recipe.id, "sha256": entry.sha256}})
+    with pytest.raises(ChallengeError, match="has no \\[challenge\\] table"):
+        run_challenge(settings, chdb_client, trail, guard, quinn, "line-1", "LOT-9", "start", recipe=recipe)
+    line = _Line(settings, chdb_client)
+    result = run_challenge(settings, chdb_client, trail, guard, quinn, "line-1", "LOT-9", "start", recipe=with_table,
+                           rate_per_s=0, timeout_s=5, publisher_factory=line)
+    assert result.passed and (result.units, result.defects_rejected, result.good) == (6, 4, 2), result.to_text()
+    assert [m.unit_id for m, _ in line.frames] == [f"LOT-9-CHstart-{i:04d}" for i in range(6)]
+    failed = run_challenge(settings, chdb_client, trail, guard, quinn, "line-1", "LOT-9", "end", recipe=with_table,
+                           rate_per_s=0, timeout_s=5, publisher_factory=_Line(settings, chdb_client, frozenset({"chip"})))
+    assert not failed.passed and failed.failures[0].startswith("LOT-9-CHend-0000 (chip): not rejected")
+    runs = lot_challenges(chdb_client, db, "LOT-9")
+    assert [(c.phase, c.passed) for c in runs] == [("start", True), ("end", False)]
+    assert release_refusals(runs)[0].startswith("end challenge failed")
+    records = chdb_client.query(f"SELECT new_value FROM {db}.audit_records WHERE action = 'challenge.run' ORDER BY seq").rows
+    assert [r[0] for r in records] == ["passed", "failed"]
+    # A set changed after the recipe pinned it is refused before anything is sent.
+    (data / "good" / "4.png").write_bytes((data / "good" / "5.png").read_bytes())
+    untouched = _Line(settings, chdb_client)
+    with pytest.raises(ChallengeError, match="the set changed"):
+        run_challenge(settings, chdb_client, trail, guard, quinn, "line-1", "LOT-10", "start", recipe=with_table,
+                      publisher_factory=untouched)
+    assert untouched.frames == []
