@@ -382,3 +382,40 @@ def test_register_then_run_records_a_signed_result(qa, chdb_client: ChdbClient, 
         run_challenge(settings, chdb_client, trail, guard, quinn, "line-1", "LOT-10", "start", recipe=with_table,
                       publisher_factory=untouched)
     assert untouched.frames == []
+
+
+def test_alert_service_clears_on_a_passed_challenge_record_off_the_audit_topic(embedded_settings: Settings) -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.alerts.record import AlertRecord
+    from pipeline.alerts.service import AlertService, alert_config
+    from pipeline.audit.record import AuditEvent, make_record
+
+    published: list[AlertRecord] = []
+
+    class Publisher:
+        def publish(self, records: list[AlertRecord], timeout_s: float = 30.0) -> None:
+            published.extend(records)
+
+    settings = embedded_settings.model_copy(update={"services": embedded_settings.services.model_copy(
+        update={"alerts_challenge_grace_s": 0.0})})
+    assert alert_config(settings).challenge_grace_s == 0.0
+    service = AlertService(settings, AlertEngine(alert_config(settings)), Publisher())  # type: ignore[arg-type]
+    k = settings.kafka
+    assert k.topic_audit in service.topics
+    r = _result("u1", "line-1", "LOT", "pass", "none", 1_780_000_000 * S)
+    service.handle([Msg(k.topic_results, dataclasses.replace(r, model_version=v, unit_id=f"u{v}").to_json(), int(v))  # type: ignore[list-item]
+                    for v in ("1", "2", "3")])
+    assert [(a.kind, a.state) for a in published if a.kind == "challenge_overdue"] == [("challenge_overdue", "active")]
+
+    def audit(action: str, chain: str, value: str) -> Msg:
+        rec = make_record(chain, 1, "0" * 64, AuditEvent(action, subject="line-1", new_value=value), datetime.now(UTC))
+        return Msg(k.topic_audit, rec.to_json(), key=chain.encode())
+
+    published.clear()
+    service.handle([audit("challenge.run", "decisions/line-1/0", "passed"),  # not the system chain: skipped
+                    audit("challenge.run", "system", "failed"), audit("recipe.activate", "system", "passed"),
+                    Msg(k.topic_audit, b"not json", key=b"system")])  # type: ignore[list-item]
+    assert published == []
+    service.handle([audit("challenge.run", "system", "passed")])  # type: ignore[list-item]
+    assert [(a.kind, a.state) for a in published] == [("challenge_overdue", "cleared")]
