@@ -121,7 +121,8 @@ def build_batch_record(
             f"""SELECT subject, JSONExtractString(detail, 'image_sha256') AS image_sha256,
                        concat(chain, '#', toString(seq)) AS record
                 FROM {trail.store.table}
-                WHERE action = '{DECISION_ACTION}' AND JSONExtractString(detail, 'lot') = {{lot:String}}""",
+                WHERE action = '{DECISION_ACTION}' AND JSONExtractString(detail, 'lot') = {{lot:String}}
+                  AND JSONExtractString(detail, 'purpose') = ''""",
             p,
         ).named()
     }

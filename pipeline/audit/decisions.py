@@ -38,5 +38,7 @@ def decision_event(r: InspectionResult, source: str) -> AuditEvent:
             "capture_ns": r.capture_ns, "source": source, **({"station": r.station} if r.station else {}),
             # Recipe-judged units: which recipe, what was measured, per-pocket verdicts.
             **({"recipe": r.recipe, "measurements": r.measurements, "parts": r.parts} if r.recipe else {}),
+            # A challenge unit's decision says so (docs/validation.md); production records are unchanged.
+            **({"purpose": r.purpose} if r.purpose else {}),
         },
     )

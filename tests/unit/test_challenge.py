@@ -214,6 +214,11 @@ def test_batch_record_section_and_release_refused(
     _store_challenge(settings, chdb_client, lot, "end", 1_780_000_200 * S, passed=False)
     record = build_batch_record(chdb_client, db, lot, trail)
     assert record.captured == 8 and dict(record.rejects_by_class) == {"crack": 2, "chip": 1, "uninspected": 1}
+    assert record.decisions_audited == 8  # the challenge units' decisions are audited, but not the lot's
+    challenge_decisions = chdb_client.query(
+        f"SELECT count() FROM {db}.audit_records WHERE action = 'inspection.decision' "
+        "AND JSONExtractString(detail, 'purpose') = 'challenge'").scalar()
+    assert int(challenge_decisions) == 6
     assert [(c.phase, c.passed) for c in record.challenges] == [("start", True), ("end", False)]
     assert record.release_refusals == ["end challenge failed (run run-end: L-CHend-0001 (chip): not rejected)"]
     html, pdf = tmp_path / "lot.html", tmp_path / "lot.pdf"
