@@ -46,74 +46,72 @@ def _pct(x: float | None) -> str:
 def chart(pdf: FPDF, units: list[dict[str, Any]], size: float = 105.0) -> None:
     """Scatter of p(manual) (x) against p(machine) (y), zone limits at 0.3 and 0.7, the manual
     reject zone shaded (the units the RZE sums over) and the diagonal (equal probability).
-    Units at the same point are one marker with their count beside it."""
+    Units at the same point are one marker, larger with more units, their count above it. The
+    axes run a little past 0 and 1 so markers there stay inside the frame, clear of the ticks."""
+    lo, hi = -0.04, 1.06
     left = pdf.l_margin + 22
-    top = pdf.get_y() + 3
-    x0, y0 = left, top + size  # origin (p = 0, 0) at bottom-left
+    top = pdf.get_y() + 7
+    x0, y0 = left, top + size  # bottom-left corner of the frame
 
     def px(p: float) -> float:
-        return x0 + p * size
+        return x0 + (p - lo) / (hi - lo) * size
 
     def py(p: float) -> float:
-        return y0 - p * size
+        return y0 - (p - lo) / (hi - lo) * size
 
-    pdf.set_draw_color(0, 0, 0)
     pdf.set_fill_color(250, 225, 225)
-    pdf.rect(px(0.7), py(1.0), 0.3 * size, size, style="F")  # manual reject zone
+    pdf.rect(px(0.7), top, px(hi) - px(0.7), size, style="F")  # manual reject zone
     pdf.set_fill_color(228, 242, 228)
-    pdf.rect(px(0.0), py(1.0), 0.3 * size, size, style="F")  # manual accept zone
+    pdf.rect(px(lo), top, px(0.3) - px(lo), size, style="F")  # manual accept zone
     pdf.set_line_width(0.1)
-    pdf.set_draw_color(200, 200, 200)
+    pdf.set_draw_color(205, 205, 205)
     for i in range(11):
-        pdf.line(px(i / 10), py(0), px(i / 10), py(1))
-        pdf.line(px(0), py(i / 10), px(1), py(i / 10))
+        pdf.line(px(i / 10), top, px(i / 10), y0)
+        pdf.line(x0, py(i / 10), x0 + size, py(i / 10))
     pdf.set_draw_color(120, 120, 120)
     pdf.set_line_width(0.3)
     pdf.set_dash_pattern(dash=1.5, gap=1.0)
     for z in (0.3, 0.7):
-        pdf.line(px(z), py(0), px(z), py(1))
-        pdf.line(px(0), py(z), px(1), py(z))
+        pdf.line(px(z), top, px(z), y0)
+        pdf.line(x0, py(z), x0 + size, py(z))
     pdf.set_dash_pattern(dash=0.6, gap=0.8)
-    pdf.line(px(0), py(0), px(1), py(1))
+    pdf.line(px(lo), py(lo), px(hi), py(hi))
     pdf.set_dash_pattern()
     pdf.set_draw_color(0, 0, 0)
-    pdf.set_line_width(0.3)
-    pdf.rect(px(0), py(1), size, size)
+    pdf.rect(x0, top, size, size)
 
     pdf.set_font("Helvetica", "", 7)
     for i in range(0, 11):
         t = f"{i / 10:.1f}"
         pdf.text(px(i / 10) - pdf.get_string_width(t) / 2, y0 + 4, t)
-        pdf.text(px(0) - pdf.get_string_width(t) - 1.5, py(i / 10) + 1, t)
+        pdf.text(x0 - pdf.get_string_width(t) - 1.5, py(i / 10) + 1, t)
+    pdf.set_text_color(*GREY)  # zone names above the frame, where no marker can be
+    pdf.text(px(lo), top - 1.5, "manual accept zone")
+    t = "manual reject zone"
+    pdf.text(px(hi) - pdf.get_string_width(t), top - 1.5, t)
+    pdf.set_text_color(0, 0, 0)
     pdf.set_font("Helvetica", "B", 8)
     xt = "manual rejection probability (inspectors x inspections)"
     pdf.text(x0 + size / 2 - pdf.get_string_width(xt) / 2, y0 + 9, xt)
     yt = "machine rejection probability (presentations)"
     with pdf.rotation(90, x0 - 10, y0 - size / 2):
         pdf.text(x0 - 10 - pdf.get_string_width(yt) / 2, y0 - size / 2, yt)
-    pdf.set_font("Helvetica", "", 7)
-    pdf.set_text_color(*GREY)
-    pdf.text(px(0.705), py(1.0) + 3.5, "manual reject zone")
-    pdf.text(px(0.005), py(1.0) + 3.5, "manual accept zone")
-    pdf.set_text_color(0, 0, 0)
 
     points = Counter((u["p_manual"], u["p_machine"], u["label"]) for u in units)
+    pdf.set_font("Helvetica", "", 5.5)
     for (pm, pa, label), count in sorted(points.items()):
-        r = 0.9 + 0.35 * math.sqrt(count - 1)
+        r = 0.8 + 0.25 * math.sqrt(count - 1)
         pdf.set_fill_color(*(DEFECT_COLOUR if label == "defect" else GOOD_COLOUR))
         pdf.set_draw_color(255, 255, 255)
         pdf.set_line_width(0.15)
         pdf.circle(px(pm), py(pa), r, style="FD")
         if count > 1:
-            pdf.set_font("Helvetica", "", 6)
             t = str(count)
-            # Labels stay inside the plot: to the left of markers near the right edge.
-            tx = px(pm) + r + 0.4 if pm < 0.93 else px(pm) - r - 0.4 - pdf.get_string_width(t)
-            pdf.text(tx, py(pa) + 1.0 if pa < 0.97 else py(pa) + 2.6, t)
+            pdf.text(px(pm) - pdf.get_string_width(t) / 2, py(pa) - r - 0.5, t)
     pdf.set_draw_color(0, 0, 0)
 
     # Legend to the right of the plot.
-    lx, ly = px(1) + 5, py(1) + 2
+    lx, ly = x0 + size + 5, top + 2
     pdf.set_font("Helvetica", "", 7)
     for colour, text in ((DEFECT_COLOUR, "labelled defect"), (GOOD_COLOUR, "labelled good")):
         pdf.set_fill_color(*colour)
@@ -122,7 +120,7 @@ def chart(pdf: FPDF, units: list[dict[str, Any]], size: float = 105.0) -> None:
         ly += 5
     pdf.set_xy(lx, ly)
     pdf.multi_cell(pdf.w - pdf.r_margin - lx, 3.2, _latin(
-        "A number beside a marker: units at that point. Dashed lines: zone limits 0.3 and 0.7. "
+        "A number above a marker: units at that point. Dashed lines: zone limits 0.3 and 0.7. "
         "Dotted diagonal: equal probability; below it the machine rejects the unit less often "
         "than the manual method. The RZE sums over the shaded reject zone."), align="L")
     pdf.set_fill_color(255, 255, 255)  # tables drawn after the chart fill with the current colour
