@@ -24,7 +24,7 @@ import hashlib
 import io
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from pipeline.validation.evaluate import (
     resolve_models,
     serving,
 )
+from pipeline.validation.knapp_report import EQUIVALENT, NOT_EQUIVALENT, KnappStudy, render_pdf, write_json
 from streams.triton_client import Failed, TritonInspector
 
 DEFAULT_RUNS = 10
@@ -52,7 +53,6 @@ DEFAULT_GOOD_COUNT = 5000
 # Zone limits as fractions in tenths: accept p <= 3/10, reject p >= 7/10 (compared in integers).
 ACCEPT_TENTHS, REJECT_TENTHS = 3, 7
 ZONES = ("accept", "grey", "reject")
-EQUIVALENT, NOT_EQUIVALENT = "equivalent or better", "not equivalent"
 MANUAL_COLUMNS = ("unit", "inspector", "inspections", "rejections")
 PRESENTATION_COLUMNS = ("study", "unit", "run", "score", "verdict", "defect", "model_version", "error")
 RULE = (
@@ -466,35 +466,6 @@ def false_reject_figures(presentations: list[Presentation], units: int, source: 
     }
 
 
-@dataclass
-class KnappStudy:
-    generated: str
-    product: str
-    model: str
-    classifier: str
-    model_version: int | None
-    thresholds: dict[str, float]
-    set: dict[str, Any]
-    manual: dict[str, Any]
-    machine: dict[str, Any]
-    variation: dict[str, Any]
-    rule: str
-    figures: dict[str, Any]
-    verdict: str
-    machine_accepts_manual_rejects: list[str]
-    machine_rejects_manual_accepts: list[str]
-    units: list[dict[str, Any]]
-    false_reject: dict[str, Any] | None
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def equivalent(self) -> bool:
-        return self.verdict == EQUIVALENT
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def _served_version(presentations: list[Presentation], version: int | None, classifier: str) -> int | None:
     served = sorted({p.model_version for p in presentations if p.model_version is not None})
     if version is not None and served and served != [version]:
@@ -535,8 +506,6 @@ def run_study(
     `invariance` when given, else the invariance the product's classifier declared. Everything
     (set, manual CSV, model, ranges) is checked before the first presentation.
     """
-    from pipeline.validation.knapp_report import render_pdf, write_json
-
     if runs < 1:
         raise KnappError("the study", [("--runs", f"must be >= 1, got {runs}")])
     if good_count < 0:

@@ -11,16 +11,47 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fpdf import FPDF
 
-    from pipeline.validation.knapp import KnappStudy
-
+EQUIVALENT, NOT_EQUIVALENT = "equivalent or better", "not equivalent"
 GREEN, RED, GREY = (0, 110, 0), (170, 0, 0), (90, 90, 90)
 DEFECT_COLOUR, GOOD_COLOUR = (200, 40, 40), (30, 90, 200)
+
+
+@dataclass
+class KnappStudy:
+    """Every figure of one study, as knapp.json holds it (pipeline/validation/knapp.py makes it)."""
+
+    generated: str
+    product: str
+    model: str
+    classifier: str
+    model_version: int | None
+    thresholds: dict[str, float]
+    set: dict[str, Any]
+    manual: dict[str, Any]
+    machine: dict[str, Any]
+    variation: dict[str, Any]
+    rule: str
+    figures: dict[str, Any]
+    verdict: str
+    machine_accepts_manual_rejects: list[str]
+    machine_rejects_manual_accepts: list[str]
+    units: list[dict[str, Any]]
+    false_reject: dict[str, Any] | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def equivalent(self) -> bool:
+        return self.verdict == EQUIVALENT
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _latin(text: object) -> str:
