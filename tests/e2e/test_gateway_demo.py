@@ -44,8 +44,12 @@ def isolated(settings: Settings) -> Settings:
             "sink_group": f"gd-sink-{suffix}", "actuator_group": f"gd-actuator-{suffix}",
         }),
         "plc": settings.plc.model_copy(update={"embedded_port": free_port()}),
-        # 5 units/s: the belt at 125 mm/s (one unit every 25 mm); a third of the units defective.
-        "simulator": settings.simulator.model_copy(update={"rate_per_s": 5.0, "defect_rate": 0.3, "seed": 7}),
+        # 2.5 units/s: the belt at 62.5 mm/s (one unit every 25 mm), so the demo's 10 mm match
+        # tolerance is 160 ms of software-trigger lag: a CI machine busy with the whole stack still
+        # places every frame (at 5 units/s, 80 ms, a loaded run dead-lettered two late frames and
+        # fail-safe rejected their units, which is right for a line but not this test's point).
+        # A third of the units defective.
+        "simulator": settings.simulator.model_copy(update={"rate_per_s": 2.5, "defect_rate": 0.3, "seed": 7}),
     })
 
 
@@ -72,10 +76,10 @@ def test_the_gige_demo_judges_every_unit_at_both_stations_and_accounts_for_it(
         return report_of(client, db, lot, **kw)
 
     monkeypatch.setattr(gige, "build_report", report_and_truth)
-    report = gige.run_gige_demo(isolated(e2e_settings), duration_s=5.0)
+    report = gige.run_gige_demo(isolated(e2e_settings), duration_s=8.0)
 
     units = report.published
-    assert units > 10, report.to_text()  # ~5 units/s for 5 s
+    assert units > 8, report.to_text()  # 2.5 units/s for 8 s, less the cameras' opening
     assert report.every_unit_has_one_verdict, report.to_text()
     assert len(truth.verdicts) == units and report.dead_lettered == 0
     # Both stations judged every unit: no fail-safe for a missing frame.
