@@ -269,6 +269,20 @@ class AlertEngine:
                              f"production for {late:.0f} s since {st.challenge_due_why} without a passed challenge "
                              f"run (grace {self.config.challenge_grace_s:.0f} s)", late)
 
+    def on_judge_change(self, now_ns: int, why: str, line: str = "", model: str = "") -> list[AlertRecord]:
+        """A recipe activation on `line`, or a deploy / rollback of `model` (every line it judges),
+        read off the audit topic: a challenge is due from now, whether or not units came yet."""
+        with self.lock:
+            if line:
+                targets = [self._line(line)]
+            else:
+                targets = [st for st in self.lines.values() if model and any(model in m for m in st.models.values())]
+            for st in targets:
+                if not st.challenge_due_ns:
+                    st.challenge_due_ns, st.challenge_due_why = now_ns, why
+            self.version += 1
+            return []
+
     def on_challenge(self, line: str, passed: bool, now_ns: int) -> list[AlertRecord]:
         """A challenge run's signed result (the audit topic): a passed one clears what is due."""
         with self.lock:

@@ -117,14 +117,21 @@ class AlertService:
         self.publisher.publish(out)
 
     def _audit_record(self, value: bytes | None, now: int) -> list[AlertRecord]:
-        """A signed challenge run clears its line's challenge_overdue when it passed."""
+        """A changeover or a deploy makes a challenge due; a passed challenge run clears it."""
         try:
             doc = json.loads(value or b"")
         except ValueError:
             return []
-        if not isinstance(doc, dict) or doc.get("action") != CHALLENGE_RUN_ACTION or not isinstance(doc.get("subject"), str):
+        if not isinstance(doc, dict) or not isinstance(doc.get("subject"), str):
             return []
-        return self.engine.on_challenge(doc["subject"], doc.get("new_value") == "passed", now)
+        action, subject, value_text = doc.get("action"), doc["subject"], str(doc.get("new_value", ""))
+        if action == CHALLENGE_RUN_ACTION:
+            return self.engine.on_challenge(subject, value_text == "passed", now)
+        if action == "recipe.activate":
+            return self.engine.on_judge_change(now, f"changeover to {value_text}", line=subject)
+        if action in ("model.deploy", "model.rollback"):
+            return self.engine.on_judge_change(now, f"{action} of {subject} to v{value_text}", model=subject)
+        return []
 
     def tick(self) -> None:
         self.publisher.publish(self.engine.tick(now_ns()))

@@ -424,3 +424,25 @@ def test_alert_service_clears_on_a_passed_challenge_record_off_the_audit_topic(e
     assert published == []
     service.handle([audit("challenge.run", "system", "passed")])  # type: ignore[list-item]
     assert [(a.kind, a.state) for a in published] == [("challenge_overdue", "cleared")]
+
+    # A changeover (recipe.activate, subject the line) and a deploy (model.deploy, subject the model:
+    # every line it judges) make a challenge due at once, before the new judge's first unit.
+    published.clear()
+    service.handle([audit("recipe.activate", "system", "tablets@v3")])  # type: ignore[list-item]
+    assert engine_due(service, "line-1").startswith("changeover to tablets@v3")
+    service.handle([audit("challenge.run", "system", "passed")])  # type: ignore[list-item]
+    assert engine_due(service, "line-1") == ""
+    service.handle([audit("model.deploy", "system", "4")])  # type: ignore[list-item]
+    assert engine_due(service, "line-1") == ""  # subject line-1 is no model this line runs
+    deploy = make_record("system", 2, "0" * 64, AuditEvent("model.deploy", subject="tablet_classifier", new_value="4"),
+                         datetime.now(UTC))
+    service.handle([Msg(k.topic_audit, deploy.to_json(), key=b"system")])  # type: ignore[list-item]
+    assert engine_due(service, "line-1") == "model.deploy of tablet_classifier to v4"
+    service.handle([Msg(k.topic_results, dataclasses.replace(r, model_version="3", unit_id="u9").to_json(), 9)])  # type: ignore[list-item]
+    assert [(a.kind, a.state) for a in published] == [("challenge_overdue", "active")]
+
+
+def engine_due(service, line: str) -> str:  # noqa: ANN001
+    """Why a challenge is due on `line` ('' when none is)."""
+    st = service.engine.lines[line]
+    return st.challenge_due_why if st.challenge_due_ns else ""
