@@ -28,6 +28,7 @@ from pipeline.audit.record import DECISION_ACTION, SIGN_ACTION, SYSTEM_CHAIN
 from pipeline.audit.trail import AuditTrail
 from pipeline.audit.verify import VerifyReport
 from pipeline.clickhouse import ClickHouseClient
+from pipeline.core.pdf import a4_report, latin
 
 if TYPE_CHECKING:
     from fpdf import FPDF
@@ -261,12 +262,6 @@ def render_html(r: BatchRecord, path: Path) -> None:
 # ----------------------------------------------------------------------------- PDF
 
 
-def _latin(text: object) -> str:
-    """The PDF's core fonts are Latin-1: map the few typographic characters we use."""
-    s = str(text).replace("\u2014", "-").replace("\u2013", "-").replace("\u2026", "...")
-    return s.encode("latin-1", "replace").decode("latin-1")
-
-
 def gallery(pdf: FPDF, samples: list[dict]) -> None:
     """Sample rejects' images in rows of six (aspect kept: labels and vials are not square), each
     captioned with unit, class and verdict; a row is as tall as its longest caption."""
@@ -287,56 +282,43 @@ def gallery(pdf: FPDF, samples: list[dict]) -> None:
             pdf.image(io.BytesIO(s["jpeg"]), x=x + (size - w) / 2, y=y0 + (size - h) / 2, w=w, h=h)
             pdf.set_xy(x, y0 + size + 0.5)
             pdf.set_font("Helvetica", "", 6)
-            pdf.multi_cell(size, 3, _latin(f"{s['unit_id']}\n{s['defect']} ({s['verdict']})"), align="C")
+            pdf.multi_cell(size, 3, latin(f"{s['unit_id']}\n{s['defect']} ({s['verdict']})"), align="C")
             bottom = max(bottom, pdf.get_y())
         pdf.set_xy(x0, bottom + 2)
     pdf.set_font("Helvetica", "", 9)
 
 
 def render_pdf(r: BatchRecord, path: Path) -> None:
-    from fpdf import FPDF
     from fpdf.fonts import FontFace
 
-    pdf = FPDF(orientation="P", unit="mm", format="A4")
-    pdf.set_auto_page_break(auto=True, margin=15)
-    pdf.set_title(f"Batch record {r.lot}")
-    pdf.set_author("LineSight")
-    pdf.alias_nb_pages()
-
-    def footer() -> None:
-        pdf.set_y(-12)
-        pdf.set_font("Helvetica", "I", 8)
-        pdf.cell(0, 6, _latin(f"Lot {r.lot} - generated {r.generated:%Y-%m-%d %H:%M:%S} UTC - page "
-                              f"{pdf.page_no()}/{{nb}}"), align="C")
-
-    pdf.footer = footer  # type: ignore[method-assign]
-    pdf.add_page()
+    pdf = a4_report(f"Batch record {r.lot}", lambda page: (
+        f"Lot {r.lot} - generated {r.generated:%Y-%m-%d %H:%M:%S} UTC - page {page}/{{nb}}"))
     rec = r.reconciliation
     head = FontFace(emphasis="BOLD", fill_color=(230, 230, 230))
 
     def h1(text: str) -> None:
         pdf.set_font("Helvetica", "B", 16)
-        pdf.cell(0, 10, _latin(text), new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(0, 10, latin(text), new_x="LMARGIN", new_y="NEXT")
 
     def h2(text: str) -> None:
         pdf.ln(2)
         pdf.set_font("Helvetica", "B", 12)
-        pdf.cell(0, 8, _latin(text), new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(0, 8, latin(text), new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", "", 9)
 
     def para(text: str, color: tuple[int, int, int] = (0, 0, 0), style: str = "") -> None:
         pdf.set_font("Helvetica", style, 9)
         pdf.set_text_color(*color)
-        pdf.multi_cell(0, 5, _latin(text), new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 5, latin(text), new_x="LMARGIN", new_y="NEXT")
         pdf.set_text_color(0, 0, 0)
         pdf.set_font("Helvetica", "", 9)
 
     def table(header: list[str], rows: list[list[object]], widths: tuple[int, ...] | None = None) -> None:
         pdf.set_font("Helvetica", "", 8)
         with pdf.table(col_widths=widths, headings_style=head, line_height=5, text_align="LEFT") as t:
-            t.row([_latin(h) for h in header])
+            t.row([latin(h) for h in header])
             for row in rows:
-                t.row([_latin(c) for c in row])
+                t.row([latin(c) for c in row])
         pdf.set_font("Helvetica", "", 9)
         pdf.ln(2)
 

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.core.pdf import a4_report, latin
+
 if TYPE_CHECKING:
     from fpdf import FPDF
 
@@ -52,12 +54,6 @@ class KnappStudy:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _latin(text: object) -> str:
-    """The PDF's core fonts are Latin-1: map the typographic characters, replace the rest."""
-    s = str(text).replace("\u2014", "-").replace("\u2013", "-").replace("\u2026", "...")
-    return s.encode("latin-1", "replace").decode("latin-1")
 
 
 def write_json(study: KnappStudy, path: Path) -> None:
@@ -150,7 +146,7 @@ def chart(pdf: FPDF, units: list[dict[str, Any]], size: float = 105.0) -> None:
         pdf.text(lx + 3.5, ly + 1, text)
         ly += 5
     pdf.set_xy(lx, ly)
-    pdf.multi_cell(pdf.w - pdf.r_margin - lx, 3.2, _latin(
+    pdf.multi_cell(pdf.w - pdf.r_margin - lx, 3.2, latin(
         "A number above a marker: units at that point. Dashed lines: zone limits 0.3 and 0.7. "
         "Dotted diagonal: equal probability; below it the machine rejects the unit less often "
         "than the manual method. The RZE sums over the shaded reject zone."), align="L")
@@ -160,41 +156,29 @@ def chart(pdf: FPDF, units: list[dict[str, Any]], size: float = 105.0) -> None:
 
 
 def render_pdf(s: KnappStudy, path: Path) -> None:
-    from fpdf import FPDF
     from fpdf.fonts import FontFace
 
-    pdf = FPDF(orientation="P", unit="mm", format="A4")
-    pdf.set_auto_page_break(auto=True, margin=15)
-    pdf.set_title(f"Knapp study {s.product}")
-    pdf.set_author("LineSight")
-    pdf.alias_nb_pages()
-
-    def footer() -> None:
-        pdf.set_y(-12)
-        pdf.set_font("Helvetica", "I", 8)
-        pdf.cell(0, 6, _latin(f"Knapp study {s.product} - {s.classifier} version {s.model_version} - generated "
-                              f"{s.generated} - page {pdf.page_no()}/{{nb}}"), align="C")
-
-    pdf.footer = footer  # type: ignore[method-assign]
-    pdf.add_page()
+    pdf = a4_report(f"Knapp study {s.product}", lambda page: (
+        f"Knapp study {s.product} - {s.classifier} version {s.model_version} - generated {s.generated} "
+        f"- page {page}/{{nb}}"))
     head = FontFace(emphasis="BOLD", fill_color=(230, 230, 230))
 
     def h1(text: str) -> None:
         pdf.set_font("Helvetica", "B", 16)
-        pdf.multi_cell(0, 9, _latin(text), new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 9, latin(text), new_x="LMARGIN", new_y="NEXT")
 
     def h2(text: str, room: float = 30) -> None:
         if pdf.will_page_break(room):
             pdf.add_page()
         pdf.ln(2)
         pdf.set_font("Helvetica", "B", 12)
-        pdf.cell(0, 8, _latin(text), new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(0, 8, latin(text), new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", "", 9)
 
     def para(text: str, color: tuple[int, int, int] = (0, 0, 0), style: str = "", size: float = 9) -> None:
         pdf.set_font("Helvetica", style, size)
         pdf.set_text_color(*color)
-        pdf.multi_cell(0, 5 if size <= 9 else 6, _latin(text), new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 5 if size <= 9 else 6, latin(text), new_x="LMARGIN", new_y="NEXT")
         pdf.set_text_color(0, 0, 0)
         pdf.set_font("Helvetica", "", 9)
 
@@ -204,11 +188,11 @@ def render_pdf(s: KnappStudy, path: Path) -> None:
         with pdf.table(col_widths=widths, headings_style=head, line_height=5, text_align="LEFT",
                        first_row_as_headings=header is not None) as t:
             if header is not None:
-                t.row([_latin(h) for h in header])
+                t.row([latin(h) for h in header])
             for row in rows:
                 r = t.row()
                 for i, c in enumerate(row):
-                    r.cell(_latin(c), style=FontFace(emphasis="BOLD") if first_bold and i == 0 else None)
+                    r.cell(latin(c), style=FontFace(emphasis="BOLD") if first_bold and i == 0 else None)
         pdf.set_font("Helvetica", "", 9)
         pdf.ln(2)
 
