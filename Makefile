@@ -53,11 +53,18 @@ chaos: install
 up: install model
 	$(LINESIGHT) up --rate $(RATE)
 
+# Tests that drive fake GigE Vision cameras (Aravis's C threads, cameras unplugged mid-run) run in a
+# pytest process of their own: chDB's signal handlers share a process with whatever else runs in it,
+# and a fault in a camera thread must not take the embedded ClickHouse down for the other tests.
+CAMERA_TESTS := tests/unit/test_cameras.py tests/unit/test_gateway.py tests/unit/test_camera_health_gige.py
+
 test: install model typecheck
-	$(PY) -m pytest -q tests/unit tests/e2e
+	$(PY) -m pytest -q $(CAMERA_TESTS)
+	$(PY) -m pytest -q tests/unit tests/e2e $(addprefix --ignore=,$(CAMERA_TESTS))
 
 test-unit: install
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q $(CAMERA_TESTS)
+	$(PY) -m pytest -q tests/unit $(addprefix --ignore=,$(CAMERA_TESTS))
 
 # mypy over pipeline/ and streams/ (settings in pyproject.toml).
 typecheck: install
