@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from report_pages import assert_readable, render_pdf
 
 from pipeline.cli.main import main
 from pipeline.datasets.folder import Dataset, Row, load_dataset, write_dataset
@@ -308,25 +309,6 @@ def test_cli_exit_status_follows_the_verdict(
 # ----------------------------------------------------------------------------- the PDF
 
 
-def _pdf_pages(path: Path, out: Path) -> tuple[str, list[Path], list[tuple[float, float, float, float, float, float]]]:
-    """Text of every page, each page as a PNG (150 dpi), and every text box with its page size."""
-    import pypdfium2 as pdfium
-
-    doc = pdfium.PdfDocument(str(path))
-    texts, pngs, boxes = [], [], []
-    for i in range(len(doc)):
-        page = doc[i]
-        w, h = page.get_size()
-        tp = page.get_textpage()
-        texts.append(tp.get_text_range())
-        for j in range(tp.count_rects()):
-            boxes.append((*tp.get_rect(j), w, h))
-        png = out / f"page-{i + 1}.png"
-        page.render(scale=150 / 72).to_pil().save(png)
-        pngs.append(png)
-    return "\n".join(texts), pngs, boxes
-
-
 def test_report_renders_readable_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The PDF, rendered as a person sees it: the figures, the verdict and the discordant unit are on
     the pages, and no text or ink reaches into the outer 5 mm of any page."""
@@ -335,26 +317,15 @@ def test_report_renders_readable_pages(tmp_path: Path, monkeypatch: pytest.Monke
     set_dir, manual_csv = _study_inputs(tmp_path)
     study = knapp.run_study(Settings(), set_dir, manual_csv, tmp_path / "out", runs=10, good_count=200, seed=1,
                             variation=Variation(max_shift_px=2, light=(0.9, 1.1)), invariance="fixed")
-    pages = tmp_path / "pages"
-    pages.mkdir()
-    text, pngs, boxes = _pdf_pages(tmp_path / "out" / "knapp.pdf", pages)
+    pages = render_pdf(tmp_path / "out" / "knapp.pdf", tmp_path / "pages")
     f = study.figures
     fr = study.false_reject
     assert fr is not None
-    for needed in (
+    assert study.machine_accepts_manual_rejects  # the dim unit the inspectors reject: named in the report
+    assert_readable(pages, (
         f"Knapp study - {PRODUCT}", study.verdict.upper(), f"RZE {f['rze']:.3f}", f"{f['fq_manual']:.2f}",
         f"{f['fq_machine']:.2f}", study.set["content_hash"], "tablet_classifier version 1",
         "RZE = FQ(machine) / FQ(manual)", f"{100 * fr['rate']:.2f} %", f"{100 * fr['upper95']:.2f} %",
         "manual rejection probability", "machine rejection probability", "seed 1",
         *study.machine_accepts_manual_rejects, *(u["unit"] for u in study.units),
-    ):
-        assert needed in text, needed
-    assert study.machine_accepts_manual_rejects  # the dim unit the inspectors reject: named in the report
-    for left, bottom, right, top, w, h in boxes:  # PDF points; 5 mm = 14.2 pt
-        assert left >= 14 and right <= w - 14 and bottom >= 14 and top <= h - 14, (left, bottom, right, top)
-    border = int(150 / 25.4 * 5)
-    for png in pngs:
-        a = np.asarray(Image.open(png).convert("L"))
-        assert (a < 100).mean() < 0.08, png  # dark text on white: no dark fill behind a table
-        assert a[:border].min() > 250 and a[-border:].min() > 250, png
-        assert a[:, :border].min() > 250 and a[:, -border:].min() > 250, png
+    ))
