@@ -26,7 +26,7 @@ class Pages:
     boxes: list[tuple[float, float, float, float, float, float]]
 
 
-def render_pdf(path: Path, out: Path) -> Pages:
+def pdf_pages(path: Path, out: Path) -> Pages:
     """Text of every page, each page as a PNG, and every text box with its page size."""
     import pypdfium2 as pdfium
 
@@ -61,6 +61,7 @@ def assert_readable(pages: Pages, needed: list[str] | tuple[str, ...] = ()) -> N
     border = int(DPI / 25.4 * MARGIN_MM)
     for png in pages.pngs:
         a = np.asarray(Image.open(png).convert("L"))
-        assert (a < 100).mean() < 0.08, f"{png}: mostly dark (a fill behind the text?)"
+        # Text and a row of unit photographs stay near 8 %; a dark fill behind a table is far more.
+        assert (a < 100).mean() < 0.15, f"{png}: {(a < 100).mean():.0%} dark (a fill behind the text?)"
         assert a[:border].min() > 250 and a[-border:].min() > 250, f"{png}: ink in the top/bottom margin"
         assert a[:, :border].min() > 250 and a[:, -border:].min() > 250, f"{png}: ink in the left/right margin"

@@ -28,7 +28,7 @@ from pipeline.audit.record import DECISION_ACTION, SIGN_ACTION, SYSTEM_CHAIN
 from pipeline.audit.trail import AuditTrail
 from pipeline.audit.verify import VerifyReport
 from pipeline.clickhouse import ClickHouseClient
-from pipeline.core.pdf import a4_report, latin
+from pipeline.core.pdf import ReportPdf, latin
 
 if TYPE_CHECKING:
     from fpdf import FPDF
@@ -289,38 +289,11 @@ def gallery(pdf: FPDF, samples: list[dict]) -> None:
 
 
 def render_pdf(r: BatchRecord, path: Path) -> None:
-    from fpdf.fonts import FontFace
 
-    pdf = a4_report(f"Batch record {r.lot}", lambda page: (
+    doc = ReportPdf(f"Batch record {r.lot}", lambda page: (
         f"Lot {r.lot} - generated {r.generated:%Y-%m-%d %H:%M:%S} UTC - page {page}/{{nb}}"))
+    pdf, h1, h2, para, table = doc.pdf, doc.h1, doc.h2, doc.para, doc.table
     rec = r.reconciliation
-    head = FontFace(emphasis="BOLD", fill_color=(230, 230, 230))
-
-    def h1(text: str) -> None:
-        pdf.set_font("Helvetica", "B", 16)
-        pdf.cell(0, 10, latin(text), new_x="LMARGIN", new_y="NEXT")
-
-    def h2(text: str) -> None:
-        pdf.ln(2)
-        pdf.set_font("Helvetica", "B", 12)
-        pdf.cell(0, 8, latin(text), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", "", 9)
-
-    def para(text: str, color: tuple[int, int, int] = (0, 0, 0), style: str = "") -> None:
-        pdf.set_font("Helvetica", style, 9)
-        pdf.set_text_color(*color)
-        pdf.multi_cell(0, 5, latin(text), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_text_color(0, 0, 0)
-        pdf.set_font("Helvetica", "", 9)
-
-    def table(header: list[str], rows: list[list[object]], widths: tuple[int, ...] | None = None) -> None:
-        pdf.set_font("Helvetica", "", 8)
-        with pdf.table(col_widths=widths, headings_style=head, line_height=5, text_align="LEFT") as t:
-            t.row([latin(h) for h in header])
-            for row in rows:
-                t.row([latin(c) for c in row])
-        pdf.set_font("Helvetica", "", 9)
-        pdf.ln(2)
 
     h1(f"Batch record - lot {r.lot}")
     para(f"Generated {r.generated:%Y-%m-%d %H:%M:%S} UTC by LineSight from the analytics store and the audit trail.")
@@ -341,6 +314,9 @@ def render_pdf(r: BatchRecord, path: Path) -> None:
             f"{c.run['finished_time']:%Y-%m-%d %H:%M:%S}", f"{c.run['audit_record']} / {c.run['signature']}"]
            if c.run else [c.phase, "MISSING", "", "", "", "", "", "", ""] for c in r.challenges],
           (12, 16, 28, 16, 16, 16, 14, 30, 42))
+    sets = [f"{c.phase}: {c.run['set_id']} (sha256 {c.run['set_sha256'][:16]})" for c in r.challenges if c.run]
+    if sets:
+        para("Challenge sets: " + "; ".join(sets))
     for c in r.challenges:
         if c.run and c.run["failures"]:
             para(f"{c.phase} challenge failures: " + "; ".join(c.run["failures"]), (170, 0, 0))

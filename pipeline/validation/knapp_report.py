@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core.pdf import a4_report, latin
+from pipeline.core.pdf import ReportPdf, latin
 
 if TYPE_CHECKING:
     from fpdf import FPDF
@@ -156,45 +156,11 @@ def chart(pdf: FPDF, units: list[dict[str, Any]], size: float = 105.0) -> None:
 
 
 def render_pdf(s: KnappStudy, path: Path) -> None:
-    from fpdf.fonts import FontFace
 
-    pdf = a4_report(f"Knapp study {s.product}", lambda page: (
+    doc = ReportPdf(f"Knapp study {s.product}", lambda page: (
         f"Knapp study {s.product} - {s.classifier} version {s.model_version} - generated {s.generated} "
         f"- page {page}/{{nb}}"))
-    head = FontFace(emphasis="BOLD", fill_color=(230, 230, 230))
-
-    def h1(text: str) -> None:
-        pdf.set_font("Helvetica", "B", 16)
-        pdf.multi_cell(0, 9, latin(text), new_x="LMARGIN", new_y="NEXT")
-
-    def h2(text: str, room: float = 30) -> None:
-        if pdf.will_page_break(room):
-            pdf.add_page()
-        pdf.ln(2)
-        pdf.set_font("Helvetica", "B", 12)
-        pdf.cell(0, 8, latin(text), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", "", 9)
-
-    def para(text: str, color: tuple[int, int, int] = (0, 0, 0), style: str = "", size: float = 9) -> None:
-        pdf.set_font("Helvetica", style, size)
-        pdf.set_text_color(*color)
-        pdf.multi_cell(0, 5 if size <= 9 else 6, latin(text), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_text_color(0, 0, 0)
-        pdf.set_font("Helvetica", "", 9)
-
-    def table(header: list[str] | None, rows: list[list[object]], widths: tuple[int, ...] | None = None,
-              first_bold: bool = False) -> None:
-        pdf.set_font("Helvetica", "", 8)
-        with pdf.table(col_widths=widths, headings_style=head, line_height=5, text_align="LEFT",
-                       first_row_as_headings=header is not None) as t:
-            if header is not None:
-                t.row([latin(h) for h in header])
-            for row in rows:
-                r = t.row()
-                for i, c in enumerate(row):
-                    r.cell(latin(c), style=FontFace(emphasis="BOLD") if first_bold and i == 0 else None)
-        pdf.set_font("Helvetica", "", 9)
-        pdf.ln(2)
+    pdf, h1, h2, para, table = doc.pdf, doc.h1, doc.h2, doc.para, doc.table
 
     f = s.figures
     h1(f"Knapp study - {s.product}")

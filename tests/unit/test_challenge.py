@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import test_batch_report as batch_case
+from report_pages import assert_readable, pdf_pages
 from support import Msg
 from test_batch_report import _gate, _result
 
@@ -226,7 +227,10 @@ def test_batch_record_section_and_release_refused(
     render_pdf(record, pdf)
     text = html.read_text(encoding="utf-8")
     assert "RELEASE REFUSED: end challenge failed" in text and "system#9" in text and "Challenge runs" in text
-    assert pdf.stat().st_size > 0
+    assert_readable(pdf_pages(pdf, tmp_path / "pages"), (
+        "Challenge runs", "RELEASE REFUSED: end challenge failed", "run-end", "L-CHend-0001 (chip): not rejected",
+        "system#9", f"tablets (sha256 {SHA[:16]})",
+    ))
     args = ["report", "batch", lot, "--release"]
     env = {"LINESIGHT_CLICKHOUSE__DATABASE": db, "LINESIGHT_STATE_DIR": str(settings.state_dir)}
     with pytest.MonkeyPatch.context() as mp:
