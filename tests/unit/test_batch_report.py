@@ -5,11 +5,13 @@ turns to BROKEN when a decision record of the lot is edited in the table."""
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import chromium, needs_chromium
 from report_pages import assert_readable, pdf_pages
 from support import Msg
 
@@ -177,3 +179,30 @@ def test_report_batch_cli_writes_pdf(
     assert main(["report", "batch", lot, "--pdf", str(pdf), "--html", str(html)]) == 0
     assert pdf.read_bytes().startswith(b"%PDF") and html.is_file()
     assert "every unit accounted for: OK" in capsys.readouterr().out
+
+
+@needs_chromium
+def test_batch_record_html_as_a_browser_shows_it(
+    lot_db: tuple[Settings, str], chdb_client: ChdbClient, tmp_path: Path
+) -> None:
+    """The HTML record opened in Chromium at an office screen's width: the figures are on the page,
+    nothing is wider than the window, every unit photograph loaded; a screenshot is kept."""
+    settings, lot = lot_db
+    record = build_batch_record(chdb_client, settings.clickhouse.database, lot,
+                                AuditTrail.from_settings(settings, chdb_client))
+    html = tmp_path / "lot.html"
+    render_html(record, html)
+    shots = Path(os.environ.get("LINESIGHT_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with chromium(width=1280, height=900) as driver:
+        driver.get(html.as_uri())
+        text = driver.execute_script("return document.body.innerText")
+        for needed in (f"Batch record \u2014 lot {lot}", "50.00 %", "operator override", "plc_unreachable",
+                       "approved by quinn (qa)", "VERIFIED", "RELEASE REFUSED"):
+            assert needed in text, needed
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"), (
+            "the record is wider than the window")
+        loaded = driver.execute_script(
+            "return [...document.images].filter(i => i.complete && i.naturalWidth > 0).length")
+        assert loaded == 3
+        driver.save_screenshot(str(shots / "batch-record-html.png"))
