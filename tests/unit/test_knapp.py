@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from report_pages import assert_readable, render_pdf
+from report_pages import assert_readable, pdf_pages
 
 from pipeline.cli.main import main
 from pipeline.datasets.folder import Dataset, Row, load_dataset, write_dataset
@@ -317,7 +317,7 @@ def test_report_renders_readable_pages(tmp_path: Path, monkeypatch: pytest.Monke
     set_dir, manual_csv = _study_inputs(tmp_path)
     study = knapp.run_study(Settings(), set_dir, manual_csv, tmp_path / "out", runs=10, good_count=200, seed=1,
                             variation=Variation(max_shift_px=2, light=(0.9, 1.1)), invariance="fixed")
-    pages = render_pdf(tmp_path / "out" / "knapp.pdf", tmp_path / "pages")
+    pages = pdf_pages(tmp_path / "out" / "knapp.pdf", tmp_path / "pages")
     f = study.figures
     fr = study.false_reject
     assert fr is not None
