@@ -29,6 +29,8 @@ CLASSES_PARAM = "classes"
 PRODUCT_PARAM = "product"
 # The product's declared invariance (pipeline.model.geometry), recorded at its first training.
 INVARIANCE_PARAM = "invariance"
+# Per version: the input-space reference the worker checks frames against (pipeline.model.input_space).
+INPUT_SPACE_PARAM = "input_space"
 
 
 class RepositoryError(ValueError):
@@ -178,6 +180,33 @@ def set_classes(config: mc.ModelConfig, version: int, classes: list[str]) -> Non
     current[version] = list(classes)
     ordered = {str(v): current[v] for v in sorted(current)}
     set_parameter(config, CLASSES_PARAM, json.dumps(ordered, separators=(",", ":")))
+
+
+def input_space_by_version(config: mc.ModelConfig) -> dict[int, dict[str, Any]]:
+    """The `input_space` parameter: {version: reference dict}; {} when absent or unreadable."""
+    try:
+        data = json.loads(parameter(config, INPUT_SPACE_PARAM) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return {int(k): v for k, v in data.items() if str(k).isdigit() and isinstance(v, dict)} if isinstance(data, dict) else {}
+
+
+def set_input_space(config: mc.ModelConfig, version: int | None, entry: dict[str, Any] | None,
+                    keep: set[int] | None = None) -> None:
+    """Record `version`'s input-space reference (None: none); `keep`: drop other versions' entries
+    not in it (versions with no artifact)."""
+    current = input_space_by_version(config)
+    if keep is not None:
+        current = {v: e for v, e in current.items() if v in keep}
+    if version is not None:
+        current.pop(version, None)
+        if entry is not None:
+            current[version] = entry
+    if current:
+        set_parameter(config, INPUT_SPACE_PARAM, json.dumps({str(v): current[v] for v in sorted(current)},
+                                                           separators=(",", ":")))
+    elif INPUT_SPACE_PARAM in config.parameters:
+        del config.parameters[INPUT_SPACE_PARAM]
 
 
 def live_version(config: mc.ModelConfig) -> int | None:

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from pipeline.core.hashing import sha256_file
+from pipeline.model import input_space, triton_repo
 from pipeline.model import repository as layout
-from pipeline.model import triton_repo
 from pipeline.model.augment import augment
 from pipeline.model.base import BaseModel, load_base, resolve_base
 from pipeline.model.data import LabelledImages
@@ -553,6 +553,7 @@ def train_model(
         card["deployable"] = gate.deployable
         card["release_gate"] = gate.as_dict()
         card["score_reference"] = score_reference(final_out["SCORE"][:, 0], val.is_defect)
+        card["input_space"] = product_input_space(train, val, data_info, geometry.hw)
         (stage / layout.CARD_JSON).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (stage / layout.CARD_MD).write_text(model_card_markdown(card), encoding="utf-8")
         hashes = sorted(set(train.image_sha256) | set(val.image_sha256))
@@ -566,7 +567,7 @@ def train_model(
             # the committed config before `make model`).
             layout.clear_live_version(config)
         version_dir = triton_repo.install(replace(target, make_live=make_live), config, stage, list(classes),
-                                          geometry.hw, inv.name)
+                                          geometry.hw, inv.name, card["input_space"])
     wall = time.perf_counter() - started
     result = TrainResult(
         model=target.models.classifier,
@@ -588,6 +589,15 @@ def train_model(
     )
     _log(progress, result.summary())
     return result
+
+
+def product_input_space(train: LabelledImages, val: LabelledImages, data_info: dict[str, Any],
+                        input_hw: tuple[int, int]) -> dict[str, Any]:
+    """The version's input-space reference (pipeline.model.input_space) from the product's own
+    training and validation images: never the assorted family rendered training adds."""
+    n_own = int(data_info["train"].get("product_units", len(train)))
+    ref = input_space.reference([*train.x[:n_own], *val.x], input_hw)
+    return ref.as_dict() | {"on": f"{n_own} training + {len(val)} validation images of the product"}
 
 
 SCORE_REFERENCE_QUANTILES = 101

@@ -128,7 +128,7 @@ def _header(text: str) -> str:
 
 
 def _classifier_config(template: mc.ModelConfig, target: Target, classes: list[str], hw: tuple[int, int],
-                       invariance: str | None) -> mc.ModelConfig:
+                       invariance: str | None, input_space: dict[str, Any] | None = None) -> mc.ModelConfig:
     config = mc.ModelConfig()
     config.CopyFrom(template)
     config.name = target.models.classifier
@@ -141,6 +141,7 @@ def _classifier_config(template: mc.ModelConfig, target: Target, classes: list[s
     elif layout.INVARIANCE_PARAM in config.parameters:  # the template's product's, not this one's
         del config.parameters[layout.INVARIANCE_PARAM]
     layout.set_classes(config, target.version, classes)
+    layout.set_input_space(config, target.version, input_space, keep=set())  # the template's are not this product's
     if target.make_live:  # a new product's first version goes live only if it passed its release gate
         layout.set_live_version(config, target.version)
     else:
@@ -185,6 +186,7 @@ def _forget_unreleased(repo: Path, config: mc.ModelConfig) -> None:
     version 1 before `make model` built it), so this version's entry is the one recorded."""
     current = layout.classes_by_version(config)
     released = set(layout.versions(repo, config.name))
+    layout.set_input_space(config, None, None, keep=released)
     if all(v in released for v in current):
         return
     del config.parameters[layout.CLASSES_PARAM]
@@ -193,9 +195,11 @@ def _forget_unreleased(repo: Path, config: mc.ModelConfig) -> None:
 
 
 def install(target: Target, config: mc.ModelConfig, staged: Path, classes: list[str],
-            hw: tuple[int, int] | None = None, invariance: str | None = None) -> Path:
-    """Move the staged version files into `<classifier>/<V>/` and record the version's classes
-    (and the product's declared `invariance`).
+            hw: tuple[int, int] | None = None, invariance: str | None = None,
+            input_space: dict[str, Any] | None = None) -> Path:
+    """Move the staged version files into `<classifier>/<V>/` and record the version's classes,
+    its `input_space` reference (pipeline.model.input_space) and the product's declared
+    `invariance`.
 
     `staged` holds model.onnx, the model cards and training_images.sha256; it is renamed (not
     copied). `hw`: the version's input geometry; an existing classifier's must equal its config's;
@@ -214,6 +218,7 @@ def install(target: Target, config: mc.ModelConfig, staged: Path, classes: list[
         config = mc.ModelConfig.FromString(config.SerializeToString())
         _forget_unreleased(repo, config)
         layout.set_classes(config, target.version, classes)
+        layout.set_input_space(config, target.version, input_space)
         if invariance:
             layout.set_parameter(config, layout.INVARIANCE_PARAM, invariance)
         if not layout.parameter(config, layout.PRODUCT_PARAM):
@@ -242,7 +247,7 @@ def install(target: Target, config: mc.ModelConfig, staged: Path, classes: list[
              f"{preprocess}: decodes product {models.product}'s frames into its classifier's input\n"
              f"[3, {hw[0]}, {hw[1]}] ({TEMPLATE_PREPROCESS}'s code; see docs/models.md, Input geometry).",
              repo / TEMPLATE_PREPROCESS / "1"),
-            (models.classifier, _classifier_config(config, target, classes, hw, invariance),
+            (models.classifier, _classifier_config(config, target, classes, hw, invariance, input_space),
              f"{models.classifier}: classifier of product {models.product}, trained by `linesight train`\n"
              f"(made from {TEMPLATE_CLASSIFIER}; see docs/models.md). version_policy names the live version.",
              staged),
