@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from typing import Protocol, cast
 from pipeline.core.health import worker_id
 from pipeline.core.times import now_ns
 from pipeline.inspections.kinds import CLASSIFIER, JudgeContext, judge
+from pipeline.model.input_space import check as check_input_space
+from pipeline.model.input_space import describe_frame
 from pipeline.recipes.book import RecipeBook
 from pipeline.recipes.schema import Recipe
 from pipeline.settings import Settings
@@ -52,6 +55,11 @@ from pipeline.wire.messages import (
 )
 from streams.routing import RecipeRefusal, Step, plan_for
 from streams.triton_client import Failed, Measured, MeasureOutcome, ModelInfo, Scored, ScoreOutcome, UnknownModelError
+
+# A frame's input-space descriptors (pipeline.model.input_space.describe); None: not measured.
+Described = dict[str, float] | None
+# The defect a unit sent to review by the input-space check alone is recorded under.
+INPUT_SPACE_DEFECT = "out_of_distribution"
 
 
 @dataclass(frozen=True)
@@ -202,8 +210,8 @@ class InspectionProcessor:
     async def _run_group(self, key: tuple[str, str, bytes], plans: list[Plan]) -> tuple[list[object], str]:
         kind, model, params_json = key
         if kind == CLASSIFIER:
-            info, outcomes, stage = await self._score_group(model, [(p.frame, p.meta) for p in plans])
-            return [(info, o) for o in outcomes], stage
+            info, outcomes, described, stage = await self._score_group(model, [(p.frame, p.meta) for p in plans])
+            return [(info, o, v) for o, v in zip(outcomes, described, strict=True)], stage
         try:
             measured = await self._scorer.measure(model, [p.frame.value or b"" for p in plans], params_json)
         except UnknownModelError:
@@ -218,12 +226,15 @@ class InspectionProcessor:
         d = FrameVerdict()
         for step, result, stage in steps:
             if step.kind == CLASSIFIER:
-                # _run_group answers a classifier step with (model info, outcome) pairs.
-                info, scored = cast("tuple[ModelInfo | None, ScoreOutcome]", result)
+                # _run_group answers a classifier step with (model info, outcome, descriptors).
+                info, scored, described = cast("tuple[ModelInfo | None, ScoreOutcome, Described]", result)
                 if not isinstance(scored, Scored) or info is None:
                     reason = scored.reason if isinstance(scored, Failed) else "no model info"
                     return self._failsafe(frame, meta, reason, stage=stage, model=step.model, recipe=ref)
                 self._add_scored(d, info, scored)
+                if described is None and scored.input_space is not None:  # a version deployed since the
+                    described = _describe([frame.value or b""], scored.input_space.input_hw)[0]  # config was read
+                self._add_input_space(d, info, scored, described)
                 continue
             if isinstance(result, Failed):
                 return self._failsafe(frame, meta, result.reason, stage=stage, model=step.model, recipe=ref)
@@ -259,21 +270,39 @@ class InspectionProcessor:
                 f"({scored.review_threshold:.4g}, {scored.reject_threshold:.4g}]: for a person to decide"
             )
 
+    @staticmethod
+    def _add_input_space(d: FrameVerdict, info: ModelInfo, scored: Scored, described: Described) -> None:
+        """The input-space check of the version that scored the unit (docs/models.md): outside
+        its training images' range, a `pass` becomes `review` (a person decides); `review` and
+        `reject` stay. The outcome and the descriptors are recorded with the verdict."""
+        who = f"{scored.classifier or info.classifier} v{scored.model_version}"
+        finding = check_input_space(scored.input_space, described, who)
+        d.measurements["input_space"] = finding.status if finding.status == "in" else finding.summary()
+        for name, value in (described or {}).items():
+            if math.isfinite(value):
+                d.measurements[f"input_space.{name}"] = round(value, 4)
+        if finding.doubtful:
+            d.add("review", INPUT_SPACE_DEFECT)
+            d.reasons += finding.reasons
+
     async def _score_group(
         self, model: str, group: list[tuple[Frame, FrameMeta]]
-    ) -> tuple[ModelInfo | None, list[ScoreOutcome], str]:
+    ) -> tuple[ModelInfo | None, list[ScoreOutcome], list[Described], str]:
+        images = [f.value or b"" for f, _ in group]
         try:
             info = await self._scorer.model_info(model)
-            outcomes = await self._scorer.score(model, [f.value or b"" for f, _ in group])
+            # The frames are measured for the input-space check while Triton scores them.
+            outcomes, described = await asyncio.gather(
+                self._scorer.score(model, images), asyncio.to_thread(_describe, images, info.input_hw))
         except UnknownModelError:
             # A product nobody trained a model for: no model, no inspection, no shipping.
             product = group[0][1].product
             reason = f"unknown product {product!r} (no model {model!r})"
-            return None, [Failed(reason) for _ in group], "validate"
+            return None, [Failed(reason) for _ in group], [None] * len(group), "validate"
         except Exception as exc:  # noqa: BLE001 - any serving failure must fail safe, not crash
             reason = f"inference unavailable: {type(exc).__name__}: {exc}"
-            return None, [Failed(reason) for _ in group], "inference"
-        return info, outcomes, "inference"
+            return None, [Failed(reason) for _ in group], [None] * len(group), "inference"
+        return info, outcomes, described, "inference"
 
     def _verdict(self, frame: Frame, meta: FrameMeta, d: FrameVerdict, recipe: str) -> list[Outgoing | _ImageJob]:
         result = InspectionResult(
@@ -402,6 +431,18 @@ def _nothing_to_inspect(data: bytes | None) -> str:
         return nothing_to_inspect(data) or ""
     except ValueError as exc:
         return str(exc)
+
+
+def _describe(images: list[bytes], size: tuple[int, int] | None) -> list[Described]:
+    """Input-space descriptors of each frame at the classifier's input geometry; None where the
+    classifier records no reference (nothing to compare with) or the frame cannot be read."""
+    out: list[Described] = []
+    for data in images:
+        try:
+            out.append(describe_frame(data, size) if size is not None else None)
+        except ValueError:
+            out.append(None)  # Triton refuses it too: the unit is fail-safe rejected
+    return out
 
 
 def _image_sha256(frame: Frame) -> str:

@@ -8,8 +8,9 @@ Every classifier version outputs, per row, its score, class probabilities, its o
 ``[review, reject]`` and its version number (docs/models.md). The verdict is taken from the
 row's own thresholds, so a deploy or rollback in the middle of a batch can never pair one
 version's scores with another's thresholds, and every result names the version that judged it.
-Class names per version come from the classifier config's ``classes`` parameter; the config is
-fetched again when a version not seen before answers (a deploy happened).
+Class names per version come from the classifier config's ``classes`` parameter, and each
+version's input-space reference (pipeline.model.input_space) from its ``input_space`` parameter;
+the config is fetched again when a version not seen before answers (a deploy happened).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from pipeline.inspections.base import Measurement
+from pipeline.model.input_space import PARAM as INPUT_SPACE_PARAM
+from pipeline.model.input_space import Reference, parse_param
 from pipeline.model.repository import CLASSES_PARAM
 from pipeline.settings import TritonSettings
 from pipeline.wire.messages import Verdict
@@ -67,6 +70,12 @@ class ModelInfo:
     name: str  # the ensemble the worker calls
     classifier: str  # the model inside it that carries the trained weights
     classes: dict[int, tuple[str, ...]] = field(default_factory=dict)  # version -> class names
+    input_space: dict[int, Reference] = field(default_factory=dict)  # version -> input-space reference
+
+    @property
+    def input_hw(self) -> tuple[int, int] | None:
+        """The classifier's input geometry as its references record it (one for every version)."""
+        return next((r.input_hw for r in self.input_space.values()), None)
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,7 @@ class Scored:
     reject_threshold: float
     model_version: int
     classifier: str = ""
+    input_space: Reference | None = None  # the reference of the version that scored it
 
     @property
     def verdict(self) -> Verdict:
@@ -180,14 +190,16 @@ class TritonInspector:
             self._raise_if_missing(model, exc)
             raise
         self._unknown.pop(model, None)
-        classifier, classes = model, _param(config, CLASSES_PARAM)
+        classifier, classes, space = model, _param(config, CLASSES_PARAM), _param(config, INPUT_SPACE_PARAM)
         for step in config.get("ensemble_scheduling", {}).get("step", []):
             step_config = await self._config(step["model_name"])
             if _param(step_config, CLASSES_PARAM) is not None:
                 classifier, classes = step["model_name"], _param(step_config, CLASSES_PARAM)
+                space = _param(step_config, INPUT_SPACE_PARAM)
         if classes is None:
             raise RuntimeError(f"model {model!r} has no classifier declaring a 'classes' parameter")
-        info = ModelInfo(name=model, classifier=classifier, classes=parse_classes(classes))
+        info = ModelInfo(name=model, classifier=classifier, classes=parse_classes(classes),
+                         input_space=parse_param(space))
         self._models[model] = info
         return info
 
@@ -334,6 +346,7 @@ class TritonInspector:
                     reject_threshold=r.reject,
                     model_version=r.version,
                     classifier=info.classifier,
+                    input_space=info.input_space.get(r.version),
                 )
             )
         return out
