@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.core.aql import AQLS, LEVELS
 from pipeline.inspections import kinds
 from pipeline.inspections.base import InspectionParams, validation_problems
 from pipeline.model.geometry import INVARIANCES
@@ -183,6 +184,37 @@ class ChallengeSpec(BaseModel):
         return int(self.max_review_fraction * good + 1e-9)
 
 
+class ReviewSpec(BaseModel):
+    """`[review]`: how a lot's review units are decided by a person (docs/review.md).
+
+    A lot whose share of review units exceeds `max_review_fraction` raises an alert and is flagged
+    in its batch record (a line sending many units to people is a line to look at, and re-inspection
+    must not become the way a lot gets through). With `qa_confirms`, an operator's "good" recovers a
+    unit only once QA confirms it. The units recovered in a lot are sampled by ISO 2859-1 single
+    sampling, normal inspection, at `aql_level` and `aql` (percent nonconforming)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_review_fraction: float = Field(default=0.02, gt=0.0, le=1.0)
+    qa_confirms: bool = False
+    aql_level: str = Field(default="II", description="ISO 2859-1 inspection level: S-1..S-4, I, II or III")
+    aql: float = Field(default=0.65, description="one of ISO 2859-1's preferred AQLs, 0.010 to 10")
+
+    @field_validator("aql_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v not in LEVELS:
+            raise ValueError(f"{v!r} is not an ISO 2859-1 inspection level ({', '.join(LEVELS)})")
+        return v
+
+    @field_validator("aql")
+    @classmethod
+    def _preferred(cls, v: float) -> float:
+        if not any(abs(v - a) < 1e-9 for a in AQLS):
+            raise ValueError(f"{v:g} is not a preferred AQL of ISO 2859-1 ({', '.join(f'{a:g}' for a in AQLS)})")
+        return v
+
+
 class RecipeDoc(BaseModel):
     """The file as written (before the per-kind parameter check)."""
 
@@ -197,6 +229,7 @@ class RecipeDoc(BaseModel):
     model: ModelSpec | None = None
     station: list[StationSpec] | None = None
     challenge: ChallengeSpec | None = None
+    review: ReviewSpec | None = None
 
 
 class Recipe:
@@ -234,7 +267,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         # A recipe without acceptance criteria or a [model] table keeps the content hash it had
         # before they existed.
-        absent = {k for k in ("acceptance", "model", "station", "challenge") if getattr(self.doc, k) is None}
+        absent = {k for k in ("acceptance", "model", "station", "challenge", "review") if getattr(self.doc, k) is None}
         return self.doc.model_dump(mode="json", exclude=absent or None)
 
     @property
@@ -244,6 +277,11 @@ class Recipe:
 
     def station(self, name: str) -> StationSpec | None:
         return next((s for s in self.stations if s.name == name), None)
+
+    @property
+    def review(self) -> ReviewSpec:
+        """How the recipe's review units are decided (the defaults where it has no [review] table)."""
+        return self.doc.review or ReviewSpec()
 
     def acceptance(self, mode: str) -> AcceptanceCriteria | None:
         """The acceptance criteria of a `mode` training of this product (None: the recipe names none)."""

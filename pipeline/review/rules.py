@@ -20,7 +20,7 @@ DECIDERS = ("operator", "qa")  # roles that may record a decision; only qa confi
 # What a unit's decisions amount to.
 UNDECIDED = "undecided"
 AWAITING_QA = "awaiting_qa"  # decided good by an operator; the recipe wants QA to confirm
-RECOVERED = "recovered"  # good: may be returned to the lot (and is sampled, pipeline.review.aql)
+RECOVERED = "recovered"  # good: may be returned to the lot (and is sampled, pipeline.core.aql)
 CONFIRMED_DEFECTIVE = "confirmed_defective"
 KEPT_REJECTED = "kept_rejected"  # nobody could decide: stays rejected
 FINAL = (RECOVERED, CONFIRMED_DEFECTIVE, KEPT_REJECTED)

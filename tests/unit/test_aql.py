@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.review.aql import SamplePlanError, code_letter, sample_plan
+from pipeline.core.aql import SamplePlanError, code_letter, sample_plan
 
 
 @pytest.mark.parametrize(("lot", "level", "letter"), [

@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pipeline.auth",),
     ("pipeline.model",),
     ("pipeline.recipes",),
-    ("pipeline.alerts", "pipeline.gateway", "pipeline.actuation"),
+    ("pipeline.alerts", "pipeline.gateway", "pipeline.actuation", "pipeline.review"),
     ("streams",),
     ("pipeline.analytics", "pipeline.validation"),
     ("pipeline.dashboard",),

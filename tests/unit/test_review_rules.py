@@ -63,3 +63,24 @@ def test_what_decisions_amount_to_and_that_decided_units_stay_decided() -> None:
     unsure = ReviewUnit("u1", "LOT-1", "review", decisions=(Decision("cannot_decide", "", "otto", "operator"),))
     assert status(unsure, qa_confirms=False) == KEPT_REJECTED
     assert "already decided (kept_rejected" in str(_refusal(unsure))
+
+
+def test_recipe_review_table_defaults_and_refusals() -> None:
+    import tomllib
+
+    from pipeline.core.aql import sample_plan
+    from pipeline.recipes.schema import RecipeError, parse_recipe
+    from pipeline.settings import PROJECT_ROOT
+
+    data = tomllib.loads((PROJECT_ROOT / "recipes" / "tablet-round-white-10mm.toml").read_text())
+    plain = parse_recipe(data)
+    assert (plain.review.max_review_fraction, plain.review.qa_confirms, plain.review.aql_level,
+            plain.review.aql) == (0.02, False, "II", 0.65)
+    strict = parse_recipe({**data, "review": {"qa_confirms": True, "aql": 1.0, "aql_level": "I"}})
+    assert strict.sha256 != plain.sha256 and strict.review.qa_confirms
+    assert sample_plan(1000, strict.review.aql_level, strict.review.aql).sample_size == 50  # G, 1.0: arrow to H
+    with pytest.raises(RecipeError) as refused:
+        parse_recipe({**data, "review": {"aql": 0.3, "aql_level": "IV", "max_review_fraction": 0, "x": 1}})
+    text = str(refused.value)
+    for key in ("review.aql:", "review.aql_level:", "review.max_review_fraction:", "review.x"):
+        assert key in text, key
