@@ -115,3 +115,57 @@ def untrained_repository(dst: Path) -> Path:
     for model in ("tablet_inspector", "tablet_preprocess"):
         shutil.copytree(src / model / "1", dst / model / "1", ignore=shutil.ignore_patterns("__pycache__"))
     return dst
+
+
+def write_test_images(root: Path, product: str, units: list[tuple[str, int]]) -> Path:
+    """A dataset folder of plain grey frames: (defect or 'none', grey level 0..255) per unit, in
+    that order (the contract models score a frame's mean brightness)."""
+    from PIL import Image
+
+    from pipeline.datasets.folder import Row, write_dataset
+
+    rows = []
+    for i, (defect, level) in enumerate(units):
+        path = root / ("good" if defect == "none" else defect) / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (level, level, level)).save(path)
+        rows.append(Row(path, product, "good" if defect == "none" else "defect", defect))
+    write_dataset(root, rows)
+    return root
+
+
+def approve_validation_report(
+    settings: Settings, client: ClickHouseClient, classifier: str, version: int, *,
+    product: str = "tablet-round-white-10mm", criteria: dict[str, object] | None = None,
+    units: list[tuple[str, int]] | None = None,
+) -> dict[str, object]:
+    """What a deploy requires (docs/validation.md), the real way: a QA user registers a locked
+    test set, records criteria before the test, generates the version's report and approves it
+    (audit records in `settings`' database and state folder). `criteria` default: a review rate
+    of at most 100 % and parity passed, i.e. the report judges the version without failing it."""
+    from pipeline.audit.trail import AuditTrail
+    from pipeline.auth.guard import Guard, Principal
+    from pipeline.auth.sessions import SessionStore
+    from pipeline.auth.users import UserStore
+    from pipeline.validation.criteria import ValidationCriteria, record_criteria
+    from pipeline.validation.report import approve_report, make_report
+    from pipeline.validation.testsets import register_testset
+
+    db = settings.clickhouse.database
+    client.apply_schema(db)
+    users = UserStore(client, db)
+    if users.get("validation-qa") is None:
+        users.add("validation-qa", "qa", "validation-pass-1", "test")
+    trail = AuditTrail.from_settings(settings, client)
+    guard = Guard(users, SessionStore(client, db), trail, 60)
+    qa = Principal("validation-qa", "qa")
+    repo = Path(settings.triton.model_repository)
+    name = f"{classifier}-v{version}-{uuid.uuid4().hex[:6]}"
+    data = write_test_images(settings.state_dir / "test-sets" / name, product,
+                             units or [("none", 40), ("none", 60), ("chip", 200), ("crack", 220)])
+    register_testset(settings, trail, guard, qa, data, name, product, "test set of a test")
+    record_criteria(repo, trail, guard, qa, classifier, version,
+                    ValidationCriteria.from_mapping(criteria or {"max_review": 1.0}), "criteria before the test")
+    make_report(settings, trail, guard, qa, product, classifier, version, name)
+    approval, _, _ = approve_report(repo, trail, guard, qa, classifier, version, "report reviewed")
+    return approval

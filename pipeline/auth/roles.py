@@ -18,6 +18,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
         "threshold.change", "recipe.change", "recipe.activate", "alarm.acknowledge", "unit.override",
         # Challenge runs are e-signed by whoever runs them (audit.sign): QA (docs/validation.md).
         "challenge.register", "challenge.run",
+        # The validation report of a model version: test sets, criteria, report, approval (docs/validation.md).
+        "validation.testset.register", "validation.criteria", "validation.report", "validation.approve",
     }),
     "admin": frozenset({
         "audit.verify", "audit.export", "user.add", "user.disable", "user.passwd",

@@ -181,6 +181,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)
     settings = _settings(args)
+    if args.data is not None:  # a locked test set is never trained on (docs/validation.md)
+        from pipeline.validation.testsets import training_refusal
+
+        refused = training_refusal(settings, args.data)
+        if refused:
+            raise ValueError(f"refusing to train: {refused}")
     acceptance, acceptance_source = train_acceptance(settings, args.product, args.mode, args.acceptance_recipe)
     declared = train_declaration(settings, args.product, args.acceptance_recipe)
     invariance, invariance_source = declared.invariance, declared.invariance_source
@@ -351,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli.gateway import register as register_gateway_commands
     from pipeline.cli.knapp import register as register_knapp_commands
     from pipeline.cli.recipes import register as register_recipe_commands
+    from pipeline.cli.validation import register as register_validation_commands
 
     parser = argparse.ArgumentParser(
         prog="linesight",
@@ -514,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_gateway_commands(sub, _settings, _stop_on_signals)  # gateway, cameras (docs/cameras.md)
     register_challenge_commands(sub, _settings)  # challenge register|run|status (docs/validation.md)
     register_knapp_commands(sub, _settings)  # knapp run|simulate (docs/validation.md)
+    register_validation_commands(sub, _settings)  # validation testset|criteria|report|approve (docs/validation.md)
     return parser
 
 

@@ -8,6 +8,9 @@ The live version is the classifier config's `version_policy` (docs/models.md). A
    directory and card; and a version whose card says it failed its release gate
    (`release_gate`, pipeline.model.release), naming the failed criteria, unless the deploy
    overrides the gate (`override_gate`: the entry and the audit record name the criteria);
+   and a version without an approved validation report whose files are still the approved ones
+   (pipeline.model.approval; an override does not waive it; a rollback is not refused, its entry
+   records what the report lacks);
 2. sets `version_policy` to the version and, when a Triton answers (``triton.url``, else the
    embedded server's ports), rebuilds that model's directory of the embedded server's derived
    repository and asks Triton to load the model (explicit model control). Triton loads the new
@@ -38,6 +41,7 @@ from typing import Any
 from pipeline.audit.record import os_user
 from pipeline.core.hashing import sha256_file
 from pipeline.model import repository as repo_mod
+from pipeline.model.approval import report_problems
 from pipeline.settings import Settings
 
 CONTRACT_OUTPUTS = ("SCORE", "CLASS_PROBS", "THRESHOLDS", "MODEL_VERSION")
@@ -355,6 +359,12 @@ def deploy(
     if override_gate and not failed:
         raise DeployError(f"{classifier} version {version} passed its release gate (or predates gating): "
                           "there is nothing to override; deploy it without --override-gate")
+    # Its approved validation report (docs/validation.md): a gate override does not replace it; a
+    # rollback returns to a version that was live before and only records what its report lacks.
+    unvalidated = report_problems(repo_mod.version_dir(repo, classifier, version),
+                                  card_onnx_sha256(repo_mod.read_card(repo, classifier, version)))
+    if unvalidated and action == "deploy":
+        raise DeployError(f"refusing to {action} {classifier} version {version}: " + "; ".join(unvalidated))
     target = TritonTarget.from_settings(settings)
     with _locked(repo, classifier):
         config_file = repo_mod.config_path(repo, classifier)
@@ -373,6 +383,7 @@ def deploy(
         }
         if failed:
             entry["gate_override"] = failed
+        entry["validation_report"] = unvalidated or "approved"
         if previous == version and action == "deploy":
             return DeployResult(action, product, classifier, previous, version, f"version {version} is already live; nothing changed")
         repo_mod.set_live_version(config, version)

@@ -189,6 +189,7 @@ def release_model(
         if action == "deploy":
             if version is None:
                 raise DeployError("a version is required")
+            _validated_in_trail(settings, trail, target, version)
             result = deploy(settings, target, version, reason, user=who.username, override_gate=override_gate)
         else:
             result = rollback(settings, target, reason, user=who.username)
@@ -209,3 +210,18 @@ def release_model(
     ))
     signature = sign_record(trail, guard, who, record.record_id, meaning, reason)
     return result, record, signature
+
+
+def _validated_in_trail(settings: Settings, trail: AuditTrail, target: str, version: int) -> None:
+    """The version's report approval must be the trail's signed record, not only a file (DeployError)."""
+    from pathlib import Path
+
+    from pipeline.model import repository
+    from pipeline.model.approval import trail_problems
+    from pipeline.model.deploy import DeployError, resolve_classifier
+
+    _, classifier = resolve_classifier(settings, target)
+    vdir = repository.version_dir(Path(settings.triton.model_repository), classifier, version)
+    problems = trail_problems(trail, vdir, f"{classifier}@v{version}")
+    if problems:
+        raise DeployError(f"refusing to deploy {classifier} version {version}: " + "; ".join(problems))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from contract_models import add_version, model_repository, repo_settings
+from support import approve_validation_report
 
 from pipeline.auth.users import UserStore
 from pipeline.cli.main import main
@@ -71,6 +72,13 @@ def test_deploy_and_rollback_without_triton_change_the_repository_only(
     settings = repo_settings(Settings(), offline_repo, tmp_path / "state")
     with pytest.raises(DeployError, match="nothing to roll back to"):
         rollback(settings, PRODUCT)
+    with pytest.raises(DeployError, match="version 2: no validation report"):
+        deploy(settings, PRODUCT, 2, reason="better detection")
+    # Version 2's approved validation report (docs/validation.md), recorded where the CLI below looks.
+    approve_validation_report(embedded_settings.model_copy(update={
+        "triton": embedded_settings.triton.model_copy(update={"model_repository": offline_repo}),
+        "audit": embedded_settings.audit.model_copy(update={"publish_timeout_s": 0.0}),
+    }), chdb_client, "tablet_classifier", 2)
 
     result = deploy(settings, PRODUCT, 2, reason="better detection")
     assert "takes effect at the next start" in result.triton

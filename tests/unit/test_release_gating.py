@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import tomllib
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from contract_models import add_version, model_repository, repo_settings
-from support import cli_database, untrained_repository
+from support import approve_validation_report, cli_database, untrained_repository
 
 from pipeline.audit.record import SIGN_ACTION
 from pipeline.audit.trail import AuditTrail
@@ -160,7 +161,18 @@ def _failed_version(repo: Path, version: int) -> list[str]:
     return list(gate.failed)
 
 
-def test_deploy_refuses_a_version_that_failed_its_gate_unless_overridden(tmp_path: Path) -> None:
+def _validated(settings: Settings, client: ChdbClient, repo: Path, version: int, db: str | None = None) -> None:
+    """The version's approved validation report (a deploy, overridden or not, requires one)."""
+    approve_validation_report(settings.model_copy(update={
+        "triton": settings.triton.model_copy(update={"model_repository": repo}),
+        "clickhouse": settings.clickhouse.model_copy(update={"database": db or f"gate_{uuid.uuid4().hex[:8]}"}),
+        "audit": settings.audit.model_copy(update={"publish_timeout_s": 0.0}),
+    }), client, "tablet_classifier", version)
+
+
+def test_deploy_refuses_a_version_that_failed_its_gate_unless_overridden(
+    tmp_path: Path, embedded_settings: Settings, chdb_client: ChdbClient,
+) -> None:
     repo = model_repository(tmp_path)
     add_version(repo, "tablet_classifier", 1, review=0.3, reject=0.7, bias=0.2)
     failed = _failed_version(repo, 2)
@@ -180,6 +192,9 @@ def test_deploy_refuses_a_version_that_failed_its_gate_unless_overridden(tmp_pat
     text = listing_text([row])
     assert "no: release gate failed: detection 65.33 %" in text
 
+    with pytest.raises(DeployError, match="no validation report"):  # the override does not waive it
+        deploy(settings, ROUND, 2, reason="QA accepts for a line trial", override_gate=True)
+    _validated(embedded_settings, chdb_client, repo, 2)
     result = deploy(settings, ROUND, 2, reason="QA accepts for a line trial", override_gate=True)
     assert (result.from_version, result.to_version) == (1, 2)
     assert result.entry["gate_override"] == failed
@@ -208,6 +223,7 @@ def test_the_override_needs_qa_a_reason_and_is_audited_and_signed(
     assert main(["models", "deploy", ROUND, "--version", "2", "--override-gate", "--meaning", "reviewed",
                  "--reason", "trial", *qa]) == 1
     assert "signed with the meaning 'approved'" in capsys.readouterr().err
+    _validated(embedded_settings, chdb_client, repo, 2, db)
     assert main(["models", "deploy", ROUND, "--version", "2", "--override-gate", "--reason", "QA line trial", *qa]) == 0
     out = capsys.readouterr().out
     assert "version 1 -> 2" in out and "release gate OVERRIDDEN" in out and "signed approved by quinn (qa)" in out
