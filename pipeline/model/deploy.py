@@ -441,6 +441,7 @@ class VersionRow:
     problems: list[str]
     gate: str = "not recorded"  # "passed", "failed", or "not recorded" (released before release gating)
     gate_failures: list[str] = field(default_factory=list)
+    validation: list[str] = field(default_factory=list)  # what its validation report lacks ([]: approved)
 
 
 @dataclass
@@ -491,6 +492,7 @@ def list_models(settings: Settings, check: bool = True) -> list[ClassifierRow]:
             review, reject = card_thresholds(card)
             problems = deploy_problems(repo, classifier, v) if check else []
             failed = gate_failures(card)
+            unvalidated = report_problems(repo_mod.version_dir(repo, classifier, v), card_onnx_sha256(card)) if check else []
             gate = "not recorded" if gate_of(card) is None else ("failed" if failed else "passed")
             versions.append(
                 VersionRow(
@@ -504,10 +506,11 @@ def list_models(settings: Settings, check: bool = True) -> list[ClassifierRow]:
                     created_utc=card.get("created_utc"),
                     live=v == live,
                     served=(v in served) if served is not None else None,
-                    deployable=not problems and not failed,
+                    deployable=not problems and not failed and not unvalidated,
                     problems=problems,
                     gate=gate,
                     gate_failures=failed,
+                    validation=unvalidated,
                 )
             )
         rows.append(ClassifierRow(classifier, product, ensemble, live, served, triton, versions))
@@ -547,5 +550,5 @@ def _deployable_text(v: VersionRow) -> str:
     """yes / no with every reason: release-gate failures first, then artifact problems."""
     if v.deployable:
         return "yes" + (" (release gate not recorded: released before gating)" if v.gate == "not recorded" else "")
-    reasons = [f"release gate failed: {f}" for f in v.gate_failures] + v.problems
+    reasons = [f"release gate failed: {f}" for f in v.gate_failures] + v.problems + v.validation
     return "no: " + "; ".join(reasons)

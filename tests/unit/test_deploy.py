@@ -107,7 +107,8 @@ def test_deploy_and_rollback_without_triton_change_the_repository_only(
     row = rows[0]
     assert row.live_version == 1 and row.served_versions is None and "not reachable" in row.triton
     by_version = {v.version: v for v in row.versions}
-    assert [v for v, r in by_version.items() if r.deployable] == [1, 2]
+    assert [v for v, r in by_version.items() if r.deployable] == [2]  # version 1 has no validation report
+    assert by_version[1].validation[0].startswith("no validation report") and by_version[2].validation == []
     assert by_version[2].reject_threshold == 0.5 and by_version[1].review_threshold == 0.3
     assert by_version[1].mode == "supervised" and by_version[1].auroc == 0.99 and by_version[1].live
 

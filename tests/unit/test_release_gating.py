@@ -188,7 +188,8 @@ def test_deploy_refuses_a_version_that_failed_its_gate_unless_overridden(
     (row,) = list_models(settings)
     by_version = {v.version: v for v in row.versions}
     assert (by_version[2].deployable, by_version[2].gate, by_version[2].gate_failures) == (False, "failed", failed)
-    assert by_version[1].deployable and by_version[1].gate == "not recorded"
+    assert by_version[1].gate == "not recorded" and not by_version[1].gate_failures and not by_version[1].problems
+    assert not by_version[1].deployable and by_version[1].validation[0].startswith("no validation report")
     text = listing_text([row])
     assert "no: release gate failed: detection 65.33 %" in text
 
