@@ -39,6 +39,7 @@ from pipeline.wire.messages import (
     H_LINE,
     H_LOT,
     H_PRODUCT,
+    H_STATION,
     H_UNIT,
     H_VERDICT,
     MAX_TEXT_CHARS,
@@ -401,6 +402,7 @@ class InspectionProcessor:
             (H_CAPTURE_NS, str(result.capture_ns).encode()),
             (H_VERDICT, result.verdict.encode()),
             (H_DEFECT, result.defect.encode()),
+            *([(H_STATION, result.station.encode())] if result.station else []),
         ]
         return [Outgoing(self._kafka.topic_reject_images, result.unit_id.encode(), jpeg, headers)]
 

@@ -336,3 +336,69 @@ CREATE TABLE IF NOT EXISTS {db}.sessions
 )
 ENGINE = ReplacingMergeTree(revision)
 ORDER BY (token_sha256);
+
+-- Reject images per station frame: a multi-station unit keeps each removed station's frame
+-- (rows stored before the column existed have station '').
+ALTER TABLE {db}.reject_images ADD COLUMN IF NOT EXISTS station LowCardinality(String), MODIFY ORDER BY (line, unit_id, station);
+
+-- What a person decided about a review unit (pipeline/review, docs/review.md): every decision is
+-- also an e-signed audit record (review.decide); a later decision (QA confirming) is another row.
+CREATE TABLE IF NOT EXISTS {db}.review_decisions
+(
+    unit_id        String,
+    lot            String,
+    line           LowCardinality(String),
+    product        LowCardinality(String),
+    station        LowCardinality(String),   -- the station(s) that sent the unit to review ('' one camera)
+    decision       LowCardinality(String),   -- good | defect | cannot_decide
+    defect         LowCardinality(String),   -- the defect class of a defect decision
+    user           String,
+    role           LowCardinality(String),
+    decided_time   DateTime64(6, 'UTC'),
+    seconds_spent  Float32,                  -- from opening the unit to signing the decision
+    machine_defect LowCardinality(String),   -- what the machine said
+    score          Nullable(Float32),
+    model_version  LowCardinality(String),
+    camera         LowCardinality(String),
+    capture_time   DateTime64(6, 'UTC'),
+    audit_record   String,                   -- the review.decide record (CHAIN#SEQ)
+    signature      String,                   -- its e-signature record
+    stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (lot, unit_id, audit_record);
+
+-- The ISO 2859-1 sample of a lot's recovered units and its result (QA, e-signed).
+CREATE TABLE IF NOT EXISTS {db}.review_samples
+(
+    lot            String,
+    recovered      UInt32,                   -- the recovered units sampled from
+    level          LowCardinality(String),
+    aql            Float32,
+    code_letter    LowCardinality(String),
+    sample_size    UInt32,
+    accept         UInt32,                   -- Ac
+    defective      UInt32,                   -- defective units found in the sample
+    accepted       Bool,
+    user           String,
+    decided_time   DateTime64(6, 'UTC'),
+    audit_record   String,
+    signature      String,
+    stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (lot, audit_record);
+
+-- Good units the machine removed: review units whose latest decision is good (docs/review.md,
+-- "False-reject root causes"), with what the machine saw, for a Pareto by class, score band,
+-- station, camera, product and hour.
+CREATE VIEW IF NOT EXISTS {db}.false_rejects AS
+SELECT d.unit_id AS unit_id, d.lot AS lot, d.line AS line, d.product AS product, d.station AS station,
+       d.camera AS camera, d.machine_defect AS defect, d.score AS score,
+       if(isNull(d.score), '', format('{}-{}', toString(floor(d.score * 10) / 10), toString(floor(d.score * 10) / 10 + 0.1))) AS score_band,
+       toStartOfHour(d.capture_time) AS hour, d.user AS decided_by, d.decided_time AS decided_time,
+       d.audit_record AS audit_record
+FROM {db}.review_decisions AS d FINAL
+INNER JOIN (SELECT lot, unit_id, max(decided_time) AS last FROM {db}.review_decisions FINAL GROUP BY lot, unit_id) AS l
+    ON d.lot = l.lot AND d.unit_id = l.unit_id AND d.decided_time = l.last
+WHERE d.decision = 'good';

@@ -12,12 +12,16 @@ ROLES = ("operator", "qa", "admin")
 PERMISSIONS: dict[str, frozenset[str]] = {
     "operator": frozenset({
         "audit.verify", "line.start", "line.stop", "alarm.acknowledge", "unit.override", "recipe.activate",
+        # Decide review units at the review station, signing one's own decision (docs/review.md).
+        "review.decide",
     }),
     "qa": frozenset({
         "audit.verify", "audit.export", "audit.sign", "model.deploy", "model.rollback",
         "threshold.change", "recipe.change", "recipe.activate", "alarm.acknowledge", "unit.override",
         # Challenge runs are e-signed by whoever runs them (audit.sign): QA (docs/validation.md).
         "challenge.register", "challenge.run",
+        # Decide or confirm review units; record the sample of a lot's recovered units (docs/review.md).
+        "review.decide", "review.sample",
         # The validation report of a model version: test sets, criteria, report, approval (docs/validation.md).
         "validation.testset.register", "validation.criteria", "validation.report", "validation.approve",
     }),

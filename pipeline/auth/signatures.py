@@ -18,9 +18,14 @@ def sign_record(
     meaning: str,
     reason: str = "",
     expected_hash: str | None = None,
+    own_action: str | None = None,
 ) -> AuditRecord:
-    """Sign ``record_id`` for an authenticated ``who``; refusals are audited by the guard."""
-    guard.authorize(who, "audit.sign", record_id)
+    """Sign ``record_id`` for an authenticated ``who``; refusals are audited by the guard.
+
+    With ``own_action``, a person signs a record of their own of that action (a review decision
+    signed by the operator who made it) under that action's permission instead of ``audit.sign``,
+    which is QA's: signing one's own decision is not releasing someone else's work."""
+    guard.authorize(who, own_action or "audit.sign", record_id)
     if meaning not in MEANINGS:
         raise guard.refuse(who.username, who.role, "audit.sign", record_id,
                            f"unknown signature meaning {meaning!r}: one of {', '.join(MEANINGS)}")
@@ -44,6 +49,9 @@ def sign_record(
         raise guard.refuse(who.username, who.role, "audit.sign", record_id,
                            f"record {record_id} is not the record reviewed: its hash is {target.record_hash}, "
                            f"the signer reviewed {expected_hash}")
+    if own_action is not None and (target.action != own_action or target.user != who.username):
+        raise guard.refuse(who.username, who.role, "audit.sign", record_id,
+                           f"{record_id} is not a {own_action} record of {who.username}: it needs audit.sign")
     if target.action == SIGN_ACTION:
         raise guard.refuse(who.username, who.role, "audit.sign", record_id,
                            f"{record_id} is itself a signature; sign the record it signs")

@@ -63,9 +63,9 @@ def code_letter(lot_size: int, level: str) -> str:
     """Table I: the sample size code letter of a lot at an inspection level."""
     if level not in LEVELS:
         raise SamplePlanError(f"inspection level {level!r} is not one of {', '.join(LEVELS)}")
-    if lot_size < 2:
-        raise SamplePlanError(f"a lot of {lot_size} unit(s) is not sampled: inspect it whole")
-    for upper, letters in _TABLE_I:
+    if lot_size < 1:
+        raise SamplePlanError(f"a lot of {lot_size} units has nothing to sample")
+    for upper, letters in _TABLE_I:  # a lot of 1 reads the first row (and is inspected whole)
         if lot_size <= upper:
             return letters[LEVELS.index(level)]
     raise AssertionError("unreachable: Table I's last row is unbounded")

@@ -52,7 +52,9 @@ def test_refusals_name_what_the_tables_do_not_cover() -> None:
         sample_plan(100, "IV", 1.0)
     with pytest.raises(SamplePlanError, match="AQL 0.3 is not a preferred AQL"):
         sample_plan(100, "II", 0.3)
-    with pytest.raises(SamplePlanError, match="inspect it whole"):
-        sample_plan(1, "II", 1.0)
+    with pytest.raises(SamplePlanError, match="nothing to sample"):
+        sample_plan(0, "II", 1.0)
+    one = sample_plan(1, "II", 1.0)
+    assert (one.sample_size, one.accept) == (1, 0)
     with pytest.raises(SamplePlanError, match="negative"):
         sample_plan(100, "II", 1.0).judge(-1)

@@ -1,0 +1,181 @@
+"""The review desk against the real analytics store (chDB) and audit trail: a lot's review units
+as a person sees them, e-signed decisions stored twice (audit trail and review_decisions), every
+refusal audited, QA confirmation, and the ISO 2859-1 sample of the recovered units deciding
+whether the lot's review still refuses its release."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+import uuid
+
+import pytest
+import test_batch_report as batch_case
+from support import Msg
+
+from pipeline.analytics.sink import ClickHouseSink
+from pipeline.audit.record import SIGN_ACTION
+from pipeline.audit.trail import AuditTrail
+from pipeline.auth.guard import AccessDenied, Guard, Principal
+from pipeline.auth.sessions import SessionStore
+from pipeline.auth.users import UserStore
+from pipeline.clickhouse import ChdbClient
+from pipeline.recipes.schema import ReviewSpec
+from pipeline.review.desk import ReviewDesk, ReviewRefused
+from pipeline.review.rules import AWAITING_QA, CONFIRMED_DEFECTIVE, KEPT_REJECTED, RECOVERED, UNDECIDED
+from pipeline.review.store import find_unit, frame_jpeg, lot_queue, summarize
+from pipeline.settings import Settings
+from pipeline.wire.messages import H_CAPTURE_NS, H_DEFECT, H_LINE, H_LOT, H_STATION, H_UNIT, H_VERDICT, UnitVerdict
+
+S = 1_000_000_000
+T0 = 1_780_000_000 * S
+LOT = "LOT-R-1"
+OTTO, QUINN, ADAM = Principal("otto", "operator"), Principal("quinn", "qa"), Principal("adam", "admin")
+PASSWORDS = {"otto": "otto-pass-123", "quinn": "quinn-pass-123", "adam": "adam-pass-123"}
+_OFFSETS = itertools.count(1000)
+
+
+def _image(settings: Settings, unit: str, lot: str, station: str, verdict: str, defect: str, t: int) -> Msg:
+    headers = [(H_UNIT, unit.encode()), (H_LINE, b"line-1"), (H_LOT, lot.encode()), (H_CAPTURE_NS, str(t).encode()),
+               (H_VERDICT, verdict.encode()), (H_DEFECT, defect.encode())]
+    if station:
+        headers.append((H_STATION, station.encode()))
+    return Msg(settings.kafka.topic_reject_images, b"\xff\xd8" + unit.encode() + station.encode(), next(_OFFSETS),
+               headers)
+
+
+@pytest.fixture()
+def desk(embedded_settings: Settings, chdb_client: ChdbClient) -> tuple[ReviewDesk, Settings]:
+    db = f"review_{uuid.uuid4().hex[:8]}"
+    chdb_client.apply_schema(db)
+    settings = embedded_settings.model_copy(update={
+        "clickhouse": embedded_settings.clickhouse.model_copy(update={"database": db})})
+    k, msgs = settings.kafka, list[Msg]()
+    plan = [("u1", LOT, "pass", "none", 0.1), ("u2", LOT, "review", "crack", 0.6), ("u3", LOT, "reject", "crack", 0.9),
+            ("u4", LOT, "review", "chip", 0.55), ("v1", "LOT-R-2", "review", "crack", 0.6),
+            ("u6", LOT, "pass", "none", 0.2)]
+    for i, (unit, lot, verdict, defect, score) in enumerate(plan):
+        t = T0 + i * S // 10
+        result = dataclasses.replace(batch_case._result(unit, "line-1", lot, verdict, defect, t), score=score,
+                                     class_scores={"good": 1 - score, "crack": score * 0.7, "chip": score * 0.3})
+        msgs.append(Msg(k.topic_results, result.to_json(), next(_OFFSETS)))
+        if verdict != "pass":
+            msgs.append(_image(settings, unit, lot, "", verdict, defect, t))
+    # A two-station unit: the top face in review, the bottom face passed; its unit verdict review.
+    t = T0 + S
+    for station, verdict, defect, score in (("top", "review", "chip", 0.58), ("bottom", "pass", "none", 0.1)):
+        r = dataclasses.replace(batch_case._result("m1", "line-1", LOT, verdict, defect, t), station=station,
+                                score=score, camera=f"cam-{station}")
+        msgs.append(Msg(k.topic_results, r.to_json(), next(_OFFSETS)))
+    msgs.append(_image(settings, "m1", LOT, "top", "review", "chip", t))
+    uv = UnitVerdict("m1", "line-1", LOT, "p", "review", "model", t + S, [
+        {"station": "top", "verdict": "review", "score": 0.58, "defect": "chip", "model_version": "2", "camera": "cam-top"},
+        {"station": "bottom", "verdict": "pass", "score": 0.1, "defect": "none", "model_version": "2",
+         "camera": "cam-bottom"}])
+    msgs.append(Msg(k.topic_unit_verdicts, uv.to_json(), next(_OFFSETS)))
+    ClickHouseSink(settings, chdb_client).write(msgs)  # type: ignore[arg-type]
+    trail = AuditTrail.from_settings(settings, chdb_client)
+    users = UserStore(chdb_client, db)
+    for who in (OTTO, QUINN, ADAM):
+        users.add(who.username, who.role, PASSWORDS[who.username], "test")
+    guard = Guard(users, SessionStore(chdb_client, db), trail, 60)
+    return ReviewDesk(chdb_client, db, trail, guard, lambda ref: ReviewSpec()), settings
+
+
+def _refusals(desk: ReviewDesk) -> list[str]:
+    rows = desk.client.query(
+        f"SELECT reason FROM {desk.db}.audit_records WHERE action = 'access.refused' ORDER BY seq").rows
+    return [str(r[0]) for r in rows]
+
+
+def test_the_queue_shows_each_review_unit_with_every_station(desk: tuple[ReviewDesk, Settings]) -> None:
+    d, _ = desk
+    queue = lot_queue(d.client, d.db, LOT)
+    assert [u.unit.unit_id for u in queue] == ["u2", "u4", "m1"]  # not the pass, the reject or the other lot's unit
+    m1 = queue[2]
+    assert [(s.station, s.verdict, s.has_frame) for s in m1.stations] == [("bottom", "pass", False),
+                                                                           ("top", "review", True)]
+    assert queue[0].classes() == ["chip", "crack"] and queue[0].stations[0].class_scores["crack"] == pytest.approx(0.42)
+    assert frame_jpeg(d.client, d.db, "m1", "top") == b"\xff\xd8m1top"
+    assert frame_jpeg(d.client, d.db, "m1", "bottom") is None
+    assert queue[0].to_json(qa_confirms=False)["status"] == UNDECIDED
+
+
+def test_decisions_are_signed_stored_and_refusals_audited(desk: tuple[ReviewDesk, Settings]) -> None:
+    d, _ = desk
+    done = d.decide(OTTO, PASSWORDS["otto"], LOT, "u2", "good", seconds_spent=12.5, comment="glare on the score line")
+    assert done.record.action == "review.decide" and done.record.new_value == "good"
+    assert done.signature.action == SIGN_ACTION and done.signature.detail_dict()["signed_hash"] == done.record.record_hash
+    assert done.signature.new_value == "reviewed"
+    row = d.client.query(f"SELECT decision, user, seconds_spent, machine_defect, audit_record, signature "
+                         f"FROM {d.db}.review_decisions FINAL WHERE unit_id = 'u2'").rows
+    assert [tuple(r) for r in row] == [("good", "otto", 12.5, "crack", done.record.record_id, done.signature.record_id)]
+
+    refused = [
+        (OTTO, "wrong", "u4", LOT, "good", "", "wrong password"),
+        (OTTO, PASSWORDS["otto"], "u3", LOT, "good", "", "is a machine reject: it stays rejected"),
+        (OTTO, PASSWORDS["otto"], "v1", LOT, "good", "", "belongs to lot 'LOT-R-2'"),
+        (OTTO, PASSWORDS["otto"], "u2", LOT, "defect", "crack", "already decided (recovered by otto"),
+        (OTTO, PASSWORDS["otto"], "u4", LOT, "defect", "scratch", "'scratch' is not one of chip, crack"),
+        (ADAM, PASSWORDS["adam"], "u4", LOT, "good", "", "may not review.decide"),
+        (OTTO, PASSWORDS["quinn"], "u4", LOT, "good", "", "wrong password"),  # another person's password
+        (OTTO, PASSWORDS["otto"], "nope", LOT, "good", "", "has no stored verdict"),
+    ]
+    for who, password, unit, lot, decision, defect, said in refused:
+        with pytest.raises(AccessDenied, match=re.escape(said)):
+            d.decide(who, password, lot, unit, decision, defect)
+    audited = _refusals(d)
+    assert len(audited) == len(refused) and all(said in a for a, (*_, said) in zip(audited, refused, strict=True))
+    stored = d.client.query(f"SELECT count() FROM {d.db}.review_decisions").scalar()
+    assert int(stored) == 1  # nothing refused was stored
+
+    d.decide(QUINN, PASSWORDS["quinn"], LOT, "u4", "defect", "chip")
+    statuses = {u.unit.unit_id: u.to_json(False)["status"] for u in lot_queue(d.client, d.db, LOT)}
+    assert statuses == {"u2": RECOVERED, "u4": CONFIRMED_DEFECTIVE, "m1": UNDECIDED}
+
+
+def test_release_needs_every_unit_decided_and_the_recovered_sample_accepted(desk: tuple[ReviewDesk, Settings]) -> None:
+    d, _ = desk
+    spec = ReviewSpec(max_review_fraction=0.05, aql=1.0)
+
+    def summary():  # noqa: ANN202
+        return summarize(d.client, d.db, LOT, spec.qa_confirms, spec.max_review_fraction, spec.aql_level, spec.aql)
+
+    first = summary()
+    assert (first.units, first.review_units, first.undecided) == (6, 3, 3)
+    assert first.over_limit and first.review_fraction == pytest.approx(0.5)
+    assert first.release_refusals() == ["3 review unit(s) undecided"]
+    d.decide(OTTO, PASSWORDS["otto"], LOT, "u2", "good")
+    d.decide(OTTO, PASSWORDS["otto"], LOT, "u4", "good")
+    with pytest.raises(ReviewRefused, match="still has 1 undecided"):
+        d.record_sample(QUINN, PASSWORDS["quinn"], LOT, 0, spec)
+    d.decide(OTTO, PASSWORDS["otto"], LOT, "m1", "cannot_decide")
+    decided = summary()
+    assert decided.counts[RECOVERED] == 2 and decided.counts[KEPT_REJECTED] == 1 and decided.undecided == 0
+    assert decided.plan is not None and (decided.plan.sample_size, decided.plan.accept) == (2, 0)
+    assert decided.release_refusals() == ["2 recovered unit(s) not sampled (ISO 2859-1)"]
+    with pytest.raises(AccessDenied, match="may not review.sample"):
+        d.record_sample(OTTO, PASSWORDS["otto"], LOT, 0, spec)
+    with pytest.raises(ReviewRefused, match="3 defective units in a sample of 2"):
+        d.record_sample(QUINN, PASSWORDS["quinn"], LOT, 3, spec)
+    failed, after = d.record_sample(QUINN, PASSWORDS["quinn"], LOT, 1, spec)
+    assert failed.record.new_value == "rejected"
+    assert after.release_refusals() == ["the sample of recovered units failed (1 defective, accept 0)"]
+    passed, after = d.record_sample(QUINN, PASSWORDS["quinn"], LOT, 0, spec, comment="re-sampled after re-sorting")
+    assert passed.signature.new_value == "approved" and after.release_refusals() == []
+
+
+def test_qa_confirms_an_operators_good_where_the_recipe_says_so(desk: tuple[ReviewDesk, Settings]) -> None:
+    d, _ = desk
+    d.review_spec = lambda ref: ReviewSpec(qa_confirms=True)
+    d.decide(OTTO, PASSWORDS["otto"], LOT, "u2", "good")
+    unit = find_unit(d.client, d.db, "u2")
+    assert unit is not None and unit.to_json(qa_confirms=True)["status"] == AWAITING_QA
+    with pytest.raises(ReviewRefused, match="QA confirms it"):
+        d.decide(OTTO, PASSWORDS["otto"], LOT, "u2", "good")
+    confirmed = d.decide(QUINN, PASSWORDS["quinn"], LOT, "u2", "good")
+    assert confirmed.signature.new_value == "approved"
+    unit = find_unit(d.client, d.db, "u2")
+    assert unit is not None and unit.to_json(qa_confirms=True)["status"] == RECOVERED
+    assert [x["user"] for x in unit.decided] == ["otto", "quinn"]
