@@ -8,6 +8,7 @@ temporary repository: nothing depends on the trained artifacts under ``triton_mo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -16,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from contract_models import add_version, model_repository, repo_settings
-from support import eventually
+from contract_models import add_version, classifier_onnx, model_repository, repo_settings
+from support import approve_validation_report, eventually
 
 from pipeline.analytics.run_report import build_report
 from pipeline.clickhouse import ClickHouseClient
@@ -43,7 +44,14 @@ def live_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     add_version(repo, c, 2, review=0.5, reject=0.5, bias=0.9)  # rejects everything
     add_version(repo, c, 3, review=0.3, reject=0.7, bias=0.5)  # sends everything to review
     add_version(repo, c, 4, review=0.3, reject=0.7, bias=0.5, parity_passed=False)
-    add_version(repo, c, 5, review=0.3, reject=0.7, bias=0.5, input_name="PIXELS")  # Triton cannot load it
+    # Triton cannot load it: its input is 128 x 128, the config's 160 x 160 (onnxruntime runs it,
+    # so its validation report can be made and approved like any other's).
+    five = add_version(repo, c, 5, review=0.3, reject=0.7, bias=0.5)
+    data = classifier_onnx(5, 0.3, 0.7, 0.5, size=128)
+    (five / repository.ONNX_FILE).write_bytes(data)
+    card = json.loads((five / repository.CARD_JSON).read_text())
+    card["onnx"]["sha256"] = hashlib.sha256(data).hexdigest()
+    (five / repository.CARD_JSON).write_text(json.dumps(card))
     return repo
 
 
@@ -117,6 +125,13 @@ def test_deploy_and_rollback_while_the_line_runs(
     db = resolved.clickhouse.database
     classifier = "tablet_round_white_10mm_classifier"
     repo = live_triton.triton.model_repository
+    # What a deploy requires: each version's approved validation report (docs/validation.md).
+    gmp = live_triton.model_copy(update={
+        "clickhouse": live_triton.clickhouse.model_copy(update={"database": f"deploy_gmp_{uuid.uuid4().hex[:6]}"}),
+        "audit": live_triton.audit.model_copy(update={"publish_timeout_s": 0.0}),
+    })
+    for version in (2, 3, 5):
+        approve_validation_report(gmp, client, classifier, version)
     target = TritonTarget.from_settings(live_triton)
     assert target.ready_versions(classifier) == [1]
     # The python-backend twin serves every contract tensor with the contract's types.
