@@ -136,6 +136,39 @@ ORDER BY (line, unit_id)
 SETTINGS non_replicated_deduplication_window = 1000;
 ALTER TABLE {db}.ground_truth ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER source;
 
+-- Shadow deployment (docs/models.md): a candidate classifier version's verdict on a live frame,
+-- at its own thresholds. Never acted on and never in a production count: kept apart from
+-- inspections. One row per unit (station frame) and candidate version; verdict 'failed' when the
+-- candidate could not score the frame (error says why).
+CREATE TABLE IF NOT EXISTS {db}.shadow_inspections
+(
+    unit_id          String,
+    line             LowCardinality(String),
+    camera           LowCardinality(String),
+    station          LowCardinality(String),
+    product          LowCardinality(String),
+    lot              String,
+    verdict          LowCardinality(String),
+    defect           LowCardinality(String),
+    score            Nullable(Float32),
+    review_threshold Nullable(Float32),
+    reject_threshold Nullable(Float32),
+    model_name       LowCardinality(String),   -- the classifier (served as <name>__shadow)
+    model_version    UInt32,                   -- the candidate version
+    live_version     Nullable(UInt32),         -- the live version when the shadow started
+    capture_time     DateTime64(6, 'UTC'),
+    scored_time      DateTime64(6, 'UTC'),
+    shadow_id        String,
+    error            String,
+    kafka_partition  UInt32,
+    kafka_offset     UInt64,
+    stored_time      DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(capture_time)
+ORDER BY (line, model_name, model_version, unit_id, station)
+SETTINGS non_replicated_deduplication_window = 1000;
+
 -- Frames that could not be inspected, with the reason (their units were fail-safe rejected).
 CREATE TABLE IF NOT EXISTS {db}.dead_letters
 (

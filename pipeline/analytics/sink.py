@@ -51,6 +51,7 @@ from pipeline.wire.messages import (
     UnitVerdict,
     header_value,
 )
+from pipeline.wire.shadow import ShadowVerdict
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,19 @@ def truth_row(m: Message) -> Row:
         "capture_time": datetime_from_ns(t.capture_ns),
         "source": t.source,
         "purpose": t.purpose,
+    }
+
+
+def shadow_row(m: Message) -> Row:
+    """A shadow deployment's candidate verdict (docs/models.md): stored apart, never acted on."""
+    v = ShadowVerdict.from_json(m.value())
+    return {
+        "unit_id": v.unit_id, "line": v.line, "camera": v.camera, "station": v.station, "product": v.product,
+        "lot": v.lot, "verdict": v.verdict, "defect": v.defect, "score": v.score,
+        "review_threshold": v.review_threshold, "reject_threshold": v.reject_threshold,
+        "model_name": v.model_name, "model_version": v.model_version, "live_version": v.live_version,
+        "capture_time": datetime_from_ns(v.capture_ns), "scored_time": datetime_from_ns(v.scored_ns),
+        "shadow_id": v.shadow_id, "error": v.error, "kafka_partition": m.partition(), "kafka_offset": m.offset(),
     }
 
 
@@ -292,6 +306,7 @@ class ClickHouseSink:
             k.topic_alerts: ("alerts", alert_row),
             k.topic_reject_images: ("reject_images", reject_image_row),
             k.topic_unit_verdicts: ("unit_verdicts", unit_verdict_row),
+            k.topic_shadow: ("shadow_inspections", shadow_row),
         }
         self.rows_written = 0
         self.audit = AuditTrail.from_settings(settings, client, audit_publisher)

@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli.knapp import register as register_knapp_commands
     from pipeline.cli.recipes import register as register_recipe_commands
     from pipeline.cli.validation import register as register_validation_commands
+    from pipeline.cli.shadow import register as register_shadow_commands
 
     parser = argparse.ArgumentParser(
         prog="linesight",
@@ -515,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--reason", help="why (required; kept in deployments.jsonl and the audit trail)")
     add_model_auth_args(m)
     m.set_defaults(func=cmd_models_rollback)
+    register_shadow_commands(models, _settings)  # shadow, compare (docs/models.md, "Shadow deployment")
 
     register_gmp_commands(sub, _settings)  # audit, users (docs/audit.md)
     register_recipe_commands(sub, _settings)  # recipes (docs/recipes.md)

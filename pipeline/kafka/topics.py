@@ -57,6 +57,7 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         (kafka.topic_recipes, {"cleanup.policy": "compact"}),
         (kafka.topic_unit_verdicts, {}),
         (kafka.topic_camera_status, {}),
+        (kafka.topic_shadow, {}),
     ]
     return [TopicSpec(n, kafka.partitions, kafka.replication_factor, dict(c)) for n, c in names]
 

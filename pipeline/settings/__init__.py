@@ -50,6 +50,8 @@ class KafkaSettings(BaseModel):
     topic_unit_verdicts: str = "linesight.unit-verdicts"
     # Station camera health from the camera gateway (docs/cameras.md), keyed by camera serial.
     topic_camera_status: str = "linesight.camera-status"
+    # Shadow deployment (docs/models.md): a candidate version's verdicts, never acted on.
+    topic_shadow: str = "linesight.shadow-verdicts"
     partitions: int = 3
     replication_factor: int = 1
     # Frames above this size are refused by the gateway (Kafka's default message cap is 1 MB).

@@ -40,7 +40,8 @@ def test_topic_specs_follow_settings(embedded_settings: Settings) -> None:
     assert set(specs) == {k.topic_frames, k.topic_results, k.topic_rejects, k.topic_deadletter,
                           k.topic_truth, k.topic_actuations, k.topic_heartbeats, k.topic_gate_events,
                           k.topic_alarms, k.topic_audit, k.topic_audit_seals, k.topic_alerts, k.topic_reject_images,
-                          k.topic_recipes, k.topic_unit_verdicts, k.topic_camera_status}
+                          k.topic_recipes, k.topic_unit_verdicts, k.topic_camera_status,
+                          k.topic_shadow}
     assert specs[k.topic_recipes].config == {"cleanup.policy": "compact"}
     assert all(s.partitions == k.partitions and s.replication_factor == k.replication_factor for s in specs.values())
     big = int(specs[k.topic_frames].config["max.message.bytes"])
@@ -53,7 +54,7 @@ def test_ensure_topics_is_idempotent(broker: str, embedded_settings: Settings) -
     settings = _settings(embedded_settings, broker, f"t{uuid.uuid4().hex[:8]}")
     k = settings.kafka
     created = ensure_topics(settings)
-    assert len(created) == len(TOPIC_FIELDS) == 16
+    assert len(created) == len(TOPIC_FIELDS) == 17
     assert ensure_topics(settings) == []  # existing topics are fine
 
     admin = AdminClient({"bootstrap.servers": broker})
