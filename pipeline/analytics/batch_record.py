@@ -29,6 +29,9 @@ from pipeline.audit.trail import AuditTrail
 from pipeline.audit.verify import VerifyReport
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.core.pdf import ReportPdf, latin
+from pipeline.recipes.schema import ReviewSpec
+from pipeline.review.lot_rules import lot_recipe, review_spec_for
+from pipeline.review.store import ReviewSummary, summarize
 
 if TYPE_CHECKING:
     from fpdf import FPDF
@@ -72,11 +75,24 @@ class BatchRecord:
     duplicate_serials: list[dict] = field(default_factory=list)
     # The lot's start and end challenge runs (docs/validation.md); their own units, never production.
     challenges: list[LotChallenge] = field(default_factory=list)
+    # What people decided about the lot's review units (docs/review.md); None: not looked up.
+    review: ReviewSummary | None = None
+    review_note: str = ""  # why the strict review rules apply, where they do
 
     @property
     def release_refusals(self) -> list[str]:
-        """Why the lot must not be released (a start or end challenge missing or failed)."""
-        return release_refusals(self.challenges)
+        """Why the lot must not be released: a start or end challenge missing or failed, a review
+        unit undecided, recovered units not sampled or their sample failed."""
+        return release_refusals(self.challenges) + (self.review.release_refusals() if self.review else [])
+
+    @property
+    def flags(self) -> list[str]:
+        """What QA must look at before releasing (not a refusal by itself)."""
+        r = self.review
+        if r is None or not r.over_limit:
+            return []
+        return [f"review rate {100 * r.review_fraction:.2f} % of the lot is above the recipe's limit "
+                f"{100 * r.max_review_fraction:.2f} %"]
 
     @property
     def captured(self) -> int:
@@ -87,11 +103,25 @@ class BatchRecord:
         return 100.0 * self.reconciliation.total("inspected_passed") / self.captured if self.captured else 0.0
 
 
+def lot_review(client: ClickHouseClient, db: str, lot: str, recipes_dir: Path | None) -> tuple[ReviewSummary, str]:
+    """The lot's review under its recipe's [review] rules, and why strict rules apply where they do."""
+    spec, note = review_spec_for(recipes_dir, lot_recipe(client, db, lot)) if recipes_dir else (ReviewSpec(), "")
+    return summarize(client, db, lot, spec.qa_confirms, spec.max_review_fraction, spec.aql_level, spec.aql), note
+
+
+def lot_release_refusals(client: ClickHouseClient, db: str, lot: str, recipes_dir: Path | None) -> list[str]:
+    """Why the lot may not be released, without building its whole record (`report batch --release`)."""
+    return release_refusals(lot_challenges(client, db, lot)) + lot_review(client, db, lot, recipes_dir)[0].release_refusals()
+
+
 def build_batch_record(
-    client: ClickHouseClient, database: str, lot: str, trail: AuditTrail, *, positive_release: bool = False
+    client: ClickHouseClient, database: str, lot: str, trail: AuditTrail, *, positive_release: bool = False,
+    recipes_dir: Path | None = None,
 ) -> BatchRecord:
-    """``positive_release``: see `build_reconciliation` (``plc.gate_mode``)."""
+    """``positive_release``: see `build_reconciliation` (``plc.gate_mode``). ``recipes_dir``: where
+    the lot's recipe says how its review units are decided (None: the default [review] rules)."""
     db, p = database, {"lot": lot}
+    review, review_note = lot_review(client, db, lot, recipes_dir)
     rec = build_reconciliation(client, db, lot, positive_release=positive_release)
     counts = client.query(
         f"SELECT count() AS n, countIf(verdict = 'pass') AS passed FROM ({unit_verdicts_sql(db)})",  # units
@@ -161,6 +191,7 @@ def build_batch_record(
         rejects_by_cause=by_cause, samples=samples, models=_models(client, db, lot, trail),
         verification=verification, decisions_audited=len(decisions), overrides=overrides,
         challenges=lot_challenges(client, db, lot), **recipe_sections(client, db, lot),
+        review=review, review_note=review_note,
     )
 
 
@@ -205,10 +236,17 @@ th { background: #eee; } .ok { color: #060; font-weight: bold; } .bad { color: #
 </style></head><body>
 <h1>Batch record &mdash; lot {{ r.lot }}</h1>
 <p>Generated {{ r.generated.strftime('%Y-%m-%d %H:%M:%S') }} UTC by LineSight.</p>
-<p id="release" class="{{ 'bad' if r.release_refusals else 'ok' }}">{{ 'RELEASE REFUSED: ' ~ (r.release_refusals | join('; ')) if r.release_refusals else 'Challenge runs: start and end passed' }}</p>
+<p id="release" class="{{ 'bad' if r.release_refusals else 'ok' }}">{{ 'RELEASE REFUSED: ' ~ (r.release_refusals | join('; ')) if r.release_refusals else 'Challenge runs passed; every review unit decided' }}</p>
+{% for f in r.flags %}<p class="bad flag">FLAGGED: {{ f }}</p>{% endfor %}
 <h2 id="challenges">Challenge runs (challenge units, not counted as production)</h2><table><tr><th>when</th><th>result</th><th>line</th><th>recipe</th><th>set sha256</th><th>defects rejected</th><th>good removed</th><th>good in review</th><th>by</th><th>finished (UTC)</th><th>audit record</th><th>signature</th><th>failures</th></tr>
 {% for c in r.challenges %}{% if c.run %}<tr><td>{{ c.phase }}</td><td class="{{ 'ok' if c.passed else 'bad' }}">{{ 'passed' if c.passed else 'FAILED' }}</td><td>{{ c.run.line }}</td><td>{{ c.run.recipe }}</td><td class="mono">{{ c.run.set_sha256[:16] }}</td><td>{{ c.run.defects_rejected }}/{{ c.run.defects }}</td><td>{{ c.run.good_removed }}/{{ c.run.good }}</td><td>{{ c.run.good_review }}/{{ c.run.good }}</td><td>{{ c.run.user }}</td><td>{{ c.run.finished_time.strftime('%Y-%m-%d %H:%M:%S') }}</td><td class="mono">{{ c.run.audit_record }}</td><td class="mono">{{ c.run.signature }}</td><td>{{ c.run.failures | join('; ') or 'none' }}</td></tr>
 {% else %}<tr><td>{{ c.phase }}</td><td class="bad" colspan="12">MISSING</td></tr>{% endif %}{% endfor %}</table>
+{% if r.review %}{% set v = r.review %}<h2 id="review">Review units (decided by a person)</h2>
+<table><tr><th>review units</th><th>share of the lot</th><th>limit</th><th>undecided</th><th>awaiting QA</th><th>recovered (good)</th><th>confirmed defective</th><th>kept rejected</th></tr>
+<tr><td>{{ v.review_units }} of {{ v.units }}</td><td class="{{ 'bad' if v.over_limit else '' }}">{{ '%.2f' % (100 * v.review_fraction) }} %</td><td>{{ '%.2f' % (100 * v.max_review_fraction) }} %</td><td class="{{ 'bad' if v.counts.undecided else '' }}">{{ v.counts.undecided }}</td><td>{{ v.counts.awaiting_qa }}</td><td>{{ v.counts.recovered }}</td><td>{{ v.counts.confirmed_defective }}</td><td>{{ v.counts.kept_rejected }}</td></tr></table>
+{% if v.plan %}<p>Sample of the recovered units: {{ v.plan.describe() }}.
+{% if v.sample %}Result: {{ v.sample.defective }} defective in {{ v.sample.sample_size }}: <span class="{{ 'ok' if v.sample.accepted else 'bad' }}">{{ 'ACCEPTED' if v.sample.accepted else 'REJECTED' }}</span> by {{ v.sample.user }} ({{ v.sample.audit_record }}, signed {{ v.sample.signature }}).{% else %}<span class="bad">Not yet sampled.</span>{% endif %}</p>{% endif %}
+{% if r.review_note %}<p class="bad">{{ r.review_note }}</p>{% endif %}{% endif %}
 <h2>Yield</h2>
 <table><tr><th>units captured</th><td>{{ r.captured }}</td></tr>
 <tr><th>inspected, passed</th><td>{{ rec.total('inspected_passed') }}</td></tr>
@@ -304,8 +342,10 @@ def render_pdf(r: BatchRecord, path: Path) -> None:
     para(f"Every unit accounted for at the reject gate: {'yes' if accounted else 'NO'}",
          (0, 110, 0) if accounted else (170, 0, 0), "B")
     refused = r.release_refusals
-    para("RELEASE REFUSED: " + "; ".join(refused) if refused else "Challenge runs: start and end passed",
+    para("RELEASE REFUSED: " + "; ".join(refused) if refused else "Challenge runs passed; every review unit decided",
          (170, 0, 0) if refused else (0, 110, 0), "B")
+    for flag in r.flags:
+        para(f"FLAGGED: {flag}", (170, 0, 0), "B")
     h2("Challenge runs (challenge units, not counted as production)")
     table(["when", "result", "recipe", "defects rejected", "good removed", "good review", "by", "finished (UTC)",
            "audit record / signature"],
@@ -320,6 +360,23 @@ def render_pdf(r: BatchRecord, path: Path) -> None:
     for c in r.challenges:
         if c.run and c.run["failures"]:
             para(f"{c.phase} challenge failures: " + "; ".join(c.run["failures"]), (170, 0, 0))
+
+    if r.review is not None:
+        v = r.review
+        h2("Review units (decided by a person)")
+        table(["review units", "share of lot", "limit", "undecided", "awaiting QA", "recovered", "confirmed defective",
+               "kept rejected"],
+              [[f"{v.review_units} of {v.units}", f"{100 * v.review_fraction:.2f} %", f"{100 * v.max_review_fraction:.2f} %",
+                v.counts["undecided"], v.counts["awaiting_qa"], v.counts["recovered"], v.counts["confirmed_defective"],
+                v.counts["kept_rejected"]]])
+        if v.plan is not None:
+            got = v.sample
+            para(f"Sample of the recovered units: {v.plan.describe()}. " + (
+                f"Result: {got['defective']} defective in {got['sample_size']}: "
+                f"{'ACCEPTED' if got['accepted'] else 'REJECTED'} by {got['user']} ({got['audit_record']}, "
+                f"signed {got['signature']})." if got else "Not yet sampled."))
+        if r.review_note:
+            para(r.review_note, (170, 0, 0))
 
     h2("1. Yield")
     table(["units captured", "inspected, passed", "rejected (all causes)", "unaccounted", "yield"],

@@ -269,7 +269,8 @@ def cmd_report_batch(args: argparse.Namespace) -> int:
 
             record = build_batch_record(client, settings.clickhouse.database, args.lot,
                                         AuditTrail.from_settings(settings, client),
-                                        positive_release=settings.plc.positive_release)
+                                        positive_release=settings.plc.positive_release,
+                                        recipes_dir=settings.stream.recipes_dir)
             for path, render in ((args.pdf, render_pdf), (args.html, render_html)):
                 if path:
                     render(record, path)
@@ -279,16 +280,16 @@ def cmd_report_batch(args: argparse.Namespace) -> int:
         client.close()
     print(batch.to_json() if args.json else batch.to_text())
     _say_outage(batch)
-    if refusals:  # the lot's start or end challenge is missing or failed (docs/validation.md)
+    if refusals:  # a challenge missing or failed (docs/validation.md), a review unit undecided (docs/review.md)
         print(f"release of lot {args.lot} refused: " + "; ".join(refusals), file=sys.stderr)
         return 3
     return 0 if batch.every_unit_accounted else 1
 
 
 def _release_refusals(client: ClickHouseClient, settings: Settings, lot: str) -> list[str]:
-    from pipeline.analytics.challenges import lot_challenges, release_refusals
+    from pipeline.analytics.batch_record import lot_release_refusals
 
-    return release_refusals(lot_challenges(client, settings.clickhouse.database, lot))
+    return lot_release_refusals(client, settings.clickhouse.database, lot, settings.stream.recipes_dir)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:

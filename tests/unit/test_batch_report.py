@@ -147,7 +147,8 @@ def test_batch_record_pdf_and_html(lot_db: tuple[Settings, str], chdb_client: Ch
     assert_readable(pdf_pages(pdf, tmp_path / "pages"), (
         f"Batch record - lot {lot}", "50.00 %", "crack", "operator override", "plc_unreachable",
         "approved by quinn (qa)", "VERIFIED", "reduced JPEG kept of each removed unit", "u7", "u2", "u4", "u5",
-        "tablet_classifier",
+        "tablet_classifier", "Review units (decided by a person)", "1 of 8", "12.50 %", "1 review unit(s) undecided",
+        "FLAGGED: review rate 12.50 % of the lot is above the recipe's limit 2.00 %",
     ))
     # The removed units' images are in the record (u7 was never inspectable: no image).
     assert [s["unit_id"] for s in record.samples if s["jpeg"]] == ["u2", "u4", "u5"]

@@ -24,10 +24,14 @@ from pipeline.analytics.reconciliation import build_reconciliation
 from pipeline.analytics.run_report import build_report
 from pipeline.analytics.sink import ClickHouseSink
 from pipeline.audit.trail import AuditTrail
+from pipeline.auth.guard import Guard, Principal
+from pipeline.auth.sessions import SessionStore
+from pipeline.auth.users import UserStore
 from pipeline.cli.main import main
 from pipeline.clickhouse import ChdbClient
 from pipeline.datasets.folder import Dataset, Row
-from pipeline.recipes.schema import RecipeError, parse_recipe
+from pipeline.recipes.schema import RecipeError, ReviewSpec, parse_recipe
+from pipeline.review.desk import ReviewDesk
 from pipeline.settings import Settings
 from pipeline.validation.challenge import ChallengeResult, UnitOutcome, challenge_unit_id, judge, set_problems
 from pipeline.wire.messages import (
@@ -221,7 +225,8 @@ def test_batch_record_section_and_release_refused(
         "AND JSONExtractString(detail, 'purpose') = 'challenge'").scalar()
     assert int(challenge_decisions) == 6
     assert [(c.phase, c.passed) for c in record.challenges] == [("start", True), ("end", False)]
-    assert record.release_refusals == ["end challenge failed (run run-end: L-CHend-0001 (chip): not rejected)"]
+    assert record.release_refusals == ["end challenge failed (run run-end: L-CHend-0001 (chip): not rejected)",
+                                       "1 review unit(s) undecided"]
     html, pdf = tmp_path / "lot.html", tmp_path / "lot.pdf"
     render_html(record, html)
     render_pdf(record, pdf)
@@ -239,6 +244,10 @@ def test_batch_record_section_and_release_refused(
         mp.delenv("LINESIGHT_CLICKHOUSE__URL", raising=False)
         assert main(args) == 3
         _store_challenge(settings, chdb_client, lot, "end", 1_780_000_300 * S)  # repeated, passed: the latest counts
+        assert main(args) == 3  # the lot's review unit u5 is still undecided (docs/review.md)
+        desk = ReviewDesk(chdb_client, db, trail, Guard(UserStore(chdb_client, db), SessionStore(chdb_client, db),
+                                                        trail, 60), lambda ref: ReviewSpec())
+        desk.decide(Principal("quinn", "qa"), "quinn-pass-1", lot, "u5", "defect", "crack")
         assert main(args) == 0
         assert main(["challenge", "status", "--lot", lot]) == 0
 
