@@ -78,7 +78,8 @@ def _intended_use(product: str, card: dict[str, Any], recipes: Sequence[Recipe],
                       f"a person (review) or rejected for the defect classes {', '.join(classes) or 'none'}"),
         "defect_classes": classes,
         "recipes": [r.ref for r in recipes] or NONE_RECORDED,
-        "stations": sorted({s.name for r in recipes for s in r.stations}) or ["one camera (no [[station]] tables)"],
+        # per recipe: its [[station]] names, or one camera
+        "stations": {r.ref: [s.name for s in r.stations] or ["one camera"] for r in recipes} or NONE_RECORDED,
         "input_space": input_space,
     }
 
@@ -157,6 +158,7 @@ def make_report(
     if recorded_time(criteria_doc) >= first:
         raise ReportError(f"the acceptance criteria of {subject} were recorded at {criteria_doc['recorded_utc']}, "
                           f"after its test set was first read ({earlier[0].record_id}): criteria must precede the test")
+    knapp_study = _knapp(knapp, classifier, version)  # refused before the locked set is read
     why = reason or f"validation report of {subject}"
     entry, dataset, read = read_testset(settings, trail, who, testset, why,
                                         {"model": classifier, "version": version, "purpose": REPORT_ACTION})
@@ -195,7 +197,7 @@ def make_report(
         "judgement": {"checks": checks, "failed": failed},
         "passed": not failed,
         "parity": card.get("parity") if isinstance(card.get("parity"), dict) else NONE_RECORDED,
-        "knapp": _knapp(knapp, classifier, version),
+        "knapp": knapp_study,
         "challenges": challenges or NONE_RECORDED,
     }
     json_path, pdf_path = vdir / REPORT_JSON, vdir / REPORT_PDF

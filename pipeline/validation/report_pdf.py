@@ -34,7 +34,7 @@ def _h2(pdf: FPDF, text: str) -> None:
 def _para(pdf: FPDF, text: str, color: tuple[int, int, int] = (0, 0, 0), style: str = "") -> None:
     pdf.set_font("Helvetica", style, 9)
     pdf.set_text_color(*color)
-    pdf.multi_cell(0, 4.6, latin(text), new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 4.6, latin(text), align="L", new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(0, 0, 0)
     pdf.set_font("Helvetica", "", 9)
 
@@ -74,7 +74,8 @@ def render_pdf(report: dict[str, Any], path: Path) -> None:
         ["statement", use["statement"]],
         ["product", use["product"]],
         ["recipes", recipes],
-        ["stations", ", ".join(use["stations"])],
+        ["stations", use["stations"] if isinstance(use["stations"], str) else
+         "; ".join(f"{ref}: {', '.join(names)}" for ref, names in use["stations"].items())],
         ["defect classes", ", ".join(use["defect_classes"]) or "none"],
         ["input frames", space["frames"]],
         ["model input", space["model_input"]],

@@ -256,3 +256,40 @@ def test_the_cli_from_registration_to_deploy(qa: dict[str, Any], tmp_path: Path,
     assert main(["validation", "status", PRODUCT, "--version", "2"]) == 0
     assert main(["models", "deploy", PRODUCT, "--version", "2", "--reason", "validated", *auth]) == 0
     assert "version 1 -> 2" in capsys.readouterr().out
+
+
+def test_knapp_and_challenge_results_go_into_the_report(qa: dict[str, Any], chdb_client: ChdbClient,
+                                                        tmp_path: Path) -> None:
+    from pipeline.recipes.schema import parse_recipe
+    from pipeline.validation.challenge import ChallengeResult
+    from pipeline.validation.report import challenge_rows
+
+    recipe = parse_recipe({"id": "tablets", "version": 3, "product": PRODUCT,
+                           "inspection": [{"name": "appearance", "kind": "classifier", "model": "tablet_inspector"}]})
+    run = ChallengeResult(run_id="r1", line="line-1", lot="L-77", phase="start", recipe="tablets@v3", set_id="CS-1",
+                          set_sha256="ab" * 32, units=6, defects=4, defects_rejected=4, good=2, good_removed=0,
+                          good_review=0, good_removed_limit=0, review_limit=0, passed=True, user="quinn",
+                          started_ns=1_700_000_000_000_000_000, finished_ns=1_700_000_060_000_000_000,
+                          audit_record="system#99", signature="system#100")
+    chdb_client.insert_json_rows(f"{qa['db']}.challenge_runs", [run.row()])
+    study = {"classifier": "tablet_classifier", "model_version": 2, "verdict": "equivalent or better",
+             "generated": "2026-12-01T10:00:00+00:00", "false_reject": {"presentations": 5000, "rate": 0.0058},
+             "figures": {"rze": 1.276, "fq_manual": 10.73, "fq_machine": 13.7, "reject_zone_units": 14}}
+    (tmp_path / "knapp.json").write_text(json.dumps(study))
+    (tmp_path / "other.json").write_text(json.dumps({**study, "model_version": 1}))
+    _register(qa)
+    _criteria(qa, 2, max_review=1.0)
+    rows = challenge_rows(chdb_client, qa["db"], [recipe])
+    assert [(r["lot"], r["phase"], r["passed"]) for r in rows] == [("L-77", "start", True)]
+    args = (qa["settings"], qa["trail"], qa["guard"], qa["quinn"], PRODUCT, "tablet_classifier", 2, "TS-1", [recipe])
+    with pytest.raises(ReportError, match="judged tablet_classifier version 1, not tablet_classifier version 2"):
+        make_report(*args, tmp_path / "other.json", rows)
+    assert qa["trail"].store.by_action(READ_ACTION) == []  # refused before the locked set was read
+    report, _ = make_report(*args, tmp_path / "knapp.json", rows)
+    assert report["knapp"]["verdict"] == "equivalent or better" and report["knapp"]["figures"]["rze"] == 1.276
+    assert report["challenges"][0]["audit_record"] == "system#99"
+    assert report["intended_use"]["recipes"] == ["tablets@v3"]
+    assert report["intended_use"]["stations"] == {"tablets@v3": ["one camera"]}
+    pages = pdf_pages(repository.version_dir(qa["repo"], "tablet_classifier", 2) / REPORT_PDF, tmp_path / "p")
+    assert_readable(pages, ["equivalent or better: RZE 1.276", "L-77", "system#99", "tablets@v3: one camera",
+                            "ACCEPTANCE CRITERIA MET"])
