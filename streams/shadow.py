@@ -141,6 +141,22 @@ def _broker_ns(m: Message) -> int | None:
     return ms * 1_000_000 if ms and ms > 0 else None
 
 
+def production_frames(messages: Sequence[Message], product: str) -> list[_Frame]:
+    """The frames a shadow scores: production units of its product, with metadata the live
+    worker accepts (a refused frame is the worker's to dead-letter and fail-safe reject; a
+    challenge unit is QA evidence for the live judge; another product is not this model's)."""
+    frames: list[_Frame] = []
+    for m in messages:
+        headers = cast("list[tuple[str, bytes | None]]", m.headers() or [])
+        try:
+            meta = FrameMeta.from_headers(headers, ref_ns=_broker_ns(m))
+        except MessageError:
+            continue
+        if meta.product == product and meta.purpose != PURPOSE_CHALLENGE and m.value():
+            frames.append(_Frame(meta, m.value() or b""))
+    return frames
+
+
 def to_verdict(frame: _Frame, outcome: Scored | Failed, models: ShadowModels, shadow_id: str) -> ShadowVerdict:
     meta = frame.meta
     common: dict[str, Any] = dict(
@@ -176,24 +192,9 @@ class ShadowService:
         self.counts = ShadowCounts()
         self.seconds_scoring = 0.0
 
-    def select(self, messages: Sequence[Message]) -> list[_Frame]:
-        """The production frames of the shadowed product (see the module docstring)."""
-        frames: list[_Frame] = []
-        for m in messages:
-            headers = cast("list[tuple[str, bytes | None]]", m.headers() or [])
-            try:
-                meta = FrameMeta.from_headers(headers, ref_ns=_broker_ns(m))
-            except MessageError:
-                self.counts.skipped += 1  # the live worker dead-letters and fail-safe rejects it
-                continue
-            if meta.product != self.models.product or meta.purpose == PURPOSE_CHALLENGE or not m.value():
-                self.counts.skipped += 1
-                continue
-            frames.append(_Frame(meta, m.value() or b""))
-        return frames
-
     def handle(self, messages: Sequence[Message]) -> None:
-        frames = self.select(messages)
+        frames = production_frames(messages, self.models.product)
+        self.counts.skipped += len(messages) - len(frames)
         if not frames:
             return
         started = time.perf_counter()
