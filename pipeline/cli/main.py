@@ -231,8 +231,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from pipeline.validation.evaluate import evaluate, summary_text
+    from pipeline.validation.testsets import evaluation_refusal
 
     settings = _settings(args)
+    refused = evaluation_refusal(settings, args.data)  # docs/validation.md, "The locked test set"
+    if refused:
+        raise ValueError(f"refusing to evaluate: {refused}")
     with tqdm(desc="evaluate", unit="img", disable=args.json or not sys.stderr.isatty()) as bar:
         result = evaluate(settings, args.data, args.product, args.predictions, args.model, progress=bar.update)
     for warning in result.warnings:
@@ -358,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli.gateway import register as register_gateway_commands
     from pipeline.cli.knapp import register as register_knapp_commands
     from pipeline.cli.recipes import register as register_recipe_commands
-    from pipeline.cli.validation import register as register_validation_commands
     from pipeline.cli.shadow import register as register_shadow_commands
+    from pipeline.cli.validation import register as register_validation_commands
 
     parser = argparse.ArgumentParser(
         prog="linesight",

@@ -139,11 +139,9 @@ def locked_hashes(settings: Settings, name: str) -> set[str]:
     return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
-def training_refusal(settings: Settings, data: Path) -> str | None:
-    """Why training on dataset folder `data` is refused (None: it holds no locked test data).
-
-    Refused: the folder of a locked set (or inside it), a folder with the same dataset hash, or
-    one holding an image whose bytes are an image of a locked set."""
+def locked_reason(settings: Settings, data: Path) -> str | None:
+    """How dataset folder `data` holds locked test data (None: it holds none): it is the folder of
+    a locked set (or lies in it), has its dataset hash, or holds one of its images."""
     sets = load_registry(settings)
     if not sets:
         return None
@@ -151,21 +149,34 @@ def training_refusal(settings: Settings, data: Path) -> str | None:
     for s in sets.values():
         locked = Path(s.path).resolve()
         if root == locked or locked in root.parents:
-            return f"{data} is (or lies in) the locked test set {s.name!r} ({s.path}): never train on it"
+            return f"{data} is (or lies in) the locked test set {s.name!r} ({s.path})"
     try:
         dataset = load_dataset(root)
     except DatasetError:
-        return None  # not a dataset folder: training itself says what is wrong with it
+        return None  # not a dataset folder: the command itself says what is wrong with it
     digest = dataset_hash(dataset)
     mine = set(_image_hashes(dataset))
     for s in sets.values():
         if digest == s.sha256:
-            return f"{data} is the locked test set {s.name!r} (same dataset hash {s.sha256}): never train on it"
+            return f"{data} is the locked test set {s.name!r} (same dataset hash {s.sha256})"
         shared = mine & locked_hashes(settings, s.name)
         if shared:
-            return (f"{data} holds {len(shared)} image(s) of the locked test set {s.name!r} ({s.path}): "
-                    "remove them; test units are never trained on")
+            return f"{data} holds {len(shared)} image(s) of the locked test set {s.name!r} ({s.path})"
     return None
+
+
+def training_refusal(settings: Settings, data: Path) -> str | None:
+    """Why training on dataset folder `data` is refused (None: it holds no locked test data)."""
+    reason = locked_reason(settings, data)
+    return None if reason is None else f"{reason}: test units are never trained on"
+
+
+def evaluation_refusal(settings: Settings, data: Path) -> str | None:
+    """Why an unattributed read (`linesight evaluate`) of `data` is refused: every read of a
+    locked set is audited, and only a validation report reads it (None: no locked data)."""
+    reason = locked_reason(settings, data)
+    return None if reason is None else (f"{reason}: a locked test set is read only by `linesight validation "
+                                        "report`, which records who read it and why")
 
 
 def read_testset(

@@ -108,10 +108,14 @@ def test_a_locked_test_set_is_never_trained_on(qa: dict[str, Any], tmp_path: Pat
     other = write_test_images(tmp_path / "other", PRODUCT, [("none", 10), ("chip", 250)])
     assert training_refusal(settings, other) is None
 
-    # `linesight train` refuses before anything is trained.
+    # `linesight train` refuses before anything is trained; `linesight evaluate` (no user to
+    # audit) before anything is read.
     monkeypatch.setenv("LINESIGHT_STATE_DIR", str(settings.state_dir))
     assert main(["train", "--product", PRODUCT, "--data", str(copy), "--quiet"]) == 1
     assert "refusing to train" in capsys.readouterr().err
+    assert main(["evaluate", "--product", PRODUCT, "--data", str(mixed), "--predictions",
+                 str(tmp_path / "p.csv")]) == 1
+    assert "refusing to evaluate" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
 
 
 def test_criteria_must_be_recorded_before_the_test(qa: dict[str, Any]) -> None:
