@@ -736,6 +736,10 @@ def model_card_markdown(card: dict[str, Any]) -> str:
     lines += ["", "Confusion (true class -> verdict):", "", "| class | pass | review | reject |", "|---|---|---|---|"]
     for name, row in v["confusion"].items():
         lines.append(f"| {name} | {row['pass']} | {row['review']} | {row['reject']} |")
+    if card.get("input_space"):  # docs/models.md, Input-space check
+        lines += ["", f"## Input space ({card['input_space']['on']}; outside: pass -> review)", "",
+                  "| descriptor | allowed range |", "|---|---|",
+                  *(f"| {k} | {lo:.4g} .. {hi:.4g} |" for k, (lo, hi) in card["input_space"]["ranges"].items())]
     p = card["parity"]
     lines += [
         "",

@@ -78,8 +78,13 @@ def test_supervised_training_writes_version_1_then_2(repo: Path, dataset: Path) 
     assert sorted(p.name for p in vdir.iterdir()) == sorted(
         [layout.ONNX_FILE, layout.CARD_JSON, layout.CARD_MD, layout.TRAINING_HASHES])
     assert not [p for p in repo.rglob(".*") if p.name != ".gitkeep"], "staging directories left behind"
-    # Version 1 with the full class list: the committed config comes out byte-identical.
+    # Version 1 with the full class list: the committed config comes out byte-identical, but for
+    # version 1's input-space reference, which is this training's (of its 40 images).
     assert first.classes == CLASSES
+    cfg = layout.read_config(repo, "tablet_classifier")
+    assert layout.input_space_by_version(cfg)[1]["n_images"] == 40
+    layout.set_input_space(cfg, 1, layout.input_space_by_version(layout.read_config(REPO, "tablet_classifier"))[1])
+    layout.write_config(repo, "tablet_classifier", cfg)
     assert (repo / "tablet_classifier/config.pbtxt").read_text() == committed
 
     card = json.loads((vdir / layout.CARD_JSON).read_text())
@@ -128,6 +133,7 @@ def test_supervised_training_writes_version_1_then_2(repo: Path, dataset: Path) 
     cfg = layout.read_config(repo, "tablet_classifier")
     assert layout.live_version(cfg) == 1
     assert layout.classes_by_version(cfg) == {1: list(CLASSES), 2: list(CLASSES)}
+    assert set(layout.input_space_by_version(cfg)) == {1, 2}
     assert _run_onnx(repo / "tablet_classifier/2/model.onnx", 1)["MODEL_VERSION"].tolist() == [[2]]
 
 
@@ -141,6 +147,7 @@ def test_classes_come_from_the_data_and_a_new_product_gets_its_models(tmp_path: 
     cfg = layout.read_config(repo, result.model)
     assert layout.parameter(cfg, "product") == OVAL and layout.live_version(cfg) == 1
     assert layout.classes_by_version(cfg) == {1: expected}
+    assert set(layout.input_space_by_version(cfg)) == {1}  # its own, none of the template's
     assert [o.name for o in cfg.output] == ["SCORE", "CLASS_PROBS", "THRESHOLDS", "MODEL_VERSION"]
     ens = layout.read_config(repo, "tablet_oval_yellow_14mm_inspector")
     assert [s.model_name for s in ens.ensemble_scheduling.step] == ["tablet_preprocess", result.model]
