@@ -33,8 +33,9 @@ from pipeline.core.health import HealthState
 from pipeline.core.times import now_ns
 from pipeline.kafka.clients import flush_or_raise, make_consumer, make_producer
 from pipeline.kafka.commit_loop import run_batches
+from pipeline.model.deploy import DeployError
 from pipeline.model.repository import CLASSES_PARAM
-from pipeline.model.shadow import ShadowModels
+from pipeline.model.shadow import ShadowModels, load_shadow
 from pipeline.settings import Settings
 from pipeline.wire.messages import PURPOSE_CHALLENGE, FrameMeta, MessageError
 from pipeline.wire.shadow import ShadowVerdict
@@ -43,6 +44,9 @@ from streams.triton_client import Failed, Scored, parse_classes
 log = logging.getLogger(__name__)
 
 FLUSH_TIMEOUT_S = 30.0
+# A Triton that restarted forgets the shadow model (it was never in its repository): the shadow
+# loads it again, at most this often, and the frames scored meanwhile are stored as `failed`.
+RELOAD_INTERVAL_S = 10.0
 
 
 def shadow_group(models: ShadowModels) -> str:
@@ -141,6 +145,11 @@ def _broker_ns(m: Message) -> int | None:
     return ms * 1_000_000 if ms and ms > 0 else None
 
 
+def _model_missing(reason: str) -> bool:
+    text = reason.lower()
+    return "unknown model" in text or "not found" in text
+
+
 def production_frames(messages: Sequence[Message], product: str) -> list[_Frame]:
     """The frames a shadow scores: production units of its product, with metadata the live
     worker accepts (a refused frame is the worker's to dead-letter and fail-safe reject; a
@@ -191,6 +200,8 @@ class ShadowService:
         self.producer = make_producer(settings.kafka, "linesight-shadow")
         self.counts = ShadowCounts()
         self.seconds_scoring = 0.0
+        self.reloads = 0
+        self._last_reload = 0.0
 
     def handle(self, messages: Sequence[Message]) -> None:
         frames = production_frames(messages, self.models.product)
@@ -209,6 +220,20 @@ class ShadowService:
             else:
                 self.counts.scored += 1
         flush_or_raise(self.producer, FLUSH_TIMEOUT_S)
+        if any(isinstance(o, Failed) and _model_missing(o.reason) for o in outcomes):
+            self._reload()
+
+    def _reload(self) -> None:
+        """Load the shadow model again (Triton restarted); a failure is logged, tried again later."""
+        if time.monotonic() - self._last_reload < RELOAD_INTERVAL_S:
+            return
+        self._last_reload = time.monotonic()
+        try:
+            load_shadow(self.settings, self.models)
+            self.reloads += 1
+            log.warning("Triton had lost %s: loaded it again", self.models.shadow_classifier)
+        except DeployError as exc:
+            log.warning("reloading %s failed: %s", self.models.shadow_classifier, exc)
 
     def run(self, stop: threading.Event, health: HealthState) -> None:
         """Until `stop`: a consumer of its own group, starting at the newest frames."""

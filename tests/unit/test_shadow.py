@@ -182,3 +182,52 @@ def test_compare_on_known_rows(chdb_client: ChdbClient, with_reviews: bool) -> N
     assert compare(chdb_client, db, PRODUCT, C, line="L2").units == 0
     since = compare(chdb_client, db, PRODUCT, C, since=datetime(2026, 12, 5, 8, 0, 3, tzinfo=UTC))
     assert since.units == 3 and since.candidate_pass_live_removed_n == 1
+
+
+class _FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    def produce(self, topic: str, key: bytes, value: bytes) -> None:
+        self.sent.append((topic, key, value))
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+
+class _FakeScorer:
+    def __init__(self, outcomes: list[Scored | Failed]) -> None:
+        self.outcomes = outcomes
+
+    def score(self, images: list[bytes]) -> list[Scored | Failed]:
+        return self.outcomes[: len(images)]
+
+    def close(self) -> None: ...
+
+
+def test_handle_publishes_only_on_the_shadow_topic_and_reloads_a_lost_model(
+    shadow_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streams.shadow as shadow_mod
+
+    s = shadow_settings.model_copy(update={"kafka": shadow_settings.kafka.model_copy(
+        update={"bootstrap_servers": "127.0.0.1:9"})})
+    service = shadow_mod.ShadowService(s, resolve(s, PRODUCT, 2), "127.0.0.1:9")
+    producer = _FakeProducer()
+    service.producer = producer  # type: ignore[assignment]
+    service.scorer = _FakeScorer([Scored(0.9, {"good": 0.1, "chip": 0.9}, 0.4, 0.6, 2, C)])  # type: ignore[assignment]
+    service.handle([_frame_msg("u1", offset=0), _frame_msg("u2", purpose="challenge", offset=1)])
+    assert [(t, k) for t, k, _ in producer.sent] == [(s.kafka.topic_shadow, b"u1")]
+    assert (service.counts.scored, service.counts.failed, service.counts.skipped) == (1, 0, 1)
+
+    loads: list[str] = []
+    monkeypatch.setattr(shadow_mod, "load_shadow", lambda settings, models: loads.append(models.shadow_classifier))
+    lost = Failed(f"triton: Request for unknown model: '{C}__shadow' is not found")
+    service.scorer = _FakeScorer([lost, lost])  # type: ignore[assignment]
+    service.handle([_frame_msg("u3", offset=2), _frame_msg("u4", offset=3)])
+    service.handle([_frame_msg("u5", offset=4)])  # within RELOAD_INTERVAL_S: not again
+    assert loads == [C + SUFFIX] and service.reloads == 1
+    assert [ShadowVerdict.from_json(v).verdict for _, _, v in producer.sent[1:]] == ["failed"] * 3
