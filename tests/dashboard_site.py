@@ -21,6 +21,8 @@ from pipeline.clickhouse import ChdbClient
 from pipeline.core.times import now_ns
 from pipeline.dashboard.app import Dashboard, DashboardServer
 from pipeline.embedded.process import free_port
+from pipeline.recipes.schema import ReviewSpec
+from pipeline.review.desk import ReviewDesk
 
 
 @dataclass
@@ -54,7 +56,8 @@ def make_site(chdb_client: ChdbClient, tmp_path: Path, config: AlertConfig | Non
         return {"broker": {"ok": True}, "triton": {"ok": True}, "workers": {"ok": True},
                 "clickhouse": {"ok": True}, "plc": {"ok": True}}
 
-    dash = Dashboard(engine, guard, acknowledge, health, sse_interval_s=0.5, health_interval_s=1.0)
+    review = ReviewDesk(chdb_client, db, trail, guard, lambda ref: ReviewSpec())
+    dash = Dashboard(engine, guard, acknowledge, health, sse_interval_s=0.5, health_interval_s=1.0, review=review)
     server = DashboardServer(dash, "127.0.0.1", free_port()).start()
     return Site(server.url, engine, chdb_client, db, acked, dash), server
 

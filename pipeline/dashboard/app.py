@@ -4,8 +4,9 @@ SPC p-chart, alerts with acknowledgement; live updates by Server-Sent Events.
 
 Security: every path but ``/login`` and ``/static/*`` needs a session (``pipeline.auth``: the
 same users, roles and sessions as the CLI). The session token travels in an HttpOnly,
-SameSite=Strict cookie; a page asking for it gets a redirect to the login page, anything else a
-401. An acknowledgement is a POST carrying a CSRF token (an HMAC of the session token with a key
+SameSite=Strict cookie; a page asking for it gets a redirect to the login page, a POST a 403
+(recorded in the audit trail: a state-changing request without a session is forged or
+replayed), anything else a 401. The review station's routes are `pipeline.dashboard.review`. An acknowledgement is a POST carrying a CSRF token (an HMAC of the session token with a key
 of this process) and, when the browser sends one, an Origin of this host; a forged or missing
 token is refused with 403 and the refusal is recorded in the audit trail, as is every
 acknowledgement (``alert.acknowledge``).
@@ -14,69 +15,36 @@ acknowledgement (``alert.acknowledge``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import html
 import json
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from pipeline.alerts.engine import AlertEngine
-from pipeline.alerts.record import AlertRecord
 from pipeline.audit.record import AuditEvent
-from pipeline.auth.guard import AccessDenied, Guard, LockedOut, Principal
+from pipeline.auth.guard import AccessDenied, LockedOut, Principal
 from pipeline.core.times import now_ns
-from pipeline.dashboard.localize import Localizer, LocalizeUnavailable
-from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
+from pipeline.dashboard.context import (
+    ACK,
+    COOKIE,
+    DASHBOARD_KEY,
+    HEALTH_TASK,
+    PRINCIPAL,
+    REFUSALS_TASK,
+    STATIC,
+    TOKEN,
+    VIEW,
+    Dashboard,
+    page,
+    same_origin,
+)
+from pipeline.dashboard.localize import LocalizeUnavailable
+from pipeline.dashboard.review import add_routes as add_review_routes
 
 log = logging.getLogger(__name__)
-
-STATIC = Path(__file__).parent / "static"
-COOKIE = "ls_session"
-VIEW = "dashboard.view"
-ACK = "alarm.acknowledge"
-
-
-@dataclass
-class Dashboard:
-    """What the web app needs from the stack."""
-
-    engine: AlertEngine | RemoteAlerts        # in-process (`linesight up`) or the alert service's API
-    guard: Guard
-    acknowledge: Callable[[str, str], AlertRecord]          # (alert id, user) -> published record
-    health: Callable[[], dict[str, Any]] = lambda: {}          # blocking probe, run off the loop
-    secure_cookie: bool = False
-    versions: TritonVersions | None = None                     # "model live": Triton's ready version
-    localizer: Localizer | None = None                         # reject heat maps through Triton
-    sse_interval_s: float = 1.0
-    health_interval_s: float = 2.0
-    csrf_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
-    _health: dict[str, Any] = field(default_factory=dict)
-
-    def csrf_for(self, token: str) -> str:
-        return hmac.new(self.csrf_key, token.encode(), hashlib.sha256).hexdigest()
-
-    def state(self) -> dict[str, Any]:
-        snap = self.engine.snapshot(now_ns())
-        if self.versions is not None:
-            snap = snap | {"lines": [line | {"models": self.versions.overlay(line.get("models", {}))}
-                                     for line in snap.get("lines", [])]}
-        return snap | {"health": self._health, "server_time_ns": now_ns()}
-
-
-DASHBOARD_KEY: web.AppKey[Dashboard] = web.AppKey("dashboard", Dashboard)
-PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
-TOKEN: web.RequestKey[str] = web.RequestKey("token", str)
-HEALTH_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("health_task", asyncio.Task)
-REFUSALS_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("refusals_task", asyncio.Task)
 
 
 def _wants_html(request: web.Request) -> bool:
@@ -102,6 +70,11 @@ async def auth_middleware(request: web.Request, handler: Callable[[web.Request],
             return await handler(request)
     if _wants_html(request):
         raise web.HTTPFound("/login")
+    if request.method == "POST":  # a state-changing request without a session: forged or replayed
+        if not token:  # (an unknown or expired token was already audited by the guard)
+            await asyncio.to_thread(dash.guard.refuse_repeated, "", f"POST {request.path}", request.remote or "",
+                                    "state-changing request without a session")
+        raise web.HTTPForbidden(text=f"refused: {reason}\n")
     raise web.HTTPUnauthorized(text=f"{reason}\n", headers={"WWW-Authenticate": 'Cookie realm="linesight"'})
 
 
@@ -117,19 +90,13 @@ async def security_headers(request: web.Request, handler: Callable[[web.Request]
     return resp
 
 
-def _page(title: str, body: str) -> str:
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            "<meta name=viewport content='width=device-width,initial-scale=1'>"
-            "<link rel=stylesheet href='/static/dashboard.css'></head><body>" + body + "</body></html>")
-
-
 async def login_page(request: web.Request, error: str = "", status: int = 401) -> web.Response:
     msg = f"<p class=error id=login-error>{html.escape(error)}</p>" if error else ""
     body = ("<main class=login><h1>LineSight</h1><form method=post action=/login id=login-form>"
             "<label>User <input name=username id=username autocomplete=username required></label>"
             "<label>Password <input name=password id=password type=password autocomplete=current-password required>"
             f"</label><button type=submit id=login-submit>Log in</button>{msg}</form></main>")
-    return web.Response(text=_page("LineSight login", body), content_type="text/html",
+    return web.Response(text=page("LineSight login", body), content_type="text/html",
                         status=status if error else 200)
 
 
@@ -153,7 +120,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     dash = request.app[DASHBOARD_KEY]
-    if not _same_origin(request) or not hmac.compare_digest(
+    if not same_origin(request) or not hmac.compare_digest(
             str((await request.post()).get("csrf", "")), dash.csrf_for(request[TOKEN])):
         raise web.HTTPForbidden(text="bad CSRF token\n")
     await asyncio.to_thread(dash.guard.sessions.revoke, request[TOKEN])
@@ -167,7 +134,8 @@ async def index(request: web.Request) -> web.Response:
     who: Principal = request[PRINCIPAL]
     csrf = dash.csrf_for(request[TOKEN])
     body = (
-        f"<header><h1>LineSight</h1><span id=status class=badge>connecting…</span>"
+        f"<header><h1>LineSight</h1><a href=/review class=navlink id=review-link>Review station</a>"
+        "<span id=status class=badge>connecting…</span>"
         f"<span class=user>{html.escape(who.username)} ({html.escape(who.role)})</span>"
         f"<form method=post action=/logout class=inline><input type=hidden name=csrf value='{csrf}'>"
         "<button type=submit>Log out</button></form></header>"
@@ -182,7 +150,7 @@ async def index(request: web.Request) -> web.Response:
         "<noscript><p class=error>The live view needs JavaScript; <a href=/api/state>state as JSON</a>."
         "</p></noscript></main><script src='/static/dashboard.js'></script>"
     )
-    return web.Response(text=_page("LineSight dashboard", body), content_type="text/html")
+    return web.Response(text=page("LineSight dashboard", body), content_type="text/html")
 
 
 async def api_state(request: web.Request) -> web.Response:
@@ -240,20 +208,13 @@ async def reject_heatmap(request: web.Request) -> web.Response:
     return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
-def _same_origin(request: web.Request) -> bool:
-    origin = request.headers.get("Origin")
-    if not origin or origin == "null":
-        return origin is None
-    return urlsplit(origin).netloc == request.host
-
-
 async def acknowledge(request: web.Request) -> web.StreamResponse:
     dash = request.app[DASHBOARD_KEY]
     who: Principal = request[PRINCIPAL]
     alert_id = request.match_info["alert_id"]
     form = await request.post()
     sent = str(form.get("csrf", "") or request.headers.get("X-CSRF-Token", ""))
-    if not _same_origin(request) or not hmac.compare_digest(sent, dash.csrf_for(request[TOKEN])):
+    if not same_origin(request) or not hmac.compare_digest(sent, dash.csrf_for(request[TOKEN])):
         await asyncio.to_thread(dash.guard.refuse, who.username, who.role, ACK, alert_id,
                                 "acknowledgement with a missing or forged CSRF token, or from another origin")
         raise web.HTTPForbidden(text="refused: bad CSRF token\n")
@@ -321,6 +282,7 @@ def make_app(dash: Dashboard) -> web.Application:
     app.router.add_get("/rejects/{unit}", reject_image)
     app.router.add_get("/rejects/{unit}/heatmap.png", reject_heatmap)
     app.router.add_post("/alerts/{alert_id}/ack", acknowledge)
+    add_review_routes(app)  # the review station (docs/review.md)
     app.router.add_static("/static/", STATIC, show_index=False)
     app.on_startup.append(_start_background)
     app.on_cleanup.append(_stop_background)

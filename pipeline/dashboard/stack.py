@@ -35,6 +35,8 @@ from pipeline.dashboard.localize import triton_localizer
 from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
 from pipeline.embedded.process import ServiceStartError
 from pipeline.kafka.clients import RenewingProducer, client_config
+from pipeline.review.desk import ReviewDesk
+from pipeline.review.lot_rules import review_spec_for
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -139,8 +141,10 @@ def build_dashboard(
     guard = Guard(UserStore(client, db), SessionStore(client, db), trail, settings.audit.session_ttl_s,
                   LoginPolicy(svc.login_max_failures, svc.login_max_failures_per_source, svc.login_failure_window_s,
                               svc.login_lockout_s, svc.refusal_audit_window_s))
+    recipes_dir = settings.stream.recipes_dir
+    review = ReviewDesk(client, db, trail, guard, lambda ref: review_spec_for(recipes_dir, ref)[0])
     dash = Dashboard(engine, guard, acknowledge, probe, secure_cookie=settings.services.dashboard_secure_cookie,
-                     versions=versions, localizer=triton_localizer(settings))
+                     versions=versions, localizer=triton_localizer(settings), review=review)
     try:
         server = DashboardServer(dash, settings.services.dashboard_host, settings.services.dashboard_port).start()
     except RuntimeError as exc:

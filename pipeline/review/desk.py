@@ -19,6 +19,7 @@ from pipeline.auth.signatures import sign_record
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.core.aql import SamplePlanError
 from pipeline.recipes.schema import ReviewSpec
+from pipeline.review.lot_rules import lot_recipe
 from pipeline.review.rules import DEFECT, refusal, status
 from pipeline.review.store import QueueUnit, ReviewSummary, find_unit, summarize
 
@@ -45,6 +46,15 @@ class ReviewDesk:
     trail: AuditTrail
     guard: Guard
     review_spec: Callable[[str], ReviewSpec]
+
+    def lot_rules(self, lot: str) -> ReviewSpec:
+        """The [review] rules of the recipe that judged most of the lot."""
+        return self.review_spec(lot_recipe(self.client, self.db, lot))
+
+    def lot_summary(self, lot: str) -> ReviewSummary:
+        spec = self.lot_rules(lot)
+        return summarize(self.client, self.db, lot, spec.qa_confirms, spec.max_review_fraction, spec.aql_level,
+                         spec.aql)
 
     def _signer(self, who: Principal, password: str, action: str, subject: str) -> None:
         """The e-signature's authentication: the logged-in person re-enters their own password."""
@@ -91,10 +101,12 @@ class ReviewDesk:
         }])
         return Recorded(record, signature)
 
-    def record_sample(self, who: Principal, password: str, lot: str, defective: int, spec: ReviewSpec,
+    def record_sample(self, who: Principal, password: str, lot: str, defective: int, spec: ReviewSpec | None = None,
                       comment: str = "") -> tuple[Recorded, ReviewSummary]:
-        """Record the result of inspecting the ISO 2859-1 sample of the lot's recovered units (QA)."""
+        """Record the result of inspecting the ISO 2859-1 sample of the lot's recovered units (QA);
+        `spec`: the [review] rules (default: the lot's recipe's)."""
         self._signer(who, password, SAMPLE, lot)
+        spec = spec or self.lot_rules(lot)
         summary = summarize(self.client, self.db, lot, spec.qa_confirms, spec.max_review_fraction,
                             spec.aql_level, spec.aql)
         plan = summary.plan

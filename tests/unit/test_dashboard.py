@@ -34,7 +34,7 @@ def test_unauthenticated_requests_are_refused(site: Site) -> None:
     assert status == 302 and headers["Location"] == "/login"
     for path in ("api/state", "events", "rejects/x"):
         assert call(anon, site.url + path)[0] == 401
-    assert call(anon, site.url + "alerts/x/ack", {"csrf": "x"})[0] == 401
+    assert call(anon, site.url + "alerts/x/ack", {"csrf": "x"})[0] == 403  # a POST without a session: audited
     assert call(anon, site.url + "login")[0] == 200
     assert call(anon, site.url + "static/dashboard.css")[0] == 200
     forged = opener(follow=False)

@@ -5,16 +5,13 @@ whether the lot's review still refuses its release."""
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import re
 import uuid
 
 import pytest
-import test_batch_report as batch_case
-from support import Msg
+from review_lot import LOT, PASSWORDS, seed_review_lot
+from review_lot import frame_jpeg as lot_frame
 
-from pipeline.analytics.sink import ClickHouseSink
 from pipeline.audit.record import SIGN_ACTION
 from pipeline.audit.trail import AuditTrail
 from pipeline.auth.guard import AccessDenied, Guard, Principal
@@ -26,23 +23,8 @@ from pipeline.review.desk import ReviewDesk, ReviewRefused
 from pipeline.review.rules import AWAITING_QA, CONFIRMED_DEFECTIVE, KEPT_REJECTED, RECOVERED, UNDECIDED
 from pipeline.review.store import find_unit, frame_jpeg, lot_queue, summarize
 from pipeline.settings import Settings
-from pipeline.wire.messages import H_CAPTURE_NS, H_DEFECT, H_LINE, H_LOT, H_STATION, H_UNIT, H_VERDICT, UnitVerdict
 
-S = 1_000_000_000
-T0 = 1_780_000_000 * S
-LOT = "LOT-R-1"
 OTTO, QUINN, ADAM = Principal("otto", "operator"), Principal("quinn", "qa"), Principal("adam", "admin")
-PASSWORDS = {"otto": "otto-pass-123", "quinn": "quinn-pass-123", "adam": "adam-pass-123"}
-_OFFSETS = itertools.count(1000)
-
-
-def _image(settings: Settings, unit: str, lot: str, station: str, verdict: str, defect: str, t: int) -> Msg:
-    headers = [(H_UNIT, unit.encode()), (H_LINE, b"line-1"), (H_LOT, lot.encode()), (H_CAPTURE_NS, str(t).encode()),
-               (H_VERDICT, verdict.encode()), (H_DEFECT, defect.encode())]
-    if station:
-        headers.append((H_STATION, station.encode()))
-    return Msg(settings.kafka.topic_reject_images, b"\xff\xd8" + unit.encode() + station.encode(), next(_OFFSETS),
-               headers)
 
 
 @pytest.fixture()
@@ -51,30 +33,7 @@ def desk(embedded_settings: Settings, chdb_client: ChdbClient) -> tuple[ReviewDe
     chdb_client.apply_schema(db)
     settings = embedded_settings.model_copy(update={
         "clickhouse": embedded_settings.clickhouse.model_copy(update={"database": db})})
-    k, msgs = settings.kafka, list[Msg]()
-    plan = [("u1", LOT, "pass", "none", 0.1), ("u2", LOT, "review", "crack", 0.6), ("u3", LOT, "reject", "crack", 0.9),
-            ("u4", LOT, "review", "chip", 0.55), ("v1", "LOT-R-2", "review", "crack", 0.6),
-            ("u6", LOT, "pass", "none", 0.2)]
-    for i, (unit, lot, verdict, defect, score) in enumerate(plan):
-        t = T0 + i * S // 10
-        result = dataclasses.replace(batch_case._result(unit, "line-1", lot, verdict, defect, t), score=score,
-                                     class_scores={"good": 1 - score, "crack": score * 0.7, "chip": score * 0.3})
-        msgs.append(Msg(k.topic_results, result.to_json(), next(_OFFSETS)))
-        if verdict != "pass":
-            msgs.append(_image(settings, unit, lot, "", verdict, defect, t))
-    # A two-station unit: the top face in review, the bottom face passed; its unit verdict review.
-    t = T0 + S
-    for station, verdict, defect, score in (("top", "review", "chip", 0.58), ("bottom", "pass", "none", 0.1)):
-        r = dataclasses.replace(batch_case._result("m1", "line-1", LOT, verdict, defect, t), station=station,
-                                score=score, camera=f"cam-{station}")
-        msgs.append(Msg(k.topic_results, r.to_json(), next(_OFFSETS)))
-    msgs.append(_image(settings, "m1", LOT, "top", "review", "chip", t))
-    uv = UnitVerdict("m1", "line-1", LOT, "p", "review", "model", t + S, [
-        {"station": "top", "verdict": "review", "score": 0.58, "defect": "chip", "model_version": "2", "camera": "cam-top"},
-        {"station": "bottom", "verdict": "pass", "score": 0.1, "defect": "none", "model_version": "2",
-         "camera": "cam-bottom"}])
-    msgs.append(Msg(k.topic_unit_verdicts, uv.to_json(), next(_OFFSETS)))
-    ClickHouseSink(settings, chdb_client).write(msgs)  # type: ignore[arg-type]
+    seed_review_lot(settings, chdb_client)
     trail = AuditTrail.from_settings(settings, chdb_client)
     users = UserStore(chdb_client, db)
     for who in (OTTO, QUINN, ADAM):
@@ -97,7 +56,7 @@ def test_the_queue_shows_each_review_unit_with_every_station(desk: tuple[ReviewD
     assert [(s.station, s.verdict, s.has_frame) for s in m1.stations] == [("bottom", "pass", False),
                                                                            ("top", "review", True)]
     assert queue[0].classes() == ["chip", "crack"] and queue[0].stations[0].class_scores["crack"] == pytest.approx(0.42)
-    assert frame_jpeg(d.client, d.db, "m1", "top") == b"\xff\xd8m1top"
+    assert frame_jpeg(d.client, d.db, "m1", "top") == lot_frame("chip", 9)
     assert frame_jpeg(d.client, d.db, "m1", "bottom") is None
     assert queue[0].to_json(qa_confirms=False)["status"] == UNDECIDED
 
