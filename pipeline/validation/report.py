@@ -30,7 +30,7 @@ from pipeline.core.hashing import sha256_file
 from pipeline.model import repository
 from pipeline.model.approval import APPROVAL_JSON, REPORT_JSON, REPORT_PDF, read_json
 from pipeline.validation.criteria import CriteriaError, judge_report, recorded_criteria, recorded_time
-from pipeline.validation.testsets import read_testset, reads_of
+from pipeline.validation.testsets import load_registry, read_testset, reads_of
 
 if TYPE_CHECKING:
     from pipeline.recipes.schema import Recipe
@@ -159,11 +159,12 @@ def make_report(
         raise ReportError(f"the acceptance criteria of {subject} were recorded at {criteria_doc['recorded_utc']}, "
                           f"after its test set was first read ({earlier[0].record_id}): criteria must precede the test")
     knapp_study = _knapp(knapp, classifier, version)  # refused before the locked set is read
+    registered = load_registry(settings).get(testset)
+    if registered is not None and registered.product != product:
+        raise ReportError(f"test set {testset!r} is of product {registered.product!r}, not {product!r}")
     why = reason or f"validation report of {subject}"
     entry, dataset, read = read_testset(settings, trail, who, testset, why,
                                         {"model": classifier, "version": version, "purpose": REPORT_ACTION})
-    if entry.product != product:
-        raise ReportError(f"test set {testset!r} is of product {entry.product!r}, not {product!r}")
     onnx = vdir / repository.ONNX_FILE
     metrics: dict[str, Any] = evaluate_folder(onnx, dataset.root, product)
     review, reject = card_thresholds(card)
