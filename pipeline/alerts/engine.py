@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,6 +32,7 @@ from pipeline.alerts.detectors import (
 from pipeline.alerts.record import AlertBook, AlertRecord
 from pipeline.core.times import NS_PER_S
 from pipeline.inspections.label import SerialTracker
+from pipeline.recipes.schema import ReviewSpec
 from pipeline.wire.codec import open_frame
 from pipeline.wire.messages import CameraStatus, FrameMeta, Heartbeat, InspectionResult
 
@@ -57,6 +59,8 @@ class AlertConfig:
     cameras: CameraLimits = CameraLimits()  # camera_lost, camera_rate_drift, camera_timestamp_gap
     # challenge_overdue: production this long after a changeover or deploy without a passed challenge.
     challenge_grace_s: float = 900.0
+    # review_rate: judged once the lot has this many units (a first unit in review is not a rate).
+    review_min_units: int = 50
 
 
 @dataclass
@@ -100,6 +104,10 @@ class LineState:
     judged_by: str = ""
     challenge_due_ns: int = 0
     challenge_due_why: str = ""
+    # review_rate: the current lot's units and their worst verdict so far (a unit has a result per station).
+    review_lot: str = ""
+    lot_units: dict[str, str] = field(default_factory=dict)
+    lot_review: int = 0
 
     def __post_init__(self) -> None:
         self.pchart = PChart(min_baseline=self.config.pchart_min_baseline)
@@ -120,8 +128,10 @@ class ScoreReferences(Protocol):
 
 class AlertEngine:
     def __init__(self, config: AlertConfig | None = None, reference_scores: ScoreReferences | None = None,
-                 lines: list[str] | None = None) -> None:
+                 lines: list[str] | None = None, review_limit: Callable[[str], float] | None = None) -> None:
         self.config = config or AlertConfig()
+        # A recipe ref's largest share of review units per lot (its [review] table; docs/review.md).
+        self.review_limit = review_limit or (lambda ref: ReviewSpec().max_review_fraction)
         self.book = AlertBook(self.config.refresh_every_s)
         self.lines: dict[str, LineState] = {}
         self.reference_scores: ScoreReferences = reference_scores or {}
@@ -233,6 +243,7 @@ class AlertEngine:
                 self.rejects.appendleft(RejectView(r.unit_id, r.line, r.product, r.defect, r.score, r.verdict,
                                                    r.capture_ns, image, ctype, list(r.reasons)))
             out += self._serial(st, r, now_ns)
+            out += self._review_rate(st, r, now_ns)
             run = st.run.observe(rejected)
             out += self.book.set(r.line, "reject_run", run, now_ns, "critical",
                                  f"{st.run.run} consecutive rejects (limit {cfg.run_length})", st.run.run)
@@ -292,6 +303,23 @@ class AlertEngine:
             st.challenge_due_ns, st.challenge_due_why = 0, ""
             self.version += 1
             return self.book.set(line, "challenge_overdue", False, now_ns)
+
+    def _review_rate(self, st: LineState, r: InspectionResult, now_ns: int) -> list[AlertRecord]:
+        """The lot's share of units in review against its recipe's limit; a new lot starts afresh."""
+        out: list[AlertRecord] = []
+        if r.lot != st.review_lot:
+            out += self.book.set(st.line, "review_rate", False, now_ns)
+            st.review_lot, st.lot_units, st.lot_review = r.lot, {}, 0
+        ranks = ("pass", "review", "reject")
+        known, before = r.unit_id in st.lot_units, st.lot_units.get(r.unit_id, "pass")
+        worst = max(before, r.verdict, key=ranks.index)
+        st.lot_units[r.unit_id] = worst
+        st.lot_review += int(worst == "review") - int(known and before == "review")
+        n, k, limit = len(st.lot_units), st.lot_review, self.review_limit(r.recipe)
+        over = n >= self.config.review_min_units and k > limit * n
+        return out + self.book.set(st.line, "review_rate", over, now_ns, "warning",
+                                   f"lot {r.lot}: {k} of {n} units ({100 * k / n:.1f} %) in review, above the "
+                                   f"recipe's {100 * limit:.1f} %", k / n)
 
     def _serial(self, st: LineState, r: InspectionResult, now_ns: int) -> list[AlertRecord]:
         """GS1 serialisation: a serial printed twice in a lot is a counterfeit or a printer fault.

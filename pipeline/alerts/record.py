@@ -34,6 +34,7 @@ KINDS = (
     "camera_rate_drift",  # a camera's frames per unit away from one, sustained
     "camera_timestamp_gap",  # consecutive camera timestamps more than 1.5 unit intervals apart
     "challenge_overdue",  # production went on past the grace period after a changeover or deploy, no passed challenge
+    "review_rate",       # the lot's share of review units above its recipe's [review] limit
 )
 
 

@@ -12,6 +12,7 @@ and sends acknowledgements through `serve_alerts_api` (bearer token; docs/deploy
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -33,6 +34,7 @@ from pipeline.core.health import HealthState
 from pipeline.core.times import now_ns
 from pipeline.kafka.clients import RenewingProducer, bootstrap, flush_or_raise, make_consumer
 from pipeline.kafka.commit_loop import run_batches
+from pipeline.recipes.lookup import review_spec_for
 from pipeline.settings import Settings
 from pipeline.wire.messages import CameraStatus, FrameMeta, Heartbeat, InspectionResult, MessageError
 
@@ -198,8 +200,11 @@ def start_alert_service(settings: Settings, stop: threading.Event, threads: list
     """The one way to start the alert service: an `AlertThread` consuming until `stop`, appended
     to `threads`. A crash ends the thread with the error in `health`: the embedded stack restarts
     it, `linesight alerts` stops. Await `health`'s ready before relying on it."""
+    recipes_dir = settings.stream.recipes_dir
     engine = AlertEngine(alert_config(settings), CardReferences(settings.triton.model_repository),
-                         lines=list(settings.lines))
+                         lines=list(settings.lines),
+                         review_limit=functools.lru_cache(maxsize=256)(  # a ref's rules never change
+                             lambda ref: review_spec_for(recipes_dir, ref)[0].max_review_fraction))
     service = AlertService(settings, engine, publisher or AlertPublisher(settings))
     health = HealthState("alerts")
     thread = AlertThread(service, stop, health)

@@ -29,8 +29,9 @@ from pipeline.audit.trail import AuditTrail
 from pipeline.audit.verify import VerifyReport
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.core.pdf import ReportPdf, latin
+from pipeline.recipes.lookup import review_spec_for
 from pipeline.recipes.schema import ReviewSpec
-from pipeline.review.lot_rules import lot_recipe, review_spec_for
+from pipeline.review.lot_rules import lot_recipe
 from pipeline.review.store import ReviewSummary, summarize
 
 if TYPE_CHECKING:

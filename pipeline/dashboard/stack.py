@@ -35,8 +35,8 @@ from pipeline.dashboard.localize import triton_localizer
 from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
 from pipeline.embedded.process import ServiceStartError
 from pipeline.kafka.clients import RenewingProducer, client_config
+from pipeline.recipes.lookup import review_spec_for
 from pipeline.review.desk import ReviewDesk
-from pipeline.review.lot_rules import review_spec_for
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)

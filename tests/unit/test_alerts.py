@@ -222,3 +222,29 @@ def test_a_serial_seen_twice_in_a_lot_raises_duplicate_serial_until_the_next_lot
     assert eng.on_result(label("u4", "S9"), 5 * S) == []  # latched while the lot runs
     (cleared,) = eng.on_result(label("v1", "S1", lot="LOT-2"), 6 * S)
     assert cleared.kind == "duplicate_serial" and cleared.state == "cleared"
+
+
+def test_review_rate_of_a_lot_above_its_recipe_limit() -> None:
+    """A lot sending more than its recipe's share of units to review raises review_rate (once it has
+    enough units to be a rate); a unit judged by several stations counts once, at its worst verdict;
+    the next lot starts afresh."""
+    import dataclasses
+
+    engine = AlertEngine(AlertConfig(review_min_units=50), review_limit=lambda ref: 0.10 if ref == "r@v1" else 0.02)
+    t = 1_000 * S
+    kinds = lambda out: [(a.kind, a.state) for a in out if a.kind == "review_rate"]  # noqa: E731
+
+    def feed(unit: str, verdict: str, lot: str = "L1", station: str = "") -> list:
+        r = dataclasses.replace(result(unit, verdict), lot=lot, recipe="r@v1", station=station)
+        return kinds(engine.on_result(r, t))
+
+    assert feed("u0", "review") == []  # 1 of 1 in review: not yet a rate
+    for i in range(1, 55):
+        assert feed(f"u{i}", "review" if i < 5 else "pass") == []  # 5 of 55: 9 %, under 10 %
+    assert feed("m1", "review", station="top") == [("review_rate", "active")]  # 6 of 56: 10.7 %
+    assert feed("m1", "reject", station="bottom") == [("review_rate", "cleared")]  # m1 is a reject: 5 of 56
+    assert feed("u56", "review") == [("review_rate", "active")]  # 6 of 57: 10.5 %
+    assert engine.book.active[("line-1", "review_rate")].value == pytest.approx(6 / 57)
+    assert "lot L1: 6 of 57 units (10.5 %) in review, above the recipe's 10.0 %" in \
+        engine.book.active[("line-1", "review_rate")].message
+    assert feed("n0", "pass", lot="L2") == [("review_rate", "cleared")]
