@@ -31,7 +31,7 @@ from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from pipeline.core.health import HealthState
 from pipeline.core.times import now_ns
-from pipeline.kafka.clients import flush_or_raise, make_consumer, make_producer
+from pipeline.kafka.clients import client_config, flush_or_raise, make_consumer, make_producer
 from pipeline.kafka.commit_loop import run_batches
 from pipeline.model.deploy import DeployError
 from pipeline.model.repository import CLASSES_PARAM
@@ -143,6 +143,31 @@ class ShadowScorer:
 def _broker_ns(m: Message) -> int | None:
     kind, ms = m.timestamp()
     return ms * 1_000_000 if ms and ms > 0 else None
+
+
+def running_elsewhere(settings: Settings, models: ShadowModels, timeout_s: float = 10.0) -> str | None:
+    """Why a shadow of this version is already running (its group has live members), else None.
+
+    Two shadows of one version would share its group and its model: the first to stop would
+    unload the model under the other. A member killed with SIGKILL keeps the group alive until
+    the broker's session timeout drops it (Apache Kafka; the embedded Tansu 0.6 keeps reporting such a
+    group as stable, so `linesight models shadow --force` goes on). Unknown (the broker cannot say):
+    None."""
+    from confluent_kafka.admin import AdminClient
+
+    group = shadow_group(models)
+    try:
+        admin = AdminClient(client_config(settings.kafka))
+        described = admin.describe_consumer_groups([group], request_timeout=timeout_s)[group].result()
+    except Exception as exc:  # noqa: BLE001 - a broker that cannot describe groups: not known
+        log.warning("could not describe consumer group %s: %s", group, exc)
+        return None
+    state = getattr(described.state, "name", str(described.state))
+    if state in ("EMPTY", "DEAD", "UNKNOWN"):
+        return None
+    return (f"a shadow of {models.classifier} version {models.version} is running (consumer group {group} is "
+            f"{state}); stop it first, or, if it was killed, retry after the broker's session timeout "
+            f"({settings.kafka.session_timeout_ms / 1000:g} s)")
 
 
 def _model_missing(reason: str) -> bool:

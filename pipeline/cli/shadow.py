@@ -7,7 +7,10 @@ changes no verdict, no config and no model the line uses. It is still a change t
 system, so its start and stop (who, which version, why, how many frames) are recorded in the
 audit trail's system chain as ``model.shadow.start`` / ``model.shadow.stop``; a start that cannot
 be recorded does not run. A shadow killed with SIGKILL records no stop and leaves its idle model
-loaded: ``--unload`` removes it (recorded as ``model.shadow.unload``).
+loaded: ``--unload`` removes it (recorded as ``model.shadow.unload``). A second shadow of a version
+whose shadow runs is refused (one group, one model: the first to stop would unload it under the
+other); ``--force`` goes on when the group only looks alive (a killed member the broker has not
+expired: the embedded Tansu never expires one).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def cmd_shadow(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.core.health import HealthState
     from pipeline.model.deploy import DeployError, TritonTarget
     from pipeline.model.shadow import load_shadow, resolve, unload_shadow
-    from streams.shadow import ShadowService, shadow_group
+    from streams.shadow import ShadowService, running_elsewhere, shadow_group
 
     try:
         models = resolve(settings, args.product, args.version)
@@ -49,6 +52,9 @@ def cmd_shadow(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     subject = f"{models.classifier}:{models.version}"
+    if not args.force and (busy := running_elsewhere(settings, models)):
+        print(f"error: {busy}; --force goes on all the same", file=sys.stderr)
+        return 1
     if args.unload:
         problems = unload_shadow(settings, models)
         record = _record(settings, "model.shadow.unload", subject, args.reason, {"problems": problems})
@@ -155,6 +161,9 @@ def register(models: argparse._SubParsersAction, settings_fn: SettingsFn) -> Non
     m.add_argument("--reason", required=True, help="why (kept in the audit trail)")
     m.add_argument("--unload", action="store_true",
                    help="only unload a shadow model left loaded (a shadow that was killed)")
+    m.add_argument("--force", action="store_true",
+                   help="go on although the shadow's consumer group looks alive (a killed shadow on a broker "
+                        "that does not expire members, such as the embedded Tansu)")
     m.set_defaults(func=run(cmd_shadow))
     m = models.add_parser("compare", help="a shadowed version's verdicts against the live ones and ground truth")
     m.add_argument("product", help="product id (or its classifier's name)")

@@ -36,7 +36,9 @@ from pipeline.embedded.triton import TritonServer
 from pipeline.gateway.publisher import FramePublisher, run_simulated_line
 from pipeline.model import repository
 from pipeline.model.deploy import TritonTarget
+from pipeline.model.shadow import resolve
 from pipeline.settings import PROJECT_ROOT, Settings
+from streams.shadow import running_elsewhere
 
 PRODUCT = "tablet-round-white-10mm"
 CLASSIFIER = "tablet_round_white_10mm_classifier"
@@ -164,6 +166,7 @@ def test_shadow_beside_the_running_line(
     target = TritonTarget.from_settings(shadow_triton)
     live_config = repository.config_path(shadow_triton.triton.model_repository, CLASSIFIER).read_bytes()
     env = _env(shadow_triton, resolved)
+    models = resolve(shadow_triton, PRODUCT, 2)
     lot = f"SHADOW-{uuid.uuid4().hex[:6]}"
     shadow_rows = f"SELECT count() FROM {db}.shadow_inspections FINAL WHERE lot = {{lot:String}}"
     live_rows = f"SELECT count() FROM {db}.inspections FINAL WHERE lot = {{lot:String}}"
@@ -180,6 +183,14 @@ def test_shadow_beside_the_running_line(
         first = ShadowProcess(env, "--version", "2", "--reason", "test: shadow v2")
         first.wait_for("shadow ready", 120)
         assert _shadow_served(target) and target.ready_versions(CLASSIFIER) == [1]
+        # A second shadow of the same version while the first runs is refused (they would share
+        # a group and a model).
+        twice = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "models", "shadow", PRODUCT, "--version", "2",
+             "--reason", "test: twice"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert twice.returncode == 1 and "is running" in twice.stderr, twice.stdout + twice.stderr
+        assert _shadow_served(target)
         eventually(lambda: _count(client, shadow_rows, lot) >= 20 or first.proc.poll() is not None, 90,
                    "shadow verdicts stored apart")
         assert first.proc.poll() is None, first.said("") and "\n".join(first.seen)
@@ -201,9 +212,13 @@ def test_shadow_beside_the_running_line(
                       f"AND toUnixTimestamp64Micro(capture_time) > {killed_ns // 1000}")
         eventually(lambda: _count(client, after_kill, lot) >= 20, 90, "live results after the shadow was killed")
         assert _shadow_served(target)  # left loaded by the kill: idle, nothing calls it
+        # The killed member keeps the shadow's group alive as far as Tansu says (it never expires
+        # it): --unload is refused until --force.
+        assert running_elsewhere(resolved, models) is not None
         unload = subprocess.run(
             [sys.executable, "-m", "pipeline.cli", "models", "shadow", PRODUCT, "--version", "2", "--unload",
-             "--reason", "test: clean up"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+             "--force", "--reason", "test: clean up"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+            timeout=120,
         )
         assert unload.returncode == 0, unload.stdout + unload.stderr
         assert not _shadow_served(target)

@@ -98,7 +98,8 @@ def test_verdict_message_and_row(shadow_settings: Settings) -> None:
 def test_cli_parses_shadow_and_compare() -> None:
     parser = build_parser()
     a = parser.parse_args(["models", "shadow", PRODUCT, "--version", "2", "--reason", "trial"])
-    assert (a.product, a.version, a.reason, a.unload, a.func.__name__) == (PRODUCT, 2, "trial", False, "cmd_shadow")
+    assert (a.product, a.version, a.reason, a.unload, a.force, a.func.__name__) == (
+        PRODUCT, 2, "trial", False, False, "cmd_shadow")
     with pytest.raises(SystemExit):
         parser.parse_args(["models", "shadow", PRODUCT, "--version", "2"])  # a reason is required
     a = parser.parse_args(["models", "compare", PRODUCT, "--since", "2026-12-05T08:00", "--json"])
