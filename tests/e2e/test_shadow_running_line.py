@@ -222,6 +222,16 @@ def test_shadow_beside_the_running_line(
         )
         assert unload.returncode == 0, unload.stdout + unload.stderr
         assert not _shadow_served(target)
+
+        # 3. A shadow started again after the kill (--force: Tansu still shows the dead member)
+        # joins the group, scores where the killed one stopped, and stops cleanly.
+        third = ShadowProcess(env, "--version", "2", "--force", "--reason", "test: after the kill")
+        third.wait_for("shadow ready", 120)
+        before = _count(client, shadow_rows, lot)
+        eventually(lambda: _count(client, shadow_rows, lot) > before + 5, 90, "third shadow scoring")
+        third.proc.send_signal(signal.SIGTERM)
+        assert third.proc.wait(60) == 0, "\n".join(third.seen)
+        assert not _shadow_served(target)
     finally:
         line_stop.set()
         feeder.join(30)
@@ -272,4 +282,5 @@ def test_shadow_beside_the_running_line(
     )
     assert audit.returncode == 0, audit.stderr
     assert audit.stdout.strip().splitlines()[-1] == str(
-        ["model.shadow.start", "model.shadow.stop", "model.shadow.start", "model.shadow.unload"])
+        ["model.shadow.start", "model.shadow.stop", "model.shadow.start", "model.shadow.unload",
+         "model.shadow.start", "model.shadow.stop"])
