@@ -58,7 +58,7 @@ def test_split_statements_respects_quotes_and_comments() -> None:
     assert split_statements(sql) == ["CREATE TABLE a (s String DEFAULT ';') ENGINE=Memory", "SELECT 'it''s'"]
     statements = schema_statements("linesight_x", SCHEMA_PATH)
     assert statements[0] == "CREATE DATABASE IF NOT EXISTS linesight_x"
-    assert all("{db}" not in s for s in statements) and len(statements) == 26
+    assert all("{db}" not in s for s in statements) and len(statements) == 31
     with pytest.raises(ValueError):
         schema_statements("bad name; DROP")
 
@@ -86,10 +86,11 @@ def test_schema_applied(chdb_client: ChdbClient, embedded_settings: Settings) ->
         "SELECT name FROM system.tables WHERE database = {db:String} ORDER BY name", {"db": db}
     )
     assert [r[0] for r in tables.rows] == [
-        "actuations", "alarms", "alerts", "audit_records", "challenge_runs", "dead_letters", "gate_events",
-        "ground_truth", "inspections", "reject_images", "sessions", "unit_verdicts", "users",
+        "actuations", "alarms", "alerts", "audit_records", "challenge_runs", "dead_letters", "false_rejects",
+        "gate_events", "ground_truth", "inspections", "reject_images", "review_decisions", "review_samples",
+        "sessions", "shadow_inspections", "unit_verdicts", "users",
     ]
-    assert chdb_client.apply_schema(db) == 26  # idempotent
+    assert chdb_client.apply_schema(db) == 31  # idempotent
 
 
 def test_an_inspections_table_from_before_stations_gains_the_station_in_its_key(chdb_client: ChdbClient) -> None:
