@@ -147,6 +147,8 @@ class InspectionProcessor:
         self._kafka = settings.kafka
         self._models = settings.stream.product_models
         self._image_px = settings.stream.reject_image_px
+        # A review unit's frame is kept near full size: a person decides on it, and it may train a model.
+        self._review_px = settings.stream.review_image_px or self._image_px
         self._scorer = scorer
         self._worker = worker or worker_id()
         self._recipes = recipes
@@ -390,9 +392,10 @@ class InspectionProcessor:
     def _render_image(self, job: _ImageJob) -> list[Outgoing]:
         """A small JPEG of a unit leaving the line, for the batch record (none if undecodable)."""
         frame, result = job.frame, job.result
-        if not self._image_px or not frame.value:
+        px = self._review_px if result.verdict == "review" else self._image_px
+        if not px or not frame.value:
             return []
-        jpeg = thumbnail_jpeg(frame.value, self._image_px)
+        jpeg = thumbnail_jpeg(frame.value, px, quality=92 if result.verdict == "review" else 85)
         if jpeg is None:
             return []
         headers = [

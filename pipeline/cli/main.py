@@ -362,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli.gateway import register as register_gateway_commands
     from pipeline.cli.knapp import register as register_knapp_commands
     from pipeline.cli.recipes import register as register_recipe_commands
+    from pipeline.cli.review import register as register_review_commands
     from pipeline.cli.shadow import register as register_shadow_commands
     from pipeline.cli.validation import register as register_validation_commands
 
@@ -469,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--product", help="copy only this product's rows")
     p.set_defaults(func=cmd_dataset_shift)
+    register_review_commands(sub, dsub, _settings)  # review status|decide|sample, dataset export (docs/review.md)
 
     p = sub.add_parser("evaluate", help="score a dataset through the served model; metrics and predictions CSV")
     p.add_argument("--data", type=Path, required=True, help="dataset folder (docs/datasets.md)")

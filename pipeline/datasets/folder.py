@@ -12,15 +12,20 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from PIL import Image
 
 LABELS_FILE = "labels.csv"
+# Written beside labels.csv by `linesight dataset export --reviewed` (docs/review.md): which review
+# decisions the rows come from; training copies it into the model card.
+REVIEW_EXPORT = "review_export.json"
 COLUMNS: tuple[str, ...] = ("image", "product", "label", "defect")
 LABELS: tuple[str, ...] = ("good", "defect")
 NO_DEFECT = "none"
@@ -257,3 +262,15 @@ def dataset_hash(dataset: Dataset) -> str:
     for e in entries:
         h.update(e.encode())
     return h.hexdigest()
+
+
+def review_export(root: Path) -> dict[str, Any] | None:
+    """The review-export manifest of a dataset folder (None: the folder is not such an export)."""
+    path = Path(root) / REVIEW_EXPORT
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(Path(root), [(str(path), f"unreadable review-export manifest: {exc}")]) from None
+    return data if isinstance(data, dict) else None

@@ -721,6 +721,9 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"- Source: {d['source']}" + (f" `{d['path']}`, content sha256 `{d['dataset_sha256']}`" if d["source"] == "dataset" else ""),
         f"- Training: {d['train']['count']} images {d['train']['classes']}",
         f"- Validation: {d['validation']['count']} images {d['validation']['classes']}",
+        *([f"- Learnt from {d['review_decisions']['units']} units decided at the review station "
+           f"(exported {d['review_decisions']['exported_utc']}); audit records: "
+           + ", ".join(d["review_decisions"]["decisions"] or [])] if d.get("review_decisions") else []),
         "",
         "## Validation (gate = review + reject)",
         "",

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.datasets.folder import DatasetError, dataset_hash, load_dataset
+from pipeline.datasets.folder import DatasetError, dataset_hash, load_dataset, review_export
 from pipeline.imaging.products import ASSORTED_TABLETS, get_spec
 from pipeline.model.data import (
     GOOD_ONLY_CLASSES,
@@ -141,6 +141,9 @@ def dataset_sets(data: Path, product: str, mode: str, seed: int, val_fraction: f
         "train": {"count": len(train)},
         "validation": {"count": len(val)},
     }
+    reviewed = review_export(ds.root)
+    if reviewed is not None:  # rows from people's review decisions: the card names them (docs/review.md)
+        info["review_decisions"] = {k: reviewed.get(k) for k in ("exported_utc", "since_utc", "units", "decisions")}
     return train, val, info
 
 

@@ -131,6 +131,9 @@ class StreamSettings(BaseModel):
     line_recipes: dict[str, str] = {}
     # Longest side of the JPEG kept of each rejected unit (0: keep none).
     reject_image_px: int = Field(default=128, ge=0, le=1024)
+    # ... and of each unit sent to review: the person deciding it sees the frame at up to this size,
+    # and the decision can become training data (docs/review.md; 0: as reject_image_px).
+    review_image_px: int = Field(default=1024, ge=0, le=4096)
 
 
 class SimulatorSettings(BaseModel):

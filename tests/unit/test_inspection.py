@@ -204,11 +204,15 @@ async def test_removed_units_leave_a_small_jpeg_for_the_batch_record() -> None:
         frame("removed", png + b"score=0.9", offset=1),
         frame("alien", png + b"score=0.1", product="unknown-sku", offset=2),
         frame("garbage", b"not an image", offset=3),
+        frame("doubtful", png + b"v4 score=0.5", offset=4),  # version 4's grey zone: review
     ]
     out = await InspectionProcessor(settings, ScriptedScorer(), worker="w1").process(frames)
 
     images = {o.key.decode(): o for o in by_topic(out, k.topic_reject_images)}
-    assert sorted(images) == ["alien", "removed"]  # passed units and undecodable frames: none
+    assert sorted(images) == ["alien", "doubtful", "removed"]  # passed units and undecodable frames: none
+    with Image.open(io.BytesIO(images["doubtful"].value)) as img:  # a person decides on it: kept as taken
+        assert img.format == "JPEG" and img.size == (320, 320)
+    assert header_value(images["doubtful"].headers, H_VERDICT) == "review"
     removed = images["removed"]
     with Image.open(io.BytesIO(removed.value)) as img:
         assert img.format == "JPEG" and max(img.size) == settings.stream.reject_image_px
