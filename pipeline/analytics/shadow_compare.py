@@ -87,6 +87,9 @@ class Comparison:
 
     def to_text(self) -> str:
         pct = lambda x: "-" if x is None else f"{100 * x:.2f} %"  # noqa: E731
+        if self.candidate_version is None:
+            return (f"no shadow verdicts recorded for {self.classifier} ({self.product}): "
+                    f"start one with `linesight models shadow {self.product} --version V --reason ...`")
         live = ", ".join(f"{v} ({n})" for v, n in sorted(self.live_versions.items())) or "-"
         out = [
             f"shadow of {self.classifier} ({self.product}) version {self.candidate_version} against the live version(s) {live}",

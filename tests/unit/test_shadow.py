@@ -180,6 +180,7 @@ def test_compare_on_known_rows(chdb_client: ChdbClient, with_reviews: bool) -> N
     else:
         assert "review decisions: none recorded (no review_decisions table)" in text
     assert compare(chdb_client, db, PRODUCT, C, version=1).units == 1
+    assert compare(chdb_client, db, "other-product", C).to_text().startswith("no shadow verdicts recorded")
     assert compare(chdb_client, db, PRODUCT, C, line="L2").units == 0
     since = compare(chdb_client, db, PRODUCT, C, since=datetime(2026, 12, 5, 8, 0, 3, tzinfo=UTC))
     assert since.units == 3 and since.candidate_pass_live_removed_n == 1
