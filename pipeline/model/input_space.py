@@ -3,7 +3,8 @@
 A classifier scores whatever it is shown; on a frame unlike anything it was trained on (another
 product, a unit cut off by the frame edge, a blurred or badly lit frame) a low score means
 nothing. So training records, per version, the range of a few cheap image descriptors of the
-unit over the product's own training and validation images (`reference`), and the worker
+unit over the product's own training and validation images, each also under another session's
+light, focus and position (`reference`), and the worker
 compares every scored frame with the range of the version that scored it (`check`): a unit
 outside it is not `pass` but `review` (docs/models.md, "Input-space check"). The reference is
 part of the version (model card and the classifier config's `input_space` parameter, keyed by
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageFilter
 
-from pipeline.model.preprocess import PIXEL_MEAN, PIXEL_STD, Size, hw, prepare_image
+from pipeline.model.preprocess import PIXEL_MEAN, PIXEL_STD, Size, hw, prepare_image, prepare_pil
 
 # Bumped whenever a descriptor's definition changes: a reference is only compared with
 # descriptors of the method it was made with (else the check says so and judges nothing).
@@ -47,6 +49,12 @@ FLOORS: dict[str, float] = {
     "sharpness": 0.03,  # steepest grey step at 1 px / the unit's contrast with the belt
 }
 DESCRIPTORS: tuple[str, ...] = tuple(FLOORS)
+# Another session, as the version's calibration variants vary it (docs/models.md): light gain,
+# Gaussian blur sigma (px), whole-pixel shift (px). Inside the input space: the version is
+# calibrated to tolerate them, so another day's light is no doubtful input.
+SESSION_LIGHT = (0.75, 1.25)
+SESSION_BLUR_MAX = 1.1
+SESSION_SHIFT_MAX = 4
 
 
 def _rgb(x: np.ndarray) -> np.ndarray:
@@ -103,6 +111,18 @@ def describe(x: np.ndarray) -> dict[str, float]:
     }
 
 
+def session_variant(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Model input x under another session's light, focus and position (pixels clipped to 0..255
+    as a camera would)."""
+    rgb = np.clip(np.round(_rgb(x) * rng.uniform(*SESSION_LIGHT)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(float(rng.uniform(0.0, SESSION_BLUR_MAX))))
+    dy, dx = (int(v) for v in rng.integers(-SESSION_SHIFT_MAX, SESSION_SHIFT_MAX + 1, size=2))
+    a = np.pad(np.asarray(img), ((abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)), mode="edge")
+    h, w = rgb.shape[:2]
+    return prepare_pil(Image.fromarray(np.ascontiguousarray(a[abs(dy) - dy:abs(dy) - dy + h, abs(dx) - dx:abs(dx) - dx + w])),
+                       (h, w))
+
+
 def describe_frame(data: bytes, size: Size) -> dict[str, float]:
     """The descriptors of an encoded frame at the model's input geometry (as Triton prepares
     it); ValueError when the bytes are no usable image."""
@@ -124,6 +144,8 @@ class Reference:
                              "ranges": {k: [_r(lo), _r(hi)] for k, (lo, hi) in self.ranges.items()}}
         if self.observed is not None:
             d["observed"] = {k: [_r(lo), _r(hi)] for k, (lo, hi) in self.observed.items()}
+            d["session_variants"] = (f"each image also once under light x{SESSION_LIGHT[0]}-{SESSION_LIGHT[1]}, "
+                                     f"blur sigma <= {SESSION_BLUR_MAX} px, shift <= {SESSION_SHIFT_MAX} px")
             d["margin"] = (f"observed [min, max] widened by {MARGIN:.0%} of its span on each side, at least "
                            "by the floor of each descriptor")
         return d
@@ -139,13 +161,15 @@ def _r(v: float) -> float:
     return float(f"{v:.6g}")
 
 
-def reference(inputs: Iterable[np.ndarray], input_hw: Size) -> Reference:
-    """The reference of a version from its product's model inputs (training + validation).
+def reference(inputs: Iterable[np.ndarray], input_hw: Size, session_seed: int | None = None) -> Reference:
+    """The reference of a version from its product's model inputs (training + validation); with
+    `session_seed`, each image also counts once under another session (`session_variant`).
 
     Images where a descriptor cannot be measured (no unit found) do not widen its range: such a
     training image is itself doubtful, and a reference must not accept "no unit".
     """
-    rows = [describe(x) for x in inputs]
+    rng = None if session_seed is None else np.random.default_rng([session_seed, 0x5E55])
+    rows = [d for x in inputs for d in ([describe(x)] if rng is None else [describe(x), describe(session_variant(x, rng))])]
     if not rows:
         raise ValueError("no images to make an input-space reference from")
     ranges: dict[str, tuple[float, float]] = {}

@@ -553,7 +553,7 @@ def train_model(
         card["deployable"] = gate.deployable
         card["release_gate"] = gate.as_dict()
         card["score_reference"] = score_reference(final_out["SCORE"][:, 0], val.is_defect)
-        card["input_space"] = product_input_space(train, val, data_info, geometry.hw)
+        card["input_space"] = product_input_space(train, val, data_info, geometry.hw, seed)
         (stage / layout.CARD_JSON).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (stage / layout.CARD_MD).write_text(model_card_markdown(card), encoding="utf-8")
         hashes = sorted(set(train.image_sha256) | set(val.image_sha256))
@@ -592,11 +592,12 @@ def train_model(
 
 
 def product_input_space(train: LabelledImages, val: LabelledImages, data_info: dict[str, Any],
-                        input_hw: tuple[int, int]) -> dict[str, Any]:
+                        input_hw: tuple[int, int], seed: int) -> dict[str, Any]:
     """The version's input-space reference (pipeline.model.input_space) from the product's own
-    training and validation images: never the assorted family rendered training adds."""
+    training and validation images (never the assorted family rendered training adds), each also
+    under another session's light, focus and position (seeded)."""
     n_own = int(data_info["train"].get("product_units", len(train)))
-    ref = input_space.reference([*train.x[:n_own], *val.x], input_hw)
+    ref = input_space.reference([*train.x[:n_own], *val.x], input_hw, session_seed=seed)
     return ref.as_dict() | {"on": f"{n_own} training + {len(val)} validation images of the product"}
 
 

@@ -132,3 +132,17 @@ async def test_worker_sends_doubtful_units_to_review_with_the_reason(ref: Refere
     assert v1["measurements"]["input_space"] == "no input-space reference in tablet_classifier v1"
     rejected = {json.loads(o.value)["unit_id"] for o in out if o.topic == settings.kafka.topic_rejects}
     assert rejected == {"oval", "oval-bad"}  # review units leave the line for a person
+
+
+def test_session_variants_put_another_days_light_inside_and_are_seeded() -> None:
+    from pipeline.datasets.shift import Shift, shift_image
+
+    images = [prepare_pil(im) for im in _frames(ROUND, 40, 0)]
+    plain, with_sessions = reference(images, 160), reference(images, 160, session_seed=3)
+    assert with_sessions.n_images == 80 and reference(images, 160, session_seed=3).ranges == with_sessions.ranges
+    rng = np.random.default_rng(0)
+    darker = [describe(prepare_pil(shift_image(im, Shift(0.8, 1.0, 3), rng))) for im in _frames(ROUND, 20, 9)]
+    assert all(check(with_sessions, d, "v").status == "in" for d in darker)
+    assert any(check(plain, d, "v").doubtful for d in darker)  # what the variants are for
+    oval = describe(prepare_pil(_frames(OVAL, 1, 9)[0]))
+    assert check(with_sessions, oval, "v").doubtful
