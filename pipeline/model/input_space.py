@@ -182,7 +182,7 @@ def reference(inputs: Iterable[np.ndarray], input_hw: Size, session_seed: int | 
         lo, hi = float(v.min()), float(v.max())
         m = max(MARGIN * (hi - lo), FLOORS[name])
         observed[name], ranges[name] = (lo, hi), (lo - m, hi + m)
-    return Reference(ranges, hw(input_hw), len(rows), METHOD, observed)
+    return Reference(ranges, hw(input_hw), len(rows) // (1 if rng is None else 2), METHOD, observed)
 
 
 @dataclass(frozen=True)
