@@ -15,10 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.embedded.process import free_port
+from pipeline.embedded.triton import TritonServer
 from pipeline.model import repository
 from pipeline.settings import PROJECT_ROOT, Settings
 
@@ -170,3 +173,16 @@ def repo_settings(base: Settings, repo: Path, state_dir: Path, grpc_port: int | 
             ),
         }
     )
+
+
+@contextmanager
+def own_triton(base: Settings, repo: Path, state_dir: Path) -> Iterator[tuple[Settings, TritonServer]]:
+    """A tritonserver of the test's own on `repo` (fresh ports), stopped on exit; the settings
+    `linesight` commands would use to reach it, and the server (a test may stop and start it)."""
+    settings = repo_settings(base, repo, state_dir, free_port())
+    server = TritonServer(settings)
+    server.start(timeout_s=120)
+    try:
+        yield settings, server
+    finally:
+        server.stop(10)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from contract_models import add_version, classifier_onnx, model_repository, repo_settings
+from contract_models import add_version, classifier_onnx, model_repository, own_triton
 from support import approve_validation_report, eventually
 
 from pipeline.analytics.run_report import build_report
@@ -25,7 +25,6 @@ from pipeline.clickhouse import ClickHouseClient
 from pipeline.demo.run import pipeline_stack, wait_drained
 from pipeline.demo.services import Services
 from pipeline.embedded.process import free_port
-from pipeline.embedded.triton import TritonServer
 from pipeline.gateway.publisher import FramePublisher, run_simulated_line
 from pipeline.model import repository
 from pipeline.model.deploy import DeployError, TritonTarget, deploy, list_models, rollback
@@ -60,14 +59,8 @@ def live_triton(
     live_repo: Path, embedded_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Settings]:
     """A real tritonserver on `live_repo`; yields the settings `linesight models` would use."""
-    settings = repo_settings(embedded_settings, live_repo, tmp_path_factory.mktemp("deploy-triton"), free_port())
-    server = TritonServer(settings)
-    server.start(timeout_s=120)
-    try:
+    with own_triton(embedded_settings, live_repo, tmp_path_factory.mktemp("deploy-triton")) as (settings, _):
         yield settings
-    finally:
-        server.stop()
-
 
 @pytest.fixture(scope="module")
 def line(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from contract_models import add_version, model_repository
+from contract_models import add_version, model_repository, own_triton
 from support import eventually
 
 from pipeline.actuation.plc.embedded import EmbeddedPlc
@@ -46,23 +46,10 @@ PRODUCT = "tablet-round-white-10mm"
 @pytest.fixture(scope="module")
 def triton(embedded_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """Our own tritonserver (this test stops it) serving a model that passes every unit."""
-    root = tmp_path_factory.mktemp("failsafe-repo")
-    repo = model_repository(root)
+    repo = model_repository(tmp_path_factory.mktemp("failsafe-repo"))
     add_version(repo, "tablet_classifier", 1, review=0.3, reject=0.7, bias=0.2)
-    base = embedded_settings
-    settings = base.model_copy(update={
-        "state_dir": tmp_path_factory.mktemp("failsafe-triton"),
-        "triton": base.triton.model_copy(update={
-            "url": None, "model_repository": repo, "embedded_grpc_port": free_port(),
-            "embedded_http_port": free_port(), "embedded_metrics_port": free_port(),
-        }),
-    })
-    server = TritonServer(settings)
-    server.start(timeout_s=120)
-    try:
+    with own_triton(embedded_settings, repo, tmp_path_factory.mktemp("failsafe-triton")) as (_, server):
         yield server
-    finally:
-        server.stop(10)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from contract_models import add_version, model_repository
+from contract_models import add_version, model_repository, own_triton
 from support import eventually
 
 from pipeline.analytics.reconciliation import build_reconciliation
@@ -41,20 +41,8 @@ def triton(embedded_settings: Settings, tmp_path_factory: pytest.TempPathFactory
     """Our own tritonserver serving a model that passes every unit."""
     repo = model_repository(tmp_path_factory.mktemp("stations-repo"))
     add_version(repo, "tablet_classifier", 1, review=0.3, reject=0.7, bias=0.2)
-    base = embedded_settings
-    settings = base.model_copy(update={
-        "state_dir": tmp_path_factory.mktemp("stations-triton"),
-        "triton": base.triton.model_copy(update={
-            "url": None, "model_repository": repo, "embedded_grpc_port": free_port(),
-            "embedded_http_port": free_port(), "embedded_metrics_port": free_port(),
-        }),
-    })
-    server = TritonServer(settings)
-    server.start(timeout_s=120)
-    try:
+    with own_triton(embedded_settings, repo, tmp_path_factory.mktemp("stations-triton")) as (_, server):
         yield server
-    finally:
-        server.stop(10)
 
 
 @pytest.fixture(scope="module")

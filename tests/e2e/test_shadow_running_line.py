@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from contract_models import add_version, model_repository, repo_settings
+from contract_models import add_version, model_repository, own_triton
 from support import eventually
 
 from pipeline.analytics.run_report import build_report
@@ -32,7 +32,6 @@ from pipeline.clickhouse import ClickHouseClient
 from pipeline.demo.run import pipeline_stack, wait_drained
 from pipeline.demo.services import Services
 from pipeline.embedded.process import free_port
-from pipeline.embedded.triton import TritonServer
 from pipeline.gateway.publisher import FramePublisher, run_simulated_line
 from pipeline.model import repository
 from pipeline.model.deploy import TritonTarget
@@ -58,15 +57,10 @@ def shadow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def shadow_triton(
     shadow_repo: Path, embedded_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Settings]:
-    settings = repo_settings(embedded_settings, shadow_repo, tmp_path_factory.mktemp("shadow-triton"), free_port())
-    settings = settings.model_copy(update={"stream": settings.stream.model_copy(update={"product_models": {}})})
-    server = TritonServer(settings)
-    server.start(timeout_s=120)
-    try:
+    settings = embedded_settings.model_copy(update={
+        "stream": embedded_settings.stream.model_copy(update={"product_models": {}})})
+    with own_triton(settings, shadow_repo, tmp_path_factory.mktemp("shadow-triton")) as (settings, _):
         yield settings
-    finally:
-        server.stop()
-
 
 @pytest.fixture(scope="module")
 def line(
