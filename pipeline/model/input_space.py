@@ -47,8 +47,12 @@ FLOORS: dict[str, float] = {
     "blue": 10.0,
     "background": 10.0,  # the border's (belt's) median grey level, 0..255
     "sharpness": 0.03,  # steepest grey step at 1 px / the unit's contrast with the belt
+    "clipped": 0.02,  # share of the unit's pixels at the sensor's top (any channel >= 254)
 }
 DESCRIPTORS: tuple[str, ...] = tuple(FLOORS)
+# Ranged on the product's own images only, never their session variants: a unit clipped by too
+# much light hides a discoloration whatever light the version tolerates otherwise.
+OWN_IMAGES_ONLY = frozenset({"clipped"})
 # Another session, as the version's calibration variants vary it (docs/models.md): light gain,
 # Gaussian blur sigma (px), whole-pixel shift (px). Inside the input space: the version is
 # calibrated to tolerate them, so another day's light is no doubtful input.
@@ -94,7 +98,7 @@ def describe(x: np.ndarray) -> dict[str, float]:
     ring = np.concatenate([mask[0], mask[-1], mask[1:-1, 0], mask[1:-1, -1]])
     out = {"area": n / (h * w), "edge": float(ring.mean()), "background": bg_grey}
     if n < 16:
-        return out | {k: math.nan for k in ("elongation", "offset", "red", "green", "blue", "sharpness")}
+        return out | {k: math.nan for k in ("elongation", "offset", "red", "green", "blue", "sharpness", "clipped")}
     ys, xs = np.nonzero(mask)
     cy, cx = float(ys.mean()), float(xs.mean())
     cov = np.cov(np.stack([ys, xs]).astype(np.float64))
@@ -108,6 +112,7 @@ def describe(x: np.ndarray) -> dict[str, float]:
         "offset": math.hypot(cy - (h - 1) / 2, cx - (w - 1) / 2) / min(h, w),
         "red": float(colour[0]), "green": float(colour[1]), "blue": float(colour[2]),
         "sharpness": step / max(contrast, 1.0),
+        "clipped": float((rgb[mask].max(axis=1) >= 254.0).mean()),
     }
 
 
@@ -169,13 +174,15 @@ def reference(inputs: Iterable[np.ndarray], input_hw: Size, session_seed: int | 
     training image is itself doubtful, and a reference must not accept "no unit".
     """
     rng = None if session_seed is None else np.random.default_rng([session_seed, 0x5E55])
-    rows = [d for x in inputs for d in ([describe(x)] if rng is None else [describe(x), describe(session_variant(x, rng))])]
+    rows: list[tuple[bool, dict[str, float]]] = [
+        r for x in inputs
+        for r in ([(True, describe(x))] if rng is None else [(True, describe(x)), (False, describe(session_variant(x, rng)))])]
     if not rows:
         raise ValueError("no images to make an input-space reference from")
     ranges: dict[str, tuple[float, float]] = {}
     observed: dict[str, tuple[float, float]] = {}
     for name in DESCRIPTORS:
-        v = np.array([r[name] for r in rows], dtype=np.float64)
+        v = np.array([r[name] for own, r in rows if own or name not in OWN_IMAGES_ONLY], dtype=np.float64)
         v = v[np.isfinite(v)]
         if v.size == 0:
             raise ValueError(f"descriptor {name!r} could not be measured on any training image")

@@ -146,3 +146,11 @@ def test_session_variants_put_another_days_light_inside_and_are_seeded() -> None
     assert any(check(plain, d, "v").doubtful for d in darker)  # what the variants are for
     oval = describe(prepare_pil(_frames(OVAL, 1, 9)[0]))
     assert check(with_sessions, oval, "v").doubtful
+
+
+def test_a_clipped_unit_is_out_whatever_light_the_sessions_allow() -> None:
+    images = [prepare_pil(im) for im in _frames(ROUND, 40, 0)]
+    ref = reference(images, 160, session_seed=3)
+    over = np.clip(np.asarray(_frames(ROUND, 1, 11)[0], dtype=np.float32) * 3, 0, 255).astype(np.uint8)
+    finding = check(ref, describe(prepare_pil(Image.fromarray(over))), "v")
+    assert finding.doubtful and any(r.startswith("input space: clipped ") for r in finding.reasons)
