@@ -1,16 +1,18 @@
 """The Faust inspection worker: frames in, verdicts, reject commands and dead letters out.
 
-Several workers share the frames topic as one consumer group. A batch is taken without
-acknowledgement (`noack_take`), decided, its outputs are published and awaited until the broker
-confirms them, and only then are its input events acked, so a crash never loses a frame whose
-outputs were not written (Faust's plain `take` acks in a `finally` and would).
+Several workers share the frames topic as one consumer group. Frames are consumed without
+acknowledgement (`noack`) and batched adaptively, with several batches in flight
+(`streams.inflight`); a batch is decided, its outputs are published and awaited until the broker
+confirms them, and only then, and only after every earlier batch's, are its input events acked,
+so a crash never loses a frame whose outputs were not written (Faust's plain `take` acks in a
+`finally` and would).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import faust
@@ -26,6 +28,7 @@ from pipeline.recipes.schema import Recipe
 from pipeline.settings import Settings
 from pipeline.wire.codec import encode_png
 from pipeline.wire.messages import Heartbeat
+from streams.inflight import InFlight
 from streams.processor import Frame, InspectionProcessor, Outgoing
 from streams.routing import recipe_steps
 from streams.transport import use_fetch_wait
@@ -149,6 +152,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=settings.kafka.replication_factor,
         topic_allow_declare=False,
         producer_acks=-1,
+        producer_linger=stream.producer_linger_ms / 1000,
         producer_max_request_size=settings.kafka.max_message_bytes + 64 * 1024,
         consumer_max_fetch_size=8 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
@@ -200,33 +204,53 @@ def create_app(settings: Settings) -> faust.App:
             inspector = TritonInspector(settings.triton)
             await warm_up(inspector)
         processor = InspectionProcessor(settings, inspector, worker, recipes)
-        # faust.Stream (what agents receive) has noack_take; the StreamT interface does not declare it.
-        async for batch in events.noack_take(stream.batch_size, within=stream.batch_window_s):  # type: ignore[attr-defined]
+
+        async def work(batch: Sequence[Any]) -> None:
             outgoing = await processor.process([_frame(e) for e in batch])
             # Outputs must be confirmed by the broker before the inputs are acknowledged.
             await publish_acknowledged(send, outgoing)
+
+        async def ack(batch: Sequence[Any]) -> None:
             for event in batch:
-                await events.ack(event)
+                await manual.ack(event)
             health["batches"] += 1
             health["frames"] += len(batch)
             health["last_batch_ns"] = now_ns()
 
-    probe: TritonClient | None = None
+        # Several batches in flight, acked in the order taken (streams.inflight).
+        flight: InFlight[Any] = InFlight(work, ack, stream.batch_size, stream.max_in_flight)
+        # Acks are ours (in order, after the outputs are confirmed); faust.Stream has noack, StreamT does not declare it.
+        manual: Any = events.noack()  # type: ignore[attr-defined]
+        try:
+            async for _ in manual:
+                await flight.add(manual.current_event)
+        finally:
+            # A stopping worker lets its batches finish so their offsets are committed; a
+            # killed one leaves them unacknowledged and they are consumed again.
+            try:
+                await flight.drain(timeout_s=10.0)
+            except Exception as exc:  # noqa: BLE001 - the agent's own error (if any) is the one to raise
+                log.warning("batches in flight at stop not all acknowledged: %r", exc)
+
+    probes: list[TritonClient] = []
     heartbeat_topic = settings.kafka.topic_heartbeats
     wd = settings.watchdog
 
     @app.timer(wd.heartbeat_interval_s)
     async def heartbeat() -> None:
-        """Tell the reject actuator's watchdog this worker runs, and whether it can reach Triton."""
-        nonlocal probe
-        try:
-            if probe is None:
-                probe = TritonClient(settings.triton.url or "")
-            triton_ready = await asyncio.wait_for(
-                models_ready(probe, routed_models(stream.product_models, recipes)), wd.triton_probe_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - unreachable or slow Triton: report it, keep beating
-            log.debug("Triton readiness probe failed: %s", exc)
-            triton_ready = False
+        """Tell the reject actuator's watchdog this worker runs, and whether it can reach Triton
+        (any one replica with every routed model ready: requests fail over to it)."""
+        if not probes:
+            probes.extend(TritonClient(url) for url in settings.triton.replica_urls() or [""])
+        triton_ready = False
+        for probe in probes:
+            try:
+                triton_ready = await asyncio.wait_for(
+                    models_ready(probe, routed_models(stream.product_models, recipes)), wd.triton_probe_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - unreachable or slow Triton: report it, keep beating
+                log.debug("Triton readiness probe failed: %s", exc)
+            if triton_ready:
+                break
         health["triton_ready"] = triton_ready
         beat = Heartbeat(worker, "worker", now_ns(), triton_ready, f"frames={health['frames']}")
         await app.producer.send(heartbeat_topic, worker.encode(), beat.to_json(), None, None, None)

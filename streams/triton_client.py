@@ -34,6 +34,7 @@ from pipeline.model.input_space import Reference, parse_param
 from pipeline.model.repository import CLASSES_PARAM
 from pipeline.settings import TritonSettings
 from pipeline.wire.messages import Verdict
+from streams.replicas import Replicas
 
 log = logging.getLogger(__name__)
 
@@ -153,31 +154,38 @@ class TritonInspector:
     """Scores encoded images with an inspection ensemble served by Triton."""
 
     def __init__(self, settings: TritonSettings) -> None:
-        if not settings.url:
-            raise RuntimeError("Triton URL is not resolved (start the embedded stack first)")
         size = settings.max_grpc_message_bytes
         self._settings = settings
-        self._client = InferenceServerClient(
-            settings.url,
-            channel_args=[
-                ("grpc.max_send_message_length", size),
-                ("grpc.max_receive_message_length", size),
-            ],
+        # One client per replica (settings.triton.url and .urls); requests fail over (streams.replicas).
+        self._replicas: Replicas[InferenceServerClient] = Replicas(
+            settings.replica_urls(),
+            lambda url: InferenceServerClient(
+                url,
+                channel_args=[
+                    ("grpc.max_send_message_length", size),
+                    ("grpc.max_receive_message_length", size),
+                ],
+            ),
         )
         self._models: dict[str, ModelInfo] = {}
         self._unknown: dict[str, float] = {}  # model -> monotonic time it was found missing
 
     async def close(self) -> None:
-        await self._client.close()
+        for client in self._replicas.clients:
+            await client.close()
 
     async def is_ready(self) -> bool:
-        try:
-            return bool(await self._client.is_server_ready())
-        except InferenceServerException:
-            return False
+        """Ready when any replica is (requests fail over to it)."""
+        for client in self._replicas.clients:
+            try:
+                if await client.is_server_ready():
+                    return True
+            except InferenceServerException:
+                continue
+        return False
 
     async def _config(self, model: str) -> dict:
-        return (await self._client.get_model_config(model, as_json=True))["config"]
+        return (await self._replicas.call(lambda c: c.get_model_config(model, as_json=True)))["config"]
 
     async def model_info(self, model: str, refresh: bool = False) -> ModelInfo:
         """Resolve the classifier behind an ensemble and the class names of its versions."""
@@ -277,9 +285,9 @@ class TritonInspector:
         inputs = [InferInput(INPUT_NAME, [n, 1], "BYTES"), InferInput(PARAMS_INPUT, [n, 1], "BYTES")]
         inputs[0].set_data_from_numpy(batch)
         inputs[1].set_data_from_numpy(params)
-        response = await self._client.infer(
+        response = await self._replicas.call(lambda c: c.infer(
             model, inputs, outputs=[InferRequestedOutput(RESULT_OUTPUT)], client_timeout=self._settings.request_timeout_s
-        )
+        ))
         raw = response.as_numpy(RESULT_OUTPUT)
         if raw is None:
             raise InferenceServerException(f"model {model!r} returned no {RESULT_OUTPUT}")
@@ -296,12 +304,12 @@ class TritonInspector:
         batch = np.array(images, dtype=np.object_).reshape(len(images), 1)
         tensor = InferInput(INPUT_NAME, list(batch.shape), "BYTES")
         tensor.set_data_from_numpy(batch)
-        response = await self._client.infer(
+        response = await self._replicas.call(lambda c: c.infer(
             info.name,
             [tensor],
             outputs=[InferRequestedOutput(name) for name in OUTPUTS],
             client_timeout=self._settings.request_timeout_s,
-        )
+        ))
         n = len(images)
         scores = response.as_numpy(SCORE_OUTPUT)
         probs = response.as_numpy(PROBS_OUTPUT)

@@ -74,6 +74,9 @@ class TritonSettings(BaseModel):
     url: str | None = Field(
         default=None, description="gRPC host:port; unset starts the embedded tritonserver"
     )
+    # More replicas (gRPC host:port each) the worker spreads requests over, failing over when one
+    # is unreachable; `url` is the first of them. Empty: `url` alone.
+    urls: list[str] = []
     embedded_http_port: int = 18000
     embedded_grpc_port: int = 18001
     embedded_metrics_port: int = 18002
@@ -91,6 +94,10 @@ class TritonSettings(BaseModel):
 
     def resolved_model_control_key(self) -> str:
         return read_secret(self.model_control_key, self.model_control_key_file)
+
+    def replica_urls(self) -> list[str]:
+        """Every replica's gRPC address, `url` first, each once."""
+        return list(dict.fromkeys(u for u in [self.url or "", *self.urls] if u))
 
 
 class ClickHouseSettings(BaseModel):
@@ -116,9 +123,14 @@ class StreamSettings(BaseModel):
 
     app_id: str = "linesight-inspector"
     batch_size: int = 16
+    # The shadow scorer's batch window; the inspection worker batches adaptively (streams.inflight).
     batch_window_s: float = 0.05
+    # Batches one worker has in flight at once (decided, published, awaiting acks; acked in order).
+    max_in_flight: int = Field(default=2, ge=1, le=64)
     # Longest a consumer fetch may wait at the broker (Faust's fixed 1500 ms adds latency on Tansu).
     fetch_max_wait_ms: int = 100
+    # How long the worker's producer waits to fill a batch of outputs (docs/benchmarks.md).
+    producer_linger_ms: float = Field(default=0.0, ge=0.0)
     web_port: int = 16066
     # The Faust web server (/healthz, /readyz, and Faust's own unauthenticated pages): loopback by default.
     web_host: str = "127.0.0.1"
