@@ -25,6 +25,7 @@ from pipeline.auth.guard import AccessDenied, Guard, Principal
 from pipeline.auth.roles import LOGGABLE_ACTIONS, ROLES
 from pipeline.auth.sessions import SessionStore
 from pipeline.auth.users import UserStore
+from pipeline.cli.handlers import with_settings
 from pipeline.clickhouse import ClickHouseClient, connect
 from pipeline.settings import Settings
 
@@ -404,12 +405,7 @@ def add_model_auth_args(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction, settings_of) -> None:  # noqa: ANN001 - argparse internals
     """Add the ``audit`` and ``users`` commands; ``settings_of(args)`` gives the Settings."""
 
-    def run(fn):  # noqa: ANN001, ANN202
-        def handler(args: argparse.Namespace) -> int:
-            return fn(args, settings_of(args))
-
-        handler.__name__ = handler.__qualname__ = fn.__name__  # what the command runs (tests/unit/test_compose.py)
-        return handler
+    run = with_settings(settings_of)
 
     p = sub.add_parser("audit", help="GMP audit trail: verify, sign, log an action, seal, export")
     a = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.cli.handlers import with_settings
 from pipeline.settings import Settings
 
 
@@ -70,12 +71,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def register(sub: argparse._SubParsersAction, settings_of) -> None:  # noqa: ANN001 - argparse internals
     from pipeline.cli.audit import add_model_auth_args
 
-    def run(fn):  # noqa: ANN001, ANN202
-        def handler(args: argparse.Namespace) -> int:
-            return fn(args, settings_of(args))
-
-        handler.__name__ = handler.__qualname__ = fn.__name__
-        return handler
+    run = with_settings(settings_of)
 
     p = sub.add_parser("challenge", help="challenge sets of known units: register one, run it through a live line")
     c = p.add_subparsers(dest="challenge_command", required=True, metavar="ACTION")

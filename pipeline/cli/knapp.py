@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.cli.handlers import with_settings
 from pipeline.settings import Settings
 
 # Exit status of `knapp run` when the study ran and the machine is not equivalent.
@@ -63,8 +64,7 @@ def register(sub: argparse._SubParsersAction, settings_of) -> None:  # noqa: ANN
     from pipeline.model.geometry import INVARIANCES
     from pipeline.validation.knapp import DEFAULT_GOOD_COUNT, DEFAULT_RUNS
 
-    def run(fn):  # noqa: ANN001, ANN202
-        return lambda args: fn(args, settings_of(args))
+    run = with_settings(settings_of)
 
     p = sub.add_parser("knapp", help="Knapp study: the served model's rejection probabilities against manual "
                        "inspection (docs/validation.md)")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pipeline.cli.handlers import with_settings
 from pipeline.recipes.schema import Recipe, RecipeError, load_recipe
 from pipeline.settings import Settings
 
@@ -73,8 +74,7 @@ def cmd_activate(args: argparse.Namespace, settings: Settings) -> int:
 def register(sub: argparse._SubParsersAction, settings_of) -> None:  # noqa: ANN001 - argparse internals
     from pipeline.cli.audit import add_auth_args
 
-    def run(fn):  # noqa: ANN001, ANN202
-        return lambda args: fn(args, settings_of(args))
+    run = with_settings(settings_of)
 
     p = sub.add_parser("recipes", help="product recipes: list, validate, show and switch a line's recipe")
     r = p.add_subparsers(dest="recipes_command", required=True, metavar="ACTION")

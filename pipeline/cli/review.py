@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.cli.audit import add_auth_args, gmp_context, read_password
+from pipeline.cli.handlers import with_settings
 from pipeline.settings import Settings
 
 # Exit status of `review status` when the lot's review refuses its release.
@@ -128,12 +129,7 @@ def register(sub: argparse._SubParsersAction, dataset_sub: argparse._SubParsersA
              settings_of: Callable[[argparse.Namespace], Settings]) -> None:
     """Add `review` to the commands and `export` to `dataset`; `settings_of(args)` gives the Settings."""
 
-    def run(fn):  # noqa: ANN001, ANN202
-        def handler(args: argparse.Namespace) -> int:
-            return fn(args, settings_of(args))
-
-        handler.__name__ = handler.__qualname__ = fn.__name__
-        return handler
+    run = with_settings(settings_of)
 
     p = sub.add_parser("review", help="review units a person decides: a lot's status, decisions, the sample of "
                        "recovered units (docs/review.md)")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.cli.handlers import with_settings
 from pipeline.settings import Settings
 
 SettingsFn = Callable[[argparse.Namespace], Settings]
@@ -147,12 +148,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 def register(models: argparse._SubParsersAction, settings_fn: SettingsFn) -> None:  # noqa: SLF001
     """Add ``shadow`` and ``compare`` to the ``models`` command group."""
 
-    def run(fn):  # noqa: ANN001, ANN202
-        def handler(args: argparse.Namespace) -> int:
-            return int(fn(args, settings_fn(args)))
-
-        handler.__name__ = handler.__qualname__ = fn.__name__  # what the command runs
-        return handler
+    run = with_settings(settings_fn)
 
     m = models.add_parser("shadow", help="score a candidate version on the live frames beside the live one "
                           "(no effect on any verdict; runs until SIGTERM/Ctrl-C)")

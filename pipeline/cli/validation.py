@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.cli.handlers import with_settings
 from pipeline.settings import Settings
 
 # Exit status of `validation report` when the report was written and its criteria failed.
@@ -130,12 +131,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def register(sub: argparse._SubParsersAction, settings_of) -> None:  # noqa: ANN001 - argparse internals
     from pipeline.cli.audit import add_model_auth_args
 
-    def run(fn):  # noqa: ANN001, ANN202
-        def handler(args: argparse.Namespace) -> int:
-            return fn(args, settings_of(args))
-
-        handler.__name__ = handler.__qualname__ = fn.__name__
-        return handler
+    run = with_settings(settings_of)
 
     p = sub.add_parser("validation", help="validation report of a model version: locked test sets, criteria "
                        "before the test, the report (JSON + PDF), QA approval (docs/validation.md)")
