@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import uuid
 from functools import cache
 
 import numpy as np
 from support import Msg
 
 from pipeline.analytics.sink import ClickHouseSink
+from pipeline.audit.trail import AuditTrail
+from pipeline.auth.guard import Guard, Principal
+from pipeline.auth.sessions import SessionStore
+from pipeline.auth.users import UserStore
 from pipeline.clickhouse import ChdbClient
+from pipeline.recipes.schema import ReviewSpec
+from pipeline.review.desk import ReviewDesk
 from pipeline.settings import Settings
 from pipeline.wire.messages import (
     H_CAPTURE_NS,
@@ -88,3 +95,22 @@ def seed_review_lot(settings: Settings, client: ChdbClient) -> None:
          "camera": "cam-bottom"}])
     msgs.append(Msg(k.topic_unit_verdicts, uv.to_json(), next(_OFFSETS)))
     ClickHouseSink(settings, client).write(msgs)  # type: ignore[arg-type]
+
+
+OTTO, QUINN, ADAM = Principal("otto", "operator"), Principal("quinn", "qa"), Principal("adam", "admin")
+
+
+def review_desk(embedded_settings: Settings, client: ChdbClient, prefix: str) -> tuple[ReviewDesk, Settings]:
+    """A fresh database holding the seeded lot, users otto (operator), quinn (qa) and adam (admin),
+    and the desk that records their decisions (default [review] rules)."""
+    db = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    client.apply_schema(db)
+    settings = embedded_settings.model_copy(update={
+        "clickhouse": embedded_settings.clickhouse.model_copy(update={"database": db})})
+    seed_review_lot(settings, client)
+    trail = AuditTrail.from_settings(settings, client)
+    users = UserStore(client, db)
+    for who in (OTTO, QUINN, ADAM):
+        users.add(who.username, who.role, PASSWORDS[who.username], "test")
+    guard = Guard(users, SessionStore(client, db), trail, 60)
+    return ReviewDesk(client, db, trail, guard, lambda ref: ReviewSpec()), settings

@@ -6,17 +6,13 @@ whether the lot's review still refuses its release."""
 from __future__ import annotations
 
 import re
-import uuid
 
 import pytest
-from review_lot import LOT, PASSWORDS, seed_review_lot
+from review_lot import ADAM, LOT, OTTO, PASSWORDS, QUINN, review_desk
 from review_lot import frame_jpeg as lot_frame
 
 from pipeline.audit.record import SIGN_ACTION
-from pipeline.audit.trail import AuditTrail
-from pipeline.auth.guard import AccessDenied, Guard, Principal
-from pipeline.auth.sessions import SessionStore
-from pipeline.auth.users import UserStore
+from pipeline.auth.guard import AccessDenied
 from pipeline.clickhouse import ChdbClient
 from pipeline.recipes.schema import ReviewSpec
 from pipeline.review.desk import ReviewDesk, ReviewRefused
@@ -24,22 +20,10 @@ from pipeline.review.rules import AWAITING_QA, CONFIRMED_DEFECTIVE, KEPT_REJECTE
 from pipeline.review.store import find_unit, frame_jpeg, lot_queue, summarize
 from pipeline.settings import Settings
 
-OTTO, QUINN, ADAM = Principal("otto", "operator"), Principal("quinn", "qa"), Principal("adam", "admin")
-
 
 @pytest.fixture()
 def desk(embedded_settings: Settings, chdb_client: ChdbClient) -> tuple[ReviewDesk, Settings]:
-    db = f"review_{uuid.uuid4().hex[:8]}"
-    chdb_client.apply_schema(db)
-    settings = embedded_settings.model_copy(update={
-        "clickhouse": embedded_settings.clickhouse.model_copy(update={"database": db})})
-    seed_review_lot(settings, chdb_client)
-    trail = AuditTrail.from_settings(settings, chdb_client)
-    users = UserStore(chdb_client, db)
-    for who in (OTTO, QUINN, ADAM):
-        users.add(who.username, who.role, PASSWORDS[who.username], "test")
-    guard = Guard(users, SessionStore(chdb_client, db), trail, 60)
-    return ReviewDesk(chdb_client, db, trail, guard, lambda ref: ReviewSpec()), settings
+    return review_desk(embedded_settings, chdb_client, "review")
 
 
 def _refusals(desk: ReviewDesk) -> list[str]:

@@ -6,43 +6,26 @@ from __future__ import annotations
 
 import csv
 import json
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from review_lot import LOT, PASSWORDS, seed_review_lot
+from review_lot import LOT, OTTO, PASSWORDS, QUINN, review_desk
 
-from pipeline.audit.trail import AuditTrail
-from pipeline.auth.guard import Guard, Principal
-from pipeline.auth.sessions import SessionStore
-from pipeline.auth.users import UserStore
 from pipeline.cli.main import main
 from pipeline.clickhouse import ChdbClient
 from pipeline.datasets.folder import load_dataset
 from pipeline.model.training_sets import dataset_sets
-from pipeline.recipes.schema import ReviewSpec
 from pipeline.review.desk import ReviewDesk
 from pipeline.review.export import ExportError, export_reviewed
 from pipeline.settings import Settings
 
-OTTO, QUINN = Principal("otto", "operator"), Principal("quinn", "qa")
 PRODUCT = "tablet-round-white-10mm"
 
 
 @pytest.fixture()
 def decided(embedded_settings: Settings, chdb_client: ChdbClient) -> tuple[ReviewDesk, Settings]:
-    db = f"export_{uuid.uuid4().hex[:8]}"
-    chdb_client.apply_schema(db)
-    settings = embedded_settings.model_copy(update={
-        "clickhouse": embedded_settings.clickhouse.model_copy(update={"database": db})})
-    seed_review_lot(settings, chdb_client)
-    trail = AuditTrail.from_settings(settings, chdb_client)
-    users = UserStore(chdb_client, db)
-    for who in (OTTO, QUINN):
-        users.add(who.username, who.role, PASSWORDS[who.username], "test")
-    desk = ReviewDesk(chdb_client, db, trail, Guard(users, SessionStore(chdb_client, db), trail, 60),
-                      lambda ref: ReviewSpec())
+    desk, settings = review_desk(embedded_settings, chdb_client, "export")
     desk.decide(OTTO, PASSWORDS["otto"], LOT, "u2", "good")
     desk.decide(QUINN, PASSWORDS["quinn"], LOT, "m1", "defect", "chip")
     desk.decide(OTTO, PASSWORDS["otto"], LOT, "u4", "cannot_decide")
