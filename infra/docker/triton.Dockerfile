@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # LineSight Triton image: NVIDIA's tritonserver plus what the python-backend models import:
 # `tablet_preprocess` (pipeline.model.preprocess: numpy<2, pillow) and the measurement models of
-# the recipe kinds (pipeline.inspections: pydantic; `label_reader` also zxing-cpp, docs/recipes.md).
+# the recipe kinds (pipeline.inspections: pydantic, opencv-python-headless for the vial and blister
+# kernels; `label_reader` also zxing-cpp, docs/recipes.md).
 # The model repository is not
 # baked in: docker-compose mounts ./triton_models read-only at /models.
 #
@@ -19,7 +20,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 # numpy<2: the python backend of this Triton breaks response tensors with numpy 2.
-RUN python3 -m pip install "numpy>=1.26,<2" "pillow>=10" "pydantic>=2.6" "zxing-cpp>=2.3"
+# opencv-python-headless<4.12: 4.12 and later require numpy 2.
+RUN python3 -m pip install "numpy>=1.26,<2" "pillow>=10" "pydantic>=2.6" "zxing-cpp>=2.3" \
+    "opencv-python-headless>=4.10,<4.12"
 
 # Only the `pipeline` code, without its service dependencies (Kafka, ClickHouse, ...): the stub
 # imports nothing else. The package declares Python 3.11; this image's stub runs 3.10, hence
@@ -31,7 +34,7 @@ COPY pipeline ./pipeline
 COPY streams ./streams
 RUN python3 -m pip install --no-deps --ignore-requires-python . \
     && cd / && rm -rf /tmp/linesight-src \
-    && python3 -c "import numpy, PIL, zxingcpp; from pipeline.model import preprocess; \
+    && python3 -c "import numpy, PIL, zxingcpp, cv2; from pipeline.model import preprocess; \
 from pipeline.inspections import vial, blister, label, serving; \
 assert int(numpy.__version__.split('.')[0]) < 2, numpy.__version__; \
 print('pipeline.model.preprocess and pipeline.inspections OK: numpy', numpy.__version__, 'pillow', PIL.__version__)"

@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from pipeline.inspections.base import InspectionParams, Judgement, Measurement, PartVerdict, Value
+from pipeline.inspections.cvops import channel_mean, channel_sum, convex_hull, dilate, erode
 
 EMPTY, BROKEN, FOREIGN = "empty-pocket", "broken-tablet", "foreign-tablet"
 DEFECTS: tuple[str, ...] = (EMPTY, BROKEN, FOREIGN)
@@ -83,7 +84,7 @@ def measure_blister(rgb: np.ndarray, params: BlisterParams) -> Measurement:
     """Measure every pocket of the pack in `rgb` (HxWx3 uint8). ValueError when the pack or its
     pocket grid cannot be found, with the reason."""
     img = _as_float(rgb)
-    lum = img.mean(axis=2)
+    lum = channel_mean(img)
     centre, angle, size = _find_pack(lum, params)
     centres = _pocket_centres(centre, angle, params)
     _check_grid(lum, centres, params)
@@ -123,22 +124,9 @@ def _otsu(values: np.ndarray) -> tuple[float, float]:
 
 
 def _morph(mask: np.ndarray, size: int, op: str) -> np.ndarray:
-    """Binary erosion ('min') or dilation ('max') with a size x size square, one axis at a time.
-
-    Outside the array counts as background for both (an object cut by the border erodes)."""
-    combine = np.logical_and if op == "min" else np.logical_or
-    r = size // 2
-
-    def along_rows(a: np.ndarray) -> np.ndarray:
-        n = a.shape[0]
-        padded = np.zeros((n + 2 * r, a.shape[1]), dtype=bool)
-        padded[r : r + n] = a
-        acc = padded[0:n].copy()
-        for k in range(1, 2 * r + 1):
-            combine(acc, padded[k : k + n], out=acc)
-        return acc
-
-    return along_rows(along_rows(np.asarray(mask, dtype=bool)).T).T
+    """Binary erosion ('min') or dilation ('max') with a size x size square (OpenCV); outside
+    the array counts as background for both (an object cut by the border erodes)."""
+    return erode(mask, size) if op == "min" else dilate(mask, size)
 
 
 def _find_pack(lum: np.ndarray, params: BlisterParams) -> tuple[np.ndarray, float, tuple[float, float]]:
@@ -151,7 +139,7 @@ def _find_pack(lum: np.ndarray, params: BlisterParams) -> tuple[np.ndarray, floa
     frac = float(mask.mean())
     if not 0.1 <= frac <= 0.97:
         raise ValueError(f"no blister pack found: the bright region covers {frac:.0%} of the frame")
-    hull = _convex_hull(_row_extremes(mask))
+    hull = convex_hull(_row_extremes(mask))
     if len(hull) < 3:
         raise ValueError("no blister pack found: the bright region has no extent")
     # Minimum-area bounding rectangle: one of its sides lies along a hull edge.
@@ -223,7 +211,7 @@ def _measure_pocket(img: np.ndarray, index: int, params: BlisterParams, centre: 
     y0, y1 = max(int(py) - reach, 0), min(int(py) + reach + 2, h)
     x0, x1 = max(int(px) - reach, 0), min(int(px) + reach + 2, w)
     box = img[y0:y1, x0:x1]
-    ys, xs = np.mgrid[y0:y1, x0:x1]
+    ys, xs = np.arange(y0, y1)[:, None], np.arange(x0, x1)[None, :]
     r = np.sqrt((xs - px) ** 2 + (ys - py) ** 2)
     analysed = r <= radius - 3.0
     ring = (r >= radius - 6.0) & (r <= radius - 3.0)
@@ -232,11 +220,12 @@ def _measure_pocket(img: np.ndarray, index: int, params: BlisterParams, centre: 
     ring_px = box[ring]
     if len(ring_px) < 8:
         raise ValueError(f"pocket {index} lies outside the frame")
-    ring_lum = ring_px.mean(axis=1)
+    ring_lum = channel_mean(ring_px)
     lo, hi = np.percentile(ring_lum, (10.0, 40.0))
     floor = ring_px[(ring_lum >= lo) & (ring_lum <= hi)].mean(axis=0)
     floor_lum = max(float(floor.mean()), 1e-3)
-    contrast = np.sqrt(((box - floor) ** 2).sum(axis=2)) / floor_lum
+    diff = box - floor
+    contrast = np.sqrt(channel_sum(diff * diff)) / floor_lum
     contrast[~analysed] = 0.0
     core = _morph(contrast > _COARSE_CONTRAST, 5, "min")
     part: dict[str, Value] = {
@@ -294,12 +283,13 @@ def _shape(mask: np.ndarray) -> tuple[float, float]:
     as in Pick's theorem a convex digital shape has about area + perimeter/2 + 1 pixels, so
     solidity = pixels / (hull area + hull perimeter / 2 + 1) is ~1 for any convex shape, and
     the longest dimension is the hull's diameter + 0.5 px (calibrated on rendered discs)."""
-    hull = _convex_hull(_row_extremes(mask))
+    hull = convex_hull(_row_extremes(mask))
     if len(hull) < 3:
         return 1.0, float(mask.any(axis=1).sum())
     x, y = hull[:, 0], hull[:, 1]
-    hull_area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-    perimeter = float(np.sqrt(((hull - np.roll(hull, -1, axis=0)) ** 2).sum(axis=1)).sum())
+    nxt = np.arange(1, len(hull) + 1) % len(hull)  # the next vertex (np.roll by -1, without its overhead)
+    hull_area = 0.5 * abs(float(np.dot(x, y[nxt]) - np.dot(y, x[nxt])))
+    perimeter = float(np.sqrt(((hull - hull[nxt]) ** 2).sum(axis=1)).sum())
     diff = hull[:, None, :] - hull[None, :, :]
     longest = float(np.sqrt((diff**2).sum(axis=2)).max()) + 0.5
     return float(mask.sum()) / (hull_area + perimeter / 2.0 + 1.0), longest
@@ -312,27 +302,6 @@ def _row_extremes(mask: np.ndarray) -> np.ndarray:
     first = sub.argmax(axis=1)
     last = mask.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
     return np.concatenate([np.stack([first, rows], 1), np.stack([last, rows], 1)]).astype(np.float64)
-
-
-def _convex_hull(points: np.ndarray) -> np.ndarray:
-    """Andrew's monotone chain; points Nx2 -> hull vertices in order (collinear ones dropped)."""
-    order = np.lexsort((points[:, 1], points[:, 0]))
-    pts = [(float(a), float(b)) for a, b in points[order]]
-    if len(pts) < 3:
-        return np.asarray(pts, dtype=np.float64)
-
-    def half(seq: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        out: list[tuple[float, float]] = []
-        for p in seq:
-            while len(out) >= 2 and (
-                (out[-1][0] - out[-2][0]) * (p[1] - out[-2][1]) - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])
-            ) <= 0:
-                out.pop()
-            out.append(p)
-        return out
-
-    lower, upper = half(pts), half(pts[::-1])
-    return np.asarray(lower[:-1] + upper[:-1], dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- judgement
