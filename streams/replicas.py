@@ -4,9 +4,10 @@ Why in the worker and not only behind a load balancer: on a line host the replic
 tritonservers (one per GPU, or a spare) with nothing in front of them, and a worker that keeps
 sending to a dead one would fail-safe reject every unit routed there. Each call goes to the next
 replica in turn; a replica that cannot be reached (gRPC UNAVAILABLE, or the deadline passed) is
-skipped for `down_s` and the call goes on to the others. Only when every replica failed does the
-error reach the caller, whose units then fail safe as before. A single URL behaves exactly as
-one client did.
+skipped for `down_s` and the call goes on to the others; one that answers it has no such model
+(a replica shutting down unloads its models first) is asked no more for that call. Only when
+every replica failed does the last error reach the caller, whose units then fail safe as
+before. A single URL behaves exactly as one client did.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ R = TypeVar("R")
 UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
 # Messages Triton answers with while it shuts down or has not loaded its models yet.
 NOT_SERVING = ("server is not ready", "server not ready", "shutting down", "failed to connect")
+# A model this replica does not serve (now): a replica shutting down unloads its models first,
+# one being deployed to may lag. Another replica may serve it; when none does, the caller gets
+# this error as from a single Triton (an unknown product fails safe).
+MODEL_MISSING = ("unknown model", "no available versions", "is not ready", "not found")
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -37,6 +42,14 @@ def unreachable(exc: BaseException) -> bool:
         message = str(exc.message() or "").lower()
         return any(s in status for s in UNREACHABLE) or any(m in message for m in NOT_SERVING)
     return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def model_missing(exc: BaseException) -> bool:
+    """True when this replica does not serve the model now (another one may)."""
+    if isinstance(exc, InferenceServerException):
+        text = f"{exc.status() or ''} {exc.message() or ''}".lower()
+        return "not_found" in text or any(m in text for m in MODEL_MISSING)
+    return False
 
 
 @dataclass
@@ -79,11 +92,12 @@ class Replicas(Generic[C]):
             try:
                 result = await request(replica.client)
             except Exception as exc:
-                if not unreachable(exc):
+                if unreachable(exc):
+                    if replica.down_until <= time.monotonic():
+                        log.warning("Triton replica %s unreachable (%s); trying the others", replica.url, exc)
+                    replica.down_until = time.monotonic() + self._down_s
+                elif not (model_missing(exc) and len(self._replicas) > 1):
                     raise
-                if replica.down_until <= time.monotonic():
-                    log.warning("Triton replica %s unreachable (%s); trying the others", replica.url, exc)
-                replica.down_until = time.monotonic() + self._down_s
                 error = exc
                 continue
             replica.down_until = 0.0

@@ -8,7 +8,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from pipeline.settings import TritonSettings
-from streams.replicas import Replicas, unreachable
+from streams.replicas import Replicas, model_missing, unreachable
 
 
 class FakeClient:
@@ -63,5 +63,20 @@ def test_a_request_triton_refused_is_not_retried_elsewhere() -> None:
         assert calls == ["a"]
 
     asyncio.run(run())
+    assert model_missing(InferenceServerException("Request for unknown model: 'm' has no available versions"))
     assert unreachable(InferenceServerException("x", status="StatusCode.DEADLINE_EXCEEDED"))
     assert not unreachable(InferenceServerException("unknown model", status="StatusCode.NOT_FOUND"))
+
+
+def test_a_replica_that_unloaded_the_model_passes_the_request_on() -> None:
+    async def run() -> None:
+        async def infer(c: FakeClient) -> str:
+            if c.url == "a":  # shutting down: its models are unloaded first
+                raise InferenceServerException("Request for unknown model: 'm' has no available versions")
+            return c.url
+
+        assert await Replicas(["a", "b"], FakeClient).call(infer) == "b"
+        with pytest.raises(InferenceServerException, match="unknown model"):  # alone: as from one Triton
+            await Replicas(["a"], FakeClient).call(infer)
+
+    asyncio.run(run())
