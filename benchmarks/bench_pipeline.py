@@ -1,6 +1,11 @@
 """Benchmark: the whole pipeline against its bare inference stage, in one run.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--units 1000] [--workers 1] [--batch 16]
+    .venv/bin/python benchmarks/bench_pipeline.py --rate 25 --units 1500 --skip-bare   # latency at line speed
+    [--queue-delay-us 0]   # Triton's dynamic-batching delay for the tablet models (a repository copy)
+
+The worker's own settings come from the environment as always (LINESIGHT_STREAM__MAX_IN_FLIGHT,
+LINESIGHT_STREAM__FETCH_MAX_WAIT_MS, LINESIGHT_STREAM__PRODUCER_LINGER_MS).
 
 1. Bare stage: the same encoded frames sent straight to Triton with the worker's client
    (batches of --batch, --concurrency requests in flight): frames/s and per-batch latency.
@@ -14,9 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import re
+import shutil
 import statistics
+import tempfile
 import time
+import urllib.request
 import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +41,69 @@ from pipeline.settings import Settings
 from pipeline.wire.codec import encode_png
 from pipeline.wire.messages import FrameMeta, GroundTruth
 from streams.triton_client import TritonInspector
+
+
+def _process_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of this process and every descendant, by pid, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        name = " ".join(os.path.basename(a) for a in argv[:4]) or stat[stat.find("(") + 1 : stat.rfind(")")]
+        procs[int(entry)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
+    mine = {os.getpid()}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _, _) in procs.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                grew = True
+    return {pid: (procs[pid][1], procs[pid][2]) for pid in mine if pid in procs}
+
+
+def cpu_between(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two `_process_cpu` samples, summed by process name."""
+    out: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        out[name] = out.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
+    return {k: v for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+
+
+def worker_timing(urls: list[str]) -> dict[str, float]:
+    """The first worker's stage times (streams.stage_times) from its /healthz."""
+    try:
+        with urllib.request.urlopen(f"{urls[0]}/healthz", timeout=5) as response:
+            return dict(json.loads(response.read()).get("timing", {}))
+    except (OSError, ValueError, IndexError):
+        return {}
+
+
+def queue_delay_us(settings: Settings) -> str:
+    config = settings.triton.model_repository / "tablet_classifier" / "config.pbtxt"
+    found = re.search(r"max_queue_delay_microseconds:\s*(\d+)", config.read_text()) if config.exists() else None
+    return found.group(1) if found else "?"
+
+
+def with_queue_delay(settings: Settings, delay_us: int) -> Settings:
+    """Settings serving a copy of the model repository whose tablet models' dynamic batchers wait
+    `delay_us` for more requests (the committed configs stay as they are)."""
+    copy = Path(tempfile.mkdtemp(prefix="bench-repo-")) / "triton_models"
+    shutil.copytree(settings.triton.model_repository, copy)
+    for config in copy.glob("tablet_*/config.pbtxt"):
+        text = re.sub(r"max_queue_delay_microseconds:\s*\d+", f"max_queue_delay_microseconds: {delay_us}",
+                      config.read_text())
+        config.write_text(text)
+    return settings.model_copy(update={"triton": settings.triton.model_copy(update={"model_repository": copy})})
 
 
 def render_frames(settings: Settings, n: int) -> list[tuple[bytes, str | None]]:
@@ -68,25 +143,39 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="units/s at line speed (0: publish the whole backlog at once, for throughput)")
+    parser.add_argument("--queue-delay-us", type=int, default=None,
+                        help="Triton's dynamic-batching queue delay for the tablet models (a copy of the repository)")
+    parser.add_argument("--skip-bare", action="store_true", help="no bare stage (line-speed runs)")
     args = parser.parse_args()
 
     settings = Settings()
     settings = settings.model_copy(
         update={"stream": settings.stream.model_copy(update={"batch_size": args.batch})}
     )
+    if args.queue_delay_us is not None:
+        settings = with_queue_delay(settings, args.queue_delay_us)
+    print(f"worker: batch {settings.stream.batch_size}, in flight {settings.stream.max_in_flight}, "
+          f"fetch wait {settings.stream.fetch_max_wait_ms} ms, producer linger {settings.stream.producer_linger_ms} ms, "
+          f"Triton queue delay {queue_delay_us(settings)} us", flush=True)
     print(f"rendering {min(args.units, 300)} distinct frames ...", flush=True)
     frames = render_frames(settings, min(args.units, 300))
     images = [frames[i % len(frames)][0] for i in range(args.units)]
     print(f"frame size: mean {statistics.mean(len(f) for f, _ in frames) / 1024:.1f} KiB", flush=True)
 
     with pipeline_stack(settings, args.workers) as (resolved, client, services):
-        bare = asyncio.run(bare_stage(resolved, images, args.batch, args.concurrency))
+        bare = (asyncio.run(bare_stage(resolved, images, args.batch, args.concurrency)) if not args.skip_bare
+                else {"frames_per_s": float("nan"), "batch_p50_ms": float("nan"), "batch_p99_ms": float("nan")})
 
         sim = resolved.simulator
         lot = f"BENCH-{uuid.uuid4().hex[:8]}"
         publisher = FramePublisher(resolved)
+        cpu0 = _process_cpu()
         t0 = time.perf_counter()
         for seq in range(args.units):
+            if args.rate > 0:  # line speed: one unit every 1/rate s, on a fixed schedule
+                time.sleep(max(0.0, t0 + seq / args.rate - time.perf_counter()))
             image, defect = frames[seq % len(frames)]
             capture = now_ns()
             unit = f"{lot}-{seq:07d}"
@@ -96,16 +185,26 @@ def main() -> None:
         publisher.close()
         publish_s = time.perf_counter() - t0
         wait_drained(client, resolved.clickhouse.database, lot, args.units, services.stop_event, timeout_s=900)
+        cpu = cpu_between(cpu0, _process_cpu())
+        timing = worker_timing(services.worker_urls())
         report = build_report(client, resolved.clickhouse.database, lot, positive_release=resolved.plc.positive_release)
 
     ratio = report.throughput_units_per_s / bare["frames_per_s"]
     print()
-    print(f"units {args.units}, workers {args.workers}, batch {args.batch}")
+    print(f"units {args.units}, workers {args.workers}, batch {args.batch}"
+          + (f", line speed {args.rate:g} units/s" if args.rate > 0 else ", backlog published at once"))
     print(f"gateway publish           {args.units / publish_s:8.1f} frames/s")
     print(f"bare Triton stage         {bare['frames_per_s']:8.1f} frames/s   batch latency p50 {bare['batch_p50_ms']:.1f} ms, p99 {bare['batch_p99_ms']:.1f} ms")
     print(f"whole pipeline            {report.throughput_units_per_s:8.1f} units/s    capture->verdict p50 {report.latency_p50_ms:.0f} ms, p99 {report.latency_p99_ms:.0f} ms (backlog included)")
     print(f"ratio pipeline / bare     {ratio:8.2f}")
     print(f"every unit one verdict    {report.every_unit_has_one_verdict}; every reject fired {report.every_reject_fired}")
+    print(f"rejects {report.rejected}, review {report.review}, not fired {report.rejected_not_fired}, "
+          f"fired on a pass {report.fired_not_rejected}")
+    print("worker stages: " + "; ".join(f"{k} {v}" for k, v in timing.items()))
+    print("CPU s during the pipeline run: " + ", ".join(f"{k[:60]} {v:.1f}" for k, v in cpu.items()))
+    if report.gate is not None:
+        totals = report.gate.as_dict()["totals"]
+        print("gate " + ", ".join(f"{k} {v}" for k, v in totals.items() if v))
 
 
 if __name__ == "__main__":

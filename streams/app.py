@@ -31,6 +31,7 @@ from pipeline.wire.messages import Heartbeat
 from streams.inflight import InFlight
 from streams.processor import Frame, InspectionProcessor, Outgoing
 from streams.routing import recipe_steps
+from streams.stage_times import StageTimes
 from streams.transport import use_fetch_wait
 from streams.triton_client import TritonInspector
 
@@ -178,6 +179,7 @@ def create_app(settings: Settings) -> faust.App:
     feed: RecipeFeed | None = None
     inspector: TritonInspector | None = None
     health: dict[str, Any] = {"batches": 0, "frames": 0, "last_batch_ns": 0, "warm": False}
+    times = StageTimes()
 
     async def send(topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
         return await app.producer.send(topic, key, value, None, None, headers)
@@ -206,9 +208,11 @@ def create_app(settings: Settings) -> faust.App:
         processor = InspectionProcessor(settings, inspector, worker, recipes)
 
         async def work(batch: Sequence[Any]) -> None:
-            outgoing = await processor.process([_frame(e) for e in batch])
+            frames = [_frame(e) for e in batch]
+            outgoing = await processor.process(frames)
             # Outputs must be confirmed by the broker before the inputs are acknowledged.
             await publish_acknowledged(send, outgoing)
+            times.batch([f.received_ns for f in frames], [f.timestamp_ns for f in frames], now_ns())
 
         async def ack(batch: Sequence[Any]) -> None:
             for event in batch:
@@ -260,7 +264,8 @@ def create_app(settings: Settings) -> faust.App:
         assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment())
         ready = not app.rebalancing and bool(assigned) and bool(health.get("warm"))
         lines = {line: getattr(r, "ref", f"refused: {getattr(r, 'reason', '')}") for line, r in recipes.lines().items()}
-        return {"service": "worker", "worker": worker, "ready": ready, "assigned": assigned, "recipes": lines} | health
+        return ({"service": "worker", "worker": worker, "ready": ready, "assigned": assigned, "recipes": lines}
+                | health | {"timing": times.summary()})
 
     @app.page("/healthz")
     class Health(View):
