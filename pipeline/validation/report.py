@@ -66,6 +66,8 @@ def _input_space(repo: Path, classifier: str, version: int, card: dict[str, Any]
         "invariance": card.get("invariance") or repository.parameter(config, repository.INVARIANCE_PARAM)
         or "not recorded",
         "test_time_views": card.get("test_time_views"),
+        # The ranges of the unit's descriptors outside which a pass becomes review (docs/models.md).
+        "reference": card.get("input_space") if isinstance(card.get("input_space"), dict) else None,
     }
 
 

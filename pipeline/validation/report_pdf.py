@@ -51,6 +51,7 @@ def render_pdf(report: dict[str, Any], path: Path) -> None:
         ["input frames", space["frames"]],
         ["model input", space["model_input"]],
         ["invariance", f"{space['invariance']} ({space.get('test_time_views') or 1} test-time view(s))"],
+        ["input-space check", _reference_text(space.get("reference"))],
     ], (35, 145))
 
     doc.h2("2. Training data")
@@ -150,3 +151,11 @@ def render_pdf(report: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     doc.pdf.output(str(tmp))
     tmp.replace(path)
+
+
+def _reference_text(ref: dict[str, Any] | None) -> str:
+    """The version's input-space reference in a line: outside these ranges a pass becomes review."""
+    if not ref:
+        return "no input-space reference in this version: no out-of-distribution check (docs/models.md)"
+    ranges = "; ".join(f"{k} {lo:.4g}..{hi:.4g}" for k, (lo, hi) in ref.get("ranges", {}).items())
+    return f"from {ref.get('n_images', '?')} training images; a pass outside becomes review: {ranges}"

@@ -173,7 +173,8 @@ def test_the_reports_figures_and_judgement(qa: dict[str, Any], tmp_path: Path) -
     assert_readable(pages, ["Validation report tablet_classifier version 1", "ACCEPTANCE CRITERIA FAILED",
                             "75.00 %", "33.33 %", "42.86 %", "TS-1", report["test_set"]["sha256"],
                             "detection of contamination 0.00 %", "review 0.3000, reject 0.8000",
-                            "none recorded", "chip, contamination, crack, discoloration"])
+                            "none recorded", "chip, contamination, crack, discoloration",
+                            "no input-space reference in this version"])
 
 
 def test_deploy_needs_an_approved_unchanged_report(qa: dict[str, Any]) -> None:
@@ -237,7 +238,9 @@ def test_the_cli_from_registration_to_deploy(qa: dict[str, Any], tmp_path: Path,
     ts = f"TS-{uuid.uuid4().hex[:6]}"
     for k, v in {"LINESIGHT_STATE_DIR": str(embedded_settings.state_dir), "LINESIGHT_CLICKHOUSE__DATABASE": qa["db"],
                  "LINESIGHT_AUDIT__PUBLISH_TIMEOUT_S": "0",
-                 "LINESIGHT_TRITON__MODEL_REPOSITORY": str(qa["repo"])}.items():
+                 "LINESIGHT_TRITON__MODEL_REPOSITORY": str(qa["repo"]),
+                 # No Triton runs here: a free port, never whatever serves on the default one.
+                 "LINESIGHT_TRITON__EMBEDDED_GRPC_PORT": str(embedded_settings.triton.embedded_grpc_port)}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("LINESIGHT_CLICKHOUSE__URL", raising=False)
     monkeypatch.delenv("LINESIGHT_TRITON__URL", raising=False)
