@@ -2,7 +2,9 @@
 
 Faust hard-codes the consumer's `fetch_max_wait_ms` to 1500. Apache Kafka answers a fetch as
 soon as one byte is there, but the embedded Tansu broker holds it for a good part of the wait:
-measured here, a fetch wait of 500 ms put ~200 ms between produce and consume, 100 ms put ~2 ms.
+measured here, a fetch wait of 500 ms put ~200 ms between produce and consume, 100 ms put ~2 ms
+(confluent-kafka); for the worker (aiokafka) at 25 units/s, 100 ms put 34 ms (p50) between the
+frame's broker time and its receipt, 20 ms put 8 ms (docs/benchmarks.md).
 This transport (registered as the `linesight://` broker scheme in pyproject's
 `faust.transports` entry points) sets the wait from `StreamSettings.fetch_max_wait_ms`.
 """
@@ -15,7 +17,7 @@ from faust.transport.drivers import aiokafka as driver
 
 
 class ConsumerThread(driver.AIOKafkaConsumerThread):
-    fetch_max_wait_ms: ClassVar[int] = 100
+    fetch_max_wait_ms: ClassVar[int] = 20
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)

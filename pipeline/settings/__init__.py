@@ -126,9 +126,11 @@ class StreamSettings(BaseModel):
     # The shadow scorer's batch window; the inspection worker batches adaptively (streams.inflight).
     batch_window_s: float = 0.05
     # Batches one worker has in flight at once (decided, published, awaiting acks; acked in order).
-    max_in_flight: int = Field(default=2, ge=1, le=64)
+    # Measured (docs/benchmarks.md): 1 / 2 / 4 / 8 gave pipeline/bare 0.62 / 0.70-0.74 / 0.78 / 0.75.
+    max_in_flight: int = Field(default=4, ge=1, le=64)
     # Longest a consumer fetch may wait at the broker (Faust's fixed 1500 ms adds latency on Tansu).
-    fetch_max_wait_ms: int = 100
+    # Measured at 25 units/s: 500 / 100 / 20 / 5 ms gave capture->verdict p50 268 / 73 / 38 / 38 ms.
+    fetch_max_wait_ms: int = 20
     # How long the worker's producer waits to fill a batch of outputs (docs/benchmarks.md).
     producer_linger_ms: float = Field(default=0.0, ge=0.0)
     web_port: int = 16066
