@@ -244,6 +244,11 @@ def test_simulator_training_is_what_make_model_runs(repo: Path) -> None:
     assert (result.version, result.live, result.classes) == (1, True, CLASSES)
     card = json.loads(result.card_path.read_text())
     assert card["dataset"]["source"] == "simulator" and card["threshold_calibration"]["out_of_fold"]["folds"] == 0
+    # The committed config, but for version 1's input-space reference: this training's (16 units).
+    cfg = layout.read_config(repo, "tablet_classifier")
+    assert layout.input_space_by_version(cfg)[1]["n_images"] == 16 + 30
+    layout.set_input_space(cfg, 1, layout.input_space_by_version(layout.read_config(REPO, "tablet_classifier"))[1])
+    layout.write_config(repo, "tablet_classifier", cfg)
     assert (repo / "tablet_classifier/config.pbtxt").read_text() == (REPO / "tablet_classifier/config.pbtxt").read_text()
     # 16 rendered units of the product, twice as many of the assorted tablet family (the shipped
     # model is every other product's base), 30 rendered validation units of the product only.
