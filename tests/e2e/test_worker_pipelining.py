@@ -142,8 +142,6 @@ def test_kill_9_and_a_lost_replica_lose_or_duplicate_no_unit(
     # Every unit has exactly one stored verdict; none was lost, none decided twice differently.
     assert scalar(f"SELECT uniqExact(unit_id) FROM {db}.inspections FINAL WHERE lot = {{lot:String}}") == published
     assert scalar(f"SELECT count() FROM {db}.inspections FINAL WHERE lot = {{lot:String}}") == published
-    raw = scalar(f"SELECT count() FROM {db}.inspections WHERE lot = {{lot:String}}")
-    print(f"{published} units, {raw} verdict rows received (redelivered after the kill: {raw - published})")
     assert scalar(
         f"""SELECT count() FROM (SELECT unit_id FROM {db}.inspections WHERE lot = {{lot:String}}
             GROUP BY unit_id HAVING uniqExact(verdict, cause) > 1)""") == 0
