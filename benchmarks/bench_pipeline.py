@@ -217,6 +217,8 @@ def main() -> None:
     if report.gate is not None:
         totals = report.gate.as_dict()["totals"]
         print("gate " + ", ".join(f"{k} {v}" for k, v in totals.items() if v))
+        print(f"dead-lettered {report.dead_lettered}; alarms: "
+              + ("; ".join(f"{a.code} ({a.reason[:80]})" for a in report.gate.alarms) or "none"))
 
 
 if __name__ == "__main__":
