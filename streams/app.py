@@ -246,15 +246,17 @@ def create_app(settings: Settings) -> faust.App:
         (any one replica with every routed model ready: requests fail over to it)."""
         if not probes:
             probes.extend(TritonClient(url) for url in settings.triton.replica_urls() or [""])
-        triton_ready = False
-        for probe in probes:
+        models = routed_models(stream.product_models, recipes)
+
+        async def probe_one(probe: TritonClient) -> bool:
             try:
-                triton_ready = await asyncio.wait_for(
-                    models_ready(probe, routed_models(stream.product_models, recipes)), wd.triton_probe_timeout_s)
+                return await asyncio.wait_for(models_ready(probe, models), wd.triton_probe_timeout_s)
             except Exception as exc:  # noqa: BLE001 - unreachable or slow Triton: report it, keep beating
                 log.debug("Triton readiness probe failed: %s", exc)
-            if triton_ready:
-                break
+                return False
+
+        # All replicas at once: a hung one must not delay the beat past the watchdog's timeout.
+        triton_ready = any(await asyncio.gather(*(probe_one(p) for p in probes)))
         health["triton_ready"] = triton_ready
         beat = Heartbeat(worker, "worker", now_ns(), triton_ready, f"frames={health['frames']}")
         await app.producer.send(heartbeat_topic, worker.encode(), beat.to_json(), None, None, None)
