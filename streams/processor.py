@@ -335,6 +335,7 @@ class InspectionProcessor:
             reasons=d.reasons,
             station=meta.station,
             purpose=meta.purpose,
+            frame_source=frame.source,
         )
         out: list[Outgoing | _ImageJob] = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), result.to_json())]
         if d.verdict != "pass":  # `review` units leave the line too; a person decides on them

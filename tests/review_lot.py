@@ -5,6 +5,7 @@ browser test."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import uuid
@@ -53,6 +54,18 @@ def frame_jpeg(defect: str, seed: int) -> bytes:
     return jpeg
 
 
+BOTTOM_SOURCE = "linesight.frames:0:42"  # where m1's bottom frame sits on the broker
+
+
+@cache
+def bottom_frame() -> bytes:
+    """m1's bottom-station frame as the camera sent it (PNG)."""
+    from pipeline.imaging.tablets import render_tablet
+    from pipeline.wire.codec import encode_png
+
+    return encode_png(render_tablet(np.random.default_rng(77), "tablet-round-white-10mm", None, size=160))
+
+
 def _image(settings: Settings, unit: str, lot: str, station: str, verdict: str, defect: str, t: int, seed: int) -> Msg:
     headers = [(H_UNIT, unit.encode()), (H_LINE, b"line-1"), (H_LOT, lot.encode()), (H_CAPTURE_NS, str(t).encode()),
                (H_VERDICT, verdict.encode()), (H_DEFECT, defect.encode())]
@@ -87,6 +100,8 @@ def seed_review_lot(settings: Settings, client: ChdbClient) -> None:
     t = T0 + S
     for station, verdict, defect, score in (("top", "review", "chip", 0.58), ("bottom", "pass", "none", 0.1)):
         r = _result("m1", LOT, verdict, defect, score, t, station)
+        if station == "bottom":  # it passed there: no JPEG kept, the frame is on the broker
+            r = dataclasses.replace(r, frame_source=BOTTOM_SOURCE, image_sha256=hashlib.sha256(bottom_frame()).hexdigest())
         msgs.append(Msg(k.topic_results, r.to_json(), next(_OFFSETS)))
     msgs.append(_image(settings, "m1", LOT, "top", "review", "chip", t, 9))
     uv = UnitVerdict("m1", "line-1", LOT, "tablet-round-white-10mm", "review", "model", t + S, [

@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS {db}.inspections
     parts          String,                   -- per-pocket verdicts, JSON [{index, verdict, defect, reason}]
     reasons        Array(String),            -- one line per failing check
     purpose        LowCardinality(String),   -- '' production; 'challenge': a challenge unit, never production
+    frame_source   String,                   -- the judged frame on the broker: topic:partition:offset
+    image_sha256   String,                   -- sha256 of the judged frame's bytes (as the audit record)
     kafka_partition UInt32,
     kafka_offset   UInt64,
     stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
@@ -65,6 +67,9 @@ ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS station LowCardinality(Str
 -- ... and the frame's purpose (docs/validation.md, "Challenge runs"): challenge units are kept
 -- out of every production count by `purpose = ''` (the column's default for older rows).
 ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER reasons;
+-- ... and where the judged frame is on the broker (docs/review.md: the review station reads it back).
+ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS frame_source String AFTER purpose;
+ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS image_sha256 String AFTER frame_source;
 
 -- One row per unit of a multi-station line (docs/actuation.md): its verdict (pass only when every
 -- declared station passed it), the gate's cause (model | late | failsafe), every station's result

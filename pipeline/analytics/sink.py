@@ -99,6 +99,8 @@ def inspection_row(m: Message, r: InspectionResult) -> Row:
         "parts": json.dumps(r.parts, separators=(",", ":")) if r.parts else "",
         "reasons": list(r.reasons),
         "purpose": r.purpose,
+        "frame_source": r.frame_source,
+        "image_sha256": r.image_sha256,
         "kafka_partition": m.partition(),
         "kafka_offset": m.offset(),
     }

@@ -23,6 +23,7 @@ from pipeline.core.times import now_ns
 from pipeline.dashboard.localize import Localizer
 from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
 from pipeline.review.desk import ReviewDesk
+from pipeline.review.frames import BrokerFrames
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "ls_session"
@@ -42,6 +43,7 @@ class Dashboard:
     versions: TritonVersions | None = None                     # "model live": Triton's ready version
     localizer: Localizer | None = None                         # reject heat maps through Triton
     review: ReviewDesk | None = None                           # the review station (docs/review.md)
+    frames: BrokerFrames | None = None                         # judged frames read back from the broker
     sse_interval_s: float = 1.0
     health_interval_s: float = 2.0
     csrf_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))

@@ -18,14 +18,17 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.auth.guard import AccessDenied, Principal
-from pipeline.dashboard.context import DASHBOARD_KEY, PRINCIPAL, TOKEN, csrf_ok, page
+from pipeline.dashboard.context import DASHBOARD_KEY, PRINCIPAL, TOKEN, Dashboard, csrf_ok, page
 from pipeline.dashboard.localize import LocalizeUnavailable
 from pipeline.review.desk import DECIDE, SAMPLE, ReviewDesk
-from pipeline.review.store import frame_jpeg, lot_queue
+from pipeline.review.frames import FrameUnavailable
+from pipeline.review.store import find_unit, frame_jpeg, lot_queue
+from pipeline.wire.codec import thumbnail_jpeg
 
 # The dimensions of the false-reject Pareto (columns of the ``false_rejects`` view).
 PARETO_BY = ("defect", "score_band", "station", "camera", "product", "hour", "line")
 NO_STATION = "-"  # a one-camera unit's station ('') in a URL
+REVIEW_FRAME_PX = 1024  # a frame read back from the broker, as the person sees it
 
 
 def _desk(request: web.Request) -> ReviewDesk:
@@ -113,23 +116,41 @@ def _station(request: web.Request) -> str:
     return "" if station == NO_STATION else station
 
 
+def _station_frame(dash: Dashboard, desk: ReviewDesk, unit: str, station: str) -> bytes:
+    """The kept JPEG of a station's frame, else the frame read back from the broker (checked
+    against the judged image's hash); HTTP 404 saying why when neither can be had."""
+    jpeg = frame_jpeg(desk.client, desk.db, unit, station)
+    if jpeg is not None:
+        return jpeg
+    found = find_unit(desk.client, desk.db, unit)
+    view = next((s for s in found.stations if s.station == station), None) if found else None
+    if view is None or not view.frame_source:
+        raise web.HTTPNotFound(text="no frame kept for this station of the unit\n")
+    if dash.frames is None:
+        raise web.HTTPNotFound(text="no frame kept for this station (it passed there) and no broker to read it from\n")
+    try:
+        data = dash.frames.read(view.frame_source, view.image_sha256)
+    except FrameUnavailable as exc:
+        raise web.HTTPNotFound(text=f"frame unavailable: {exc}\n") from None
+    small = thumbnail_jpeg(data, REVIEW_FRAME_PX, quality=92)
+    if small is None:
+        raise web.HTTPUnprocessableEntity(text="the frame on the broker is not a decodable image\n")
+    return small
+
+
 async def frame(request: web.Request) -> web.Response:
-    desk, unit = _desk(request), request.match_info["unit"]
-    jpeg = await asyncio.to_thread(frame_jpeg, desk.client, desk.db, unit, _station(request))
-    if jpeg is None:
-        raise web.HTTPNotFound(text="no frame kept for this station of the unit (it passed there)\n")
+    dash, desk, unit = request.app[DASHBOARD_KEY], _desk(request), request.match_info["unit"]
+    jpeg = await asyncio.to_thread(_station_frame, dash, desk, unit, _station(request))
     return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
 async def heatmap(request: web.Request) -> web.Response:
-    """Where the model saw the defect on the kept frame (pipeline.dashboard.localize)."""
+    """Where the model saw the defect on the station's frame (pipeline.dashboard.localize)."""
     dash, desk, unit = request.app[DASHBOARD_KEY], _desk(request), request.match_info["unit"]
     station = _station(request)
     if dash.localizer is None:
         raise web.HTTPServiceUnavailable(text="heat maps need the inference server (Triton)\n")
-    jpeg = await asyncio.to_thread(frame_jpeg, desk.client, desk.db, unit, station)
-    if jpeg is None:
-        raise web.HTTPNotFound(text="no frame kept for this station of the unit\n")
+    jpeg = await asyncio.to_thread(_station_frame, dash, desk, unit, station)
     product = str(request.query.get("product", ""))
     try:
         png = await asyncio.to_thread(dash.localizer.overlay, f"{unit}/{station}", product, jpeg)

@@ -37,6 +37,7 @@ from pipeline.embedded.process import ServiceStartError
 from pipeline.kafka.clients import RenewingProducer, client_config
 from pipeline.recipes.lookup import review_spec_for
 from pipeline.review.desk import ReviewDesk
+from pipeline.review.frames import BrokerFrames
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,13 @@ def build_dashboard(
                               svc.login_lockout_s, svc.refusal_audit_window_s))
     recipes_dir = settings.stream.recipes_dir
     review = ReviewDesk(client, db, trail, guard, lambda ref: review_spec_for(recipes_dir, ref)[0])
+    try:  # every station's frame of a review unit, read back while the frames topic keeps it
+        frames: BrokerFrames | None = BrokerFrames(settings.kafka)
+    except Exception as exc:  # noqa: BLE001 - the review station then shows the kept JPEGs only
+        log.warning("review station: frames are not read back from the broker: %s", exc)
+        frames = None
     dash = Dashboard(engine, guard, acknowledge, probe, secure_cookie=settings.services.dashboard_secure_cookie,
-                     versions=versions, localizer=triton_localizer(settings), review=review)
+                     versions=versions, localizer=triton_localizer(settings), review=review, frames=frames)
     try:
         server = DashboardServer(dash, settings.services.dashboard_host, settings.services.dashboard_port).start()
     except RuntimeError as exc:

@@ -46,7 +46,9 @@ class StationView:
     model: str  # name:version of the judging model ('' for measurements only)
     recipe: str
     capture_time: datetime
-    has_frame: bool  # a reduced JPEG was kept (every station that did not pass the unit)
+    has_frame: bool  # a JPEG was kept (stations that did not pass the unit) or the broker may still hold it
+    frame_source: str  # where the judged frame is on the broker (topic:partition:offset; '' unknown)
+    image_sha256: str  # the judged frame's hash (what a frame read back must match)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,8 @@ class ReviewSummary:
 def _unit_rows(client: ClickHouseClient, db: str, where: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
     return client.query(
         f"""SELECT unit_id, lot, line, product, station, camera, verdict, defect, score, threshold, review_threshold,
-                   class_scores, reasons, model_name, model_version, recipe, purpose, capture_time
+                   class_scores, reasons, model_name, model_version, recipe, purpose, capture_time, frame_source,
+                   image_sha256
             FROM {db}.inspections FINAL WHERE {where} ORDER BY unit_id, station""",
         params,
     ).named()
@@ -172,7 +175,9 @@ def _assemble(rows: list[dict[str, Any]], multi: dict[str, str], frames: set[tup
             class_scores={str(k): float(v) for k, v in dict(s["class_scores"] or {}).items()},
             reasons=[str(x) for x in s["reasons"] or []],
             model=f"{s['model_name']}:{s['model_version']}" if s["model_name"] else "", recipe=str(s["recipe"]),
-            capture_time=s["capture_time"], has_frame=(unit_id, str(s["station"])) in frames,
+            capture_time=s["capture_time"],
+            has_frame=(unit_id, str(s["station"])) in frames or bool(s["frame_source"]),
+            frame_source=str(s["frame_source"]), image_sha256=str(s["image_sha256"]),
         ) for s in stations]
         units.append(QueueUnit(unit, str(first["line"]), str(first["product"]), str(first["recipe"]), views, decisions))
     return units

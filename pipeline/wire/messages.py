@@ -396,6 +396,9 @@ class InspectionResult(JsonMessage):
     station: str = ""
     # The frame's purpose (`H_PURPOSE`): "challenge" units never count as production.
     purpose: str = ""
+    # Where the judged frame is on the broker (``topic:partition:offset``): the review station reads
+    # it back while the topic keeps it, and checks it against `image_sha256`.
+    frame_source: str = ""
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,9 @@ def test_a_person_decides_review_units_and_forgeries_are_refused(
             wait_for("the top frame to load", lambda: b.execute_script(
                 "const i = document.querySelector(\"#frames figure[data-station='top'] img.frame\");"
                 "return i && i.complete && i.naturalWidth > 0"))
-            assert "passed here" in b.find_element(By.CSS_SELECTOR, "#frames figure[data-station='bottom']").text
+            # It passed there: no JPEG kept; this dashboard has no broker to read the frame back from.
+            wait_for("the bottom frame's absence", lambda: "frame not available" in b.find_element(
+                By.CSS_SELECTOR, "#frames figure[data-station='bottom']").text)
             assert "chip" in b.find_element(By.ID, "probs").text
             # A wrong password signs nothing.
             b.find_element(By.CSS_SELECTOR, "input[name=decision][value=defect]").click()

@@ -37,7 +37,7 @@ def test_the_queue_shows_each_review_unit_with_every_station(desk: tuple[ReviewD
     queue = lot_queue(d.client, d.db, LOT)
     assert [u.unit.unit_id for u in queue] == ["u2", "u4", "m1"]  # not the pass, the reject or the other lot's unit
     m1 = queue[2]
-    assert [(s.station, s.verdict, s.has_frame) for s in m1.stations] == [("bottom", "pass", False),
+    assert [(s.station, s.verdict, s.has_frame) for s in m1.stations] == [("bottom", "pass", True),  # on the broker
                                                                            ("top", "review", True)]
     assert queue[0].classes() == ["chip", "crack"] and queue[0].stations[0].class_scores["crack"] == pytest.approx(0.42)
     assert frame_jpeg(d.client, d.db, "m1", "top") == lot_frame("chip", 9)

@@ -4,6 +4,7 @@ false-reject Pareto; the browser test (tests/e2e/test_review_station_browser.py)
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import urllib.parse
@@ -13,11 +14,12 @@ from pathlib import Path
 import pytest
 from dashboard_site import Site, call, login, make_site, opener
 from PIL import Image
-from review_lot import LOT, seed_review_lot
+from review_lot import BOTTOM_SOURCE, LOT, bottom_frame, seed_review_lot
 
 from pipeline.auth.users import UserStore
 from pipeline.clickhouse import ChdbClient
 from pipeline.dashboard.localize import Localizer
+from pipeline.review.frames import FrameUnavailable
 from pipeline.settings import Settings
 
 
@@ -32,6 +34,19 @@ def site(chdb_client: ChdbClient, embedded_settings: Settings, tmp_path: Path) -
         yield s
     finally:
         server.stop()
+
+
+class _Broker:
+    """The dashboard's frame reader, over a dict (the broker's side is tests/e2e/test_review_frames_broker.py)."""
+
+    def __init__(self, kept: dict[str, bytes]) -> None:
+        self.kept = kept
+
+    def read(self, source: str, sha256: str) -> bytes:
+        if source not in self.kept:
+            raise FrameUnavailable("past retention")
+        assert hashlib.sha256(self.kept[source]).hexdigest() == sha256
+        return self.kept[source]
 
 
 def _json(op, url: str, data: dict | None = None) -> tuple[int, dict]:  # noqa: ANN001
@@ -54,7 +69,16 @@ def test_queue_frames_and_heat_map(site: Site) -> None:
     assert status == 200
     with op.open(site.url + "review/frames/m1/top", timeout=10) as r:
         assert r.headers["Content-Type"] == "image/jpeg" and Image.open(io.BytesIO(r.read())).size == (160, 160)
-    assert call(op, site.url + "review/frames/m1/bottom")[0] == 404  # it passed there: no frame kept
+    # It passed there: no JPEG kept; read back from the broker by its source, checked by its hash.
+    status, _, text = call(op, site.url + "review/frames/m1/bottom")
+    assert status == 404 and "no broker" in text
+    assert site.dash is not None
+    site.dash.frames = _Broker({BOTTOM_SOURCE: bottom_frame()})  # type: ignore[assignment]
+    with op.open(site.url + "review/frames/m1/bottom", timeout=10) as r:
+        assert r.headers["Content-Type"] == "image/jpeg" and Image.open(io.BytesIO(r.read())).size == (160, 160)
+    site.dash.frames = _Broker({})  # type: ignore[assignment]
+    status, _, text = call(op, site.url + "review/frames/m1/bottom")
+    assert status == 404 and "frame unavailable: past retention" in text
     assert call(op, site.url + "review/frames/u2/-")[0] == 200  # a one-camera unit
     heat = site.url + "review/frames/u2/-/heatmap.png?product=tablet-round-white-10mm"
     status, _, text = call(op, heat)

@@ -83,7 +83,9 @@ function openUnit(u) {
     const caption = `${s.station || "camera"} (${s.camera}): ${s.verdict} ${s.defect}, score ${num(s.score)}` +
       (s.review_threshold != null ? ` (review > ${num(s.review_threshold, 2)}, reject > ${num(s.threshold, 2)})` : "");
     if (s.has_frame) {
-      fig.append(el("img", { src: `/review/frames/${seg(u.unit_id)}/${seg(s.station)}`, alt: `frame ${s.station}`, class: "frame" }));
+      const img = el("img", { src: `/review/frames/${seg(u.unit_id)}/${seg(s.station)}`, alt: `frame ${s.station}`, class: "frame" });
+      img.addEventListener("error", () => img.replaceWith(el("span", { class: "heatmap-missing" }, "frame not available")));
+      fig.append(img);
       const heat = el("img", { src: `/review/frames/${seg(u.unit_id)}/${seg(s.station)}/heatmap.png?product=${encodeURIComponent(u.product)}`,
         alt: "heat map", class: "frame heat" });
       heat.addEventListener("error", () => heat.replaceWith(el("span", { class: "heatmap-missing" }, "no heat map")));
