@@ -92,6 +92,10 @@ def test_a_person_decides_review_units_and_forgeries_are_refused(
             wait_for("the Pareto bar", lambda: b.find_elements(By.CSS_SELECTOR, "svg.pareto rect[data-key='crack']"))
             assert "u2" in b.find_element(By.ID, "pareto-units").text
             b.save_screenshot(str(shots / "review-decided.png"))
+            # The Pareto's unit links open that unit with its frames.
+            b.find_element(By.CSS_SELECTOR, "#pareto-units a.unit-link").click()
+            wait_for("u2 opened from the Pareto", lambda: b.find_element(By.ID, "unit-id").text.lower().startswith("u2")
+                     and b.find_elements(By.CSS_SELECTOR, "#frames img.frame"))
 
         db = site.db
         # The lot's batch record refuses its release while u4 is undecided.

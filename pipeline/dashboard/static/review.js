@@ -31,8 +31,9 @@ async function loadLots() {
   const { lots } = await getJson("/api/review/lots");
   const sel = $("lot");
   for (const l of lots) sel.append(el("option", { value: l.lot }, `${l.lot} (${l.review} review of ${l.units})`));
-  const wanted = new URLSearchParams(location.search).get("lot");
-  if (wanted) { sel.value = wanted; await loadLot(wanted); }
+  const query = new URLSearchParams(location.search);
+  const wanted = query.get("lot");
+  if (wanted) { sel.value = wanted; await loadLot(wanted, query.get("unit")); }
 }
 
 function renderSummary(s, rules) {
@@ -114,13 +115,15 @@ function openUnit(u) {
     `${d.decision}${d.defect ? " (" + d.defect + ")" : ""} by ${d.user} (${d.role}) at ${d.decided_time}, ${d.audit_record}`)));
 }
 
-async function loadLot(name) {
+async function loadLot(name, unit) {
   lot = name;
   if (!lot) return;
   history.replaceState(null, "", `?lot=${encodeURIComponent(lot)}`);
   const data = await getJson(`/api/review/${encodeURIComponent(lot)}`);
   renderSummary(data.summary, data.rules);
   renderQueue(data.units);
+  const asked = unit && data.units.find((u) => u.unit_id === unit);
+  if (asked) { openUnit(asked); $("unit-panel").scrollIntoView(); return; }
   if (current) {
     const again = data.units.find((u) => u.unit_id === current.unit_id);
     if (again) { const form = $("decide-result").textContent; openUnit(again); $("decide-result").textContent = form; }
@@ -181,7 +184,8 @@ async function loadPareto() {
   }
   const body = $("pareto-units").querySelector("tbody");
   body.replaceChildren(...data.units.map((u) => el("tr", {},
-    el("td", {}, el("a", { href: `/review?lot=${encodeURIComponent(u.lot)}` }, u.unit_id)), el("td", {}, u.lot),
+    el("td", {}, el("a", { href: `/review?lot=${encodeURIComponent(u.lot)}&unit=${encodeURIComponent(u.unit_id)}`,
+                           class: "unit-link" }, u.unit_id)), el("td", {}, u.lot),
     el("td", {}, u.defect), el("td", {}, num(u.score)), el("td", {}, u.station || "camera"), el("td", {}, u.decided_by))));
 }
 $("pareto-by").addEventListener("change", loadPareto);
