@@ -334,6 +334,9 @@ class DashboardServer:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10.0)
+        if self.dash.frames is not None:  # its broker connection, before the broker goes away
+            self.dash.frames.close()
+            self.dash.frames = None
 
 
 def wait_listening(url: str, timeout_s: float = 10.0) -> None:

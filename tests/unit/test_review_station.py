@@ -48,6 +48,9 @@ class _Broker:
         assert hashlib.sha256(self.kept[source]).hexdigest() == sha256
         return self.kept[source]
 
+    def close(self) -> None:
+        self.kept = {}
+
 
 def _json(op, url: str, data: dict | None = None) -> tuple[int, dict]:  # noqa: ANN001
     status, _, text = call(op, url, data, {"Accept": "application/json"})
