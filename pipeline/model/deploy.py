@@ -181,14 +181,22 @@ class TritonTarget:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TritonTarget:
+        """The first Triton (`triton.url`, else the embedded server)."""
+        return cls.every_replica(settings)[0]
+
+    @classmethod
+    def every_replica(cls, settings: Settings) -> list[TritonTarget]:
+        """Every Triton the workers send requests to (`triton.url` and `triton.urls`, each once),
+        else the embedded server: a deploy switches all of them, never one version per replica."""
         from pipeline.embedded.triton import model_control_key
 
         t = settings.triton
-        url = t.url or f"127.0.0.1:{t.embedded_grpc_port}"
         key = model_control_key(settings)
-        return cls(url=url, embedded=not t.url, derived=settings.state_dir / "triton_repo",
-                   # tritonserver expects a restricted gRPC protocol's key under this prefix
-                   control_headers={f"triton-grpc-protocol-{t.model_control_header}": key} if key else {})
+        # tritonserver expects a restricted gRPC protocol's key under this prefix
+        headers = {f"triton-grpc-protocol-{t.model_control_header}": key} if key else {}
+        urls = t.replica_urls() or [f"127.0.0.1:{t.embedded_grpc_port}"]
+        return [cls(url=u, embedded=not t.replica_urls(), derived=settings.state_dir / "triton_repo",
+                    control_headers=headers) for u in urls]
 
     def client(self) -> Any:
         import tritonclient.grpc as grpcclient
@@ -365,7 +373,7 @@ def deploy(
                                   card_onnx_sha256(repo_mod.read_card(repo, classifier, version)))
     if unvalidated and action == "deploy":
         raise DeployError(f"refusing to {action} {classifier} version {version}: " + "; ".join(unvalidated))
-    target = TritonTarget.from_settings(settings)
+    targets = TritonTarget.every_replica(settings)
     with _locked(repo, classifier):
         config_file = repo_mod.config_path(repo, classifier)
         previous_text = config_file.read_bytes()
@@ -388,30 +396,41 @@ def deploy(
             return DeployResult(action, product, classifier, previous, version, f"version {version} is already live; nothing changed")
         repo_mod.set_live_version(config, version)
         repo_mod.write_config(repo, classifier, config)
-        if not target.reachable():
-            outcome = f"no Triton answers at {target.url}: the repository is updated; version {version} takes effect at the next start"
+        live = [t for t in targets if t.reachable()]
+        down = [t.url for t in targets if t not in live]
+        if not live:
+            where = ", ".join(t.url for t in targets)
+            outcome = f"no Triton answers at {where}: the repository is updated; version {version} takes effect at the next start"
             entry["triton"] = "not running"
             repo_mod.append_deployment(repo, classifier, entry)
             return DeployResult(action, product, classifier, previous, version, outcome, entry)
+        switched: list[TritonTarget] = []
         try:
-            _switch(target, repo, classifier, version)
-        except Exception as exc:  # noqa: BLE001 - every failure restores the previous version
+            for target in live:
+                switched.append(target)
+                _switch(target, repo, classifier, version)
+        except Exception as exc:  # noqa: BLE001 - every failure restores the previous version everywhere
             why = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
             why = (why or type(exc).__name__).strip().splitlines()[0]  # Triton appends a traceback
+            why = f"{switched[-1].url}: {why}" if len(targets) > 1 else why
             repo_mod.write_atomic(config_file, previous_text)
             restored = "previous config restored"
-            try:
-                if previous is not None:
-                    _switch(target, repo, classifier, previous)
-                    restored += f"; Triton serves version {previous} again"
-            except Exception as again:  # noqa: BLE001
-                restored += f"; reloading version {previous} failed too: {again}"
+            for target in switched:
+                try:
+                    if previous is not None:
+                        _switch(target, repo, classifier, previous)
+                        restored += f"; Triton{' at ' + target.url if len(targets) > 1 else ''} serves version {previous} again"
+                except Exception as again:  # noqa: BLE001
+                    restored += f"; reloading version {previous} failed too: {again}"
             entry |= {"action": f"{action}-failed", "triton": f"failed: {why}; {restored}"}
             repo_mod.append_deployment(repo, classifier, entry)
             raise DeployError(f"{action} of {classifier} version {version} failed: {why} ({restored})") from exc
-        entry["triton"] = f"serving at {target.url}"
+        serving = ", ".join(t.url for t in live)
+        entry["triton"] = f"serving at {serving}" + (f"; not answering (loads it at start): {', '.join(down)}"
+                                                     if down else "")
         repo_mod.append_deployment(repo, classifier, entry)
-        outcome = f"Triton at {target.url} serves version {version} (switched in place, no restart)"
+        outcome = f"Triton at {serving} serves version {version} (switched in place, no restart)" + (
+            f"; {', '.join(down)} did not answer and loads it at its next start" if down else "")
         return DeployResult(action, product, classifier, previous, version, outcome, entry)
 
 

@@ -149,3 +149,44 @@ def test_rollback_walks_back_through_the_history() -> None:
     assert live_history(entries) == [1, 2]
     assert live_history(entries + [e("rollback", 2, 1)]) == [1]
     assert live_history([e("deploy", 1, 2), e("deploy", 2, 1)]) == [1, 2, 1]
+
+
+def test_a_deploy_switches_every_replica_or_none(
+    offline_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With several Triton replicas (`triton.url` + `triton.urls`) a deploy switches each one that
+    answers (a silent one loads the new config at its start); a replica refusing the switch puts
+    the previous version back on every replica already switched, and the config back."""
+    from pipeline.model import deploy as deploy_mod
+
+    base = repo_settings(Settings(), offline_repo, tmp_path / "state")
+    settings = base.model_copy(update={"triton": base.triton.model_copy(update={
+        "url": "t1:8001", "urls": ["t2:8001", "t3:8001", "t1:8001"]})})
+    monkeypatch.setattr(deploy_mod, "report_problems", lambda *a: [])  # the report's checks: tests above
+    assert [t.url for t in deploy_mod.TritonTarget.every_replica(settings)] == ["t1:8001", "t2:8001", "t3:8001"]
+    down: set[str] = {"t3:8001"}
+    refuse: set[str] = set()
+    serving: dict[str, int] = {}
+
+    def switch(target, source, model, version):  # noqa: ANN001, ANN202
+        if target.url in refuse and version == 2:
+            raise RuntimeError("load failed")
+        serving[target.url] = version
+
+    monkeypatch.setattr(deploy_mod.TritonTarget, "reachable", lambda self: self.url not in down)
+    monkeypatch.setattr(deploy_mod, "_switch", switch)
+    config_file = repository.config_path(offline_repo, "tablet_classifier")
+
+    refuse.add("t2:8001")
+    before = config_file.read_bytes()
+    with pytest.raises(DeployError, match="t2:8001: load failed"):
+        deploy(settings, PRODUCT, 2, reason="r")
+    assert serving == {"t1:8001": 1, "t2:8001": 1} and config_file.read_bytes() == before
+
+    refuse.clear()
+    result = deploy(settings, PRODUCT, 2, reason="r")
+    assert serving == {"t1:8001": 2, "t2:8001": 2}
+    assert "t3:8001 did not answer and loads it at its next start" in result.triton
+    assert repository.live_version(repository.read_config(offline_repo, "tablet_classifier")) == 2
+    history = repository.deployments(offline_repo, "tablet_classifier")
+    assert [e["action"] for e in history] == ["deploy-failed", "deploy"]
