@@ -352,3 +352,22 @@ def test_nuisance_variants_for_calibration_are_seeded_and_change_the_light() -> 
     assert not np.array_equal(a[:3], x) and nuisance_variants(x, 0, 1).shape == (0, *x.shape[1:])
     # Pixel means move by more than the photometric jitter alone would (light level x0.75-1.25).
     assert np.ptp([v.mean() for v in a]) > 0.1
+
+
+def test_reduced_precision_check_passes_its_own_graph_and_rejects_a_drifted_one(tmp_path: Path) -> None:
+    """An int8/fp16 graph is released only if it scores like its fp32 graph (tolerance, no
+    verdict changed); one that drifts is rejected with the figures."""
+    from pipeline.model.export import REDUCED_PRECISION_TOLERANCE, check_reduced_precision
+
+    torch.manual_seed(0)
+    net = TabletNet().eval()
+    ref, fp16 = tmp_path / "ref.onnx", tmp_path / "fp16.onnx"
+    export_onnx(net, ref, 32, 1)
+    x = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    report = check_reduced_precision(ref, ref, x, (0.5, 0.9))
+    assert report["passed"] and report["max_abs_diff_score"] == 0.0 and report["verdicts_changed"] == 0
+    assert report["tolerance"] == REDUCED_PRECISION_TOLERANCE
+    torch.manual_seed(1)
+    export_onnx(TabletNet().eval(), fp16, 32, 1)  # another network: far off
+    with pytest.raises(ParityError, match="reduced-precision graph disagrees"):
+        check_reduced_precision(fp16, ref, x, (0.5, 0.9), tolerance=1e-6)
