@@ -62,6 +62,17 @@ _GVSP_LEADER, _GVSP_TRAILER, _GVSP_PAYLOAD = 1, 2, 3
 _PAYLOAD_TYPE_IMAGE = 1
 
 
+
+def _readable(socks: list[socket.socket], timeout_s: float) -> list[socket.socket]:
+    """The sockets with a datagram waiting. poll(), not select(): select() cannot watch descriptors
+    above 1023, which a long-running process (a whole test session) does reach."""
+    poller = select.poll()
+    by_fd = {}
+    for sock in socks:
+        poller.register(sock, select.POLLIN)
+        by_fd[sock.fileno()] = sock
+    return [by_fd[fd] for fd, _ in poller.poll(max(0, int(timeout_s * 1000)))]
+
 class _DiscoveryResponder:
     """The one socket on 127.0.0.1:3956 of this process: answers GVCP discovery for every running
     fake camera, each from its own address (so the ack looks as a plant camera's)."""
@@ -119,7 +130,7 @@ class _DiscoveryResponder:
 
     def _serve(self) -> None:
         while not self._stop.is_set():
-            ready, _, _ = select.select(self._socks, [], [], 0.05)
+            ready = _readable(self._socks, 0.05)
             for sock in ready:
                 try:
                     packet, peer = sock.recvfrom(2048)
@@ -298,7 +309,7 @@ class FakeGigECamera:
             wait = 0.05
             if self._streaming() and self._register(_REG_TRIGGER_MODE) == 0:
                 wait = max(0.0, min(wait, (self._next_frame_ns - time.time_ns()) / 1e9))
-            ready, _, _ = select.select([gvcp], [], [], wait)
+            ready = _readable([gvcp], wait)
             if ready:
                 try:
                     packet, peer = gvcp.recvfrom(2048)

@@ -298,3 +298,23 @@ def test_a_line0_pulse_gives_one_frame_when_the_recipe_wires_the_photo_eye(fakes
             assert cam.next_frame(0.2) is None
     finally:
         cam.close()
+
+
+def test_cameras_answer_in_a_process_holding_more_than_1024_descriptors(fakes: list[FakeGigECamera]) -> None:
+    """A whole test session (or a long-running gateway) holds more than 1024 file descriptors; the
+    fake camera's sockets then get numbers select() cannot watch. Found and triggered all the same."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        sn = serial()
+        fake_camera(fakes, sn, 64, 48, source=lambda n: noise(3, (48, 64)))
+        assert sn in {c.serial for c in list_cameras()}
+        cam = opened(sn)
+        try:
+            cam.start()
+            frame = triggered_frame(cam)
+            assert frame.complete and frame.image is not None and frame.image.shape[:2] == (48, 64)
+        finally:
+            cam.close()
+    finally:
+        for fd in held:
+            os.close(fd)
