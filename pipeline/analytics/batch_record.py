@@ -107,7 +107,7 @@ class BatchRecord:
 def lot_review(client: ClickHouseClient, db: str, lot: str, recipes_dir: Path | None) -> tuple[ReviewSummary, str]:
     """The lot's review under its recipe's [review] rules, and why strict rules apply where they do."""
     spec, note = review_spec_for(recipes_dir, lot_recipe(client, db, lot)) if recipes_dir else (ReviewSpec(), "")
-    return summarize(client, db, lot, spec.qa_confirms, spec.max_review_fraction, spec.aql_level, spec.aql), note
+    return summarize(client, db, lot, spec), note
 
 
 def lot_release_refusals(client: ClickHouseClient, db: str, lot: str, recipes_dir: Path | None) -> list[str]:

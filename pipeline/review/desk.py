@@ -52,9 +52,7 @@ class ReviewDesk:
         return self.review_spec(lot_recipe(self.client, self.db, lot))
 
     def lot_summary(self, lot: str) -> ReviewSummary:
-        spec = self.lot_rules(lot)
-        return summarize(self.client, self.db, lot, spec.qa_confirms, spec.max_review_fraction, spec.aql_level,
-                         spec.aql)
+        return summarize(self.client, self.db, lot, self.lot_rules(lot))
 
     def _signer(self, who: Principal, password: str, action: str, subject: str) -> None:
         """The e-signature's authentication: the logged-in person re-enters their own password."""
@@ -107,8 +105,7 @@ class ReviewDesk:
         `spec`: the [review] rules (default: the lot's recipe's)."""
         self._signer(who, password, SAMPLE, lot)
         spec = spec or self.lot_rules(lot)
-        summary = summarize(self.client, self.db, lot, spec.qa_confirms, spec.max_review_fraction,
-                            spec.aql_level, spec.aql)
+        summary = summarize(self.client, self.db, lot, spec)
         plan = summary.plan
         if plan is None:
             raise self._refuse(who, SAMPLE, lot, f"lot {lot!r} has no recovered units to sample")
@@ -134,8 +131,7 @@ class ReviewDesk:
             "defective": defective, "accepted": accepted, "user": who.username, "decided_time": record.time,
             "audit_record": record.record_id, "signature": signature.record_id,
         }])
-        return Recorded(record, signature), summarize(self.client, self.db, lot, spec.qa_confirms,
-                                                      spec.max_review_fraction, spec.aql_level, spec.aql)
+        return Recorded(record, signature), summarize(self.client, self.db, lot, spec)
 
 
 def _detail(unit: QueueUnit, lot: str, seconds_spent: float, before: str) -> dict[str, object]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.core.aql import SamplePlan, sample_plan
+from pipeline.recipes.schema import ReviewSpec
 from pipeline.review.rules import (
     AWAITING_QA,
     CONFIRMED_DEFECTIVE,
@@ -144,11 +145,13 @@ def _frames(client: ClickHouseClient, db: str, units: Sequence[str]) -> set[tupl
     return {(str(u), str(s)) for u, s in rows}
 
 
-def _decisions(client: ClickHouseClient, db: str, lot: str) -> dict[str, list[dict[str, Any]]]:
+def _decisions(client: ClickHouseClient, db: str, lot: str, unit: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The decisions recorded in `lot` (only `unit`'s when given), per unit, oldest first."""
+    one = " AND unit_id = {unit:String}" if unit is not None else ""
     rows = client.query(
         f"""SELECT unit_id, decision, defect, user, role, decided_time, seconds_spent, audit_record, signature
-            FROM {db}.review_decisions FINAL WHERE lot = {{lot:String}} ORDER BY decided_time, audit_record""",
-        {"lot": lot},
+            FROM {db}.review_decisions FINAL WHERE lot = {{lot:String}}{one} ORDER BY decided_time, audit_record""",
+        {"lot": lot, **({"unit": unit} if unit is not None else {})},
     ).named()
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -190,7 +193,7 @@ def find_unit(client: ClickHouseClient, db: str, unit_id: str) -> QueueUnit | No
         return None
     lot = str(rows[0]["lot"])
     found = _assemble(rows, _machine_verdicts(client, db, [unit_id]), _frames(client, db, [unit_id]),
-                      {unit_id: _decisions(client, db, lot).get(unit_id, [])})
+                      _decisions(client, db, lot, unit_id))
     return found[0]
 
 
@@ -240,13 +243,13 @@ def latest_sample(client: ClickHouseClient, db: str, lot: str) -> dict[str, Any]
     return rows[0] if rows else None
 
 
-def summarize(client: ClickHouseClient, db: str, lot: str, qa_confirms: bool, max_review_fraction: float,
-              aql_level: str, aql: float) -> ReviewSummary:
+def summarize(client: ClickHouseClient, db: str, lot: str, rules: ReviewSpec) -> ReviewSummary:
+    """What the lot's review amounts to under its recipe's [review] `rules`."""
     queue = lot_queue(client, db, lot)
     counts = dict.fromkeys((UNDECIDED, AWAITING_QA, RECOVERED, CONFIRMED_DEFECTIVE, KEPT_REJECTED), 0)
     for u in queue:
-        counts[status(u.unit, qa_confirms)] += 1
+        counts[status(u.unit, rules.qa_confirms)] += 1
     recovered = counts[RECOVERED]
-    plan = sample_plan(recovered, aql_level, aql) if recovered else None
-    return ReviewSummary(lot, lot_units(client, db, lot), len(queue), counts, max_review_fraction, plan,
+    plan = sample_plan(recovered, rules.aql_level, rules.aql) if recovered else None
+    return ReviewSummary(lot, lot_units(client, db, lot), len(queue), counts, rules.max_review_fraction, plan,
                          latest_sample(client, db, lot) if recovered else None)

@@ -83,7 +83,7 @@ def test_release_needs_every_unit_decided_and_the_recovered_sample_accepted(desk
     spec = ReviewSpec(max_review_fraction=0.05, aql=1.0)
 
     def summary():  # noqa: ANN202
-        return summarize(d.client, d.db, LOT, spec.qa_confirms, spec.max_review_fraction, spec.aql_level, spec.aql)
+        return summarize(d.client, d.db, LOT, spec)
 
     first = summary()
     assert (first.units, first.review_units, first.undecided) == (6, 3, 3)
