@@ -53,6 +53,7 @@ from pipeline.wire.messages import (
     header_purpose,
     header_value,
     safe_unit_id,
+    worst_verdict,
 )
 from streams.routing import RecipeRefusal, Step, plan_for
 from streams.triton_client import Failed, Measured, MeasureOutcome, ModelInfo, Scored, ScoreOutcome, UnknownModelError
@@ -131,11 +132,9 @@ class FrameVerdict:
     versions: list[str] = field(default_factory=list)
 
     def add(self, verdict: str, defect: str) -> None:
-        rank = {"pass": 0, "review": 1, "reject": 2}
         if verdict != "pass" and self.defect == "none":
             self.defect = defect
-        if rank[verdict] > rank[self.verdict]:
-            self.verdict = verdict
+        self.verdict = worst_verdict(self.verdict, verdict)
 
 
 class InspectionProcessor:

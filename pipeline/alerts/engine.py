@@ -34,7 +34,7 @@ from pipeline.core.times import NS_PER_S
 from pipeline.inspections.label import SerialTracker
 from pipeline.recipes.schema import ReviewSpec
 from pipeline.wire.codec import open_frame
-from pipeline.wire.messages import CameraStatus, FrameMeta, Heartbeat, InspectionResult
+from pipeline.wire.messages import CameraStatus, FrameMeta, Heartbeat, InspectionResult, worst_verdict
 
 
 @dataclass(frozen=True)
@@ -310,9 +310,8 @@ class AlertEngine:
         if r.lot != st.review_lot:
             out += self.book.set(st.line, "review_rate", False, now_ns)
             st.review_lot, st.lot_units, st.lot_review = r.lot, {}, 0
-        ranks = ("pass", "review", "reject")
         known, before = r.unit_id in st.lot_units, st.lot_units.get(r.unit_id, "pass")
-        worst = max(before, r.verdict, key=ranks.index)
+        worst = worst_verdict(before, r.verdict)
         st.lot_units[r.unit_id] = worst
         st.lot_review += int(worst == "review") - int(known and before == "review")
         n, k, limit = len(st.lot_units), st.lot_review, self.review_limit(r.recipe)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from pipeline.clickhouse import ClickHouseClient
+from pipeline.wire.messages import WORST_VERDICT_SQL
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,7 @@ def build_reconciliation(
 def unit_verdicts_sql(db: str) -> str:
     """SELECT line, unit_id, verdict of each unit of lot ``{lot:String}`` from ``inspections``: a
     multi-station unit has a row per station frame, and its worst verdict is the unit's."""
-    ranks = "['pass', 'review', 'reject']"
-    return f"""SELECT line, unit_id, {ranks}[max(indexOf({ranks}, verdict))] AS verdict
+    return f"""SELECT line, unit_id, {WORST_VERDICT_SQL} AS verdict
                FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND purpose = '' GROUP BY line, unit_id"""
 
 

@@ -19,8 +19,9 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.clickhouse import ClickHouseClient
+from pipeline.wire.messages import VERDICT_ORDER
 
-VERDICTS = ("pass", "review", "reject")
+VERDICTS = VERDICT_ORDER
 REVIEW_TABLE = "review_decisions"
 
 

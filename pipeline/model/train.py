@@ -79,6 +79,7 @@ from pipeline.model.training_sets import (
     simulated_sets,
 )
 from pipeline.settings import PROJECT_ROOT
+from pipeline.wire.messages import VERDICT_ORDER
 
 MODES = ("supervised", "good-only")
 TARGET_FRR = 0.01
@@ -312,7 +313,7 @@ def validation_metrics(scores: np.ndarray, probs: np.ndarray, s: LabelledImages,
     gate = inspection_metrics(scores, is_defect, review, names)
     verdict = np.where(scores > reject, "reject", np.where(scores > review, "review", "pass"))
     truth = np.where(names == "none", "good", names)
-    confusion = {t: {v: int(((truth == t) & (verdict == v)).sum()) for v in ("pass", "review", "reject")}
+    confusion = {t: {v: int(((truth == t) & (verdict == v)).sum()) for v in VERDICT_ORDER}
                  for t in sorted(set(truth), key=lambda c: (c != "good", c))}
     out: dict[str, Any] = {
         "n": len(s),

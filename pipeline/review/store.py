@@ -27,8 +27,7 @@ from pipeline.review.rules import (
     ReviewUnit,
     status,
 )
-
-RANKS = "['pass', 'review', 'reject']"
+from pipeline.wire.messages import WORST_VERDICT_SQL, worst_verdict
 
 
 @dataclass(frozen=True)
@@ -166,8 +165,7 @@ def _assemble(rows: list[dict[str, Any]], multi: dict[str, str], frames: set[tup
         by_unit.setdefault(str(r["unit_id"]), []).append(r)
     units = []
     for unit_id, stations in by_unit.items():
-        ranks = ["pass", "review", "reject"]
-        verdict = multi.get(unit_id) or ranks[max(ranks.index(str(s["verdict"])) for s in stations)]
+        verdict = multi.get(unit_id) or worst_verdict(*(str(s["verdict"]) for s in stations))
         first = stations[0]
         decisions = decided.get(unit_id, [])
         unit = ReviewUnit(unit_id, str(first["lot"]), verdict, str(first["purpose"]), tuple(
@@ -201,7 +199,7 @@ def lot_queue(client: ClickHouseClient, db: str, lot: str) -> list[QueueUnit]:
     """Every production review unit of the lot, decided or not, oldest first."""
     review = client.query(
         f"""SELECT unit_id FROM (
-                SELECT unit_id, {RANKS}[max(indexOf({RANKS}, verdict))] AS verdict
+                SELECT unit_id, {WORST_VERDICT_SQL} AS verdict
                 FROM {db}.inspections FINAL WHERE lot = {{lot:String}} AND purpose = '' GROUP BY unit_id)
             WHERE (verdict = 'review' AND unit_id NOT IN (SELECT unit_id FROM {db}.unit_verdicts FINAL WHERE lot = {{lot:String}}))
                OR unit_id IN (SELECT unit_id FROM {db}.unit_verdicts FINAL WHERE lot = {{lot:String}} AND verdict = 'review')""",

@@ -33,7 +33,7 @@ from pipeline.datasets.folder import Dataset, DatasetError, dataset_hash, load_d
 from pipeline.recipes.schema import CHALLENGE_PHASES as PHASES
 from pipeline.recipes.schema import ChallengeSpec, Recipe, RecipeError
 from pipeline.settings import Settings
-from pipeline.wire.messages import PURPOSE_CHALLENGE, FrameMeta, GroundTruth
+from pipeline.wire.messages import PURPOSE_CHALLENGE, VERDICT_ORDER_SQL, WORST_VERDICT_SQL, FrameMeta, GroundTruth
 
 log = logging.getLogger(__name__)
 
@@ -370,13 +370,12 @@ def publish_set(
 
 def _observed(client: ClickHouseClient, db: str, lot: str, units: Sequence[str]) -> dict[str, dict[str, str]]:
     """Per challenge unit of `units`: stored verdict, cause, predicted class and gate outcome."""
-    ranks = "['pass', 'review', 'reject']"
     rows = client.query(
         f"""SELECT u AS unit_id, v.worst AS verdict, v.how AS cause, v.predicted AS defect, g.outcome AS gate
             FROM (SELECT arrayJoin({{units:Array(String)}}) AS u) AS x
-            LEFT JOIN (SELECT unit_id, {ranks}[max(indexOf({ranks}, verdict))] AS worst,
+            LEFT JOIN (SELECT unit_id, {WORST_VERDICT_SQL} AS worst,
                               if(countIf(cause != 'model') > 0, 'failsafe', 'model') AS how,
-                              argMax(defect, indexOf({ranks}, verdict)) AS predicted
+                              argMax(defect, indexOf({VERDICT_ORDER_SQL}, verdict)) AS predicted
                        FROM {db}.inspections FINAL
                        WHERE lot = {{lot:String}} AND purpose = '{PURPOSE_CHALLENGE}' AND unit_id IN {{units:Array(String)}}
                        GROUP BY unit_id) AS v ON v.unit_id = x.u

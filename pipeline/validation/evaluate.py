@@ -29,9 +29,10 @@ from pipeline.embedded.triton import TritonServer
 from pipeline.model import repository
 from pipeline.model.evaluate_offline import auroc, clopper_pearson_upper
 from pipeline.settings import Settings
+from pipeline.wire.messages import VERDICT_ORDER
 from streams.triton_client import Failed, TritonInspector
 
-VERDICTS = ("pass", "review", "reject")
+VERDICTS = VERDICT_ORDER
 PREDICTION_COLUMNS = ("image", "score", "verdict", "defect")
 FAILED_DEFECT = "unscored"
 BATCH = 32

@@ -20,6 +20,17 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 from pipeline.core.times import NS_PER_S
 
 Verdict = Literal["pass", "reject", "review"]
+# Verdicts from the mildest to the most severe: the results of one unit (several stations)
+# combine to the most severe, and tables list them in this order.
+VERDICT_ORDER: tuple[str, ...] = ("pass", "review", "reject")
+# The same order as a ClickHouse array, and the worst verdict of a group of rows.
+VERDICT_ORDER_SQL = "[" + ", ".join(f"'{v}'" for v in VERDICT_ORDER) + "]"
+WORST_VERDICT_SQL = f"{VERDICT_ORDER_SQL}[max(indexOf({VERDICT_ORDER_SQL}, verdict))]"
+
+
+def worst_verdict(*verdicts: str) -> str:
+    """The most severe of `verdicts` (VERDICT_ORDER)."""
+    return max(verdicts, key=VERDICT_ORDER.index)
 Cause = Literal["model", "failsafe"]
 
 # Frame header names (bytes values, UTF-8).
