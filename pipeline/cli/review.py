@@ -45,13 +45,10 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.review.store import lot_queue
-
     with gmp_context(settings) as ctx:
         desk = _desk(ctx)
-        rules = desk.lot_rules(args.lot)
         summary = desk.lot_summary(args.lot)
-        units = [u.to_json(rules.qa_confirms) for u in lot_queue(desk.client, desk.db, args.lot)]
+        units = [u.to_json(summary.rules.qa_confirms) for u in summary.queue]
     refusals = summary.release_refusals()
     if args.json:
         print(json.dumps({"lot": args.lot, "counts": summary.counts, "review_fraction": summary.review_fraction,

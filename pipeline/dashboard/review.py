@@ -22,7 +22,7 @@ from pipeline.dashboard.context import DASHBOARD_KEY, PRINCIPAL, TOKEN, Dashboar
 from pipeline.dashboard.localize import LocalizeUnavailable
 from pipeline.review.desk import DECIDE, SAMPLE, ReviewDesk
 from pipeline.review.frames import FrameUnavailable
-from pipeline.review.store import find_unit, frame_jpeg, lot_queue
+from pipeline.review.store import find_unit, frame_jpeg
 from pipeline.wire.codec import thumbnail_jpeg
 
 # The dimensions of the false-reject Pareto (columns of the ``false_rejects`` view).
@@ -96,9 +96,9 @@ async def api_queue(request: web.Request) -> web.Response:
     desk, lot = _desk(request), request.match_info["lot"]
 
     def load() -> dict[str, Any]:
-        rules = desk.lot_rules(lot)
         summary = desk.lot_summary(lot)
-        units = [u.to_json(rules.qa_confirms) for u in lot_queue(desk.client, desk.db, lot)]
+        rules = summary.rules
+        units = [u.to_json(rules.qa_confirms) for u in summary.queue]
         plan = summary.plan
         return {"lot": lot, "units": units, "rules": rules.model_dump(), "summary": {
             "units": summary.units, "review_units": summary.review_units, "counts": summary.counts,

@@ -82,11 +82,19 @@ class ReviewSummary:
 
     lot: str
     units: int  # production units of the lot
-    review_units: int
+    queue: list[QueueUnit]  # its review units, oldest first
     counts: dict[str, int]  # status -> units (UNDECIDED ... KEPT_REJECTED)
-    max_review_fraction: float
+    rules: ReviewSpec  # the lot's recipe's [review] rules
     plan: SamplePlan | None  # the sample plan of the recovered units (None: none recovered)
     sample: dict[str, Any] | None  # the latest recorded sample result
+
+    @property
+    def review_units(self) -> int:
+        return len(self.queue)
+
+    @property
+    def max_review_fraction(self) -> float:
+        return self.rules.max_review_fraction
 
     @property
     def review_fraction(self) -> float:
@@ -249,5 +257,5 @@ def summarize(client: ClickHouseClient, db: str, lot: str, rules: ReviewSpec) ->
         counts[status(u.unit, rules.qa_confirms)] += 1
     recovered = counts[RECOVERED]
     plan = sample_plan(recovered, rules.aql_level, rules.aql) if recovered else None
-    return ReviewSummary(lot, lot_units(client, db, lot), len(queue), counts, rules.max_review_fraction, plan,
+    return ReviewSummary(lot, lot_units(client, db, lot), queue, counts, rules, plan,
                          latest_sample(client, db, lot) if recovered else None)
