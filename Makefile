@@ -11,7 +11,7 @@ RECIPE ?=
 CAMERAS ?= simulated
 MODEL := triton_models/tablet_classifier/1/model.onnx
 
-.PHONY: install model demo up test test-unit typecheck chaos clean-state help
+.PHONY: install model demo up test test-unit typecheck chaos clean-state help lock lockcheck audit
 
 help:
 	@echo "make demo   set up .venv, train the model if absent, run a simulated line (DURATION=$(DURATION) s;"
@@ -22,19 +22,33 @@ help:
 	@echo "make chaos  kill each embedded service mid-lot and account for every unit (docs/faults.md; minutes)"
 	@echo "make typecheck  mypy over pipeline/ and streams/ (part of make test)"
 	@echo "make model  train the tablet model into triton_models/ if absent"
+	@echo "make lock   regenerate requirements/*.txt (exact versions, sha256 hashes) from pyproject.toml (UPGRADE=1: newest allowed)"
+	@echo "make audit  known-vulnerability audit of every lock file (part of make test; docs/deployment.md)"
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch==2.13.0 (CPU) is taken from the machine's wheel cache; see README.
-	$(PY) -m pip install -q -e '.[embedded,train,dev]'
-	# GigE Vision cameras (Aravis, docs/cameras.md): PyGObject builds from source against Debian's
+# Locked builds (docs/deployment.md, "Locked builds"): every environment installs exact versions with
+# sha256 hashes from requirements/*.txt, which `make lock` regenerates from pyproject.toml's ranges.
+# dev.txt: this venv (make demo, make test, CI; all extras); app.txt: the application image;
+# triton.txt: the Triton image's Python 3.10 (requirements/triton.in).
+DEV_LOCK := requirements/dev.txt
+APP_LOCK := requirements/app.txt
+TRITON_LOCK := requirements/triton.txt
+LOCKS := $(DEV_LOCK) $(APP_LOCK) $(TRITON_LOCK)
+# torch==2.13.0+cpu, the wheel this machine's pip takes from its wheel cache (see README): the lock holds its hash.
+TORCH_WHEELS ?= /opt/wheels
+
+$(VENV)/.installed: pyproject.toml $(DEV_LOCK)
+	# GigE Vision cameras (Aravis, docs/cameras.md): the lock's PyGObject builds from source against Debian's
 	# GObject introspection and cairo headers; tests/unit/test_cameras.py needs it.
-	@if ! $(PY) -c 'import gi' 2>/dev/null && ! pkg-config --exists gobject-introspection-1.0 cairo 2>/dev/null; then \
+	@if ! pkg-config --exists gobject-introspection-1.0 cairo 2>/dev/null && ! { test -x $(PY) && $(PY) -c 'import gi' 2>/dev/null; }; then \
 		echo "The gige extra builds PyGObject from source and needs: apt-get install libgirepository1.0-dev libcairo2-dev pkg-config" >&2; \
 		exit 1; \
 	fi
-	$(PY) -m pip install -q -e '.[gige]'
+	$(PYTHON) -m venv $(VENV)
+	# Exactly the locked versions (pip itself included), each file checked against its sha256.
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(DEV_LOCK)
+	# The project itself: no dependency resolution, and setuptools from the lock (no unhashed build environment).
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) tools/lockcheck.py $(DEV_LOCK)
 	touch $@
 
 install: $(VENV)/.installed
@@ -58,7 +72,7 @@ up: install model
 # and a fault in a camera thread must not take the embedded ClickHouse down for the other tests.
 CAMERA_TESTS := tests/unit/test_cameras.py tests/unit/test_gateway.py tests/unit/test_camera_health_gige.py
 
-test: install model typecheck
+test: install model typecheck lockcheck audit
 	$(PY) -m pytest -q $(CAMERA_TESTS)
 	$(PY) -m pytest -q tests/unit tests/e2e $(addprefix --ignore=,$(CAMERA_TESTS))
 
@@ -69,6 +83,35 @@ test-unit: install
 # mypy over pipeline/ and streams/ (settings in pyproject.toml).
 typecheck: install
 	$(PY) -m mypy
+
+# Regenerates the lock files from pyproject.toml (and requirements/*.in) with uv: keeps every pinned version
+# that still satisfies the ranges unless UPGRADE=1. The app lock takes the dev lock's versions as constraints,
+# so the image runs what the tests ran; the Triton lock (Python 3.10, where some of them no longer install)
+# keeps its own pins (a new one starts from the dev lock's). Then `make install` and commit requirements/.
+LOCK_FLAGS = --quiet --generate-hashes --custom-compile-command "make lock" --python-platform
+UV ?= $(VENV)/bin/uv
+lock:
+	@test -x $(UV) || { echo "make lock needs uv: make install (the dev extra has it) or UV=/path/to/uv" >&2; exit 1; }
+	$(UV) pip compile $(LOCK_FLAGS) x86_64-manylinux_2_35 --python-version 3.11 $(if $(UPGRADE),--upgrade) \
+		--find-links $(TORCH_WHEELS) pyproject.toml requirements/build.in \
+		--extra embedded --extra train --extra dev --extra gige -o $(DEV_LOCK)
+	$(UV) pip compile $(LOCK_FLAGS) x86_64-manylinux_2_36 --python-version 3.11 $(if $(UPGRADE),--upgrade) \
+		pyproject.toml requirements/build.in --extra gige -c $(DEV_LOCK) -o $(APP_LOCK)
+	test -f $(TRITON_LOCK) || cp $(DEV_LOCK) $(TRITON_LOCK)
+	$(UV) pip compile $(LOCK_FLAGS) x86_64-manylinux_2_35 --python-version 3.10 $(if $(UPGRADE),--upgrade) \
+		requirements/triton.in -o $(TRITON_LOCK)
+
+# This venv holds every package of the dev lock at its locked version (read-only; packages installed by hand
+# beside them only warn). Also run by make install and by tests/unit/test_locks.py.
+lockcheck: install
+	$(PY) tools/lockcheck.py $(DEV_LOCK)
+
+# Known vulnerabilities in every locked version (pip-audit); accepted findings with their reasons in
+# requirements/audit-exceptions.toml. Without a reachable vulnerability service it says so in a banner and
+# audits against PyPI's record of the newest releases and the advisory snapshot requirements/advisories.json
+# instead (AUDIT_ONLINE=require: fail then; AUDIT_ONLINE=skip: the snapshot only, offline).
+audit: install
+	$(PY) tools/audit.py $(LOCKS)
 
 clean-state:
 	rm -rf .linesight

@@ -4,6 +4,8 @@
 #
 #   docker build -f infra/docker/app.Dockerfile -t linesight/app:0.1.0 .
 
+# The base of both stages. Pin it by digest for a build that does not move with the tag (docs/deployment.md,
+# "Locked builds"): PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest> in .env (compose passes it here).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------- build: venv with everything
@@ -18,16 +20,16 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
         libgirepository1.0-dev libcairo2-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip
+RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone, so code changes reuse this layer: the project's
-# and the gige extra's (Aravis with its bundled libaravis, PyGObject) for `linesight gateway`.
-COPY pyproject.toml README.md* ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['gige']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+# Dependencies first, from the lock alone, so code changes reuse this layer: requirements/app.txt holds
+# the exact versions and sha256 hashes of the project's dependencies and the gige extra's (Aravis with
+# its bundled libaravis, PyGObject) for `linesight gateway`, pip and setuptools included (`make lock`).
+# --no-deps: nothing is resolved here; a file whose hash differs from the lock's stops the build.
+COPY requirements/app.txt ./requirements/app.txt
+RUN pip install --require-hashes --no-deps -r requirements/app.txt
 
 # The project itself, installed editable from /app on purpose: the code resolves repository
 # files from its own location (pipeline.settings.PROJECT_ROOT, e.g. infra/clickhouse/schema.sql
@@ -37,7 +39,13 @@ COPY streams ./streams
 COPY infra/clickhouse/schema.sql ./infra/clickhouse/schema.sql
 # The shipped recipes (docs/recipes.md); compose mounts the plant's own over them.
 COPY recipes ./recipes
-RUN pip install --no-deps -e . \
+COPY pyproject.toml README.md* ./
+COPY tools/lockcheck.py ./tools/lockcheck.py
+# Built with the lock's setuptools (no unhashed build environment). Then the venv must hold exactly the
+# lock's packages at the lock's versions (and nothing else but linesight), and satisfy pyproject.toml's
+# ranges (dependencies and the gige extra): a rebuild that would install anything else fails here.
+RUN pip install --no-deps --no-build-isolation -e . \
+    && python tools/lockcheck.py --exact requirements/app.txt --pyproject pyproject.toml --optional-dependencies gige \
     && linesight --help >/dev/null
 
 # ---------------------------------------------------------------- runtime
