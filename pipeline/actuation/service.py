@@ -61,6 +61,7 @@ from pipeline.wire.messages import (
     H_PRODUCT,
     H_STATION,
     H_UNIT,
+    MAX_TEXT_CHARS,
     Actuation,
     AlarmRecord,
     FrameMeta,
@@ -332,7 +333,8 @@ class Actuator:
         key = m.key() or b""
         raw_unit = header_value(headers, H_UNIT) or key.decode("utf-8", "replace")
         unit = safe_unit_id(raw_unit) if raw_unit else ""
-        line = self._resolve_line(header_value(headers, H_LINE))
+        # Bounded as the worker's fail-safe result bounds them: the gate event must stay publishable.
+        line = self._resolve_line(header_value(headers, H_LINE)[:MAX_TEXT_CHARS])
         broker = _broker_ns(m)
         try:
             capture = int(header_value(headers, H_CAPTURE_NS)[:24])
@@ -353,7 +355,7 @@ class Actuator:
             return None
         log.warning("frame of unit %s has bad metadata (%s): admitted on line %s", unit, why, line)
         self.counters["admit_bad_metadata"] += 1
-        return UnitRef(line, unit, capture, encoder, header_value(headers, H_LOT))
+        return UnitRef(line, unit, capture, encoder, header_value(headers, H_LOT)[:MAX_TEXT_CHARS])
 
     # ---- verdicts
 

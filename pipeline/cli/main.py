@@ -359,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli.audit import add_model_auth_args
     from pipeline.cli.audit import register as register_gmp_commands
     from pipeline.cli.challenge import register as register_challenge_commands
+    from pipeline.cli.contracts import register as register_contract_commands
     from pipeline.cli.gateway import register as register_gateway_commands
     from pipeline.cli.knapp import register as register_knapp_commands
     from pipeline.cli.recipes import register as register_recipe_commands
@@ -531,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_challenge_commands(sub, _settings)  # challenge register|run|status (docs/validation.md)
     register_knapp_commands(sub, _settings)  # knapp run|simulate (docs/validation.md)
     register_validation_commands(sub, _settings)  # validation testset|criteria|report|approve (docs/validation.md)
+    register_contract_commands(sub, _settings)  # schemas export|check|list, tail (docs/integration.md)
     return parser
 
 

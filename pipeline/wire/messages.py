@@ -3,7 +3,8 @@
 A frame is the encoded image (PNG or JPEG bytes, never base64) as the Kafka message value, with
 its metadata in headers. Every other message is a small JSON document. Each type here validates
 what it reads, so a malformed message becomes a `MessageError` with a reason (dead-lettered),
-never a crash.
+never a crash; a JSON message is held to the same check before it is written (`to_json`), and
+carries its contract's version (`schema_version`; JSON Schemas in docs/schemas/, docs/integration.md).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from pipeline.core.times import NS_PER_S
 
@@ -71,6 +72,14 @@ Headers = Sequence[tuple[str, bytes | None]]
 MAX_UNIT_ID_CHARS = 256
 MAX_TEXT_CHARS = 256  # line, camera, lot
 MAX_HEADER_BYTES = 4096  # any one header value, before decoding it
+# JSON messages: the identity fields as frame headers allow them, any other string (an error, a
+# reason, a recipe text) at most this long. Longer is refused on both ends, never truncated.
+SHORT_TEXT_FIELDS = frozenset({"line", "camera", "lot", "product", "station", "purpose"})
+MAX_STRING_CHARS = 65536
+# The version a JSON message without ``schema_version`` is read as: every message written before
+# versions existed has the version 1 fields (docs/integration.md, "Versions").
+UNVERSIONED_SCHEMA_VERSION = 1
+SCHEMA_VERSION_FIELD = "schema_version"
 # A station name (line configuration and recipe): short, lower case, safe in a SQL value and a path.
 STATION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 PRODUCT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+/-]*(?: [A-Za-z0-9._+/-]+)*")
@@ -279,10 +288,25 @@ _J = TypeVar("_J", bound="JsonMessage")
 
 @dataclass(frozen=True)
 class JsonMessage:
-    """Base of the JSON messages: strict decoding with reasons."""
+    """Base of the JSON messages: one contract per type, checked on both ends.
+
+    `SCHEMA_VERSION` is the version of the type's fields (``docs/schemas/<name>.v<N>.json``,
+    written by ``linesight schemas export``); every message carries it as ``schema_version``.
+    Change a field, bump it: tests/unit/test_message_contracts.py fails until both are done.
+    `to_json` refuses (`MessageError`) to write what `from_json` would refuse to read."""
+
+    SCHEMA_VERSION: ClassVar[int] = 1
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        doc = asdict(self)
+        problem = document_problem(type(self), doc)
+        if problem:
+            raise MessageError(f"refusing to publish {problem}")
+        try:
+            return json.dumps({SCHEMA_VERSION_FIELD: self.SCHEMA_VERSION} | doc, separators=(",", ":"),
+                              allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:  # a value JSON cannot hold (set, bytes, ...)
+            raise MessageError(f"refusing to publish {type(self).__name__}: {exc}") from None
 
     @classmethod
     def from_json(cls: type[_J], data: bytes | str | None) -> _J:
@@ -296,26 +320,55 @@ class JsonMessage:
             raise MessageError(f"{cls.__name__} is not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise MessageError(f"{cls.__name__} must be a JSON object")
+        version = doc.pop(SCHEMA_VERSION_FIELD, UNVERSIONED_SCHEMA_VERSION)
+        if isinstance(version, bool) or version != cls.SCHEMA_VERSION:
+            raise MessageError(
+                f"{cls.__name__} schema_version {repr(version)[:40]} is not {cls.SCHEMA_VERSION}, the only "
+                f"version this reader knows (docs/schemas/{schema_name(cls)}.v{cls.SCHEMA_VERSION}.json)")
+        problem = document_problem(cls, doc)
+        if problem:
+            raise MessageError(problem)
         names = {f.name for f in fields(cls)}
-        required = {
-            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
-        }
-        missing = sorted(required - doc.keys())
-        if missing:
-            raise MessageError(f"{cls.__name__} misses {', '.join(missing)}")
-        hints = _field_types(cls)
-        for name in names & doc.keys():
-            problem = _type_problem(doc[name], hints.get(name, Any))
-            if problem is None and name == "unit_id":
-                problem = unit_id_problem(doc[name])
-            elif problem is None and name.endswith("_ns") and isinstance(doc[name], int):
-                problem = None if 0 <= doc[name] <= MAX_EPOCH_NS else f"{doc[name]} is not an epoch-ns time"
-            if problem:
-                raise MessageError(f"bad {cls.__name__}.{name}: {problem}")
         try:
             return cls(**{k: v for k, v in doc.items() if k in names})
         except TypeError as exc:
             raise MessageError(f"bad {cls.__name__}: {exc}") from None
+
+
+def schema_name(cls: type) -> str:
+    """A message type's schema name: ``InspectionResult`` -> ``inspection-result``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", cls.__name__).lower()
+
+
+def document_problem(cls: type, doc: Mapping[str, Any]) -> str | None:
+    """Why the JSON object `doc` is not a valid `cls` message (None when it is): the one check of
+    the contract, run by `JsonMessage.to_json` before publishing and by `from_json` on receipt.
+
+    Every required field present; each present field of its declared type (`_type_problem`);
+    strings bounded (identity fields by ``MAX_TEXT_CHARS``, others by ``MAX_STRING_CHARS``); a
+    usable unit id; ``*_ns`` integers are epoch-ns times (0 allowed: "not yet"). Fields the type
+    does not declare are ignored (docs/integration.md)."""
+    required = sorted(
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+    )
+    missing = [name for name in required if name not in doc]
+    if missing:
+        return f"{cls.__name__} misses {', '.join(missing)}"
+    hints = _field_types(cls)
+    for f in fields(cls):
+        if f.name not in doc:
+            continue
+        value = doc[f.name]
+        problem = _type_problem(value, hints.get(f.name, Any))
+        if problem is None and f.name == "unit_id":
+            problem = unit_id_problem(value)
+        elif problem is None and f.name in SHORT_TEXT_FIELDS and isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            problem = f"{len(value)} characters (at most {MAX_TEXT_CHARS})"
+        elif problem is None and f.name.endswith("_ns") and isinstance(value, int):
+            problem = None if 0 <= value <= MAX_EPOCH_NS else f"{value} is not an epoch-ns time"
+        if problem:
+            return f"bad {cls.__name__}.{f.name}: {problem}"
+    return None
 
 
 _FIELD_TYPES: dict[type, dict[str, Any]] = {}
@@ -328,6 +381,21 @@ def _field_types(cls: type) -> dict[str, Any]:
     return _FIELD_TYPES[cls]
 
 
+def _json_value_problem(value: object) -> str | None:
+    """Why a free-form JSON value (a field typed `object`: a recipe, a part) is unusable: a
+    non-finite number or an over-long string anywhere in it (None when fine)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value} is not a finite number"
+    if isinstance(value, str):
+        return None if len(value) <= MAX_STRING_CHARS else f"{len(value)} characters (at most {MAX_STRING_CHARS})"
+    if isinstance(value, dict):
+        return next((f"[{str(k)[:40]!r}] {p}" for k, v in value.items()
+                     if (p := _json_value_problem(k) or _json_value_problem(v))), None)
+    if isinstance(value, (list, tuple)):
+        return next((f"[{i}] {p}" for i, v in enumerate(value) if (p := _json_value_problem(v))), None)
+    return None
+
+
 def _type_problem(value: object, hint: Any) -> str | None:
     """Why a decoded JSON `value` does not fit the field type `hint` (None when it does).
 
@@ -335,7 +403,7 @@ def _type_problem(value: object, hint: Any) -> str | None:
     int64, floats are finite (JSON's NaN/Infinity extensions are refused)."""
     origin = get_origin(hint)
     if hint is Any or hint is object:
-        return None
+        return _json_value_problem(value)
     if origin is Literal:
         return None if value in get_args(hint) else f"{str(value)[:40]!r} is not one of {get_args(hint)}"
     if origin in (Union, types.UnionType):
@@ -354,12 +422,15 @@ def _type_problem(value: object, hint: Any) -> str | None:
             return f"{type(value).__name__} is not a number"
         return None if math.isfinite(value) and abs(value) < 1e308 else f"{value} is not a finite number"
     if hint is str:
-        return None if isinstance(value, str) else f"{type(value).__name__} is not a string"
+        if not isinstance(value, str):
+            return f"{type(value).__name__} is not a string"
+        return None if len(value) <= MAX_STRING_CHARS else f"{len(value)} characters (at most {MAX_STRING_CHARS})"
     if origin is dict:
         if not isinstance(value, dict):
             return f"{type(value).__name__} is not an object"
-        _, item = get_args(hint)
-        return next((f"[{k[:40]!r}] {p}" for k, v in value.items() if (p := _type_problem(v, item))), None)
+        key, item = get_args(hint)
+        return next((f"[{str(k)[:40]!r}] {p}" for k, v in value.items()
+                     if (p := _type_problem(k, key) or _type_problem(v, item))), None)
     if origin is list:
         if not isinstance(value, list):
             return f"{type(value).__name__} is not a list"

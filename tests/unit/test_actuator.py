@@ -234,7 +234,9 @@ def test_bad_input_is_logged_alarmed_and_never_stops_the_actuator(make: Any) -> 
         FakeMessage(s.kafka.topic_rejects, b"{not json", b"line-1"),
         FakeMessage(s.kafka.topic_results, b'{"unit_id": "x"}', b"x"),
         reject(s, "on-line-9", t, line="line-9"),  # unknown line
-        FakeMessage(s.kafka.topic_rejects, RejectCommand("", "line-1", "c", "L", "model", "d", t, t).to_json()),
+        # What another producer could send (LineSight's own refuses to publish it: to_json raises).
+        FakeMessage(s.kafka.topic_rejects, json.dumps(
+            json.loads(RejectCommand("u", "line-1", "c", "L", "model", "d", t, t).to_json()) | {"unit_id": ""}).encode()),
         reject(s, "ghost", t),  # a unit the camera never captured: rejected anyway, alarmed
         FakeMessage(s.kafka.topic_frames, b"\x89PNG", b"nometa", []),  # no metadata: key + the only line
         FakeMessage(s.kafka.topic_frames, b"\x89PNG", None, []),  # no identity at all
