@@ -210,9 +210,10 @@ def create_app(settings: Settings) -> faust.App:
         async def work(batch: Sequence[Any]) -> None:
             frames = [_frame(e) for e in batch]
             outgoing = await processor.process(frames)
+            decided_ns = now_ns()
             # Outputs must be confirmed by the broker before the inputs are acknowledged.
             await publish_acknowledged(send, outgoing)
-            times.batch([f.received_ns for f in frames], [f.timestamp_ns for f in frames], now_ns())
+            times.batch([f.received_ns for f in frames], [f.timestamp_ns for f in frames], decided_ns, now_ns())
 
         async def ack(batch: Sequence[Any]) -> None:
             for event in batch:

@@ -336,7 +336,12 @@ class InspectionProcessor:
             purpose=meta.purpose,
             frame_source=frame.source,
         )
-        out: list[Outgoing | _ImageJob] = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), result.to_json())]
+        try:
+            payload = result.to_json()
+        except MessageError as exc:  # e.g. a NaN a model returned: not a verdict anyone may act on
+            reason = f"verdict breaks the result contract: {exc}"[:1000]
+            return self._failsafe(frame, meta, reason, stage="judge", model="+".join(d.models), recipe=recipe)
+        out: list[Outgoing | _ImageJob] = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), payload)]
         if d.verdict != "pass":  # `review` units leave the line too; a person decides on them
             who = recipe or f"{result.model_name} v{result.model_version}"
             out.append(self._reject(result, f"{who}: {'; '.join(d.reasons) or d.defect}"))

@@ -12,7 +12,19 @@ from PIL import Image, ImageFilter
 
 from pipeline.imaging.tablets import render_tablet
 from pipeline.model import repository as layout
-from pipeline.model.input_space import DESCRIPTORS, METHOD, Reference, check, describe, parse_param, reference
+from pipeline.model.input_space import (
+    DESCRIPTORS,
+    METHOD,
+    MIN_CONTRAST,
+    Reference,
+    _otsu,
+    _percentile,
+    _rgb,
+    check,
+    describe,
+    parse_param,
+    reference,
+)
 from pipeline.model.preprocess import prepare_pil
 from pipeline.settings import Settings
 from pipeline.wire.codec import encode_png
@@ -154,3 +166,36 @@ def test_a_clipped_unit_is_out_whatever_light_the_sessions_allow() -> None:
     over = np.clip(np.asarray(_frames(ROUND, 1, 11)[0], dtype=np.float32) * 3, 0, 255).astype(np.uint8)
     finding = check(ref, describe(prepare_pil(Image.fromarray(over))), "v")
     assert finding.doubtful and any(r.startswith("input space: clipped ") for r in finding.reasons)
+
+
+def test_percentile_is_numpys_from_a_partial_sort() -> None:
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 3, 200, 50_880):
+        values = rng.gamma(1.5, 4.0, size=n).astype(np.float32)
+        for q in (0.0, 50.0, 99.5, 100.0):
+            assert _percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-12, abs=1e-12)
+
+
+def test_unit_colour_clipping_and_sharpness_are_the_plain_masked_figures() -> None:
+    """describe computes them from whole-frame products, counts and a partial sort (per-frame
+    cost); they must be the plain figures over the unit's own pixels, as the reference's were."""
+    img = np.asarray(_frames(ROUND, 1, 9)[0], dtype=np.float32)
+    x = prepare_pil(Image.fromarray(np.clip(img * 1.5, 0, 255).astype(np.uint8)))  # part of the unit clipped
+    d = describe(x)
+    rgb = _rgb(x)
+    b = 160 // 32
+    border = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3),
+                             rgb[b:-b, :b].reshape(-1, 3), rgb[b:-b, -b:].reshape(-1, 3)])
+    bg = np.median(border, axis=0)
+    dist = np.sqrt(((rgb - bg) ** 2).sum(axis=2))
+    mask = dist > max(MIN_CONTRAST, _otsu(dist))
+    unit = rgb[mask]
+    luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    grey = rgb @ luma
+    contrast = abs(float(grey[mask].mean()) - float(bg @ np.array([0.299, 0.587, 0.114])))
+    step = float(np.percentile(np.concatenate([np.abs(np.diff(grey, axis=1)).ravel(),
+                                               np.abs(np.diff(grey, axis=0)).ravel()]), 99.5))
+    assert 0.0 < d["clipped"] == pytest.approx(float((unit.max(axis=1) >= 254.0).mean()), abs=1e-12)
+    for i, name in enumerate(("red", "green", "blue")):
+        assert d[name] == pytest.approx(float(unit[:, i].mean()), rel=1e-5)
+    assert d["sharpness"] == pytest.approx(step / max(contrast, 1.0), rel=1e-5)

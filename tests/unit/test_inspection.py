@@ -46,8 +46,10 @@ class ScriptedScorer:
             if b"corrupt" in image:
                 out.append(Failed("triton: cannot identify image file"))
                 continue
-            s = float(image.split(b"score=")[1])
+            s = float(image.split(b"score=")[1].split(b" ")[0])
             probs = {"good": 1 - s, "crack": s * 0.3, "chip": s * 0.7}
+            if b"nan-class" in image:
+                probs["chip"] = float("nan")
             if b"v4" in image:
                 out.append(Scored(s, probs, 0.3, 0.7, 4, "tablet_classifier"))
             else:
@@ -223,3 +225,20 @@ async def test_removed_units_leave_a_small_jpeg_for_the_batch_record() -> None:
     off = settings.model_copy(update={"stream": settings.stream.model_copy(update={"reject_image_px": 0})})
     out = await InspectionProcessor(off, ScriptedScorer(), worker="w1").process(frames[:2])
     assert not by_topic(out, k.topic_reject_images)
+
+
+async def test_a_verdict_that_breaks_the_result_contract_fails_safe() -> None:
+    """A class probability the contract refuses (NaN) never crashes the batch: the unit is
+    fail-safe rejected and its frame dead-lettered with the reason; the rest are decided."""
+    settings = Settings()
+    out = await InspectionProcessor(settings, ScriptedScorer(), worker="w").process(
+        [frame("u-nan", PNG + b"score=0.1 nan-class"), frame("u-ok", PNG + b"score=0.1", offset=1)])
+    results = {json.loads(o.value)["unit_id"]: json.loads(o.value) for o in out if o.topic == settings.kafka.topic_results}
+    assert results["u-ok"]["verdict"] == "pass"
+    bad = results["u-nan"]
+    assert (bad["verdict"], bad["cause"], bad["inspected"]) == ("reject", "failsafe", False)
+    assert bad["error"].startswith("verdict breaks the result contract")
+    dead = [o for o in out if o.topic == settings.kafka.topic_deadletter]
+    assert [o.key for o in dead] == [b"u-nan"]
+    assert "result contract" in header_value(dead[0].headers, H_DLQ_REASON)
+    assert [RejectCommand.from_json(o.value).unit_id for o in out if o.topic == settings.kafka.topic_rejects] == ["u-nan"]
