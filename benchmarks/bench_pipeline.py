@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import urllib.request
@@ -35,51 +35,18 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.analytics.run_report import build_report
-from pipeline.core.times import now_ns
-from pipeline.demo.run import pipeline_stack, wait_drained
-from pipeline.gateway.publisher import FramePublisher
-from pipeline.imaging.tablets import sample_unit
-from pipeline.settings import Settings
-from pipeline.wire.codec import encode_png
-from pipeline.wire.messages import FrameMeta, GroundTruth
-from streams.triton_client import TritonInspector
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def _process_cpu() -> dict[int, tuple[str, float]]:
-    """CPU seconds (user + system) of this process and every descendant, by pid, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    procs: dict[int, tuple[int, str, float]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        name = " ".join(os.path.basename(a) for a in argv[:4]) or stat[stat.find("(") + 1 : stat.rfind(")")]
-        procs[int(entry)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
-    mine = {os.getpid()}
-    grew = True
-    while grew:
-        grew = False
-        for pid, (ppid, _, _) in procs.items():
-            if ppid in mine and pid not in mine:
-                mine.add(pid)
-                grew = True
-    return {pid: (procs[pid][1], procs[pid][2]) for pid in mine if pid in procs}
-
-
-def cpu_between(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
-    """CPU seconds spent between two `_process_cpu` samples, summed by process name."""
-    out: dict[str, float] = {}
-    for pid, (name, cpu) in after.items():
-        out[name] = out.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
-    return {k: v for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+from benchmarks.cpu import cpu_between, process_cpu  # noqa: E402
+from pipeline.analytics.run_report import build_report  # noqa: E402
+from pipeline.core.times import now_ns  # noqa: E402
+from pipeline.demo.run import pipeline_stack, wait_drained  # noqa: E402
+from pipeline.gateway.publisher import FramePublisher  # noqa: E402
+from pipeline.imaging.tablets import sample_unit  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
+from pipeline.wire.codec import encode_png  # noqa: E402
+from pipeline.wire.messages import FrameMeta, GroundTruth  # noqa: E402
+from streams.triton_client import TritonInspector  # noqa: E402
 
 
 def worker_timing(urls: list[str]) -> dict[str, float]:
@@ -174,7 +141,7 @@ def main() -> None:
         sim = resolved.simulator
         lot = f"BENCH-{uuid.uuid4().hex[:8]}"
         publisher = FramePublisher(resolved)
-        cpu0 = _process_cpu()
+        cpu0 = process_cpu()
         t0 = time.perf_counter()
         for seq in range(args.units):
             if args.rate > 0:  # line speed: one unit every 1/rate s, on a fixed schedule
@@ -188,7 +155,7 @@ def main() -> None:
         publisher.close()
         publish_s = time.perf_counter() - t0
         wait_drained(client, resolved.clickhouse.database, lot, args.units, services.stop_event, timeout_s=900)
-        cpu = cpu_between(cpu0, _process_cpu())
+        cpu = cpu_between(cpu0, process_cpu())
         timing = worker_timing(services.worker_urls())
         report = build_report(client, resolved.clickhouse.database, lot, positive_release=resolved.plc.positive_release)
 

@@ -10,7 +10,7 @@ the native onnxruntime backend (GPU hosts, NGC image) and this path.
 Batching: Triton's dynamic batcher hands ``execute`` several requests; their inputs are
 concatenated along the batch axis into one onnxruntime run and the outputs split back.
 Config parameters (same keys as Triton's onnxruntime backend): ``intra_op_thread_count``
-(default 1) and ``inter_op_thread_count`` (default 1). ``onnx_model_filename`` names the file
+(default 1) and ``inter_op_thread_count`` (default 1); the pool never spins. ``onnx_model_filename`` names the file
 when the original config used ``default_model_filename``.
 
 This file is loaded by the backend stub, not imported by the pipeline: it depends only on
@@ -90,6 +90,9 @@ class TritonPythonModel:
         options.intra_op_num_threads = int(_parameter(config, "intra_op_thread_count", "1"))
         options.inter_op_num_threads = int(_parameter(config, "inter_op_thread_count", "1"))
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # No busy-waiting between operators: on the embedded CPU stack the cores are shared with
+        # the broker and the workers, and a spinning pool took CPU from them for nothing.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self._check_signature()
         self.output_names = [o.name for o in self.outputs]
