@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+
+# timezone.utc, not the UTC alias of Python 3.11: the Triton image's python stub runs Python 3.10 and
+# imports this module through the measurement models (infra/docker/triton.Dockerfile).
+from datetime import datetime, timedelta, timezone
 
 NS_PER_S = 1_000_000_000
 NS_PER_MS = 1_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # noqa: UP017 - Python 3.10 (see the import)
 
 
 def now_ns() -> int:
