@@ -516,7 +516,9 @@ def test_kafka_is_a_pinned_single_kraft_node_with_a_volume(services: dict[str, A
     mounts = {v.split(":")[1]: v.split(":")[0] for v in kafka["volumes"]}
     assert env["KAFKA_LOG_DIRS"] in mounts, "the Kafka log must be on the volume"
     assert mounts[env["KAFKA_LOG_DIRS"]] in compose["volumes"], "named volume"
-    assert "kafka-topics.sh" in " ".join(healthcheck_command(kafka))
+    # The broker's own ApiVersions answer, without starting a JVM (tests/unit/test_compose_fit.py runs it).
+    assert healthcheck_command(kafka) == ["CMD", "bash", "/linesight/kafka-healthcheck.sh"]
+    assert "./infra/docker/kafka-healthcheck.sh:/linesight/kafka-healthcheck.sh:ro" in kafka["volumes"]
 
 
 def test_kafka_accepts_the_largest_frame_the_producers_send(services: dict[str, Any]) -> None:
@@ -864,10 +866,13 @@ def _grafana_sql(sql: str) -> str:
 
 def test_grafana_is_pinned_and_reads_clickhouse_as_the_reader(services: dict[str, Any]) -> None:
     g = services["grafana"]
-    image = g["image"]
-    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", image), f"grafana image must be pinned: {image}"
-    plugin = g["environment"]["GF_INSTALL_PLUGINS"]
-    assert re.fullmatch(r"grafana-clickhouse-datasource \d+\.\d+\.\d+", plugin), plugin
+    # Built from a pinned Grafana with a pinned plugin baked in; nothing installed at start.
+    assert g["build"]["dockerfile"] == "infra/docker/grafana.Dockerfile"
+    args = g["build"]["args"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", args["GRAFANA_IMAGE"]), args
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["CLICKHOUSE_PLUGIN_VERSION"]), args
+    assert not g["image"].startswith("grafana/grafana"), "the built image must not take the upstream tag"
+    assert "GF_INSTALL_PLUGINS" not in g["environment"], "GF_INSTALL_PLUGINS downloads at every start"
     assert g["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
     assert set(g["secrets"]) == {"grafana_admin_password", "clickhouse_reader_password"}, "reader only"
     assert g["depends_on"] == {"clickhouse": {"condition": "service_healthy"}}
