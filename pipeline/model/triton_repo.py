@@ -117,6 +117,10 @@ def plan(repo: Path, product: str, mapping: dict[str, str] | None = None) -> tup
 def staging(repo: Path) -> Iterator[Path]:
     """A fresh directory inside the repository for a version's files; removed on exit."""
     path = Path(tempfile.mkdtemp(prefix=".train-", dir=Path(repo)))
+    # mkdtemp makes it 0700 and it is renamed into place as the version folder: every service
+    # reads a released version (Triton its model, the alert service its model card), not only
+    # the user who trained it.
+    path.chmod(0o755)
     try:
         yield path
     finally:

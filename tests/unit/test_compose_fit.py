@@ -618,12 +618,9 @@ def test_named_volumes_start_owned_by_their_service(compose: dict[str, Any]) -> 
                 assert (name, target) in IMAGE_VOLUME_OWNERS, f"{name}: who owns {target} in its image?"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline/model/triton_repo.py:119 stages a version in tempfile.mkdtemp(), which is 0700, and "
-    "install() renames it into place (lines 228 and 271), so the version folder stays private to "
-    "the training user: uid 10001 (alerts: model cards) cannot read it unless infra/install-host.sh "
-    "is rerun. Remove this mark when the staging folder is created 0755."))
 def test_a_trained_version_folder_is_readable_by_the_services(tmp_path: Path) -> None:
+    """Training stages a version in a private temporary folder and renames it into place: it
+    must come out readable by every service's uid (the alert service reads its model card)."""
     repo = tmp_path / "triton_models"
     (repo / "tablet_classifier").mkdir(parents=True)
     final = trained_version(repo)
