@@ -201,6 +201,9 @@ def test_broker_settings_match_compose_and_tolerate_one_broker_down() -> None:
     # Every listener authenticates (SCRAM-SHA-512) over TLS, and ACLs are on.
     assert all(lst["tls"] and lst["authentication"]["type"] == "scram-sha-512" for lst in kafka["listeners"])
     assert kafka["authorization"]["type"] == "simple"
+    app_env = _compose()["x-linesight-env"]
+    timeout = _config_map_env()["LINESIGHT_KAFKA__SESSION_TIMEOUT_MS"]
+    assert app_env["LINESIGHT_KAFKA__SESSION_TIMEOUT_MS"].endswith(f":-{timeout}}}")
     bootstrap = _config_map_env()["LINESIGHT_KAFKA__BOOTSTRAP_SERVERS"]
     [tls] = [lst for lst in kafka["listeners"] if lst["type"] == "internal"]
     assert bootstrap == f"linesight-kafka-bootstrap:{tls['port']}"
