@@ -23,6 +23,7 @@ from tritonclient.grpc.aio import InferenceServerClient as TritonClient
 from pipeline.core.health import worker_id
 from pipeline.core.times import now_ns
 from pipeline.kafka.clients import bootstrap
+from pipeline.kafka.security import faust_credentials
 from pipeline.recipes.book import RecipeBook, RecipeFeed, load_defaults
 from pipeline.recipes.schema import Recipe
 from pipeline.settings import Settings
@@ -147,6 +148,8 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         stream.app_id,
         broker=f"linesight://{bootstrap(settings.kafka)}",
+        # SASL/SCRAM and TLS as every confluent-kafka client has them (pipeline.kafka.security).
+        broker_credentials=faust_credentials(settings.kafka),
         value_serializer="raw",
         key_serializer="raw",
         topic_partitions=settings.kafka.partitions,

@@ -17,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
+from pipeline.kafka.security import librdkafka_config
 from pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,8 @@ def bootstrap(kafka: KafkaSettings) -> str:
 
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:
     """Connection and security settings shared by every client."""
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap(kafka),
-        "security.protocol": kafka.security_protocol,
-    }
-    if kafka.sasl_mechanism:
-        conf["sasl.mechanism"] = kafka.sasl_mechanism
-        conf["sasl.username"] = kafka.sasl_username or ""
-        conf["sasl.password"] = kafka.resolved_sasl_password()
-    return conf
+    # The same security settings the Faust worker gets (pipeline.kafka.security.faust_credentials).
+    return {"bootstrap.servers": bootstrap(kafka)} | librdkafka_config(kafka)
 
 
 def make_producer(kafka: KafkaSettings, client_id: str, **overrides: Any) -> Producer:

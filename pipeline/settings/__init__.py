@@ -58,11 +58,16 @@ class KafkaSettings(BaseModel):
     max_message_bytes: int = 1_000_000
     # Tansu completes a librdkafka group join in about half the session timeout: keep it short.
     session_timeout_ms: int = 6000
+    # Every client (confluent-kafka and the Faust worker alike) takes these through
+    # pipeline.kafka.security: PLAINTEXT (the embedded broker), SSL, SASL_PLAINTEXT or SASL_SSL
+    # (production: SCRAM-SHA-512 over TLS, docs/deployment.md "Broker security").
     security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    sasl_mechanism: str | None = Field(default=None, description="SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     sasl_password_file: Path | None = Field(default=None, description="file holding the SASL password")
+    # PEM file of the CA(s) that signed the broker's certificate (SSL, SASL_SSL); unset: the system's.
+    ssl_ca_file: Path | None = Field(default=None, description="PEM CA bundle that verifies the broker")
 
     def resolved_sasl_password(self) -> str:
         return read_secret(self.sasl_password, self.sasl_password_file)

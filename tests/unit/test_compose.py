@@ -88,6 +88,14 @@ SECRET_PATH_VARS = (
     "TRITON_MODEL_CONTROL_KEY_FILE",
     "AUDIT_TRAIL_KEY_FILE",
     "CLICKHOUSE_AUDITSEALER_PASSWORD_FILE",
+    # Kafka's TLS files and SCRAM passwords (docs/deployment.md, "Broker security").
+    "KAFKA_CA_CERTIFICATE_FILE",
+    "KAFKA_BROKER_CERTIFICATE_FILE",
+    "KAFKA_BROKER_PRIVATE_KEY_FILE",
+    "KAFKA_ADMIN_PASSWORD_FILE",
+    "KAFKA_BROKER_ADMIN_PASSWORD_FILE",
+    *(f"KAFKA_{p}_PASSWORD_FILE" for p in ("GATEWAY", "CAMERA", "WORKER", "SINK", "ACTUATOR", "ALERTS", "DASHBOARD",
+                                           "AUDITSEALER", "OPERATOR", "SUBSCRIBER")),
 )
 # Plant facts compose also refuses to guess: the gate's PLC and each line's geometry.
 REQUIRED_VARS = {"PLC_ENDPOINT": "opc.tcp://plc.test:4840", "LINESIGHT_LINES": '{"line-1": {"camera_to_gate_mm": 400}}'}
@@ -922,9 +930,9 @@ def test_alerts_and_dashboard_run_as_their_own_services(services: dict[str, Any]
     assert "topics-init" in alerts["depends_on"]
     assert {"alerts", "clickhouse", "db-init"} <= set(dash["depends_on"])
     # The alert service needs no ClickHouse account; both share the API token secret.
-    assert set(alerts["secrets"]) == {"alerts_api_token"}
+    assert set(alerts["secrets"]) == {"alerts_api_token", "kafka_ca_certificate", "kafka_alerts_password"}
     assert set(dash["secrets"]) == {"clickhouse_dashboard_password", "alerts_api_token", "triton_model_control_key",
-                                    "audit_trail_key"}
+                                    "audit_trail_key", "kafka_ca_certificate", "kafka_dashboard_password"}
     assert "ports" not in alerts, "the alert API stays on the compose network"
 
     a_env, d_env = env_of(alerts), env_of(dash)
@@ -1041,7 +1049,8 @@ def test_gateway_runs_on_the_host_network_with_the_line_plc_and_published_kafka(
                 "LINESIGHT_PLC__CERTIFICATE", "LINESIGHT_PLC__PRIVATE_KEY", "LINESIGHT_PLC__USERNAME",
                 "LINESIGHT_PLC__PASSWORD_FILE", "LINESIGHT_LINES"):
         assert env[key] == gate_env[key], key
-    assert set(gateway["secrets"]) == {"plc_client_certificate", "plc_client_private_key", "plc_password"}
+    assert set(gateway["secrets"]) == {"plc_client_certificate", "plc_client_private_key", "plc_password",
+                                       "kafka_ca_certificate", "kafka_gateway_password"}
     # Health on the host's loopback only: on the host network 0.0.0.0 would be the plant network.
     assert settings_from(env, monkeypatch).services.health_host == "127.0.0.1"
     command = [str(a) for a in gateway["command"]]
