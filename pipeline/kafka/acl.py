@@ -153,11 +153,11 @@ def principals(settings: Settings) -> list[Principal]:
             note="copies the seal topic into its anchor file (assign(), no group); its seal records and seals out",
         ),
         Principal(
-            "linesight-operator", ("db-init",), reads=f(),
+            "linesight-operator", ("db-init",), reads=f({"topic_recipes"}),
             writes=f({"topic_audit", "topic_audit_seals", "topic_recipes"}),
-            sources=("pipeline/audit/publish.py", "pipeline/recipes/activate.py"),
+            sources=("pipeline/audit/publish.py", "pipeline/recipes/activate.py", "pipeline/recipes/book.py"),
             note="the CLI's GMP actions (`docker compose run db-init users|audit|recipes ...`): audit records, "
-                 "seals, recipe activations",
+                 "seals, recipe activations (and the active recipes read back from their topic)",
         ),
         Principal(
             "linesight-subscriber", (), reads=f({"topic_results"}), writes=f(),
