@@ -32,6 +32,8 @@ try:
 except ImportError as exc:  # pragma: no cover - a dev dependency
     raise ImportError("tests/unit/test_compose.py needs PyYAML: pip install -e '.[dev]' (pyyaml>=6)") from exc
 
+from compose_file import COMPOSE_VAR, interpolate
+
 from pipeline.cli.main import build_parser
 from pipeline.core.health import HealthState, serve_health
 from pipeline.embedded.process import free_port
@@ -104,40 +106,10 @@ DUMMY_ENV = {name: f"/tmp/linesight-test-secrets/{name.lower()}" for name in SEC
 
 # --------------------------------------------------------------------------- helpers
 
-_VAR = re.compile(
-    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<plain>[A-Za-z_][A-Za-z0-9_]*)"
-)
-
-
-def interpolate(value: Any, env: Mapping[str, str]) -> Any:
-    """Compose variable substitution (``${V}``, ``${V:-d}``, ``${V-d}``, ``${V:?e}``, ``$$``)."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name = m.group("name") or m.group("plain")
-        op, arg = m.group("op"), m.group("arg") or ""
-        current = env.get(name)
-        unset = current is None or (op is not None and op.startswith(":") and current == "")
-        if op in ("?", ":?") and unset:
-            raise KeyError(f"required variable {name} is not set: {arg}")
-        if op in ("-", ":-") and unset:
-            return arg
-        return current or ""
-
-    return _VAR.sub(sub, value)
-
-
 def variables_in(text: str) -> dict[str, str | None]:
     """Variables referenced by compose interpolation -> their operator (None for plain)."""
     found: dict[str, str | None] = {}
-    for m in _VAR.finditer(text):
+    for m in COMPOSE_VAR.finditer(text):
         name = m.group("name") or m.group("plain")
         if name:
             found[name] = m.group("op")

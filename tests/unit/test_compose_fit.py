@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 import yaml
+from compose_file import COMPOSE_VAR, interpolate
 
 from pipeline.settings import KafkaSettings, Settings
 
@@ -70,8 +71,6 @@ CHECKOUT_DIR_MODE, CHECKOUT_FILE_MODE = 0o750, 0o640
 # (docs/deployment.md, "Upgrades"): the one write into the checkout.
 DEPLOY_MOUNT = "./triton_models:/var/lib/linesight/triton_models"
 
-_VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
-
 
 # --------------------------------------------------------------------------- the compose file
 
@@ -79,28 +78,6 @@ _VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?
 def env_example() -> dict[str, str]:
     """The assignments of .env.example (commented lines are documentation, not values)."""
     return dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), flags=re.M))
-
-
-def interpolate(value: Any, env: Mapping[str, str]) -> Any:
-    if isinstance(value, dict):
-        return {k: interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        current, op = env.get(m.group("name")), m.group("op")
-        unset = current is None or (op is not None and op.startswith(":") and current == "")
-        if op in ("?", ":?") and unset:
-            raise KeyError(m.group("name"))
-        if op in ("-", ":-") and unset:
-            return m.group("arg") or ""
-        return current or ""
-
-    return _VAR.sub(sub, value)
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +121,9 @@ def test_docker_compose_config_is_clean_with_the_example_env(profile: str | None
     an unknown key) for any profile."""
     text = COMPOSE_FILE.read_text()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
-    for m in _VAR.finditer(text):
-        if m.group("name"):
-            env.pop(m.group("name"), None)
+    for m in COMPOSE_VAR.finditer(text):
+        if m.group("name") or m.group("plain"):
+            env.pop(m.group("name") or m.group("plain"), None)
     args = [DOCKER_COMPOSE, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE)]
     if profile:
         args += ["--profile", profile]

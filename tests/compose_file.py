@@ -1,0 +1,36 @@
+"""Docker compose's variable substitution, as the compose tests read docker-compose.yml."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+COMPOSE_VAR = re.compile(
+    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<plain>[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Compose variable substitution (``${V}``, ``${V:-d}``, ``${V-d}``, ``${V:?e}``, ``$$``)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group("name") or m.group("plain")
+        op, arg = m.group("op"), m.group("arg") or ""
+        current = env.get(name)
+        unset = current is None or (op is not None and op.startswith(":") and current == "")
+        if op in ("?", ":?") and unset:
+            raise KeyError(f"required variable {name} is not set: {arg}")
+        if op in ("-", ":-") and unset:
+            return arg
+        return current or ""
+
+    return COMPOSE_VAR.sub(sub, value)
