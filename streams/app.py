@@ -155,6 +155,10 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication_factor,
         topic_allow_declare=False,
+        # No standby replicas (the worker keeps no tables): with Faust's default of 1 its
+        # assignor is sticky up to ceil(partitions / workers) per worker, so a worker joining a
+        # running group (2 workers on 4 partitions, then a third) got no partitions at all.
+        table_standby_replicas=0,
         producer_acks=-1,
         producer_linger=stream.producer_linger_ms / 1000,
         producer_max_request_size=settings.kafka.max_message_bytes + 64 * 1024,
