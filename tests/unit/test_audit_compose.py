@@ -34,7 +34,9 @@ def test_the_sealer_runs_the_sealing_service_with_the_key_and_its_own_account() 
     assert env["LINESIGHT_AUDIT__SEAL_KEY_FILE"] == f"/run/secrets/{KEY_SECRET}"
     assert env["LINESIGHT_CLICKHOUSE__USERNAME"] == "linesight_auditsealer"
     assert env["LINESIGHT_CLICKHOUSE__PASSWORD_FILE"] == "/run/secrets/clickhouse_auditsealer_password"
-    assert set(svc["secrets"]) == {KEY_SECRET, "clickhouse_auditsealer_password"}
+    # The key, its database account, and its own broker principal (docs/deployment.md, "Broker security").
+    assert set(svc["secrets"]) == {KEY_SECRET, "clickhouse_auditsealer_password", "kafka_ca_certificate",
+                                   "kafka_auditsealer_password"}
     assert svc["restart"] == "unless-stopped" and svc["logging"]["options"]["max-file"]
     assert svc["stop_grace_period"], "time for the final seal"
 
