@@ -1,9 +1,11 @@
-"""Docker compose's variable substitution, as the compose tests read docker-compose.yml."""
+"""How the compose and build tests read docker-compose.yml (compose's variable substitution) and
+the Dockerfiles (their instructions)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 COMPOSE_VAR = re.compile(
@@ -34,3 +36,22 @@ def interpolate(value: Any, env: Mapping[str, str]) -> Any:
         return current or ""
 
     return COMPOSE_VAR.sub(sub, value)
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    lines, buf = [], ""
+    for raw in path.read_text().splitlines():
+        stripped = raw.strip()
+        if not buf and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.endswith("\\"):
+            buf += stripped[:-1] + " "
+            continue
+        lines.append(buf + stripped)
+        buf = ""
+    result = []
+    for line in lines:
+        instruction, _, args = line.partition(" ")
+        result.append((instruction.upper(), args.strip()))
+    return result

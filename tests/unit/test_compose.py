@@ -32,7 +32,7 @@ try:
 except ImportError as exc:  # pragma: no cover - a dev dependency
     raise ImportError("tests/unit/test_compose.py needs PyYAML: pip install -e '.[dev]' (pyyaml>=6)") from exc
 
-from compose_file import COMPOSE_VAR, interpolate
+from compose_file import COMPOSE_VAR, dockerfile_instructions, interpolate
 
 from pipeline.cli.main import build_parser
 from pipeline.core.health import HealthState, serve_health
@@ -155,25 +155,6 @@ def python_healthcheck(service: Mapping[str, Any]) -> str:
     cmd = healthcheck_command(service)
     assert cmd[0] == "CMD" and cmd[1] in ("python", "python3") and cmd[2] == "-c", cmd
     return cmd[3]
-
-
-def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    lines, buf = [], ""
-    for raw in path.read_text().splitlines():
-        stripped = raw.strip()
-        if not buf and (not stripped or stripped.startswith("#")):
-            continue
-        if stripped.endswith("\\"):
-            buf += stripped[:-1] + " "
-            continue
-        lines.append(buf + stripped)
-        buf = ""
-    result = []
-    for line in lines:
-        instruction, _, args = line.partition(" ")
-        result.append((instruction.upper(), args.strip()))
-    return result
 
 
 def walk(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any, Any]]:

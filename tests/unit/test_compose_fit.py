@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 import yaml
-from compose_file import COMPOSE_VAR, interpolate
+from compose_file import COMPOSE_VAR, dockerfile_instructions, interpolate
 
 from pipeline.settings import KafkaSettings, Settings
 
@@ -289,20 +289,6 @@ def test_no_healthcheck_starts_a_jvm(services: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- Grafana
 
 
-def dockerfile(path: Path) -> list[tuple[str, str]]:
-    lines, buf = [], ""
-    for raw in path.read_text().splitlines():
-        stripped = raw.strip()
-        if not buf and (not stripped or stripped.startswith("#")):
-            continue
-        if stripped.endswith("\\"):
-            buf += stripped[:-1] + " "
-            continue
-        lines.append(buf + stripped)
-        buf = ""
-    return [(line.partition(" ")[0].upper(), line.partition(" ")[2].strip()) for line in lines]
-
-
 def test_grafana_has_its_plugin_baked_in_and_downloads_nothing_at_start(services: dict[str, Any]) -> None:
     grafana = services["grafana"]
     env = {k: str(v) for k, v in grafana["environment"].items()}
@@ -312,7 +298,7 @@ def test_grafana_has_its_plugin_baked_in_and_downloads_nothing_at_start(services
     for key in ("GF_PLUGINS_PLUGIN_ADMIN_ENABLED", "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES",
                 "GF_ANALYTICS_CHECK_FOR_UPDATES", "GF_ANALYTICS_REPORTING_ENABLED"):
         assert env[key] == "false", key
-    steps = dockerfile(GRAFANA_DOCKERFILE)
+    steps = dockerfile_instructions(GRAFANA_DOCKERFILE)
     args = dict(a.split("=", 1) for i, a in steps if i == "ARG" and "=" in a)
     build_args = grafana["build"]["args"]
     assert args["GRAFANA_IMAGE"] == build_args["GRAFANA_IMAGE"], "compose and the Dockerfile pin different Grafanas"

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from compose_file import dockerfile_instructions
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,19 +74,8 @@ def unmet(requirements: list[str], lock: Path) -> list[str]:
 
 
 def dockerfile_runs(path: Path) -> list[str]:
-    """RUN instructions with continuation lines joined, comments dropped."""
-    runs, buf = [], ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not buf and (not line or line.startswith("#")):
-            continue
-        if line.endswith("\\"):
-            buf += line[:-1] + " "
-            continue
-        full, buf = buf + line, ""
-        if full.upper().startswith("RUN "):
-            runs.append(" ".join(full[4:].split()))
-    return runs
+    """RUN instructions with continuation lines joined, comments dropped, whitespace collapsed."""
+    return [" ".join(args.split()) for instruction, args in dockerfile_instructions(path) if instruction == "RUN"]
 
 
 # --------------------------------------------------------------------------- the lock files
