@@ -21,6 +21,7 @@ from pipeline.clickhouse.sql import (
     quote_identifier,
     quote_literal,
     settings_clause,
+    split_top_level,
 )
 
 
@@ -151,25 +152,6 @@ class ChdbClient(ClickHouseClient):
 _Conv = Any  # Callable[[Any], Any]; kept loose for nested closures
 
 
-def _split_type_args(inner: str) -> list[str]:
-    args, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(inner):
-        if quote:
-            if ch == quote and inner[i - 1] != "\\":
-                quote = ""
-        elif ch in "'`\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            args.append(inner[start:i].strip())
-            start = i + 1
-    args.append(inner[start:].strip())
-    return [a for a in args if a]
-
-
 def _parse_datetime(text: str, tz: Any) -> datetime:
     fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in text else "%Y-%m-%d %H:%M:%S"
     return datetime.strptime(text, fmt).replace(tzinfo=tz)
@@ -187,7 +169,7 @@ def _converter(type_name: str, session_tz: Any) -> _Conv:
     t = type_name.strip()
     head, _, rest = t.partition("(")
     inner = rest[:-1] if rest.endswith(")") else ""
-    args = _split_type_args(inner) if inner else []
+    args = split_top_level(inner) if inner else []
     if head in ("LowCardinality", "SimpleAggregateFunction"):
         return _converter(args[-1], session_tz)
     if head == "Nullable":

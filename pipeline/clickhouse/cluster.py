@@ -32,7 +32,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.clickhouse.sql import SCHEMA_PATH, quote_identifier, schema_statements
+from pipeline.clickhouse.sql import SCHEMA_PATH, quote_identifier, schema_statements, split_top_level
 
 CLUSTER = "linesight"
 LOCAL_SUFFIX = "_local"
@@ -95,31 +95,6 @@ def _matching_paren(text: str, open_at: int) -> int:
     raise ClusterSchemaError(f"unbalanced parentheses in: {text[:80]}")
 
 
-def split_top_level(text: str, sep: str = ",") -> list[str]:
-    """Split at ``sep`` outside parentheses and quotes (comments are already gone)."""
-    parts, depth, buf, quote = [], 0, [], ""
-    for ch in text:
-        if quote:
-            buf.append(ch)
-            if ch == quote:
-                quote = ""
-            continue
-        if ch in "'\"`":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == sep and depth == 0:
-            parts.append("".join(buf).strip())
-            buf = []
-            continue
-        buf.append(ch)
-    if "".join(buf).strip():
-        parts.append("".join(buf).strip())
-    return parts
-
-
 def _replicated_engine(rest: str, table: str) -> str:
     match = _ENGINE.search(rest)
     if not match:
@@ -167,8 +142,9 @@ def cluster_statements(
             if table not in tables:
                 raise ClusterSchemaError(f"ALTER of {table} before its CREATE")
             out.append(f"ALTER TABLE {db}.{_local(table)} ON CLUSTER {cluster} {commands}")
-            column_commands = [c for c in split_top_level(commands) if _COLUMN_COMMAND.match(c)]
-            others = [c for c in split_top_level(commands) if not _COLUMN_COMMAND.match(c)]
+            parts = split_top_level(commands)
+            column_commands = [c for c in parts if _COLUMN_COMMAND.match(c)]
+            others = [c for c in parts if not _COLUMN_COMMAND.match(c)]
             for command in others:
                 if not command.upper().startswith("MODIFY ORDER BY"):
                     raise ClusterSchemaError(f"ALTER {table}: no cluster rule for {command!r}")

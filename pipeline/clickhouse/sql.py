@@ -126,6 +126,27 @@ def split_statements(sql: str) -> list[str]:
     return [s for s in statements if s]
 
 
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split at ``sep`` outside parentheses and quotes (a backslash-escaped quote stays inside):
+    a column list, a type's arguments, an ALTER's commands. Empty parts are dropped."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote and text[i - 1] != "\\":
+                quote = ""
+        elif ch in "'`\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]
+
+
 def schema_statements(database: str, schema_path: Path = SCHEMA_PATH) -> list[str]:
     """The schema script's statements for `database` (a plain identifier, else ValueError)."""
     quote_identifier(database)  # validates

@@ -18,10 +18,9 @@ from pipeline.clickhouse.cluster import (
     cluster_script,
     cluster_statements,
     sorting_key_columns,
-    split_top_level,
     table_shapes,
 )
-from pipeline.clickhouse.sql import SCHEMA_PATH, schema_statements
+from pipeline.clickhouse.sql import SCHEMA_PATH, schema_statements, split_top_level
 from pipeline.settings import PROJECT_ROOT, Settings
 
 DB = "linesight"
