@@ -6,6 +6,7 @@ CREATE DATABASE IF NOT EXISTS linesight ON CLUSTER linesight;
 
 CREATE TABLE IF NOT EXISTS linesight.inspections_local ON CLUSTER linesight
 (
+    site           LowCardinality(String),
     unit_id        String,
     line           LowCardinality(String),
     camera         LowCardinality(String),
@@ -42,11 +43,11 @@ CREATE TABLE IF NOT EXISTS linesight.inspections_local ON CLUSTER linesight
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 PARTITION BY toYYYYMM(capture_time)
-ORDER BY (line, unit_id, station)
+ORDER BY (line, unit_id, station, site)
 SETTINGS replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS linesight.inspections ON CLUSTER linesight AS linesight.inspections_local
-ENGINE = Distributed('linesight', 'linesight', 'inspections_local', cityHash64(line, unit_id));
+ENGINE = Distributed('linesight', 'linesight', 'inspections_local', cityHash64(site, line, unit_id));
 
 ALTER TABLE linesight.inspections_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS review_threshold Nullable(Float32) AFTER threshold;
 
@@ -73,9 +74,10 @@ ALTER TABLE linesight.inspections_local ON CLUSTER linesight ADD COLUMN IF NOT E
 ALTER TABLE linesight.inspections ON CLUSTER linesight ADD COLUMN IF NOT EXISTS reasons Array(String) AFTER parts;
 
 ALTER TABLE linesight.inspections_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS station LowCardinality(String) AFTER camera,
-    MODIFY ORDER BY (line, unit_id, station);
+    ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST,
+    MODIFY ORDER BY (line, unit_id, station, site);
 
-ALTER TABLE linesight.inspections ON CLUSTER linesight ADD COLUMN IF NOT EXISTS station LowCardinality(String) AFTER camera;
+ALTER TABLE linesight.inspections ON CLUSTER linesight ADD COLUMN IF NOT EXISTS station LowCardinality(String) AFTER camera, ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST;
 
 ALTER TABLE linesight.inspections_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER reasons;
 
@@ -91,6 +93,7 @@ ALTER TABLE linesight.inspections ON CLUSTER linesight ADD COLUMN IF NOT EXISTS 
 
 CREATE TABLE IF NOT EXISTS linesight.unit_verdicts_local ON CLUSTER linesight
 (
+    site           LowCardinality(String),
     unit_id        String,
     line           LowCardinality(String),
     lot            String,
@@ -112,14 +115,15 @@ CREATE TABLE IF NOT EXISTS linesight.unit_verdicts_local ON CLUSTER linesight
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 PARTITION BY toYYYYMM(decided_time)
-ORDER BY (line, unit_id)
+ORDER BY (line, unit_id, site)
 SETTINGS replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS linesight.unit_verdicts ON CLUSTER linesight AS linesight.unit_verdicts_local
-ENGINE = Distributed('linesight', 'linesight', 'unit_verdicts_local', cityHash64(line, unit_id));
+ENGINE = Distributed('linesight', 'linesight', 'unit_verdicts_local', cityHash64(site, line, unit_id));
 
 CREATE TABLE IF NOT EXISTS linesight.actuations_local ON CLUSTER linesight
 (
+    site           LowCardinality(String),
     unit_id        String,
     line           LowCardinality(String),
     lot            String,
@@ -134,11 +138,11 @@ CREATE TABLE IF NOT EXISTS linesight.actuations_local ON CLUSTER linesight
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 PARTITION BY toYYYYMM(fired_time)
-ORDER BY (line, unit_id)
+ORDER BY (line, unit_id, site)
 SETTINGS replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS linesight.actuations ON CLUSTER linesight AS linesight.actuations_local
-ENGINE = Distributed('linesight', 'linesight', 'actuations_local', cityHash64(line, unit_id));
+ENGINE = Distributed('linesight', 'linesight', 'actuations_local', cityHash64(site, line, unit_id));
 
 ALTER TABLE linesight.actuations_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER actuator;
 
@@ -146,6 +150,7 @@ ALTER TABLE linesight.actuations ON CLUSTER linesight ADD COLUMN IF NOT EXISTS p
 
 CREATE TABLE IF NOT EXISTS linesight.ground_truth_local ON CLUSTER linesight
 (
+    site           LowCardinality(String),
     unit_id        String,
     line           LowCardinality(String),
     lot            String,
@@ -159,11 +164,11 @@ CREATE TABLE IF NOT EXISTS linesight.ground_truth_local ON CLUSTER linesight
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 PARTITION BY toYYYYMM(capture_time)
-ORDER BY (line, unit_id)
+ORDER BY (line, unit_id, site)
 SETTINGS replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS linesight.ground_truth ON CLUSTER linesight AS linesight.ground_truth_local
-ENGINE = Distributed('linesight', 'linesight', 'ground_truth_local', cityHash64(line, unit_id));
+ENGINE = Distributed('linesight', 'linesight', 'ground_truth_local', cityHash64(site, line, unit_id));
 
 ALTER TABLE linesight.ground_truth_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER source;
 
@@ -171,6 +176,7 @@ ALTER TABLE linesight.ground_truth ON CLUSTER linesight ADD COLUMN IF NOT EXISTS
 
 CREATE TABLE IF NOT EXISTS linesight.shadow_inspections_local ON CLUSTER linesight
 (
+    site             LowCardinality(String),
     unit_id          String,
     line             LowCardinality(String),
     camera           LowCardinality(String),
@@ -195,14 +201,15 @@ CREATE TABLE IF NOT EXISTS linesight.shadow_inspections_local ON CLUSTER linesig
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 PARTITION BY toYYYYMM(capture_time)
-ORDER BY (line, model_name, model_version, unit_id, station)
+ORDER BY (line, model_name, model_version, unit_id, station, site)
 SETTINGS replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS linesight.shadow_inspections ON CLUSTER linesight AS linesight.shadow_inspections_local
-ENGINE = Distributed('linesight', 'linesight', 'shadow_inspections_local', cityHash64(line, unit_id));
+ENGINE = Distributed('linesight', 'linesight', 'shadow_inspections_local', cityHash64(site, line, unit_id));
 
 CREATE TABLE IF NOT EXISTS linesight.dead_letters_local ON CLUSTER linesight
 (
+    site           LowCardinality(String),
     unit_id        String,
     line           LowCardinality(String),
     lot            String,
@@ -215,14 +222,15 @@ CREATE TABLE IF NOT EXISTS linesight.dead_letters_local ON CLUSTER linesight
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 PARTITION BY toYYYYMM(dead_time)
-ORDER BY (source)
+ORDER BY (source, site)
 SETTINGS replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS linesight.dead_letters ON CLUSTER linesight AS linesight.dead_letters_local
-ENGINE = Distributed('linesight', 'linesight', 'dead_letters_local', cityHash64(source));
+ENGINE = Distributed('linesight', 'linesight', 'dead_letters_local', cityHash64(site, source));
 
 CREATE TABLE IF NOT EXISTS linesight.gate_events_local ON CLUSTER linesight
 (
+    site           LowCardinality(String),
     unit_id        String,
     line           LowCardinality(String),
     lot            String,
@@ -247,11 +255,11 @@ CREATE TABLE IF NOT EXISTS linesight.gate_events_local ON CLUSTER linesight
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 PARTITION BY toYYYYMM(deadline_time)
-ORDER BY (line, unit_id)
+ORDER BY (line, unit_id, site)
 SETTINGS replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS linesight.gate_events ON CLUSTER linesight AS linesight.gate_events_local
-ENGINE = Distributed('linesight', 'linesight', 'gate_events_local', cityHash64(line, unit_id));
+ENGINE = Distributed('linesight', 'linesight', 'gate_events_local', cityHash64(site, line, unit_id));
 
 ALTER TABLE linesight.gate_events_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER actuator;
 
@@ -259,6 +267,7 @@ ALTER TABLE linesight.gate_events ON CLUSTER linesight ADD COLUMN IF NOT EXISTS 
 
 CREATE TABLE IF NOT EXISTS linesight.challenge_runs_local ON CLUSTER linesight
 (
+    site           LowCardinality(String),
     run_id         String,
     line           LowCardinality(String),
     lot            String,
@@ -282,10 +291,10 @@ CREATE TABLE IF NOT EXISTS linesight.challenge_runs_local ON CLUSTER linesight
     stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
-ORDER BY (line, lot, run_id);
+ORDER BY (line, lot, run_id, site);
 
 CREATE TABLE IF NOT EXISTS linesight.challenge_runs ON CLUSTER linesight AS linesight.challenge_runs_local
-ENGINE = Distributed('linesight', 'linesight', 'challenge_runs_local', cityHash64(line, lot));
+ENGINE = Distributed('linesight', 'linesight', 'challenge_runs_local', cityHash64(site, line, lot));
 
 CREATE TABLE IF NOT EXISTS linesight.alarms_local ON CLUSTER linesight
 (
@@ -310,6 +319,7 @@ ENGINE = Distributed('linesight', 'linesight', 'alarms_local', cityHash64(alarm_
 
 CREATE TABLE IF NOT EXISTS linesight.alerts_local ON CLUSTER linesight
 (
+    site             LowCardinality(String),
     alert_id         String,
     kind             LowCardinality(String),
     severity         LowCardinality(String),
@@ -328,11 +338,11 @@ CREATE TABLE IF NOT EXISTS linesight.alerts_local ON CLUSTER linesight
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', revision)
 PARTITION BY toYYYYMM(first_seen)
-ORDER BY (alert_id)
+ORDER BY (alert_id, site)
 SETTINGS replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS linesight.alerts ON CLUSTER linesight AS linesight.alerts_local
-ENGINE = Distributed('linesight', 'linesight', 'alerts_local', cityHash64(alert_id));
+ENGINE = Distributed('linesight', 'linesight', 'alerts_local', cityHash64(site, alert_id));
 
 CREATE TABLE IF NOT EXISTS linesight.reject_images_local ON CLUSTER linesight
 (
@@ -352,7 +362,7 @@ ORDER BY (line, unit_id)
 SETTINGS replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS linesight.reject_images ON CLUSTER linesight AS linesight.reject_images_local
-ENGINE = Distributed('linesight', 'linesight', 'reject_images_local', cityHash64(line, unit_id));
+ENGINE = Distributed('linesight', 'linesight', 'reject_images_local', cityHash64(site, line, unit_id));
 
 CREATE TABLE IF NOT EXISTS linesight.audit_records_local ON CLUSTER linesight
 (
@@ -416,12 +426,46 @@ ORDER BY (token_sha256);
 CREATE TABLE IF NOT EXISTS linesight.sessions ON CLUSTER linesight AS linesight.sessions_local
 ENGINE = Distributed('linesight', 'linesight', 'sessions_local', cityHash64(token_sha256));
 
-ALTER TABLE linesight.reject_images_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS station LowCardinality(String), MODIFY ORDER BY (line, unit_id, station);
+ALTER TABLE linesight.reject_images_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS station LowCardinality(String),
+    ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, unit_id, station, site);
 
-ALTER TABLE linesight.reject_images ON CLUSTER linesight ADD COLUMN IF NOT EXISTS station LowCardinality(String);
+ALTER TABLE linesight.reject_images ON CLUSTER linesight ADD COLUMN IF NOT EXISTS station LowCardinality(String), ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST;
+
+ALTER TABLE linesight.unit_verdicts_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, unit_id, site);
+
+ALTER TABLE linesight.unit_verdicts ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST;
+
+ALTER TABLE linesight.actuations_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, unit_id, site);
+
+ALTER TABLE linesight.actuations ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST;
+
+ALTER TABLE linesight.ground_truth_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, unit_id, site);
+
+ALTER TABLE linesight.ground_truth ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST;
+
+ALTER TABLE linesight.shadow_inspections_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, model_name, model_version, unit_id, station, site);
+
+ALTER TABLE linesight.shadow_inspections ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST;
+
+ALTER TABLE linesight.dead_letters_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (source, site);
+
+ALTER TABLE linesight.dead_letters ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST;
+
+ALTER TABLE linesight.gate_events_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, unit_id, site);
+
+ALTER TABLE linesight.gate_events ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST;
+
+ALTER TABLE linesight.challenge_runs_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, lot, run_id, site);
+
+ALTER TABLE linesight.challenge_runs ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST;
+
+ALTER TABLE linesight.alerts_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (alert_id, site);
+
+ALTER TABLE linesight.alerts ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST;
 
 CREATE TABLE IF NOT EXISTS linesight.review_decisions_local ON CLUSTER linesight
 (
+    site           LowCardinality(String),
     unit_id        String,
     lot            String,
     line           LowCardinality(String),
@@ -443,10 +487,15 @@ CREATE TABLE IF NOT EXISTS linesight.review_decisions_local ON CLUSTER linesight
     stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
-ORDER BY (lot, unit_id, audit_record);
+ORDER BY (lot, unit_id, audit_record, site);
 
 CREATE TABLE IF NOT EXISTS linesight.review_decisions ON CLUSTER linesight AS linesight.review_decisions_local
-ENGINE = Distributed('linesight', 'linesight', 'review_decisions_local', cityHash64(lot, unit_id));
+ENGINE = Distributed('linesight', 'linesight', 'review_decisions_local', cityHash64(site, lot, unit_id));
+
+ALTER TABLE linesight.review_decisions_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST,
+    MODIFY ORDER BY (lot, unit_id, audit_record, site);
+
+ALTER TABLE linesight.review_decisions ON CLUSTER linesight ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST;
 
 CREATE TABLE IF NOT EXISTS linesight.review_samples_local ON CLUSTER linesight
 (

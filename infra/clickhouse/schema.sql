@@ -12,6 +12,7 @@ CREATE DATABASE IF NOT EXISTS {db};
 -- version that judged it. The unit's own verdict on a multi-station line: unit_verdicts.
 CREATE TABLE IF NOT EXISTS {db}.inspections
 (
+    site           LowCardinality(String),
     unit_id        String,
     line           LowCardinality(String),
     camera         LowCardinality(String),
@@ -48,7 +49,7 @@ CREATE TABLE IF NOT EXISTS {db}.inspections
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(capture_time)
-ORDER BY (line, unit_id, station)
+ORDER BY (line, unit_id, station, site)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Databases created before the grey zone existed gain its column (idempotent).
@@ -62,8 +63,11 @@ ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS reasons Array(String) AFTE
 -- ... and the station (multi-station lines), which joins the sorting key: one row per station frame.
 -- ClickHouse lets a column join the key only in the ALTER that adds it, and only without a default
 -- expression (a String's implicit default is ''); on a table that has it, both parts change nothing.
+-- The plant (`site`, docs/scale.md) joins the key in the same ALTER, last: a later ALTER could
+-- not put it before station, and one key here keeps the statement a no-op on a current table.
 ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS station LowCardinality(String) AFTER camera,
-    MODIFY ORDER BY (line, unit_id, station);
+    ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST,
+    MODIFY ORDER BY (line, unit_id, station, site);
 -- ... and the frame's purpose (docs/validation.md, "Challenge runs"): challenge units are kept
 -- out of every production count by `purpose = ''` (the column's default for older rows).
 ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER reasons;
@@ -76,6 +80,7 @@ ALTER TABLE {db}.inspections ADD COLUMN IF NOT EXISTS image_sha256 String AFTER 
 -- and the stations with no result by the cutoff. Read the stations with ARRAY JOIN stations.
 CREATE TABLE IF NOT EXISTS {db}.unit_verdicts
 (
+    site           LowCardinality(String),
     unit_id        String,
     line           LowCardinality(String),
     lot            String,
@@ -97,12 +102,13 @@ CREATE TABLE IF NOT EXISTS {db}.unit_verdicts
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(decided_time)
-ORDER BY (line, unit_id)
+ORDER BY (line, unit_id, site)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Every reject the gate fired.
 CREATE TABLE IF NOT EXISTS {db}.actuations
 (
+    site           LowCardinality(String),
     unit_id        String,
     line           LowCardinality(String),
     lot            String,
@@ -117,13 +123,14 @@ CREATE TABLE IF NOT EXISTS {db}.actuations
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(fired_time)
-ORDER BY (line, unit_id)
+ORDER BY (line, unit_id, site)
 SETTINGS non_replicated_deduplication_window = 1000;
 ALTER TABLE {db}.actuations ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER actuator;
 
 -- What simulators and labelled replays know about each unit (never shown to the model).
 CREATE TABLE IF NOT EXISTS {db}.ground_truth
 (
+    site           LowCardinality(String),
     unit_id        String,
     line           LowCardinality(String),
     lot            String,
@@ -137,7 +144,7 @@ CREATE TABLE IF NOT EXISTS {db}.ground_truth
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(capture_time)
-ORDER BY (line, unit_id)
+ORDER BY (line, unit_id, site)
 SETTINGS non_replicated_deduplication_window = 1000;
 ALTER TABLE {db}.ground_truth ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER source;
 
@@ -147,6 +154,7 @@ ALTER TABLE {db}.ground_truth ADD COLUMN IF NOT EXISTS purpose LowCardinality(St
 -- candidate could not score the frame (error says why).
 CREATE TABLE IF NOT EXISTS {db}.shadow_inspections
 (
+    site             LowCardinality(String),
     unit_id          String,
     line             LowCardinality(String),
     camera           LowCardinality(String),
@@ -171,12 +179,13 @@ CREATE TABLE IF NOT EXISTS {db}.shadow_inspections
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(capture_time)
-ORDER BY (line, model_name, model_version, unit_id, station)
+ORDER BY (line, model_name, model_version, unit_id, station, site)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Frames that could not be inspected, with the reason (their units were fail-safe rejected).
 CREATE TABLE IF NOT EXISTS {db}.dead_letters
 (
+    site           LowCardinality(String),
     unit_id        String,
     line           LowCardinality(String),
     lot            String,
@@ -189,7 +198,7 @@ CREATE TABLE IF NOT EXISTS {db}.dead_letters
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(dead_time)
-ORDER BY (source)
+ORDER BY (source, site)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 -- What physically happened to each unit at the reject gate: exactly one row per captured unit
@@ -197,6 +206,7 @@ SETTINGS non_replicated_deduplication_window = 1000;
 -- failsafe. The per-lot reconciliation (`linesight report batch LOT`) is computed from this table.
 CREATE TABLE IF NOT EXISTS {db}.gate_events
 (
+    site           LowCardinality(String),
     unit_id        String,
     line           LowCardinality(String),
     lot            String,
@@ -221,7 +231,7 @@ CREATE TABLE IF NOT EXISTS {db}.gate_events
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(deadline_time)
-ORDER BY (line, unit_id)
+ORDER BY (line, unit_id, site)
 SETTINGS non_replicated_deduplication_window = 1000;
 ALTER TABLE {db}.gate_events ADD COLUMN IF NOT EXISTS purpose LowCardinality(String) AFTER actuator;
 
@@ -229,6 +239,7 @@ ALTER TABLE {db}.gate_events ADD COLUMN IF NOT EXISTS purpose LowCardinality(Str
 -- line at the start or end of a lot; `failures` lists every unit that broke a criterion.
 CREATE TABLE IF NOT EXISTS {db}.challenge_runs
 (
+    site           LowCardinality(String),
     run_id         String,
     line           LowCardinality(String),
     lot            String,
@@ -252,7 +263,7 @@ CREATE TABLE IF NOT EXISTS {db}.challenge_runs
     stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (line, lot, run_id);
+ORDER BY (line, lot, run_id, site);
 
 -- Operator alarms with raise and clear times (PLC unreachable, pipeline unhealthy, bad commands).
 -- The clear replaces its raise (revision 1 over 0) and carries the raise's time and reason.
@@ -278,6 +289,7 @@ SETTINGS non_replicated_deduplication_window = 1000;
 -- (raise 0, refreshes, clear, acknowledgement) is its current state. Query with FINAL.
 CREATE TABLE IF NOT EXISTS {db}.alerts
 (
+    site             LowCardinality(String),
     alert_id         String,
     kind             LowCardinality(String),
     severity         LowCardinality(String),
@@ -296,7 +308,7 @@ CREATE TABLE IF NOT EXISTS {db}.alerts
 )
 ENGINE = ReplacingMergeTree(revision)
 PARTITION BY toYYYYMM(first_seen)
-ORDER BY (alert_id)
+ORDER BY (alert_id, site)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 -- A small JPEG of every unit removed from the line (reject, review, fail-safe with a decodable
@@ -377,12 +389,30 @@ ORDER BY (token_sha256);
 
 -- Reject images per station frame: a multi-station unit keeps each removed station's frame
 -- (rows stored before the column existed have station '').
-ALTER TABLE {db}.reject_images ADD COLUMN IF NOT EXISTS station LowCardinality(String), MODIFY ORDER BY (line, unit_id, station);
+-- The plant (`site`) joins in the same ALTER, as in inspections.
+ALTER TABLE {db}.reject_images ADD COLUMN IF NOT EXISTS station LowCardinality(String),
+    ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, unit_id, station, site);
+
+-- The plant (docs/scale.md, "A plant/site column"): every table with a `line` has `site`, stamped
+-- from the `site` setting by whoever writes the row ('' on databases and settings from before it).
+-- It is the last column of each sorting key: ClickHouse lets a column join a key only at its end,
+-- in the ALTER that adds it, so older databases get the same key as new ones. In a plant it is a
+-- constant; in a central copy it keeps two plants' `line-1`/unit rows apart (ReplacingMergeTree
+-- replaces rows of equal key) and leads the cluster's sharding key (pipeline/clickhouse/cluster.py).
+ALTER TABLE {db}.unit_verdicts ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, unit_id, site);
+ALTER TABLE {db}.actuations ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, unit_id, site);
+ALTER TABLE {db}.ground_truth ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, unit_id, site);
+ALTER TABLE {db}.shadow_inspections ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, model_name, model_version, unit_id, station, site);
+ALTER TABLE {db}.dead_letters ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (source, site);
+ALTER TABLE {db}.gate_events ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, unit_id, site);
+ALTER TABLE {db}.challenge_runs ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (line, lot, run_id, site);
+ALTER TABLE {db}.alerts ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST, MODIFY ORDER BY (alert_id, site);
 
 -- What a person decided about a review unit (pipeline/review, docs/review.md): every decision is
 -- also an e-signed audit record (review.decide); a later decision (QA confirming) is another row.
 CREATE TABLE IF NOT EXISTS {db}.review_decisions
 (
+    site           LowCardinality(String),
     unit_id        String,
     lot            String,
     line           LowCardinality(String),
@@ -404,7 +434,9 @@ CREATE TABLE IF NOT EXISTS {db}.review_decisions
     stored_time    DateTime64(6, 'UTC') DEFAULT now64(6)
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (lot, unit_id, audit_record);
+ORDER BY (lot, unit_id, audit_record, site);
+ALTER TABLE {db}.review_decisions ADD COLUMN IF NOT EXISTS site LowCardinality(String) FIRST,
+    MODIFY ORDER BY (lot, unit_id, audit_record, site);
 
 -- The ISO 2859-1 sample of a lot's recovered units and its result (QA, e-signed).
 CREATE TABLE IF NOT EXISTS {db}.review_samples

@@ -25,7 +25,7 @@ from pipeline.audit.decisions import decision_chain, decision_event
 from pipeline.audit.publish import AuditPublisher
 from pipeline.audit.record import DECISION_ACTION, AuditEvent
 from pipeline.audit.trail import AuditTrail
-from pipeline.clickhouse import ClickHouseClient
+from pipeline.clickhouse import SITE_TABLES, ClickHouseClient
 from pipeline.core.health import HealthState
 from pipeline.core.times import datetime_from_ns, now_ns
 from pipeline.kafka.clients import make_consumer
@@ -344,6 +344,8 @@ class ClickHouseSink:
                 log.warning("undecodable message at %s: %s", _source(m), exc)
                 reason = str(exc) if isinstance(exc, MessageError) else f"{type(exc).__name__}: {exc}"
                 table, row = "dead_letters", undecodable_row(m, f"sink could not decode: {reason}"[:4000])
+            if table in SITE_TABLES:
+                row["site"] = self._settings.site  # the plant: one sink per plant's topics
             tables[table].append(row)
             # The first message's timestamp tells this topic's incarnation apart from an earlier one
             # whose offsets started at 0 too (a re-created topic, a fresh embedded broker): equal

@@ -35,7 +35,7 @@ def _desk(ctx):  # noqa: ANN001, ANN202 - a gmp_context Context
 
     recipes_dir = ctx.settings.stream.recipes_dir
     return ReviewDesk(ctx.client, ctx.settings.clickhouse.database, ctx.trail, ctx.guard,
-                      lambda ref: review_spec_for(recipes_dir, ref)[0])
+                      lambda ref: review_spec_for(recipes_dir, ref)[0], ctx.settings.site)
 
 
 def _password(args: argparse.Namespace) -> str:

@@ -30,6 +30,7 @@ from pipeline.clickhouse.client import ChdbInUseError, ClickHouseClient, ClickHo
 from pipeline.clickhouse.server_backend import ServerClient
 from pipeline.clickhouse.sql import (
     SCHEMA_PATH,
+    SITE_TABLES,
     json_each_row,
     quote_identifier,
     schema_statements,
@@ -40,6 +41,7 @@ from pipeline.settings import Settings
 
 __all__ = [
     "SCHEMA_PATH",
+    "SITE_TABLES",
     "ChdbClient",
     "ChdbInUseError",
     "ClickHouseClient",

@@ -11,8 +11,9 @@ script, rewritten statement by statement, so the two cannot drift:
   services' queries and inserts (``{db}.inspections``) run unchanged against the whole cluster;
 - the Distributed tables shard by ``SHARDING_KEYS``: a hash of columns of the table's sorting key,
   so every row a ``ReplacingMergeTree`` may collapse (same sorting key: a redelivered result) lands
-  on the same shard and ``FINAL`` stays exact; the unit tables all hash ``(line, unit_id)``, so one
-  unit's inspections, station verdicts, gate event, actuation and reject image share a shard;
+  on the same shard and ``FINAL`` stays exact; the unit tables all hash ``(site, line, unit_id)``, so
+  one unit's inspections, station verdicts, gate event, actuation and reject image share a shard
+  (``site``, the plant, first: a central copy's plants repeat line and unit ids);
 - every ``ALTER`` runs ``ON CLUSTER`` on the local table, and its column changes also on the
   Distributed table (a sorting-key change only on the local one);
 - views run ``ON CLUSTER`` over the Distributed tables.
@@ -43,22 +44,22 @@ REPLICA_NAME = "{replica}"
 # so every row a ReplacingMergeTree may replace is on one shard. A new table fails
 # cluster_statements until it has a key here.
 SHARDING_KEYS: dict[str, tuple[str, ...]] = {
-    "inspections": ("line", "unit_id"),
-    "unit_verdicts": ("line", "unit_id"),
-    "actuations": ("line", "unit_id"),
-    "ground_truth": ("line", "unit_id"),
-    "shadow_inspections": ("line", "unit_id"),
-    "gate_events": ("line", "unit_id"),
-    "reject_images": ("line", "unit_id"),
-    "dead_letters": ("source",),
-    "challenge_runs": ("line", "lot"),
+    "inspections": ("site", "line", "unit_id"),
+    "unit_verdicts": ("site", "line", "unit_id"),
+    "actuations": ("site", "line", "unit_id"),
+    "ground_truth": ("site", "line", "unit_id"),
+    "shadow_inspections": ("site", "line", "unit_id"),
+    "gate_events": ("site", "line", "unit_id"),
+    "reject_images": ("site", "line", "unit_id"),
+    "dead_letters": ("site", "source"),
+    "challenge_runs": ("site", "line", "lot"),
     "alarms": ("alarm_id",),
-    "alerts": ("alert_id",),
+    "alerts": ("site", "alert_id"),
     # One chain per shard: a chain's records (and any duplicate of one) stay together.
     "audit_records": ("chain",),
     "users": ("username",),
     "sessions": ("token_sha256",),
-    "review_decisions": ("lot", "unit_id"),
+    "review_decisions": ("site", "lot", "unit_id"),
     "review_samples": ("lot",),
 }
 

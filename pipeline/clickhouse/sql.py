@@ -17,6 +17,12 @@ from clickhouse_connect.driver.binding import format_bind_value
 from pipeline.settings import PROJECT_ROOT
 
 SCHEMA_PATH = PROJECT_ROOT / "infra" / "clickhouse" / "schema.sql"
+# The tables with a `site` column (every table with a `line`, schema.sql): their writers stamp the
+# `site` setting on each row. tests/unit/test_cluster_schema.py checks the list against the schema.
+SITE_TABLES = frozenset({
+    "inspections", "unit_verdicts", "actuations", "ground_truth", "shadow_inspections", "dead_letters",
+    "gate_events", "challenge_runs", "alerts", "reject_images", "review_decisions",
+})
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -143,7 +143,7 @@ def build_dashboard(
                   LoginPolicy(svc.login_max_failures, svc.login_max_failures_per_source, svc.login_failure_window_s,
                               svc.login_lockout_s, svc.refusal_audit_window_s))
     recipes_dir = settings.stream.recipes_dir
-    review = ReviewDesk(client, db, trail, guard, lambda ref: review_spec_for(recipes_dir, ref)[0])
+    review = ReviewDesk(client, db, trail, guard, lambda ref: review_spec_for(recipes_dir, ref)[0], settings.site)
     try:  # every station's frame of a review unit, read back while the frames topic keeps it
         frames: BrokerFrames | None = BrokerFrames(settings.kafka)
     except Exception as exc:  # noqa: BLE001 - the review station then shows the kept JPEGs only

@@ -46,6 +46,7 @@ class ReviewDesk:
     trail: AuditTrail
     guard: Guard
     review_spec: Callable[[str], ReviewSpec]
+    site: str = ""  # the `site` setting, stamped on each decision row (docs/scale.md)
 
     def lot_rules(self, lot: str) -> ReviewSpec:
         """The [review] rules of the recipe that judged most of the lot."""
@@ -87,7 +88,7 @@ class ReviewDesk:
                                 reason=f"review decision on {unit_id}", own_action=DECIDE)
         first = found.stations[0]
         self.client.insert_json_rows(f"{self.db}.review_decisions", [{
-            "unit_id": unit_id, "lot": lot, "line": found.line, "product": found.product,
+            "site": self.site, "unit_id": unit_id, "lot": lot, "line": found.line, "product": found.product,
             "station": ",".join(s.station for s in found.stations if s.verdict != "pass" and s.station),
             "decision": decision, "defect": defect if decision == DEFECT else "", "user": who.username,
             "role": who.role, "decided_time": record.time, "seconds_spent": max(0.0, float(seconds_spent)),

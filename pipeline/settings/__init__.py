@@ -257,6 +257,10 @@ class Settings(BaseSettings):
     )
 
     state_dir: Path = PROJECT_ROOT / ".linesight"
+    # The plant this stack runs in (LINESIGHT_SITE): stamped on every analytics row that has a line,
+    # so a central copy keeps plants apart (docs/scale.md). '' (one plant) is also what rows stored
+    # before the column existed read as.
+    site: str = ""
     kafka: KafkaSettings = KafkaSettings()
     triton: TritonSettings = TritonSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()

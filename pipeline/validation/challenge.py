@@ -464,5 +464,5 @@ def run_challenge(
     ))
     signature = sign_record(trail, guard, who, record.record_id, meaning, reason or f"{phase} challenge of lot {lot}")
     result.audit_record, result.signature = record.record_id, signature.record_id
-    client.insert_json_rows(f"{settings.clickhouse.database}.challenge_runs", [result.row()])
+    client.insert_json_rows(f"{settings.clickhouse.database}.challenge_runs", [{**result.row(), "site": settings.site}])
     return result

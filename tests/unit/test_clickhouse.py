@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ import pytest
 
 from pipeline.clickhouse import (
     SCHEMA_PATH,
+    SITE_TABLES,
     ChdbClient,
     ChdbInUseError,
     ClickHouseError,
@@ -58,7 +60,7 @@ def test_split_statements_respects_quotes_and_comments() -> None:
     assert split_statements(sql) == ["CREATE TABLE a (s String DEFAULT ';') ENGINE=Memory", "SELECT 'it''s'"]
     statements = schema_statements("linesight_x", SCHEMA_PATH)
     assert statements[0] == "CREATE DATABASE IF NOT EXISTS linesight_x"
-    assert all("{db}" not in s for s in statements) and len(statements) == 33
+    assert all("{db}" not in s for s in statements) and len(statements) == 42
     with pytest.raises(ValueError):
         schema_statements("bad name; DROP")
 
@@ -90,7 +92,7 @@ def test_schema_applied(chdb_client: ChdbClient, embedded_settings: Settings) ->
         "gate_events", "ground_truth", "inspections", "reject_images", "review_decisions", "review_samples",
         "sessions", "shadow_inspections", "unit_verdicts", "users",
     ]
-    assert chdb_client.apply_schema(db) == 33  # idempotent
+    assert chdb_client.apply_schema(db) == 42  # idempotent
 
 
 def test_an_inspections_table_from_before_stations_gains_the_station_in_its_key(chdb_client: ChdbClient) -> None:
@@ -111,12 +113,40 @@ def test_an_inspections_table_from_before_stations_gains_the_station_in_its_key(
     chdb_client.apply_schema(db)
     chdb_client.apply_schema(db)  # twice: idempotent
     key = chdb_client.query(f"SELECT sorting_key FROM system.tables WHERE database = '{db}' AND name = 'inspections'")
-    assert key.scalar() == "line, unit_id, station"
+    assert key.scalar() == "line, unit_id, station, site"
     chdb_client.insert_json_rows(f"{db}.inspections", [_inspection("u1", station="side"), _inspection("u1", station="top")])
     rows = chdb_client.query(f"SELECT unit_id, station FROM {db}.inspections FINAL ORDER BY unit_id, station").rows
     assert rows == [("u0", ""), ("u1", "side"), ("u1", "top")]
     # ... and the purpose column (challenge units, docs/validation.md): old rows are production ('').
     assert chdb_client.query(f"SELECT purpose FROM {db}.inspections FINAL WHERE unit_id = 'u0'").scalar() == ""
+
+
+def test_a_database_from_before_sites_gains_the_site_in_every_line_tables_key(
+    chdb_client: ChdbClient, tmp_path: Path
+) -> None:
+    """Today's schema with `site` taken out, applied and filled, then today's: each table with a line
+    gets the column at the end of its key (old rows ''), and two plants' equal units stay two rows."""
+    old_schema = tmp_path / "schema.sql"
+    text = re.sub(r"^\s+site\s+LowCardinality\(String\),\n", "", SCHEMA_PATH.read_text(), flags=re.M)
+    text = re.sub(r"\s*ADD COLUMN IF NOT EXISTS site LowCardinality\(String\) FIRST,", "", text)
+    old_schema.write_text(text.replace(", site)", ")"))
+    assert not any(re.search(r"\bsite\b", s) for s in schema_statements("x", old_schema))
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    chdb_client.apply_schema(db, old_schema)
+    chdb_client.insert_json_rows(f"{db}.inspections", [_inspection("u0")])
+    chdb_client.apply_schema(db)
+    chdb_client.apply_schema(db)  # twice: idempotent
+    keys = dict(chdb_client.query(
+        "SELECT name, sorting_key FROM system.tables WHERE database = {db:String}", {"db": db}
+    ).rows)
+    with_line = {t for (t,) in chdb_client.query(
+        "SELECT DISTINCT table FROM system.columns WHERE database = {db:String} AND name = 'line' "
+        "AND table != 'false_rejects'", {"db": db}).rows}
+    assert with_line == SITE_TABLES
+    assert {t for t, k in keys.items() if k.endswith(", site")} == SITE_TABLES
+    chdb_client.insert_json_rows(f"{db}.inspections", [_inspection("u0", site="plant-07")])
+    rows = chdb_client.query(f"SELECT site, unit_id FROM {db}.inspections FINAL ORDER BY site").rows
+    assert rows == [("", "u0"), ("plant-07", "u0")]
 
 
 def test_insert_and_read_back_typed_values(chdb_client: ChdbClient) -> None:

@@ -20,7 +20,7 @@ from pipeline.clickhouse.cluster import (
     sorting_key_columns,
     table_shapes,
 )
-from pipeline.clickhouse.sql import SCHEMA_PATH, schema_statements, split_top_level
+from pipeline.clickhouse.sql import SCHEMA_PATH, SITE_TABLES, schema_statements, split_top_level
 from pipeline.settings import PROJECT_ROOT, Settings
 
 DB = "linesight"
@@ -73,7 +73,19 @@ def test_sharding_keys_are_columns_of_each_sorting_key() -> None:
     # One unit's rows share a shard across the unit tables (joins by (line, unit_id) stay local).
     unit_tables = [t for t, s in single.items() if sorting_key_columns(s.order_by)[:2] == ["line", "unit_id"]]
     assert len(unit_tables) == 6
-    assert {SHARDING_KEYS[t] for t in unit_tables} == {("line", "unit_id")}
+    assert {SHARDING_KEYS[t] for t in unit_tables} == {("site", "line", "unit_id")}
+
+
+def test_every_table_with_a_line_has_the_site_and_shards_by_it_first() -> None:
+    """A central copy's plants repeat line and unit ids: the site keeps their rows apart (the end of
+    the sorting key) and leads the sharding key; SITE_TABLES (the writers' stamp list) is that set."""
+    single = _single()
+    with_line = {t for t, s in single.items() if any(name == "line" for name, _ in s.columns)}
+    assert with_line == SITE_TABLES
+    for table in SITE_TABLES:
+        assert single[table].columns[0] == ("site", "LowCardinality(String)"), table
+        assert sorting_key_columns(single[table].order_by)[-1] == "site", table
+        assert SHARDING_KEYS[table][0] == "site", table
 
 
 def test_the_parser_reads_the_single_node_schema_as_clickhouse_does(
@@ -111,8 +123,8 @@ def _split_compact(item: str) -> tuple[str, str]:
 
 def test_clickhouse_parses_every_cluster_statement(chdb_client: ChdbClient) -> None:
     statements = cluster_statements(DB)
-    # single node: 1 database + 16 tables + 15 ALTERs + 1 view = 33; each table and ALTER twice here.
-    assert len(statements) == 1 + 2 * 16 + 2 * 15 + 1
+    # single node: 1 database + 16 tables + 24 ALTERs + 1 view = 42; each table and ALTER twice here.
+    assert len(statements) == 1 + 2 * 16 + 2 * 24 + 1
     for statement in statements:
         ast = chdb_client.query(f"EXPLAIN AST {statement}").rows
         assert ast, statement

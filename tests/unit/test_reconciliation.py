@@ -167,3 +167,25 @@ def test_a_multi_station_line_counts_each_unit_once_and_each_station_on_its_own(
     text = rec.to_text()
     assert "    station                judged   passed rejected   review  missing" in text
     assert "    top                         3        2        1        0        1" in text
+
+
+def test_the_sink_stamps_its_site_on_every_row_that_has_a_line(
+    chdb_client: ChdbClient, embedded_settings: Settings
+) -> None:
+    """The `site` setting (docs/scale.md) reaches each table with a line; alarms, which have none, still store."""
+    settings = embedded_settings.model_copy(update={"site": "plant-07"})
+    db, k, t0 = settings.clickhouse.database, settings.kafka, 1_700_000_000 * S
+    lot = f"SITE-{uuid.uuid4().hex[:6]}"
+    base = uuid.uuid4().int % 10**9
+    msgs = [
+        Msg(k.topic_results, _result("s1", lot, "pass", t0).to_json(), base),
+        Msg(k.topic_gate_events, _gate("s1", lot, "passed", "model", t0, "pass").to_json(), base + 1),
+        Msg(k.topic_truth, GroundTruth("s1", "line-1", lot, "p", "good", "none", t0).to_json(), base + 2),
+        Msg(k.topic_alarms, AlarmRecord(f"a:{lot}:0", "plc_unreachable", True, t0, "r", "a").to_json(), base + 3),
+        Msg(k.topic_results, b"not json", base + 4),  # a dead letter: stamped too
+    ]
+    ClickHouseSink(settings, chdb_client).write(msgs)  # type: ignore[arg-type]
+    for table, where in [("inspections", f"lot = '{lot}'"), ("gate_events", f"lot = '{lot}'"),
+                         ("ground_truth", f"lot = '{lot}'"), ("dead_letters", f"source LIKE '%:{base + 4}'")]:
+        assert chdb_client.query(f"SELECT DISTINCT site FROM {db}.{table} WHERE {where}").rows == [("plant-07",)], table
+    assert chdb_client.query(f"SELECT count() FROM {db}.alarms WHERE alarm_id = 'a:{lot}:0'").scalar() == 1
