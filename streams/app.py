@@ -20,9 +20,12 @@ from faust.web import Request, Response, View
 from PIL import Image
 from tritonclient.grpc.aio import InferenceServerClient as TritonClient
 
-from pipeline.core.health import worker_id
+from pipeline.core.health import serve_metrics, worker_id
+from pipeline.core.logs import logging_config
+from pipeline.core.metrics import Metrics
 from pipeline.core.times import now_ns
 from pipeline.kafka.clients import bootstrap
+from pipeline.kafka.lag import LagGauge
 from pipeline.kafka.security import faust_credentials
 from pipeline.recipes.book import RecipeBook, RecipeFeed, load_defaults
 from pipeline.recipes.schema import Recipe
@@ -187,6 +190,13 @@ def create_app(settings: Settings) -> faust.App:
     inspector: TritonInspector | None = None
     health: dict[str, Any] = {"batches": 0, "frames": 0, "last_batch_ns": 0, "warm": False}
     times = StageTimes()
+    # Prometheus (docs/observability.md): /metrics on the web server below, and on
+    # stream.metrics_port when set (compose: the web server's other pages stay on loopback).
+    metrics = Metrics()
+    frames_done = metrics.counter("linesight_frames")
+    batch_sizes = metrics.histogram("linesight_batch_size").labels("inspect")
+    stage_seconds = metrics.histogram("linesight_worker_stage_seconds")
+    lag = LagGauge(metrics.gauge("linesight_consumer_lag"), stream.app_id)
 
     async def send(topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
         return await app.producer.send(topic, key, value, None, None, headers)
@@ -201,6 +211,16 @@ def create_app(settings: Settings) -> faust.App:
             log.warning("inference warm-up failed (%s); frames will fail safe until it recovers", exc)
         health["warm"] = True
 
+    def observe_batch(frames: list[Frame], decided_ns: int, done_ns: int) -> None:
+        frames_done.inc(len(frames))
+        batch_sizes.observe(len(frames))
+        fetch, decide = stage_seconds.labels("broker_to_worker"), stage_seconds.labels("worker_to_decided")
+        for f in frames:
+            if f.timestamp_ns:
+                fetch.observe(max(0, f.received_ns - f.timestamp_ns) / 1e9)
+            decide.observe(max(0, decided_ns - f.received_ns) / 1e9)
+        stage_seconds.labels("decided_to_confirmed").observe((done_ns - decided_ns) / 1e9)
+
     @app.agent(frames)
     async def inspect(events: faust.StreamT) -> None:
         nonlocal inspector, feed
@@ -212,7 +232,7 @@ def create_app(settings: Settings) -> faust.App:
         if inspector is None:
             inspector = TritonInspector(settings.triton)
             await warm_up(inspector)
-        processor = InspectionProcessor(settings, inspector, worker, recipes)
+        processor = InspectionProcessor(settings, inspector, worker, recipes, metrics=metrics)
 
         async def work(batch: Sequence[Any]) -> None:
             frames = [_frame(e) for e in batch]
@@ -220,7 +240,9 @@ def create_app(settings: Settings) -> faust.App:
             decided_ns = now_ns()
             # Outputs must be confirmed by the broker before the inputs are acknowledged.
             await publish_acknowledged(send, outgoing)
-            times.batch([f.received_ns for f in frames], [f.timestamp_ns for f in frames], decided_ns, now_ns())
+            done_ns = now_ns()
+            times.batch([f.received_ns for f in frames], [f.timestamp_ns for f in frames], decided_ns, done_ns)
+            observe_batch(frames, decided_ns, done_ns)
 
         async def ack(batch: Sequence[Any]) -> None:
             for event in batch:
@@ -269,6 +291,25 @@ def create_app(settings: Settings) -> faust.App:
         beat = Heartbeat(worker, "worker", now_ns(), triton_ready, f"frames={health['frames']}")
         await app.producer.send(heartbeat_topic, worker.encode(), beat.to_json(), None, None, None)
 
+    @app.timer(5.0)
+    async def consumer_lag() -> None:
+        """Frames behind each assigned partition's high watermark (aiokafka's cached one, from the
+        last fetch) at the consumer's fetch position; batches in flight are not counted."""
+        consumer = app.consumer
+        lags: dict[tuple[str, int], int] = {}
+        for tp in consumer.assignment():
+            if tp.topic != settings.kafka.topic_frames:
+                continue
+            position, high = await consumer.position(tp), consumer.highwater(tp)
+            if position is not None and high is not None and position >= 0:
+                lags[(tp.topic, tp.partition)] = max(0, high - position)
+        lag.update(lags)
+
+    if stream.metrics_port:
+        @app.task
+        async def metrics_listener() -> None:
+            serve_metrics(metrics, stream.metrics_port, settings.services.health_host, "worker")
+
     def status() -> dict[str, Any]:
         consumer = app.consumer
         assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment())
@@ -284,6 +325,15 @@ def create_app(settings: Settings) -> faust.App:
         async def get(self, request: Request) -> Response:
             return self.json(status())
 
+    @app.page("/metrics")
+    class MetricsPage(View):
+        """Prometheus text format (pipeline.core.metrics)."""
+
+        async def get(self, request: Request) -> Response:
+            body, content_type = metrics.exposition()
+            # aiohttp refuses a content_type argument with a charset in it: as a header instead.
+            return self.bytes(body, headers={"Content-Type": content_type})
+
     @app.page("/readyz")
     class Ready(View):
         """Readiness: partitions assigned and no rebalance in progress."""
@@ -298,5 +348,7 @@ def create_app(settings: Settings) -> faust.App:
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker in the foreground until stopped (SIGTERM/SIGINT)."""
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    # Faust replaces the root logger's handlers: give it ours when logs are JSON (else its own).
+    config = logging_config(settings.log.format, "worker", loglevel) if settings.log.format == "json" else None
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, logging_config=config)
     worker.execute_from_commandline()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Protocol, cast
 
 from pipeline.core.health import worker_id
+from pipeline.core.metrics import Metrics
 from pipeline.core.times import now_ns
 from pipeline.inspections.kinds import CLASSIFIER, JudgeContext, judge
 from pipeline.model.input_space import check as check_input_space
@@ -62,6 +64,8 @@ from streams.triton_client import Failed, Measured, MeasureOutcome, ModelInfo, S
 Described = dict[str, float] | None
 # The defect a unit sent to review by the input-space check alone is recorded under.
 INPUT_SPACE_DEFECT = "out_of_distribution"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,8 @@ class InspectionProcessor:
     """Decides every frame of a batch; returns the messages to publish."""
 
     def __init__(
-        self, settings: Settings, scorer: Scorer, worker: str | None = None, recipes: RecipeBook | None = None
+        self, settings: Settings, scorer: Scorer, worker: str | None = None, recipes: RecipeBook | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._kafka = settings.kafka
         self._models = settings.stream.product_models
@@ -151,6 +156,10 @@ class InspectionProcessor:
         self._scorer = scorer
         self._worker = worker or worker_id()
         self._recipes = recipes
+        m = metrics if metrics is not None else Metrics()
+        self._verdicts = m.counter("linesight_verdicts")
+        self._latency = m.histogram("linesight_capture_to_verdict_seconds")
+        self._dead_letters = m.counter("linesight_dead_letters")
 
     async def process(self, frames: list[Frame]) -> list[Outgoing]:
         decided = await self._process(frames)
@@ -342,6 +351,8 @@ class InspectionProcessor:
             reason = f"verdict breaks the result contract: {exc}"[:1000]
             return self._failsafe(frame, meta, reason, stage="judge", model="+".join(d.models), recipe=recipe)
         out: list[Outgoing | _ImageJob] = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), payload)]
+        self._verdicts.labels(result.line, result.verdict, "model").inc()
+        self._latency.labels(result.line).observe(max(0, result.inferred_ns - result.capture_ns) / 1e9)
         if d.verdict != "pass":  # `review` units leave the line too; a person decides on them
             who = recipe or f"{result.model_name} v{result.model_version}"
             out.append(self._reject(result, f"{who}: {'; '.join(d.reasons) or d.defect}"))
@@ -381,6 +392,10 @@ class InspectionProcessor:
             station=meta.station if meta else "",
             purpose=meta.purpose if meta else header_purpose(frame.headers),
         )
+        self._verdicts.labels(result.line, "reject", "failsafe").inc()
+        self._dead_letters.labels(result.line, stage).inc()
+        log.warning("unit %s dead-lettered and fail-safe rejected at %s: %s", unit, stage, reason,
+                    extra={"unit_id": unit, "lot": result.lot, "line": result.line})
         dead = Outgoing(
             self._kafka.topic_deadletter,
             frame.key,

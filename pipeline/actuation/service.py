@@ -44,10 +44,11 @@ from confluent_kafka import Message
 from pipeline.actuation.alarms import AlarmCode, AlarmEvent
 from pipeline.actuation.gate import Gate
 from pipeline.actuation.loop import ActuationLoop
-from pipeline.actuation.scheduler import Action, DecisionKind, GateCommand, GateEvent, Outcome
+from pipeline.actuation.scheduler import Action, DecisionKind, FireCause, GateCommand, GateEvent, Outcome
 from pipeline.actuation.stations import FrameKind, StationUnits
 from pipeline.actuation.timing_model import UnitRef
 from pipeline.core.health import HealthState, worker_id
+from pipeline.core.metrics import Metrics
 from pipeline.core.times import NS_PER_S, now_ns
 from pipeline.kafka.clients import RenewingProducer, flush_or_raise, make_consumer
 from pipeline.kafka.commit_loop import run_batches
@@ -151,9 +152,11 @@ class Actuator:
     a unit without a gate record is unaccounted. The consumer commits only after `handle` flushed.
     """
 
-    def __init__(self, settings: Settings, producer: RenewingProducer, gate: Gate | None = None) -> None:
+    def __init__(self, settings: Settings, producer: RenewingProducer, gate: Gate | None = None,
+                 metrics: Metrics | None = None) -> None:
         """``gate``: None drives the PLC when ``plc.enabled`` (the default), else a simulated gate."""
         self._settings = settings
+        self._metrics = metrics if metrics is not None else Metrics()
         self._kafka = settings.kafka
         self._line = settings.services.actuator_line
         self._lines: dict[str, LineTimingSettings] = dict(settings.lines)
@@ -513,6 +516,7 @@ class Actuator:
             reason = (f"the PLC fired {(e.fired_ns - t.window_end_ns) / 1e6:.1f} ms after the gate window closed "
                       f"(scheduler acted {(e.acted_ns - t.fire_at_ns) / 1e6:.1f} ms after the fire time)")
         self.counters[f"gate_{outcome}_{e.cause}"] += 1
+        self._observe(e, outcome)
         unit_verdict = None
         purpose = self._purposes.pop((e.line, e.unit_id), "")
         if self._stations.declares(e.line):  # one verdict per unit, naming its stations
@@ -547,6 +551,21 @@ class Actuator:
         if not e.admitted:
             self._bad_input(AlarmCode.UNKNOWN_UNIT, f"command for unit {e.unit_id} on line {e.line} that the camera "
                             f"never captured ({e.outcome} at its computed gate time)")
+
+    def _observe(self, e: GateEvent, outcome: Outcome) -> None:
+        """The gate event in the metrics, and a unit's fail-safe fate in the log with its id and lot."""
+        m = self._metrics
+        m.counter("linesight_gate_events").labels(e.line, str(outcome), str(e.cause)).inc()
+        if e.margin_ns is not None:
+            m.histogram("linesight_gate_margin_seconds").labels(e.line).observe(e.margin_ns / NS_PER_S)
+        unit = {"unit_id": e.unit_id, "lot": e.lot, "line": e.line}
+        if outcome is Outcome.FIRED and e.cause != FireCause.MODEL:
+            m.counter("linesight_failsafe_rejects").labels(e.line, str(e.cause)).inc()
+            log.info("unit %s fail-safe rejected at the gate (%s)", e.unit_id, e.cause, extra=unit)
+        elif outcome is Outcome.FIRED:
+            log.debug("unit %s rejected at the gate", e.unit_id, extra=unit)
+        elif outcome in (Outcome.FIRE_FAILED, Outcome.MISSED):
+            log.warning("unit %s not rejected at the gate (%s)", e.unit_id, outcome, extra=unit)
 
     def _on_alarm(self, event: AlarmEvent) -> None:
         with self._lock:
@@ -610,7 +629,10 @@ class _ArmingHealth(HealthState):
 
     def tick(self, **counters: Any) -> None:
         # The loop ticks on every poll, batch or not: /healthz shows fail-safe while the broker is down.
-        self._inner.tick(**(self._actuator.snapshot() | counters))
+        snap = self._actuator.snapshot()
+        self._inner.tick(**(snap | counters))
+        self.metrics.gauge("linesight_failsafe_active").set(int(bool(snap["fail_safe"])))
+        self.metrics.gauge("linesight_alarms_active").set(len(snap["alarms"]))
         if self._assigned and self._actuator.heard_self and not self._inner.snapshot()["ready"]:
             self._inner.set_ready(True)
 
@@ -628,6 +650,10 @@ class _ArmingHealth(HealthState):
     def service(self) -> str:  # type: ignore[override]
         return self._inner.service
 
+    @property
+    def metrics(self) -> Metrics:  # type: ignore[override]
+        return self._inner.metrics
+
 
 def run_actuator(
     settings: Settings, stop: threading.Event, health: HealthState, gate: Gate | None = None
@@ -635,7 +661,7 @@ def run_actuator(
     """Consume frames, verdicts and heartbeats until `stop`; drive the gate (None: the PLC when
     ``plc.enabled``, else the in-process simulated gate)."""
     producer = RenewingProducer(settings.kafka, "linesight-actuator")
-    actuator = Actuator(settings, producer, gate)
+    actuator = Actuator(settings, producer, gate, metrics=health.metrics)
     actuator.start()
     k = settings.kafka
     # Units captured before this actuator group's first start are long past the gate: start at
@@ -653,7 +679,7 @@ def run_actuator(
     try:
         run_batches(
             consumer, [k.topic_frames, k.topic_results, k.topic_rejects, k.topic_heartbeats], handle, armed, stop,
-            max_batch=500, poll_timeout_s=0.02,
+            max_batch=500, poll_timeout_s=0.02, group=settings.services.actuator_group,
         )
     finally:
         actuator.stop()

@@ -30,7 +30,8 @@ from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.alerts.record import AlertRecord
 from pipeline.alerts.reference import CardReferences
 from pipeline.audit.record import CHALLENGE_RUN_ACTION, SYSTEM_CHAIN
-from pipeline.core.health import HealthState
+from pipeline.core.health import HealthState, send_metrics
+from pipeline.core.metrics import Metrics
 from pipeline.core.times import now_ns
 from pipeline.kafka.clients import RenewingProducer, bootstrap, flush_or_raise, make_consumer
 from pipeline.kafka.commit_loop import run_batches
@@ -63,8 +64,10 @@ class AlertPublisher:
     """Produces alert records and waits for the broker's acknowledgement of each (re-sent by a new
     producer when the broker lost this one's id: `RenewingProducer`)."""
 
-    def __init__(self, settings: Settings, producer: RenewingProducer | None = None) -> None:
+    def __init__(self, settings: Settings, producer: RenewingProducer | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.topic = settings.kafka.topic_alerts
+        self._changes = (metrics if metrics is not None else Metrics()).counter("linesight_alert_changes")
         self.producer = producer if producer is not None else RenewingProducer(
             settings.kafka, "linesight-alerts", logger=logging.getLogger("linesight.alerts.librdkafka")
         )
@@ -86,6 +89,8 @@ class AlertPublisher:
             if self._errors:
                 errors, self._errors = self._errors, []
                 raise KafkaException(f"alerts not delivered: {'; '.join(errors)}")
+        for rec in records:
+            self._changes.labels(rec.line, rec.kind, str(rec.severity), str(rec.state)).inc()
 
 
 class AlertService:
@@ -165,7 +170,7 @@ def run_alert_service(service: AlertService, stop: threading.Event, health: Heal
         consumer = make_consumer(service.settings.kafka, service.settings.services.alerts_group, "linesight-alerts",
                                  **{"fetch.wait.max.ms": ALERT_FETCH_WAIT_MS})
         run_batches(consumer, service.topics, service.handle, health, stop, max_batch=200, max_wait_s=0.05,
-                    poll_timeout_s=0.05)
+                    poll_timeout_s=0.05, group=service.settings.services.alerts_group)
     finally:
         done.set()
         thread.join(timeout=5.0)
@@ -205,8 +210,8 @@ def start_alert_service(settings: Settings, stop: threading.Event, threads: list
                          lines=list(settings.lines),
                          review_limit=functools.lru_cache(maxsize=256)(  # a ref's rules never change
                              lambda ref: review_spec_for(recipes_dir, ref)[0].max_review_fraction))
-    service = AlertService(settings, engine, publisher or AlertPublisher(settings))
     health = HealthState("alerts")
+    service = AlertService(settings, engine, publisher or AlertPublisher(settings, metrics=health.metrics))
     thread = AlertThread(service, stop, health)
     thread.start()
     threads.append(thread)
@@ -242,7 +247,9 @@ def serve_alerts_api(service: AlertService, health: HealthState, port: int, toke
             return True
 
         def do_GET(self) -> None:  # noqa: N802 - http.server API
-            if self.path in ("/healthz", "/readyz"):
+            if self.path == "/metrics":  # open like /healthz: counts and states, nothing a token guards
+                send_metrics(self, health.metrics)
+            elif self.path in ("/healthz", "/readyz"):
                 snap = health.snapshot()
                 self._json(200 if snap["alive" if self.path == "/healthz" else "ready"] else 503, snap)
             elif self.path == "/state":

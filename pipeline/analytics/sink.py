@@ -392,4 +392,5 @@ def run_sink(settings: Settings, client: ClickHouseClient, stop: threading.Event
         stop,
         max_batch=ch.insert_batch_rows,
         max_wait_s=ch.insert_interval_s,
+        group=settings.services.sink_group,
     )

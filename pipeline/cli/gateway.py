@@ -33,15 +33,26 @@ def cmd_cameras(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_with_health(gateway: Gateway, stop: threading.Event, health: HealthState,
-                          every_s: float = 1.0) -> GatewayStats:
+                          every_s: float = 1.0, line: str = "") -> GatewayStats:
     """The gateway until `stop`, ticking `health` from the gateway's own event loop, so /healthz
-    goes stale (503, the container's healthcheck fails) when that loop stalls or has ended."""
+    goes stale (503, the container's healthcheck fails) when that loop stalls or has ended; its
+    counts go to the metrics (``line``) at the same pace."""
+    from pipeline.core.metrics import Totals
+
+    m = health.metrics
+    units, rejects = Totals(m.counter("linesight_gateway_units")), Totals(m.counter("linesight_failsafe_rejects"))
+    published, connected = Totals(m.counter("linesight_gateway_frames_published")), m.gauge("linesight_cameras_connected")
 
     async def beat() -> None:
         while True:
             s = gateway.stats
-            health.tick(units=s.units, failsafe_rejects=s.failsafe_rejects,
-                        cameras_connected=sum(c.connected for c in s.stations.values()))
+            cameras = sum(c.connected for c in s.stations.values())
+            health.tick(units=s.units, failsafe_rejects=s.failsafe_rejects, cameras_connected=cameras)
+            units.advance(s.units, line)
+            rejects.advance(s.failsafe_rejects, line, "gateway")
+            for station, side in s.stations.items():
+                published.advance(side.published, line, station)
+            connected.labels(line).set(cameras)
             await asyncio.sleep(every_s)
 
     task = asyncio.get_running_loop().create_task(beat(), name="gateway-health")
@@ -77,7 +88,7 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings, stop: threading.Ev
         health.set_ready(True)
         if args.duration:
             threading.Timer(args.duration, stop.set).start()
-        stats = asyncio.run(run_with_health(gateway, stop, health))
+        stats = asyncio.run(run_with_health(gateway, stop, health, line=args.line))
     finally:
         server.shutdown()
         publisher.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import signal
 import sys
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.cli.train_inputs import train_acceptance, train_declaration
+from pipeline.core.logs import logging_config
 from pipeline.model.geometry import INVARIANCES
 from pipeline.settings import Settings
 
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings()
+    if getattr(args, "log_format", None):  # the worker's Faust sets up its logging from settings.log
+        settings = settings.model_copy(update={"log": settings.log.model_copy(update={"format": args.log_format})})
     sim = {}
     if getattr(args, "rate", None):
         sim["rate_per_s"] = args.rate
@@ -373,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
         "environment variables (see pipeline/settings.py).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        help="text for a terminal, json: one object a line for a log collector "
+                        "(default: LINESIGHT_LOG__FORMAT, else text; docs/observability.md)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="start the stack, run a simulated line, print the report, stop")
@@ -538,10 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if not logging.root.handlers:  # like basicConfig: a host that set up logging (pytest) keeps its own
+        fmt = args.log_format or Settings().log.format
+        logging.config.dictConfig(logging_config(fmt, args.command, logging.DEBUG if args.verbose else logging.INFO))
     for noisy in ("aiokafka", "asyncua", "faust", "mode", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -2,6 +2,7 @@
 
 `/healthz` answers 200 while the service loop is alive (it ticked recently); `/readyz` answers 200
 once the consumer has its partitions. Compose healthchecks and the embedded stack probe these.
+`/metrics` serves the service's Prometheus metrics (pipeline.core.metrics) on the same port.
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
+from pipeline.core.metrics import Metrics
+
 
 class HealthState:
-    """Thread-safe liveness/readiness flags plus counters shown on the endpoint."""
+    """Thread-safe liveness/readiness flags plus counters shown on the endpoint, and the service's
+    Prometheus metrics (on ``registry``, a new one unless given: services sharing a process each
+    have their own)."""
 
-    def __init__(self, service: str, stale_after_s: float = 30.0) -> None:
+    def __init__(self, service: str, stale_after_s: float = 30.0, registry: CollectorRegistry | None = None) -> None:
         self.service = service
+        self.metrics = Metrics(registry)
         self._stale_after_s = stale_after_s
         self._lock = threading.Lock()
         self._last_tick = time.monotonic()
@@ -49,6 +57,9 @@ def serve_health(state: HealthState, port: int, host: str) -> ThreadingHTTPServe
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server API
+            if self.path == "/metrics":
+                send_metrics(self, state.metrics)
+                return
             snap = state.snapshot()
             if self.path == "/healthz":
                 ok = snap["alive"]
@@ -69,6 +80,35 @@ def serve_health(state: HealthState, port: int, host: str) -> ThreadingHTTPServe
 
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name=f"{state.service}-health", daemon=True).start()
+    return server
+
+
+def send_metrics(handler: BaseHTTPRequestHandler, metrics: Metrics) -> None:
+    """Answer a GET with the metrics in Prometheus text format."""
+    body, content_type = metrics.exposition()
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def serve_metrics(metrics: Metrics, port: int, host: str, name: str) -> ThreadingHTTPServer:
+    """Serve only ``/metrics`` on a daemon thread: for a service whose health endpoint must stay
+    on loopback (the Faust worker's web server also has Faust's own unauthenticated pages)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            if self.path == "/metrics":
+                send_metrics(self, metrics)
+            else:
+                self.send_error(404)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name=f"{name}-metrics", daemon=True).start()
     return server
 
 

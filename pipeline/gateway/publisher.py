@@ -96,6 +96,8 @@ class FramePublisher:
 
     def reject(self, command: RejectCommand) -> None:
         """A fail-safe reject from the gateway itself (a station that saw nothing usable)."""
+        log.warning("unit %s fail-safe rejected at the gateway: %s", command.unit_id, command.reason,
+                    extra={"unit_id": command.unit_id, "lot": command.lot, "line": command.line})
         # Keyed by line, as the worker's: one line's rejects stay in order for its gate.
         self._producer.produce(
             self._kafka.topic_rejects, key=command.line.encode(), value=command.to_json(), on_delivery=self._delivered
@@ -110,7 +112,8 @@ class FramePublisher:
 
     def dead_letter(self, meta: FrameMeta, image: bytes, reason: str, stage: str) -> None:
         """Keep a frame no unit can take, with why (the dead-letter topic, as the worker's)."""
-        log.warning("dead-lettered frame of %s: %s", meta.line, reason)
+        log.warning("dead-lettered frame of %s: %s", meta.line, reason,
+                    extra={"unit_id": meta.unit_id, "lot": meta.lot, "line": meta.line})
         headers = dead_letter_headers(meta.to_headers(), reason, stage, f"camera {meta.camera}")
         self._producer.produce(
             self._kafka.topic_deadletter,

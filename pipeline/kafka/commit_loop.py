@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from pipeline.core.health import HealthState
+from pipeline.kafka.lag import LagGauge, consumer_lag
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,18 @@ def run_batches(
     max_batch: int = 1000,
     max_wait_s: float = 0.0,
     poll_timeout_s: float = 0.2,
+    group: str = "",
+    lag_interval_s: float = 5.0,
 ) -> None:
-    """Consume `topics` until `stop` is set, committing each batch after `handle` succeeds."""
+    """Consume `topics` until `stop` is set, committing each batch after `handle` succeeds.
+
+    Metrics (``health.metrics``): messages handled per topic, batch sizes, and every
+    ``lag_interval_s`` the consumer lag of ``group`` (pipeline.kafka.lag)."""
+    metrics = health.metrics
+    consumed = metrics.counter("linesight_messages_consumed")
+    sizes = metrics.histogram("linesight_batch_size").labels(health.service)
+    lag = LagGauge(metrics.gauge("linesight_consumer_lag"), group or health.service)
+    lag_at = time.monotonic()
 
     def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("%s assigned %s", health.service, [f"{p.topic}:{p.partition}" for p in partitions])
@@ -96,6 +108,9 @@ def run_batches(
         if commit:
             commit_after_write(consumer, pending, health.service)
         health.tick(processed=health.snapshot().get("processed", 0) + len(pending))
+        sizes.observe(len(pending))
+        for topic, n in Counter(m.topic() or "" for m in pending).items():
+            consumed.labels(health.service, topic).inc(n)
         pending.clear()
         last.clear()
 
@@ -120,6 +135,9 @@ def run_batches(
             if pending and (len(pending) >= max_batch or time.monotonic() - first_at >= max_wait_s):
                 flush()
             health.tick()
+            if time.monotonic() - lag_at >= lag_interval_s:
+                lag.update(consumer_lag(consumer))
+                lag_at = time.monotonic()
         if pending:
             flush()
     finally:

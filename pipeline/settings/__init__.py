@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.settings.actuation import LineTimingSettings, PlcSettings, WatchdogSettings
+from pipeline.settings.logs import LogSettings
 from pipeline.settings.secrets import read_secret
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -141,6 +142,9 @@ class StreamSettings(BaseModel):
     web_port: int = 16066
     # The Faust web server (/healthz, /readyz, and Faust's own unauthenticated pages): loopback by default.
     web_host: str = "127.0.0.1"
+    # A listener serving only /metrics, bound to services.health_host (0: none; /metrics is on the
+    # web server above anyway). Compose sets it so Prometheus scrapes workers while the web server stays on loopback.
+    metrics_port: int = 0
     # product id -> Triton model (ensemble) that inspects it
     product_models: dict[str, str] = {"tablet-round-white-10mm": "tablet_inspector"}
     # Recipes (docs/recipes.md): folder of recipe files, and the recipe each line starts with
@@ -273,6 +277,8 @@ class Settings(BaseSettings):
     lines: dict[str, LineTimingSettings] = {"line-1": LineTimingSettings()}
     # Heartbeats the actuator must keep receiving (worker, Triton, broker), else reject-all.
     watchdog: WatchdogSettings = WatchdogSettings()
+    # Log format of every command (LINESIGHT_LOG__FORMAT=json in compose).
+    log: LogSettings = LogSettings()
 
     @property
     def log_dir(self) -> Path:
