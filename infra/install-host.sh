@@ -10,6 +10,7 @@
 #
 #   uid 10001 (app image: worker, sink, actuator, alerts, dashboard, auditsealer, gateway, *-init)
 #   uid 472   (Grafana image, group 0)
+#   uid 65534 (Prometheus image's nobody: its configuration, infra/prometheus)
 #   uid 1000  (apache/kafka image's appuser: its healthcheck and entrypoint scripts, its TLS key
 #             and certificate, its own user's password)
 #   root      (ClickHouse's and Triton's entrypoints read their secrets before anything else)
@@ -22,7 +23,7 @@
 # * ./triton_models: owned by 10001 (`linesight models deploy` writes it as the worker's user),
 #   directories 0755 and files 0644, so Triton, the alert service (model cards) and the gateway
 #   read every version, including one copied in from a training machine with private modes.
-# * The other bind-mounted sources (./recipes, infra/grafana, infra/clickhouse, infra/docker):
+# * The other bind-mounted sources (./recipes, infra/grafana, infra/prometheus, infra/clickhouse, infra/docker):
 #   readable by everyone (a checkout under a restrictive umask such as 027 is not).
 # * Kafka TLS (docs/deployment.md, "Broker security"): when the CA certificate, the broker's
 #   certificate and its key are all missing, a private CA (its key kept beside them, root only,
@@ -173,7 +174,7 @@ if [[ -d "$ROOT/triton_models" ]]; then
     chmod -R u=rwX,go=rX "$ROOT/triton_models"
 fi
 # Read-only bind-mount sources from this checkout.
-for dir in recipes infra/grafana infra/clickhouse infra/docker; do
+for dir in recipes infra/grafana infra/prometheus infra/clickhouse infra/docker; do
     if [[ -e "$ROOT/$dir" ]]; then
         chmod -R u+rwX,go+rX,go-w "$ROOT/$dir"
     fi

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import onnxruntime
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support import LIVE_TABLET_MODEL, LIVE_TABLET_VERSION
 
 from pipeline.analytics.run_report import build_report
@@ -57,6 +58,20 @@ def publish_bad_frames(settings: Settings, publisher: FramePublisher, lot: str) 
     producer = make_producer(settings.kafka, "e2e-bad")
     producer.produce(settings.kafka.topic_frames, key=f"{lot}-nometa".encode(), value=b"\x89PNG\r\n\x1a\n")
     producer.flush(10)
+
+
+def metric_totals(url: str) -> dict[str, float]:
+    """A real service's /metrics, parsed: each sample name summed over its labels."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            totals[s.name] = totals.get(s.name, 0.0) + s.value
+    return totals
 
 
 def test_dashboard_and_alerts_served_by_the_stack(running: tuple[Settings, ClickHouseClient, Services]) -> None:
@@ -132,6 +147,18 @@ def test_pipeline_end_to_end(running: tuple[Settings, ClickHouseClient, Services
             FROM {db}.inspections FINAL WHERE lot = '{lot}' AND inspected"""
     ).rows[0]
     assert stored[0] == GOOD_UNITS and stored[1] == GOOD_UNITS and stored[2]
+
+    # The same work in the worker's and the actuator's /metrics (docs/observability.md).
+    worker = metric_totals(f"http://127.0.0.1:{resolved.stream.web_port}/metrics")
+    assert worker["linesight_frames_total"] >= published + 1
+    assert worker["linesight_capture_to_verdict_seconds_count"] >= GOOD_UNITS
+    assert worker["linesight_dead_letters_total"] >= 4 and worker["linesight_verdicts_total"] >= published + 1
+    assert worker["linesight_batch_size_count"] >= 1
+    actuator = metric_totals(f"http://127.0.0.1:{resolved.services.actuator_health_port}/metrics")
+    assert actuator["linesight_gate_events_total"] >= published
+    assert actuator["linesight_failsafe_rejects_total"] >= 4  # the worker's fail-safe commands, fired
+    assert actuator["linesight_gate_margin_seconds_count"] >= GOOD_UNITS
+    assert "linesight_consumer_lag" in actuator and actuator["linesight_messages_consumed_total"] >= published
 
 
 @pytest.mark.timeout(300)

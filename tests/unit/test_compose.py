@@ -426,16 +426,19 @@ def test_healthcheck_passes_and_fails_against_the_real_health_endpoint(name: str
 def test_open_endpoints_listen_beyond_loopback_only_where_another_container_probes_them(
     services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """/healthz and /readyz carry no auth: a healthcheck runs inside its own container, so only a
-    service another container reads (the dashboard's health panel) listens on 0.0.0.0."""
+    """/healthz, /readyz and /metrics carry no auth: a healthcheck runs inside its own container, so
+    only a service another container reads (the dashboard's health panel, Prometheus) listens on
+    0.0.0.0; the worker's Faust web pages stay on loopback (Prometheus reads its metrics-only port)."""
     dash = settings_from(env_of(services["dashboard"]), monkeypatch).services
     probed = {urlsplit(url or "").hostname for url in (dash.sink_url, dash.actuator_url)}
     assert probed == {"sink", "actuator"}
-    for name in ("sink", "actuator"):
+    for name in ("sink", "actuator", "worker"):
         host = settings_from(env_of(services[name]), monkeypatch).services.health_host
-        assert host == "0.0.0.0", f"{name}: the dashboard probes it from its own container"
+        assert host == "0.0.0.0", f"{name}: the dashboard or Prometheus reads it from its own container"
         assert "ports" not in services[name], f"{name}: its health port stays on the compose network"
-    for name in APP_SERVICES - {"sink", "actuator"}:
+    worker = settings_from(env_of(services["worker"]), monkeypatch).stream
+    assert worker.web_host == "127.0.0.1" and worker.metrics_port, "worker: only /metrics beyond loopback"
+    for name in APP_SERVICES - {"sink", "actuator", "worker"}:
         settings = settings_from(env_of(services[name]), monkeypatch)
         assert settings.services.health_host == "127.0.0.1", name
         assert settings.stream.web_host == "127.0.0.1", f"{name}: Faust's web pages stay on loopback"
@@ -586,7 +589,7 @@ def test_triton_is_reachable_only_by_the_services_that_use_it(
     assert networks_of(services["triton"]) == {"inference", "triton-metrics"}
     on = {net: {n for n, s in services.items() if net in networks_of(s)} for net in ("inference", "triton-metrics")}
     assert on["inference"] == {"triton"} | MODEL_CONTROL
-    assert on["triton-metrics"] == {"triton"}, "the metrics bridge carries Triton alone"
+    assert on["triton-metrics"] == {"triton", "prometheus"}, "the metrics bridge carries Triton and its scraper alone"
     for name in MODEL_CONTROL:
         assert "default" in networks_of(services[name]), f"{name} still needs Kafka and ClickHouse"
     # Published: the metrics port only, on loopback unless TRITON_METRICS_BIND says otherwise.

@@ -62,6 +62,7 @@ IMAGE_VOLUME_OWNERS = {
     ("kafka", "/var/lib/kafka/data"): "apache/kafka: chown appuser (uid 1000) -R /var/lib/kafka",
     ("clickhouse", "/var/lib/clickhouse"): "root entrypoint chowns it to the clickhouse user",
     ("grafana", "/var/lib/grafana"): "grafana/grafana: owned by uid 472 (GF_PATHS_DATA)",
+    ("prometheus", "/prometheus"): "prom/prometheus: chown nobody (uid 65534) /prometheus",
 }
 # The checkout as an administrator makes it on a hardened host: umask 027, owned by that account
 # (a uid none of the containers runs as).
@@ -405,7 +406,7 @@ def check(compose: dict[str, Any], tree: Tree, needs: list[Need]) -> list[str]:
 
 def checkout(root: Path) -> None:
     """The parts of the repository compose mounts, as `git clone` leaves them under umask 027."""
-    for part in ("recipes", "triton_models", "infra/grafana", "infra/clickhouse", "infra/docker"):
+    for part in ("recipes", "triton_models", "infra/grafana", "infra/prometheus", "infra/clickhouse", "infra/docker"):
         shutil.copytree(ROOT / part, root / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for path in [root, *root.rglob("*")]:
         # git keeps only the executable bit: 0750 for folders and scripts, 0640 for the rest
