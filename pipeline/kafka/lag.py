@@ -8,8 +8,12 @@ round trip). It is sampled every few seconds by the consumer loop, never per mes
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer
+import logging
+
+from confluent_kafka import Consumer, KafkaException
 from prometheus_client import Gauge
+
+log = logging.getLogger(__name__)
 
 
 class LagGauge:
@@ -20,7 +24,10 @@ class LagGauge:
         self._gauge, self._group = gauge, group
         self._shown: set[tuple[str, int]] = set()
 
-    def update(self, lags: dict[tuple[str, int], int]) -> None:
+    def update(self, lags: dict[tuple[str, int], int] | None) -> None:
+        """``lags``: None when they could not be read this round; the last values stay."""
+        if lags is None:
+            return
         for topic, partition in self._shown - set(lags):
             self._gauge.remove(topic, str(partition), self._group)
         for (topic, partition), lag in lags.items():
@@ -28,17 +35,21 @@ class LagGauge:
         self._shown = set(lags)
 
 
-def consumer_lag(consumer: Consumer) -> dict[tuple[str, int], int]:
+def consumer_lag(consumer: Consumer) -> dict[tuple[str, int], int] | None:
     """Messages behind the high watermark per assigned partition; partitions without a position
-    yet or without a cached watermark (nothing fetched since the assignment) are left out."""
-    assigned = consumer.assignment()
-    if not assigned:
-        return {}
+    yet or without a cached watermark (nothing fetched since the assignment) are left out. A
+    metric never stops the consumer: a client error (an assignment changing under it) gives None,
+    and the gauge keeps its last values until the next round."""
     lags: dict[tuple[str, int], int] = {}
-    for tp in consumer.position(assigned):
-        if tp.offset < 0 or tp.topic is None:
-            continue
-        marks = consumer.get_watermark_offsets(tp, cached=True)
-        if marks is not None and marks[1] >= 0:
-            lags[(tp.topic, tp.partition)] = max(0, marks[1] - tp.offset)
+    try:
+        assigned = consumer.assignment()
+        for tp in consumer.position(assigned) if assigned else []:
+            if tp.offset < 0 or tp.topic is None:
+                continue
+            marks = consumer.get_watermark_offsets(tp, cached=True)
+            if marks is not None and marks[1] >= 0:
+                lags[(tp.topic, tp.partition)] = max(0, marks[1] - tp.offset)
+    except KafkaException as exc:
+        log.debug("consumer lag not read: %s", exc)
+        return None
     return lags

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from compose_file import interpolate
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from test_compose import APP_SERVICES, COMPOSE_FILE, DUMMY_ENV, HEALTH_PORTS, ONE_SHOT, env_of, settings_from
 from test_inspection import PNG, ScriptedScorer, frame
@@ -28,6 +29,7 @@ from pipeline.core.health import HealthState, serve_health, serve_metrics
 from pipeline.core.logs import JsonFormatter, logging_config
 from pipeline.core.metrics import SPECS, Metrics, Totals, exported_names
 from pipeline.embedded.process import free_port
+from pipeline.kafka.lag import LagGauge, consumer_lag
 from pipeline.settings import Settings
 from pipeline.settings.logs import LogSettings
 from streams.processor import InspectionProcessor
@@ -109,6 +111,43 @@ def test_totals_feed_counters_with_what_grew() -> None:
     for total in (3, 3, 10, 10):
         units.advance(total, "line-1")
     assert m.counter("linesight_gateway_units").labels("line-1")._value.get() == 10
+
+
+class FakeConsumer:
+    """confluent-kafka's Consumer as consumer_lag reads it: assignment, positions, cached watermarks."""
+
+    def __init__(self, positions: dict[tuple[str, int], int], highs: dict[tuple[str, int], int],
+                 fail: bool = False) -> None:
+        self.positions, self.highs, self.fail = positions, highs, fail
+        self.cached: list[bool] = []
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in self.positions]
+
+    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        if self.fail:
+            raise KafkaException(KafkaError(KafkaError._STATE, "erroneous state"))
+        return [TopicPartition(tp.topic, tp.partition, self.positions[(tp.topic, tp.partition)]) for tp in tps]
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool = False) -> tuple[int, int]:
+        self.cached.append(cached)
+        return -1001, self.highs.get((tp.topic, tp.partition), -1001)
+
+
+def test_consumer_lag_from_positions_and_cached_watermarks() -> None:
+    consumer = FakeConsumer({("r", 0): 5, ("r", 1): -1001, ("r", 2): 7}, {("r", 0): 12, ("r", 1): 3})
+    assert consumer_lag(consumer) == {("r", 0): 7}  # type: ignore[arg-type]
+    assert consumer.cached and all(consumer.cached), "no broker round trip"
+    m = Metrics()
+    gauge = LagGauge(m.gauge("linesight_consumer_lag"), "grp")
+    gauge.update({("r", 0): 7, ("r", 1): 0})
+    gauge.update({("r", 0): 2})  # partition 1 revoked: its series goes
+    text = m.exposition()[0].decode()
+    assert 'linesight_consumer_lag{group="grp",partition="0",topic="r"} 2.0' in text
+    assert 'partition="1"' not in text
+    assert consumer_lag(FakeConsumer({("r", 0): 1}, {}, fail=True)) is None  # type: ignore[arg-type]
+    gauge.update(None)  # not read this round: the last values stay
+    assert 'linesight_consumer_lag{group="grp",partition="0",topic="r"} 2.0' in m.exposition()[0].decode()
 
 
 def metric_uses() -> list[tuple[str, str, str]]:
