@@ -26,6 +26,7 @@ from pipeline.core.metrics import Metrics
 from pipeline.core.times import now_ns
 from pipeline.kafka.clients import bootstrap
 from pipeline.kafka.lag import LagGauge
+from pipeline.kafka.partitioning import every_partition
 from pipeline.kafka.security import faust_credentials
 from pipeline.recipes.book import RecipeBook, RecipeFeed, load_defaults
 from pipeline.recipes.schema import Recipe
@@ -105,8 +106,8 @@ async def models_ready(client: ModelReadiness, models: Iterable[str]) -> bool:
     return True
 
 
-# (topic, key, value, headers) -> a future resolved by the broker's acknowledgement.
-Send = Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable["asyncio.Future[Any]"]]
+# (topic, key, value, headers, partition or None) -> a future resolved by the broker's acknowledgement.
+Send = Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]], int | None], Awaitable["asyncio.Future[Any]"]]
 
 
 async def publish_acknowledged(send: Send, outgoing: list[Outgoing], retry_s: float = 0.5,
@@ -126,7 +127,7 @@ async def publish_acknowledged(send: Send, outgoing: list[Outgoing], retry_s: fl
         results: list[Any] = []
         for o in todo:
             try:
-                results.append(await send(o.topic, o.key, o.value, o.headers))
+                results.append(await send(o.topic, o.key, o.value, o.headers, o.partition))
             except Exception as exc:  # noqa: BLE001 - refused before queueing: retried like a failed send
                 results.append(exc)
         futures = [r for r in results if not isinstance(r, BaseException)]
@@ -198,8 +199,9 @@ def create_app(settings: Settings) -> faust.App:
     stage_seconds = metrics.histogram("linesight_worker_stage_seconds")
     lag = LagGauge(metrics.gauge("linesight_consumer_lag"), stream.app_id)
 
-    async def send(topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
-        return await app.producer.send(topic, key, value, None, None, headers)
+    async def send(topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+                   partition: int | None) -> Any:
+        return await app.producer.send(topic, key, value, partition, None, headers)
 
     async def warm_up(scorer: TritonInspector) -> None:
         """First inferences load lazily (gRPC channel, backend stubs): take that cost before
@@ -288,8 +290,10 @@ def create_app(settings: Settings) -> faust.App:
         # All replicas at once: a hung one must not delay the beat past the watchdog's timeout.
         triton_ready = any(await asyncio.gather(*(probe_one(p) for p in probes)))
         health["triton_ready"] = triton_ready
-        beat = Heartbeat(worker, "worker", now_ns(), triton_ready, f"frames={health['frames']}")
-        await app.producer.send(heartbeat_topic, worker.encode(), beat.to_json(), None, None, None)
+        beat = Heartbeat(worker, "worker", now_ns(), triton_ready, f"frames={health['frames']}").to_json()
+        # To every partition: a per-line actuator reads only its line's (pipeline.kafka.partitioning).
+        for partition in every_partition(settings.kafka):
+            await app.producer.send(heartbeat_topic, worker.encode(), beat, partition, None, None)
 
     @app.timer(5.0)
     async def consumer_lag() -> None:

@@ -28,6 +28,7 @@ from pipeline.core.health import worker_id
 from pipeline.core.metrics import Metrics
 from pipeline.core.times import now_ns
 from pipeline.inspections.kinds import CLASSIFIER, JudgeContext, judge
+from pipeline.kafka.partitioning import line_partition
 from pipeline.model.input_space import check as check_input_space
 from pipeline.model.input_space import describe_frame
 from pipeline.recipes.book import RecipeBook
@@ -93,6 +94,7 @@ class Outgoing:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    partition: int | None = None  # None: by key; a line-keyed topic's line partition otherwise
 
 
 @dataclass(frozen=True)
@@ -350,7 +352,7 @@ class InspectionProcessor:
         except MessageError as exc:  # e.g. a NaN a model returned: not a verdict anyone may act on
             reason = f"verdict breaks the result contract: {exc}"[:1000]
             return self._failsafe(frame, meta, reason, stage="judge", model="+".join(d.models), recipe=recipe)
-        out: list[Outgoing | _ImageJob] = [Outgoing(self._kafka.topic_results, meta.unit_id.encode(), payload)]
+        out: list[Outgoing | _ImageJob] = [self._by_line(self._kafka.topic_results, result.line, payload)]
         self._verdicts.labels(result.line, result.verdict, "model").inc()
         self._latency.labels(result.line).observe(max(0, result.inferred_ns - result.capture_ns) / 1e9)
         if d.verdict != "pass":  # `review` units leave the line too; a person decides on them
@@ -404,7 +406,7 @@ class InspectionProcessor:
         )
         return [
             dead,
-            Outgoing(self._kafka.topic_results, unit.encode(), result.to_json()),
+            self._by_line(self._kafka.topic_results, result.line, result.to_json()),
             self._reject(result, f"not inspected: {reason}"),
             *([_ImageJob(frame, result)] if image else []),
         ]
@@ -443,7 +445,11 @@ class InspectionProcessor:
             reason=reason[:1000],
         )
         # Keyed by line: one line's rejects stay in order for its gate.
-        return Outgoing(self._kafka.topic_rejects, result.line.encode(), command.to_json())
+        return self._by_line(self._kafka.topic_rejects, result.line, command.to_json())
+
+    def _by_line(self, topic: str, line: str, value: bytes) -> Outgoing:
+        """A record of a line-keyed topic: on the line's partition, where its actuator reads."""
+        return Outgoing(topic, line.encode(), value, partition=line_partition(self._kafka, line))
 
 
 def _nothing_to_inspect(data: bytes | None) -> str:

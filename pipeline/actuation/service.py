@@ -1,15 +1,21 @@
 """Reject actuator: every captured unit rejected at the gate unless a pass verdict came in time.
 
-The actuator consumes four topics (its own consumer group, so it sees every partition):
+The actuator consumes four topics, all keyed by line. An actuator for every line (no
+``services.actuator_line``: the embedded stack, one-host compose) subscribes in its own consumer
+group and sees every partition; a per-line actuator (one per line in Kubernetes) `assign()`s only
+its line's partition of each (`pipeline.kafka.partitioning`), so it reads nothing of other lines
+and no rebalance or other line's fault touches it; it commits under ``<actuator_group>.<line>``.
 
-* **frames** (headers only matter): each captured unit is *admitted* to the `RejectScheduler`
-  with its gate deadline from the line's timing model. Admitted units are reject-by-default:
-  a unit whose verdict never reaches the actuator before its cutoff is fired as ``late``.
+* **captures** (a frame's headers without its image, from the camera gateway): each captured unit
+  is *admitted* to the `RejectScheduler` with its gate deadline from the line's timing model.
+  Admitted units are reject-by-default: a unit whose verdict never reaches the actuator before its
+  cutoff is fired as ``late``.
 * **results** (one `InspectionResult` per unit: pass, reject or review) and **rejects**
   (`RejectCommand`): the verdicts. A reject (or review) is fired when the unit is at the gate,
   whatever the inference latency was; a pass lets it through.
-* **heartbeats**: workers report themselves and their Triton probe; the actuator's own
-  heartbeat coming back through the broker proves the broker. The `Watchdog` turns silence
+* **heartbeats**: workers report themselves and their Triton probe (to every partition); the
+  actuator's own heartbeat (on its line's partition) coming back through the broker proves the
+  broker. The `Watchdog` turns silence
   into the ``pipeline_unhealthy`` alarm and reject-all (scheduler and PLC).
 
 On a line that declares stations (``lines.<line>.stations``, docs/actuation.md) a unit is seen by
@@ -52,6 +58,7 @@ from pipeline.core.metrics import Metrics
 from pipeline.core.times import NS_PER_S, now_ns
 from pipeline.kafka.clients import RenewingProducer, flush_or_raise, make_consumer
 from pipeline.kafka.commit_loop import run_batches
+from pipeline.kafka.partitioning import line_assignment, line_partition, line_topics
 from pipeline.settings import Settings
 from pipeline.settings.actuation import LineTimingSettings
 from pipeline.wire.messages import (
@@ -166,6 +173,9 @@ class Actuator:
             self._lines = {self._line: self._lines[self._line]}
         self._producer = producer
         self.name = f"actuator-{worker_id()}"
+        # A per-line actuator's heartbeat goes where it reads: its line's partition.
+        self._beat_key = (self._line or self.name).encode()
+        self._beat_partition = line_partition(self._kafka, self._line) if self._line else None
         self._alarms_out = AlarmOutbox(producer, settings.kafka.topic_alarms)
         wd = settings.watchdog
         self._wd = wd
@@ -232,7 +242,7 @@ class Actuator:
 
     def handle(self, messages: Sequence[Message]) -> None:
         k = self._kafka
-        frames = [m for m in messages if m.topic() == k.topic_frames]
+        frames = [m for m in messages if m.topic() == k.topic_captures]
         verdicts = [m for m in messages if m.topic() in (k.topic_results, k.topic_rejects)]
         beats = [m for m in messages if m.topic() == k.topic_heartbeats]
         for m in beats:
@@ -265,7 +275,8 @@ class Actuator:
         return next(iter(self._lines)) if len(self._lines) == 1 else ""
 
     def _unit_of(self, m: Message) -> UnitRef | None:
-        """The captured unit a frame stands for (None: not this actuator's, or no identity)."""
+        """The captured unit a capture (a frame's headers) stands for (None: not this actuator's,
+        or no identity)."""
         headers = m.headers() or []
         broken = False
         try:
@@ -327,17 +338,18 @@ class Actuator:
         self._submit_all(unparked)
 
     def _fallback_unit(self, m: Message, why: str) -> UnitRef | None:
-        """A frame with broken metadata is still a unit on the belt: admit what it does carry
-        (unit id from header or key, as the worker's fail-safe reject names it: `safe_unit_id`;
-        the actuator's line; its capture time if plausible, else the record's time)."""
+        """A frame with broken metadata is still a unit on the belt: admit what its capture does
+        carry (unit id from its header, as the worker's fail-safe reject names it: `safe_unit_id`;
+        its line from the header, else the capture's key, else the actuator's; its capture time if
+        plausible, else the record's time)."""
         # A consumed record's headers are (name, bytes or None) pairs; confluent-kafka types them
         # with the wider produce-side union (dict, str values).
         headers = cast("list[tuple[str, bytes | None]]", m.headers() or [])
-        key = m.key() or b""
-        raw_unit = header_value(headers, H_UNIT) or key.decode("utf-8", "replace")
+        raw_unit = header_value(headers, H_UNIT)
         unit = safe_unit_id(raw_unit) if raw_unit else ""
         # Bounded as the worker's fail-safe result bounds them: the gate event must stay publishable.
-        line = self._resolve_line(header_value(headers, H_LINE)[:MAX_TEXT_CHARS])
+        line = header_value(headers, H_LINE) or (m.key() or b"").decode("utf-8", "replace")
+        line = self._resolve_line(line[:MAX_TEXT_CHARS])
         broker = _broker_ns(m)
         try:
             capture = int(header_value(headers, H_CAPTURE_NS)[:24])
@@ -497,7 +509,8 @@ class Actuator:
         while not self._stop.wait(interval):
             try:
                 beat = Heartbeat(self.name, "actuator", now_ns())
-                self._producer.produce(self._kafka.topic_heartbeats, key=self.name.encode(), value=beat.to_json())
+                self._producer.produce(self._kafka.topic_heartbeats, key=self._beat_key, value=beat.to_json(),
+                                       partition=self._beat_partition)
                 self._producer.poll(0)
                 self._release_held()
                 self._alarms_out.pump()
@@ -655,11 +668,19 @@ class _ArmingHealth(HealthState):
         return self._inner.metrics
 
 
+def actuator_group(settings: Settings) -> str:
+    """The consumer group an actuator commits under: a per-line one's own (lines may share a
+    partition, and two actuators committing one partition in one group would undo each other)."""
+    svc = settings.services
+    return f"{svc.actuator_group}.{svc.actuator_line}" if svc.actuator_line else svc.actuator_group
+
+
 def run_actuator(
     settings: Settings, stop: threading.Event, health: HealthState, gate: Gate | None = None
 ) -> None:
-    """Consume frames, verdicts and heartbeats until `stop`; drive the gate (None: the PLC when
-    ``plc.enabled``, else the in-process simulated gate)."""
+    """Consume captures, verdicts and heartbeats until `stop` (a per-line actuator: its line's
+    partitions only); drive the gate (None: the PLC when ``plc.enabled``, else the in-process
+    simulated gate)."""
     producer = RenewingProducer(settings.kafka, "linesight-actuator")
     actuator = Actuator(settings, producer, gate, metrics=health.metrics)
     actuator.start()
@@ -668,7 +689,8 @@ def run_actuator(
     # the end. After a restart the committed offsets are used.
     # A verdict's time to the actuator eats into its margin: fetch without waiting at the broker
     # (Tansu holds a fetch for fetch.wait.max.ms even when data is there).
-    consumer = make_consumer(settings.kafka, settings.services.actuator_group, "linesight-actuator",
+    line = settings.services.actuator_line
+    consumer = make_consumer(settings.kafka, actuator_group(settings), "linesight-actuator",
                              **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 10})
     armed = _ArmingHealth(health, actuator)
 
@@ -678,7 +700,7 @@ def run_actuator(
 
     try:
         run_batches(
-            consumer, [k.topic_frames, k.topic_results, k.topic_rejects, k.topic_heartbeats], handle, armed, stop,
+            consumer, line_topics(k), handle, armed, stop, assignment=line_assignment(k, line) if line else None,
             max_batch=500, poll_timeout_s=0.02, group=settings.services.actuator_group,
         )
     finally:

@@ -41,10 +41,12 @@ from pipeline.wire.messages import (
     schema_name,
 )
 from pipeline.wire.schema import (
+    CAPTURE_SCHEMA_VERSION,
     DEAD_LETTER_SCHEMA_VERSION,
     DRAFT,
     FRAME_SCHEMA_VERSION,
     REJECT_IMAGE_SCHEMA_VERSION,
+    capture_schema,
     dead_letter_schema,
     frame_schema,
     message_schema,
@@ -133,6 +135,7 @@ CONTRACTS: tuple[Contract, ...] = (
     Contract("topic_frames", "frame", FRAME_SCHEMA_VERSION, frame_schema, binary=True),
     _json("topic_results", InspectionResult),
     _json("topic_rejects", RejectCommand),
+    Contract("topic_captures", "capture", CAPTURE_SCHEMA_VERSION, capture_schema, binary=True),
     Contract("topic_deadletter", "dead-letter", DEAD_LETTER_SCHEMA_VERSION, dead_letter_schema, binary=True),
     _json("topic_truth", GroundTruth),
     _json("topic_actuations", Actuation),

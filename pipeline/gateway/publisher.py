@@ -20,6 +20,7 @@ from pipeline.core.times import now_ns
 from pipeline.datasets.folder import Dataset
 from pipeline.imaging.catalog import sample_product
 from pipeline.kafka.clients import RenewingProducer, flush_or_raise
+from pipeline.kafka.partitioning import line_partition
 from pipeline.settings import Settings
 from pipeline.wire.codec import encode_png
 from pipeline.wire.messages import CameraStatus, FrameMeta, GroundTruth, RejectCommand, dead_letter_headers
@@ -79,8 +80,15 @@ class FramePublisher:
             self.stats.refused += 1
             return False
         key = meta.unit_id.encode()
+        headers = meta.to_headers()
         self._producer.produce(
-            self._kafka.topic_frames, key=key, value=image, headers=meta.to_headers(), on_delivery=self._delivered,
+            self._kafka.topic_frames, key=key, value=image, headers=headers, on_delivery=self._delivered,
+        )
+        # The same headers without the image, on the line's partition: what the line's actuator
+        # admits the unit from (docs/scale.md, "Partitioning by line").
+        self._producer.produce(
+            self._kafka.topic_captures, key=meta.line.encode(), value=b"", headers=headers,
+            on_delivery=self._delivered, partition=line_partition(self._kafka, meta.line),
         )
         if truth is not None:
             self.truth(truth)
@@ -100,7 +108,8 @@ class FramePublisher:
                     extra={"unit_id": command.unit_id, "lot": command.lot, "line": command.line})
         # Keyed by line, as the worker's: one line's rejects stay in order for its gate.
         self._producer.produce(
-            self._kafka.topic_rejects, key=command.line.encode(), value=command.to_json(), on_delivery=self._delivered
+            self._kafka.topic_rejects, key=command.line.encode(), value=command.to_json(), on_delivery=self._delivered,
+            partition=line_partition(self._kafka, command.line),
         )
         self._producer.poll(0)
 

@@ -85,23 +85,24 @@ def principals(settings: Settings) -> list[Principal]:
     return [
         Principal(
             "linesight-gateway", ("gateway",), reads=f(),
-            writes=f({"topic_frames", "topic_rejects", "topic_deadletter", "topic_camera_status"}),
+            writes=f({"topic_frames", "topic_captures", "topic_rejects", "topic_deadletter", "topic_camera_status"}),
             sources=("pipeline/gateway/service.py", "pipeline/gateway/camera_status.py",
                      "pipeline/gateway/publisher.py::FramePublisher.connect",
                      "pipeline/gateway/publisher.py::FramePublisher.publish",
                      "pipeline/gateway/publisher.py::FramePublisher.reject",
                      "pipeline/gateway/publisher.py::FramePublisher.status",
                      "pipeline/gateway/publisher.py::FramePublisher.dead_letter"),
-            note="frames; also, as its code does: fail-safe rejects of units it could not publish, "
+            note="frames and their captures (headers only, by line); also, as its code does: fail-safe "
+                 "rejects of units it could not publish, "
                  "their frames' dead letters, camera status. Never results; reads nothing",
         ),
         Principal(
-            "linesight-camera", ("camera",), reads=f(), writes=f({"topic_frames", "topic_truth"}),
+            "linesight-camera", ("camera",), reads=f(), writes=f({"topic_frames", "topic_captures", "topic_truth"}),
             sources=("pipeline/gateway/publisher.py::FramePublisher.connect",
                      "pipeline/gateway/publisher.py::FramePublisher.publish",
                      "pipeline/gateway/publisher.py::FramePublisher.truth",
                      "pipeline/gateway/publisher.py::run_simulated_line"),
-            note="the simulated line (profile simulator): frames and their ground truth",
+            note="the simulated line (profile simulator): frames, their captures and ground truth",
         ),
         Principal(
             "linesight-worker", ("worker",), reads=f({"topic_frames", "topic_recipes"}),
@@ -125,12 +126,13 @@ def principals(settings: Settings) -> list[Principal]:
         ),
         Principal(
             "linesight-actuator", ("actuator",),
-            reads=f({"topic_frames", "topic_results", "topic_rejects", "topic_heartbeats"}),
+            reads=f({"topic_captures", "topic_results", "topic_rejects", "topic_heartbeats"}),
             writes=f({"topic_heartbeats", "topic_gate_events", "topic_unit_verdicts", "topic_actuations",
                       "topic_alarms", "topic_deadletter"}),
-            groups=(("literal", svc.actuator_group),),
+            # A per-line actuator commits under <actuator_group>.<line> (pipeline.actuation.service).
+            groups=(("literal", svc.actuator_group), ("prefixed", f"{svc.actuator_group}.")),
             sources=("pipeline/actuation/service.py",),
-            note="frame headers, verdicts, rejects and heartbeats in; the gate's events, unit verdicts, "
+            note="captures (frame headers), verdicts, rejects and heartbeats in; the gate's events, unit verdicts, "
                  "actuations, alarms, its heartbeats and dead letters out",
         ),
         Principal(

@@ -91,6 +91,7 @@ class _Unacked:
     value: bytes | None
     headers: Any
     on_delivery: DeliveryCallback | None
+    partition: int | None = None  # None: librdkafka's partitioner (by key)
 
 
 class RenewingProducer:
@@ -155,8 +156,12 @@ class RenewingProducer:
             sent.on_delivery(err, msg)
 
     def _send(self, seq: int, m: _Unacked) -> None:
-        self._producer.produce(m.topic, key=m.key, value=m.value, headers=m.headers,
-                               on_delivery=partial(self._on_delivery, self._generation, seq))
+        report = partial(self._on_delivery, self._generation, seq)
+        if m.partition is None:
+            self._producer.produce(m.topic, key=m.key, value=m.value, headers=m.headers, on_delivery=report)
+        else:
+            self._producer.produce(m.topic, key=m.key, value=m.value, headers=m.headers, on_delivery=report,
+                                   partition=m.partition)
 
     def _renew_if_needed(self) -> None:
         """Call with the lock held."""
@@ -177,12 +182,14 @@ class RenewingProducer:
             self._send(seq, m)
 
     def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
-                headers: Any = None, on_delivery: DeliveryCallback | None = None) -> None:
-        """Queue one message (BufferError when the local queue is full, as `Producer.produce`)."""
+                headers: Any = None, on_delivery: DeliveryCallback | None = None,
+                partition: int | None = None) -> None:
+        """Queue one message (BufferError when the local queue is full, as `Producer.produce`);
+        ``partition`` overrides the key's (line-keyed topics: pipeline.kafka.partitioning)."""
         with self._lock:
             self._renew_if_needed()
             self._seq += 1
-            m = _Unacked(topic, key, value, headers, on_delivery)
+            m = _Unacked(topic, key, value, headers, on_delivery, partition)
             try:
                 self._send(self._seq, m)
             except KafkaException as exc:

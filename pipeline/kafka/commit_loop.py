@@ -79,6 +79,9 @@ def run_batches(
     max_batch: int = 1000,
     max_wait_s: float = 0.0,
     poll_timeout_s: float = 0.2,
+    # Fixed partitions to `assign()` instead of subscribing (a per-line actuator): no group
+    # membership, so no rebalance; offsets are still committed under the consumer's group.id.
+    assignment: list[TopicPartition] | None = None,
     group: str = "",
     lag_interval_s: float = 5.0,
 ) -> None:
@@ -114,7 +117,11 @@ def run_batches(
         pending.clear()
         last.clear()
 
-    consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
+    if assignment is None:
+        consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
+    else:
+        consumer.assign(assignment)
+        on_assign(consumer, assignment)
     try:
         while not stop.is_set():
             room = max(1, max_batch - len(pending))

@@ -43,6 +43,7 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         (kafka.topic_frames, big),
         (kafka.topic_results, {}),
         (kafka.topic_rejects, {}),
+        (kafka.topic_captures, {}),
         (kafka.topic_deadletter, big),
         (kafka.topic_truth, {}),
         (kafka.topic_actuations, {}),

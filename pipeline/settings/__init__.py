@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.settings.actuation import LineTimingSettings, PlcSettings, WatchdogSettings
@@ -30,6 +30,9 @@ class KafkaSettings(BaseModel):
     topic_frames: str = "linesight.frames"
     topic_results: str = "linesight.results"
     topic_rejects: str = "linesight.rejects"
+    # One small record per captured frame (the frame's headers, no image), keyed by line: what the
+    # reject actuator admits units from, instead of fetching every frame's bytes (docs/scale.md).
+    topic_captures: str = "linesight.captures"
     topic_deadletter: str = "linesight.deadletter"
     topic_truth: str = "linesight.truth"
     topic_actuations: str = "linesight.actuations"
@@ -54,6 +57,11 @@ class KafkaSettings(BaseModel):
     # Shadow deployment (docs/models.md): a candidate version's verdicts, never acted on.
     topic_shadow: str = "linesight.shadow-verdicts"
     partitions: int = 3
+    # Line -> partition of the line-keyed topics (captures, results, rejects, the actuator's
+    # heartbeats): pinned here, a line never moves when lines or partitions are added. A line not
+    # listed gets crc32(line) mod `partitions` (pipeline.kafka.partitioning): pin every production
+    # line before raising `partitions`. docs/scale.md, "Partitioning by line".
+    line_partitions: dict[str, int] = {}
     replication_factor: int = 1
     # Frames above this size are refused by the gateway (Kafka's default message cap is 1 MB).
     max_message_bytes: int = 1_000_000
@@ -69,6 +77,13 @@ class KafkaSettings(BaseModel):
     sasl_password_file: Path | None = Field(default=None, description="file holding the SASL password")
     # PEM file of the CA(s) that signed the broker's certificate (SSL, SASL_SSL); unset: the system's.
     ssl_ca_file: Path | None = Field(default=None, description="PEM CA bundle that verifies the broker")
+
+    @model_validator(mode="after")
+    def _pinned_partitions_exist(self) -> KafkaSettings:
+        bad = {line: p for line, p in self.line_partitions.items() if not 0 <= p < self.partitions}
+        if bad:
+            raise ValueError(f"kafka.line_partitions {bad}: each must be a partition 0..{self.partitions - 1}")
+        return self
 
     def resolved_sasl_password(self) -> str:
         return read_secret(self.sasl_password, self.sasl_password_file)

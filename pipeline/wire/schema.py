@@ -54,6 +54,7 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 INT64_MIN = -MAX_EPOCH_NS - 1
 # Versions of the header-described (binary) records; bump with any change to their headers.
 FRAME_SCHEMA_VERSION = 1
+CAPTURE_SCHEMA_VERSION = 1
 REJECT_IMAGE_SCHEMA_VERSION = 1
 DEAD_LETTER_SCHEMA_VERSION = 1
 
@@ -176,6 +177,16 @@ def frame_schema(topics: list[str]) -> dict[str, Any]:
         "it is fail-safe rejected and dead-lettered with the reason.",
         topics, "PNG or JPEG bytes (never base64), at most 20 MiB and 16 Mpx",
         _FRAME_HEADERS, list(REQUIRED_FRAME_HEADERS), "the unit id (UTF-8)")
+
+
+def capture_schema(topics: list[str]) -> dict[str, Any]:
+    return _header_schema(
+        "capture", CAPTURE_SCHEMA_VERSION, "Capture",
+        "One captured frame without its image: the frame's own headers, published by the camera gateway "
+        "with the frame, on the line's partition (pipeline.kafka.partitioning), so the line's reject actuator "
+        "admits the unit without fetching image bytes. The image is on the frames topic, keyed by unit id.",
+        topics, "empty", _FRAME_HEADERS, list(REQUIRED_FRAME_HEADERS),
+        "the line (UTF-8); the partition is the line's, not the key's hash")
 
 
 def reject_image_schema(topics: list[str]) -> dict[str, Any]:

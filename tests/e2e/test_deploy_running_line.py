@@ -71,7 +71,7 @@ def line(
     suffix = uuid.uuid4().hex[:6]
     topics = {
         name: f"{getattr(k, name)}-deploy-{suffix}"
-        for name in ("topic_frames", "topic_results", "topic_rejects", "topic_deadletter", "topic_truth", "topic_actuations")
+        for name in ("topic_frames", "topic_captures", "topic_results", "topic_rejects", "topic_deadletter", "topic_truth", "topic_actuations")
     }
     settings = base.model_copy(
         update={

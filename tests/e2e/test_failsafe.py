@@ -60,7 +60,7 @@ def line(
     suffix = uuid.uuid4().hex[:6]
     topics = {
         name: f"{getattr(k, name)}-fs-{suffix}"
-        for name in ("topic_frames", "topic_results", "topic_rejects", "topic_deadletter", "topic_truth",
+        for name in ("topic_frames", "topic_captures", "topic_results", "topic_rejects", "topic_deadletter", "topic_truth",
                      "topic_actuations", "topic_heartbeats", "topic_gate_events", "topic_alarms")
     }
     settings = base.model_copy(update={

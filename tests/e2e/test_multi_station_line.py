@@ -51,7 +51,7 @@ def line(embedded_settings: Settings, broker: str, triton: TritonServer) -> Iter
     suffix = uuid.uuid4().hex[:6]
     topics = {
         name: f"{getattr(k, name)}-st-{suffix}"
-        for name in ("topic_frames", "topic_results", "topic_rejects", "topic_deadletter", "topic_truth",
+        for name in ("topic_frames", "topic_captures", "topic_results", "topic_rejects", "topic_deadletter", "topic_truth",
                      "topic_actuations", "topic_heartbeats", "topic_gate_events", "topic_alarms", "topic_unit_verdicts")
     }
     # 300 mm from the trigger point to the gate at 100 mm/s: 3 s from the side capture to the gate.

@@ -37,7 +37,7 @@ def _settings(embedded_settings: Settings, bootstrap: str, prefix: str) -> Setti
 def test_topic_specs_follow_settings(embedded_settings: Settings) -> None:
     k = embedded_settings.kafka
     specs = {s.name: s for s in topic_specs(k)}
-    assert set(specs) == {k.topic_frames, k.topic_results, k.topic_rejects, k.topic_deadletter,
+    assert set(specs) == {k.topic_frames, k.topic_results, k.topic_rejects, k.topic_captures, k.topic_deadletter,
                           k.topic_truth, k.topic_actuations, k.topic_heartbeats, k.topic_gate_events,
                           k.topic_alarms, k.topic_audit, k.topic_audit_seals, k.topic_alerts, k.topic_reject_images,
                           k.topic_recipes, k.topic_unit_verdicts, k.topic_camera_status,
@@ -54,7 +54,7 @@ def test_ensure_topics_is_idempotent(broker: str, embedded_settings: Settings) -
     settings = _settings(embedded_settings, broker, f"t{uuid.uuid4().hex[:8]}")
     k = settings.kafka
     created = ensure_topics(settings)
-    assert len(created) == len(TOPIC_FIELDS) == 17
+    assert len(created) == len(TOPIC_FIELDS) == 18
     assert ensure_topics(settings) == []  # existing topics are fine
 
     admin = AdminClient({"bootstrap.servers": broker})

@@ -57,7 +57,7 @@ def line(
     suffix = uuid.uuid4().hex[:6]
     topics = {
         name: f"{getattr(k, name)}-pl-{suffix}"
-        for name in ("topic_frames", "topic_results", "topic_rejects", "topic_deadletter", "topic_truth",
+        for name in ("topic_frames", "topic_captures", "topic_results", "topic_rejects", "topic_deadletter", "topic_truth",
                      "topic_actuations", "topic_heartbeats", "topic_gate_events", "topic_alarms")
     }
     a, b = replicas

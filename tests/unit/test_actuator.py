@@ -93,7 +93,7 @@ def settings(**watchdog: Any) -> Settings:
 
 def frame(s: Settings, unit: str, capture: int | None = None, line: str = "line-1", lot: str = "LOT-A") -> FakeMessage:
     meta = FrameMeta(unit, line, "cam-1", "tablet-round-white-10mm", capture or now_ns(), "image/png", lot)
-    return FakeMessage(s.kafka.topic_frames, b"\x89PNG\r\n\x1a\n", unit.encode(), meta.to_headers())
+    return FakeMessage(s.kafka.topic_captures, b"", line.encode(), meta.to_headers())
 
 
 def result(s: Settings, unit: str, verdict: str, capture: int, cause: str = "model", line: str = "line-1") -> FakeMessage:
@@ -238,8 +238,9 @@ def test_bad_input_is_logged_alarmed_and_never_stops_the_actuator(make: Any) -> 
         FakeMessage(s.kafka.topic_rejects, json.dumps(
             json.loads(RejectCommand("u", "line-1", "c", "L", "model", "d", t, t).to_json()) | {"unit_id": ""}).encode()),
         reject(s, "ghost", t),  # a unit the camera never captured: rejected anyway, alarmed
-        FakeMessage(s.kafka.topic_frames, b"\x89PNG", b"nometa", []),  # no metadata: key + the only line
-        FakeMessage(s.kafka.topic_frames, b"\x89PNG", None, []),  # no identity at all
+        # A capture with only its unit id: admitted on its key's line (the gateway keys by line).
+        FakeMessage(s.kafka.topic_captures, b"", b"line-1", [("ls-unit-id", b"nometa")]),
+        FakeMessage(s.kafka.topic_captures, b"", None, []),  # no identity at all
         FakeMessage(s.kafka.topic_heartbeats, b"garbage"),
         frame(s, "bad-line", t, line="line-9"),
     ])
@@ -311,7 +312,7 @@ def test_encoder_timed_line_holds_a_verdict_until_its_frame_and_alarms_an_unknow
     # The pass verdict arrives before the frame: held, then applied when the frame is admitted.
     actuator.handle([result(s, "e1", "pass", t, line="line-e")])
     assert actuator.counters["verdicts_parked"] == 1
-    actuator.handle([FakeMessage(s.kafka.topic_frames, b"\x89PNG", b"e1", meta.to_headers())])
+    actuator.handle([FakeMessage(s.kafka.topic_captures, b"", b"line-e", meta.to_headers())])
     events = until(lambda: (e := gate_events(producer, s)) and "e1" in e and e, what="e1 at the gate")
     assert (events["e1"].outcome, events["e1"].admitted) == ("passed", True)
     # Gate time from the count: 400 mm * 2 counts/mm = 800 counts after capture at the default rate.

@@ -33,6 +33,8 @@ CORE_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "networking.k8s.io/v1",
 # compose service -> its Deployment here (db-init is a Job; topics-init is the topic operator's job;
 # the gateway stays on the line hosts, docs/scale.md).
 SERVICES = ["worker", "sink", "actuator", "alerts", "dashboard", "auditsealer"]
+# ... named after it, except the actuator: one Deployment per line (the example site's one line).
+DEPLOYMENT_NAMES = {"actuator": "actuator-line-1"}
 # compose secret -> the Kubernetes Secret holding it (created by the site, docs/scale.md "Secrets").
 SECRET_NAMES = {
     "clickhouse_admin_password": "clickhouse-admin",
@@ -283,7 +285,7 @@ def _secret_refs(pod: dict[str, Any]) -> set[str]:
 @pytest.mark.parametrize("service", SERVICES)
 def test_each_service_runs_composes_command_settings_and_secrets(service: str) -> None:
     compose = _compose()["services"][service]
-    deployment = _one("Deployment", service)
+    deployment = _one("Deployment", DEPLOYMENT_NAMES.get(service, service))
     container = _container(deployment)
     assert container["args"] == compose["command"]
     assert container["image"].split(":")[0] == compose["image"].split("${APP_IMAGE:-")[1].split(":")[0]
@@ -378,7 +380,7 @@ def test_workers_scale_on_their_groups_lag_up_to_the_partition_count() -> None:
     assert trigger["authenticationRef"]["name"] in {t["metadata"]["name"] for t in _all("TriggerAuthentication")}
     # Singletons stay single: a second actuator would drive the same gates, a second alert service
     # would raise every alert twice.
-    for name in ("actuator", "alerts", "sink", "dashboard", "auditsealer"):
+    for name in ("actuator-line-1", "alerts", "sink", "dashboard", "auditsealer"):
         d = _one("Deployment", name)
         assert d["spec"]["replicas"] == 1 and d["spec"]["strategy"]["type"] == "Recreate", name
 
@@ -413,3 +415,28 @@ def test_clickhouse_cluster_users_and_schema_job() -> None:
     assert _config_map_env()["LINESIGHT_CLICKHOUSE__URL"].startswith("http://clickhouse-linesight:")
     keeper = _one("ClickHouseKeeperInstallation", "linesight")["spec"]
     assert keeper["configuration"]["clusters"][0]["layout"]["replicasCount"] == 3
+
+
+def test_one_actuator_per_line_reading_its_pinned_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each line of the site's LINESIGHT_LINES has exactly one actuator Deployment, for that line, with
+    the site's line -> partition map (the worker has the same one), and its own Service; every pinned
+    partition exists on the line-keyed topics."""
+    [site] = _docs(K8S / "site-config.example.yaml")
+    lines = set(json.loads(site["data"]["LINESIGHT_LINES"]))
+    actuators = [d for d in _all("Deployment") if d["metadata"]["labels"].get("app.kubernetes.io/name") == "actuator"]
+    by_line = {next(e["value"] for e in _env(d) if e["name"] == "LINESIGHT_SERVICES__ACTUATOR_LINE"): d
+               for d in actuators}
+    assert len(by_line) == len(actuators) and set(by_line) == lines
+    for line, d in by_line.items():
+        assert d["metadata"]["name"] == f"actuator-{line}"
+        assert d["spec"]["template"]["metadata"]["labels"]["linesight.io/line"] == line
+        assert {s["metadata"]["name"] for s in _all("Service")} >= {f"actuator-{line}"}
+    for d in [*actuators, _one("Deployment", "worker")]:
+        [ref] = [e["valueFrom"]["configMapKeyRef"] for e in _env(d) if e["name"] == "LINESIGHT_KAFKA__LINE_PARTITIONS"]
+        assert (ref["name"], ref["key"]) == ("linesight-site", "LINESIGHT_LINE_PARTITIONS")
+    monkeypatch.setenv("LINESIGHT_KAFKA__PARTITIONS", _config_map_env()["LINESIGHT_KAFKA__PARTITIONS"])
+    monkeypatch.setenv("LINESIGHT_KAFKA__LINE_PARTITIONS", site["data"]["LINESIGHT_LINE_PARTITIONS"])
+    kafka = Settings().kafka  # refuses a pinned partition the topics do not have
+    assert set(kafka.line_partitions) == lines
+    for topic in (kafka.topic_captures, kafka.topic_results, kafka.topic_rejects, kafka.topic_heartbeats):
+        assert _one("KafkaTopic", topic)["spec"]["partitions"] == kafka.partitions

@@ -22,7 +22,7 @@ from pipeline.kafka.topics import topic_specs
 from pipeline.settings import PROJECT_ROOT, KafkaSettings, Settings
 
 TOPIC_FIELDS = {f for f in KafkaSettings.model_fields if f.startswith("topic_")}
-WRITE_CALLS = {"produce", "send", "Outgoing", "AlarmOutbox"}
+WRITE_CALLS = {"produce", "send", "Outgoing", "_by_line", "AlarmOutbox"}  # _by_line: a line-keyed Outgoing
 # Reads the code cannot show by name: the dashboard's review station reads a frame back at the
 # `topic:partition:offset` its result records (pipeline/review/frames.py, parse_source), which is
 # the frames topic the worker consumed it from.
@@ -128,7 +128,10 @@ def test_the_rules_of_issue_19() -> None:
     assert _writers("topic_frames") == {"linesight-gateway", "linesight-camera"}
     gateway = by["linesight-gateway"]
     assert not gateway.reads and not gateway.groups and "topic_results" not in gateway.writes
-    assert gateway.writes == {"topic_frames", "topic_rejects", "topic_deadletter", "topic_camera_status"}
+    assert gateway.writes == {"topic_frames", "topic_captures", "topic_rejects", "topic_deadletter",
+                              "topic_camera_status"}
+    # Captures (frame headers, by line) come from whoever publishes the frames, nobody else.
+    assert _writers("topic_captures") == _writers("topic_frames")
     # Rejects: the worker's verdicts and the gateway's fail-safe ones (a unit it could not publish).
     assert _writers("topic_rejects") == {"linesight-worker", "linesight-gateway"}
     subscriber = by["linesight-subscriber"]

@@ -238,3 +238,43 @@ def test_the_published_schema_refuses_what_the_code_refuses(field: str, value: o
 def test_the_example_subscriber_refuses_nan_at_parse_time() -> None:
     with pytest.raises(ValueError, match="NaN is not JSON"):
         json.loads(json.dumps(_doc(score=math.nan)), parse_constant=_example()._no_constant)
+
+
+class _Recorder:
+    """What FramePublisher produces, record by record (no broker)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def list_topics(self, *_: Any, **__: Any) -> None:
+        return None
+
+    def produce(self, topic: str, **record: Any) -> None:
+        self.records.append({"topic": topic} | record)
+
+    def poll(self, *_: Any) -> None:
+        return None
+
+
+def test_a_capture_is_the_frames_headers_on_its_lines_partition_and_its_schema_holds() -> None:
+    """The gateway's capture record (captures topic, capture.v1.json): keyed by line, on the line's
+    partition, no image, the frame's headers, which the actuator parses to the frame's metadata."""
+    from pipeline.gateway.publisher import FramePublisher
+    from pipeline.kafka.partitioning import line_partition
+    from pipeline.wire.messages import FrameMeta
+
+    kafka = KafkaSettings(partitions=6, line_partitions={"line-7": 5})
+    producer = _Recorder()
+    meta = FrameMeta("u-9", "line-7", "cam-1", "tablet-round-white-10mm", T0, "image/png", "LOT-1", station="top")
+    FramePublisher(Settings(kafka=kafka), producer).publish(meta, b"\x89PNG")  # type: ignore[arg-type]
+    frame, capture = producer.records
+    assert (frame["topic"], frame["key"], "partition" in frame) == (kafka.topic_frames, b"u-9", False)
+    assert (capture["topic"], capture["key"], capture["value"]) == (kafka.topic_captures, b"line-7", b"")
+    assert capture["partition"] == line_partition(kafka, "line-7") == 5
+    assert capture["headers"] == frame["headers"]
+    assert FrameMeta.from_headers(capture["headers"]) == meta
+    schema = json.loads((SCHEMA_DIR / "capture.v1.json").read_text())
+    headers = {k: v.decode() for k, v in capture["headers"]}
+    problems = _example().problems
+    assert problems(headers, schema) == []
+    assert problems({k: v for k, v in headers.items() if k != "ls-unit-id"}, schema)  # no unit: refused

@@ -124,7 +124,7 @@ def two_station_settings(**watchdog: Any) -> Settings:
 
 def station_frame(s: Settings, unit: str, station: str, capture: int) -> FakeMessage:
     meta = FrameMeta(unit, "line-1", CAMERA.get(station, "S-999"), "p", capture, "image/png", "LOT-A", station=station)
-    return FakeMessage(s.kafka.topic_frames, b"\x89PNG\r\n\x1a\n", unit.encode(), meta.to_headers())
+    return FakeMessage(s.kafka.topic_captures, b"", meta.line.encode(), meta.to_headers())
 
 
 def result_msg(s: Settings, r: InspectionResult) -> FakeMessage:
@@ -211,7 +211,7 @@ def test_a_station_frame_with_broken_metadata_is_still_a_unit_on_the_belt(make: 
     # No station header, and an empty product: the metadata does not parse.
     headers = [(k, b"" if k == "ls-product" else v) for k, v in station_frame(s, "u1", "top", now_ns()).headers() or []
                if k != "ls-station"]
-    actuator.handle([FakeMessage(s.kafka.topic_frames, b"\x89PNG", b"u1", headers)])
+    actuator.handle([FakeMessage(s.kafka.topic_captures, b"", b"line-1", headers)])
     assert actuator.counters["admit_bad_metadata"] == 1 and actuator.counters["admit_accepted"] == 1
     event = until(lambda: gate_events(producer, s).get("u1"), what="u1 at the gate")
     assert (event.outcome, event.cause) == ("fired", "late") and producer.on(s.kafka.topic_deadletter) == []

@@ -20,7 +20,8 @@ class FlakyBroker:
         self.failures = failures
         self.acknowledged: list[bytes | None] = []
 
-    async def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+                   partition: int | None) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.failures > 0:
             self.failures -= 1
