@@ -350,13 +350,17 @@ CREATE TABLE IF NOT EXISTS {db}.audit_records
     prev_hash      FixedString(64),
     record_hash    FixedString(64),          -- sha256 of the canonical record incl. prev_hash
     trail_sig      String DEFAULT '',        -- Ed25519 signature of record_hash, last record of an append
+    event_id       String DEFAULT '',        -- the submitted event's id (outside the hash): appended once
     stored_time    DateTime64(6, 'UTC') DEFAULT now64(6),
-    INDEX subject_idx subject TYPE bloom_filter GRANULARITY 4
+    INDEX subject_idx subject TYPE bloom_filter GRANULARITY 4,
+    INDEX event_idx event_id TYPE bloom_filter GRANULARITY 4
 )
 ENGINE = MergeTree
 ORDER BY (chain, seq)
 SETTINGS non_replicated_deduplication_window = 1000;
 ALTER TABLE {db}.audit_records ADD COLUMN IF NOT EXISTS trail_sig String DEFAULT '' AFTER record_hash;
+ALTER TABLE {db}.audit_records ADD COLUMN IF NOT EXISTS event_id String DEFAULT '' AFTER trail_sig;
+ALTER TABLE {db}.audit_records ADD INDEX IF NOT EXISTS event_idx event_id TYPE bloom_filter GRANULARITY 4;
 
 -- Users (pipeline/auth): argon2id password hashes, one role each. Every change is a new revision
 -- (and an audit record); FINAL shows the current state.

@@ -363,7 +363,9 @@ class ClickHouseSink:
         self._audit_decisions(decisions)
 
     def _audit_decisions(self, decisions: dict[str, list[tuple[str, AuditEvent]]]) -> None:
-        """Append each decision once to its chain, in offset order (redelivered units are skipped)."""
+        """Each decision once to its chain, in offset order (units already in it are skipped): appended
+        directly, or submitted to the audit service (`audit.append_via=topic`) and durable on the
+        audit-events topic before the batch is committed; the audit service skips a redelivered one."""
         if not decisions:
             return
         units = sorted({u for evs in decisions.values() for u, _ in evs})
@@ -375,13 +377,12 @@ class ClickHouseSink:
                 if (chain, unit) not in done and unit not in seen:
                     seen.add(unit)
                     todo.setdefault(chain, []).append(ev)
-        written = self.audit.append_many(todo)
-        self.audit_records_written += sum(len(v) for v in written.values())
+        self.audit_records_written += self.audit.submit_many(todo)
 
 
 def run_sink(settings: Settings, client: ClickHouseClient, stop: threading.Event, health: HealthState) -> None:
     """Consume until `stop`; commits only after ClickHouse accepted each batch."""
-    sink = ClickHouseSink(settings, client, AuditPublisher(settings))
+    sink = ClickHouseSink(settings, client, AuditPublisher(settings) if settings.audit.append_via == "direct" else None)
     consumer = make_consumer(settings.kafka, settings.services.sink_group, "linesight-sink")
     ch = settings.clickhouse
     run_batches(

@@ -80,11 +80,20 @@ class TrailKey:
             pem = Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
-            with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(pem)
-                log.warning("created the audit trail key %s: pin its public key in audit.seal_public_key", path)
+            # Written whole under a private name, then linked into place: a process or thread that
+            # creates it at the same moment finds either no key or a complete one, never half of one.
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                with contextlib.suppress(FileExistsError):  # another one created it first: use theirs
+                    os.link(tmp, path)
+                    log.warning("created the audit trail key %s: pin its public key in audit.seal_public_key", path)
+            finally:
+                tmp.unlink()
         private = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(private, Ed25519PrivateKey):
             raise ValueError(f"{path} is not an Ed25519 private key")

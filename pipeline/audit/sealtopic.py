@@ -69,8 +69,17 @@ class SealTopicReader:
             why = info.error if info is not None and info.error is not None else "no such topic"
             raise SealTopicError(f"cannot read the seal topic {self.topic} on {brokers}: {why}")
         parts = sorted(info.partitions)
+        # "To its end" is the end when the read began: a partition the sealer keeps appending to
+        # (a heartbeat every interval) would otherwise never report its end.
+        ends: dict[int, int] = {}
+        for p in parts:
+            try:
+                ends[p] = consumer.get_watermark_offsets(TopicPartition(self.topic, p),
+                                                         timeout=max(0.1, deadline - time.monotonic()))[1]
+            except KafkaException as exc:
+                raise SealTopicError(f"cannot read the end of {self.topic}[{p}] on {brokers}: {exc}") from exc
         consumer.assign([TopicPartition(self.topic, p, self.positions.get(p, OFFSET_BEGINNING)) for p in parts])
-        pending = set(parts)
+        pending = {p for p in parts if self.positions.get(p, 0) < ends[p]}
         statements: list[SealStatement] = []
         bad: list[str] = []
         while pending:
@@ -93,6 +102,8 @@ class SealTopicReader:
                 log.debug("seal topic %s: %s", self.topic, err)
                 continue
             self.positions[part] = offset + 1
+            if offset + 1 >= ends.get(part, 0):
+                pending.discard(part)
             where = f"{self.topic}[{part}]@{offset}"
             try:
                 statements.append(SealStatement.from_json(msg.value() or b""))

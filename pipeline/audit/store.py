@@ -39,9 +39,25 @@ class AuditStore:
         self.client = client
         self.table = f"{database}.{TABLE}"
 
-    def insert(self, records: Sequence[AuditRecord]) -> None:
+    def insert(self, records: Sequence[AuditRecord], event_ids: dict[str, str] | None = None) -> None:
+        """Append ``records``; ``event_ids`` (record id -> submitted event id) marks the records of
+        submitted events, so a redelivered event is recognised (`appended_events`)."""
         if records:
-            self.client.insert_json_rows(self.table, [r.to_row() for r in records])
+            ids = event_ids or {}
+            self.client.insert_json_rows(
+                self.table, [r.to_row() | {"event_id": ids.get(r.record_id, "")} for r in records])
+
+    def appended_events(self, chains: Sequence[str], event_ids: Sequence[str]) -> dict[str, AuditRecord]:
+        """The records of submitted events already in the trail, by event id."""
+        if not event_ids or not chains:
+            return {}
+        params: dict[str, Any] = {}
+        rows = self.client.query(
+            f"""SELECT {_COLUMNS}, event_id FROM {self.table}
+                WHERE chain IN {_in("c", chains, params)} AND event_id IN {_in("e", event_ids, params)}""",
+            params,
+        ).named()
+        return {str(r["event_id"]): AuditRecord.from_mapping(r) for r in rows}
 
     def heads(self, chains: Sequence[str]) -> dict[str, Head]:
         if not chains:

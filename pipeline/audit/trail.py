@@ -1,10 +1,13 @@
 """The audit trail: append events to a chain, sign each append, seal chains, anchor the seals.
 
-One writer per chain (docs/audit.md): decision chains ``decisions/<line>/p<partition>`` are
-written only by the sink that owns that results partition, in offset order; the ``system``
-chain (every change and action) by short CLI actions that take an exclusive file lock under
-``state_dir/audit/<database>`` while they append. Each append signs its last record with the
-trail key (`pipeline.audit.seals`). A seal record (action ``audit.seal``) is appended after every
+One writer (docs/audit.md, "One writer"): a trail in ``direct`` mode appends itself, under an
+exclusive file lock per chain (``state_dir/audit/<database>``): the audit service
+(`pipeline.audit.appender`), or a process alone with its chDB folder and no broker. A trail in
+``topic`` mode (every other service) submits its events to the audit-events topic
+(`pipeline.audit.intake`) and waits for the audit service to append them; it holds no key.
+Decision chains ``decisions/<line>/p<partition>`` take the events of the sink that owns that
+results partition, in offset order. Each append signs its last record with the trail key
+(`pipeline.audit.seals`). A seal record (action ``audit.seal``) is appended after every
 ``seal_every`` records of a chain, or when ``seal_interval_s`` passed since its last seal; every
 seal, and every heartbeat (`heartbeat`: a signed statement naming the head, appended to no chain),
 goes to the anchors outside the state folder that `linesight audit verify` checks the table against.
@@ -16,11 +19,13 @@ import contextlib
 import fcntl
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
+from pipeline.audit.intake import EventSubmitter
 from pipeline.audit.publish import AuditPublisher
 from pipeline.audit.record import (
     ADOPT_ACTION,
@@ -62,8 +67,13 @@ class TopicSeals:
     grace_s: float = 660.0
 
 
+class AuditNotAppended(RuntimeError):
+    """Submitted events were acknowledged by the broker (durable) but not appended in time: the
+    audit service is down or behind. The action that needed the record must not go on."""
+
+
 class AuditTrail:
-    """Appends, seals and verifies the chains of one database.
+    """Appends (or submits), seals and verifies the chains of one database.
 
     The trail key (``key_file``, default ``<state_dir>.audit/seal.key``, created 0600 on first use)
     and the anchor folder (default ``<state_dir>.audit/anchors``) must lie outside the state folder.
@@ -83,15 +93,22 @@ class AuditTrail:
         key_file: Path | None = None,
         public_key: str | None = None,
         anchor_dir: Path | None = None,
+        submitter: EventSubmitter | None = None,
+        append_timeout_s: float = 15.0,
     ) -> None:
         self.store = AuditStore(client, database)
+        self.submitter = submitter  # topic mode: the audit service appends, this process never signs
+        self.append_timeout_s = append_timeout_s
         self.dir = Path(state_dir) / "audit" / database if state_dir is not None else None
         self.publisher = publisher
         self.seal_every = max(1, seal_every)
         self.seal_interval_s = seal_interval_s
         self.clock = clock
-        outside = default_audit_dir(state_dir) if state_dir is not None else None
-        self.key_file = key_file or (outside / "seal.key" if outside is not None else None)
+        outside = default_audit_dir(state_dir) if state_dir is not None and submitter is None else None
+        default_key = outside / "seal.key" if outside is not None else None
+        self.key_file = (key_file or default_key) if submitter is None else None  # submitters never sign
+        # A submitting process keeps no anchor file of its own (the audit service's volume holds it);
+        # one named explicitly is read by `verify`.
         anchors = anchor_dir or (outside / "anchors" if outside is not None else None)
         for path, what in ((self.key_file, "key file"), (anchors, "anchor folder")):
             if path is not None:
@@ -102,14 +119,35 @@ class AuditTrail:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, client: ClickHouseClient, publisher: AuditPublisher | None = None
+        cls, settings: Settings, client: ClickHouseClient, publisher: AuditPublisher | None = None,
+        *, direct: bool | None = None,
     ) -> AuditTrail:
+        """The trail as ``audit.append_via`` says (``direct``: override it; the audit service
+        appends directly whatever its settings say)."""
         a = settings.audit
+        via_topic = (a.append_via == "topic") if direct is None else not direct
         return cls(
-            client, settings.clickhouse.database, state_dir=settings.state_dir, publisher=publisher,
+            client, settings.clickhouse.database, state_dir=settings.state_dir,
+            publisher=None if via_topic else publisher,
             seal_every=a.seal_every, seal_interval_s=a.seal_interval_s, key_file=a.seal_key_file,
             public_key=a.seal_public_key, anchor_dir=a.anchor_dir,
+            submitter=EventSubmitter(settings) if via_topic else None, append_timeout_s=a.append_timeout_s,
         )
+
+    def close(self) -> None:
+        """Release the Kafka clients now (one-shot users; everything was flushed by its append)."""
+        for client in (self.submitter, self.publisher):
+            if client is not None:
+                client.close()
+
+    @property
+    def direct(self) -> bool:
+        return self.submitter is None
+
+    def _only_direct(self, what: str) -> None:
+        if self.submitter is not None:
+            raise ValueError(f"{what}: this process submits audit events (audit.append_via=topic); the audit "
+                             f"service appends and seals: run it where that service runs")
 
     @property
     def key(self) -> TrailKey | None:
@@ -150,15 +188,68 @@ class AuditTrail:
         return self.append_many({chain: list(events)})[chain]
 
     def append_many(self, events_by_chain: dict[str, list[AuditEvent]]) -> dict[str, list[AuditRecord]]:
-        """One insert for several chains (the sink: one chain per line and partition)."""
+        """Append events to several chains and return their records: directly (one insert), or,
+        in topic mode, once the audit service appended them (`AuditNotAppended` after
+        ``append_timeout_s``)."""
+        if self.submitter is None:
+            return self.append_events({c: [("", ev) for ev in evs] for c, evs in events_by_chain.items()})
+        wanted = {c: list(evs) for c, evs in events_by_chain.items() if evs}
+        out: dict[str, list[AuditRecord]] = {c: [] for c in events_by_chain}
+        if not wanted:
+            return out
+        ids = self.submitter.submit(wanted)
+        return out | self._await_appended(ids)
+
+    def submit_many(self, events_by_chain: dict[str, list[AuditEvent]]) -> int:
+        """Hand events over without waiting for their records (the sink: its batch is committed once
+        the events are durable on the topic); direct mode appends them. Returns how many."""
+        wanted = {c: list(evs) for c, evs in events_by_chain.items() if evs}
+        if self.submitter is None:
+            return sum(len(v) for v in self.append_many(wanted).values())
+        if not wanted:
+            return 0
+        return sum(len(v) for v in self.submitter.submit(wanted).values())
+
+    def _await_appended(self, ids: dict[str, list[str]]) -> dict[str, list[AuditRecord]]:
+        """The records of submitted events, in submission order, polled from the trail until the
+        audit service appended them all."""
+        chains = sorted(ids)
+        wanted = [i for c in chains for i in ids[c]]
+        deadline = time.monotonic() + self.append_timeout_s
+        pause = 0.02
+        while True:
+            found = self.store.appended_events(chains, wanted)
+            if all(i in found for i in wanted):
+                return {c: [found[i] for i in ids[c]] for c in chains}
+            if time.monotonic() >= deadline:
+                missing = [i for i in wanted if i not in found]
+                topic = self.submitter.topic if self.submitter is not None else "the audit-events topic"
+                raise AuditNotAppended(
+                    f"{len(missing)} audit event(s) are on {topic} (kept until appended) but the audit service did "
+                    f"not append them within {self.append_timeout_s:g} s (is it running?): {', '.join(missing[:3])}")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    def append_events(self, events_by_chain: dict[str, list[tuple[str, AuditEvent]]]) -> dict[str, list[AuditRecord]]:
+        """Direct append of (event id, event) pairs, one insert for every chain; an event id ('' for
+        none) is stored with its record so a redelivered event is recognised (the audit service)."""
+        self._only_direct("appending to the audit trail")
         chains = sorted(c for c, ev in events_by_chain.items() if ev)
         out: dict[str, list[AuditRecord]] = {c: [] for c in events_by_chain}
         if not chains:
             return out
         key = self.key
+        event_ids: dict[str, str] = {}
         with contextlib.ExitStack() as stack:
             for c in chains:
                 stack.enter_context(self._locked(c))
+            # Under the chains' locks: an event another append of this host just wrote is not written twice.
+            submitted = [i for c in chains for i, _ in events_by_chain[c] if i]
+            if submitted:
+                done = set(self.store.appended_events(chains, submitted))
+                events_by_chain = {c: [(i, ev) for i, ev in events_by_chain[c] if not i or i not in done]
+                                   for c in chains}
+                chains = [c for c in chains if events_by_chain[c]]
             heads = self.store.heads(chains)
             new: list[AuditRecord] = []
             seals: list[AuditRecord] = []
@@ -167,9 +258,11 @@ class AuditTrail:
                 head = heads.get(c) or Head(c, 0, GENESIS, 0, None, None)
                 seq, prev, unsealed = head.next_seq, head.hash, head.unsealed
                 batch: list[AuditRecord] = []
-                for ev in events_by_chain[c]:
+                for event_id, ev in events_by_chain[c]:
                     rec = make_record(c, seq, prev, ev, now)
                     batch.append(rec)
+                    if event_id:
+                        event_ids[rec.record_id] = event_id
                     seq, prev, unsealed = seq + 1, rec.record_hash, unsealed + 1
                 since = head.last_seal_time or head.first_time or now
                 sealed = unsealed >= self.seal_every or (now - since).total_seconds() >= self.seal_interval_s
@@ -180,13 +273,14 @@ class AuditTrail:
                 out[c] = batch[:-1] if sealed else batch
                 new += out[c]
                 seals += batch[-1:] if sealed else []
-            self.store.insert(new + seals)
+            self.store.insert(new + seals, event_ids)
             statements = self._anchor(seals, now)
         self._publish(new + seals, statements)
         return out
 
     def seal(self, chains: Sequence[str] | None = None) -> list[AuditRecord]:
         """Seal every chain (or ``chains``) that has records after its last seal."""
+        self._only_direct("sealing the audit trail")
         names = list(chains) if chains is not None else self.store.chains()
         seals: list[AuditRecord] = []
         key = self.key
@@ -207,6 +301,7 @@ class AuditTrail:
         """A signed statement naming the head of every chain (or ``chains``), new records or not:
         the periodic seal that makes a deleted tail visible. A head this trail did not sign (a record
         added by SQL) is not sealed: that would vouch for it; `verify` names it."""
+        self._only_direct("sealing the audit trail")
         key = self.key
         if key is None:
             raise ValueError("no trail key: heartbeat seals need audit.seal_key_file")
@@ -255,6 +350,7 @@ class AuditTrail:
         began): an ``audit.adopt_legacy`` record in the ``system`` chain (who, when, why, how many
         records, the prefix head's hash), signed like every append, and a signed seal statement of
         that head in the anchors. `verify` then accepts the prefix and names the adoption."""
+        self._only_direct("adopting a legacy prefix (it signs a seal)")
         key = self.key
         if key is None:
             raise ValueError("no trail key: adopting a legacy prefix needs audit.seal_key_file")
@@ -350,8 +446,12 @@ class AuditTrail:
         but not on the topic is a note (published while the broker was down, or a memory-only broker
         restarted). Statements that do not verify are reported as anchor breaks, not here."""
         key = key or self.verify_key
-        in_file, _ = self.anchor.read() if self.anchor is not None else ([], [])
-        where = str(self.anchor.path) if self.anchor is not None else "(no anchor file)"
+        if self.anchor is None:  # a submitting service's container: the anchor file is the audit service's
+            return [], [f"no anchor file on this host (the audit service's volume holds it): the chains were "
+                        f"checked against the {len(topic.statements)} statement(s) of the topic {topic.name}, "
+                        f"the two copies were not compared (run verify in the audit service to compare them)"]
+        in_file, _ = self.anchor.read()
+        where = str(self.anchor.path)
         file_ids = {s.to_json() for s in in_file}
         topic_ids = {s.to_json() for s in topic.statements}
         now = self.clock()
@@ -389,6 +489,9 @@ class AuditTrail:
         """Check every chain (or ``chain``), in full or over a time range, and every signature;
         with ``topic``, against the seal topic's statements too (and compare the two anchor copies)."""
         key = self.verify_key
+        if key is None and not self.direct:
+            raise ValueError("verifying needs the trail's public key: set audit.seal_public_key "
+                             "(`linesight audit key` where the audit service runs prints it)")
         anchors, bad = self.anchored(key, topic)
         named = self._statement_seqs(topic)
         adoptions = adoptions_from(self.store.by_action(ADOPT_ACTION))

@@ -50,15 +50,18 @@ def gmp_context(settings: Settings) -> Iterator[Context]:
         else:
             client.apply_schema(db)
         publisher = None
-        if settings.audit.publish_timeout_s > 0:
+        if settings.audit.append_via == "direct" and settings.audit.publish_timeout_s > 0:
             try:
                 publisher = BestEffortPublisher(settings)
             except Exception as exc:  # noqa: BLE001 - no broker configured: ClickHouse is the record
                 log.warning("audit records go to ClickHouse only, not to %s: %s", settings.kafka.topic_audit, exc)
         trail = AuditTrail.from_settings(settings, client, publisher)
-        users = UserStore(client, db)
-        guard = Guard(users, SessionStore(client, db), trail, settings.audit.session_ttl_s)
-        yield Context(settings, client, trail, guard, users)
+        try:
+            users = UserStore(client, db)
+            guard = Guard(users, SessionStore(client, db), trail, settings.audit.session_ttl_s)
+            yield Context(settings, client, trail, guard, users)
+        finally:
+            trail.close()
     finally:
         client.close()
 
@@ -215,23 +218,9 @@ def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit_seal(args: argparse.Namespace, settings: Settings) -> int:
-    import signal
-    import threading
-
-    from pipeline.audit.seals import run_sealing_service
-
+    """Seal now (e.g. at the end of a lot): where the audit service runs, it is the only appender."""
     chains = [args.chain] if args.chain else None
     with gmp_context(settings) as ctx:
-        if args.watch:  # the sealing service: a signed heartbeat of every chain each interval
-            key = ctx.trail.key
-            print(f"sealing every {settings.audit.seal_interval_s:g} s, trail key {key.key_id if key else '-'}",
-                  flush=True)
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):  # docker stop: the final seal, then exit
-                signal.signal(sig, lambda *_: stop.set())
-            final = run_sealing_service(ctx.trail, stop, each_round=_sealer_round(ctx.trail, settings, args))
-            print(f"stopped; final seal anchored {len(final)} head(s)", flush=True)
-            return 0
         seals = ctx.trail.seal(chains)
         statements = ctx.trail.heartbeat(chains)
     for s in seals:
@@ -242,23 +231,71 @@ def cmd_audit_seal(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _sealer_round(trail: AuditTrail, settings: Settings, args: argparse.Namespace):  # noqa: ANN202
-    """After each sealing round: copy the seal topic into the anchor file (when a broker is
-    configured and not --no-mirror) and write the status file the compose healthcheck reads."""
+def cmd_audit_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """The audit service (compose ``auditsealer``): appends every submitted audit event, seals and
+    anchors, until SIGTERM/Ctrl-C; then appends what is left on the events topic and seals it. Exits
+    1 when the appender or the sealer died, so the container is restarted."""
+    import signal
+    import threading
+
+    from pipeline.audit.service import AuditService
+
+    client = connect(settings)
+    try:
+        db = settings.clickhouse.database
+        if settings.clickhouse.url:
+            client.use_database(db)
+        else:
+            client.apply_schema(db)
+        holder: list[AuditService] = []
+        each_round = _sealer_round(settings, args, holder)
+        service = AuditService(settings, client, each_round=each_round)
+        holder.append(service)
+        key = service.trail.key
+        print(f"appending {settings.kafka.topic_audit_events} to the trail; sealing every "
+              f"{settings.audit.seal_interval_s:g} s; trail key {key.key_id if key else '-'}", flush=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # docker stop: drain, the final seal, then exit
+            signal.signal(sig, lambda *_: stop.set())
+        service.start()
+        died = False
+        while not stop.wait(1.0):
+            if not service.alive:
+                log.error("the audit service's %s stopped: exiting so that it is restarted",
+                          "appender" if not service.status()["appender_alive"] else "sealer")
+                died = True
+                break
+        final = service.stop()
+        print(f"stopped; final seal anchored {len(final)} head(s)", flush=True)
+        return 1 if died else 0
+    finally:
+        client.close()
+
+
+def _sealer_round(settings: Settings, args: argparse.Namespace, holder: list):  # noqa: ANN202
+    """After each sealing round: copy the seal topic into the anchor file (when a broker is configured
+    and not --no-mirror: a restored anchor volume gets back what the topic kept) and write the status
+    file the compose healthcheck reads (the round's result and the appender's liveness)."""
     import os
     import time
 
     from pipeline.audit.sealtopic import SealMirror, SealTopicReader
 
-    key = trail.key
-    mirror = None
-    if settings.kafka.bootstrap_servers and not args.no_mirror and trail.anchor is not None and key is not None:
-        mirror = SealMirror(SealTopicReader(settings.kafka, settings.kafka.topic_audit_seals), trail.anchor, key)
-        print(f"copying {settings.kafka.topic_audit_seals} into {trail.anchor.path} every round", flush=True)
+    state: dict[str, SealMirror | None] = {}
 
     def each_round(anchored: int | None) -> None:
-        status: dict[str, object] = {"time": time.time(), "ok": anchored is not None, "anchored": anchored,
-                                     "interval_s": settings.audit.seal_interval_s}
+        service = holder[0]
+        trail = service.trail
+        if "mirror" not in state:
+            key = trail.key
+            state["mirror"] = None
+            if settings.kafka.bootstrap_servers and not args.no_mirror and trail.anchor is not None and key:
+                state["mirror"] = SealMirror(SealTopicReader(settings.kafka, settings.kafka.topic_audit_seals),
+                                             trail.anchor, key)
+        appender = service.status()
+        status: dict[str, object] = {"time": time.time(), "ok": anchored is not None and appender["appender_alive"],
+                                     "anchored": anchored, "interval_s": settings.audit.seal_interval_s} | appender
+        mirror = state["mirror"]
         if mirror is not None:
             try:
                 status["copied_from_topic"] = mirror()
@@ -451,14 +488,15 @@ def register(sub: argparse._SubParsersAction, settings_of) -> None:  # noqa: ANN
     lst.add_argument("--limit", type=int, default=20)
     lst.set_defaults(func=run(cmd_audit_list))
     se = a.add_parser("seal", help="seal every chain with records after its last seal and anchor a signed "
-                      "seal of every head (--watch: every audit.seal_interval_s, the sealing service)")
+                      "seal of every head (where the audit service runs: it is the only appender)")
     se.add_argument("--chain")
-    se.add_argument("--watch", action="store_true", help="run as the sealer until stopped")
-    se.add_argument("--status-file", type=Path, help="--watch: write each round's status here (healthcheck)")
-    se.add_argument("--no-mirror", action="store_true",
-                    help="--watch: do not copy the seal topic into the anchor file (default: copy when a broker "
-                         "is configured)")
     se.set_defaults(func=run(cmd_audit_seal))
+    sv = a.add_parser("serve", help="the audit service: append every submitted audit event, seal every "
+                      "audit.seal_interval_s, anchor; at SIGTERM drain and seal")
+    sv.add_argument("--status-file", type=Path, help="write each sealing round's status here (healthcheck)")
+    sv.add_argument("--no-mirror", action="store_true",
+                    help="do not copy the seal topic into the anchor file (default: copy when a broker is configured)")
+    sv.set_defaults(func=run(cmd_audit_serve))
     a.add_parser("key", help="the trail key's id and public key (to pin in audit.seal_public_key)").set_defaults(
         func=run(cmd_audit_key))
     e = a.add_parser("export", help="write every record (CSV or Parquet) and a manifest with hashes")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pipeline.alerts.record import AlertRecord
+from pipeline.audit.intake import AuditEventMessage
 from pipeline.audit.record import FIELDS as AUDIT_FIELDS
 from pipeline.audit.record import TIME_FORMAT
 from pipeline.audit.seals import SealStatement
@@ -143,6 +144,7 @@ CONTRACTS: tuple[Contract, ...] = (
     _json("topic_gate_events", GateEventRecord),
     _json("topic_alarms", AlarmRecord),
     Contract("topic_audit", "audit-record", AUDIT_RECORD_SCHEMA_VERSION, audit_record_schema),
+    _json("topic_audit_events", AuditEventMessage),
     Contract("topic_audit_seals", "seal-statement", SEAL_STATEMENT_SCHEMA_VERSION, seal_statement_schema),
     _json("topic_alerts", AlertRecord),
     Contract("topic_reject_images", "reject-image", REJECT_IMAGE_SCHEMA_VERSION, reject_image_schema, binary=True),

@@ -18,6 +18,14 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+def ns_from_datetime(t: datetime) -> int:
+    """Epoch nanoseconds of an aware datetime, exactly (integer arithmetic: the inverse of
+    `datetime_from_ns`, no float rounding of the microseconds)."""
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise ValueError("a wire time needs a timezone (UTC)")
+    return (t - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
 def datetime_from_ns(ns: int) -> datetime:
     """UTC datetime of an epoch-nanosecond timestamp (microsecond precision, like DateTime64(6)).
 

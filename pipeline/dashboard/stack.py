@@ -127,16 +127,18 @@ def build_dashboard(
     """The one way to start the dashboard: users, sessions and audit trail in `client`'s
     ClickHouse, acknowledgements audited (and published to the audit topic when Kafka takes them)."""
     db = settings.clickhouse.database
-    try:
-        # Best effort: a broker outage must not lock operators out; ClickHouse stays the record.
-        conf: dict[str, Any] = {"message.timeout.ms": max(1000, int(settings.audit.publish_timeout_s * 1000))}
-        audit_publisher: AuditPublisher | None = BestEffortPublisher(settings, RenewingProducer(
-            settings.kafka, "linesight-dashboard-audit", logger=logging.getLogger("linesight.dashboard.librdkafka"),
-            **conf,
-        ))
-    except Exception as exc:  # noqa: BLE001 - ClickHouse stays the record
-        log.warning("dashboard audit records go to ClickHouse only: %s", exc)
-        audit_publisher = None
+    audit_publisher: AuditPublisher | None = None
+    # Submitting to the audit service (production), the dashboard's actions wait for their records:
+    # one that cannot be audited does not happen. Appending itself, its records' topic copy is best effort.
+    if settings.audit.append_via == "direct":
+        try:
+            conf: dict[str, Any] = {"message.timeout.ms": max(1000, int(settings.audit.publish_timeout_s * 1000))}
+            audit_publisher = BestEffortPublisher(settings, RenewingProducer(
+                settings.kafka, "linesight-dashboard-audit",
+                logger=logging.getLogger("linesight.dashboard.librdkafka"), **conf,
+            ))
+        except Exception as exc:  # noqa: BLE001 - ClickHouse stays the record
+            log.warning("dashboard audit records go to ClickHouse only: %s", exc)
     trail = AuditTrail.from_settings(settings, client, audit_publisher)
     svc = settings.services
     guard = Guard(UserStore(client, db), SessionStore(client, db), trail, settings.audit.session_ttl_s,

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pipeline.actuation.plc.embedded import SERVICE as SERVICE_PLC
 from pipeline.actuation.plc.embedded import EmbeddedPlc
 from pipeline.analytics.run_report import RunReport, build_report
-from pipeline.audit.publish import BestEffortPublisher
-from pipeline.audit.record import AuditEvent, os_user
-from pipeline.audit.seals import SealStatement, run_sealing_service
+from pipeline.audit.record import DECISION_ACTION, AuditEvent, os_user
+from pipeline.audit.service import SERVICE as AUDIT_SERVICE
+from pipeline.audit.service import AuditService
 from pipeline.audit.trail import AuditTrail
 from pipeline.clickhouse import ClickHouseClient, connect
 from pipeline.demo.services import Services, running_services
@@ -38,41 +38,8 @@ DRAIN_TIMEOUT_S = 180.0
 FIRE_RECORD_GRACE_S = 10.0
 
 
-SERVICE_SEALER = "audit-sealer"
-
-
 class DrainTimeout(RuntimeError):
     """Units were published but not all decided, stored and fired in time."""
-
-
-class EmbeddedSealer:
-    """The audit sealer (`run_sealing_service`) on a thread of this process, like the sink: only
-    this process may open chDB. `start` again after a crash (the supervisor does); `stop` ends
-    it with the final seal and returns that seal's statements."""
-
-    def __init__(self, trail: AuditTrail) -> None:
-        self.trail = trail
-        self.final: list[SealStatement] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(self._stop,), name=SERVICE_SEALER, daemon=True)
-        self._thread.start()
-
-    def _run(self, stop: threading.Event) -> None:
-        self.final = run_sealing_service(self.trail, stop)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self, timeout_s: float = 60.0) -> list[SealStatement]:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        return self.final
 
 
 def supervise_stack(stack: EmbeddedStack, plc: EmbeddedPlc, resolved: Settings, supervisor: Supervisor) -> None:
@@ -104,31 +71,41 @@ def supervise_stack(stack: EmbeddedStack, plc: EmbeddedPlc, resolved: Settings, 
         supervisor.watch(SERVICE_PLC, lambda: plc.process is not None and plc.process.alive, restart_plc)
 
 
+def submitting(settings: Settings) -> Settings:
+    """The settings of every service but the audit service: audit events go to the audit service."""
+    return settings.model_copy(update={"audit": settings.audit.model_copy(update={"append_via": "topic"})})
+
+
 @contextmanager
 def pipeline_stack(settings: Settings, workers: int = 1) -> Iterator[tuple[Settings, ClickHouseClient, Services]]:
-    """Stack (broker, Triton, the gate's PLC), ClickHouse schema and services, all ready and
-    supervised, and the audit sealer; everything stopped on exit, the sealer last (after the
-    services, so its final seal covers the sink's last records; the broker still takes it)."""
+    """Stack (broker, Triton, the gate's PLC), ClickHouse schema, the audit service and the other
+    services, all ready and supervised; everything stopped on exit, the audit service last (after
+    the services, so it appends what they submitted and its final seal covers it; the broker still
+    takes it). The yielded settings submit audit events (``audit.append_via=topic``), as every
+    service but the audit service does in production."""
     stack = EmbeddedStack(settings)
     with stack as with_services:
         plc = EmbeddedPlc(with_services)
         with plc as resolved:
             client = connect(resolved)
-            sealer = EmbeddedSealer(AuditTrail.from_settings(resolved, client, BestEffortPublisher(resolved)))
+            audit = AuditService(resolved, client)
+            services_settings = submitting(resolved)
             try:
                 client.apply_schema(resolved.clickhouse.database)
-                with running_services(resolved, client, workers) as services:
+                audit.start()  # before the services: the first thing they do may be an audited action
+                with running_services(services_settings, client, workers) as services:
                     assert services.supervisor is not None
                     supervise_stack(stack, plc, resolved, services.supervisor)
-                    sealer.start()
-                    services.supervisor.watch(SERVICE_SEALER, lambda: sealer.alive, sealer.start)
-                    yield resolved, client, services
+                    services.supervisor.watch(AUDIT_SERVICE, lambda: audit.alive, audit.start)
+                    yield services_settings, client, services
             finally:
-                sealer.stop()
+                audit.stop()
                 client.close()
 
 
-def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int, int, int, int]:
+def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int, int, int, int, int]:
+    """truth, decided, rejected, fired, at the gate, and inspected units still without their
+    decision record in the audit trail (the audit service appends them after the sink stored them)."""
     q = "{lot:String}"
     row = client.query(
         f"""SELECT
@@ -138,10 +115,13 @@ def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int
                   UNION ALL SELECT unit_id FROM {db}.unit_verdicts FINAL WHERE lot = {q})) AS decided,
               (SELECT uniqExactIf(unit_id, verdict != 'pass') FROM {db}.inspections FINAL WHERE lot = {q}) AS rejected,
               (SELECT count() FROM {db}.actuations FINAL WHERE lot = {q}) AS fired,
-              (SELECT count() FROM {db}.gate_events FINAL WHERE lot = {q}) AS at_gate""",
+              (SELECT count() FROM {db}.gate_events FINAL WHERE lot = {q}) AS at_gate,
+              (SELECT uniqExact(unit_id) FROM {db}.inspections FINAL WHERE lot = {q}) -
+              (SELECT uniqExact(JSONExtractString(detail, 'unit_id')) FROM {db}.audit_records
+                 WHERE action = '{DECISION_ACTION}' AND JSONExtractString(detail, 'lot') = {q}) AS unaudited""",
         {"lot": lot},
     ).rows[0]
-    return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), int(row[5])
 
 
 def wait_drained(
@@ -152,31 +132,31 @@ def wait_drained(
     missed window, an unconfirmed fire) never gets a record: after `FIRE_RECORD_GRACE_S` the
     wait ends anyway, and the report and reconciliation show those units instead of a timeout."""
     deadline = time.monotonic() + timeout_s
-    counts = (0, 0, 0, 0, 0)
+    counts = (0, 0, 0, 0, 0, 0)
     all_at_gate: float | None = None
     while time.monotonic() < deadline and not stop.is_set():
         counts = _drain_counts(client, db, lot)
-        truth, decided, rejected, fired, at_gate = counts
-        if truth >= published and decided >= published and at_gate >= published:
+        truth, decided, rejected, fired, at_gate, unaudited = counts
+        if truth >= published and decided >= published and at_gate >= published and unaudited <= 0:
             all_at_gate = all_at_gate or time.monotonic()
             if fired >= rejected or time.monotonic() - all_at_gate > FIRE_RECORD_GRACE_S:
                 return
         stop.wait(0.25)
     raise DrainTimeout(
         f"after {timeout_s:.0f} s: published {published}, truth stored {counts[0]}, "
-        f"verdicts stored {counts[1]}, rejects {counts[2]}, fired {counts[3]}, at the gate {counts[4]}"
+        f"verdicts stored {counts[1]}, rejects {counts[2]}, fired {counts[3]}, at the gate {counts[4]}, "
+        f"inspected units without their audit decision record {counts[5]}"
     )
 
 
 def audit_line(resolved: Settings, client: ClickHouseClient, action: str, reason: str, **detail: object) -> None:
     """Record the simulated line's start or stop in the audit trail (system chain)."""
-    publisher = BestEffortPublisher(resolved)
-    trail = AuditTrail.from_settings(resolved, client, publisher)
+    trail = AuditTrail.from_settings(resolved, client)
     try:
         trail.record(AuditEvent(action, subject=resolved.simulator.line, user=os_user(), role="system",
                                 reason=reason, detail=dict(detail)))
     finally:
-        publisher.close()
+        trail.close()
 
 
 def run_demo(settings: Settings, duration_s: float, workers: int = 1) -> RunReport:

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 ADMIN = "admin"
 SCRAM_ITERATIONS = 8192
 SCRAM_MECHANISM = "SCRAM-SHA-512"
+# `linesight audit verify` reads the seal topic: every service with a ClickHouse account may run it.
+VERIFY = "pipeline/cli/audit.py::read_topic_seals"
 
 
 @dataclass(frozen=True)
@@ -118,11 +120,13 @@ def principals(settings: Settings) -> list[Principal]:
         Principal(
             "linesight-sink", ("sink",),
             reads=f({"topic_results", "topic_truth", "topic_actuations", "topic_deadletter", "topic_gate_events",
-                     "topic_alarms", "topic_alerts", "topic_reject_images", "topic_unit_verdicts", "topic_shadow"}),
-            writes=f({"topic_audit", "topic_audit_seals"}),
+                     "topic_alarms", "topic_alerts", "topic_reject_images", "topic_unit_verdicts", "topic_shadow",
+                     "topic_audit_seals"}),
+            writes=f({"topic_audit_events"}),
             groups=(("literal", svc.sink_group),),
-            sources=("pipeline/analytics/sink.py", "pipeline/audit/publish.py"),
-            note="reads what it stores in ClickHouse; publishes the audit records and seals it appends",
+            sources=("pipeline/analytics/sink.py", "pipeline/audit/intake.py", VERIFY),
+            note="reads what it stores in ClickHouse; submits its decisions to the audit service; "
+                 "`audit verify` reads the seal topic",
         ),
         Principal(
             "linesight-actuator", ("actuator",),
@@ -143,23 +147,26 @@ def principals(settings: Settings) -> list[Principal]:
             sources=("pipeline/alerts/service.py",),
         ),
         Principal(
-            "linesight-dashboard", ("dashboard",), reads=f({"topic_frames"}),
-            writes=f({"topic_audit", "topic_audit_seals"}),
-            sources=("pipeline/review/frames.py", "pipeline/audit/publish.py"),
-            note="the review station reads judged frames back (assign(), no group); audit records and seals out",
+            "linesight-dashboard", ("dashboard",), reads=f({"topic_frames", "topic_audit_seals"}),
+            writes=f({"topic_audit_events"}),
+            sources=("pipeline/review/frames.py", "pipeline/audit/intake.py", VERIFY),
+            note="the review station reads judged frames back (assign(), no group); audit events out; "
+                 "`audit verify` reads the seal topic",
         ),
         Principal(
-            "linesight-auditsealer", ("auditsealer",), reads=f({"topic_audit_seals"}),
-            writes=f({"topic_audit", "topic_audit_seals"}),
-            sources=("pipeline/audit/sealtopic.py", "pipeline/audit/publish.py"),
-            note="copies the seal topic into its anchor file (assign(), no group); its seal records and seals out",
+            "linesight-auditsealer", ("auditsealer",), reads=f({"topic_audit_events", "topic_audit_seals"}),
+            writes=f({"topic_audit", "topic_audit_seals", "topic_deadletter"}),
+            groups=(("literal", settings.audit.appender_group),),
+            sources=("pipeline/audit/appender.py", "pipeline/audit/sealtopic.py", "pipeline/audit/publish.py"),
+            note="the audit service, the trail's only appender: audit events in (group), records, seals and "
+                 "refused events' dead letters out; copies the seal topic into its anchor file (assign())",
         ),
         Principal(
-            "linesight-operator", ("db-init",), reads=f({"topic_recipes"}),
-            writes=f({"topic_audit", "topic_audit_seals", "topic_recipes"}),
-            sources=("pipeline/audit/publish.py", "pipeline/recipes/activate.py", "pipeline/recipes/book.py"),
-            note="the CLI's GMP actions (`docker compose run db-init users|audit|recipes ...`): audit records, "
-                 "seals, recipe activations (and the active recipes read back from their topic)",
+            "linesight-operator", ("db-init",), reads=f({"topic_recipes", "topic_audit_seals"}),
+            writes=f({"topic_audit_events", "topic_recipes"}),
+            sources=("pipeline/audit/intake.py", "pipeline/recipes/activate.py", "pipeline/recipes/book.py", VERIFY),
+            note="the CLI's GMP actions (`docker compose run db-init users|audit|recipes ...`): audit events, "
+                 "recipe activations (and the active recipes read back from their topic); `audit verify`",
         ),
         Principal(
             "linesight-subscriber", (), reads=f({"topic_results"}), writes=f(),

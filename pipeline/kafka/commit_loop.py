@@ -29,6 +29,9 @@ from pipeline.kafka.lag import LagGauge, consumer_lag
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Sequence[Message]], None]
+# Draining (`idle_stop`): this long without a message means the topic is read to its end (longer
+# than librdkafka's default fetch.wait.max.ms of 500 ms, which an empty fetch may take).
+DRAIN_QUIET_S = 1.0
 
 # Commit errors that say the group's generation is gone, or its coordinator or topic is (a broker
 # that restarted without its state): re-joining cures them, and redelivery is harmless.
@@ -82,10 +85,13 @@ def run_batches(
     # Fixed partitions to `assign()` instead of subscribing (a per-line actuator): no group
     # membership, so no rebalance; offsets are still committed under the consumer's group.id.
     assignment: list[TopicPartition] | None = None,
+    idle_stop: threading.Event | None = None,
     group: str = "",
     lag_interval_s: float = 5.0,
 ) -> None:
-    """Consume `topics` until `stop` is set, committing each batch after `handle` succeeds.
+    """Consume `topics` until `stop` is set, committing each batch after `handle` succeeds; once
+    `idle_stop` is set, also stop at the first poll that brings nothing (drained: what producers
+    sent before it was set is handled, e.g. the audit events of services that already stopped).
 
     Metrics (``health.metrics``): messages handled per topic, batch sizes, and every
     ``lag_interval_s`` the consumer lag of ``group`` (pipeline.kafka.lag)."""
@@ -105,6 +111,7 @@ def run_batches(
     pending: list[Message] = []
     last: dict[tuple[str | None, int | None], int] = {}  # pending's last offset per partition
     first_at = 0.0
+    quiet_since: float | None = None
 
     def flush(commit: bool = True) -> None:
         handle(pending)
@@ -125,7 +132,14 @@ def run_batches(
     try:
         while not stop.is_set():
             room = max(1, max_batch - len(pending))
-            for m in consumer.consume(num_messages=room, timeout=poll_timeout_s):
+            got = consumer.consume(num_messages=room, timeout=poll_timeout_s)
+            if idle_stop is not None and idle_stop.is_set() and health.snapshot().get("ready", False):
+                # Drained once nothing came for longer than a fetch may wait at the broker.
+                now = time.monotonic()
+                quiet_since = now if got or quiet_since is None else quiet_since
+                if now - quiet_since >= DRAIN_QUIET_S:
+                    break
+            for m in got:
                 err = m.error()
                 if err is None:
                     where, offset = (m.topic(), m.partition()), m.offset() or 0

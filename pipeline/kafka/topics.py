@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 # Record-batch and header overhead on top of the largest frame the gateway accepts; the same
 # margin `pipeline.kafka.clients.make_producer` adds to its message.max.bytes.
 FRAME_OVERHEAD_BYTES = 64 * 1024
+# Topics whose records are GMP records: the broker-wide retention must not apply to them.
+FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
 
 
 class TopicSetupError(RuntimeError):
@@ -50,9 +52,11 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         (kafka.topic_heartbeats, {}),
         (kafka.topic_gate_events, {}),
         (kafka.topic_alarms, {}),
-        (kafka.topic_audit, {}),
-        # Signed seals are the trail's anchor: never expire (docs/audit.md).
-        (kafka.topic_audit_seals, {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}),
+        # The audit trail's copy, the events waiting for the audit service, and the signed seals
+        # (the trail's anchor): GMP records, never expired by the broker (docs/audit.md).
+        (kafka.topic_audit, FOREVER),
+        (kafka.topic_audit_events, FOREVER),
+        (kafka.topic_audit_seals, FOREVER),
         (kafka.topic_alerts, {}),
         (kafka.topic_reject_images, {}),
         (kafka.topic_recipes, {"cleanup.policy": "compact"}),

@@ -9,6 +9,7 @@ servers, Triton URL, ClickHouse URL) means "use the embedded service the project
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,8 +41,11 @@ class KafkaSettings(BaseModel):
     topic_heartbeats: str = "linesight.heartbeats"
     topic_gate_events: str = "linesight.gate-events"
     topic_alarms: str = "linesight.alarms"
-    # GMP audit trail (docs/audit.md): every audit record, keyed by chain.
+    # GMP audit trail (docs/audit.md): every appended audit record, keyed by chain, kept forever.
     topic_audit: str = "linesight.audit"
+    # Audit events every service submits (docs/audit.md), keyed by chain, kept forever: the audit
+    # service is their only appender.
+    topic_audit_events: str = "linesight.audit-events"
     # Signed audit seals (docs/audit.md): the trail's anchor outside the database, kept forever.
     topic_audit_seals: str = "linesight.audit-seals"
     # Real-time alerts (docs/alerts.md): every alert change, keyed by alert id.
@@ -203,6 +207,12 @@ class AuditSettings(BaseModel):
     seal_public_key: str | None = None
     # Anchor folder (signed seals, append-only; unset: <state_dir>.audit/anchors): outside the state folder.
     anchor_dir: Path | None = None
+    # How this process writes the trail: "direct" appends itself (chDB with no broker; the audit
+    # service), "topic" submits events to kafka.topic_audit_events for the audit service to append
+    # and waits up to append_timeout_s for the appended record (docs/audit.md, "One writer").
+    append_via: Literal["direct", "topic"] = "direct"
+    append_timeout_s: float = 15.0
+    appender_group: str = "linesight-audit-appender"
 
 
 class ServiceSettings(BaseModel):

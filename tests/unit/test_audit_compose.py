@@ -1,7 +1,9 @@
-"""The compose `auditsealer` service (docs/deployment.md): runs `linesight audit seal --watch`, holds
-the trail key from a Docker secret that only the appending services mount, owns the anchor volume
-(no other service mounts it), reads and appends only audit_records through its own ClickHouse
-account, and is healthy only while its rounds succeed."""
+"""The compose `auditsealer` service (docs/deployment.md, docs/audit.md "One writer"): runs the audit
+service (`linesight audit serve`), the only appender of the trail and the only holder of the trail key
+(a Docker secret no other service mounts); every other service submits its audit events to the
+audit-events topic and can no longer insert into audit_records. It owns the anchor volume (no other
+service mounts it), reads and appends only audit_records through its own ClickHouse account, and is
+healthy only while its rounds succeed."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from pipeline.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_SECRET = "audit_trail_key"
-APPENDERS = {"sink", "dashboard", "auditsealer", "db-init"}
+# Everything in the app image but the audit service submits its audit events to it.
+APP_SERVICES = {"db-init", "worker", "sink", "actuator", "alerts", "dashboard", "camera", "gateway", "topics-init"}
 
 
 def services() -> dict[str, Any]:
@@ -29,9 +32,10 @@ def services() -> dict[str, Any]:
 def test_the_sealer_runs_the_sealing_service_with_the_key_and_its_own_account() -> None:
     svc = services()["auditsealer"]
     args = build_parser().parse_args(svc["command"])
-    assert args.func.__name__ == "cmd_audit_seal" and args.watch and args.status_file is not None
+    assert args.func.__name__ == "cmd_audit_serve" and args.status_file is not None
     env = svc["environment"]
     assert env["LINESIGHT_AUDIT__SEAL_KEY_FILE"] == f"/run/secrets/{KEY_SECRET}"
+    assert env["LINESIGHT_AUDIT__APPEND_VIA"] == "direct"
     assert env["LINESIGHT_CLICKHOUSE__USERNAME"] == "linesight_auditsealer"
     assert env["LINESIGHT_CLICKHOUSE__PASSWORD_FILE"] == "/run/secrets/clickhouse_auditsealer_password"
     # The key, its database account, and its own broker principal (docs/deployment.md, "Broker security").
@@ -41,12 +45,30 @@ def test_the_sealer_runs_the_sealing_service_with_the_key_and_its_own_account() 
     assert svc["stop_grace_period"], "time for the final seal"
 
 
-def test_only_the_appending_services_hold_the_trail_key() -> None:
+def test_only_the_audit_service_appends_and_holds_the_trail_key() -> None:
     holders = {n for n, s in services().items() if KEY_SECRET in (s.get("secrets") or [])}
-    assert holders == APPENDERS
-    for name in APPENDERS:
-        assert services()[name]["environment"]["LINESIGHT_AUDIT__SEAL_KEY_FILE"] == f"/run/secrets/{KEY_SECRET}"
+    assert holders == {"auditsealer"}
     assert KEY_SECRET not in (services()["clickhouse"].get("secrets") or []), "the database never holds the key"
+    for name in APP_SERVICES & set(services()):
+        env = services()[name]["environment"]
+        assert env["LINESIGHT_AUDIT__APPEND_VIA"] == "topic", name
+        assert "LINESIGHT_AUDIT__SEAL_KEY_FILE" not in env and "LINESIGHT_AUDIT__ANCHOR_DIR" not in env, name
+        # `linesight audit verify` works in every one of them: it needs only the pinned public key.
+        assert env["LINESIGHT_AUDIT__SEAL_PUBLIC_KEY"] == "${AUDIT_SEAL_PUBLIC_KEY:-}", name
+
+
+def test_no_service_account_but_the_audit_service_may_insert_audit_records() -> None:
+    users = ET.parse(ROOT / "infra/clickhouse/users.d/linesight.xml").getroot().find("users")
+    assert users is not None
+    for user in users:
+        grants = [q.text or "" for q in user.findall("grants/query")]
+        if user.tag in ("linesight_admin", "linesight_auditsealer") or user.find("access_management") is not None:
+            continue
+        inserts = [g for g in grants if g.startswith("GRANT") and "INSERT" in g]
+        broad = [g for g in inserts if g.endswith("linesight.*")]
+        assert not any("audit_records" in g for g in inserts), user.tag
+        if broad:  # a database-wide INSERT carries its revoke
+            assert "REVOKE INSERT ON linesight.audit_records" in grants, user.tag
 
 
 def test_only_the_sealer_mounts_the_anchor_volume() -> None:

@@ -73,7 +73,7 @@ CLI_HANDLERS = {
     "alerts": "cmd_alerts",
     "dashboard": "cmd_dashboard",
     "camera": "cmd_camera",
-    "auditsealer": "cmd_audit_seal",
+    "auditsealer": "cmd_audit_serve",
     "gateway": "cmd_gateway",
 }
 # The variables compose refuses to run without (${VAR:?...}): dummy secret paths in the tests.
@@ -699,7 +699,8 @@ def test_clickhouse_users_have_least_privilege(services: dict[str, Any], monkeyp
     admin, writer, reader = (users.find(u) for u in ("linesight_admin", "linesight_writer", "linesight_reader"))
     assert admin is not None and writer is not None and reader is not None
     assert admin.findtext("access_management") == "1"
-    assert grants_of(writer) == [f"GRANT SELECT, INSERT ON {database}.*"]
+    # The sink writes the analytics tables; the audit trail has one writer, the audit service.
+    assert grants_of(writer) == [f"GRANT SELECT, INSERT ON {database}.*", f"REVOKE INSERT ON {database}.audit_records"]
     assert grants_of(reader) == [f"GRANT SELECT ON {database}.*"]
     assert writer.find("access_management") is None and reader.find("access_management") is None
     profile = root.find(f"profiles/{reader.findtext('profile')}")
@@ -888,7 +889,7 @@ def test_alerts_and_dashboard_run_as_their_own_services(services: dict[str, Any]
     # The alert service needs no ClickHouse account; both share the API token secret.
     assert set(alerts["secrets"]) == {"alerts_api_token", "kafka_ca_certificate", "kafka_alerts_password"}
     assert set(dash["secrets"]) == {"clickhouse_dashboard_password", "alerts_api_token", "triton_model_control_key",
-                                    "audit_trail_key", "kafka_ca_certificate", "kafka_dashboard_password"}
+                                    "kafka_ca_certificate", "kafka_dashboard_password"}
     assert "ports" not in alerts, "the alert API stays on the compose network"
 
     a_env, d_env = env_of(alerts), env_of(dash)
@@ -959,7 +960,7 @@ def test_dashboard_healthcheck_passes_against_a_listening_dashboard_only(service
     assert probe(free_port()) != 0
 
 
-def test_dashboard_clickhouse_account_reads_and_writes_only_sessions_and_audit(
+def test_dashboard_clickhouse_account_reads_and_writes_only_sessions(
     services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     users = users_xml().find("users")
@@ -970,7 +971,6 @@ def test_dashboard_clickhouse_account_reads_and_writes_only_sessions_and_audit(
     assert sorted(grants_of(dash)) == sorted([
         f"GRANT SELECT ON {database}.*",
         f"GRANT INSERT ON {database}.sessions",
-        f"GRANT INSERT ON {database}.audit_records",
     ])
     assert dash.findtext("password_sha256_hex") == "0" * 64
     assert "clickhouse_dashboard_password" in services["clickhouse"]["secrets"]
