@@ -298,15 +298,20 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(5.0)
     async def consumer_lag() -> None:
         """Frames behind each assigned partition's high watermark (aiokafka's cached one, from the
-        last fetch) at the consumer's fetch position; batches in flight are not counted."""
+        last fetch) at the consumer's fetch position; batches in flight are not counted. An error
+        (a rebalance under way) skips the round: a metric must not end the worker's timer."""
         consumer = app.consumer
         lags: dict[tuple[str, int], int] = {}
-        for tp in consumer.assignment():
-            if tp.topic != settings.kafka.topic_frames:
-                continue
-            position, high = await consumer.position(tp), consumer.highwater(tp)
-            if position is not None and high is not None and position >= 0:
-                lags[(tp.topic, tp.partition)] = max(0, high - position)
+        try:
+            for tp in consumer.assignment():
+                if tp.topic != settings.kafka.topic_frames:
+                    continue
+                position, high = await consumer.position(tp), consumer.highwater(tp)
+                if position is not None and high is not None and position >= 0:
+                    lags[(tp.topic, tp.partition)] = max(0, high - position)
+        except Exception as exc:  # noqa: BLE001 - aiokafka's IllegalStateError and the like
+            log.debug("consumer lag not read: %s", exc)
+            return
         lag.update(lags)
 
     if stream.metrics_port:

@@ -701,7 +701,7 @@ def run_actuator(
     try:
         run_batches(
             consumer, line_topics(k), handle, armed, stop, assignment=line_assignment(k, line) if line else None,
-            max_batch=500, poll_timeout_s=0.02, group=settings.services.actuator_group,
+            max_batch=500, poll_timeout_s=0.02, group=actuator_group(settings),
         )
     finally:
         actuator.stop()
