@@ -380,8 +380,10 @@ CREATE TABLE IF NOT EXISTS linesight.audit_records_local ON CLUSTER linesight
     prev_hash      FixedString(64),
     record_hash    FixedString(64),
     trail_sig      String DEFAULT '',
+    event_id       String DEFAULT '',
     stored_time    DateTime64(6, 'UTC') DEFAULT now64(6),
-    INDEX subject_idx subject TYPE bloom_filter GRANULARITY 4
+    INDEX subject_idx subject TYPE bloom_filter GRANULARITY 4,
+    INDEX event_idx event_id TYPE bloom_filter GRANULARITY 4
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 ORDER BY (chain, seq)
@@ -393,6 +395,12 @@ ENGINE = Distributed('linesight', 'linesight', 'audit_records_local', cityHash64
 ALTER TABLE linesight.audit_records_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS trail_sig String DEFAULT '' AFTER record_hash;
 
 ALTER TABLE linesight.audit_records ON CLUSTER linesight ADD COLUMN IF NOT EXISTS trail_sig String DEFAULT '' AFTER record_hash;
+
+ALTER TABLE linesight.audit_records_local ON CLUSTER linesight ADD COLUMN IF NOT EXISTS event_id String DEFAULT '' AFTER trail_sig;
+
+ALTER TABLE linesight.audit_records ON CLUSTER linesight ADD COLUMN IF NOT EXISTS event_id String DEFAULT '' AFTER trail_sig;
+
+ALTER TABLE linesight.audit_records_local ON CLUSTER linesight ADD INDEX IF NOT EXISTS event_idx event_id TYPE bloom_filter GRANULARITY 4;
 
 CREATE TABLE IF NOT EXISTS linesight.users_local ON CLUSTER linesight
 (

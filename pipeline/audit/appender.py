@@ -22,6 +22,7 @@ from pipeline.audit.intake import AuditEventMessage
 from pipeline.audit.record import AuditEvent
 from pipeline.audit.trail import AuditTrail
 from pipeline.core.health import HealthState
+from pipeline.core.metrics import Metrics
 from pipeline.kafka.clients import RenewingProducer, flush_or_raise, make_consumer
 from pipeline.kafka.commit_loop import run_batches
 from pipeline.settings import KafkaSettings, Settings
@@ -36,7 +37,7 @@ class AuditAppender:
     """Appends the submitted events of each consumed batch (`handle`, called by the commit loop)."""
 
     def __init__(self, trail: AuditTrail, dead_letters: RenewingProducer, kafka: KafkaSettings,
-                 flush_timeout_s: float = 10.0) -> None:
+                 flush_timeout_s: float = 10.0, metrics: Metrics | None = None) -> None:
         self.trail = trail
         self.dead_letters = dead_letters
         self.deadletter_topic = kafka.topic_deadletter
@@ -44,6 +45,7 @@ class AuditAppender:
         self.appended = 0
         self.duplicates = 0
         self.refused = 0
+        self._events = (metrics or Metrics()).counter("linesight_audit_events")
 
     def handle(self, messages: Sequence[Message]) -> None:
         accepted: list[tuple[str, str, AuditEvent]] = []  # chain, event id, event
@@ -63,6 +65,8 @@ class AuditAppender:
         written = sum(len(v) for v in self.trail.append_events(todo).values())
         self.appended += written
         self.duplicates += len(accepted) - written
+        self._events.labels("appended").inc(written)
+        self._events.labels("duplicate").inc(len(accepted) - written)
         flush_or_raise(self.dead_letters, self.flush_timeout_s)  # before the commit: a refusal is never lost
 
     @staticmethod
@@ -85,6 +89,7 @@ class AuditAppender:
         source = f"{m.topic()}:{m.partition()}:{m.offset()}"
         log.warning("audit event refused at %s: %s", source, reason)
         self.refused += 1
+        self._events.labels("refused").inc()
         self.dead_letters.produce(self.deadletter_topic, key=m.key(), value=m.value() or b"",
                                   headers=dead_letter_headers(
                                       cast("list[tuple[str, bytes | None]] | None", m.headers()), reason, STAGE, source))
@@ -101,7 +106,7 @@ def run_appender(
         raise ValueError("the audit appender must append directly (AuditTrail.from_settings(..., direct=True))")
     k = settings.kafka
     producer = RenewingProducer(k, "linesight-audit-appender")
-    appender = AuditAppender(trail, producer, k, max(1.0, settings.audit.publish_timeout_s))
+    appender = AuditAppender(trail, producer, k, max(1.0, settings.audit.publish_timeout_s), health.metrics)
     consumer = make_consumer(k, settings.audit.appender_group, "linesight-audit-appender")
     try:
         run_batches(consumer, [k.topic_audit_events], appender.handle, health, stop,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from pipeline.audit.appender import run_appender
@@ -62,7 +63,13 @@ class AuditService:
         run_appender(self.settings, self.trail, stop, self.health, drained)
 
     def _seal(self, stop: threading.Event) -> None:
-        self.final = run_sealing_service(self.trail, stop, each_round=self.each_round)
+        self.final = run_sealing_service(self.trail, stop, each_round=self._round)
+
+    def _round(self, anchored: int | None) -> None:
+        if anchored is not None:
+            self.health.metrics.gauge("linesight_audit_last_seal_timestamp_seconds").set(time.time())
+        if self.each_round is not None:
+            self.each_round(anchored)
 
     @property
     def alive(self) -> bool:

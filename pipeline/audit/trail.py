@@ -274,9 +274,31 @@ class AuditTrail:
                 new += out[c]
                 seals += batch[-1:] if sealed else []
             self.store.insert(new + seals, event_ids)
-            statements = self._anchor(seals, now)
+            statements = self._anchor(seals, now) + self._adoption_statements(new, now)
         self._publish(new + seals, statements)
         return out
+
+    def _adoption_statements(self, records: Sequence[AuditRecord], now: datetime) -> list[SealStatement]:
+        """The signed seal of each legacy prefix an appended ``audit.adopt_legacy`` record vouches for
+        (`adopt_legacy`; the record may come from another service through the events topic), anchored
+        with the append. One naming a record that is not there with that hash gets no seal: `verify`
+        then reports the prefix as unadopted."""
+        key = self.key
+        statements: list[SealStatement] = []
+        for r in records:
+            if r.action != ADOPT_ACTION or key is None:
+                continue
+            d = r.detail_dict()
+            chain, raw_seq, head = str(d.get("chain", "")), d.get("prefix_head_seq"), str(d.get("prefix_head_hash", ""))
+            seq = raw_seq if isinstance(raw_seq, int) and not isinstance(raw_seq, bool) else -1
+            found = self.store.get(chain, seq) if seq >= 0 else []
+            if len(found) != 1 or found[0].record_hash != head or found[0].compute_hash() != head:
+                log.error("%s names %s#%s with hash %s, which is not in the trail: no seal anchored for it",
+                          r.record_id, chain, seq, head[:16])
+                continue
+            statements.append(SealStatement(chain, seq, head, format_time(now), seq + 1, key.key_id).signed(key))
+        self._store_anchor(statements)
+        return statements
 
     def seal(self, chains: Sequence[str] | None = None) -> list[AuditRecord]:
         """Seal every chain (or ``chains``) that has records after its last seal."""
@@ -345,28 +367,23 @@ class AuditTrail:
 
     def adopt_legacy(
         self, chain: str, head_seq: int, head_hash: str, user: str, role: str, reason: str,
-    ) -> tuple[AuditRecord, SealStatement]:
+    ) -> AuditRecord:
         """``user`` vouches for ``chain``'s unsigned prefix ``#0..head_seq`` (written before signing
         began): an ``audit.adopt_legacy`` record in the ``system`` chain (who, when, why, how many
-        records, the prefix head's hash), signed like every append, and a signed seal statement of
-        that head in the anchors. `verify` then accepts the prefix and names the adoption."""
-        self._only_direct("adopting a legacy prefix (it signs a seal)")
-        key = self.key
+        records, the prefix head's hash), signed like every append; appending it anchors a signed
+        seal of that head (`_adoption_statements`). `verify` then accepts the prefix and names the
+        adoption."""
+        key = self.verify_key
         if key is None:
-            raise ValueError("no trail key: adopting a legacy prefix needs audit.seal_key_file")
+            raise ValueError("no trail key: adopting a legacy prefix needs audit.seal_key_file or audit.seal_public_key")
         found = self.store.get(chain, head_seq)
         if len(found) != 1 or found[0].record_hash != head_hash or found[0].compute_hash() != head_hash:
             raise ValueError(f"{chain}#{head_seq} is not the record with hash {head_hash}: verify the trail again")
-        count = head_seq + 1
-        rec = self.record(AuditEvent(
+        return self.record(AuditEvent(
             ADOPT_ACTION, subject=chain, user=user, role=role, new_value=head_hash, reason=reason,
-            detail={"chain": chain, "unsigned_records": count, "prefix_head_seq": head_seq,
+            detail={"chain": chain, "unsigned_records": head_seq + 1, "prefix_head_seq": head_seq,
                     "prefix_head_hash": head_hash, "key_id": key.key_id},
         ))
-        statement = SealStatement(chain, head_seq, head_hash, format_time(self.clock()), count, key.key_id).signed(key)
-        self._store_anchor([statement])
-        self._publish([], [statement])
-        return rec, statement
 
     def _seal_record(self, chain: str, seq: int, head_hash: str, count: int, now: datetime) -> AuditRecord:
         event = AuditEvent(

@@ -165,9 +165,9 @@ def cmd_audit_adopt_legacy(args: argparse.Namespace, settings: Settings) -> int:
         for c in legacy:
             head_seq = c.legacy_records - 1
             (head,) = ctx.trail.store.get(c.chain, head_seq)
-            rec, st = ctx.trail.adopt_legacy(c.chain, head_seq, head.record_hash, who.username, who.role, args.reason)
+            rec = ctx.trail.adopt_legacy(c.chain, head_seq, head.record_hash, who.username, who.role, args.reason)
             print(f"adopted {c.chain}#0..{head_seq} ({c.legacy_records} unsigned record(s), head {head.record_hash[:16]}) "
-                  f"at {rec.record_id} by {who.username} ({who.role}); signed seal anchored, key {st.key_id}")
+                  f"at {rec.record_id} by {who.username} ({who.role}); signed seal anchored by the audit service")
         after = ctx.trail.verify(args.chain)
     print(after.to_text())
     return 0 if after.ok else 1
@@ -257,6 +257,9 @@ def cmd_audit_serve(args: argparse.Namespace, settings: Settings) -> int:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):  # docker stop: drain, the final seal, then exit
             signal.signal(sig, lambda *_: stop.set())
+        from pipeline.core.health import serve_health
+
+        server = serve_health(service.health, settings.services.audit_health_port, settings.services.health_host)
         service.start()
         died = False
         while not stop.wait(1.0):
@@ -266,6 +269,7 @@ def cmd_audit_serve(args: argparse.Namespace, settings: Settings) -> int:
                 died = True
                 break
         final = service.stop()
+        server.shutdown()
         print(f"stopped; final seal anchored {len(final)} head(s)", flush=True)
         return 1 if died else 0
     finally:

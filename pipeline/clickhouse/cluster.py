@@ -15,7 +15,8 @@ script, rewritten statement by statement, so the two cannot drift:
   one unit's inspections, station verdicts, gate event, actuation and reject image share a shard
   (``site``, the plant, first: a central copy's plants repeat line and unit ids);
 - every ``ALTER`` runs ``ON CLUSTER`` on the local table, and its column changes also on the
-  Distributed table (a sorting-key change only on the local one);
+  Distributed table (a sorting-key change or a data-skipping index only on the local one: a
+  Distributed table stores nothing to index);
 - views run ``ON CLUSTER`` over the Distributed tables.
 
 ``python -m pipeline.clickhouse.cluster`` prints the script (infra/clickhouse/cluster-schema.sql is
@@ -147,7 +148,7 @@ def cluster_statements(
             column_commands = [c for c in parts if _COLUMN_COMMAND.match(c)]
             others = [c for c in parts if not _COLUMN_COMMAND.match(c)]
             for command in others:
-                if not command.upper().startswith("MODIFY ORDER BY"):
+                if not command.upper().startswith(("MODIFY ORDER BY", "ADD INDEX")):
                     raise ClusterSchemaError(f"ALTER {table}: no cluster rule for {command!r}")
             if column_commands:
                 out.append(f"ALTER TABLE {db}.{table} ON CLUSTER {cluster} {', '.join(column_commands)}")

@@ -71,6 +71,11 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          ("service", "topic")),
     Spec("gauge", "linesight_consumer_lag", "Messages behind the partition's high watermark, from the "
          "consumer's own position.", ("topic", "partition", "group")),
+    # audit service (the audit trail's one writer)
+    Spec("counter", "linesight_audit_events", "Submitted audit events the audit service handled: appended, "
+         "duplicate (already in the trail: a redelivery) or refused (dead-lettered).", ("outcome",)),
+    Spec("gauge", "linesight_audit_last_seal_timestamp_seconds", "When the audit service last anchored a "
+         "signed seal of every chain's head (Unix time)."),
     # alerts
     Spec("counter", "linesight_alert_changes", "Alert records published (raised, updated, cleared, acknowledged).",
          ("line", "kind", "severity", "state")),

@@ -71,9 +71,13 @@ def supervise_stack(stack: EmbeddedStack, plc: EmbeddedPlc, resolved: Settings, 
         supervisor.watch(SERVICE_PLC, lambda: plc.process is not None and plc.process.alive, restart_plc)
 
 
-def submitting(settings: Settings) -> Settings:
-    """The settings of every service but the audit service: audit events go to the audit service."""
-    return settings.model_copy(update={"audit": settings.audit.model_copy(update={"append_via": "topic"})})
+def submitting(settings: Settings, public_key: str | None = None) -> Settings:
+    """The settings of every service but the audit service: audit events go to the audit service,
+    and `verify` trusts its key (``public_key``, hex, unless one is pinned already)."""
+    update: dict[str, object] = {"append_via": "topic"}
+    if public_key and not settings.audit.seal_public_key:
+        update["seal_public_key"] = public_key
+    return settings.model_copy(update={"audit": settings.audit.model_copy(update=update)})
 
 
 @contextmanager
@@ -89,7 +93,8 @@ def pipeline_stack(settings: Settings, workers: int = 1) -> Iterator[tuple[Setti
         with plc as resolved:
             client = connect(resolved)
             audit = AuditService(resolved, client)
-            services_settings = submitting(resolved)
+            key = audit.trail.key
+            services_settings = submitting(resolved, key.public_hex if key is not None else None)
             try:
                 client.apply_schema(resolved.clickhouse.database)
                 audit.start()  # before the services: the first thing they do may be an audited action

@@ -224,6 +224,8 @@ class ServiceSettings(BaseModel):
     sink_health_port: int = 16070
     actuator_health_port: int = 16071
     gateway_health_port: int = 16073
+    # The audit service's /healthz, /readyz (its appender) and /metrics (`linesight audit serve`).
+    audit_health_port: int = 16074
     # Address the sink's and actuator's /healthz and /readyz listen on (open endpoints): loopback
     # unless another host or container probes them (compose: the dashboard's health panel).
     health_host: str = "127.0.0.1"

@@ -39,7 +39,8 @@ def test_topic_specs_follow_settings(embedded_settings: Settings) -> None:
     specs = {s.name: s for s in topic_specs(k)}
     assert set(specs) == {k.topic_frames, k.topic_results, k.topic_rejects, k.topic_captures, k.topic_deadletter,
                           k.topic_truth, k.topic_actuations, k.topic_heartbeats, k.topic_gate_events,
-                          k.topic_alarms, k.topic_audit, k.topic_audit_seals, k.topic_alerts, k.topic_reject_images,
+                          k.topic_alarms, k.topic_audit, k.topic_audit_events, k.topic_audit_seals, k.topic_alerts,
+                          k.topic_reject_images,
                           k.topic_recipes, k.topic_unit_verdicts, k.topic_camera_status,
                           k.topic_shadow}
     assert specs[k.topic_recipes].config == {"cleanup.policy": "compact"}
@@ -48,13 +49,16 @@ def test_topic_specs_follow_settings(embedded_settings: Settings) -> None:
     assert big > k.max_message_bytes
     assert specs[k.topic_deadletter].config == specs[k.topic_frames].config
     assert specs[k.topic_results].config == {}
+    # GMP records never expire: the trail's copy, the events waiting for the audit service, the seals.
+    for topic in (k.topic_audit, k.topic_audit_events, k.topic_audit_seals):
+        assert specs[topic].config == {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
 
 
 def test_ensure_topics_is_idempotent(broker: str, embedded_settings: Settings) -> None:
     settings = _settings(embedded_settings, broker, f"t{uuid.uuid4().hex[:8]}")
     k = settings.kafka
     created = ensure_topics(settings)
-    assert len(created) == len(TOPIC_FIELDS) == 18
+    assert len(created) == len(TOPIC_FIELDS) == 19
     assert ensure_topics(settings) == []  # existing topics are fine
 
     admin = AdminClient({"bootstrap.servers": broker})

@@ -60,7 +60,7 @@ def test_split_statements_respects_quotes_and_comments() -> None:
     assert split_statements(sql) == ["CREATE TABLE a (s String DEFAULT ';') ENGINE=Memory", "SELECT 'it''s'"]
     statements = schema_statements("linesight_x", SCHEMA_PATH)
     assert statements[0] == "CREATE DATABASE IF NOT EXISTS linesight_x"
-    assert all("{db}" not in s for s in statements) and len(statements) == 42
+    assert all("{db}" not in s for s in statements) and len(statements) == 44
     with pytest.raises(ValueError):
         schema_statements("bad name; DROP")
 
@@ -92,7 +92,7 @@ def test_schema_applied(chdb_client: ChdbClient, embedded_settings: Settings) ->
         "gate_events", "ground_truth", "inspections", "reject_images", "review_decisions", "review_samples",
         "sessions", "shadow_inspections", "unit_verdicts", "users",
     ]
-    assert chdb_client.apply_schema(db) == 42  # idempotent
+    assert chdb_client.apply_schema(db) == 44  # idempotent
 
 
 def test_an_inspections_table_from_before_stations_gains_the_station_in_its_key(chdb_client: ChdbClient) -> None:

@@ -432,13 +432,13 @@ def test_open_endpoints_listen_beyond_loopback_only_where_another_container_prob
     dash = settings_from(env_of(services["dashboard"]), monkeypatch).services
     probed = {urlsplit(url or "").hostname for url in (dash.sink_url, dash.actuator_url)}
     assert probed == {"sink", "actuator"}
-    for name in ("sink", "actuator", "worker"):
+    for name in ("sink", "actuator", "worker", "auditsealer"):
         host = settings_from(env_of(services[name]), monkeypatch).services.health_host
         assert host == "0.0.0.0", f"{name}: the dashboard or Prometheus reads it from its own container"
         assert "ports" not in services[name], f"{name}: its health port stays on the compose network"
     worker = settings_from(env_of(services["worker"]), monkeypatch).stream
     assert worker.web_host == "127.0.0.1" and worker.metrics_port, "worker: only /metrics beyond loopback"
-    for name in APP_SERVICES - {"sink", "actuator", "worker"}:
+    for name in APP_SERVICES - {"sink", "actuator", "worker", "auditsealer"}:
         settings = settings_from(env_of(services[name]), monkeypatch)
         assert settings.services.health_host == "127.0.0.1", name
         assert settings.stream.web_host == "127.0.0.1", f"{name}: Faust's web pages stay on loopback"

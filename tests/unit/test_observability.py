@@ -38,10 +38,14 @@ ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_CONFIG = ROOT / "infra" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "infra" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "pipeline-health.json"
-# App services with no metrics endpoint: one-shots, the simulated camera (no HTTP server), the
-# audit sealer (a status file) and the operator dashboard (its port is the operators'; it reads
-# the others' health). Everything else that runs is scraped.
-NOT_SCRAPED = ONE_SHOT | {"camera", "auditsealer", "dashboard"}
+# App services with no metrics endpoint: one-shots, the simulated camera (no HTTP server) and the
+# operator dashboard (its port is the operators'; it reads the others' health). Everything else
+# that runs is scraped.
+NOT_SCRAPED = ONE_SHOT | {"camera", "dashboard"}
+# The settings field of each scraped service's port (the audit service's healthcheck reads its status
+# file, so its port is not among the healthchecked HEALTH_PORTS).
+METRICS_PORT_FIELDS = {name: field for name, (_, (_, field)) in HEALTH_PORTS.items()} | {
+    "auditsealer": "audit_health_port"}
 # Triton's own series the dashboard may query (Triton's metrics port, not this code).
 TRITON_SERIES = {"nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
                  "nv_inference_request_success", "nv_inference_request_failure"}
@@ -286,7 +290,7 @@ def test_every_running_app_service_is_scraped_and_every_target_exists(
                 assert listens == "0.0.0.0", f"{job}: its /metrics must listen beyond loopback"
                 assert "default" in prometheus_nets and not service.get("network_mode")
             expected = settings.stream.metrics_port if job == "worker" else getattr(
-                settings.services, HEALTH_PORTS[job][1][1])
+                settings.services, METRICS_PORT_FIELDS[job])
             assert port == expected, f"{job}: scraped on {port}, listens on {expected}"
             assert "ports" not in service, f"{job}: /metrics stays on the compose network"
     # The worker's Faust web server (Faust's own pages) stays on loopback; only /metrics is open.
