@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.audit.record import DECISION_ACTION, AuditEvent, canonical_json
+from pipeline.audit.record import DECISION_ACTION, SEAL_ACTION, AuditEvent, canonical_json
 from pipeline.core.times import datetime_from_ns, now_ns, ns_from_datetime
 from pipeline.kafka.clients import RenewingProducer, flush_or_raise
 from pipeline.settings import Settings
@@ -52,13 +52,16 @@ class AuditEventMessage(JsonMessage):
     sent_ns: int
 
     def problem(self) -> str | None:
-        """What the appender refuses beyond the schema: an empty or oversized id, chain or action."""
+        """What the appender refuses beyond the schema: an empty chain, action or id, an oversized id,
+        a seal record, a detail that is not canonical JSON."""
         for name in ("event_id", "chain", "action"):
             value = getattr(self, name)
             if not value.strip():
                 return f"empty {name}"
         if len(self.event_id) > _ID_CHARS:
             return f"event_id of {len(self.event_id)} characters (at most {_ID_CHARS})"
+        if self.action == SEAL_ACTION:  # it vouches for the chain's head: only the appender writes one
+            return f"{SEAL_ACTION} records are the audit service's own, never submitted"
         try:
             canonical_json(self.detail)
         except (TypeError, ValueError) as exc:
@@ -103,7 +106,7 @@ class EventSubmitter:
     (`flush`): acknowledged means durable (unlimited retention), not yet appended."""
 
     settings: Settings
-    source: str = field(default_factory=lambda: f"{socket.gethostname()}")
+    source: str = field(default_factory=socket.gethostname)
     producer: RenewingProducer | None = None
 
     def __post_init__(self) -> None:

@@ -101,6 +101,7 @@ def test_redelivered_and_repeated_events_are_appended_once(trail: AuditTrail) ->
     ("empty-action", CHAIN.encode(), "empty action"),
     ("long-id", CHAIN.encode(), "event_id of 5000 characters"),
     ("bad-type", CHAIN.encode(), "bad AuditEventMessage.detail"),
+    ("seal", CHAIN.encode(), "audit.seal records are the audit service's own"),
 ])
 def test_a_hostile_event_is_dead_lettered_with_its_reason_and_the_batch_goes_on(
     trail: AuditTrail, value: bytes | str | None, key: bytes | None, why: str
@@ -113,6 +114,8 @@ def test_a_hostile_event_is_dead_lettered_with_its_reason_and_the_batch_goes_on(
         doc["event_id"] = "x" * 5000
     elif value == "bad-type":
         doc["detail"] = "not an object"
+    elif value == "seal":  # a forged seal would vouch for whatever head the chain has
+        doc["action"] = "audit.seal"
     raw = json.dumps(doc).encode() if isinstance(value, str) else value
     bad = Msg(TOPIC, raw or b"", offset=7, key=key if key is not None else b"")
     if key is None:
