@@ -1,18 +1,20 @@
 """Helpers shared by tests: waiting on a condition with a deadline, a stand-in for a consumed
-Kafka message (the subset of `confluent_kafka.Message` the services read), and where the live
-tablet classifier is."""
+Kafka message (the subset of `confluent_kafka.Message` the services read), scraping a service's
+/metrics, and where the live tablet classifier is."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.clickhouse import ClickHouseClient
 from pipeline.model import repository
@@ -30,6 +32,15 @@ def eventually(probe: Callable[[], T], timeout_s: float = 60.0, what: str = "", 
             raise AssertionError(f"not within {timeout_s:g} s: {what}")
         time.sleep(poll_s)
     return value
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A /metrics page as {(sample name, sorted labels): value}, parsed by prometheus_client."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 async def eventually_async(

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import eventually
+from support import eventually, scrape
 
 from pipeline.audit.intake import EventSubmitter
 from pipeline.audit.record import DECISION_ACTION, SEAL_ACTION, SYSTEM_CHAIN, AuditEvent
@@ -29,6 +29,7 @@ from pipeline.audit.trail import AuditNotAppended, AuditTrail, TopicSeals
 from pipeline.clickhouse import ChdbClient
 from pipeline.demo.run import submitting
 from pipeline.demo.services import child_env, linesight_command
+from pipeline.embedded.process import free_port
 from pipeline.kafka.topics import ensure_topics
 from pipeline.settings import Settings
 
@@ -173,7 +174,8 @@ def test_the_audit_service_killed_mid_stream_appends_every_event_exactly_once(
     """SIGKILL between any insert and its commit: the redelivered events are recognised by their ids.
     The service runs as `linesight audit serve` with its own chDB folder (one process per folder)."""
     settings = own_settings(embedded_settings, broker, tmp_path)
-    env = child_env(settings)
+    port = free_port()
+    env = child_env(settings) | {"LINESIGHT_SERVICES__AUDIT_HEALTH_PORT": str(port)}
     log = (tmp_path / "serve.log").open("ab")
 
     def serve() -> subprocess.Popen[bytes]:
@@ -200,6 +202,15 @@ def test_the_audit_service_killed_mid_stream_appends_every_event_exactly_once(
         proc = serve()
         eventually(lambda: (tmp_path / "serve.log").read_text(errors="replace").count("audit-appender assigned") == 2,
                    60, "the restarted service in its group", poll_s=0.1)
+
+        def appended() -> float:  # its /metrics, as Prometheus scrapes it
+            try:
+                return scrape(f"http://127.0.0.1:{port}/metrics").get(
+                    ("linesight_audit_events_total", (("outcome", "appended"),)), 0.0)
+            except OSError:
+                return 0.0
+
+        eventually(lambda: appended() > 0, 60, "the restarted service appending, on its /metrics", poll_s=0.1)
         proc.send_signal(signal.SIGTERM)  # appends what is left on the events topic, then the final seal
         assert proc.wait(120) == 0, (tmp_path / "serve.log").read_text()[-3000:]
     finally:

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 import uuid
 
-from prometheus_client.parser import text_string_to_metric_families
+from support import scrape
 
 from pipeline.alerts.engine import AlertConfig, AlertEngine
 from pipeline.alerts.service import AlertPublisher, AlertService, run_alert_service, serve_alerts_api
@@ -24,14 +23,6 @@ from pipeline.wire.messages import InspectionResult
 TOPICS = ("topic_frames", "topic_results", "topic_rejects", "topic_deadletter", "topic_truth", "topic_actuations",
           "topic_heartbeats", "topic_gate_events", "topic_alarms", "topic_audit", "topic_alerts",
           "topic_camera_status")
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_alert_service_metrics_move_with_real_work(broker: str, embedded_settings: Settings) -> None:
