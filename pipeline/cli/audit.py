@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.audit.check import TopicSeals
 from pipeline.audit.publish import BestEffortPublisher
 from pipeline.audit.record import ADOPT_ACTION, SYSTEM_CHAIN, AuditEvent
-from pipeline.audit.trail import AuditTrail, TopicSeals
+from pipeline.audit.trail import AuditTrail
 from pipeline.auth.guard import AccessDenied, Guard, Principal
 from pipeline.auth.roles import LOGGABLE_ACTIONS, ROLES
 from pipeline.auth.sessions import SessionStore

@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 from support import eventually, scrape
 
+from pipeline.audit.check import TopicSeals
 from pipeline.audit.intake import EventSubmitter
 from pipeline.audit.record import DECISION_ACTION, SEAL_ACTION, SYSTEM_CHAIN, AuditEvent
 from pipeline.audit.seals import AnchorFile, SealStatement, default_audit_dir
 from pipeline.audit.sealtopic import read_seal_topic
 from pipeline.audit.service import AuditService
-from pipeline.audit.trail import AuditNotAppended, AuditTrail, TopicSeals
+from pipeline.audit.trail import AuditNotAppended, AuditTrail
 from pipeline.clickhouse import ChdbClient
 from pipeline.demo.run import submitting
 from pipeline.demo.services import child_env, linesight_command

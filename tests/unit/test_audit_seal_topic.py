@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from support import eventually
 
+from pipeline.audit.check import TopicSeals
 from pipeline.audit.publish import AuditPublisher
 from pipeline.audit.record import SYSTEM_CHAIN, AuditEvent
 from pipeline.audit.seals import AnchorFile
 from pipeline.audit.sealtopic import SealMirror, SealTopicError, SealTopicReader, read_seal_topic
-from pipeline.audit.trail import AuditTrail, TopicSeals
+from pipeline.audit.trail import AuditTrail
 from pipeline.cli.main import main
 from pipeline.clickhouse import ChdbClient
 from pipeline.embedded.broker import TansuBroker
