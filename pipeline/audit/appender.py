@@ -110,7 +110,8 @@ def run_appender(
     consumer = make_consumer(k, settings.audit.appender_group, "linesight-audit-appender")
     try:
         run_batches(consumer, [k.topic_audit_events], appender.handle, health, stop,
-                    max_batch=1000, max_wait_s=0.02, poll_timeout_s=0.1, idle_stop=drained)
+                    max_batch=1000, max_wait_s=settings.audit.append_interval_s, poll_timeout_s=0.1,
+                    idle_stop=drained)
     finally:
         producer.close()
     return appender
