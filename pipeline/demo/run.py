@@ -108,9 +108,7 @@ def pipeline_stack(settings: Settings, workers: int = 1) -> Iterator[tuple[Setti
                 client.close()
 
 
-def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int, int, int, int, int]:
-    """truth, decided, rejected, fired, at the gate, and inspected units still without their
-    decision record in the audit trail (the audit service appends them after the sink stored them)."""
+def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int, int, int, int]:
     q = "{lot:String}"
     row = client.query(
         f"""SELECT
@@ -120,13 +118,27 @@ def _drain_counts(client: ClickHouseClient, db: str, lot: str) -> tuple[int, int
                   UNION ALL SELECT unit_id FROM {db}.unit_verdicts FINAL WHERE lot = {q})) AS decided,
               (SELECT uniqExactIf(unit_id, verdict != 'pass') FROM {db}.inspections FINAL WHERE lot = {q}) AS rejected,
               (SELECT count() FROM {db}.actuations FINAL WHERE lot = {q}) AS fired,
-              (SELECT count() FROM {db}.gate_events FINAL WHERE lot = {q}) AS at_gate,
-              (SELECT uniqExact(unit_id) FROM {db}.inspections FINAL WHERE lot = {q}) -
-              (SELECT uniqExact(JSONExtractString(detail, 'unit_id')) FROM {db}.audit_records
-                 WHERE action = '{DECISION_ACTION}' AND JSONExtractString(detail, 'lot') = {q}) AS unaudited""",
+              (SELECT count() FROM {db}.gate_events FINAL WHERE lot = {q}) AS at_gate""",
         {"lot": lot},
     ).rows[0]
-    return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), int(row[5])
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
+
+
+def _unaudited(client: ClickHouseClient, db: str, lot: str) -> int:
+    """Inspected units of the lot still without their decision record in the audit trail (the audit
+    service appends them after the sink stored them). Asked only once the rest is drained: it reads
+    the lot's decisions out of the records' JSON, from the lot's first verdict on."""
+    q = "{lot:String}"
+    row = client.query(
+        f"""SELECT
+              (SELECT uniqExact(unit_id) FROM {db}.inspections FINAL WHERE lot = {q}) -
+              (SELECT uniqExact(JSONExtractString(detail, 'unit_id')) FROM {db}.audit_records
+                 WHERE action = '{DECISION_ACTION}'
+                   AND time >= (SELECT min(inferred_time) FROM {db}.inspections WHERE lot = {q})
+                   AND JSONExtractString(detail, 'lot') = {q})""",
+        {"lot": lot},
+    ).rows[0]
+    return int(row[0])
 
 
 def wait_drained(
@@ -137,20 +149,23 @@ def wait_drained(
     missed window, an unconfirmed fire) never gets a record: after `FIRE_RECORD_GRACE_S` the
     wait ends anyway, and the report and reconciliation show those units instead of a timeout."""
     deadline = time.monotonic() + timeout_s
-    counts = (0, 0, 0, 0, 0, 0)
+    counts = (0, 0, 0, 0, 0)
+    unaudited = -1  # not asked yet
     all_at_gate: float | None = None
     while time.monotonic() < deadline and not stop.is_set():
         counts = _drain_counts(client, db, lot)
-        truth, decided, rejected, fired, at_gate, unaudited = counts
-        if truth >= published and decided >= published and at_gate >= published and unaudited <= 0:
+        truth, decided, rejected, fired, at_gate = counts
+        if truth >= published and decided >= published and at_gate >= published:
             all_at_gate = all_at_gate or time.monotonic()
             if fired >= rejected or time.monotonic() - all_at_gate > FIRE_RECORD_GRACE_S:
-                return
+                unaudited = _unaudited(client, db, lot)
+                if unaudited <= 0:
+                    return
         stop.wait(0.25)
     raise DrainTimeout(
         f"after {timeout_s:.0f} s: published {published}, truth stored {counts[0]}, "
-        f"verdicts stored {counts[1]}, rejects {counts[2]}, fired {counts[3]}, at the gate {counts[4]}, "
-        f"inspected units without their audit decision record {counts[5]}"
+        f"verdicts stored {counts[1]}, rejects {counts[2]}, fired {counts[3]}, at the gate {counts[4]}"
+        + (f", inspected units without their audit decision record {unaudited}" if unaudited > 0 else "")
     )
 
 
