@@ -55,3 +55,8 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
         instruction, _, args = line.partition(" ")
         result.append((instruction.upper(), args.strip()))
     return result
+
+
+def published_ports(service: dict[str, Any]) -> set[int]:
+    """The container ports a compose service publishes on the host (short syntax, interpolated)."""
+    return {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service.get("ports") or []}

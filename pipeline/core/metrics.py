@@ -76,6 +76,11 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          "duplicate (already in the trail: a redelivery) or refused (dead-lettered).", ("outcome",)),
     Spec("gauge", "linesight_audit_last_seal_timestamp_seconds", "When the audit service last anchored a "
          "signed seal of every chain's head (Unix time)."),
+    # operator dashboard
+    Spec("counter", "linesight_dashboard_requests", "Dashboard HTTP requests by route and status code "
+         "(401/403: refused without a valid session or CSRF token).", ("route", "status")),
+    Spec("counter", "linesight_dashboard_logins", "Dashboard log-ins by outcome: ok, refused (unknown user, "
+         "wrong password, disabled), locked_out (too many failures).", ("outcome",)),
     # alerts
     Spec("counter", "linesight_alert_changes", "Alert records published (raised, updated, cleared, acknowledged).",
          ("line", "kind", "severity", "state")),

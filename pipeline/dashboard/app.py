@@ -21,11 +21,13 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from http.server import ThreadingHTTPServer
 
 from aiohttp import web
 
 from pipeline.audit.record import AuditEvent
 from pipeline.auth.guard import AccessDenied, LockedOut, Principal
+from pipeline.core.health import serve_metrics
 from pipeline.core.times import now_ns
 from pipeline.dashboard.context import (
     ACK,
@@ -49,6 +51,25 @@ log = logging.getLogger(__name__)
 
 def _wants_html(request: web.Request) -> bool:
     return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+    """Every request by its route's pattern (never the raw path: unit ids would make a series each)
+    and its status, refusals included (`linesight_dashboard_requests_total`)."""
+    info = request.match_info.route.resource
+    route = info.canonical if info is not None else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        request.app[DASHBOARD_KEY].metrics.counter("linesight_dashboard_requests").labels(route, str(status)).inc()
 
 
 @web.middleware
@@ -104,14 +125,18 @@ async def login(request: web.Request) -> web.StreamResponse:
     dash = request.app[DASHBOARD_KEY]
     form = await request.post()
     username, password = str(form.get("username", "")), str(form.get("password", ""))
+    logins = dash.metrics.counter("linesight_dashboard_logins")
     try:
         token = await asyncio.to_thread(dash.guard.login, username, password, request.remote or "")
     except LockedOut as exc:
+        logins.labels("locked_out").inc()
         resp = await login_page(request, "Too many failed log-ins: try again later.", status=429)
         resp.headers["Retry-After"] = str(int(exc.retry_after_s) + 1)
         return resp
     except AccessDenied:
+        logins.labels("refused").inc()
         return await login_page(request, "Unknown user or wrong password.")
+    logins.labels("ok").inc()
     resp = web.Response(status=303, headers={"Location": "/"})
     resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=dash.secure_cookie, path="/",
                     max_age=int(dash.guard.session_ttl_s))
@@ -271,7 +296,8 @@ async def _stop_background(app: web.Application) -> None:
 
 
 def make_app(dash: Dashboard) -> web.Application:
-    app = web.Application(middlewares=[security_headers, auth_middleware], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[count_requests, security_headers, auth_middleware],
+                          client_max_size=64 * 1024)
     app[DASHBOARD_KEY] = dash
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
@@ -292,10 +318,14 @@ def make_app(dash: Dashboard) -> web.Application:
 class DashboardServer:
     """Runs the app on its own event loop in a daemon thread (the stack process is threaded)."""
 
-    def __init__(self, dash: Dashboard, host: str, port: int) -> None:
+    def __init__(self, dash: Dashboard, host: str, port: int, metrics_port: int = 0, metrics_host: str = "127.0.0.1"
+                 ) -> None:
         import threading
 
         self.dash, self.host, self.port = dash, host, port
+        # /metrics without a session, on a listener of its own (never the operators' port); 0: none.
+        self.metrics_port, self.metrics_host = metrics_port, metrics_host
+        self._metrics: ThreadingHTTPServer | None = None
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
@@ -328,9 +358,15 @@ class DashboardServer:
             raise RuntimeError("dashboard did not start")
         if self._error is not None:
             raise RuntimeError(f"dashboard cannot listen on {self.host}:{self.port}: {self._error}")
+        if self.metrics_port:
+            self._metrics = serve_metrics(self.dash.metrics, self.metrics_port, self.metrics_host, "dashboard")
         return self
 
     def stop(self) -> None:
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10.0)

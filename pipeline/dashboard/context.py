@@ -19,6 +19,7 @@ from aiohttp import web
 from pipeline.alerts.engine import AlertEngine
 from pipeline.alerts.record import AlertRecord
 from pipeline.auth.guard import Guard, Principal
+from pipeline.core.metrics import Metrics
 from pipeline.core.times import now_ns
 from pipeline.dashboard.localize import Localizer
 from pipeline.dashboard.remote import RemoteAlerts, TritonVersions
@@ -47,6 +48,7 @@ class Dashboard:
     sse_interval_s: float = 1.0
     health_interval_s: float = 2.0
     csrf_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    metrics: Metrics = field(default_factory=Metrics)  # served by `serve_metrics` (docs/observability.md)
     _health: dict[str, Any] = field(default_factory=dict)
 
     def csrf_for(self, token: str) -> str:

@@ -151,10 +151,11 @@ def build_dashboard(
     except Exception as exc:  # noqa: BLE001 - the review station then shows the kept JPEGs only
         log.warning("review station: frames are not read back from the broker: %s", exc)
         frames = None
-    dash = Dashboard(engine, guard, acknowledge, probe, secure_cookie=settings.services.dashboard_secure_cookie,
+    dash = Dashboard(engine, guard, acknowledge, probe, secure_cookie=svc.dashboard_secure_cookie,
                      versions=versions, localizer=triton_localizer(settings), review=review, frames=frames)
     try:
-        server = DashboardServer(dash, settings.services.dashboard_host, settings.services.dashboard_port).start()
+        server = DashboardServer(dash, svc.dashboard_host, svc.dashboard_port, svc.dashboard_metrics_port,
+                                 svc.health_host).start()
     except RuntimeError as exc:
         raise ServiceStartError("dashboard", f"{exc} (set LINESIGHT_SERVICES__DASHBOARD_PORT)") from exc
     log.info("dashboard at %s", server.url)

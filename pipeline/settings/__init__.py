@@ -259,6 +259,9 @@ class ServiceSettings(BaseModel):
     alerts_challenge_grace_s: float = 900.0
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 16080
+    # The dashboard's /metrics on its own listener (on health_host; 0: none): its port is the
+    # operators', authenticated, and Prometheus reads metrics without a session.
+    dashboard_metrics_port: int = 0
     # Production (`linesight alerts` / `linesight dashboard` as separate services, docs/deployment.md):
     # the alert service's health endpoint and internal API (state, reject frames, acknowledgements).
     alerts_health_port: int = 16072

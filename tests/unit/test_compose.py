@@ -32,7 +32,7 @@ try:
 except ImportError as exc:  # pragma: no cover - a dev dependency
     raise ImportError("tests/unit/test_compose.py needs PyYAML: pip install -e '.[dev]' (pyyaml>=6)") from exc
 
-from compose_file import COMPOSE_VAR, dockerfile_instructions, interpolate
+from compose_file import COMPOSE_VAR, dockerfile_instructions, interpolate, published_ports
 
 from pipeline.cli.main import build_parser
 from pipeline.core.health import HealthState, serve_health
@@ -432,13 +432,14 @@ def test_open_endpoints_listen_beyond_loopback_only_where_another_container_prob
     dash = settings_from(env_of(services["dashboard"]), monkeypatch).services
     probed = {urlsplit(url or "").hostname for url in (dash.sink_url, dash.actuator_url)}
     assert probed == {"sink", "actuator"}
-    for name in ("sink", "actuator", "worker", "auditsealer"):
-        host = settings_from(env_of(services[name]), monkeypatch).services.health_host
-        assert host == "0.0.0.0", f"{name}: the dashboard or Prometheus reads it from its own container"
-        assert "ports" not in services[name], f"{name}: its health port stays on the compose network"
+    for name in ("sink", "actuator", "worker", "auditsealer", "dashboard"):
+        svc = settings_from(env_of(services[name]), monkeypatch).services
+        assert svc.health_host == "0.0.0.0", f"{name}: the dashboard or Prometheus reads it from its own container"
+        # Only the dashboard publishes a port: its operators' page, never its metrics listener.
+        assert published_ports(services[name]) == ({dash.dashboard_port} if name == "dashboard" else set()), name
     worker = settings_from(env_of(services["worker"]), monkeypatch).stream
     assert worker.web_host == "127.0.0.1" and worker.metrics_port, "worker: only /metrics beyond loopback"
-    for name in APP_SERVICES - {"sink", "actuator", "worker", "auditsealer"}:
+    for name in APP_SERVICES - {"sink", "actuator", "worker", "auditsealer", "dashboard"}:
         settings = settings_from(env_of(services[name]), monkeypatch)
         assert settings.services.health_host == "127.0.0.1", name
         assert settings.stream.web_host == "127.0.0.1", f"{name}: Faust's web pages stay on loopback"

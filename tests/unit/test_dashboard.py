@@ -12,9 +12,11 @@ import pytest
 from dashboard_feed import SimulatedFeed
 from dashboard_site import Site, audit_actions, call, login, make_site, opener
 from PIL import Image
+from support import scrape
 
 from pipeline.clickhouse import ChdbClient
 from pipeline.core.times import now_ns
+from pipeline.dashboard.app import DashboardServer
 from pipeline.dashboard.localize import Localizer, LocalizeUnavailable, TritonScorer
 from pipeline.embedded.process import free_port
 
@@ -123,3 +125,28 @@ def test_failed_logins_lock_the_name_with_429(site: Site) -> None:
     status, headers, page = call(anon, site.url + "login", {"username": "mallory", "password": "guess"})
     assert status == 429 and int(headers["Retry-After"]) > 0 and "try again later" in page
     assert ("session.lockout", "mallory", "127.0.0.1") in audit_actions(site)
+
+
+def test_requests_and_logins_are_counted_and_served_on_the_metrics_listener(site: Site) -> None:
+    """/metrics on its own listener, without a session (Prometheus has none); the operators' port
+    never serves it. Routes are patterns, so a unit id never becomes a series."""
+    assert site.dash is not None
+    port = free_port()
+    server = DashboardServer(site.dash, "127.0.0.1", free_port(), metrics_port=port).start()
+    try:
+        anon = opener()
+        assert call(anon, server.url + "login", {"username": "olga", "password": "wrong"})[0] == 401
+        op, _ = login(Site(server.url, site.engine, site.client, site.db, site.acked, site.dash))
+        assert call(anon, server.url + "rejects/u-123")[0] == 401
+        assert call(anon, server.url + "metrics")[0] == 401  # not on the operators' port
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        server.stop()
+    logins = {dict(labels)["outcome"]: v for (name, labels), v in samples.items()
+              if name == "linesight_dashboard_logins_total"}
+    assert logins == {"refused": 1.0, "ok": 1.0}
+    requests = {(dict(labels)["route"], dict(labels)["status"]): v for (name, labels), v in samples.items()
+                if name == "linesight_dashboard_requests_total"}
+    assert requests[("/login", "401")] == 1 and requests[("/login", "303")] == 1
+    assert requests[("/rejects/{unit}", "401")] == 1 and requests[("/", "200")] == 1
+    assert not any("u-123" in route for route, _ in requests)

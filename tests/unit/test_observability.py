@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from compose_file import interpolate
+from compose_file import interpolate, published_ports
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from test_compose import APP_SERVICES, COMPOSE_FILE, DUMMY_ENV, HEALTH_PORTS, ONE_SHOT, env_of, settings_from
@@ -38,14 +38,13 @@ ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_CONFIG = ROOT / "infra" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "infra" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "pipeline-health.json"
-# App services with no metrics endpoint: one-shots, the simulated camera (no HTTP server) and the
-# operator dashboard (its port is the operators'; it reads the others' health). Everything else
-# that runs is scraped.
-NOT_SCRAPED = ONE_SHOT | {"camera", "dashboard"}
+# App services with no metrics endpoint: one-shots and the simulated camera (no HTTP server).
+# Everything else that runs is scraped.
+NOT_SCRAPED = ONE_SHOT | {"camera"}
 # The settings field of each scraped service's port (the audit service's healthcheck reads its status
 # file, so its port is not among the healthchecked HEALTH_PORTS).
 METRICS_PORT_FIELDS = {name: field for name, (_, (_, field)) in HEALTH_PORTS.items()} | {
-    "auditsealer": "audit_health_port"}
+    "auditsealer": "audit_health_port", "dashboard": "dashboard_metrics_port"}
 # Triton's own series the dashboard may query (Triton's metrics port, not this code).
 TRITON_SERIES = {"nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
                  "nv_inference_request_success", "nv_inference_request_failure"}
@@ -292,7 +291,7 @@ def test_every_running_app_service_is_scraped_and_every_target_exists(
             expected = settings.stream.metrics_port if job == "worker" else getattr(
                 settings.services, METRICS_PORT_FIELDS[job])
             assert port == expected, f"{job}: scraped on {port}, listens on {expected}"
-            assert "ports" not in service, f"{job}: /metrics stays on the compose network"
+            assert port not in published_ports(service), f"{job}: /metrics stays on the compose network"
     # The worker's Faust web server (Faust's own pages) stays on loopback; only /metrics is open.
     worker = settings_from(env_of(services["worker"]), monkeypatch)
     assert worker.stream.web_host == "127.0.0.1" and worker.stream.metrics_port not in (0, worker.stream.web_port)
