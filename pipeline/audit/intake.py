@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.audit.record import DECISION_ACTION, SEAL_ACTION, AuditEvent, canonical_json
+from pipeline.audit.record import DECISION_ACTION, GENESIS, SEAL_ACTION, AuditEvent, make_record, utcnow
 from pipeline.core.times import datetime_from_ns, now_ns, ns_from_datetime
 from pipeline.kafka.clients import RenewingProducer, flush_or_raise
 from pipeline.settings import Settings
@@ -53,7 +53,7 @@ class AuditEventMessage(JsonMessage):
 
     def problem(self) -> str | None:
         """What the appender refuses beyond the schema: an empty chain, action or id, an oversized id,
-        a seal record, a detail that is not canonical JSON."""
+        a seal record, anything the record it becomes cannot hold."""
         for name in ("event_id", "chain", "action"):
             value = getattr(self, name)
             if not value.strip():
@@ -62,10 +62,10 @@ class AuditEventMessage(JsonMessage):
             return f"event_id of {len(self.event_id)} characters (at most {_ID_CHARS})"
         if self.action == SEAL_ACTION:  # it vouches for the chain's head: only the appender writes one
             return f"{SEAL_ACTION} records are the audit service's own, never submitted"
-        try:
-            canonical_json(self.detail)
-        except (TypeError, ValueError) as exc:
-            return f"detail is not canonical JSON: {exc}"
+        try:  # the record it becomes: a value its hash cannot take (NaN, a lone surrogate) must not stop the appender
+            make_record(self.chain, 0, GENESIS, self.event(), utcnow()).to_json()
+        except (TypeError, ValueError, UnicodeError) as exc:
+            return f"not a recordable event: {exc}"
         return None
 
     def event(self) -> AuditEvent:

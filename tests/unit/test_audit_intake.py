@@ -102,6 +102,7 @@ def test_redelivered_and_repeated_events_are_appended_once(trail: AuditTrail) ->
     ("long-id", CHAIN.encode(), "event_id of 5000 characters"),
     ("bad-type", CHAIN.encode(), "bad AuditEventMessage.detail"),
     ("seal", CHAIN.encode(), "audit.seal records are the audit service's own"),
+    ("surrogate", CHAIN.encode(), "not a recordable event"),
 ])
 def test_a_hostile_event_is_dead_lettered_with_its_reason_and_the_batch_goes_on(
     trail: AuditTrail, value: bytes | str | None, key: bytes | None, why: str
@@ -116,6 +117,8 @@ def test_a_hostile_event_is_dead_lettered_with_its_reason_and_the_batch_goes_on(
         doc["detail"] = "not an object"
     elif value == "seal":  # a forged seal would vouch for whatever head the chain has
         doc["action"] = "audit.seal"
+    elif value == "surrogate":  # valid JSON, but no UTF-8 for the record's hash
+        doc["reason"] = "\ud800"
     raw = json.dumps(doc).encode() if isinstance(value, str) else value
     bad = Msg(TOPIC, raw or b"", offset=7, key=key if key is not None else b"")
     if key is None:
@@ -130,8 +133,11 @@ def test_a_hostile_event_is_dead_lettered_with_its_reason_and_the_batch_goes_on(
 
 
 def test_the_submitter_refuses_what_the_appender_would_refuse() -> None:
-    with pytest.raises(MessageError, match="not canonical JSON|refusing"):
+    with pytest.raises(MessageError, match="refusing"):
         to_message(CHAIN, AuditEvent(DECISION_ACTION, subject="u", detail={"score": float("nan")}), "i", "h").to_json()
+    # EventSubmitter.submit runs the appender's own check before it sends anything.
+    lone = to_message(CHAIN, AuditEvent(DECISION_ACTION, subject="u", reason="\ud800"), "i", "h")
+    assert "not a recordable event" in (lone.problem() or "")
 
 
 def test_a_submitting_trail_holds_no_key_and_cannot_seal(trail: AuditTrail, tmp_path: Path) -> None:
