@@ -62,11 +62,7 @@ class AuditEventMessage(JsonMessage):
             return f"event_id of {len(self.event_id)} characters (at most {_ID_CHARS})"
         if self.action == SEAL_ACTION:  # it vouches for the chain's head: only the appender writes one
             return f"{SEAL_ACTION} records are the audit service's own, never submitted"
-        try:  # the record it becomes: a value its hash cannot take (NaN, a lone surrogate) must not stop the appender
-            make_record(self.chain, 0, GENESIS, self.event(), utcnow()).to_json()
-        except (TypeError, ValueError, UnicodeError) as exc:
-            return f"not a recordable event: {exc}"
-        return None
+        return record_problem(self.chain, self.event())
 
     def event(self) -> AuditEvent:
         return AuditEvent(
@@ -74,6 +70,17 @@ class AuditEventMessage(JsonMessage):
             new_value=self.new_value, reason=self.reason, detail=dict(self.detail),
             time=datetime_from_ns(self.time_ns) if self.time_ns else None,
         )
+
+
+def record_problem(chain: str, event: AuditEvent) -> str | None:
+    """Why ``event`` cannot become a record of ``chain`` (a value its hash or its JSON cannot take:
+    NaN, a lone surrogate), None when it can: refused where it arises, never a poison message that
+    stops the appender."""
+    try:
+        make_record(chain, 0, GENESIS, event, utcnow()).to_json()
+    except (TypeError, ValueError, UnicodeError) as exc:
+        return f"not a recordable event: {exc}"
+    return None
 
 
 def _text(value: Any) -> str:

@@ -381,13 +381,25 @@ def _field_types(cls: type) -> dict[str, Any]:
     return _FIELD_TYPES[cls]
 
 
+def _text_problem(value: str) -> str | None:
+    """An over-long string, or one no UTF-8 holds (a lone surrogate: a valid JSON escape, yet the
+    ClickHouse insert, the audit hash and every UTF-8 writer downstream would fail on it)."""
+    if len(value) > MAX_STRING_CHARS:
+        return f"{len(value)} characters (at most {MAX_STRING_CHARS})"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not UTF-8 text (a lone surrogate)"
+    return None
+
+
 def _json_value_problem(value: object) -> str | None:
     """Why a free-form JSON value (a field typed `object`: a recipe, a part) is unusable: a
     non-finite number or an over-long string anywhere in it (None when fine)."""
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{value} is not a finite number"
     if isinstance(value, str):
-        return None if len(value) <= MAX_STRING_CHARS else f"{len(value)} characters (at most {MAX_STRING_CHARS})"
+        return _text_problem(value)
     if isinstance(value, dict):
         return next((f"[{str(k)[:40]!r}] {p}" for k, v in value.items()
                      if (p := _json_value_problem(k) or _json_value_problem(v))), None)
@@ -424,7 +436,7 @@ def _type_problem(value: object, hint: Any) -> str | None:
     if hint is str:
         if not isinstance(value, str):
             return f"{type(value).__name__} is not a string"
-        return None if len(value) <= MAX_STRING_CHARS else f"{len(value)} characters (at most {MAX_STRING_CHARS})"
+        return _text_problem(value)
     if origin is dict:
         if not isinstance(value, dict):
             return f"{type(value).__name__} is not an object"

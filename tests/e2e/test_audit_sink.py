@@ -63,6 +63,30 @@ def test_sink_audits_each_decision_once(embedded_settings: Settings, chdb_client
         assert trail.verify(chain=chain).ok
 
 
+def test_a_result_no_utf8_holds_is_a_dead_letter_not_a_stopped_sink(
+    embedded_settings: Settings, chdb_client: ChdbClient, tmp_path  # noqa: ANN001
+) -> None:
+    """A lone surrogate (a valid JSON escape, no UTF-8) in a result's text: neither its row nor its
+    audit record could be written, and it stopped the sink's whole batch once. The result is
+    dead-lettered with the reason; the batch's other results are stored and audited."""
+    settings = embedded_settings.model_copy(update={"state_dir": tmp_path})
+    line, lot = f"line-{uuid.uuid4().hex[:6]}", f"LOT-{uuid.uuid4().hex[:6]}"
+    sink = ClickHouseSink(settings, chdb_client)
+    good = _result("u-good", line, lot)
+    doc = json.loads(_result("u-bad", line, lot).to_json())
+    doc["error"] = "\ud800"
+    bad = Message(topic=settings.kafka.topic_results, partition=0, offset=301, key=b"u-bad",
+                  value=json.dumps(doc).encode())
+    sink.write([bad, _msg(settings, good, 0, 302)])
+    db = settings.clickhouse.database
+    reasons = [r[0] for r in chdb_client.query(
+        f"SELECT reason FROM {db}.dead_letters WHERE reason LIKE '%InspectionResult.error%'").rows]
+    assert any("not UTF-8 text" in r for r in reasons), reasons
+    stored = [r[0] for r in chdb_client.query(
+        f"SELECT unit_id FROM {db}.inspections FINAL WHERE lot = {{lot:String}}", {"lot": lot}).rows]
+    assert stored == ["u-good"] and sink.audit_records_written == 1
+
+
 def test_audit_records_are_published(embedded_settings: Settings, broker: str, chdb_client: ChdbClient, tmp_path) -> None:  # noqa: ANN001
     k = embedded_settings.kafka.model_copy(
         update={"bootstrap_servers": broker, "partitions": 1, "topic_audit": f"audit-{uuid.uuid4().hex[:8]}"}

@@ -102,7 +102,7 @@ def test_redelivered_and_repeated_events_are_appended_once(trail: AuditTrail) ->
     ("long-id", CHAIN.encode(), "event_id of 5000 characters"),
     ("bad-type", CHAIN.encode(), "bad AuditEventMessage.detail"),
     ("seal", CHAIN.encode(), "audit.seal records are the audit service's own"),
-    ("surrogate", CHAIN.encode(), "not a recordable event"),
+    ("surrogate", CHAIN.encode(), "not UTF-8 text"),
 ])
 def test_a_hostile_event_is_dead_lettered_with_its_reason_and_the_batch_goes_on(
     trail: AuditTrail, value: bytes | str | None, key: bytes | None, why: str

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipeline.wire.messages import (
@@ -65,3 +67,20 @@ def test_dead_letter_headers_keep_the_original_and_add_the_reason() -> None:
     assert header_value(headers, "ls-unit-id") == "u-9"
     assert header_value(headers, H_DLQ_REASON) == "corrupt image"
     assert [k for k, _ in headers].count(H_DLQ_REASON) == 1
+
+
+@pytest.mark.parametrize("field, value", [
+    ("error", "\ud800"),                       # a text field
+    ("class_scores", {"\udfff": 0.5}),         # a key of a typed object
+    ("measurements", {"text": "ok \ud83d"}),   # a free-form value
+])
+def test_a_text_no_utf8_holds_is_refused_on_both_ends(field: str, value: object) -> None:
+    """A lone surrogate is a valid JSON escape but no UTF-8: ClickHouse's insert and the audit
+    record's hash would fail on it downstream (a whole batch, every retry), so the contract refuses it."""
+    good = InspectionResult("u-1", "line-1", "cam-1", "tablet", "LOT-1", "pass", "model", True, "none", 0.1, 0.5,
+                            "tablet_classifier", "1", 1, 2, 3, "w1")
+    doc = json.loads(good.to_json()) | {field: value}
+    with pytest.raises(MessageError, match="not UTF-8 text"):
+        InspectionResult.from_json(json.dumps(doc))
+    with pytest.raises(MessageError, match="not UTF-8 text"):
+        InspectionResult(**{k: v for k, v in doc.items() if k != "schema_version"}).to_json()
