@@ -3,9 +3,9 @@
 The topic is the second anchor (unlimited retention): `linesight audit verify` reads every
 statement on it, from the beginning of every partition, and checks the chains against them as
 against the anchor file, and reports a statement one copy holds and the other does not. The
-sealer (`run_sealing_service`) copies the topic's statements into its anchor file, so in
-production the anchor file holds what every appender published (the sink's and the dashboard's
-seal records too) within one sealing interval.
+audit service (`linesight audit serve`) copies the topic's statements into its anchor file after
+every sealing round, so a restored or replaced anchor volume holds every seal again within one
+interval.
 
 Reading uses ``assign()`` (no consumer-group membership, nothing committed): a partition is read
 once the broker reports its end (``enable.partition.eof``), all within a deadline.
@@ -120,9 +120,8 @@ def read_seal_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -
 class SealMirror:
     """The sealer's copy of the seal topic into its anchor file, run after every sealing round:
     statements that verify with the trail key and are not in the file yet are appended, so the
-    file holds what every appender published (the sink's and the dashboard's seal records too),
-    not only the sealer's own heartbeats. A statement that does not verify is not copied (`verify`
-    reports it from the topic)."""
+    file holds every seal the topic kept, also after the volume was restored from an older backup.
+    A statement that does not verify is not copied (`verify` reports it from the topic)."""
 
     def __init__(self, reader: SealTopicReader, anchor: AnchorFile, key: TrailKey, timeout_s: float = 30.0) -> None:
         self.reader, self.anchor, self.key, self.timeout_s = reader, anchor, key, timeout_s

@@ -197,6 +197,7 @@ class AuditTrail:
     def _await_appended(self, ids: dict[str, list[str]]) -> dict[str, list[AuditRecord]]:
         """The records of submitted events, in submission order, polled from the trail until the
         audit service appended them all."""
+        assert self.submitter is not None  # topic mode only
         chains = sorted(ids)
         wanted = [i for c in chains for i in ids[c]]
         deadline = time.monotonic() + self.append_timeout_s
@@ -207,9 +208,8 @@ class AuditTrail:
                 return {c: [found[i] for i in ids[c]] for c in chains}
             if time.monotonic() >= deadline:
                 missing = [i for i in wanted if i not in found]
-                topic = self.submitter.topic if self.submitter is not None else "the audit-events topic"
                 raise AuditNotAppended(
-                    f"{len(missing)} audit event(s) are on {topic} (kept until appended) but the audit service did "
+                    f"{len(missing)} audit event(s) are on {self.submitter.topic} (kept until appended) but the audit service did "
                     f"not append them within {self.append_timeout_s:g} s (is it running?): {', '.join(missing[:3])}")
             time.sleep(pause)
             pause = min(pause * 2, 0.25)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.audit.check import TopicSeals
 from pipeline.audit.publish import BestEffortPublisher
@@ -29,6 +30,9 @@ from pipeline.auth.users import UserStore
 from pipeline.cli.handlers import with_settings
 from pipeline.clickhouse import ClickHouseClient, connect
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from pipeline.audit.service import AuditService
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +252,8 @@ def cmd_audit_serve(args: argparse.Namespace, settings: Settings) -> int:
             client.use_database(db)
         else:
             client.apply_schema(db)
-        holder: list[AuditService] = []
-        each_round = _sealer_round(settings, args, holder)
-        service = AuditService(settings, client, each_round=each_round)
-        holder.append(service)
+        service = AuditService(settings, client)
+        service.each_round = _sealer_round(service, settings, args)  # before start: the sealer calls it
         key = service.trail.key
         print(f"appending {settings.kafka.topic_audit_events} to the trail; sealing every "
               f"{settings.audit.seal_interval_s:g} s; trail key {key.key_id if key else '-'}", flush=True)
@@ -277,7 +279,7 @@ def cmd_audit_serve(args: argparse.Namespace, settings: Settings) -> int:
         client.close()
 
 
-def _sealer_round(settings: Settings, args: argparse.Namespace, holder: list):  # noqa: ANN202
+def _sealer_round(service: AuditService, settings: Settings, args: argparse.Namespace):  # noqa: ANN202
     """After each sealing round: copy the seal topic into the anchor file (when a broker is configured
     and not --no-mirror: a restored anchor volume gets back what the topic kept) and write the status
     file the compose healthcheck reads (the round's result and the appender's liveness)."""
@@ -286,21 +288,15 @@ def _sealer_round(settings: Settings, args: argparse.Namespace, holder: list):  
 
     from pipeline.audit.sealtopic import SealMirror, SealTopicReader
 
-    state: dict[str, SealMirror | None] = {}
+    trail, key = service.trail, service.trail.key
+    mirror = None
+    if settings.kafka.bootstrap_servers and not args.no_mirror and trail.anchor is not None and key is not None:
+        mirror = SealMirror(SealTopicReader(settings.kafka, settings.kafka.topic_audit_seals), trail.anchor, key)
 
     def each_round(anchored: int | None) -> None:
-        service = holder[0]
-        trail = service.trail
-        if "mirror" not in state:
-            key = trail.key
-            state["mirror"] = None
-            if settings.kafka.bootstrap_servers and not args.no_mirror and trail.anchor is not None and key:
-                state["mirror"] = SealMirror(SealTopicReader(settings.kafka, settings.kafka.topic_audit_seals),
-                                             trail.anchor, key)
         appender = service.status()
         status: dict[str, object] = {"time": time.time(), "ok": anchored is not None and appender["appender_alive"],
                                      "anchored": anchored, "interval_s": settings.audit.seal_interval_s} | appender
-        mirror = state["mirror"]
         if mirror is not None:
             try:
                 status["copied_from_topic"] = mirror()
